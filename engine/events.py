@@ -1,0 +1,267 @@
+"""Every event type Tiercel records. One frozen struct per type; a recorded event's meaning never
+changes: new information arrives as a new type or a new optional field.
+
+Streams:
+- ``flow:<namespace>/<flowId>``: a flow's revisions.
+- ``exec:<executionId>``: an execution, written by the API, the executor and the timer service.
+- ``exec:<executionId>/a:<taskRunId>:<attempt>``: one task-run attempt, written by the worker that
+  claimed it (and by the watchdog when that worker is lost).
+- ``worker:<workerId>``: a worker's life and heartbeats.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Event(
+    msgspec.Struct, frozen=True, tag=True, tag_field="type", kw_only=True, omit_defaults=True
+):
+    """Base of all events; the tag (the `type` column) is the class name."""
+
+
+# --- flows -----------------------------------------------------------------------------------
+
+
+class FlowCreated(Event, frozen=True):
+    """The first revision of a flow was deployed."""
+
+    namespace: str
+    flowId: str
+    revision: int
+    source: str
+
+
+class FlowUpdated(Event, frozen=True):
+    """A new revision of a flow was deployed."""
+
+    namespace: str
+    flowId: str
+    revision: int
+    source: str
+
+
+class FlowDeleted(Event, frozen=True):
+    """The flow was deleted; its revisions stay readable."""
+
+    namespace: str
+    flowId: str
+    revision: int
+
+
+# --- executions --------------------------------------------------------------------------------
+
+
+class ExecutionCreated(Event, frozen=True):
+    """An execution was requested; it pins the flow revision it runs (as its parsed definition)."""
+
+    executionId: str
+    namespace: str
+    flowId: str
+    flowRevision: int
+    flow: dict[str, Any]
+    inputs: dict[str, Any] = {}
+    labels: list[dict[str, str]] = []
+    trigger: dict[str, Any] | None = None
+    parentId: str | None = None
+    originalId: str | None = None
+
+
+class ExecutionStateChanged(Event, frozen=True):
+    """The execution moved to `state`; a terminal one carries the flow's outputs."""
+
+    executionId: str
+    state: str
+    outputs: dict[str, Any] | None = None
+
+
+class ExecutionKillRequested(Event, frozen=True):
+    """Someone asked to kill the execution."""
+
+    executionId: str
+
+
+class TaskRunCreated(Event, frozen=True):
+    """A task run exists now; `value` is the iteration value inside a loop."""
+
+    executionId: str
+    taskRunId: str
+    taskId: str
+    parentTaskRunId: str | None = None
+    value: str | None = None
+
+
+class TaskRunStateChanged(Event, frozen=True):
+    """A task run moved to `state` (flowable tasks, timers and resolved failures)."""
+
+    executionId: str
+    taskRunId: str
+    state: str
+    outputs: dict[str, Any] | None = None
+    message: str | None = None
+
+
+class AttemptScheduled(Event, frozen=True):
+    """An attempt of a runnable task run is ready for a worker.
+
+    `task` is the task's definition and `context` the variables it renders with, so a worker
+    needs no other read to run it.
+    """
+
+    executionId: str
+    taskRunId: str
+    attempt: int
+    task: dict[str, Any]
+    context: dict[str, Any]
+
+
+class TimerScheduled(Event, frozen=True):
+    """The executor wants to be woken at `fireAt` (ISO-8601)."""
+
+    executionId: str
+    timerId: str
+    fireAt: str
+    taskRunId: str | None = None
+
+
+class TimerFired(Event, frozen=True):
+    """A scheduled timer came due."""
+
+    executionId: str
+    timerId: str
+
+
+# --- attempts (written by workers) --------------------------------------------------------------
+
+
+class AttemptClaimed(Event, frozen=True):
+    """A worker took the attempt; no other worker may run it."""
+
+    executionId: str
+    taskRunId: str
+    attempt: int
+    workerId: str
+
+
+class AttemptLogged(Event, frozen=True):
+    """Log lines of an attempt: each is {timestamp, level, message}."""
+
+    executionId: str
+    taskRunId: str
+    taskId: str
+    attempt: int
+    lines: list[dict[str, Any]]
+
+
+class AttemptSucceeded(Event, frozen=True):
+    """The attempt ended in SUCCESS or WARNING with these outputs."""
+
+    executionId: str
+    taskRunId: str
+    attempt: int
+    state: str = "SUCCESS"
+    outputs: dict[str, Any] = {}
+
+
+class AttemptFailed(Event, frozen=True):
+    """The attempt failed; `message` says why."""
+
+    executionId: str
+    taskRunId: str
+    attempt: int
+    message: str
+    outputs: dict[str, Any] = {}
+
+
+class AttemptAbandoned(Event, frozen=True):
+    """The worker holding the attempt was lost; the attempt will not report."""
+
+    executionId: str
+    taskRunId: str
+    attempt: int
+    reason: str
+
+
+# --- workers -------------------------------------------------------------------------------------
+
+
+class WorkerHeartbeat(Event, frozen=True):
+    """A worker is alive."""
+
+    workerId: str
+    hostname: str = ""
+
+
+class WorkerStopped(Event, frozen=True):
+    """A worker shut down cleanly."""
+
+    workerId: str
+
+
+class WorkerLost(Event, frozen=True):
+    """A worker stopped heartbeating; its open attempts are abandoned."""
+
+    workerId: str
+
+
+AnyEvent = (
+    FlowCreated
+    | FlowUpdated
+    | FlowDeleted
+    | ExecutionCreated
+    | ExecutionStateChanged
+    | ExecutionKillRequested
+    | TaskRunCreated
+    | TaskRunStateChanged
+    | AttemptScheduled
+    | TimerScheduled
+    | TimerFired
+    | AttemptClaimed
+    | AttemptLogged
+    | AttemptSucceeded
+    | AttemptFailed
+    | AttemptAbandoned
+    | WorkerHeartbeat
+    | WorkerStopped
+    | WorkerLost
+)
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
+
+
+def encode(event: Event) -> bytes:
+    """The event as JSON bytes, `type` included."""
+    return _encoder.encode(event)
+
+
+def decode(data: bytes | str) -> AnyEvent:
+    """An event from its JSON (the `data` column)."""
+    return _decoder.decode(data)
+
+
+def type_name(event: Event) -> str:
+    """The `type` column of the event."""
+    return type(event).__name__
+
+
+def execution_stream(execution_id: str) -> str:
+    """The stream of one execution."""
+    return f"exec:{execution_id}"
+
+
+def attempt_stream(execution_id: str, task_run_id: str, attempt: int) -> str:
+    """The stream of one task-run attempt (a sub-stream of its execution's)."""
+    return f"exec:{execution_id}/a:{task_run_id}:{attempt}"
+
+
+def flow_stream(namespace: str, flow_id: str) -> str:
+    """The stream of a flow's revisions."""
+    return f"flow:{namespace}/{flow_id}"
+
+
+def worker_stream(worker_id: str) -> str:
+    """The stream of one worker."""
+    return f"worker:{worker_id}"

@@ -1,0 +1,77 @@
+"""Shared fixtures: one real PostgreSQL for the whole run.
+
+`TIERCEL_TEST_DATABASE_URL` when set; otherwise a testcontainers PostgreSQL when a Docker daemon
+answers; otherwise the embedded PostgreSQL. Tests make their own ids, so they share it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from engine.db import Database, Notifier
+from engine.migrate import migrate
+from engine.store import CHANNEL, EventStore
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    url = os.environ.get("TIERCEL_TEST_DATABASE_URL")
+    if url:
+        migrate(url)
+        yield url
+        return
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as pg:
+            url = pg.get_connection_url()
+            migrate(url)
+            yield url
+        return
+    from engine.embedded import EmbeddedPostgres
+
+    with tempfile.TemporaryDirectory(prefix="tiercel-test-") as tmp:
+        embedded = EmbeddedPostgres(Path(tmp))
+        url = embedded.start()
+        try:
+            migrate(url)
+            yield url
+        finally:
+            embedded.stop()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+def store(db: Database) -> EventStore:
+    return EventStore(db)
+
+
+@pytest.fixture
+async def notifier(database_url: str, nursery: trio.Nursery) -> Notifier:
+    n = Notifier(database_url, CHANNEL)
+    await nursery.start(n.run)
+    return n
