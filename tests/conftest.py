@@ -75,3 +75,11 @@ async def notifier(database_url: str, nursery: trio.Nursery) -> Notifier:
     n = Notifier(database_url, CHANNEL)
     await nursery.start(n.run)
     return n
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "last: run after every other test")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)

@@ -1,0 +1,414 @@
+"""The `tiercel` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import trio
+import yaml
+
+from engine.errors import FlowValidationError, TiercelError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("tiercel")
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+def _load_config(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise click.UsageError(f"Cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise click.UsageError(f"Config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise click.UsageError(f"Config file {path} must be a YAML mapping")
+    tiercel = data.get("tiercel", data)
+    return tiercel if isinstance(tiercel, dict) else {}
+
+
+def _config_callback(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        root = ctx.find_root()
+        root.meta.setdefault("config", {}).update(_load_config(value))
+
+
+def config_option(f: F) -> F:
+    """`--config FILE`, accepted on the group and on every command (before or after it)."""
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        expose_value=False,
+        is_eager=True,
+        callback=_config_callback,
+        help="YAML file with settings (database-url, port, data-dir, ...).",
+    )(f)
+
+
+def _setting(name: str, given: Any, default: Any = None) -> Any:
+    if given is not None:
+        return given
+    ctx = click.get_current_context(silent=True)
+    config = ctx.find_root().meta.get("config", {}) if ctx else {}
+    for key in (name, name.replace("-", "_"), name.replace("-", "")):
+        if key in config:
+            return config[key]
+    return default
+
+
+def _fail(exc: TiercelError) -> None:
+    click.echo(str(exc), err=True)
+    sys.exit(1)
+
+
+# --- root ------------------------------------------------------------------------------------------
+
+
+@click.group()
+@config_option
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+def main(verbose: bool) -> None:
+    """Tiercel: event-sourced orchestration for data, AI and infrastructure workflows."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
+
+
+# --- server ----------------------------------------------------------------------------------------
+
+
+def _server_options(f: F) -> F:
+    f = click.option("--port", type=int, default=None, help="HTTP port (default 8080).")(f)
+    f = click.option("--host", default=None, help="Address to bind (default 0.0.0.0).")(f)
+    f = click.option(
+        "--flows",
+        "flows_dir",
+        type=click.Path(file_okay=False, exists=True),
+        default=None,
+        help="Deploy every YAML flow in this folder at start.",
+    )(f)
+    f = click.option("--worker-slots", type=int, default=None, help="Attempts run at once.")(f)
+    return config_option(f)
+
+
+def _database_option(f: F) -> F:
+    return click.option(
+        "--database-url",
+        envvar="TIERCEL_DATABASE_URL",
+        default=None,
+        help="PostgreSQL URL (env TIERCEL_DATABASE_URL); without it an embedded one is used.",
+    )(f)
+
+
+def _data_dir_option(f: F) -> F:
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Where the embedded PostgreSQL and files live (default: the user's data dir).",
+    )(f)
+
+
+@main.group()
+@config_option
+def server() -> None:
+    """Run Tiercel's components."""
+
+
+@server.command("local")
+@_server_options
+@_database_option
+@_data_dir_option
+def server_local(**options: Any) -> None:
+    """Everything in one process, on an embedded PostgreSQL unless --database-url is given."""
+    _serve(("executor", "worker", "indexer", "webserver"), embedded_ok=True, **options)
+
+
+@server.command("standalone")
+@_server_options
+@_database_option
+@_data_dir_option
+def server_standalone(**options: Any) -> None:
+    """Everything in one process against an existing PostgreSQL (--database-url)."""
+    _serve(("executor", "worker", "indexer", "webserver"), embedded_ok=False, **options)
+
+
+def _role_command(role: str, roles: tuple[str, ...], doc: str) -> None:
+    @server.command(role, help=doc)
+    @_server_options
+    @_database_option
+    @_data_dir_option
+    def command(**options: Any) -> None:
+        _serve(roles, embedded_ok=False, **options)
+
+
+_role_command("executor", ("executor",), "The executor, timers and watchdog only.")
+_role_command("worker", ("worker",), "A worker only.")
+_role_command("indexer", ("indexer",), "The projections (read models) only.")
+_role_command("webserver", ("webserver",), "The REST API and web UI only.")
+
+
+def _serve(roles: tuple[str, ...], *, embedded_ok: bool, **options: Any) -> None:
+    url = _setting("database-url", options.get("database_url"))
+    data_dir = Path(_setting("data-dir", options.get("data_dir")) or _default_data_dir())
+    if not url and not embedded_ok:
+        raise click.UsageError(
+            "This command needs --database-url (or TIERCEL_DATABASE_URL); "
+            "`tiercel server local` starts an embedded PostgreSQL instead."
+        )
+    settings = {
+        "host": _setting("host", options.get("host"), "0.0.0.0"),
+        "port": int(_setting("port", options.get("port"), 8080)),
+        "data_dir": data_dir,
+        "worker_slots": int(_setting("worker-slots", options.get("worker_slots"), 16)),
+    }
+    flows_dir = options.get("flows_dir") or _setting("flows", None)
+    try:
+        trio.run(functools.partial(_serve_async, roles, url, data_dir, flows_dir, settings))
+    except TiercelError as exc:
+        _fail(exc)
+
+
+def _default_data_dir() -> Path:
+    from engine.embedded import default_data_dir
+
+    return default_data_dir()
+
+
+async def _serve_async(
+    roles: tuple[str, ...],
+    url: str | None,
+    data_dir: Path,
+    flows_dir: str | None,
+    settings: dict[str, Any],
+) -> None:
+    from engine.embedded import EmbeddedPostgres
+    from engine.server import run_server
+
+    embedded = None
+    if not url:
+        embedded = EmbeddedPostgres(data_dir)
+        log.info("Starting the embedded PostgreSQL in %s", embedded.pgdata)
+        url = await trio.to_thread.run_sync(embedded.start)
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                ctx = await nursery.start(
+                    functools.partial(run_server, url, roles, **settings)
+                )
+                if flows_dir:
+                    await _deploy_folder(ctx.store, Path(flows_dir))
+                if "webserver" in roles:
+                    log.info("Tiercel is up on http://localhost:%s", settings["port"])
+                async for signum in signals:
+                    log.info("Received %s: stopping", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        if embedded is not None:
+            await trio.to_thread.run_sync(embedded.stop)
+            log.info("Embedded PostgreSQL stopped")
+
+
+async def _deploy_folder(store: Any, folder: Path) -> None:
+    from engine.commands import deploy_flow
+
+    for path in sorted([*folder.rglob("*.yaml"), *folder.rglob("*.yml")]):
+        try:
+            record = await deploy_flow(store, path.read_text(), actor="cli")
+            log.info("Deployed %s.%s revision %s", record.namespace, record.id, record.revision)
+        except FlowValidationError as exc:
+            log.error("Not deployed: %s", str(exc).replace("Invalid flow", f"Invalid flow {path}"))
+
+
+# --- migrate ---------------------------------------------------------------------------------------
+
+
+@main.command()
+@config_option
+@_database_option
+@_data_dir_option
+def migrate(database_url: str | None, data_dir: str | None) -> None:
+    """Apply the database migrations that are not applied yet."""
+    from engine.embedded import EmbeddedPostgres
+    from engine.migrate import migrate as apply
+
+    url = _setting("database-url", database_url)
+    embedded = None
+    if not url:
+        embedded = EmbeddedPostgres(Path(_setting("data-dir", data_dir) or _default_data_dir()))
+        url = embedded.start()
+    try:
+        applied = apply(url)
+    except TiercelError as exc:
+        _fail(exc)
+        return
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    click.echo("Applied: " + ", ".join(applied) if applied else "The database is up to date.")
+
+
+# --- flows -----------------------------------------------------------------------------------------
+
+
+@main.group()
+@config_option
+def flow() -> None:
+    """Validate and test flows."""
+
+
+@flow.command("validate")
+@config_option
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def flow_validate(files: tuple[str, ...]) -> None:
+    """Validate flow files; exit 1 and print every problem when any is invalid."""
+    from engine.flow import parse_flow
+
+    bad = 0
+    for name in files:
+        try:
+            parsed = parse_flow(Path(name).read_text(), origin=name)
+        except FlowValidationError as exc:
+            bad += 1
+            click.echo(f"✗ {name}")
+            for problem in exc.details:
+                click.echo(f"  {name}:{problem}")
+            continue
+        click.echo(f"✓ {name} ({parsed.namespace}.{parsed.id})")
+    if bad:
+        click.echo(f"{bad} of {len(files)} file(s) invalid")
+        sys.exit(1)
+
+
+def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"'{pair}' must be KEY=VALUE", param_hint="--input")
+        key, value = pair.split("=", 1)
+        out[key] = value
+    return out
+
+
+@flow.command("test")
+@config_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "inputs", multiple=True, help="An input as KEY=VALUE (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--timeout", type=float, default=300.0, help="Seconds to wait for the end.")
+@_database_option
+def flow_test(
+    file: str, inputs: tuple[str, ...], as_json: bool, timeout: float, database_url: str | None
+) -> None:
+    """Run one flow to its end on a throwaway embedded database and print a summary."""
+    from engine.flow import parse_flow
+
+    source = Path(file).read_text()
+    try:
+        parse_flow(source, origin=file)
+    except FlowValidationError as exc:
+        click.echo(str(exc).replace("Invalid flow", f"Invalid flow {file}"))
+        sys.exit(1)
+    given = _parse_inputs(inputs)
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        summary = trio.run(_flow_test, source, given, timeout, database_url)
+    except TiercelError as exc:
+        if as_json:
+            click.echo(json.dumps({"state": None, "error": exc.to_json()}, indent=2))
+        else:
+            click.echo(str(exc))
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        click.echo(f"Execution {summary['id']}: {summary['state']}")
+        for run in summary["taskRuns"]:
+            value = f"[{run['value']}]" if run.get("value") is not None else ""
+            outputs = json.dumps(run["outputs"]) if run["outputs"] else ""
+            click.echo(f"  {run['state']:<9} {run['taskId']}{value} {outputs}".rstrip())
+        if summary["outputs"]:
+            click.echo("Outputs: " + json.dumps(summary["outputs"]))
+    sys.exit(0 if summary["state"] in ("SUCCESS", "WARNING") else 1)
+
+
+async def _flow_test(
+    source: str, inputs: dict[str, str], timeout: float, url: str | None
+) -> dict[str, Any]:
+    from engine.commands import create_execution, deploy_flow, wait_for_end
+    from engine.embedded import EmbeddedPostgres
+    from engine.server import run_server
+
+    with tempfile.TemporaryDirectory(prefix="tiercel-flow-test-") as tmp:
+        embedded = None
+        if not url:
+            embedded = EmbeddedPostgres(Path(tmp))
+            url = await trio.to_thread.run_sync(embedded.start)
+        try:
+            async with trio.open_nursery() as nursery:
+                ctx = await nursery.start(
+                    functools.partial(
+                        run_server, url, ("executor", "worker"), data_dir=Path(tmp),
+                        heartbeat_interval=1.0,
+                    )
+                )
+                record = await deploy_flow(ctx.store, source, actor="cli")
+                execution_id = await create_execution(
+                    ctx.store, record.namespace, record.id, inputs, actor="cli"
+                )
+                state = await wait_for_end(ctx.store, ctx.notifier, execution_id, timeout=timeout)
+                nursery.cancel_scope.cancel()
+        finally:
+            if embedded is not None:
+                await trio.to_thread.run_sync(embedded.stop)
+    return {
+        "id": state.id,
+        "state": state.state,
+        "taskRuns": [
+            {"taskId": r.taskId, "value": r.value, "state": r.state, "outputs": r.outputs or {}}
+            for r in state.taskruns.values()
+        ],
+        "outputs": state.outputs or {},
+    }
+
+
+# --- plugins ---------------------------------------------------------------------------------------
+
+
+@main.group()
+@config_option
+def plugins() -> None:
+    """Inspect installed task types."""
+
+
+@plugins.command("list")
+@config_option
+def plugins_list() -> None:
+    """Print every installed task type."""
+    from engine.plugin import canonical_name, registered
+
+    seen = sorted({canonical_name(cls) for cls in registered().values()})
+    for name in seen:
+        click.echo(name)
+
+

@@ -1,0 +1,289 @@
+"""What the API and the CLI ask of the engine: deploy flows, start and inspect executions.
+
+Writes are events; reads of one flow or one execution fold its stream, so they are always
+current and can be answered as of any past position.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from typing import Any
+
+import msgspec
+import trio
+
+from engine import events as ev
+from engine.db import Notifier
+from engine.errors import Conflict, InvalidRequest, NotFound
+from engine.executor import Execution, iso, replay
+from engine.executor_shell import INPUT_TYPES, recorded
+from engine.flow import Flow, flow_to_dict, parse_flow
+from engine.inputs import resolve_inputs
+from engine.plugin import TERMINAL_STATES
+from engine.store import NO_STREAM, EventStore, StoredEvent
+
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def new_execution_id() -> str:
+    """A random 22-character base62 id, as Kestra's."""
+    return "".join(secrets.choice(_ALPHABET) for _ in range(22))
+
+
+class FlowRecord(msgspec.Struct, frozen=True):
+    """One revision of a flow as stored."""
+
+    namespace: str
+    id: str
+    revision: int
+    source: str
+    deleted: bool = False
+    updated: str | None = None
+
+
+def _revisions(history: list[StoredEvent]) -> list[FlowRecord]:
+    out: list[FlowRecord] = []
+    for e in history:
+        event = e.event
+        if isinstance(event, (ev.FlowCreated, ev.FlowUpdated)):
+            out.append(
+                FlowRecord(event.namespace, event.flowId, event.revision, event.source,
+                           False, iso(e.recorded_at))
+            )
+        elif isinstance(event, ev.FlowDeleted) and out:
+            out.append(msgspec.structs.replace(out[-1], deleted=True, revision=event.revision,
+                                               updated=iso(e.recorded_at)))
+    return out
+
+
+async def deploy_flow(
+    store: EventStore,
+    source: str,
+    *,
+    expect: tuple[str, str] | None = None,
+    create_only: bool = False,
+    actor: str = "api",
+) -> FlowRecord:
+    """Validate `source` and record it as the flow's next revision (unchanged source: no-op)."""
+    flow = parse_flow(source)
+    if expect is not None and (flow.namespace, flow.id) != expect:
+        raise InvalidRequest(
+            f"The flow's namespace and id ({flow.namespace}.{flow.id}) differ from the path "
+            f"({expect[0]}.{expect[1]}): they cannot be changed by an update"
+        )
+    stream = ev.flow_stream(flow.namespace, flow.id)
+    history = await store.read_stream(stream)
+    revisions = _revisions(history)
+    latest = revisions[-1] if revisions else None
+    if create_only and latest is not None and not latest.deleted:
+        raise Conflict(
+            f"Flow {flow.namespace}.{flow.id} already exists: update it with "
+            f"PUT /api/v1/flows/{flow.namespace}/{flow.id}"
+        )
+    if latest is not None and not latest.deleted and latest.source == source:
+        return latest
+    revision = (latest.revision + 1) if latest else 1
+    event_type = ev.FlowUpdated if latest else ev.FlowCreated
+    event = event_type(namespace=flow.namespace, flowId=flow.id, revision=revision, source=source)
+    await store.append(
+        stream,
+        [event],
+        expected_version=history[-1].version if history else NO_STREAM,
+        meta={"actor": actor},
+    )
+    return FlowRecord(flow.namespace, flow.id, revision, source, False, None)
+
+
+async def flow_revisions(store: EventStore, namespace: str, flow_id: str) -> list[FlowRecord]:
+    """Every revision of a flow, oldest first; NotFound when it never existed."""
+    revisions = _revisions(await store.read_stream(ev.flow_stream(namespace, flow_id)))
+    if not revisions:
+        raise NotFound(f"Flow {namespace}.{flow_id} does not exist")
+    return revisions
+
+
+async def get_flow(
+    store: EventStore, namespace: str, flow_id: str, revision: int | None = None
+) -> FlowRecord:
+    """The latest (or a given) revision of a flow; NotFound when deleted or unknown."""
+    revisions = await flow_revisions(store, namespace, flow_id)
+    if revision is None:
+        latest = revisions[-1]
+        if latest.deleted:
+            raise NotFound(f"Flow {namespace}.{flow_id} was deleted")
+        return latest
+    for record in revisions:
+        if record.revision == revision and not record.deleted:
+            return record
+    raise NotFound(
+        f"Flow {namespace}.{flow_id} has no revision {revision}; it has "
+        + ", ".join(str(r.revision) for r in revisions if not r.deleted)
+    )
+
+
+async def delete_flow(store: EventStore, namespace: str, flow_id: str, actor: str = "api") -> None:
+    """Delete a flow; its revisions and executions stay readable."""
+    stream = ev.flow_stream(namespace, flow_id)
+    history = await store.read_stream(stream)
+    revisions = _revisions(history)
+    if not revisions or revisions[-1].deleted:
+        raise NotFound(f"Flow {namespace}.{flow_id} does not exist")
+    await store.append(
+        stream,
+        [ev.FlowDeleted(namespace=namespace, flowId=flow_id, revision=revisions[-1].revision + 1)],
+        expected_version=history[-1].version,
+        meta={"actor": actor},
+    )
+
+
+def _labels(flow: Flow, given: dict[str, str] | list[dict[str, str]] | None) -> list[dict[str, str]]:
+    merged = dict(flow.labels)
+    if isinstance(given, list):
+        for item in given:
+            merged[str(item["key"])] = str(item["value"])
+    elif given:
+        merged.update({str(k): str(v) for k, v in given.items()})
+    return [{"key": k, "value": v} for k, v in merged.items()]
+
+
+async def create_execution(
+    store: EventStore,
+    namespace: str,
+    flow_id: str,
+    inputs: dict[str, Any] | None = None,
+    *,
+    labels: dict[str, str] | list[dict[str, str]] | None = None,
+    revision: int | None = None,
+    trigger: dict[str, Any] | None = None,
+    actor: str = "api",
+) -> str:
+    """Check the inputs and record a new execution of the flow; return its id."""
+    record = await get_flow(store, namespace, flow_id, revision)
+    flow = parse_flow(record.source)
+    if flow.disabled:
+        raise Conflict(f"Flow {namespace}.{flow_id} is disabled: enable it to execute it")
+    values = resolve_inputs(flow, inputs or {})
+    execution_id = new_execution_id()
+    await store.append(
+        ev.execution_stream(execution_id),
+        [
+            ev.ExecutionCreated(
+                executionId=execution_id,
+                namespace=namespace,
+                flowId=flow_id,
+                flowRevision=record.revision,
+                flow=flow_to_dict(msgspec.structs.replace(flow, revision=record.revision)),
+                inputs=values,
+                labels=_labels(flow, labels),
+                trigger=trigger,
+            )
+        ],
+        expected_version=NO_STREAM,
+        meta={"actor": actor},
+    )
+    return execution_id
+
+
+async def kill_execution(store: EventStore, execution_id: str, actor: str = "api") -> None:
+    """Ask the executor to kill a running execution."""
+    state = await load_execution(store, execution_id)
+    if state.terminal:
+        raise Conflict(f"Execution {execution_id} already ended in {state.state}")
+    await store.append(
+        ev.execution_stream(execution_id),
+        [ev.ExecutionKillRequested(executionId=execution_id)],
+        meta={"actor": actor},
+    )
+
+
+async def execution_history(store: EventStore, execution_id: str) -> list[StoredEvent]:
+    """Every event of an execution and its attempts; NotFound when there are none."""
+    history = await store.read_execution(execution_id)
+    if not history:
+        raise NotFound(f"Execution {execution_id} does not exist")
+    return history
+
+
+def state_of(history: list[StoredEvent], *, at_seq: int | None = None) -> Execution:
+    """An execution's state as the executor held it, optionally as of position `at_seq`."""
+    inputs = [recorded(e) for e in history if e.type in INPUT_TYPES]
+    state = replay(inputs, before=None if at_seq is None else at_seq + 1)
+    if state is None:
+        raise NotFound("The execution did not exist yet at that position")
+    return state
+
+
+async def load_execution(
+    store: EventStore, execution_id: str, *, at_seq: int | None = None
+) -> Execution:
+    """An execution's state now, or as it stood at position `at_seq`."""
+    return state_of(await execution_history(store, execution_id), at_seq=at_seq)
+
+
+def _state_json(current: str, histories: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    start = histories[0][1] if histories else None
+    end = histories[-1][1] if histories and current in TERMINAL_STATES else None
+    out: dict[str, Any] = {
+        "current": current,
+        "histories": [{"state": s, "date": d} for s, d in histories],
+        "startDate": start,
+    }
+    if end and start:
+        out["endDate"] = end
+        delta = _parse(end) - _parse(start)
+        out["duration"] = f"PT{delta.total_seconds():.3f}S"
+    return out
+
+
+def _parse(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def execution_json(state: Execution) -> dict[str, Any]:
+    """An execution in Kestra's JSON shape."""
+    return {
+        "id": state.id,
+        "namespace": state.namespace,
+        "flowId": state.flowId,
+        "flowRevision": state.flowRevision,
+        "state": _state_json(state.state, state.histories),
+        "taskRunList": [
+            {
+                "id": run.id,
+                "executionId": state.id,
+                "namespace": state.namespace,
+                "flowId": state.flowId,
+                "parentTaskRunId": run.parentTaskRunId,
+                "taskId": run.taskId,
+                "value": run.value,
+                "state": _state_json(run.state, run.histories),
+                "outputs": run.outputs or {},
+                "attempts": [
+                    {"state": {"current": a.state}, "workerId": a.workerId} for a in run.attempts
+                ],
+                **({"message": run.message} if run.message else {}),
+            }
+            for run in state.taskruns.values()
+        ],
+        "inputs": state.inputs,
+        "outputs": state.outputs or {},
+        "labels": [{"key": k, "value": v} for k, v in state.labels],
+        "parentId": state.parentId,
+        "originalId": state.originalId,
+        "trigger": state.trigger,
+    }
+
+
+async def wait_for_end(
+    store: EventStore, notifier: Notifier, execution_id: str, *, timeout: float = 300.0
+) -> Execution:
+    """Wait until the execution is terminal (or `timeout` seconds passed) and return it."""
+    with trio.move_on_after(timeout):
+        while True:
+            seen = notifier.generation
+            state = await load_execution(store, execution_id)
+            if state.terminal:
+                return state
+            await notifier.wait(seen, 1.0)
+    return await load_execution(store, execution_id)

@@ -1,0 +1,621 @@
+"""The executor's pure core: `evolve` folds an event into an execution's state and `decide`
+says which events follow from it.
+
+No clock, randomness or I/O here: time is the `at` of the event being handled (its recorded
+time), ids are hashes of what they identify, and the flow is the definition pinned in
+`ExecutionCreated`. `decide` is level-triggered: it plans from the whole state until nothing
+more follows, so handling an event twice, or after a restart, decides the same thing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import Any
+
+import msgspec
+
+from engine import events as ev
+from engine import templating
+from engine.errors import TemplateError, TiercelError
+from engine.flow import Flow, flow_from_dict
+from engine.plugin import FAILED_STATES, TERMINAL_STATES, FlowableTask, RunnableTask, Task
+
+
+class Attempt(msgspec.Struct, frozen=True):
+    """One attempt of a runnable task run."""
+
+    state: str
+    workerId: str | None = None
+
+
+class TaskRun(msgspec.Struct, frozen=True):
+    """A task run as the executor knows it."""
+
+    id: str
+    taskId: str
+    parentTaskRunId: str | None
+    value: str | None
+    state: str
+    histories: tuple[tuple[str, str], ...]
+    outputs: dict[str, Any] | None = None
+    attempts: tuple[Attempt, ...] = ()
+    message: str | None = None
+
+
+class Execution(msgspec.Struct, frozen=True):
+    """An execution's state: the fold of its events."""
+
+    id: str
+    namespace: str
+    flowId: str
+    flowRevision: int
+    flow: dict[str, Any]
+    inputs: dict[str, Any]
+    labels: tuple[tuple[str, str], ...]
+    trigger: dict[str, Any] | None
+    parentId: str | None
+    originalId: str | None
+    state: str
+    histories: tuple[tuple[str, str], ...]
+    taskruns: dict[str, TaskRun]
+    outputs: dict[str, Any] | None = None
+    timers: dict[str, str] = {}
+    fired: frozenset[str] = frozenset()
+    kill_requested: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        """True once the execution has ended."""
+        return self.state in TERMINAL_STATES
+
+    @property
+    def start_date(self) -> str:
+        """When the execution was created (ISO-8601)."""
+        return self.histories[0][1]
+
+
+def iso(at: dt.datetime) -> str:
+    """A timestamp as Kestra writes them: UTC, milliseconds, `Z`."""
+    at = at.astimezone(dt.UTC)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def short_id(*parts: str) -> str:
+    """A 22-character base62 id derived from `parts` (Kestra's id shape, but reproducible)."""
+    n = int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:16], "big")
+    out = []
+    for _ in range(22):
+        n, r = divmod(n, 62)
+        out.append(_ALPHABET[r])
+    return "".join(out)
+
+
+def task_run_id(execution_id: str, parent_id: str | None, task_id: str, value: str | None) -> str:
+    """The id of the task run of `task_id` under `parent_id` for loop value `value`."""
+    return short_id(execution_id, parent_id or "", task_id, "" if value is None else value)
+
+
+@lru_cache(maxsize=512)
+def _flow(key: bytes) -> Flow:
+    return flow_from_dict(msgspec.json.decode(key))
+
+
+def flow_of(state: Execution) -> Flow:
+    """The parsed flow an execution runs (memoised: parsing is pure)."""
+    return _flow(msgspec.json.encode(state.flow))
+
+
+# --- evolve ------------------------------------------------------------------------------------
+
+
+def _with_run(state: Execution, run: TaskRun) -> Execution:
+    return msgspec.structs.replace(state, taskruns={**state.taskruns, run.id: run})
+
+
+def _run_state(run: TaskRun, new: str, at: dt.datetime, **changes: Any) -> TaskRun:
+    if run.state == new and not changes:
+        return run
+    histories = run.histories if run.state == new else (*run.histories, (new, iso(at)))
+    return msgspec.structs.replace(run, state=new, histories=histories, **changes)
+
+
+def _set_attempt(run: TaskRun, index: int, attempt: Attempt) -> TaskRun:
+    attempts = list(run.attempts)
+    while len(attempts) < index:
+        attempts.append(Attempt("CREATED"))
+    attempts[index - 1] = attempt
+    return msgspec.structs.replace(run, attempts=tuple(attempts))
+
+
+def evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execution | None:
+    """The execution's state after `event`, recorded at `at`."""
+    if isinstance(event, ev.ExecutionCreated):
+        return Execution(
+            id=event.executionId,
+            namespace=event.namespace,
+            flowId=event.flowId,
+            flowRevision=event.flowRevision,
+            flow=event.flow,
+            inputs=event.inputs,
+            labels=tuple((lb["key"], lb["value"]) for lb in event.labels),
+            trigger=event.trigger,
+            parentId=event.parentId,
+            originalId=event.originalId or event.executionId,
+            state="CREATED",
+            histories=(("CREATED", iso(at)),),
+            taskruns={},
+        )
+    if state is None:
+        return None
+    if isinstance(event, ev.ExecutionStateChanged):
+        if event.state == state.state:
+            return state
+        return msgspec.structs.replace(
+            state,
+            state=event.state,
+            histories=(*state.histories, (event.state, iso(at))),
+            outputs=event.outputs if event.outputs is not None else state.outputs,
+        )
+    if isinstance(event, ev.ExecutionKillRequested):
+        return msgspec.structs.replace(state, kill_requested=True)
+    if isinstance(event, ev.TaskRunCreated):
+        run = TaskRun(
+            id=event.taskRunId,
+            taskId=event.taskId,
+            parentTaskRunId=event.parentTaskRunId,
+            value=event.value,
+            state="CREATED",
+            histories=(("CREATED", iso(at)),),
+        )
+        return _with_run(state, run)
+    if isinstance(event, ev.TimerScheduled):
+        return msgspec.structs.replace(state, timers={**state.timers, event.timerId: event.fireAt})
+    if isinstance(event, ev.TimerFired):
+        return msgspec.structs.replace(state, fired=state.fired | {event.timerId})
+    run = state.taskruns.get(getattr(event, "taskRunId", ""))
+    if run is None:
+        return state
+    if isinstance(event, ev.TaskRunStateChanged):
+        return _with_run(
+            state, _run_state(run, event.state, at, outputs=event.outputs or run.outputs,
+                              message=event.message or run.message)
+        )
+    if isinstance(event, ev.AttemptScheduled):
+        return _with_run(state, _set_attempt(run, event.attempt, Attempt("CREATED")))
+    if run.state in TERMINAL_STATES and not isinstance(event, ev.AttemptScheduled):
+        return state  # a late report for a run already ended (killed, or abandoned and redone)
+    if len(run.attempts) != getattr(event, "attempt", 0):
+        return state  # a report for an attempt that is no longer the current one
+    if isinstance(event, ev.AttemptClaimed):
+        run = _set_attempt(run, event.attempt, Attempt("RUNNING", event.workerId))
+        return _with_run(state, _run_state(run, "RUNNING", at))
+    if isinstance(event, ev.AttemptSucceeded):
+        run = _set_attempt(run, event.attempt, Attempt(event.state, run.attempts[-1].workerId))
+        return _with_run(state, _run_state(run, event.state, at, outputs=event.outputs))
+    if isinstance(event, ev.AttemptFailed):
+        run = _set_attempt(run, event.attempt, Attempt("FAILED", run.attempts[-1].workerId))
+        return _with_run(
+            state,
+            _run_state(run, "FAILED", at, outputs=event.outputs or None, message=event.message),
+        )
+    if isinstance(event, ev.AttemptAbandoned):
+        run = _set_attempt(run, event.attempt, Attempt("KILLED", run.attempts[-1].workerId))
+        return _with_run(state, msgspec.structs.replace(run, message=event.reason))
+    return state
+
+
+def fold(events: Iterable[tuple[ev.Event, dt.datetime]]) -> Execution | None:
+    """The state after every (event, at) in order."""
+    state: Execution | None = None
+    for event, at in events:
+        state = evolve(state, event, at)
+    return state
+
+
+# --- decide ------------------------------------------------------------------------------------
+
+MAX_ROUNDS = 10_000
+
+
+def decide(state: Execution | None, event: ev.Event, at: dt.datetime) -> list[ev.Event]:
+    """The events that follow once `event` (recorded at `at`) has been folded into `state`."""
+    if state is None or state.terminal:
+        return []
+    decided: list[ev.Event] = []
+    for _ in range(MAX_ROUNDS):
+        if state.terminal:
+            return decided
+        step = _plan(state, at)
+        if not step:
+            return decided
+        decided.extend(step)
+        for new in step:
+            state = evolve(state, new, at)
+            assert state is not None
+    raise RuntimeError(f"Execution {state.id}: the plan did not settle")  # pragma: no cover
+
+
+class _Step(Exception):
+    """Raised inside the resolver once a plan step has decided something."""
+
+
+def _plan(state: Execution, at: dt.datetime) -> list[ev.Event]:
+    if state.state == "CREATED":
+        return [ev.ExecutionStateChanged(executionId=state.id, state="RUNNING")]
+    resolver = _Resolver(state, at)
+    if state.kill_requested:
+        return resolver.kill()
+    try:
+        final = resolver.run_flow()
+    except _Step:
+        return resolver.out
+    if final is None:
+        return resolver.out
+    return [resolver.finish(final)]
+
+
+class _Resolver:
+    """Walks the flow against the task runs and records the next events (the Navigator)."""
+
+    def __init__(self, state: Execution, at: dt.datetime) -> None:
+        self.state = state
+        self.now = at
+        self.flow = flow_of(state)
+        self.out: list[ev.Event] = []
+        self.current: TaskRun | None = None
+        self.started = at
+        self._children: dict[tuple[str | None, str, str | None], TaskRun] = {
+            (r.parentTaskRunId, r.taskId, r.value): r for r in state.taskruns.values()
+        }
+
+    # navigator -----------------------------------------------------------------------------
+
+    def sequence(self, tasks: Sequence[Task], *, value: str | None = None) -> str | None:
+        warned = False
+        for task in tasks:
+            if task.disabled:
+                continue
+            result = self._drive(task, value)
+            if result is None:
+                return None
+            if result in FAILED_STATES:
+                return result
+            warned = warned or result == "WARNING"
+        return "WARNING" if warned else "SUCCESS"
+
+    def parallel(
+        self, tasks: Sequence[Task], *, limit: int = 0, value: str | None = None
+    ) -> str | None:
+        enabled = [t for t in tasks if not t.disabled]
+        parent = self.current.id if self.current else None
+        results: list[str | None] = []
+        active = sum(
+            1
+            for t in enabled
+            if (r := self._children.get((parent, t.id, value))) and r.state not in TERMINAL_STATES
+        )
+        failed = False
+        for task in enabled:
+            run = self._children.get((parent, task.id, value))
+            if run is None:
+                if failed or (limit and active >= limit):
+                    results.append(None)
+                    continue
+                self._create(task, value)
+                active += 1
+                results.append(None)
+                continue
+            try:
+                result = self._drive(task, value)
+            except _Step:
+                result = None
+            results.append(result)
+            failed = failed or result in FAILED_STATES
+        if self.out:
+            raise _Step
+        if any(r is None for r in results):
+            return None
+        if "KILLED" in results:
+            return "KILLED"
+        if "FAILED" in results:
+            return "FAILED"
+        return "WARNING" if "WARNING" in results else "SUCCESS"
+
+    def render(self, value: Any) -> Any:
+        context = build_context(self.state, self.flow, self.current, self.now)
+        context["now"] = self._now
+        try:
+            if isinstance(value, str):
+                return templating.render_typed(value, context)
+            return templating.render_value(value, context)
+        except TemplateError:
+            raise
+        except TiercelError as exc:
+            raise TemplateError(str(exc)) from exc
+
+    def _now(self, *args: Any, **kwargs: Any) -> str:
+        # Templates resolved by the executor see the event's time, never the wall clock.
+        return iso(self.now)
+
+    def sleep_until(self, fire_at: dt.datetime) -> bool:
+        assert self.current is not None
+        timer = f"{self.current.id}:wait"
+        if timer in self.state.fired or fire_at <= self.now:
+            return True
+        if timer not in self.state.timers:
+            self.out.append(
+                ev.TimerScheduled(
+                    executionId=self.state.id,
+                    timerId=timer,
+                    fireAt=fire_at.astimezone(dt.UTC).isoformat(),
+                    taskRunId=self.current.id,
+                )
+            )
+            raise _Step
+        return False
+
+    # walking -------------------------------------------------------------------------------
+
+    def run_flow(self) -> str | None:
+        main = self.sequence(self.flow.tasks)
+        if main is None:
+            return None
+        final = main
+        if main in FAILED_STATES and self.flow.errors:
+            handled = self.sequence(self.flow.errors)
+            if handled is None:
+                return None
+        if self.flow.finally_:
+            if self.sequence(self.flow.finally_) is None:
+                return None
+        return final
+
+    def _drive(self, task: Task, value: str | None) -> str | None:
+        parent = self.current.id if self.current else None
+        run = self._children.get((parent, task.id, value))
+        if run is None:
+            self._create(task, value)
+            raise _Step
+        if run.state in TERMINAL_STATES:
+            return _effective(task, run.state)
+        if isinstance(task, FlowableTask):
+            outer, outer_started = self.current, self.started
+            self.current, self.started = run, _parse_iso(run.histories[0][1])
+            try:
+                result = task.resolve(self)
+            except TemplateError as exc:
+                self._fail(run, str(exc))
+                raise _Step from exc
+            finally:
+                self.current, self.started = outer, outer_started
+            if result is not None:
+                self.out.append(
+                    ev.TaskRunStateChanged(executionId=self.state.id, taskRunId=run.id, state=result)
+                )
+                raise _Step
+            return None
+        last = run.attempts[-1] if run.attempts else None
+        if last is None or last.state == "KILLED":  # never scheduled, or its worker was lost
+            self._schedule(task, run, len(run.attempts) + 1)
+            raise _Step
+        return None
+
+    def _create(self, task: Task, value: str | None) -> None:
+        parent = self.current.id if self.current else None
+        run_id = task_run_id(self.state.id, parent, task.id, value)
+        created = ev.TaskRunCreated(
+            executionId=self.state.id,
+            taskRunId=run_id,
+            taskId=task.id,
+            parentTaskRunId=parent,
+            value=value,
+        )
+        self.out.append(created)
+        run = TaskRun(run_id, task.id, parent, value, "CREATED", (("CREATED", iso(self.now)),))
+        if task.runIf is not None:
+            try:
+                go = _truthy(self.render(task.runIf))
+            except TemplateError as exc:
+                self._fail(run, str(exc))
+                return
+            if not go:
+                self.out.append(
+                    ev.TaskRunStateChanged(executionId=self.state.id, taskRunId=run_id,
+                                           state="SKIPPED")
+                )
+                return
+        if isinstance(task, FlowableTask):
+            self.out.append(
+                ev.TaskRunStateChanged(executionId=self.state.id, taskRunId=run_id, state="RUNNING")
+            )
+        elif isinstance(task, RunnableTask):
+            self._schedule(task, run, 1)
+
+    def _schedule(self, task: Task, run: TaskRun, attempt: int) -> None:
+        context = build_context(self.state, self.flow, run, self.now, task)
+        self.out.append(
+            ev.AttemptScheduled(
+                executionId=self.state.id,
+                taskRunId=run.id,
+                attempt=attempt,
+                task=msgspec.to_builtins(task),
+                context=context,
+            )
+        )
+
+    def _fail(self, run: TaskRun, message: str) -> None:
+        self.out.append(
+            ev.TaskRunStateChanged(
+                executionId=self.state.id, taskRunId=run.id, state="FAILED", message=message
+            )
+        )
+
+    def kill(self) -> list[ev.Event]:
+        out: list[ev.Event] = [
+            ev.TaskRunStateChanged(executionId=self.state.id, taskRunId=r.id, state="KILLED")
+            for r in self.state.taskruns.values()
+            if r.state not in TERMINAL_STATES
+        ]
+        out.append(ev.ExecutionStateChanged(executionId=self.state.id, state="KILLED"))
+        return out
+
+    def finish(self, final: str) -> ev.Event:
+        outputs: dict[str, Any] = {}
+        if final not in FAILED_STATES:
+            for output in self.flow.outputs:
+                try:
+                    outputs[output.id_] = self.render(output.value)
+                except TemplateError as exc:
+                    final = "FAILED"
+                    outputs = {"error": f"Output '{output.id_}': {exc}"}
+                    break
+        return ev.ExecutionStateChanged(
+            executionId=self.state.id, state=final, outputs=outputs or None
+        )
+
+
+def _effective(task: Task, state: str) -> str:
+    if state == "FAILED" and task.allowFailure:
+        return "WARNING"
+    if state == "WARNING" and task.allowWarning:
+        return "SUCCESS"
+    if state == "SKIPPED":
+        return "SUCCESS"
+    return state
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "0", "null", "none")
+    return bool(value)
+
+
+def _parse_iso(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+# --- render context ------------------------------------------------------------------------------
+
+
+def outputs_view(state: Execution) -> dict[str, Any]:
+    """Task outputs as templates see them: `outputs.<taskId>` (or `.<value>` inside loops)."""
+    view: dict[str, Any] = {}
+    for run in state.taskruns.values():
+        if run.outputs is None:
+            continue
+        if run.value is None:
+            view[run.taskId] = run.outputs
+        else:
+            slot = view.setdefault(run.taskId, {})
+            if isinstance(slot, dict):
+                slot[run.value] = run.outputs
+    return view
+
+
+def build_context(
+    state: Execution,
+    flow: Flow,
+    run: TaskRun | None,
+    now: dt.datetime,
+    task: Task | None = None,
+) -> dict[str, Any]:
+    """The variables a task renders with (the executor's part; the worker adds functions)."""
+    context: dict[str, Any] = {
+        "flow": {"id": state.flowId, "namespace": state.namespace, "revision": state.flowRevision},
+        "execution": {
+            "id": state.id,
+            "startDate": state.start_date,
+            "originalId": state.originalId,
+            "state": state.state,
+        },
+        "inputs": state.inputs,
+        "vars": flow.variables,
+        "outputs": outputs_view(state),
+        "labels": dict(state.labels),
+        "trigger": state.trigger or {},
+    }
+    if run is not None:
+        context["taskrun"] = {
+            "id": run.id,
+            "startDate": run.histories[0][1],
+            "parentId": run.parentTaskRunId,
+            "value": run.value,
+            "attemptsCount": len(run.attempts),
+        }
+        task = task or flow.find_task(run.taskId)
+    if task is not None:
+        context["task"] = {"id": task.id, "type": task.type}
+    return context
+
+
+# --- replay ------------------------------------------------------------------------------------
+
+
+class Recorded(msgspec.Struct, frozen=True):
+    """A recorded event as the replay needs it."""
+
+    seq: int
+    event: ev.Event
+    at: dt.datetime
+    decided_by: int | None
+    """The position of the event this one was decided for, when the executor wrote it."""
+
+
+class Mismatch(msgspec.Struct, frozen=True):
+    """A recorded decision that a replay does not make again."""
+
+    cause: int
+    recorded: list[str]
+    replayed: list[str]
+
+
+def replay(history: Sequence[Recorded], *, before: int | None = None) -> Execution | None:
+    """The state an executor held just before handling position `before` (default: the end).
+
+    Decided events are applied right after their cause, as the executor did when it decided
+    them, wherever they landed in the log.
+    """
+    state, _ = _replay(history, before=before, check=False)
+    return state
+
+
+def verify(history: Sequence[Recorded]) -> tuple[Execution | None, list[Mismatch]]:
+    """Refold `history` and decide again at every input event: the decisions must be the same."""
+    return _replay(history, before=None, check=True)
+
+
+def _replay(
+    history: Sequence[Recorded], *, before: int | None, check: bool
+) -> tuple[Execution | None, list[Mismatch]]:
+    decided: dict[int, list[ev.Event]] = {}
+    for r in history:
+        if r.decided_by is not None:
+            decided.setdefault(r.decided_by, []).append(r.event)
+    state: Execution | None = None
+    mismatches: list[Mismatch] = []
+    for r in history:
+        if r.decided_by is not None:
+            continue
+        if before is not None and r.seq >= before:
+            break
+        state = evolve(state, r.event, r.at)
+        recorded = decided.get(r.seq, [])
+        if check:
+            again = decide(state, r.event, r.at)
+            if again != recorded:
+                mismatches.append(
+                    Mismatch(
+                        r.seq,
+                        [ev.encode(e).decode() for e in recorded],
+                        [ev.encode(e).decode() for e in again],
+                    )
+                )
+        for new in recorded:
+            state = evolve(state, new, r.at)
+    return state, mismatches

@@ -1,0 +1,137 @@
+"""The executor's imperative shell: reads the log, calls the pure core, appends its decisions.
+
+Every batch of events is folded and decided at once, and all decisions are appended with the
+executor's checkpoint in one transaction (group commit). Decisions are applied to the cached
+state as soon as they are made, and skipped when read back. A restart reloads an execution's
+history and replays it to the exact point it had reached, so nothing is decided twice (and the
+command id of each decision makes a repeated append a no-op anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any
+
+import psycopg
+import trio
+
+from engine import events as ev
+from engine.db import Notifier
+from engine.executor import Execution, Recorded, decide, evolve, replay
+from engine.store import (
+    Append,
+    EventStore,
+    StoredEvent,
+    load_checkpoint,
+    read_execution_sync,
+    save_checkpoint,
+)
+from engine.subscription import Subscription
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "executor"
+ACTOR = "executor"
+INPUT_TYPES = (
+    "ExecutionCreated",
+    "ExecutionKillRequested",
+    "TaskRunCreated",
+    "TaskRunStateChanged",
+    "ExecutionStateChanged",
+    "AttemptScheduled",
+    "TimerScheduled",
+    "TimerFired",
+    "AttemptClaimed",
+    "AttemptSucceeded",
+    "AttemptFailed",
+    "AttemptAbandoned",
+)
+
+
+def recorded(e: StoredEvent) -> Recorded:
+    """A stored event as the pure replay sees it."""
+    cause = e.meta.get("causation") if e.meta.get("actor") == ACTOR else None
+    return Recorded(e.seq, e.event, e.recorded_at, cause)
+
+
+class ExecutorShell:
+    """Drives every execution forward; run several for availability (decisions are idempotent)."""
+
+    def __init__(self, store: EventStore, notifier: Notifier, *, cache_size: int = 20_000) -> None:
+        self.store = store
+        self.notifier = notifier
+        self.cache: OrderedDict[str, Execution] = OrderedDict()
+        self.cache_size = cache_size
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Handle events from the checkpoint on, until cancelled."""
+        position = await load_checkpoint(self.store.db, CHECKPOINT)
+        sub = Subscription(self.store, self.notifier, position=position, types=INPUT_TYPES)
+        await sub.run(self._handle, task_status=task_status)
+
+    async def _load(self, batch: list[StoredEvent]) -> None:
+        first: dict[str, int] = {}
+        for e in batch:
+            xid = e.execution_id
+            if xid and xid not in self.cache and xid not in first:
+                # A new execution starts with its creation: there is nothing to load.
+                first[xid] = -1 if isinstance(e.event, ev.ExecutionCreated) else e.seq
+        first = {xid: seq for xid, seq in first.items() if seq >= 0}
+        if not first:
+            return
+
+        def load(conn: psycopg.Connection[Any]) -> dict[str, list[StoredEvent]]:
+            return {xid: read_execution_sync(conn, xid) for xid in first}
+
+        histories = await self.store.db.run(load)
+        for xid, history in histories.items():
+            state = replay(
+                [recorded(e) for e in history if e.type in INPUT_TYPES], before=first[xid]
+            )
+            if state is not None:
+                self.cache[xid] = state
+
+    async def _handle(self, batch: list[StoredEvent]) -> None:
+        await self._load(batch)
+        appends: list[Append] = []
+        for e in batch:
+            if e.meta.get("actor") == ACTOR:
+                continue  # our own decision, applied when it was made
+            xid = e.execution_id
+            if xid is None:
+                continue
+            state = evolve(self.cache.get(xid), e.event, e.recorded_at)
+            if state is None:
+                continue
+            try:
+                decided = decide(state, e.event, e.recorded_at)
+            except Exception:  # a bug must not wedge every other execution behind it
+                log.exception("Executor could not decide on event %s of %s", e.seq, xid)
+                decided = []
+            if decided:
+                appends.append(
+                    Append(
+                        ev.execution_stream(xid),
+                        decided,
+                        command_id=f"decide:{e.seq}",
+                        meta={"actor": ACTOR, "causation": e.seq},
+                    )
+                )
+                for new in decided:
+                    state = evolve(state, new, e.recorded_at)
+                    assert state is not None
+            self._keep(xid, state)
+        last = batch[-1].seq
+        await self.store.append_many(
+            appends, extra=lambda conn: save_checkpoint(conn, CHECKPOINT, last)
+        )
+
+    def _keep(self, xid: str, state: Execution) -> None:
+        if state.terminal:
+            self.cache.pop(xid, None)
+            return
+        self.cache[xid] = state
+        self.cache.move_to_end(xid)
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)

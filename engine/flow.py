@@ -1,0 +1,503 @@
+"""Flows: YAML source -> typed structs, with every problem reported at its line and field.
+
+Parsing keeps the position of every YAML node, so a problem found anywhere (a wrong property
+type deep in a task, an unknown task type, a duplicate id) is reported as `line:column path`.
+Validation collects all problems before failing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import yaml
+
+from engine.errors import FlowValidationError, Problem
+from engine.plugin import FlowableTask, Task, task_type
+
+INPUT_TYPES = frozenset(
+    {
+        "STRING",
+        "ENUM",
+        "SELECT",
+        "MULTISELECT",
+        "INT",
+        "FLOAT",
+        "BOOLEAN",
+        "BOOL",
+        "DATETIME",
+        "DATE",
+        "TIME",
+        "DURATION",
+        "FILE",
+        "JSON",
+        "YAML",
+        "URI",
+        "SECRET",
+        "ARRAY",
+        "EMAIL",
+    }
+)
+
+_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$")
+_NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+class Input(msgspec.Struct, kw_only=True, omit_defaults=True, rename={"id_": "id"}):
+    """A flow input: its id, type and how it is validated."""
+
+    id_: str
+    type: str = "STRING"
+    description: str | None = None
+    displayName: str | None = None
+    required: bool = True
+    defaults: Any = None
+    validator: str | None = None
+    min: Any = None
+    max: Any = None
+    after: Any = None
+    before: Any = None
+    values: list[Any] | None = None
+    allowCustomValue: bool = False
+    itemType: str | None = None
+    dependsOn: dict[str, Any] | None = None
+    extension: str | None = None
+
+
+class Output(msgspec.Struct, kw_only=True, omit_defaults=True, rename={"id_": "id"}):
+    """A flow output, rendered when the execution ends."""
+
+    id_: str
+    value: Any
+    type: str = "STRING"
+    description: str | None = None
+    required: bool = True
+    displayName: str | None = None
+
+
+class Flow(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A parsed, validated flow."""
+
+    id: str
+    namespace: str
+    tasks: list[Task]
+    revision: int | None = None
+    description: str | None = None
+    labels: dict[str, str] = {}
+    inputs: list[Input] = []
+    variables: dict[str, Any] = {}
+    errors: list[Task] = []
+    finally_: list[Task] = msgspec.field(default_factory=list, name="finally")
+    afterExecution: list[Task] = []
+    outputs: list[Output] = []
+    triggers: list[dict[str, Any]] = []
+    pluginDefaults: list[dict[str, Any]] = []
+    disabled: bool = False
+    retry: dict[str, Any] | None = None
+    concurrency: dict[str, Any] | None = None
+    sla: list[dict[str, Any]] = []
+    listeners: list[dict[str, Any]] = []
+    taskDefaults: list[dict[str, Any]] = []
+    deleted: bool = False
+
+    def all_tasks(self) -> Iterator[Task]:
+        """Every task of the flow, depth first, in every branch."""
+        for branch in (self.tasks, self.errors, self.finally_, self.afterExecution):
+            yield from walk(branch)
+
+    def find_task(self, task_id: str) -> Task | None:
+        """The task with id `task_id`, wherever it is."""
+        return _index(self).get(task_id)
+
+
+_FLOW_FIELDS = {f.encode_name for f in msgspec.structs.fields(Flow)}
+_INPUT_FIELDS = {f.encode_name for f in msgspec.structs.fields(Input)} | {"name"}
+_TASK_INDEX: dict[int, dict[str, Task]] = {}
+
+
+def walk(tasks: list[Task]) -> Iterator[Task]:
+    """Tasks and their children, depth first."""
+    for task in tasks:
+        yield task
+        if isinstance(task, FlowableTask):
+            for children in task.branches().values():
+                yield from walk(children)
+
+
+def _index(flow: Flow) -> dict[str, Task]:
+    key = id(flow)
+    found = _TASK_INDEX.get(key)
+    if found is None:
+        found = {t.id: t for t in flow.all_tasks()}
+        if len(_TASK_INDEX) > 4096:
+            _TASK_INDEX.clear()
+        _TASK_INDEX[key] = found
+    return found
+
+
+# --- YAML with positions -----------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct(node: yaml.Node, path: str, marks: dict[str, tuple[int, int]],
+               problems: list[Problem]) -> Any:
+    marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        loader = _Loader("")
+        loader.flatten_mapping(node)
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            child = f"{path}.{key}" if path else str(key)
+            if key in out:
+                problems.append(
+                    Problem(
+                        f"Duplicate key '{key}': each key may appear once in a mapping",
+                        child,
+                        key_node.start_mark.line + 1,
+                        key_node.start_mark.column + 1,
+                    )
+                )
+            out[key] = _construct(value_node, child, marks, problems)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _construct(item, f"{path}[{i}]", marks, problems) for i, item in enumerate(node.value)
+        ]
+    return _Loader("").construct_object(node, deep=True)
+
+
+def load_yaml(source: str) -> tuple[Any, dict[str, tuple[int, int]], list[Problem]]:
+    """Parse YAML keeping each node's (line, column) by field path; syntax errors are problems."""
+    marks: dict[str, tuple[int, int]] = {}
+    problems: list[Problem] = []
+    try:
+        node = yaml.compose(source, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        reason = getattr(exc, "problem", None) or str(exc)
+        return None, marks, [
+            Problem(
+                f"Invalid YAML: {reason}; fix the syntax at this position",
+                "",
+                mark.line + 1 if mark else None,
+                mark.column + 1 if mark else None,
+            )
+        ]
+    if node is None:
+        return None, marks, problems
+    return _construct(node, "", marks, problems), marks, problems
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+class _Checker:
+    def __init__(self, marks: dict[str, tuple[int, int]]) -> None:
+        self.marks = marks
+        self.problems: list[Problem] = []
+        self.task_ids: dict[str, str] = {}
+
+    def add(self, path: str, message: str) -> None:
+        line, col = self._locate(path)
+        self.problems.append(Problem(message, path, line, col))
+
+    def _locate(self, path: str) -> tuple[int | None, int | None]:
+        while path:
+            if path in self.marks:
+                return self.marks[path]
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut] if cut > 0 else ""
+        return self.marks.get("", (None, None))
+
+    def tasks(self, raw: Any, path: str, *, required: bool) -> list[Task]:
+        if raw is None:
+            if required:
+                self.add(path, "At least one task is required: add a `tasks:` list")
+            return []
+        if not isinstance(raw, list):
+            self.add(path, f"Must be a list of tasks, not {_kind(raw)}")
+            return []
+        if required and not raw:
+            self.add(path, "At least one task is required: the list is empty")
+        return [t for i, item in enumerate(raw) if (t := self.task(item, f"{path}[{i}]"))]
+
+    def task(self, raw: Any, path: str) -> Task | None:
+        if not isinstance(raw, dict):
+            self.add(path, f"A task must be a mapping with `id` and `type`, not {_kind(raw)}")
+            return None
+        ok = True
+        task_id = raw.get("id")
+        if not isinstance(task_id, str) or not task_id:
+            self.add(f"{path}.id", "Every task needs an `id` (a non-empty string)")
+            ok = False
+        elif not _ID.match(task_id):
+            self.add(f"{path}.id", f"Task id '{task_id}' may only hold letters, digits, . _ -")
+            ok = False
+        elif task_id in self.task_ids:
+            self.add(
+                f"{path}.id",
+                f"Duplicate task id '{task_id}' (also at {self.task_ids[task_id]}): "
+                "task ids must be unique in a flow",
+            )
+            ok = False
+        else:
+            self.task_ids[task_id] = path
+        type_name = raw.get("type")
+        cls = task_type(type_name) if isinstance(type_name, str) else None
+        if not isinstance(type_name, str):
+            self.add(f"{path}.type", "Every task needs a `type`, e.g. io.kestra.plugin.core.log.Log")
+            return None
+        if cls is None:
+            self.add(
+                f"{path}.type",
+                f"Unknown task type '{type_name}': check the spelling, or list the installed "
+                "types with `tiercel plugins list`",
+            )
+            return None
+        # Child task lists are validated (and converted) one by one so every problem is found.
+        child_fields = getattr(cls, "__child_fields__", ())
+        plain = {k: v for k, v in raw.items() if k not in child_fields}
+        children: dict[str, Any] = {}
+        for name in child_fields:
+            if name in raw:
+                required = name in getattr(cls, "__required_children__", ())
+                children[name] = self.tasks(raw[name], f"{path}.{name}", required=required)
+            elif name in getattr(cls, "__required_children__", ()):
+                self.add(f"{path}.{name}", f"`{name}` is required for {type_name}")
+                ok = False
+        nested = {
+            k: self.nested(v, f"{path}.{k}") for k, v in raw.items() if k in _nested_fields(cls)
+        }
+        plain.update(nested)
+        try:
+            task = msgspec.convert(plain, cls)
+        except msgspec.ValidationError as exc:
+            self.add_msgspec(path, exc, type_name)
+            return None
+        if children:
+            task = msgspec.structs.replace(task, **children)
+        for field, message in task.problems():
+            self.add(f"{path}.{field}" if field else path, message)
+            ok = False
+        return task if ok else None
+
+    def nested(self, raw: Any, path: str) -> Any:
+        # Lists of {task: ..., dependsOn: ...} (Dag) and maps of task lists (Switch cases).
+        if isinstance(raw, dict):
+            return {k: self.tasks(v, f"{path}.{k}", required=False) for k, v in raw.items()}
+        if isinstance(raw, list):
+            out = []
+            for i, item in enumerate(raw):
+                if isinstance(item, dict) and "task" in item:
+                    task = self.task(item["task"], f"{path}[{i}].task")
+                    out.append({**item, "task": task})
+                else:
+                    out.append(item)
+            return out
+        return raw
+
+    def add_msgspec(self, path: str, exc: msgspec.ValidationError, type_name: str) -> None:
+        text = str(exc)
+        m = re.search(r" - at `\$(.*)`$", text)
+        where = path
+        if m:
+            where = path + m.group(1).replace("['", ".").replace("']", "")
+            text = text[: m.start()]
+        unknown = re.match(r"Object contains unknown field `(.+)`", text)
+        if unknown:
+            where = f"{where}.{unknown.group(1)}"
+            text = f"Unknown property `{unknown.group(1)}` for {type_name}: remove it or fix it"
+        missing = re.match(r"Object missing required field `(.+)`", text)
+        if missing:
+            where = f"{where}.{missing.group(1)}"
+            text = f"Property `{missing.group(1)}` is required for {type_name}"
+        self.add(where, text)
+
+
+def _nested_fields(cls: type[Task]) -> tuple[str, ...]:
+    return getattr(cls, "__nested_fields__", ())
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    return {dict: "a mapping", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def parse_flow(source: str, *, origin: str | None = None) -> Flow:
+    """Parse and validate a flow's YAML; raise `FlowValidationError` listing every problem."""
+    raw, marks, problems = load_yaml(source)
+    checker = _Checker(marks)
+    checker.problems.extend(problems)
+    if problems and raw is None:
+        raise FlowValidationError(checker.problems, origin)
+    flow = _check_flow(raw, checker)
+    if checker.problems or flow is None:
+        raise FlowValidationError(checker.problems, origin)
+    return flow
+
+
+def flow_from_dict(raw: dict[str, Any]) -> Flow:
+    """Validate a flow given as data (e.g. recorded in an event)."""
+    checker = _Checker({})
+    flow = _check_flow(raw, checker)
+    if checker.problems or flow is None:
+        raise FlowValidationError(checker.problems)
+    return flow
+
+
+def _check_flow(raw: Any, c: _Checker) -> Flow | None:
+    if not isinstance(raw, dict):
+        c.add("", f"A flow must be a YAML mapping with id, namespace and tasks, not {_kind(raw)}")
+        return None
+    for key in raw:
+        if key not in _FLOW_FIELDS:
+            c.add(str(key), f"Unknown flow property `{key}`: remove it or fix its name")
+    flow_id, namespace = raw.get("id"), raw.get("namespace")
+    if not isinstance(flow_id, str) or not flow_id:
+        c.add("id", "The flow needs an `id` (letters, digits, . _ -)")
+    elif not _ID.match(flow_id):
+        c.add("id", f"Flow id '{flow_id}' may only hold letters, digits, . _ - (no spaces)")
+    if not isinstance(namespace, str) or not namespace:
+        c.add("namespace", "The flow needs a `namespace`, e.g. company.team")
+    elif not _NAMESPACE.match(namespace):
+        c.add(
+            "namespace",
+            f"Namespace '{namespace}' may only hold lower-case letters, digits, . _ -",
+        )
+    tasks = c.tasks(raw.get("tasks"), "tasks", required=True)
+    branches = {
+        name: c.tasks(raw.get(name), name, required=False)
+        for name in ("errors", "finally", "afterExecution")
+    }
+    inputs = _check_inputs(raw.get("inputs"), c)
+    labels = _check_labels(raw.get("labels"), c)
+    for i, listener in enumerate(raw.get("listeners") or []):
+        if isinstance(listener, dict):
+            c.tasks(listener.get("tasks"), f"listeners[{i}].tasks", required=False)
+    rest = {
+        k: v
+        for k, v in raw.items()
+        if k in _FLOW_FIELDS
+        and k not in ("tasks", "errors", "finally", "afterExecution", "inputs", "labels")
+    }
+    rest.update(id=flow_id if isinstance(flow_id, str) else "", namespace=namespace or "")
+    rest["tasks"] = []
+    try:
+        flow = msgspec.convert(rest, Flow)
+    except msgspec.ValidationError as exc:
+        c.add_msgspec("", exc, "the flow")
+        return None
+    return msgspec.structs.replace(
+        flow,
+        tasks=tasks,
+        errors=branches["errors"],
+        finally_=branches["finally"],
+        afterExecution=branches["afterExecution"],
+        inputs=inputs,
+        labels=labels,
+    )
+
+
+def _check_labels(raw: Any, c: _Checker) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if isinstance(raw, list):  # [{key, value}] as Kestra's API writes them
+        pairs = {}
+        for i, item in enumerate(raw):
+            if isinstance(item, dict) and "key" in item and "value" in item:
+                pairs[str(item["key"])] = str(item["value"])
+            else:
+                c.add(f"labels[{i}]", "A label in a list must be a mapping with key and value")
+        raw = pairs
+    if not isinstance(raw, dict):
+        c.add("labels", "Labels must be a mapping of key: value")
+        return {}
+    labels = {}
+    for key, value in raw.items():
+        if str(key).startswith("system."):
+            c.add(f"labels.{key}", f"Label '{key}' uses the reserved prefix `system.`")
+        labels[str(key)] = _label_value(value)
+    return labels
+
+
+def _label_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def _check_inputs(raw: Any, c: _Checker) -> list[Input]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        c.add("inputs", "Inputs must be a list")
+        return []
+    inputs: list[Input] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        path = f"inputs[{i}]"
+        if not isinstance(item, dict):
+            c.add(path, "An input must be a mapping with at least `id` and `type`")
+            continue
+        item = dict(item)
+        if "id" not in item and "name" in item:  # Kestra's older spelling
+            item["id"] = item.pop("name")
+        input_id = item.get("id")
+        if not isinstance(input_id, str) or not _ID.match(input_id):
+            c.add(f"{path}.id", f"Input id {input_id!r} must be letters, digits, . _ - only")
+            continue
+        if input_id in seen:
+            c.add(f"{path}.id", f"Duplicate input id '{input_id}': input ids must be unique")
+            continue
+        seen.add(input_id)
+        if "type" not in item:
+            c.add(f"{path}.type", f"Input '{input_id}' needs a `type` (e.g. STRING, INT)")
+            continue
+        if item.get("type") not in INPUT_TYPES:
+            c.add(
+                f"{path}.type",
+                f"Unknown input type {item.get('type')!r}; use one of "
+                + ", ".join(sorted(INPUT_TYPES)),
+            )
+            continue
+        for key in item:
+            if key not in _INPUT_FIELDS:
+                c.add(f"{path}.{key}", f"Unknown input property `{key}`")
+        try:
+            inp = msgspec.convert({k: v for k, v in item.items() if k in _INPUT_FIELDS}, Input)
+        except msgspec.ValidationError as exc:
+            c.add_msgspec(path, exc, f"input '{input_id}'")
+            continue
+        _check_input_semantics(inp, path, c)
+        inputs.append(inp)
+    return inputs
+
+
+def _check_input_semantics(inp: Input, path: str, c: _Checker) -> None:
+    if inp.validator is not None:
+        try:
+            re.compile(inp.validator)
+        except re.error as exc:
+            c.add(f"{path}.validator", f"Invalid regular expression: {exc}")
+    if inp.type == "FILE" and inp.defaults is not None:
+        c.add(f"{path}.defaults", "A FILE input cannot have defaults")
+    if inp.type == "ARRAY":
+        if inp.itemType is None:
+            c.add(f"{path}.itemType", "An ARRAY input needs an `itemType`")
+        elif inp.itemType in ("ARRAY", "FILE", "MULTISELECT") or inp.itemType not in INPUT_TYPES:
+            c.add(f"{path}.itemType", f"`{inp.itemType}` cannot be the item type of an ARRAY")
+    if inp.type in ("SELECT", "ENUM", "MULTISELECT") and not inp.values:
+        c.add(f"{path}.values", f"A {inp.type} input needs a non-empty `values` list")
+
+
+def flow_to_dict(flow: Flow) -> dict[str, Any]:
+    """The flow as plain data (what an execution records)."""
+    out: dict[str, Any] = msgspec.to_builtins(flow)
+    return out

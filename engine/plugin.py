@@ -1,0 +1,195 @@
+"""The plugin interface: what a task type is, and what it sees when it runs.
+
+A task type is a msgspec struct derived from `RunnableTask` (run by a worker) or `FlowableTask`
+(resolved by the executor, purely). Types are registered by their Kestra type name; packages
+add theirs through the `tiercel.plugins` entry-point group, whose modules call `register` when
+imported. Plugins see this module only, never the store or the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+
+from engine.duration import parse_duration as parse_duration  # re-exported for plugins
+
+log = logging.getLogger(__name__)
+
+# --- states ---------------------------------------------------------------------------------
+
+TERMINAL_STATES = frozenset({"SUCCESS", "WARNING", "FAILED", "KILLED", "CANCELLED", "SKIPPED"})
+FAILED_STATES = frozenset({"FAILED", "KILLED"})
+
+
+class Task(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Properties every task has, whatever its type."""
+
+    id: str
+    """Unique identifier of the task within the flow."""
+    type: str
+    """The task type, e.g. `io.kestra.plugin.core.log.Log`."""
+    description: str | None = None
+    """Free text shown in the UI."""
+    disabled: bool = False
+    """When true the task is skipped as if it were not in the flow."""
+    allowFailure: bool = False
+    """A failure of this task ends it in WARNING and lets the flow go on."""
+    allowWarning: bool = False
+    """A WARNING of this task counts as SUCCESS."""
+    timeout: str | None = None
+    """Maximum duration of one attempt (ISO-8601, e.g. PT10M)."""
+    retry: dict[str, Any] | None = None
+    """Retry policy of the task (type, maxAttempt, interval, ...)."""
+    runIf: str | None = None
+    """Expression; the task is SKIPPED when it renders false."""
+    logLevel: str | None = None
+    """Minimum level of the task's logs that are kept."""
+    workerGroup: dict[str, Any] | None = None
+    """Worker group that must run the task."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Checks beyond property types, as (field, message) pairs; none by default."""
+        return []
+
+
+class RunContext(Protocol):
+    """What a runnable task sees while a worker runs it."""
+
+    execution_id: str
+    task_run_id: str
+    attempt: int
+    variables: dict[str, Any]
+    working_dir: Path
+
+    def render(self, value: Any) -> Any:
+        """Render templates inside `value` with the task's variables."""
+        ...
+
+    def log(self, level: str, message: str) -> None:
+        """Record one log line of the task run."""
+        ...
+
+
+class RunnableTask(Task, kw_only=True):
+    """A task that a worker runs; `run` returns the task's outputs."""
+
+    async def run(self, ctx: RunContext) -> dict[str, Any]:
+        """Do the work; raise `TaskFailure` (or any exception) to fail the attempt."""
+        raise NotImplementedError
+
+
+class TaskFailure(Exception):
+    """Raised by a task to fail its attempt with a message for the user."""
+
+    def __init__(self, message: str, outputs: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.outputs = outputs or {}
+
+
+class TaskWarning(Exception):
+    """Raised by a task to end its attempt in WARNING with its outputs."""
+
+    def __init__(self, message: str, outputs: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.outputs = outputs or {}
+
+
+class Navigator(Protocol):
+    """The executor's view offered to a flowable task while it is resolved.
+
+    Every method is pure: it reads the execution's state and records what should happen next.
+    A method returns the terminal state of what it drives, or None while it is still running.
+    """
+
+    now: dt.datetime
+    """The time of the event being decided (never the wall clock)."""
+    started: dt.datetime
+    """When the task run being resolved was created."""
+
+    def sequence(self, tasks: Sequence[Task], *, value: str | None = None) -> str | None:
+        """Run `tasks` one after the other, as children of the current task run."""
+        ...
+
+    def parallel(
+        self, tasks: Sequence[Task], *, limit: int = 0, value: str | None = None
+    ) -> str | None:
+        """Run `tasks` side by side, at most `limit` at once (0: no limit)."""
+        ...
+
+    def render(self, value: Any) -> Any:
+        """Render a template with the execution's variables (typed when it is one expression)."""
+        ...
+
+    def sleep_until(self, fire_at: dt.datetime) -> bool:
+        """Ask to be woken at `fire_at`; True once that time has come."""
+        ...
+
+
+class FlowableTask(Task, kw_only=True):
+    """A task whose children the executor drives; `resolve` must be pure."""
+
+    def branches(self) -> dict[str, list[Task]]:
+        """The task's child task lists by property name (for validation and lookups)."""
+        return {}
+
+    def resolve(self, nav: Navigator) -> str | None:
+        """Advance the children through `nav`; return the terminal state, or None if running."""
+        raise NotImplementedError
+
+
+# --- registry --------------------------------------------------------------------------------
+
+_types: dict[str, type[Task]] = {}
+_canonical: dict[type[Task], str] = {}
+_loaded = False
+
+T = TypeVar("T", bound=type[Task])
+
+
+def register(name: str, *aliases: str) -> Callable[[T], T]:
+    """Class decorator: register a task type under its Kestra name and its older aliases."""
+
+    def deco(cls: T) -> T:
+        for n in (name, *aliases):
+            _types[n] = cls
+        _canonical[cls] = name
+        return cls
+
+    return deco
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for entry in importlib.metadata.entry_points(group="tiercel.plugins"):
+        try:
+            entry.load()
+        except Exception as exc:  # a broken third-party plugin must not stop the platform
+            log.error("Plugin %s could not be loaded: %s", entry.value, exc)
+
+
+def task_type(name: str) -> type[Task] | None:
+    """The class registered for `name` (canonical or alias), or None."""
+    _load()
+    return _types.get(name)
+
+
+def canonical_name(cls: type[Task]) -> str:
+    """The Kestra type name a class was registered with."""
+    return _canonical[cls]
+
+
+def registered() -> dict[str, type[Task]]:
+    """Every registered name (aliases included) and its class."""
+    _load()
+    return dict(_types)
+
+

@@ -1,0 +1,101 @@
+"""Runs Tiercel's components in one process, by role, against one database.
+
+The engine's own components (executor, timers, watchdog, worker) are started here. Components
+that live in outer packages (the web server, the projections) register themselves in the
+`tiercel.services` entry-point group, so the engine starts them without importing them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from engine.db import Database, Notifier
+from engine.executor_shell import ExecutorShell
+from engine.migrate import migrate
+from engine.store import CHANNEL, EventStore
+from engine.timers import TimerService
+from engine.watchdog import Watchdog
+from engine.worker import Worker
+
+log = logging.getLogger(__name__)
+
+ALL_ROLES = ("executor", "worker", "indexer", "webserver")
+
+
+@dataclass
+class ServerContext:
+    """What every component of a server process shares."""
+
+    url: str
+    db: Database
+    store: EventStore
+    notifier: Notifier
+    host: str = "0.0.0.0"
+    port: int = 8080
+    data_dir: Path | None = None
+    worker_slots: int = 16
+    heartbeat_interval: float = 3.0
+    heartbeat_timeout: float = 30.0
+    ready: trio.Event = field(default_factory=trio.Event)
+    """Set once every component of this process is running."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Service = Callable[..., Awaitable[None]]
+
+
+def services(roles: tuple[str, ...]) -> dict[str, Service]:
+    """Components registered by other packages for `roles`, by role name."""
+    found: dict[str, Service] = {}
+    for entry in importlib.metadata.entry_points(group="tiercel.services"):
+        if entry.name in roles:
+            found[entry.name] = entry.load()
+    return found
+
+
+async def run_server(
+    url: str,
+    roles: tuple[str, ...] = ALL_ROLES,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+    **options: Any,
+) -> None:
+    """Migrate the database, then run the components of `roles` until cancelled."""
+    await trio.to_thread.run_sync(migrate, url)
+    db = Database(url, max_size=8)
+    store = EventStore(db)
+    notifier = Notifier(url, CHANNEL)
+    ctx = ServerContext(url=url, db=db, store=store, notifier=notifier, **options)
+    registered = services(roles)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(notifier.run)
+            if "executor" in roles:
+                await nursery.start(ExecutorShell(store, notifier).run)
+                await nursery.start(TimerService(store, notifier).run)
+                await nursery.start(
+                    Watchdog(store, notifier, timeout=ctx.heartbeat_timeout).run
+                )
+            if "worker" in roles:
+                worker = Worker(
+                    store,
+                    notifier,
+                    slots=ctx.worker_slots,
+                    heartbeat_interval=ctx.heartbeat_interval,
+                    work_dir=(ctx.data_dir / "work") if ctx.data_dir else None,
+                )
+                await nursery.start(worker.run)
+            for role in roles:
+                if role in registered:
+                    await nursery.start(registered[role], ctx)
+            ctx.ready.set()
+            task_status.started(ctx)
+    finally:
+        await db.close()

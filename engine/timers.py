@@ -1,0 +1,93 @@
+"""The timer service: turns `TimerScheduled` into `TimerFired` when the time comes.
+
+It keeps the pending timers in a table updated with its checkpoint, so a restart loses none,
+and fires each timer with a command id, so firing twice records it once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+import trio
+
+from engine import events as ev
+from engine.db import Notifier
+from engine.store import Append, EventStore, StoredEvent, load_checkpoint, save_checkpoint
+from engine.subscription import Subscription
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "timers"
+
+
+class TimerService:
+    """Fires due timers until cancelled."""
+
+    def __init__(self, store: EventStore, notifier: Notifier, *, max_wait: float = 1.0) -> None:
+        self.store = store
+        self.notifier = notifier
+        self.max_wait = max_wait
+        self._changed = trio.Event()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Track and fire timers until cancelled."""
+        position = await load_checkpoint(self.store.db, CHECKPOINT)
+        sub = Subscription(
+            self.store, self.notifier, position=position, types=["TimerScheduled", "TimerFired"]
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sub.run, self._handle)
+            nursery.start_soon(self._fire_loop)
+            task_status.started()
+
+    async def _handle(self, batch: list[StoredEvent]) -> None:
+        def apply(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                for e in batch:
+                    event = e.event
+                    if isinstance(event, ev.TimerScheduled):
+                        conn.execute(
+                            "INSERT INTO engine_timers (timer_id, execution_id, fire_at)"
+                            " VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                            (event.timerId, event.executionId, event.fireAt),
+                        )
+                    elif isinstance(event, ev.TimerFired):
+                        conn.execute(
+                            "DELETE FROM engine_timers WHERE execution_id = %s AND timer_id = %s",
+                            (event.executionId, event.timerId),
+                        )
+                save_checkpoint(conn, CHECKPOINT, batch[-1].seq)
+
+        await self.store.db.run(apply)
+        self._changed.set()
+
+    async def _fire_loop(self) -> None:
+        while True:
+            due = await self.store.db.fetchall(
+                "SELECT timer_id, execution_id,"
+                " extract(epoch FROM fire_at - clock_timestamp()) AS wait"
+                " FROM engine_timers ORDER BY fire_at LIMIT 500"
+            )
+            ready = [r for r in due if r["wait"] <= 0]
+            if ready:
+                await self.store.append_many(
+                    [
+                        Append(
+                            ev.execution_stream(r["execution_id"]),
+                            [ev.TimerFired(executionId=r["execution_id"], timerId=r["timer_id"])],
+                            command_id=f"timer:{r['execution_id']}:{r['timer_id']}",
+                            meta={"actor": "timers"},
+                        )
+                        for r in ready
+                    ]
+                )
+            waits = [float(r["wait"]) for r in due if r["wait"] > 0]
+            pause = min([self.max_wait, *waits])
+            if ready:
+                # Fired timers leave the table once their TimerFired is read back.
+                pause = min(pause, 0.05)
+            self._changed = trio.Event()
+            with trio.move_on_after(max(pause, 0.001)):
+                await self._changed.wait()

@@ -1,0 +1,263 @@
+"""The worker: claims task-run attempts, runs them and records their logs and results.
+
+An attempt is claimed by appending `AttemptClaimed` as the first event of the attempt's own
+stream: the unique (stream, version) pair lets exactly one worker win, whatever the number of
+workers. Results go out through a group committer, so concurrent attempts share commits. A
+worker heartbeats; the watchdog abandons the attempts of one that stops doing so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import socket
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psycopg
+import trio
+
+from engine import events as ev
+from engine import templating
+from engine.batcher import GroupCommitter
+from engine.db import Notifier
+from engine.duration import parse_duration
+from engine.plugin import RunnableTask, TaskFailure, TaskWarning, task_type
+from engine.store import NO_STREAM, Append, EventStore, save_checkpoint
+from engine.store import load_checkpoint as _load_checkpoint
+from engine.subscription import Subscription
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "worker"
+LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
+
+
+def _now() -> str:
+    at = dt.datetime.now(dt.UTC)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+class AttemptContext:
+    """What a running task sees: its variables, a renderer, a logger and a working directory."""
+
+    def __init__(self, scheduled: ev.AttemptScheduled, working_dir: Path, min_level: str) -> None:
+        self.execution_id = scheduled.executionId
+        self.task_run_id = scheduled.taskRunId
+        self.attempt = scheduled.attempt
+        self.variables: dict[str, Any] = dict(scheduled.context)
+        self.working_dir = working_dir
+        self.lines: list[dict[str, Any]] = []
+        self._min = LEVELS.index(min_level) if min_level in LEVELS else 0
+
+    def render(self, value: Any) -> Any:
+        """Render templates inside `value` with the attempt's variables."""
+        return templating.render_value(value, self.variables)
+
+    def log(self, level: str, message: str) -> None:
+        """Keep one log line (dropped when below the task's `logLevel`)."""
+        level = "WARN" if level == "WARNING" else level
+        if level in LEVELS and LEVELS.index(level) < self._min:
+            return
+        self.lines.append({"timestamp": _now(), "level": level, "message": message})
+
+
+class Worker:
+    """Runs attempts until cancelled; cancellation abandons what is running, cleanly."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        notifier: Notifier,
+        *,
+        worker_id: str | None = None,
+        slots: int = 16,
+        heartbeat_interval: float = 3.0,
+        work_dir: Path | None = None,
+    ) -> None:
+        self.store = store
+        self.notifier = notifier
+        self.id = worker_id or uuid.uuid4().hex[:12]
+        self.slots = slots
+        self.free = slots
+        self.heartbeat_interval = heartbeat_interval
+        self.work_dir = work_dir or Path(tempfile.gettempdir()) / "tiercel-work"
+        self.committer = GroupCommitter(store)
+        self._capacity = trio.Event()
+        self._meta = {"actor": f"worker:{self.id}"}
+        self._running: dict[str, tuple[ev.AttemptScheduled, int]] = {}
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Heartbeat, claim and run attempts until cancelled."""
+        stream = ev.worker_stream(self.id)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.committer.run)
+                await self._beat()
+                nursery.start_soon(self._heartbeats)
+                position = await _load_checkpoint(self.store.db, CHECKPOINT)
+                sub = Subscription(
+                    self.store, self.notifier, position=position, types=["AttemptScheduled"]
+                )
+                await nursery.start(sub.run, self._handle)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await self._stop(stream)
+
+    async def _stop(self, stream: str) -> None:
+        abandons = [
+            Append(
+                ev.attempt_stream(s.executionId, s.taskRunId, s.attempt),
+                [
+                    ev.AttemptAbandoned(
+                        executionId=s.executionId,
+                        taskRunId=s.taskRunId,
+                        attempt=s.attempt,
+                        reason=f"worker {self.id} stopped",
+                    )
+                ],
+                version,
+                meta=self._meta,
+            )
+            for s, version in self._running.values()
+        ]
+        abandons.append(Append(stream, [ev.WorkerStopped(workerId=self.id)], meta=self._meta))
+        try:
+            await self.store.append_many(abandons)
+        except (psycopg.Error, OSError) as exc:
+            log.warning("Worker %s could not record its stop: %s", self.id, exc)
+
+    async def _beat(self) -> None:
+        await self.committer.append(
+            Append(
+                ev.worker_stream(self.id),
+                [ev.WorkerHeartbeat(workerId=self.id, hostname=socket.gethostname())],
+                meta=self._meta,
+            )
+        )
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await trio.sleep(self.heartbeat_interval)
+            try:
+                await self._beat()
+            except psycopg.Error as exc:
+                log.warning("Heartbeat of worker %s failed: %s", self.id, exc)
+
+    async def _handle(self, batch: list[Any]) -> None:
+        todo = [e for e in batch if isinstance(e.event, ev.AttemptScheduled)]
+        while todo:
+            while self.free <= 0:
+                await self._capacity.wait()
+            take, todo = todo[: self.free], todo[self.free :]
+            claims = [
+                Append(
+                    ev.attempt_stream(e.event.executionId, e.event.taskRunId, e.event.attempt),
+                    [
+                        ev.AttemptClaimed(
+                            executionId=e.event.executionId,
+                            taskRunId=e.event.taskRunId,
+                            attempt=e.event.attempt,
+                            workerId=self.id,
+                        )
+                    ],
+                    NO_STREAM,
+                    f"claim:{e.event.executionId}:{e.event.taskRunId}:{e.event.attempt}:{self.id}",
+                    self._meta,
+                )
+                for e in take
+            ]
+            last = take[-1].seq
+            results = await self.store.append_many(
+                claims, extra=lambda conn, last=last: save_checkpoint(conn, CHECKPOINT, last)
+            )
+            for stored, result in zip(take, results, strict=True):
+                if result.ok:
+                    self.free -= 1
+                    self._nursery.start_soon(self._run_attempt, stored.event, result.version)
+
+    async def _run_attempt(self, scheduled: ev.AttemptScheduled, version: int) -> None:
+        stream = ev.attempt_stream(scheduled.executionId, scheduled.taskRunId, scheduled.attempt)
+        self._running[stream] = (scheduled, version)
+        workdir = self.work_dir / f"{scheduled.taskRunId}-{scheduled.attempt}"
+        try:
+            result, ctx = await self._execute(scheduled, workdir)
+            events: list[ev.Event] = []
+            if ctx.lines:
+                events.append(
+                    ev.AttemptLogged(
+                        executionId=scheduled.executionId,
+                        taskRunId=scheduled.taskRunId,
+                        taskId=scheduled.task.get("id", ""),
+                        attempt=scheduled.attempt,
+                        lines=ctx.lines,
+                    )
+                )
+            events.append(result)
+            outcome = await self.committer.append(
+                Append(stream, events, version, f"result:{stream}", self._meta)
+            )
+            if not outcome.ok:
+                log.warning("Result of %s dropped: the attempt was abandoned meanwhile", stream)
+        finally:
+            self._running.pop(stream, None)
+            shutil.rmtree(workdir, ignore_errors=True)
+            self.free += 1
+            self._capacity.set()
+            self._capacity = trio.Event()
+
+    async def _execute(
+        self, scheduled: ev.AttemptScheduled, workdir: Path
+    ) -> tuple[ev.Event, AttemptContext]:
+        ids = {
+            "executionId": scheduled.executionId,
+            "taskRunId": scheduled.taskRunId,
+            "attempt": scheduled.attempt,
+        }
+        type_name = str(scheduled.task.get("type"))
+        level = str(scheduled.task.get("logLevel") or "TRACE")
+        ctx = AttemptContext(scheduled, workdir, level)
+        cls = task_type(type_name)
+        if cls is None or not issubclass(cls, RunnableTask):
+            message = f"No worker plugin for task type '{type_name}': install it on the workers"
+            ctx.log("ERROR", message)
+            return ev.AttemptFailed(**ids, message=message), ctx
+        task = msgspec.convert(scheduled.task, cls)
+        timeout = _timeout_seconds(task.timeout)
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            with trio.fail_after(timeout) if timeout else _no_limit():
+                outputs = await task.run(ctx)
+        except TaskWarning as exc:
+            ctx.log("WARN", str(exc))
+            return ev.AttemptSucceeded(**ids, state="WARNING", outputs=exc.outputs), ctx
+        except TaskFailure as exc:
+            ctx.log("ERROR", str(exc))
+            return ev.AttemptFailed(**ids, message=str(exc), outputs=exc.outputs), ctx
+        except trio.TooSlowError:
+            message = f"Timeout: the task ran longer than {task.timeout}"
+            ctx.log("ERROR", message)
+            return ev.AttemptFailed(**ids, message=message), ctx
+        except Exception as exc:  # a task's bug fails its attempt, not the worker
+            message = str(exc) or type(exc).__name__
+            ctx.log("ERROR", message)
+            return ev.AttemptFailed(**ids, message=message), ctx
+        return ev.AttemptSucceeded(**ids, outputs=outputs or {}), ctx
+
+
+def _timeout_seconds(value: str | None) -> float | None:
+    return parse_duration(value).total_seconds() if value else None
+
+
+class _no_limit:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
