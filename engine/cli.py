@@ -212,9 +212,7 @@ async def _serve_async(
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
-                ctx = await nursery.start(
-                    functools.partial(run_server, url, roles, **settings)
-                )
+                ctx = await nursery.start(functools.partial(run_server, url, roles, **settings))
                 if flows_dir:
                     await _deploy_folder(ctx.store, Path(flows_dir))
                 if "webserver" in roles:
@@ -368,7 +366,10 @@ async def _flow_test(
             async with trio.open_nursery() as nursery:
                 ctx = await nursery.start(
                     functools.partial(
-                        run_server, url, ("executor", "worker"), data_dir=Path(tmp),
+                        run_server,
+                        url,
+                        ("executor", "worker"),
+                        data_dir=Path(tmp),
                         heartbeat_interval=1.0,
                     )
                 )
@@ -412,3 +413,5 @@ def plugins_list() -> None:
         click.echo(name)
 
 
+if __name__ == "__main__":
+    main()

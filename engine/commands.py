@@ -48,12 +48,21 @@ def _revisions(history: list[StoredEvent]) -> list[FlowRecord]:
         event = e.event
         if isinstance(event, (ev.FlowCreated, ev.FlowUpdated)):
             out.append(
-                FlowRecord(event.namespace, event.flowId, event.revision, event.source,
-                           False, iso(e.recorded_at))
+                FlowRecord(
+                    event.namespace,
+                    event.flowId,
+                    event.revision,
+                    event.source,
+                    False,
+                    iso(e.recorded_at),
+                )
             )
         elif isinstance(event, ev.FlowDeleted) and out:
-            out.append(msgspec.structs.replace(out[-1], deleted=True, revision=event.revision,
-                                               updated=iso(e.recorded_at)))
+            out.append(
+                msgspec.structs.replace(
+                    out[-1], deleted=True, revision=event.revision, updated=iso(e.recorded_at)
+                )
+            )
     return out
 
 
@@ -137,7 +146,9 @@ async def delete_flow(store: EventStore, namespace: str, flow_id: str, actor: st
     )
 
 
-def _labels(flow: Flow, given: dict[str, str] | list[dict[str, str]] | None) -> list[dict[str, str]]:
+def _labels(
+    flow: Flow, given: dict[str, str] | list[dict[str, str]] | None
+) -> list[dict[str, str]]:
     merged = dict(flow.labels)
     if isinstance(given, list):
         for item in given:

@@ -52,11 +52,13 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         _ensure_runtime_dir()
         try:
-            import pgserver  # type: ignore[import-untyped]
+            import pgserver
         except ImportError:
             return self._start_from_path()
         try:
-            self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+            self._server = pgserver.get_server(  # type: ignore[attr-defined]
+                self.pgdata, cleanup_mode="stop"
+            )
         except Exception as exc:
             raise DatabaseUnavailable(
                 f"Could not start the embedded PostgreSQL in {self.pgdata}: {exc}. "

@@ -178,13 +178,20 @@ def evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Executi
         return msgspec.structs.replace(state, timers={**state.timers, event.timerId: event.fireAt})
     if isinstance(event, ev.TimerFired):
         return msgspec.structs.replace(state, fired=state.fired | {event.timerId})
-    run = state.taskruns.get(getattr(event, "taskRunId", ""))
-    if run is None:
+    found = state.taskruns.get(getattr(event, "taskRunId", ""))
+    if found is None:
         return state
+    run = found
     if isinstance(event, ev.TaskRunStateChanged):
         return _with_run(
-            state, _run_state(run, event.state, at, outputs=event.outputs or run.outputs,
-                              message=event.message or run.message)
+            state,
+            _run_state(
+                run,
+                event.state,
+                at,
+                outputs=event.outputs or run.outputs,
+                message=event.message or run.message,
+            ),
         )
     if isinstance(event, ev.AttemptScheduled):
         return _with_run(state, _set_attempt(run, event.attempt, Attempt("CREATED")))
@@ -396,7 +403,9 @@ class _Resolver:
                 self.current, self.started = outer, outer_started
             if result is not None:
                 self.out.append(
-                    ev.TaskRunStateChanged(executionId=self.state.id, taskRunId=run.id, state=result)
+                    ev.TaskRunStateChanged(
+                        executionId=self.state.id, taskRunId=run.id, state=result
+                    )
                 )
                 raise _Step
             return None
@@ -426,8 +435,9 @@ class _Resolver:
                 return
             if not go:
                 self.out.append(
-                    ev.TaskRunStateChanged(executionId=self.state.id, taskRunId=run_id,
-                                           state="SKIPPED")
+                    ev.TaskRunStateChanged(
+                        executionId=self.state.id, taskRunId=run_id, state="SKIPPED"
+                    )
                 )
                 return
         if isinstance(task, FlowableTask):

@@ -144,8 +144,9 @@ class _Loader(yaml.SafeLoader):
     pass
 
 
-def _construct(node: yaml.Node, path: str, marks: dict[str, tuple[int, int]],
-               problems: list[Problem]) -> Any:
+def _construct(
+    node: yaml.Node, path: str, marks: dict[str, tuple[int, int]], problems: list[Problem]
+) -> Any:
     marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
@@ -181,14 +182,18 @@ def load_yaml(source: str) -> tuple[Any, dict[str, tuple[int, int]], list[Proble
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         reason = getattr(exc, "problem", None) or str(exc)
-        return None, marks, [
-            Problem(
-                f"Invalid YAML: {reason}; fix the syntax at this position",
-                "",
-                mark.line + 1 if mark else None,
-                mark.column + 1 if mark else None,
-            )
-        ]
+        return (
+            None,
+            marks,
+            [
+                Problem(
+                    f"Invalid YAML: {reason}; fix the syntax at this position",
+                    "",
+                    mark.line + 1 if mark else None,
+                    mark.column + 1 if mark else None,
+                )
+            ],
+        )
     if node is None:
         return None, marks, problems
     return _construct(node, "", marks, problems), marks, problems
@@ -251,7 +256,9 @@ class _Checker:
         type_name = raw.get("type")
         cls = task_type(type_name) if isinstance(type_name, str) else None
         if not isinstance(type_name, str):
-            self.add(f"{path}.type", "Every task needs a `type`, e.g. io.kestra.plugin.core.log.Log")
+            self.add(
+                f"{path}.type", "Every task needs a `type`, e.g. io.kestra.plugin.core.log.Log"
+            )
             return None
         if cls is None:
             self.add(
@@ -327,7 +334,13 @@ def _nested_fields(cls: type[Task]) -> tuple[str, ...]:
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing (null)"
-    return {dict: "a mapping", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    return type(value).__name__
 
 
 def parse_flow(source: str, *, origin: str | None = None) -> Flow:

@@ -40,7 +40,9 @@ def resolve_inputs(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
         if raw is None:
             if inp.required:
                 problems.append(
-                    Problem(f"Input '{inp.id_}' is required and has no default", f"inputs.{inp.id_}")
+                    Problem(
+                        f"Input '{inp.id_}' is required and has no default", f"inputs.{inp.id_}"
+                    )
                 )
             else:
                 values[inp.id_] = None
@@ -58,8 +60,13 @@ def convert(inp: Input, raw: Any) -> Any:
     """One input value converted to its declared type; ValueError says what is wrong."""
     kind = inp.type
     if kind in ("STRING", "SECRET", "URI", "EMAIL", "FILE"):
-        value = raw if isinstance(raw, str) else json.dumps(raw) if not isinstance(
-            raw, (int, float)) else str(raw)
+        value = (
+            raw
+            if isinstance(raw, str)
+            else json.dumps(raw)
+            if not isinstance(raw, (int, float))
+            else str(raw)
+        )
         if inp.validator and not re.fullmatch(inp.validator, value):
             raise ValueError(f"'{value}' does not match the pattern {inp.validator}")
         if kind == "EMAIL" and not _EMAIL.match(value):

@@ -52,7 +52,7 @@ def migrate(url: str, folder: Path | None = None) -> list[str]:
                 if number in done:
                     continue
                 with conn.transaction():
-                    conn.execute(path.read_text())  # type: ignore[call-overload]
+                    conn.execute(path.read_text().encode())
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                         (number, name),

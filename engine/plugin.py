@@ -191,5 +191,3 @@ def registered() -> dict[str, type[Task]]:
     """Every registered name (aliases included) and its class."""
     _load()
     return dict(_types)
-
-

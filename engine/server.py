@@ -80,9 +80,7 @@ async def run_server(
             if "executor" in roles:
                 await nursery.start(ExecutorShell(store, notifier).run)
                 await nursery.start(TimerService(store, notifier).run)
-                await nursery.start(
-                    Watchdog(store, notifier, timeout=ctx.heartbeat_timeout).run
-                )
+                await nursery.start(Watchdog(store, notifier, timeout=ctx.heartbeat_timeout).run)
             if "worker" in roles:
                 worker = Worker(
                     store,

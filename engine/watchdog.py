@@ -38,9 +38,7 @@ TYPES = (
 class Watchdog:
     """Abandons the attempts of lost workers until cancelled."""
 
-    def __init__(
-        self, store: EventStore, notifier: Notifier, *, timeout: float = 30.0
-    ) -> None:
+    def __init__(self, store: EventStore, notifier: Notifier, *, timeout: float = 30.0) -> None:
         self.store = store
         self.notifier = notifier
         self.timeout = timeout
@@ -106,8 +104,11 @@ class Watchdog:
                 )
             )
         results = await self.store.append_many(appends)
-        abandoned = sum(1 for a, res in zip(appends, results, strict=True)
-                        if res.status == "written" and "/a:" in a.stream_id)
+        abandoned = sum(
+            1
+            for a, res in zip(appends, results, strict=True)
+            if res.status == "written" and "/a:" in a.stream_id
+        )
         if abandoned:
             log.warning("Abandoned %d attempt(s) of lost workers", abandoned)
         return abandoned
@@ -128,8 +129,14 @@ def _apply_one(conn: psycopg.Connection[Any], e: StoredEvent) -> None:
         conn.execute(
             "INSERT INTO engine_attempts (stream_id, execution_id, task_run_id, attempt,"
             " worker_id, version) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (e.stream_id, event.executionId, event.taskRunId, event.attempt, event.workerId,
-             e.version),
+            (
+                e.stream_id,
+                event.executionId,
+                event.taskRunId,
+                event.attempt,
+                event.workerId,
+                e.version,
+            ),
         )
     elif isinstance(event, ev.AttemptLogged):
         conn.execute(

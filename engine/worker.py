@@ -14,6 +14,7 @@ import shutil
 import socket
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,9 +175,7 @@ class Worker:
                 for e in take
             ]
             last = take[-1].seq
-            results = await self.store.append_many(
-                claims, extra=lambda conn, last=last: save_checkpoint(conn, CHECKPOINT, last)
-            )
+            results = await self.store.append_many(claims, extra=_checkpoint_at(last))
             for stored, result in zip(take, results, strict=True):
                 if result.ok:
                     self.free -= 1
@@ -215,7 +214,7 @@ class Worker:
     async def _execute(
         self, scheduled: ev.AttemptScheduled, workdir: Path
     ) -> tuple[ev.Event, AttemptContext]:
-        ids = {
+        ids: dict[str, Any] = {
             "executionId": scheduled.executionId,
             "taskRunId": scheduled.taskRunId,
             "attempt": scheduled.attempt,
@@ -249,6 +248,13 @@ class Worker:
             ctx.log("ERROR", message)
             return ev.AttemptFailed(**ids, message=message), ctx
         return ev.AttemptSucceeded(**ids, outputs=outputs or {}), ctx
+
+
+def _checkpoint_at(position: int) -> Callable[[psycopg.Connection[Any]], None]:
+    def save(conn: psycopg.Connection[Any]) -> None:
+        save_checkpoint(conn, CHECKPOINT, position)
+
+    return save
 
 
 def _timeout_seconds(value: str | None) -> float | None:

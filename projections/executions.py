@@ -30,12 +30,18 @@ class ExecutionsProjection:
                     " last_seq) VALUES (%s, %s, %s, %s, 'CREATED', %s, %s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT (id) DO NOTHING",
                     (
-                        event.executionId, event.namespace, event.flowId, event.flowRevision,
+                        event.executionId,
+                        event.namespace,
+                        event.flowId,
+                        event.flowRevision,
                         Jsonb([{"state": "CREATED", "date": iso(e.recorded_at)}]),
-                        Jsonb(event.labels), Jsonb(event.inputs),
+                        Jsonb(event.labels),
+                        Jsonb(event.inputs),
                         Jsonb(event.trigger) if event.trigger else None,
-                        event.parentId, event.originalId or event.executionId,
-                        e.recorded_at, e.seq,
+                        event.parentId,
+                        event.originalId or event.executionId,
+                        e.recorded_at,
+                        e.seq,
                     ),
                 )
             elif isinstance(event, ev.ExecutionStateChanged):
@@ -48,7 +54,9 @@ class ExecutionsProjection:
                         Jsonb([{"state": event.state, "date": iso(e.recorded_at)}]),
                         Jsonb(event.outputs) if event.outputs is not None else None,
                         e.recorded_at if event.state in TERMINAL_STATES else None,
-                        e.seq, event.executionId, e.seq,
+                        e.seq,
+                        event.executionId,
+                        e.seq,
                     ),
                 )
             elif isinstance(event, ev.TaskRunCreated):

@@ -30,8 +30,15 @@ class FlowsProjection:
                     " source = EXCLUDED.source, deleted = false,"
                     " description = EXCLUDED.description, labels = EXCLUDED.labels,"
                     " updated = EXCLUDED.updated",
-                    (event.namespace, event.flowId, event.revision, event.source, description,
-                     psycopg.types.json.Jsonb(labels), e.recorded_at),
+                    (
+                        event.namespace,
+                        event.flowId,
+                        event.revision,
+                        event.source,
+                        description,
+                        psycopg.types.json.Jsonb(labels),
+                        e.recorded_at,
+                    ),
                 )
             elif isinstance(event, ev.FlowDeleted):
                 conn.execute(

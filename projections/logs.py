@@ -26,8 +26,14 @@ class LogsProjection:
             for i, line in enumerate(event.lines):
                 rows.append(
                     (
-                        e.seq, i, event.executionId, event.taskId, event.taskRunId,
-                        event.attempt, line.get("timestamp"), line.get("level", "INFO"),
+                        e.seq,
+                        i,
+                        event.executionId,
+                        event.taskId,
+                        event.taskRunId,
+                        event.attempt,
+                        line.get("timestamp"),
+                        line.get("level", "INFO"),
                         str(line.get("message", "")),
                     )
                 )

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import ClassVar
 
 from engine.plugin import FlowableTask, Navigator, Task, parse_duration, register
+
 
 def _errors_after(nav: Navigator, state: str | None, errors: list[Task]) -> str | None:
     # A failed branch runs its own `errors` tasks, then stays failed.
@@ -75,5 +75,3 @@ class Sleep(FlowableTask, kw_only=True):
     def resolve(self, nav: Navigator) -> str | None:
         wait = parse_duration(str(nav.render(self.duration)))
         return "SUCCESS" if nav.sleep_until(nav.started + wait) else None
-
-

@@ -11,8 +11,8 @@ import trio
 from engine import events as ev
 from engine.commands import create_execution, deploy_flow, load_execution, wait_for_end
 from engine.db import Database
-from engine.executor_shell import INPUT_TYPES, recorded
 from engine.executor import fold, verify
+from engine.executor_shell import INPUT_TYPES, recorded
 from engine.server import ServerContext, run_server
 from engine.store import NO_STREAM, EventStore
 from engine.worker import Worker
@@ -90,8 +90,11 @@ async def test_attempt_of_a_silent_worker_is_abandoned_and_run_again(database_ur
         await ctx.store.append(ev.worker_stream(ghost), [ev.WorkerHeartbeat(workerId=ghost)])
         await ctx.store.append(
             ev.attempt_stream(xid, first.taskRunId, 1),
-            [ev.AttemptClaimed(executionId=xid, taskRunId=first.taskRunId, attempt=1,
-                               workerId=ghost)],
+            [
+                ev.AttemptClaimed(
+                    executionId=xid, taskRunId=first.taskRunId, attempt=1, workerId=ghost
+                )
+            ],
             expected_version=NO_STREAM,
         )
         worker = Worker(ctx.store, ctx.notifier, heartbeat_interval=0.2)
@@ -137,7 +140,7 @@ async def test_two_workers_never_run_the_same_attempt(database_url: str, ns: str
         rows = await ctx.db.fetchall(
             "SELECT stream_id, count(*) AS n FROM events WHERE type = 'AttemptClaimed'"
             " AND stream_id LIKE %s GROUP BY stream_id",
-            (f"exec:%",),
+            ("exec:%",),
         )
         mine = [r for r in rows if any(r["stream_id"].startswith(f"exec:{x}/") for x in ids)]
         assert len(mine) == 60 and all(r["n"] == 1 for r in mine)

@@ -155,11 +155,13 @@ def test_allow_failure_turns_a_failed_task_into_warning_and_flow_goes_on():
     )
     run = Run(source)
     run.work(
-        lambda s: ev.AttemptFailed(
-            executionId=s.executionId, taskRunId=s.taskRunId, attempt=s.attempt, message="x"
+        lambda s: (
+            ev.AttemptFailed(
+                executionId=s.executionId, taskRunId=s.taskRunId, attempt=s.attempt, message="x"
+            )
+            if s.task["id"] == "boom"
+            else None
         )
-        if s.task["id"] == "boom"
-        else None
     )
     assert run.runs()["never"] == "SUCCESS"
     assert run.state is not None and run.state.state == "WARNING"
@@ -220,7 +222,10 @@ def test_disabled_task_is_skipped_entirely():
 
 
 def test_flow_outputs_are_rendered_when_the_execution_succeeds():
-    source = PARALLEL + 'outputs:\n  - id: result\n    type: STRING\n    value: "{{ outputs.last.value }}"\n'
+    source = (
+        PARALLEL
+        + 'outputs:\n  - id: result\n    type: STRING\n    value: "{{ outputs.last.value }}"\n'
+    )
     run = Run(source)
     run.work()
     assert run.state is not None and run.state.outputs == {"result": "last"}

@@ -1,0 +1,907 @@
+"""Pebble-compatible templates rendered in Jinja2's immutable sandbox.
+
+Flows written for Kestra use Pebble syntax. Most of it is Jinja syntax already; the rest is
+translated before compiling: `a ?? b` and `a ??? b` (coalescing), `c ? a : b` (ternary),
+`equals`, `contains`, `elseif`, `null`, `is null`, `is empty`, and Pebble's 0-based `loop.index`.
+Values print the way Kestra prints them: maps and lists as JSON, booleans as `true`/`false`,
+null as an empty string. A template that cannot be rendered raises `TemplateError` naming the
+expression.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import functools
+import hashlib
+import json
+import re
+import unicodedata
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jinja2
+import yaml
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from engine.duration import parse_duration
+from engine.errors import TemplateError
+
+MAX_RECURSION = 10
+
+
+def is_template(value: str) -> bool:
+    """Whether `value` contains an expression or a tag to render."""
+    return "{{" in value or "{%" in value
+
+
+# --- Pebble → Jinja translation -----------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+)
+  | (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+  | (?P<num>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
+  | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<op>\?\?\?|\?\?|\*\*|//|==|!=|<=|>=|\.\.|[-+*/%~<>=!?:.,|()\[\]{}])
+    """,
+    re.VERBOSE,
+)
+_OPEN = {"(": ")", "[": "]", "{": "}"}
+_CLOSE = {")", "]", "}"}
+
+
+def _tokens(source: str, where: str) -> list[str]:
+    out: list[str] = []
+    pos = 0
+    while pos < len(source):
+        match = _TOKEN.match(source, pos)
+        if match is None:
+            raise TemplateError(
+                f"Cannot read '{where}': unexpected character {source[pos]!r} at offset {pos}; "
+                "check the expression's syntax"
+            )
+        if match.lastgroup != "ws":
+            out.append(match.group())
+        pos = match.end()
+    return out
+
+
+def _split_top(tokens: list[str], separators: set[str]) -> list[tuple[str, list[str]]]:
+    """Split at separators outside brackets: [(separator before, tokens), ...]."""
+    parts: list[tuple[str, list[str]]] = [("", [])]
+    depth = 0
+    for tok in tokens:
+        if tok in _OPEN:
+            depth += 1
+        elif tok in _CLOSE:
+            depth -= 1
+        if depth == 0 and tok in separators:
+            parts.append((tok, []))
+        else:
+            parts[-1][1].append(tok)
+    return parts
+
+
+def _find_ternary(tokens: list[str]) -> tuple[int, int] | None:
+    depth = 0
+    question = -1
+    nested = 0
+    for i, tok in enumerate(tokens):
+        if tok in _OPEN:
+            depth += 1
+        elif tok in _CLOSE:
+            depth -= 1
+        elif depth == 0 and tok == "?":
+            if question < 0:
+                question = i
+            else:
+                nested += 1
+        elif depth == 0 and tok == ":" and question >= 0:
+            if nested == 0:
+                return question, i
+            nested -= 1
+    return None
+
+
+def _expression(tokens: list[str]) -> str:
+    """Translate one Pebble expression (a token list) into a Jinja expression."""
+    ternary = _find_ternary(tokens)
+    if ternary is not None:
+        q, c = ternary
+        cond, yes, no = tokens[:q], tokens[q + 1 : c], tokens[c + 1 :]
+        return f"(({_expression(yes)}) if ({_expression(cond)}) else ({_expression(no)}))"
+    parts = _split_top(tokens, {"??", "???"})
+    if len(parts) > 1:
+        result = _plain(parts[0][1])
+        for op, part in parts[1:]:
+            right = _plain(part)
+            test = "is not null" if op == "??" else "is defined"
+            result = f"(({result}) if (({result}) {test}) else ({right}))"
+        return result
+    return _plain(tokens)
+
+
+def _plain(tokens: list[str]) -> str:
+    """Translate tokens free of top-level `?`: recurse into brackets, rename Pebble words."""
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok in _OPEN:
+            close = _OPEN[tok]
+            depth, j = 1, i + 1
+            while j < len(tokens) and depth:
+                if tokens[j] in _OPEN:
+                    depth += 1
+                elif tokens[j] in _CLOSE:
+                    depth -= 1
+                j += 1
+            inner = tokens[i + 1 : j - 1] if depth == 0 else tokens[i + 1 : j]
+            items = []
+            for _, item in _split_top(inner, {","}):
+                if tok == "{":
+                    kv = _split_top(item, {":"})
+                    if len(kv) >= 2:
+                        key = kv[0][1]
+                        value = item[len(key) + 1 :]
+                        items.append(f"{_expression(key)}: {_expression(value)}")
+                        continue
+                if tok == "[" and out and out[-1] not in ("(", "[", ",", "in", ":", "{"):
+                    # a subscript may be a slice, keep its colons
+                    sl = _split_top(item, {":"})
+                    items.append(":".join(_expression(p) for _, p in sl))
+                    continue
+                items.append(_expression(item))
+            out.append(tok + ", ".join(items) + (close if depth == 0 else ""))
+            i = j
+            continue
+        prev = out[-1] if out else ""
+        if tok == "equals":
+            out.append("==")
+        elif tok == "contains" and prev not in (".", "|", "is"):
+            out.append("is __contains")
+        elif tok == "index" and prev == "." and len(out) > 1 and out[-2] == "loop":
+            out.append("index0")
+        elif tok == "revindex" and prev == "." and len(out) > 1 and out[-2] == "loop":
+            out.append("revindex0")
+        elif tok == "?":
+            raise TemplateError("A '?' without its ':' - write 'condition ? then : else'")
+        else:
+            out.append(tok)
+        i += 1
+    return _join(out)
+
+
+def _join(tokens: list[str]) -> str:
+    text = ""
+    for tok in tokens:
+        if (
+            text
+            and (tok[0].isalnum() or tok[0] in "_'\"")
+            and (text[-1].isalnum() or text[-1] in "_'\")]}")
+        ):
+            text += " "
+        elif (
+            text and tok not in (".", ",", ")", "]", "}", "(", "[", "|") and text[-1] not in ".([{|"
+        ):
+            text += " "
+        text += tok
+    return text
+
+
+_BLOCK = re.compile(r"\{\{-?|\{%-?|\{#")
+
+
+def translate(source: str) -> str:
+    """The Jinja equivalent of a Pebble template."""
+    out: list[str] = []
+    pos = 0
+    while True:
+        match = _BLOCK.search(source, pos)
+        if match is None:
+            out.append(source[pos:])
+            return "".join(out)
+        out.append(source[pos : match.start()])
+        opener = match.group()
+        if opener == "{#":
+            end = source.find("#}", match.end())
+            end = len(source) if end < 0 else end + 2
+            out.append(source[match.start() : end])
+            pos = end
+            continue
+        closer = "}}" if opener.startswith("{{") else "%}"
+        end = _find_close(source, match.end(), closer)
+        if end < 0:
+            raise TemplateError(
+                f"Cannot read '{source}': '{opener}' is never closed; add '{closer}'"
+            )
+        body = source[match.end() : end]
+        trim = ""
+        if body.endswith("-"):
+            body, trim = body[:-1], "-"
+        stop = end + 2
+        if opener.startswith("{%"):
+            words = body.split(None, 1)
+            tag = words[0] if words else ""
+            if tag == "raw":
+                raw_end = re.compile(r"\{%-?\s*endraw\s*-?%\}").search(source, stop)
+                finish = raw_end.end() if raw_end else len(source)
+                out.append(source[match.start() : finish])
+                pos = finish
+                continue
+            if tag == "elseif":
+                tag = "elif"
+            rest = words[1] if len(words) > 1 else ""
+            out.append(f"{opener} {tag} {_statement(tag, rest, source)} {trim}%}}")
+        else:
+            out.append(f"{opener} {_expression(_tokens(body, source))} {trim}}}}}")
+        pos = stop
+
+
+def _statement(tag: str, rest: str, where: str) -> str:
+    if not rest.strip():
+        return ""
+    if tag == "for":
+        target, _, iterable = rest.partition(" in ")
+        return f"{target.strip()} in {_expression(_tokens(iterable, where))}"
+    if tag == "set":
+        target, _, value = rest.partition("=")
+        return f"{target.strip()} = {_expression(_tokens(value, where))}"
+    if tag in ("if", "elif"):
+        return _expression(_tokens(rest, where))
+    return rest
+
+
+def _find_close(source: str, start: int, closer: str) -> int:
+    quote = ""
+    i = start
+    while i < len(source) - 1:
+        ch = source[i]
+        if quote:
+            if ch == "\\":
+                i += 2
+                continue
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif source.startswith(closer, i):
+            return i
+        i += 1
+    return -1
+
+
+# --- the environment ------------------------------------------------------------------------------
+
+
+class _Undefined(jinja2.ChainableUndefined, jinja2.StrictUndefined):
+    """Chains through `a.b.c` (so `??` and `is defined` work) but fails when printed or used."""
+
+    __slots__ = ()
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    """Maps are read by key first: `outputs.t1.values` is the output, not `dict.values`."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping):
+            if attribute in obj:
+                return obj[attribute]
+            return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if isinstance(obj, Mapping):
+            if argument in obj:
+                return obj[argument]
+            return self.undefined(obj=obj, name=argument)
+        return super().getitem(obj, argument)
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        return super().is_safe_attribute(obj, attr, value) and not attr.startswith("_")
+
+
+def to_text(value: Any) -> str:
+    """A value as Kestra prints it."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dt.datetime):
+        return _iso(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, Mapping | list | tuple):
+        return to_json(value)
+    if isinstance(value, jinja2.Undefined):
+        return str(value)  # raises: an undefined value is an error
+    return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if isinstance(value, jinja2.Undefined):
+        return str(value)
+    return str(value)
+
+
+def to_json(value: Any) -> str:
+    """Compact JSON, as Kestra's `json`/`toJson` filters write it."""
+    return json.dumps(value, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+
+
+def _finalize(value: Any) -> Any:
+    if isinstance(value, jinja2.Undefined):
+        return value
+    return to_text(value)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or isinstance(value, jinja2.Undefined)
+
+
+# --- dates ----------------------------------------------------------------------------------------
+
+_JAVA_LETTERS = re.compile(r"'[^']*'|([A-Za-z])\1*")
+_NAMED_FORMATS = {
+    "iso": "ISO", "iso_date_time": "ISO", "iso_zoned_date_time": "ISO",
+    "iso_offset_date_time": "ISO", "iso_instant": "INSTANT",
+    "iso_sec": "yyyy-MM-dd'T'HH:mm:ssXXX", "iso_milli": "yyyy-MM-dd'T'HH:mm:ss.SSSXXX",
+    "sql": "yyyy-MM-dd HH:mm:ss.SSSSSS", "sql_milli": "yyyy-MM-dd HH:mm:ss.SSS",
+    "sql_seconds": "yyyy-MM-dd HH:mm:ss", "iso_local_date_time": "yyyy-MM-dd'T'HH:mm:ss.SSSSSS",
+    "iso_date": "yyyy-MM-dd", "iso_local_date": "yyyy-MM-dd",
+    "iso_time": "HH:mm:ss.SSSSSS", "iso_local_time": "HH:mm:ss.SSSSSS",
+}  # fmt: skip
+
+
+def to_datetime(
+    value: Any, existing_format: str | None = None, zone: str | None = None
+) -> dt.datetime:
+    """A datetime from a datetime, a date, an ISO string or epoch seconds."""
+    if isinstance(value, dt.datetime):
+        result = value
+    elif isinstance(value, dt.date):
+        result = dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        result = dt.datetime.fromtimestamp(value, dt.UTC)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            if existing_format:
+                result = dt.datetime.strptime(text, _strftime_pattern(existing_format))
+            else:
+                result = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise TemplateError(f"Cannot read {value!r} as a date: {exc}") from None
+    else:
+        raise TemplateError(f"Cannot read {value!r} as a date")
+    if result.tzinfo is None:
+        result = result.replace(tzinfo=dt.UTC)
+    if zone:
+        result = result.astimezone(_zone(zone))
+    return result
+
+
+def _zone(name: str) -> dt.tzinfo:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if name.upper() in ("UTC", "Z", "GMT"):
+        return dt.UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise TemplateError(
+            f"Unknown time zone {name!r}; use an IANA name like 'Europe/Paris'"
+        ) from None
+
+
+def _strftime_pattern(java: str) -> str:
+    mapping = {
+        "yyyy": "%Y", "uuuu": "%Y", "yy": "%y", "MMMM": "%B", "MMM": "%b", "MM": "%m",
+        "dd": "%d", "HH": "%H", "hh": "%I", "mm": "%M", "ss": "%S", "a": "%p",
+        "EEEE": "%A", "EEE": "%a", "E": "%a", "D": "%j", "DDD": "%j", "XXX": "%z",
+        "xxx": "%z", "Z": "%z", "X": "%z", "z": "%Z", "SSSSSS": "%f",
+    }  # fmt: skip
+    out = []
+    for match in _JAVA_LETTERS.finditer(java):
+        run = match.group()
+        if run.startswith("'"):
+            out.append(run[1:-1].replace("%", "%%") or "'")
+        else:
+            out.append(mapping.get(run, run))
+    # keep what lies between the letter runs
+    result, last = "", 0
+    for piece, match in zip(out, _JAVA_LETTERS.finditer(java), strict=True):
+        result += java[last : match.start()].replace("%", "%%") + piece
+        last = match.end()
+    return result + java[last:].replace("%", "%%")
+
+
+def _offset(value: dt.datetime) -> str:
+    delta = value.utcoffset() or dt.timedelta()
+    sign = "-" if delta < dt.timedelta() else "+"
+    minutes = abs(int(delta.total_seconds())) // 60
+    return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _iso(value: dt.datetime) -> str:
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def format_datetime(value: dt.datetime, pattern: str) -> str:
+    """Format with a Java `DateTimeFormatter` pattern or one of Kestra's named formats."""
+    pattern = _NAMED_FORMATS.get((pattern or "iso").lower(), pattern)
+    if pattern == "ISO":
+        return _iso(value)
+    if pattern == "INSTANT":
+        return _iso(value.astimezone(dt.UTC))
+    out, last = [], 0
+    for match in _JAVA_LETTERS.finditer(pattern):
+        out.append(pattern[last : match.start()])
+        last = match.end()
+        run = match.group()
+        if run.startswith("'"):
+            out.append(run[1:-1] or "'")
+            continue
+        letter, n = run[0], len(run)
+        if letter in "yu":
+            out.append(f"{value.year % 100:02d}" if n == 2 else f"{value.year:0{n}d}")
+        elif letter == "M":
+            out.append(
+                value.strftime("%B" if n >= 4 else "%b") if n >= 3 else f"{value.month:0{n}d}"
+            )
+        elif letter == "d":
+            out.append(f"{value.day:0{n}d}")
+        elif letter == "D":
+            out.append(f"{value.timetuple().tm_yday:0{n}d}")
+        elif letter == "H":
+            out.append(f"{value.hour:0{n}d}")
+        elif letter == "h":
+            out.append(f"{(value.hour % 12) or 12:0{n}d}")
+        elif letter == "m":
+            out.append(f"{value.minute:0{n}d}")
+        elif letter == "s":
+            out.append(f"{value.second:0{n}d}")
+        elif letter == "S":
+            out.append(f"{value.microsecond:06d}{'0' * 3}"[:n])
+        elif letter == "n":
+            out.append(str(value.microsecond * 1000))
+        elif letter == "a":
+            out.append("AM" if value.hour < 12 else "PM")
+        elif letter == "E":
+            out.append(value.strftime("%A" if n >= 4 else "%a"))
+        elif letter in "Xx":
+            offset = _offset(value)
+            out.append("Z" if letter == "X" and offset in ("+00:00", "") else offset)
+        elif letter == "Z":
+            out.append(value.strftime("%z"))
+        elif letter == "z":
+            out.append(value.strftime("%Z"))
+        elif letter == "V":
+            out.append(str(value.tzinfo))
+        else:
+            raise TemplateError(f"Unsupported date pattern letter {letter!r} in {pattern!r}")
+    out.append(pattern[last:])
+    return "".join(out)
+
+
+_UNITS = {
+    "NANOS": dt.timedelta(microseconds=0.001), "MICROS": dt.timedelta(microseconds=1),
+    "MILLIS": dt.timedelta(milliseconds=1), "SECONDS": dt.timedelta(seconds=1),
+    "MINUTES": dt.timedelta(minutes=1), "HOURS": dt.timedelta(hours=1),
+    "HALF_DAYS": dt.timedelta(hours=12), "DAYS": dt.timedelta(days=1),
+    "WEEKS": dt.timedelta(weeks=1),
+}  # fmt: skip
+
+
+def _add_months(value: dt.datetime, months: int) -> dt.datetime:
+    import calendar
+
+    month0 = value.month - 1 + months
+    year, month = value.year + month0 // 12, month0 % 12 + 1
+    day = min(value.day, calendar.monthrange(year, month)[1])
+    return value.replace(year=year, month=month, day=day)
+
+
+def _f_date(
+    value: Any, format: str = "", timeZone: str | None = None, existingFormat: str | None = None
+) -> str:
+    return format_datetime(to_datetime(value, existingFormat, timeZone), format)
+
+
+def _f_date_add(
+    value: Any, amount: int, unit: str, format: str = "", timeZone: str | None = None,
+    existingFormat: str | None = None,
+) -> str:  # fmt: skip
+    moment = to_datetime(value, existingFormat, timeZone)
+    unit = unit.upper()
+    if unit == "MONTHS":
+        moment = _add_months(moment, int(amount))
+    elif unit == "YEARS":
+        moment = _add_months(moment, 12 * int(amount))
+    elif unit in _UNITS:
+        moment = moment + _UNITS[unit] * amount
+    else:
+        raise TemplateError(
+            f"Unknown unit {unit!r} for dateAdd; use one of {sorted(_UNITS) + ['MONTHS', 'YEARS']}"
+        )
+    return format_datetime(moment, format)
+
+
+def _epoch(value: Any, scale: int, existing: str | None, zone: str | None) -> int:
+    moment = to_datetime(value, existing, zone)
+    delta = moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return micros * scale // 1_000_000 if scale < 1_000_000 else micros * (scale // 1_000_000)
+
+
+# --- filters, tests and functions -----------------------------------------------------------------
+
+
+def _jq(value: Any, expression: str) -> list[Any]:
+    import jq  # type: ignore[import-not-found,unused-ignore]
+
+    data = json.loads(value) if isinstance(value, str) else json.loads(to_json(value))
+    try:
+        return list(jq.compile(expression).input_value(data).all())
+    except ValueError as exc:
+        raise TemplateError(f"jq '{expression}' failed: {exc}") from None
+
+
+def _from_json(value: Any) -> Any:
+    if not isinstance(value, str | bytes):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise TemplateError(f"Cannot parse JSON {str(value)[:80]!r}: {exc}") from None
+
+
+def _default(value: Any, fallback: Any = "") -> Any:
+    if _missing(value) or value == "" or value == [] or value == {}:
+        return fallback
+    return value
+
+
+def _length(value: Any) -> int:
+    if _missing(value):
+        return 0
+    if isinstance(value, int | float):
+        return len(str(value))
+    return len(value)
+
+
+def _replace(value: Any, old: Any, new: Any = None, regexp: bool = False) -> str:
+    text = to_text(value)
+    pairs = old.items() if isinstance(old, Mapping) else [(old, new)]
+    for a, b in pairs:
+        text = re.sub(str(a), to_text(b), text) if regexp else text.replace(str(a), to_text(b))
+    return text
+
+
+def _split(value: Any, delimiter: str, limit: int | None = None) -> list[str]:
+    text = to_text(value)
+    if limit is None or limit <= 0:
+        return re.split(delimiter, text) if len(delimiter) > 1 else text.split(delimiter)
+    return text.split(delimiter, limit - 1)
+
+
+def _slugify(value: Any) -> str:
+    text = unicodedata.normalize("NFKD", to_text(value)).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _number(value: Any, type: str | None = None) -> int | float:
+    text = to_text(value).strip()
+    kind = (type or "").upper()
+    try:
+        if kind in ("INT", "INTEGER", "LONG", "BIGINTEGER"):
+            return int(float(text)) if "." in text else int(text)
+        if kind in ("FLOAT", "DOUBLE", "BIGDECIMAL"):
+            return float(text)
+        return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+    except ValueError:
+        raise TemplateError(f"Cannot read {text!r} as a number") from None
+
+
+def _title(value: Any) -> str:
+    return re.sub(r"(^|\s)(\S)", lambda m: m.group(1) + m.group(2).upper(), to_text(value))
+
+
+def _abbreviate(value: Any, length: int) -> str:
+    text = to_text(value)
+    return text if len(text) <= length else text[: max(length - 3, 0)] + "..."
+
+
+def _slice(value: Any, start: int = 0, end: int | None = None) -> Any:
+    return value[start:end]
+
+
+def _chunk(value: Iterable[Any], size: int) -> list[list[Any]]:
+    items = list(value)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _flatten(value: Iterable[Any]) -> list[Any]:
+    out: list[Any] = []
+    for item in value:
+        out.extend(item if isinstance(item, list | tuple) else [item])
+    return out
+
+
+def _distinct(value: Iterable[Any]) -> list[Any]:
+    out: list[Any] = []
+    for item in value:
+        if item not in out:
+            out.append(item)
+    return out
+
+
+def _indent(value: Any, width: int, prefix: str = " ") -> str:
+    pad = prefix * width
+    return "\n".join(
+        (pad + line) if i else line for i, line in enumerate(to_text(value).split("\n"))
+    )
+
+
+def _nindent(value: Any, width: int, prefix: str = " ") -> str:
+    pad = prefix * width
+    return "\n" + "\n".join(pad + line for line in to_text(value).split("\n"))
+
+
+def _merge(value: Any, other: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {**value, **other}
+    return [*value, *other]
+
+
+def _number_format(value: Any, pattern: str) -> str:
+    decimals = len(pattern.split(".", 1)[1]) if "." in pattern else 0
+    grouping = "," if "," in pattern else ""
+    return f"{float(value):{grouping}.{decimals}f}"
+
+
+def _to_yaml(value: Any) -> str:
+    return yaml.safe_dump(json.loads(to_json(value)), sort_keys=False, allow_unicode=True)
+
+
+def _from_yaml(value: Any) -> Any:
+    return yaml.safe_load(value) if isinstance(value, str) else value
+
+
+def _is_json(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        json.loads(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _empty(value: Any) -> bool:
+    if _missing(value):
+        return True
+    if isinstance(value, str):
+        return value.strip() == ""
+    if isinstance(value, Mapping | list | tuple | set):
+        return len(value) == 0
+    return False
+
+
+def _contains(container: Any, item: Any) -> bool:
+    if _missing(container):
+        return False
+    if isinstance(item, list | tuple) and not isinstance(container, str):
+        return all(i in container for i in item)
+    return bool(item in container)
+
+
+def _range(start: int, end: int, step: int = 1) -> list[int]:
+    # Pebble's range includes its end
+    return list(range(start, end + (1 if step > 0 else -1), step))
+
+
+@jinja2.pass_context
+def _render_function(context: Context, value: Any, recursive: bool = True) -> Any:
+    variables = context.get_all()
+    if not isinstance(value, str):
+        return value
+    if not recursive:
+        return render(value, variables)
+    return render_recursive(value, variables)
+
+
+@jinja2.pass_context
+def _current_each_output(context: Context, output: Any) -> Any:
+    values = [p.get("taskrun", {}).get("value") for p in reversed(context.get("parents") or [])]
+    taskrun = context.get("taskrun") or {}
+    values.append(taskrun.get("value"))
+    current = output
+    for value in values:
+        if value is None:
+            continue
+        if isinstance(current, Mapping) and value in current:
+            current = current[value]
+    return current
+
+
+def _now(timeZone: str | None = None, **_: Any) -> dt.datetime:
+    moment = dt.datetime.now(dt.UTC)
+    return moment.astimezone(_zone(timeZone)) if timeZone else moment
+
+
+def _unavailable(name: str) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        raise TemplateError(f"The function {name}() is not available here")
+
+    return call
+
+
+def _to_duration(value: Any) -> float:
+    return parse_duration(value).total_seconds()
+
+
+FILTERS: dict[str, Callable[..., Any]] = {
+    "json": to_json, "toJson": to_json, "tojson": to_json, "toIon": to_json,
+    "fromJson": _from_json, "jq": _jq, "yaml": _to_yaml, "toYaml": _to_yaml, "fromYaml": _from_yaml,
+    "date": _f_date, "dateAdd": _f_date_add,
+    "timestamp": lambda v, existingFormat=None, timeZone=None: _epoch(v, 1, existingFormat, timeZone),
+    "timestampMilli": lambda v, existingFormat=None, timeZone=None: _epoch(v, 1000, existingFormat, timeZone),
+    "timestampMicro": lambda v, existingFormat=None, timeZone=None: _epoch(v, 1_000_000, existingFormat, timeZone),
+    "timestampNano": lambda v, existingFormat=None, timeZone=None: _epoch(v, 1_000_000_000, existingFormat, timeZone),
+    "default": _default, "length": _length,
+    "first": lambda v: (v[0] if v else None), "last": lambda v: (v[-1] if v else None),
+    "keys": lambda v: list(v.keys()), "values": lambda v: list(v.values()),
+    "upper": lambda v: to_text(v).upper(), "lower": lambda v: to_text(v).lower(),
+    "title": _title, "capitalize": lambda v: to_text(v)[:1].upper() + to_text(v)[1:],
+    "trim": lambda v: to_text(v).strip(), "replace": _replace, "split": _split,
+    "join": lambda v, sep="": sep.join(to_text(i) for i in v), "slugify": _slugify,
+    "abs": abs, "number": _number, "numberFormat": _number_format, "abbreviate": _abbreviate,
+    "sort": lambda v: sorted(v), "rsort": lambda v: sorted(v, reverse=True),
+    "reverse": lambda v: v[::-1] if isinstance(v, str) else list(reversed(list(v))),
+    "slice": _slice, "chunk": _chunk, "flatten": _flatten, "distinct": _distinct, "merge": _merge,
+    "indent": _indent, "nindent": _nindent,
+    "base64encode": lambda v: base64.b64encode(to_text(v).encode()).decode(),
+    "base64decode": lambda v: base64.b64decode(to_text(v)).decode(),
+    "urlencode": lambda v: urllib.parse.quote_plus(to_text(v)),
+    "urldecode": lambda v: urllib.parse.unquote_plus(to_text(v)),
+    "md5": lambda v: hashlib.md5(to_text(v).encode()).hexdigest(),
+    "sha1": lambda v: hashlib.sha1(to_text(v).encode()).hexdigest(),
+    "sha256": lambda v: hashlib.sha256(to_text(v).encode()).hexdigest(),
+    "sha512": lambda v: hashlib.sha512(to_text(v).encode()).hexdigest(),
+    "string": to_text, "escapeChar": lambda v, type="single": to_text(v).replace("'", "\\'"),
+    "startsWith": lambda v, p: to_text(v).startswith(p), "endsWith": lambda v, p: to_text(v).endswith(p),
+    "substringBefore": lambda v, s: to_text(v).split(s, 1)[0],
+    "substringAfter": lambda v, s: to_text(v).split(s, 1)[1] if s in to_text(v) else "",
+    "substringBeforeLast": lambda v, s: to_text(v).rsplit(s, 1)[0],
+    "substringAfterLast": lambda v, s: to_text(v).rsplit(s, 1)[1] if s in to_text(v) else "",
+    "toDuration": _to_duration,
+}  # fmt: skip
+
+TESTS: dict[str, Callable[..., bool]] = {
+    "null": _missing, "empty": _empty, "json": _is_json, "__contains": _contains,
+    "map": lambda v: isinstance(v, Mapping), "iterable": lambda v: isinstance(v, list | tuple | Mapping | str),
+    "even": lambda v: int(v) % 2 == 0, "odd": lambda v: int(v) % 2 == 1,
+}  # fmt: skip
+
+GLOBALS: dict[str, Any] = {
+    "null": None, "now": _now, "range": _range, "render": _render_function,
+    "fromJson": _from_json, "json": _from_json, "yaml": _from_yaml, "fromYaml": _from_yaml,
+    "currentEachOutput": _current_each_output, "max": max, "min": min,
+    "read": _unavailable("read"), "kv": _unavailable("kv"), "secret": _unavailable("secret"),
+}  # fmt: skip
+
+
+def _make_environment() -> _Environment:
+    env = _Environment(
+        undefined=_Undefined, finalize=_finalize, autoescape=False, keep_trailing_newline=True
+    )
+    env.filters.update(FILTERS)
+    env.tests.update(TESTS)
+    env.globals.update(GLOBALS)
+    return env
+
+
+_ENV = _make_environment()
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled_template(source: str) -> jinja2.Template:
+    try:
+        return _ENV.from_string(translate(source))
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(
+            f"Cannot read '{source}': {exc.message} (line {exc.lineno}); check the expression"
+        ) from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled_expression(expression: str) -> Callable[..., Any]:
+    try:
+        translated = _expression(_tokens(expression, expression))
+        return _ENV.compile_expression(translated, undefined_to_none=False)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"Cannot read '{{{{ {expression} }}}}': {exc.message}") from None
+
+
+_SINGLE = re.compile(r"^\s*\{\{-?(.*?)-?\}\}\s*$", re.DOTALL)
+
+
+def _fail(source: str, exc: Exception) -> TemplateError:
+    if isinstance(exc, TemplateError):
+        if source in exc.message:
+            return exc
+        return TemplateError(f"Cannot render '{source}': {exc.message}")
+    if isinstance(exc, jinja2.UndefinedError):
+        reason = str(exc.message or exc)
+        name = re.match(r"'([^']+)' is undefined", reason)
+        if name:
+            reason = f"missing variable '{name.group(1)}'"
+        return TemplateError(f"Cannot render '{source}': {reason}")
+    if isinstance(exc, jinja2.TemplateError):
+        return TemplateError(f"Cannot render '{source}': {exc}")
+    return TemplateError(f"Cannot render '{source}': {type(exc).__name__}: {exc}")
+
+
+def render(template: str, context: Mapping[str, Any]) -> str:
+    """Render a template to text. Raises `TemplateError` naming the template on any failure."""
+    if not is_template(template):
+        return template
+    try:
+        return _compiled_template(template).render(context)
+    except Exception as exc:
+        raise _fail(template, exc) from None
+
+
+def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
+    """The native value of one expression (without the braces)."""
+    try:
+        value = _compiled_expression(expression)(**context)
+    except Exception as exc:
+        raise _fail("{{ " + expression.strip() + " }}", exc) from None
+    if isinstance(value, jinja2.Undefined):
+        try:
+            str(value)
+        except jinja2.UndefinedError as exc:
+            raise _fail("{{ " + expression.strip() + " }}", exc) from None
+    return value
+
+
+def render_typed(template: str, context: Mapping[str, Any]) -> Any:
+    """Like `render`, but a template that is exactly one `{{ expr }}` keeps the value's type."""
+    match = _SINGLE.match(template)
+    if match and "{{" not in match.group(1) and "}}" not in match.group(1):
+        return evaluate(match.group(1), context)
+    return render(template, context)
+
+
+def render_value(value: Any, context: Mapping[str, Any]) -> Any:
+    """Render every string inside lists and maps (keys too), leaving other values as they are."""
+    if isinstance(value, str):
+        return render(value, context)
+    if isinstance(value, Mapping):
+        return {render(str(k), context): render_value(v, context) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [render_value(v, context) for v in value]
+    return value
+
+
+def render_recursive(template: str, context: Mapping[str, Any]) -> str:
+    """Render until the text holds no more templates (Kestra's `render()`), at most 10 times."""
+    text = template
+    for _ in range(MAX_RECURSION):
+        rendered = render(text, context)
+        if rendered == text or not is_template(rendered):
+            return rendered
+        text = rendered
+    raise TemplateError(f"Cannot render '{template}': still templated after {MAX_RECURSION} passes")
