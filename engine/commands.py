@@ -16,7 +16,7 @@ import trio
 from engine import events as ev
 from engine.db import Notifier
 from engine.errors import Conflict, InvalidRequest, NotFound
-from engine.executor import Execution, iso, replay
+from engine.executor import Execution, as_of, iso, replay
 from engine.executor_shell import INPUT_TYPES, recorded
 from engine.flow import Flow, flow_to_dict, parse_flow
 from engine.inputs import resolve_inputs
@@ -219,7 +219,7 @@ async def execution_history(store: EventStore, execution_id: str) -> list[Stored
 def state_of(history: list[StoredEvent], *, at_seq: int | None = None) -> Execution:
     """An execution's state as the executor held it, optionally as of position `at_seq`."""
     inputs = [recorded(e) for e in history if e.type in INPUT_TYPES]
-    state = replay(inputs, before=None if at_seq is None else at_seq + 1)
+    state = replay(inputs) if at_seq is None else as_of(inputs, at_seq)
     if state is None:
         raise NotFound("The execution did not exist yet at that position")
     return state

@@ -595,6 +595,22 @@ def replay(history: Sequence[Recorded], *, before: int | None = None) -> Executi
     return state
 
 
+def as_of(history: Sequence[Recorded], seq: int) -> Execution | None:
+    """The state as the log stood at position `seq`: every event up to it, in log order.
+
+    Unlike `replay(before=...)`, decisions recorded after `seq` are left out even when their
+    cause came before it. Decided events carry their cause's time, as in `replay`.
+    """
+    times = {r.seq: r.at for r in history}
+    state: Execution | None = None
+    for r in history:
+        if r.seq > seq:
+            break
+        at = times.get(r.decided_by, r.at) if r.decided_by is not None else r.at
+        state = evolve(state, r.event, at)
+    return state
+
+
 def verify(history: Sequence[Recorded]) -> tuple[Execution | None, list[Mismatch]]:
     """Refold `history` and decide again at every input event: the decisions must be the same."""
     return _replay(history, before=None, check=True)

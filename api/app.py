@@ -1,0 +1,486 @@
+"""The REST API: Kestra-compatible paths over the event store and the read models.
+
+Reads of one execution replay its events, so they are always current (and can be taken as of
+any past position with `?at=`). Searches read the projections, which follow the events closely.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import msgspec
+import orjson
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from engine import commands
+from engine.errors import InvalidRequest, NotFound, Problem, TiercelError
+from engine.executor import iso
+from engine.flow import flow_to_dict, parse_flow
+from engine.server import ServerContext
+from engine.store import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
+MAX_PAGE_SIZE = 1000
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(body, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return iso(value)
+    if isinstance(value, msgspec.Struct):
+        return msgspec.to_builtins(value)
+    if isinstance(value, frozenset | set | tuple):
+        return list(value)
+    raise TypeError(f"Cannot encode {type(value).__name__}")
+
+
+def _int_arg(
+    name: str, default: int | None, *, minimum: int = 0, maximum: int | None = None
+) -> Any:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(
+            f"Query parameter '{name}' must be an integer, got {raw!r}",
+            [Problem(f"not an integer: {raw!r}", name)],
+        ) from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise InvalidRequest(f"Query parameter '{name}' must be {bound}, got {value}")
+    return value
+
+
+def _bool_arg(name: str) -> bool:
+    raw = (request.args.get(name) or "").lower()
+    if raw in ("", "false", "0", "no"):
+        return False
+    if raw in ("true", "1", "yes"):
+        return True
+    raise InvalidRequest(f"Query parameter '{name}' must be true or false, got {raw!r}")
+
+
+def _labels_arg() -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in request.args.getlist("labels"):
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            raise InvalidRequest(
+                f"Label filter {item!r} must be written key:value",
+                [Problem("expected key:value", "labels")],
+            )
+        labels[key] = value
+    return labels
+
+
+def _date_arg(name: str) -> dt.datetime | None:
+    raw = request.args.get(name)
+    if not raw:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(
+            f"Query parameter '{name}' must be an ISO-8601 date-time, got {raw!r}"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+async def _yaml_body() -> str:
+    body = (await request.get_data(as_text=True)) or ""
+    if not body.strip():
+        raise InvalidRequest(
+            "The request body is empty: send the flow's YAML source "
+            "(Content-Type: application/x-yaml)"
+        )
+    return str(body)
+
+
+def _flow_json(record: commands.FlowRecord) -> dict[str, Any]:
+    flow = parse_flow(record.source)
+    out = flow_to_dict(flow)
+    out.update(
+        {
+            "id": record.id,
+            "namespace": record.namespace,
+            "revision": record.revision,
+            "deleted": record.deleted,
+            "source": record.source,
+        }
+    )
+    if record.updated:
+        out["updated"] = record.updated
+    return out
+
+
+def _page() -> tuple[int, int]:
+    page = _int_arg("page", 1, minimum=1)
+    size = _int_arg("size", 10, minimum=1, maximum=MAX_PAGE_SIZE)
+    return page, size
+
+
+def create_app(ctx: ServerContext) -> QuartTrio:
+    """The API application, bound to one server's database, store and notifier."""
+    app = QuartTrio("tiercel")
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+    store, db = ctx.store, ctx.db
+
+    @app.errorhandler(TiercelError)
+    async def domain_error(exc: TiercelError) -> Response:
+        return _json(exc.to_json(), exc.status)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        message = {
+            404: f"No such endpoint: {request.method} {request.path}; see docs/api.md",
+            405: f"{request.method} is not allowed on {request.path}",
+            413: "The request body is too large",
+        }.get(exc.code or 500, exc.description or exc.name)
+        return _json({"message": message, "details": []}, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        log.exception("Unexpected error on %s %s", request.method, request.path)
+        return _json(
+            {"message": f"Internal error: {type(exc).__name__}: {exc}", "details": []}, 500
+        )
+
+    # --- health -------------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health() -> Response:
+        up = await db.ping()
+        body = {"status": "UP" if up else "DOWN", "components": {"db": "UP" if up else "DOWN"}}
+        return _json(body, 200 if up else 503)
+
+    @app.get("/health/liveness")
+    async def liveness() -> Response:
+        return _json({"status": "UP"})
+
+    @app.get("/health/readiness")
+    async def readiness() -> Response:
+        up = await db.ping()
+        if not up:
+            return _json({"status": "DOWN", "message": "The database does not answer"}, 503)
+        if not ctx.ready.is_set():
+            return _json({"status": "DOWN", "message": "Still starting"}, 503)
+        return _json({"status": "UP"})
+
+    # --- flows --------------------------------------------------------------------------------
+
+    @app.post("/api/v1/flows")
+    async def create_flow() -> Response:
+        record = await commands.deploy_flow(store, await _yaml_body(), create_only=True)
+        return _json(_flow_json(record))
+
+    @app.post("/api/v1/flows/validate")
+    async def validate_flows() -> Response:
+        body = await _yaml_body()
+        results = []
+        for index, source in enumerate(_documents(body)):
+            entry: dict[str, Any] = {"index": index, "outdated": False, "deprecationPaths": []}
+            try:
+                flow = parse_flow(source)
+                entry.update(flow=flow.id, namespace=flow.namespace)
+            except TiercelError as exc:
+                entry["constraints"] = str(exc)
+                entry["details"] = [d.to_json() for d in exc.details]
+            results.append(entry)
+        return _json(results)
+
+    @app.get("/api/v1/flows/search")
+    async def search_flows() -> Response:
+        page, size = _page()
+        where, params = ["NOT deleted"], []
+        if ns := request.args.get("namespace"):
+            where.append("(namespace = %s OR namespace LIKE %s)")
+            params += [ns, ns + ".%"]
+        if q := request.args.get("q"):
+            where.append("(flow_id ILIKE %s OR namespace ILIKE %s OR description ILIKE %s)")
+            params += [f"%{q}%"] * 3
+        for key, value in _labels_arg().items():
+            where.append("labels ->> %s = %s")
+            params += [key, value]
+        clause = " AND ".join(where)
+        rows = await db.fetchall(
+            f"SELECT namespace, flow_id, revision, source, updated, count(*) OVER () AS total"
+            f" FROM flows WHERE {clause} ORDER BY namespace, flow_id LIMIT %s OFFSET %s",
+            [*params, size, (page - 1) * size],
+        )
+        results = []
+        for row in rows:
+            record = commands.FlowRecord(
+                row["namespace"], row["flow_id"], row["revision"], row["source"],
+                False, iso(row["updated"]),
+            )  # fmt: skip
+            results.append(_flow_json(record))
+        total = rows[0]["total"] if rows else await _count("flows", clause, params)
+        return _json({"results": results, "total": total})
+
+    async def _count(table: str, clause: str, params: list[Any]) -> int:
+        row = await db.fetchone(f"SELECT count(*) AS n FROM {table} WHERE {clause}", params)
+        return int(row["n"]) if row else 0
+
+    @app.get("/api/v1/flows/<namespace>/<flow_id>")
+    async def get_flow(namespace: str, flow_id: str) -> Response:
+        revision = _int_arg("revision", None, minimum=1)
+        return _json(_flow_json(await commands.get_flow(store, namespace, flow_id, revision)))
+
+    @app.get("/api/v1/flows/<namespace>/<flow_id>/revisions")
+    async def flow_revisions(namespace: str, flow_id: str) -> Response:
+        records = await commands.flow_revisions(store, namespace, flow_id)
+        return _json([_flow_json(r) for r in records if not r.deleted])
+
+    @app.put("/api/v1/flows/<namespace>/<flow_id>")
+    async def update_flow(namespace: str, flow_id: str) -> Response:
+        await commands.get_flow(store, namespace, flow_id)  # 404 when it does not exist
+        record = await commands.deploy_flow(store, await _yaml_body(), expect=(namespace, flow_id))
+        return _json(_flow_json(record))
+
+    @app.delete("/api/v1/flows/<namespace>/<flow_id>")
+    async def delete_flow(namespace: str, flow_id: str) -> Response:
+        await commands.delete_flow(store, namespace, flow_id)
+        return Response("", status=204)
+
+    # --- executions -------------------------------------------------------------------------
+
+    @app.post("/api/v1/executions/<namespace>/<flow_id>")
+    async def create_execution(namespace: str, flow_id: str) -> Response:
+        inputs = await _execution_inputs()
+        labels = _labels_arg()
+        revision = _int_arg("revision", None, minimum=1)
+        execution_id = await commands.create_execution(
+            store, namespace, flow_id, inputs, labels=labels, revision=revision
+        )
+        if _bool_arg("wait"):
+            timeout = _int_arg("timeout", 3600, minimum=1)
+            state = await commands.wait_for_end(store, ctx.notifier, execution_id, timeout=timeout)
+        else:
+            state = await commands.load_execution(store, execution_id)
+        return _json(commands.execution_json(state))
+
+    @app.get("/api/v1/executions/search")
+    async def search_executions() -> Response:
+        page, size = _page()
+        where, params = ["true"], []
+        if ns := request.args.get("namespace"):
+            where.append("(namespace = %s OR namespace LIKE %s)")
+            params += [ns, ns + ".%"]
+        if flow_id := request.args.get("flowId"):
+            where.append("flow_id = %s")
+            params.append(flow_id)
+        states = [s for v in request.args.getlist("state") for s in v.split(",") if s]
+        if states:
+            where.append("state = ANY(%s)")
+            params.append([s.upper() for s in states])
+        if start := _date_arg("startDate"):
+            where.append("start_date >= %s")
+            params.append(start)
+        if end := _date_arg("endDate"):
+            where.append("start_date <= %s")
+            params.append(end)
+        for key, value in _labels_arg().items():
+            where.append("labels @> %s::jsonb")
+            params.append(orjson.dumps([{"key": key, "value": value}]).decode())
+        clause = " AND ".join(where)
+        rows = await db.fetchall(
+            "SELECT id, namespace, flow_id, flow_revision, state, histories, labels, inputs,"
+            " outputs, trigger, parent_id, original_id, task_run_count, start_date, end_date,"
+            f" count(*) OVER () AS total FROM executions WHERE {clause}"
+            " ORDER BY start_date DESC, id LIMIT %s OFFSET %s",
+            [*params, size, (page - 1) * size],
+        )
+        total = rows[0]["total"] if rows else await _count("executions", clause, params)
+        return _json({"results": [_execution_row(r) for r in rows], "total": total})
+
+    @app.get("/api/v1/executions/<execution_id>")
+    async def get_execution(execution_id: str) -> Response:
+        at = _int_arg("at", None, minimum=1)
+        state = await commands.load_execution(store, execution_id, at_seq=at)
+        return _json(commands.execution_json(state))
+
+    @app.get("/api/v1/executions/<execution_id>/events")
+    async def execution_events(execution_id: str) -> Response:
+        history = await commands.execution_history(store, execution_id)
+        return _json(
+            [
+                {
+                    "seq": e.seq,
+                    "stream": e.stream_id,
+                    "version": e.version,
+                    "type": e.type,
+                    "data": _event_data(e.event),
+                    "actor": e.meta.get("actor"),
+                    "time": iso(e.recorded_at),
+                    **({"causedBy": e.meta["causation"]} if "causation" in e.meta else {}),
+                }
+                for e in history
+            ]
+        )
+
+    @app.delete("/api/v1/executions/<execution_id>/kill")
+    async def kill_execution(execution_id: str) -> Response:
+        await commands.kill_execution(store, execution_id)
+        return _json({"id": execution_id, "message": "Kill requested"}, 202)
+
+    # --- logs -------------------------------------------------------------------------------
+
+    @app.get("/api/v1/logs/<execution_id>")
+    async def execution_logs(execution_id: str) -> Response:
+        min_level = (request.args.get("minLevel") or "TRACE").upper()
+        if min_level == "WARNING":
+            min_level = "WARN"
+        if min_level not in LEVELS:
+            raise InvalidRequest(
+                f"minLevel must be one of {', '.join(LEVELS)}, got {min_level!r}",
+                [Problem("unknown level", "minLevel")],
+            )
+        await _logs_caught_up(execution_id)
+        where, params = (
+            ["l.execution_id = %s", "l.level = ANY(%s)"],
+            [
+                execution_id,
+                list(LEVELS[LEVELS.index(min_level) :]),
+            ],
+        )
+        if task_run_id := request.args.get("taskRunId"):
+            where.append("l.task_run_id = %s")
+            params.append(task_run_id)
+        if task_id := request.args.get("taskId"):
+            where.append("l.task_id = %s")
+            params.append(task_id)
+        rows = await db.fetchall(
+            "SELECT l.execution_id, l.task_id, l.task_run_id, l.attempt, l.timestamp, l.level,"
+            " l.message, e.namespace, e.flow_id FROM logs l"
+            " LEFT JOIN executions e ON e.id = l.execution_id"
+            f" WHERE {' AND '.join(where)} ORDER BY l.seq, l.line",
+            params,
+        )
+        return _json(
+            [
+                {
+                    "namespace": r["namespace"],
+                    "flowId": r["flow_id"],
+                    "executionId": r["execution_id"],
+                    "taskId": r["task_id"],
+                    "taskRunId": r["task_run_id"],
+                    "attemptNumber": r["attempt"],
+                    "timestamp": r["timestamp"],
+                    "level": r["level"],
+                    "message": r["message"],
+                }
+                for r in rows
+            ]
+        )
+
+    async def _logs_caught_up(execution_id: str) -> None:
+        """Wait (briefly) until the logs read model holds every log event of the execution."""
+        base = f"exec:{execution_id}"
+        if not await db.fetchone("SELECT 1 FROM events WHERE stream_id = %s LIMIT 1", (base,)):
+            raise NotFound(f"Execution {execution_id} does not exist")
+        last = await db.fetchone(
+            "SELECT max(seq) AS last FROM events WHERE stream_id > %s AND stream_id < %s"
+            " AND type = 'AttemptLogged'",
+            (base + "/", base + "0"),
+        )
+        wanted = int(last["last"]) if last and last["last"] is not None else 0
+        with trio.move_on_after(5.0):
+            while True:
+                seen = ctx.notifier.generation
+                if await load_checkpoint(db, "projection:logs") >= wanted:
+                    return
+                await ctx.notifier.wait(seen, 0.2)
+
+    async def _execution_inputs() -> dict[str, Any]:
+        content_type = request.mimetype or ""
+        if content_type == "application/json":
+            data = await request.get_data()
+            if not data:
+                return {}
+            try:
+                body = orjson.loads(data)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+            if not isinstance(body, dict):
+                raise InvalidRequest("The inputs must be a JSON object of input id to value")
+            return body
+        if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            form = await request.form
+            inputs: dict[str, Any] = {key: form.get(key) for key in form}
+            files = await request.files
+            for key in files:
+                inputs[key] = files[key].read().decode("utf-8", errors="replace")
+            return inputs
+        data = await request.get_data()
+        if data:
+            raise InvalidRequest(
+                f"Unsupported Content-Type {content_type or 'none'!r} for inputs: send "
+                "application/json or multipart/form-data"
+            )
+        return {}
+
+    return app
+
+
+def _documents(body: str) -> list[str]:
+    """The YAML documents of a body (flows separated by `---` lines)."""
+    docs, current = [], []
+    for line in body.splitlines(keepends=True):
+        if line.rstrip() == "---":
+            if "".join(current).strip():
+                docs.append("".join(current))
+            current = []
+        else:
+            current.append(line)
+    if "".join(current).strip():
+        docs.append("".join(current))
+    return docs
+
+
+def _event_data(event: Any) -> dict[str, Any]:
+    data = msgspec.to_builtins(event)
+    if isinstance(data, dict):
+        data.pop("type", None)
+        return data
+    return {"value": data}
+
+
+def _execution_row(row: dict[str, Any]) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "current": row["state"],
+        "histories": row["histories"],
+        "startDate": iso(row["start_date"]),
+    }
+    if row["end_date"]:
+        state["endDate"] = iso(row["end_date"])
+        state["duration"] = f"PT{(row['end_date'] - row['start_date']).total_seconds():.3f}S"
+    return {
+        "id": row["id"],
+        "namespace": row["namespace"],
+        "flowId": row["flow_id"],
+        "flowRevision": row["flow_revision"],
+        "state": state,
+        "labels": row["labels"],
+        "inputs": row["inputs"],
+        "outputs": row["outputs"] or {},
+        "trigger": row["trigger"],
+        "parentId": row["parent_id"],
+        "originalId": row["original_id"],
+        "taskRunCount": row["task_run_count"],
+    }
