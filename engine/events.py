@@ -163,6 +163,8 @@ class AttemptSucceeded(Event, frozen=True):
     attempt: int
     state: str = "SUCCESS"
     outputs: dict[str, Any] = {}
+    metrics: list[dict[str, Any]] = []
+    """Metrics the task reported: {name, type (counter|timer), value, tags}."""
 
 
 class AttemptFailed(Event, frozen=True):
@@ -173,6 +175,7 @@ class AttemptFailed(Event, frozen=True):
     attempt: int
     message: str
     outputs: dict[str, Any] = {}
+    metrics: list[dict[str, Any]] = []
 
 
 class AttemptAbandoned(Event, frozen=True):

@@ -63,9 +63,13 @@ class RunContext(Protocol):
 
     execution_id: str
     task_run_id: str
+    task_id: str
+    namespace: str
+    flow_id: str
     attempt: int
     variables: dict[str, Any]
     working_dir: Path
+    """A private, empty directory for this attempt, deleted when it ends."""
 
     def render(self, value: Any) -> Any:
         """Render templates inside `value` with the task's variables."""
@@ -73,6 +77,20 @@ class RunContext(Protocol):
 
     def log(self, level: str, message: str) -> None:
         """Record one log line of the task run."""
+        ...
+
+    def metric(
+        self, name: str, value: float, type: str = "counter", tags: dict[str, str] | None = None
+    ) -> None:
+        """Report a metric of the task run (`counter` or `timer`, in seconds)."""
+        ...
+
+    async def put_file(self, source: Path | bytes, name: str | None = None) -> str:
+        """Store a file of this task run in internal storage; return its `kestra://` URI."""
+        ...
+
+    async def get_file(self, uri: str, target: Path | None = None) -> Path:
+        """Copy the stored file at `uri` into the working directory (or `target`)."""
         ...
 
 

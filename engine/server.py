@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import trio
 from engine.db import Database, Notifier
 from engine.executor_shell import ExecutorShell
 from engine.migrate import migrate
+from engine.storage import LocalStorage, Storage
 from engine.store import CHANNEL, EventStore
 from engine.timers import TimerService
 from engine.watchdog import Watchdog
@@ -46,9 +48,23 @@ class ServerContext:
     ready: trio.Event = field(default_factory=trio.Event)
     """Set once every component of this process is running."""
     extra: dict[str, Any] = field(default_factory=dict)
+    storage: Storage | None = None
+    """Internal storage (default: `<data_dir>/storage`, or the user's data dir)."""
 
 
 Service = Callable[..., Awaitable[None]]
+
+
+def storage_root(data_dir: Path | None) -> Path:
+    """Where internal storage lives: `TIERCEL_STORAGE_DIR`, else `<data dir>/storage`."""
+    configured = os.environ.get("TIERCEL_STORAGE_DIR")
+    if configured:
+        return Path(configured)
+    if data_dir is None:
+        from engine.embedded import default_data_dir
+
+        data_dir = default_data_dir()
+    return data_dir / "storage"
 
 
 def services(roles: tuple[str, ...]) -> dict[str, Service]:
@@ -73,6 +89,8 @@ async def run_server(
     store = EventStore(db)
     notifier = Notifier(url, CHANNEL)
     ctx = ServerContext(url=url, db=db, store=store, notifier=notifier, **options)
+    if ctx.storage is None:
+        ctx.storage = LocalStorage(storage_root(ctx.data_dir))
     registered = services(roles)
     try:
         async with trio.open_nursery() as nursery:
@@ -88,6 +106,7 @@ async def run_server(
                     slots=ctx.worker_slots,
                     heartbeat_interval=ctx.heartbeat_interval,
                     work_dir=(ctx.data_dir / "work") if ctx.data_dir else None,
+                    storage=ctx.storage,
                 )
                 await nursery.start(worker.run)
             for role in roles:

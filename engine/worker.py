@@ -28,6 +28,7 @@ from engine.batcher import GroupCommitter
 from engine.db import Notifier
 from engine.duration import parse_duration
 from engine.plugin import RunnableTask, TaskFailure, TaskWarning, task_type
+from engine.storage import LocalStorage, Storage, task_prefix
 from engine.store import NO_STREAM, Append, EventStore, save_checkpoint
 from engine.store import load_checkpoint as _load_checkpoint
 from engine.subscription import Subscription
@@ -44,15 +45,27 @@ def _now() -> str:
 
 
 class AttemptContext:
-    """What a running task sees: its variables, a renderer, a logger and a working directory."""
+    """What a running task sees: its variables, a renderer, a logger, files and metrics."""
 
-    def __init__(self, scheduled: ev.AttemptScheduled, working_dir: Path, min_level: str) -> None:
+    def __init__(
+        self,
+        scheduled: ev.AttemptScheduled,
+        working_dir: Path,
+        min_level: str,
+        storage: Storage,
+    ) -> None:
         self.execution_id = scheduled.executionId
         self.task_run_id = scheduled.taskRunId
         self.attempt = scheduled.attempt
         self.variables: dict[str, Any] = dict(scheduled.context)
+        flow = self.variables.get("flow") or {}
+        self.namespace = str(flow.get("namespace", ""))
+        self.flow_id = str(flow.get("id", ""))
+        self.task_id = str(scheduled.task.get("id", ""))
         self.working_dir = working_dir
+        self.storage = storage
         self.lines: list[dict[str, Any]] = []
+        self.metrics: list[dict[str, Any]] = []
         self._min = LEVELS.index(min_level) if min_level in LEVELS else 0
 
     def render(self, value: Any) -> Any:
@@ -65,6 +78,31 @@ class AttemptContext:
         if level in LEVELS and LEVELS.index(level) < self._min:
             return
         self.lines.append({"timestamp": _now(), "level": level, "message": message})
+
+    def metric(
+        self, name: str, value: float, type: str = "counter", tags: dict[str, str] | None = None
+    ) -> None:
+        """Keep one metric; it is recorded with the attempt's result."""
+        entry: dict[str, Any] = {"name": name, "type": type, "value": value}
+        if tags:
+            entry["tags"] = tags
+        self.metrics.append(entry)
+
+    async def put_file(self, source: Path | bytes, name: str | None = None) -> str:
+        """Store a file of this task run; return its `kestra://` URI."""
+        prefix = task_prefix(
+            self.namespace, self.flow_id, self.execution_id, self.task_id, self.task_run_id
+        )
+        filename = name or (source.name if isinstance(source, Path) else uuid.uuid4().hex)
+        return await trio.to_thread.run_sync(self.storage.put, prefix, filename, source)
+
+    async def get_file(self, uri: str, target: Path | None = None) -> Path:
+        """Copy the stored file at `uri` into the working directory (or to `target`)."""
+        source = self.storage.local_path(uri)
+        destination = target or (self.working_dir / source.name)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        await trio.to_thread.run_sync(shutil.copyfile, source, destination)
+        return destination
 
 
 class Worker:
@@ -79,6 +117,7 @@ class Worker:
         slots: int = 16,
         heartbeat_interval: float = 3.0,
         work_dir: Path | None = None,
+        storage: Storage | None = None,
     ) -> None:
         self.store = store
         self.notifier = notifier
@@ -87,6 +126,7 @@ class Worker:
         self.free = slots
         self.heartbeat_interval = heartbeat_interval
         self.work_dir = work_dir or Path(tempfile.gettempdir()) / "tiercel-work"
+        self.storage = storage or LocalStorage(Path(tempfile.gettempdir()) / "tiercel-storage")
         self.committer = GroupCommitter(store)
         self._capacity = trio.Event()
         self._meta = {"actor": f"worker:{self.id}"}
@@ -221,7 +261,7 @@ class Worker:
         }
         type_name = str(scheduled.task.get("type"))
         level = str(scheduled.task.get("logLevel") or "TRACE")
-        ctx = AttemptContext(scheduled, workdir, level)
+        ctx = AttemptContext(scheduled, workdir, level, self.storage)
         cls = task_type(type_name)
         if cls is None or not issubclass(cls, RunnableTask):
             message = f"No worker plugin for task type '{type_name}': install it on the workers"
@@ -235,10 +275,18 @@ class Worker:
                 outputs = await task.run(ctx)
         except TaskWarning as exc:
             ctx.log("WARN", str(exc))
-            return ev.AttemptSucceeded(**ids, state="WARNING", outputs=exc.outputs), ctx
+            return (
+                ev.AttemptSucceeded(
+                    **ids, state="WARNING", outputs=exc.outputs, metrics=ctx.metrics
+                ),
+                ctx,
+            )
         except TaskFailure as exc:
             ctx.log("ERROR", str(exc))
-            return ev.AttemptFailed(**ids, message=str(exc), outputs=exc.outputs), ctx
+            return (
+                ev.AttemptFailed(**ids, message=str(exc), outputs=exc.outputs, metrics=ctx.metrics),
+                ctx,
+            )
         except trio.TooSlowError:
             message = f"Timeout: the task ran longer than {task.timeout}"
             ctx.log("ERROR", message)
@@ -247,7 +295,7 @@ class Worker:
             message = str(exc) or type(exc).__name__
             ctx.log("ERROR", message)
             return ev.AttemptFailed(**ids, message=message), ctx
-        return ev.AttemptSucceeded(**ids, outputs=outputs or {}), ctx
+        return ev.AttemptSucceeded(**ids, outputs=outputs or {}, metrics=ctx.metrics), ctx
 
 
 def _checkpoint_at(position: int) -> Callable[[psycopg.Connection[Any]], None]:

@@ -1,0 +1,1 @@
+"""Script tasks (`io.kestra.plugin.scripts.*`): shell and Python, run as real subprocesses."""
