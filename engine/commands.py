@@ -16,9 +16,9 @@ import trio
 from engine import events as ev
 from engine.db import Notifier
 from engine.errors import Conflict, InvalidRequest, NotFound
-from engine.executor import Execution, as_of, iso, replay
+from engine.executor import Execution, as_of, flow_of, iso, replay
 from engine.executor_shell import INPUT_TYPES, recorded
-from engine.flow import Flow, flow_to_dict, parse_flow
+from engine.flow import Flow, Input, flow_to_dict, parse_flow
 from engine.inputs import resolve_inputs
 from engine.plugin import TERMINAL_STATES
 from engine.store import NO_STREAM, EventStore, StoredEvent
@@ -146,9 +146,10 @@ async def delete_flow(store: EventStore, namespace: str, flow_id: str, actor: st
     )
 
 
-def _labels(
+def merge_labels(
     flow: Flow, given: dict[str, str] | list[dict[str, str]] | None
 ) -> list[dict[str, str]]:
+    """The flow's labels overridden by the given ones, as Kestra's key/value list."""
     merged = dict(flow.labels)
     if isinstance(given, list):
         for item in given:
@@ -186,7 +187,7 @@ async def create_execution(
                 flowRevision=record.revision,
                 flow=flow_to_dict(msgspec.structs.replace(flow, revision=record.revision)),
                 inputs=values,
-                labels=_labels(flow, labels),
+                labels=merge_labels(flow, labels),
                 trigger=trigger,
             )
         ],
@@ -298,3 +299,33 @@ async def wait_for_end(
                 return state
             await notifier.wait(seen, 1.0)
     return await load_execution(store, execution_id)
+
+
+async def resume_execution(
+    store: EventStore, execution_id: str, inputs: dict[str, Any] | None = None, actor: str = "api"
+) -> Execution:
+    """Resume a paused execution with the values its Pause tasks ask for (`onResume`)."""
+    state = await load_execution(store, execution_id)
+    if state.state != "PAUSED":
+        raise Conflict(
+            f"Execution {execution_id} is {state.state}, not PAUSED: only a paused execution "
+            "can be resumed"
+        )
+    flow = flow_of(state)
+    asked: list[Input] = []
+    for run in state.taskruns.values():
+        task = flow.find_task(run.taskId) if run.state == "PAUSED" else None
+        for definition in getattr(task, "onResume", None) or []:
+            try:
+                asked.append(msgspec.convert(definition, Input))
+            except msgspec.ValidationError as exc:
+                raise InvalidRequest(
+                    f"Pause task {run.taskId} has a bad onResume input: {exc}"
+                ) from None
+    values = resolve_inputs(msgspec.structs.replace(flow, inputs=asked), inputs or {})
+    await store.append(
+        ev.execution_stream(execution_id),
+        [ev.ExecutionResumeRequested(executionId=execution_id, inputs=values)],
+        meta={"actor": actor},
+    )
+    return state

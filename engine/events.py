@@ -67,6 +67,8 @@ class ExecutionCreated(Event, frozen=True):
     trigger: dict[str, Any] | None = None
     parentId: str | None = None
     originalId: str | None = None
+    parentTaskRunId: str | None = None
+    """The Subflow task run of `parentId` that started this execution."""
 
 
 class ExecutionStateChanged(Event, frozen=True):
@@ -98,6 +100,45 @@ class TaskRunStateChanged(Event, frozen=True):
 
     executionId: str
     taskRunId: str
+    state: str
+    outputs: dict[str, Any] | None = None
+    message: str | None = None
+
+
+class ExecutionLabelsChanged(Event, frozen=True):
+    """The execution's labels were set at run time (all of them, as they now are)."""
+
+    executionId: str
+    labels: list[dict[str, str]]
+
+
+class ExecutionResumeRequested(Event, frozen=True):
+    """Someone resumed a paused execution, with the values its Pause task asked for."""
+
+    executionId: str
+    inputs: dict[str, Any] = {}
+
+
+class SubflowExecutionRequested(Event, frozen=True):
+    """A Subflow task run asks for a child execution (the executor's shell creates it)."""
+
+    executionId: str
+    taskRunId: str
+    childId: str
+    namespace: str
+    flowId: str
+    revision: int | None = None
+    inputs: dict[str, Any] = {}
+    labels: list[dict[str, str]] = []
+    wait: bool = True
+
+
+class SubflowExecutionEnded(Event, frozen=True):
+    """A child execution of a Subflow task run ended (or could not start: `message` says why)."""
+
+    executionId: str
+    taskRunId: str
+    childId: str
     state: str
     outputs: dict[str, Any] | None = None
     message: str | None = None
@@ -218,6 +259,10 @@ AnyEvent = (
     | ExecutionKillRequested
     | TaskRunCreated
     | TaskRunStateChanged
+    | ExecutionLabelsChanged
+    | ExecutionResumeRequested
+    | SubflowExecutionRequested
+    | SubflowExecutionEnded
     | AttemptScheduled
     | TimerScheduled
     | TimerFired

@@ -19,9 +19,17 @@ import msgspec
 
 from engine import events as ev
 from engine import templating
+from engine.duration import parse_duration
 from engine.errors import TemplateError, TiercelError
 from engine.flow import Flow, flow_from_dict
-from engine.plugin import FAILED_STATES, TERMINAL_STATES, FlowableTask, RunnableTask, Task
+from engine.plugin import (
+    FAILED_STATES,
+    TERMINAL_STATES,
+    FlowableTask,
+    RunnableTask,
+    Task,
+    TaskFailure,
+)
 
 
 class Attempt(msgspec.Struct, frozen=True):
@@ -43,6 +51,8 @@ class TaskRun(msgspec.Struct, frozen=True):
     outputs: dict[str, Any] | None = None
     attempts: tuple[Attempt, ...] = ()
     message: str | None = None
+    retryAt: str | None = None
+    """When the next attempt is due, while a failed attempt is being retried."""
 
 
 class Execution(msgspec.Struct, frozen=True):
@@ -65,6 +75,12 @@ class Execution(msgspec.Struct, frozen=True):
     timers: dict[str, str] = {}
     fired: frozenset[str] = frozenset()
     kill_requested: bool = False
+    parentTaskRunId: str | None = None
+    resumed: frozenset[str] = frozenset()
+    """Task runs (Pause) that were resumed."""
+    subflows: dict[str, tuple[str, ...]] = {}
+    """Per Subflow task run: (child id,) once requested, (child id, state) once ended."""
+    subflow_outputs: dict[str, dict[str, Any]] = {}
 
     @property
     def terminal(self) -> bool:
@@ -147,6 +163,7 @@ def evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Executi
             trigger=event.trigger,
             parentId=event.parentId,
             originalId=event.originalId or event.executionId,
+            parentTaskRunId=event.parentTaskRunId,
             state="CREATED",
             histories=(("CREATED", iso(at)),),
             taskruns={},
@@ -164,6 +181,40 @@ def evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Executi
         )
     if isinstance(event, ev.ExecutionKillRequested):
         return msgspec.structs.replace(state, kill_requested=True)
+    if isinstance(event, ev.ExecutionLabelsChanged):
+        return msgspec.structs.replace(
+            state, labels=tuple((lb["key"], lb["value"]) for lb in event.labels)
+        )
+    if isinstance(event, ev.ExecutionResumeRequested):
+        paused = [r for r in state.taskruns.values() if r.state == "PAUSED"]
+        runs = dict(state.taskruns)
+        for r in paused:
+            outputs = {**(r.outputs or {}), "onResume": event.inputs} if event.inputs else r.outputs
+            runs[r.id] = _run_state(r, "RUNNING", at, outputs=outputs)
+        return msgspec.structs.replace(
+            state,
+            taskruns=runs,
+            resumed=state.resumed | {r.id for r in paused},
+            state="RUNNING" if state.state == "PAUSED" else state.state,
+            histories=(*state.histories, ("RUNNING", iso(at)))
+            if state.state == "PAUSED"
+            else state.histories,
+        )
+    if isinstance(event, ev.SubflowExecutionRequested):
+        return msgspec.structs.replace(
+            state, subflows={**state.subflows, event.taskRunId: (event.childId,)}
+        )
+    if isinstance(event, ev.SubflowExecutionEnded):
+        ended: dict[str, Any] = {"executionId": event.childId, "state": event.state}
+        if event.outputs is not None:
+            ended["outputs"] = event.outputs
+        if event.message:
+            ended["message"] = event.message
+        return msgspec.structs.replace(
+            state,
+            subflows={**state.subflows, event.taskRunId: (event.childId, event.state)},
+            subflow_outputs={**state.subflow_outputs, event.taskRunId: ended},
+        )
     if isinstance(event, ev.TaskRunCreated):
         run = TaskRun(
             id=event.taskRunId,
@@ -204,17 +255,69 @@ def evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Executi
         return _with_run(state, _run_state(run, "RUNNING", at))
     if isinstance(event, ev.AttemptSucceeded):
         run = _set_attempt(run, event.attempt, Attempt(event.state, run.attempts[-1].workerId))
-        return _with_run(state, _run_state(run, event.state, at, outputs=event.outputs))
+        final = event.state
+        policy = _retry_policy(state, run.taskId)
+        if final == "SUCCESS" and len(run.attempts) > 1 and policy.get("warningOnRetry"):
+            final = "WARNING"
+        return _with_run(state, _run_state(run, final, at, outputs=event.outputs))
     if isinstance(event, ev.AttemptFailed):
         run = _set_attempt(run, event.attempt, Attempt("FAILED", run.attempts[-1].workerId))
+        due = _retry_due(state, run, at)
+        run = msgspec.structs.replace(run, retryAt=iso(due) if due else None)
         return _with_run(
             state,
-            _run_state(run, "FAILED", at, outputs=event.outputs or None, message=event.message),
+            _run_state(
+                run,
+                "RUNNING" if due else "FAILED",
+                at,
+                outputs=event.outputs or None,
+                message=event.message,
+            ),
         )
     if isinstance(event, ev.AttemptAbandoned):
         run = _set_attempt(run, event.attempt, Attempt("KILLED", run.attempts[-1].workerId))
         return _with_run(state, msgspec.structs.replace(run, message=event.reason))
     return state
+
+
+def _retry_policy(state: Execution, task_id: str) -> dict[str, Any]:
+    flow = flow_of(state)
+    task = flow.find_task(task_id)
+    policy = (task.retry if task is not None else None) or flow.retry or {}
+    return policy if isinstance(policy, dict) else {}
+
+
+def _retry_due(state: Execution, run: TaskRun, at: dt.datetime) -> dt.datetime | None:
+    """When the next attempt of a failed run should start, or None when no retry is left."""
+    policy = _retry_policy(state, run.taskId)
+    kind = str(policy.get("type", "")).lower()
+    if kind not in ("constant", "exponential", "random"):
+        return None
+    attempts = len(run.attempts)
+    max_attempt = policy.get("maxAttempt", policy.get("maxAttempts"))
+    if max_attempt is not None and attempts >= int(max_attempt):
+        return None
+    if max_attempt is None and policy.get("maxDuration") is None:
+        return None
+    if kind == "constant":
+        delay = parse_duration(str(policy.get("interval", "PT1S")))
+    elif kind == "exponential":
+        base = parse_duration(str(policy.get("interval", "PT1S")))
+        factor = float(policy.get("delayFactor", 2))
+        delay = base * (factor ** (attempts - 1))
+        if policy.get("maxInterval"):
+            delay = min(delay, parse_duration(str(policy["maxInterval"])))
+    else:
+        low = parse_duration(str(policy.get("minInterval", "PT1S")))
+        high = parse_duration(str(policy.get("maxInterval", policy.get("minInterval", "PT1S"))))
+        # Pseudo-random but reproducible: derived from what is being retried.
+        fraction = int(short_id(state.id, run.id, str(attempts))[:4], 36) % 1000 / 1000
+        delay = low + (high - low) * fraction
+    started = _parse_iso(run.histories[0][1])
+    due = at + delay
+    if policy.get("maxDuration") and due > started + parse_duration(str(policy["maxDuration"])):
+        return None
+    return due
 
 
 def fold(events: Iterable[tuple[ev.Event, dt.datetime]]) -> Execution | None:
@@ -283,7 +386,16 @@ class _Resolver:
 
     # navigator -----------------------------------------------------------------------------
 
+    @property
+    def value(self) -> str | None:
+        return self.current.value if self.current else None
+
+    def _inherit(self, value: str | None) -> str | None:
+        # Children of a task inside a loop iteration belong to that iteration.
+        return value if value is not None else self.value
+
     def sequence(self, tasks: Sequence[Task], *, value: str | None = None) -> str | None:
+        value = self._inherit(value)
         warned = False
         for task in tasks:
             if task.disabled:
@@ -299,6 +411,7 @@ class _Resolver:
     def parallel(
         self, tasks: Sequence[Task], *, limit: int = 0, value: str | None = None
     ) -> str | None:
+        value = self._inherit(value)
         enabled = [t for t in tasks if not t.disabled]
         parent = self.current.id if self.current else None
         results: list[str | None] = []
@@ -326,13 +439,139 @@ class _Resolver:
             failed = failed or result in FAILED_STATES
         if self.out:
             raise _Step
-        if any(r is None for r in results):
+        return _combine(results)
+
+    def iterate(
+        self,
+        tasks: Sequence[Task],
+        values: Sequence[str],
+        *,
+        limit: int = 0,
+        concurrent_tasks: bool = False,
+    ) -> str | None:
+        parent = self.current.id if self.current else None
+        enabled = [t for t in tasks if not t.disabled]
+        results: list[str | None] = []
+        active, failed = 0, False
+        for value in values:
+            begun = any((parent, t.id, value) in self._children for t in enabled)
+            if not begun and (failed or (limit and active >= limit)):
+                results.append(None)
+                continue
+            try:
+                if concurrent_tasks:
+                    result = self.parallel(enabled, value=value)
+                else:
+                    result = self.sequence(enabled, value=value)
+            except _Step:
+                result = None
+            if result is None:
+                active += 1
+            results.append(result)
+            failed = failed or result in FAILED_STATES
+        if self.out:
+            raise _Step
+        if failed and all(r is None or r in TERMINAL_STATES for r in results) and active == 0:
+            return "KILLED" if "KILLED" in results else "FAILED"
+        return _combine(results)
+
+    def peek(self, task: Task, *, value: str | None = None) -> str | None:
+        parent = self.current.id if self.current else None
+        run = self._children.get((parent, task.id, self._inherit(value)))
+        if run is None or run.state not in TERMINAL_STATES:
             return None
-        if "KILLED" in results:
-            return "KILLED"
-        if "FAILED" in results:
-            return "FAILED"
-        return "WARNING" if "WARNING" in results else "SUCCESS"
+        return _effective(task, run.state)
+
+    def outputs(self, values: dict[str, Any]) -> None:
+        assert self.current is not None
+        if self.current.outputs != values:
+            self.out.append(
+                ev.TaskRunStateChanged(
+                    executionId=self.state.id,
+                    taskRunId=self.current.id,
+                    state=self.current.state,
+                    outputs=values,
+                )
+            )
+            self.current = msgspec.structs.replace(self.current, outputs=values)
+
+    def exit(self, state: str) -> None:
+        assert self.current is not None
+        for r in self.state.taskruns.values():
+            if r.state not in TERMINAL_STATES and r.id != self.current.id:
+                self.out.append(
+                    ev.TaskRunStateChanged(
+                        executionId=self.state.id, taskRunId=r.id, state="KILLED"
+                    )
+                )
+        self.out.append(
+            ev.TaskRunStateChanged(
+                executionId=self.state.id, taskRunId=self.current.id, state=state
+            )
+        )
+        self.out.append(ev.ExecutionStateChanged(executionId=self.state.id, state=state))
+        raise _Step
+
+    def set_labels(self, labels: dict[str, str]) -> None:
+        merged = dict(self.state.labels)
+        merged.update(labels)
+        if merged != dict(self.state.labels):
+            self.out.append(
+                ev.ExecutionLabelsChanged(
+                    executionId=self.state.id,
+                    labels=[{"key": k, "value": v} for k, v in merged.items()],
+                )
+            )
+
+    def pause(self) -> bool:
+        assert self.current is not None
+        if self.current.id in self.state.resumed:
+            return True
+        if self.current.state != "PAUSED":
+            self.out.append(
+                ev.TaskRunStateChanged(
+                    executionId=self.state.id, taskRunId=self.current.id, state="PAUSED"
+                )
+            )
+            if self.state.state != "PAUSED":
+                self.out.append(ev.ExecutionStateChanged(executionId=self.state.id, state="PAUSED"))
+            raise _Step
+        return False
+
+    def subflow(
+        self,
+        namespace: str,
+        flow_id: str,
+        *,
+        inputs: dict[str, Any],
+        labels: dict[str, str],
+        revision: int | None = None,
+        wait: bool = True,
+    ) -> dict[str, Any] | None:
+        assert self.current is not None
+        run = self.current
+        requested = self.state.subflows.get(run.id)
+        if requested is None:
+            self.out.append(
+                ev.SubflowExecutionRequested(
+                    executionId=self.state.id,
+                    taskRunId=run.id,
+                    childId=short_id(self.state.id, run.id, "subflow"),
+                    namespace=namespace,
+                    flowId=flow_id,
+                    revision=revision,
+                    inputs=inputs,
+                    labels=[{"key": k, "value": v} for k, v in labels.items()],
+                    wait=wait,
+                )
+            )
+            raise _Step
+        ended = self.state.subflow_outputs.get(run.id)
+        if ended is not None:
+            return ended
+        if not wait:
+            return {"executionId": requested[0]}
+        return None
 
     def render(self, value: Any) -> Any:
         context = build_context(self.state, self.flow, self.current, self.now)
@@ -350,9 +589,11 @@ class _Resolver:
         # Templates resolved by the executor see the event's time, never the wall clock.
         return iso(self.now)
 
-    def sleep_until(self, fire_at: dt.datetime) -> bool:
+    def sleep_until(self, fire_at: dt.datetime, *, key: str = "wait") -> bool:
         assert self.current is not None
-        timer = f"{self.current.id}:wait"
+        return self._timer(f"{self.current.id}:{key}", fire_at, self.current.id)
+
+    def _timer(self, timer: str, fire_at: dt.datetime, run_id: str) -> bool:
         if timer in self.state.fired or fire_at <= self.now:
             return True
         if timer not in self.state.timers:
@@ -361,7 +602,7 @@ class _Resolver:
                     executionId=self.state.id,
                     timerId=timer,
                     fireAt=fire_at.astimezone(dt.UTC).isoformat(),
-                    taskRunId=self.current.id,
+                    taskRunId=run_id,
                 )
             )
             raise _Step
@@ -396,7 +637,7 @@ class _Resolver:
             self.current, self.started = run, _parse_iso(run.histories[0][1])
             try:
                 result = task.resolve(self)
-            except TemplateError as exc:
+            except (TemplateError, TaskFailure) as exc:
                 self._fail(run, str(exc))
                 raise _Step from exc
             finally:
@@ -413,6 +654,10 @@ class _Resolver:
         if last is None or last.state == "KILLED":  # never scheduled, or its worker was lost
             self._schedule(task, run, len(run.attempts) + 1)
             raise _Step
+        if last.state == "FAILED" and run.retryAt is not None:
+            if self._timer(f"retry:{run.id}:{len(run.attempts)}", _parse_iso(run.retryAt), run.id):
+                self._schedule(task, run, len(run.attempts) + 1)
+                raise _Step
         return None
 
     def _create(self, task: Task, value: str | None) -> None:
@@ -492,12 +737,22 @@ class _Resolver:
 
 def _effective(task: Task, state: str) -> str:
     if state == "FAILED" and task.allowFailure:
-        return "WARNING"
+        state = "WARNING"
     if state == "WARNING" and task.allowWarning:
-        return "SUCCESS"
+        state = "SUCCESS"
     if state == "SKIPPED":
         return "SUCCESS"
     return state
+
+
+def _combine(results: Sequence[str | None]) -> str | None:
+    """The state of branches run side by side: None while any runs, else the worst."""
+    if any(r is None for r in results):
+        return None
+    for worst in ("KILLED", "FAILED", "WARNING"):
+        if worst in results:
+            return worst
+    return "SUCCESS"
 
 
 def _truthy(value: Any) -> bool:
@@ -513,18 +768,66 @@ def _parse_iso(text: str) -> dt.datetime:
 # --- render context ------------------------------------------------------------------------------
 
 
+def _ancestors(state: Execution, run: TaskRun) -> list[TaskRun]:
+    out = []
+    parent_id = run.parentTaskRunId
+    while parent_id:
+        parent = state.taskruns.get(parent_id)
+        if parent is None:
+            break
+        out.append(parent)
+        parent_id = parent.parentTaskRunId
+    return out
+
+
+def _value_path(state: Execution, flow: Flow, run: TaskRun) -> list[str]:
+    """The loop values a run sits under, outermost first (how its outputs are keyed)."""
+    path: list[str] = []
+    child = run
+    for parent in _ancestors(state, run):
+        task = flow.find_task(parent.taskId)
+        if getattr(task, "__loop__", False) and child.value is not None:
+            path.append(child.value)
+        child = parent
+    return path[::-1]
+
+
 def outputs_view(state: Execution) -> dict[str, Any]:
-    """Task outputs as templates see them: `outputs.<taskId>` (or `.<value>` inside loops)."""
+    """Task outputs as templates see them: `outputs.<taskId>`, keyed by loop values inside loops
+    (`outputs.<taskId>.<outer value>.<inner value>`)."""
+    flow = flow_of(state)
     view: dict[str, Any] = {}
     for run in state.taskruns.values():
         if run.outputs is None:
             continue
-        if run.value is None:
+        path = _value_path(state, flow, run)
+        if not path:
             view[run.taskId] = run.outputs
-        else:
-            slot = view.setdefault(run.taskId, {})
+            continue
+        slot = view.setdefault(run.taskId, {})
+        for key in path[:-1]:
+            if not isinstance(slot, dict):
+                break
+            slot = slot.setdefault(key, {})
+        if isinstance(slot, dict):
+            slot[path[-1]] = run.outputs
+    return view
+
+
+def _labels_view(labels: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """Labels by key, and dotted keys also as nested maps (`labels.system.correlationId`)."""
+    view: dict[str, Any] = {}
+    for key, value in labels:
+        view[key] = value
+        if "." in key:
+            head, *rest = key.split(".")
+            slot = view.setdefault(head, {})
+            for part in rest[:-1]:
+                if not isinstance(slot, dict):
+                    break
+                slot = slot.setdefault(part, {})
             if isinstance(slot, dict):
-                slot[run.value] = run.outputs
+                slot[rest[-1]] = value
     return view
 
 
@@ -547,7 +850,7 @@ def build_context(
         "inputs": state.inputs,
         "vars": flow.variables,
         "outputs": outputs_view(state),
-        "labels": dict(state.labels),
+        "labels": _labels_view(state.labels),
         "trigger": state.trigger or {},
     }
     if run is not None:
@@ -558,6 +861,20 @@ def build_context(
             "value": run.value,
             "attemptsCount": len(run.attempts),
         }
+        ancestors = _ancestors(state, run)
+        parents = [
+            {"taskrun": {"id": a.id, "value": a.value, "taskId": a.taskId}}
+            for a in ancestors
+            if a.value is not None
+        ]
+        if parents:
+            context["parents"] = parents
+            context["parent"] = parents[0]
+        for a in ancestors:
+            if getattr(flow.find_task(a.taskId), "__working_directory__", False):
+                context["_workingDirectory"] = {"taskRunId": a.id, "taskId": a.taskId}
+                context["workerTaskrun"] = {"id": a.id, "taskId": a.taskId, "value": a.value}
+                break
         task = task or flow.find_task(run.taskId)
     if task is not None:
         context["task"] = {"id": task.id, "type": task.type}

@@ -13,13 +13,17 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
+import msgspec
 import psycopg
 import trio
 
 from engine import events as ev
 from engine.db import Notifier
+from engine.errors import TiercelError
 from engine.executor import Execution, Recorded, decide, evolve, replay
+from engine.plugin import TERMINAL_STATES
 from engine.store import (
+    NO_STREAM,
     Append,
     EventStore,
     StoredEvent,
@@ -46,13 +50,24 @@ INPUT_TYPES = (
     "AttemptSucceeded",
     "AttemptFailed",
     "AttemptAbandoned",
+    "ExecutionLabelsChanged",
+    "ExecutionResumeRequested",
+    "SubflowExecutionRequested",
+    "SubflowExecutionEnded",
 )
+SUBFLOW_ACTOR = "executor:subflow"
+"""Who writes child executions and their results: an input to the executor, not a decision."""
 
 
 def recorded(e: StoredEvent) -> Recorded:
     """A stored event as the pure replay sees it."""
     cause = e.meta.get("causation") if e.meta.get("actor") == ACTOR else None
     return Recorded(e.seq, e.event, e.recorded_at, cause)
+
+
+def _correlation(state: Execution) -> str:
+    """The id shared by an execution and every execution it starts (Kestra's correlation id)."""
+    return dict(state.labels).get("system.correlationId", state.id)
 
 
 class ExecutorShell:
@@ -121,10 +136,106 @@ class ExecutorShell:
                 for new in decided:
                     state = evolve(state, new, e.recorded_at)
                     assert state is not None
+                appends.extend(await self._effects(state, decided, e.seq))
             self._keep(xid, state)
         last = batch[-1].seq
         await self.store.append_many(
             appends, extra=lambda conn: save_checkpoint(conn, CHECKPOINT, last)
+        )
+
+    async def _effects(self, state: Execution, decided: list[ev.Event], cause: int) -> list[Append]:
+        """What decisions ask of the world beyond this execution: child executions and, when
+        a child ends, the news for its parent."""
+        out: list[Append] = []
+        meta = {"actor": SUBFLOW_ACTOR, "causation": cause}
+        for event in decided:
+            if isinstance(event, ev.SubflowExecutionRequested):
+                out.append(await self._start_child(state, event, meta))
+            elif (
+                isinstance(event, ev.ExecutionStateChanged)
+                and event.state in TERMINAL_STATES
+                and state.parentId
+                and state.parentTaskRunId
+            ):
+                out.append(
+                    Append(
+                        ev.execution_stream(state.parentId),
+                        [
+                            ev.SubflowExecutionEnded(
+                                executionId=state.parentId,
+                                taskRunId=state.parentTaskRunId,
+                                childId=state.id,
+                                state=event.state,
+                                outputs=event.outputs,
+                            )
+                        ],
+                        command_id=f"subflow-end:{state.id}",
+                        meta=meta,
+                    )
+                )
+        return out
+
+    async def _start_child(
+        self, parent: Execution, request: ev.SubflowExecutionRequested, meta: dict[str, Any]
+    ) -> Append:
+        from engine.commands import get_flow, merge_labels
+        from engine.flow import flow_to_dict, parse_flow
+        from engine.inputs import resolve_inputs
+
+        try:
+            record = await get_flow(self.store, request.namespace, request.flowId, request.revision)
+            flow = parse_flow(record.source)
+            if flow.disabled:
+                raise TiercelError(f"Flow {request.namespace}.{request.flowId} is disabled")
+            values = resolve_inputs(flow, request.inputs)
+        except TiercelError as exc:
+            return Append(
+                ev.execution_stream(parent.id),
+                [
+                    ev.SubflowExecutionEnded(
+                        executionId=parent.id,
+                        taskRunId=request.taskRunId,
+                        childId=request.childId,
+                        state="FAILED",
+                        message=f"Subflow {request.namespace}.{request.flowId}: {exc}",
+                    )
+                ],
+                command_id=f"subflow-end:{request.childId}",
+                meta=meta,
+            )
+        created = ev.ExecutionCreated(
+            executionId=request.childId,
+            namespace=request.namespace,
+            flowId=request.flowId,
+            flowRevision=record.revision,
+            flow=flow_to_dict(msgspec.structs.replace(flow, revision=record.revision)),
+            inputs=values,
+            labels=merge_labels(
+                flow,
+                [
+                    *request.labels,
+                    {"key": "system.correlationId", "value": _correlation(parent)},
+                ],
+            ),
+            trigger={
+                "type": "io.kestra.plugin.core.flow.Subflow",
+                "variables": {
+                    "executionId": parent.id,
+                    "namespace": parent.namespace,
+                    "flowId": parent.flowId,
+                    "flowRevision": parent.flowRevision,
+                },
+            },
+            parentId=parent.id,
+            parentTaskRunId=request.taskRunId,
+            originalId=request.childId,
+        )
+        return Append(
+            ev.execution_stream(request.childId),
+            [created],
+            NO_STREAM,
+            command_id=f"subflow:{request.childId}",
+            meta=meta,
         )
 
     def _keep(self, xid: str, state: Execution) -> None:

@@ -267,6 +267,13 @@ class _Checker:
                 "types with `tiercel plugins list`",
             )
             return None
+        if raw.get("workerGroup") is not None:
+            self.add(
+                f"{path}.workerGroup",
+                "Worker groups are not supported: remove `workerGroup` (every worker runs "
+                "every task type)",
+            )
+            ok = False
         # Child task lists are validated (and converted) one by one so every problem is found.
         child_fields = getattr(cls, "__child_fields__", ())
         plain = {k: v for k, v in raw.items() if k not in child_fields}
@@ -281,14 +288,19 @@ class _Checker:
         nested = {
             k: self.nested(v, f"{path}.{k}") for k, v in raw.items() if k in _nested_fields(cls)
         }
-        plain.update(nested)
+        for k in nested:
+            plain.pop(k, None)
         try:
             task = msgspec.convert(plain, cls)
         except msgspec.ValidationError as exc:
             self.add_msgspec(path, exc, type_name)
             return None
-        if children:
-            task = msgspec.structs.replace(task, **children)
+        if children or nested:
+            # Child lists are set by attribute name (`else` is stored as `else_`).
+            names = {f.encode_name: f.name for f in msgspec.structs.fields(cls)}
+            task = msgspec.structs.replace(
+                task, **{names.get(k, k): v for k, v in {**children, **nested}.items()}
+            )
         for field, message in task.problems():
             self.add(f"{path}.{field}" if field else path, message)
             ok = False
@@ -393,7 +405,7 @@ def _check_flow(raw: Any, c: _Checker) -> Flow | None:
     labels = _check_labels(raw.get("labels"), c)
     for i, listener in enumerate(raw.get("listeners") or []):
         if isinstance(listener, dict):
-            c.tasks(listener.get("tasks"), f"listeners[{i}].tasks", required=False)
+            c.tasks(listener.get("tasks"), f"listeners[{i}].tasks", required=True)
     rest = {
         k: v
         for k, v in raw.items()
@@ -407,6 +419,16 @@ def _check_flow(raw: Any, c: _Checker) -> Flow | None:
     except msgspec.ValidationError as exc:
         c.add_msgspec("", exc, "the flow")
         return None
+    for task in walk([*tasks, *branches["errors"], *branches["finally"]]):
+        if (
+            getattr(task, "flowId", None) == flow_id
+            and getattr(task, "namespace", None) == namespace
+        ):
+            c.add(
+                c.task_ids.get(task.id, task.id),
+                f"Task '{task.id}' runs its own flow {namespace}.{flow_id}: a flow cannot call "
+                "itself as a subflow",
+            )
     return msgspec.structs.replace(
         flow,
         tasks=tasks,
@@ -416,6 +438,9 @@ def _check_flow(raw: Any, c: _Checker) -> Flow | None:
         inputs=inputs,
         labels=labels,
     )
+
+
+SETTABLE_SYSTEM_LABELS = frozenset({"system.readOnly"})
 
 
 def _check_labels(raw: Any, c: _Checker) -> dict[str, str]:
@@ -434,8 +459,12 @@ def _check_labels(raw: Any, c: _Checker) -> dict[str, str]:
         return {}
     labels = {}
     for key, value in raw.items():
-        if str(key).startswith("system."):
-            c.add(f"labels.{key}", f"Label '{key}' uses the reserved prefix `system.`")
+        if str(key).startswith("system.") and key not in SETTABLE_SYSTEM_LABELS:
+            c.add(
+                f"labels.{key}",
+                f"Label '{key}' uses the reserved prefix `system.`; a flow may only set "
+                + ", ".join(sorted(SETTABLE_SYSTEM_LABELS)),
+            )
         labels[str(key)] = _label_value(value)
     return labels
 

@@ -51,7 +51,9 @@ class Task(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaul
     logLevel: str | None = None
     """Minimum level of the task's logs that are kept."""
     workerGroup: dict[str, Any] | None = None
-    """Worker group that must run the task."""
+    """Worker group that must run the task (not supported: rejected at validation)."""
+    logToFile: bool = False
+    """Accepted for compatibility: logs are always kept in the event log."""
 
     def problems(self) -> list[tuple[str, str]]:
         """Checks beyond property types, as (field, message) pairs; none by default."""
@@ -144,8 +146,58 @@ class Navigator(Protocol):
         """Render a template with the execution's variables (typed when it is one expression)."""
         ...
 
-    def sleep_until(self, fire_at: dt.datetime) -> bool:
-        """Ask to be woken at `fire_at`; True once that time has come."""
+    @property
+    def value(self) -> str | None:
+        """The loop value of the task run being resolved (None outside loops)."""
+        ...
+
+    def iterate(
+        self,
+        tasks: Sequence[Task],
+        values: Sequence[str],
+        *,
+        limit: int = 0,
+        concurrent_tasks: bool = False,
+    ) -> str | None:
+        """Run `tasks` once per value (at most `limit` values at once; 0: no limit), the tasks
+        of one value in order, or side by side with `concurrent_tasks`."""
+        ...
+
+    def peek(self, task: Task, *, value: str | None = None) -> str | None:
+        """The effective terminal state of a child task, or None (not created or running)."""
+        ...
+
+    def outputs(self, values: dict[str, Any]) -> None:
+        """Set the outputs of the task run being resolved."""
+        ...
+
+    def exit(self, state: str) -> None:
+        """End the whole execution now in `state`, killing what still runs."""
+        ...
+
+    def set_labels(self, labels: dict[str, str]) -> None:
+        """Add or replace labels of the execution."""
+        ...
+
+    def pause(self) -> bool:
+        """Pause the execution at this task run; True once it has been resumed."""
+        ...
+
+    def subflow(
+        self,
+        namespace: str,
+        flow_id: str,
+        *,
+        inputs: dict[str, Any],
+        labels: dict[str, str],
+        revision: int | None = None,
+        wait: bool = True,
+    ) -> dict[str, Any] | None:
+        """Start a child execution; its result (executionId, state, outputs) once known."""
+        ...
+
+    def sleep_until(self, fire_at: dt.datetime, *, key: str = "wait") -> bool:
+        """Ask to be woken at `fire_at` (one timer per `key`); True once that time has come."""
         ...
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import json
+from typing import Any, ClassVar
 
-from engine.plugin import FlowableTask, Navigator, Task, parse_duration, register
+import msgspec
+
+from engine.plugin import FlowableTask, Navigator, Task, TaskFailure, parse_duration, register
 
 
 def _errors_after(nav: Navigator, state: str | None, errors: list[Task]) -> str | None:
@@ -75,3 +78,459 @@ class Sleep(FlowableTask, kw_only=True):
     def resolve(self, nav: Navigator) -> str | None:
         wait = parse_duration(str(nav.render(self.duration)))
         return "SUCCESS" if nav.sleep_until(nav.started + wait) else None
+
+
+def _text(value: Any) -> str:
+    """A rendered value as Kestra compares it: booleans as true/false, maps and lists as JSON."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return str(value)
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "0", "null", "none")
+    return bool(value)
+
+
+def loop_values(nav: Navigator, raw: Any, field: str) -> list[str]:
+    """The iteration values of a loop: a list, or a JSON array in a string, after rendering."""
+    value = nav.render(raw)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise TaskFailure(
+                f"`{field}` must be a list or a JSON array, got {value[:80]!r}"
+            ) from None
+    if not isinstance(value, list):
+        raise TaskFailure(f"`{field}` must be a list, got {type(value).__name__}")
+    out = []
+    for i, item in enumerate(value):
+        if item is None:
+            raise TaskFailure(f"`{field}`[{i}] is null: every value of a loop must be set")
+        out.append(item if isinstance(item, str) else _text(item))
+    return out
+
+
+def _loop_problems(value: Any, field: str) -> list[tuple[str, str]]:
+    if isinstance(value, str) and "{{" not in value:
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return [(field, "Must be a list or a JSON array (or a template rendering one)")]
+        if not isinstance(parsed, list):
+            return [(field, "Must be a JSON array")]
+    elif not isinstance(value, str | list):
+        return [(field, "Must be a list or a JSON array")]
+    return []
+
+
+@register("io.kestra.plugin.core.flow.If", "io.kestra.core.tasks.flows.If")
+class If(FlowableTask, kw_only=True):
+    """Run `then` when `condition` renders true, `else` otherwise."""
+
+    __child_fields__: ClassVar[tuple[str, ...]] = ("then", "else", "errors")
+    __required_children__: ClassVar[tuple[str, ...]] = ("then",)
+    condition: Any
+    """The condition: a template rendering true or false."""
+    then: list[Task] = []
+    """Tasks to run when the condition is true."""
+    else_: list[Task] = msgspec.field(default_factory=list, name="else")
+    """Tasks to run when the condition is false."""
+    errors: list[Task] = []
+    """Tasks to run when a branch fails."""
+
+    def branches(self) -> dict[str, list[Task]]:
+        return {"then": self.then, "else": self.else_, "errors": self.errors}
+
+    def resolve(self, nav: Navigator) -> str | None:
+        branch = self.then if _truthy(nav.render(self.condition)) else self.else_
+        return _errors_after(nav, nav.sequence(branch), self.errors)
+
+
+@register("io.kestra.plugin.core.flow.Switch", "io.kestra.core.tasks.flows.Switch")
+class Switch(FlowableTask, kw_only=True):
+    """Run the tasks of the case matching `value`, or `defaults` when none matches."""
+
+    __child_fields__: ClassVar[tuple[str, ...]] = ("defaults", "errors")
+    __nested_fields__: ClassVar[tuple[str, ...]] = ("cases",)
+    value: Any
+    """The value to match against the case names (rendered)."""
+    cases: dict[str, list[Task]] = {}
+    """Task lists by the value that selects them."""
+    defaults: list[Task] = []
+    """Tasks to run when no case matches."""
+    errors: list[Task] = []
+    """Tasks to run when the chosen branch fails."""
+
+    def branches(self) -> dict[str, list[Task]]:
+        out = {f"cases.{k}": v for k, v in self.cases.items()}
+        out.update(defaults=self.defaults, errors=self.errors)
+        return out
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not self.cases and not self.defaults:
+            return [("cases", "A Switch needs `cases`, `defaults`, or both")]
+        return []
+
+    def resolve(self, nav: Navigator) -> str | None:
+        value = _text(nav.render(self.value))
+        if value in self.cases:
+            branch, matched = self.cases[value], True
+        elif self.defaults:
+            branch, matched = self.defaults, False
+        else:
+            raise TaskFailure(
+                f"Switch '{self.id}': no case for value {value!r} and no `defaults` "
+                f"(cases: {', '.join(self.cases)})"
+            )
+        nav.outputs({"value": value, "defaults": not matched})
+        return _errors_after(nav, nav.sequence(branch), self.errors)
+
+
+@register("io.kestra.plugin.core.flow.ForEach")
+class ForEach(FlowableTask, kw_only=True):
+    """Run `tasks` for each of `values`; `{{ taskrun.value }}` is the current one."""
+
+    __child_fields__: ClassVar[tuple[str, ...]] = ("tasks", "errors")
+    __required_children__: ClassVar[tuple[str, ...]] = ("tasks",)
+    __loop__: ClassVar[bool] = True
+    values: Any
+    """A list, or a JSON array (possibly templated)."""
+    concurrencyLimit: int = 1
+    """How many values run at once; 0 means all of them."""
+    tasks: list[Task] = []
+    """The tasks to run for each value, in order."""
+    errors: list[Task] = []
+    """Tasks to run when an iteration fails."""
+
+    def branches(self) -> dict[str, list[Task]]:
+        return {"tasks": self.tasks, "errors": self.errors}
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = _loop_problems(self.values, "values")
+        if self.concurrencyLimit < 0:
+            found.append(("concurrencyLimit", "Must be 0 (no limit) or more"))
+        return found
+
+    def resolve(self, nav: Navigator) -> str | None:
+        values = loop_values(nav, self.values, "values")
+        state = nav.iterate(self.tasks, values, limit=self.concurrencyLimit)
+        return _errors_after(nav, state, self.errors)
+
+
+@register("io.kestra.plugin.core.flow.EachSequential", "io.kestra.core.tasks.flows.EachSequential")
+class EachSequential(FlowableTask, kw_only=True):
+    """Run `tasks` for each value, one value after the other (use ForEach in new flows)."""
+
+    __child_fields__: ClassVar[tuple[str, ...]] = ("tasks", "errors")
+    __required_children__: ClassVar[tuple[str, ...]] = ("tasks",)
+    __loop__: ClassVar[bool] = True
+    value: Any
+    """A list, or a JSON array (possibly templated)."""
+    tasks: list[Task] = []
+    """The tasks to run for each value, in order."""
+    errors: list[Task] = []
+    """Tasks to run when an iteration fails."""
+
+    def branches(self) -> dict[str, list[Task]]:
+        return {"tasks": self.tasks, "errors": self.errors}
+
+    def problems(self) -> list[tuple[str, str]]:
+        return _loop_problems(self.value, "value")
+
+    def resolve(self, nav: Navigator) -> str | None:
+        values = loop_values(nav, self.value, "value")
+        return _errors_after(nav, nav.iterate(self.tasks, values, limit=1), self.errors)
+
+
+@register("io.kestra.plugin.core.flow.EachParallel", "io.kestra.core.tasks.flows.EachParallel")
+class EachParallel(FlowableTask, kw_only=True):
+    """Run `tasks` for each value, all values and tasks side by side (use ForEach in new flows)."""
+
+    __child_fields__: ClassVar[tuple[str, ...]] = ("tasks", "errors")
+    __required_children__: ClassVar[tuple[str, ...]] = ("tasks",)
+    __loop__: ClassVar[bool] = True
+    value: Any
+    """A list, or a JSON array (possibly templated)."""
+    concurrent: int = 0
+    """How many values run at once; 0 means all of them."""
+    tasks: list[Task] = []
+    """The tasks to run for each value."""
+    errors: list[Task] = []
+    """Tasks to run when an iteration fails."""
+
+    def branches(self) -> dict[str, list[Task]]:
+        return {"tasks": self.tasks, "errors": self.errors}
+
+    def problems(self) -> list[tuple[str, str]]:
+        return _loop_problems(self.value, "value")
+
+    def resolve(self, nav: Navigator) -> str | None:
+        values = loop_values(nav, self.value, "value")
+        state = nav.iterate(self.tasks, values, limit=self.concurrent, concurrent_tasks=True)
+        return _errors_after(nav, state, self.errors)
+
+
+@register("io.kestra.plugin.core.flow.AllowFailure", "io.kestra.core.tasks.flows.AllowFailure")
+class AllowFailure(FlowableTask, kw_only=True):
+    """Run tasks in order; a failure among them ends this task in WARNING, not FAILED."""
+
+    __child_fields__: ClassVar[tuple[str, ...]] = ("tasks", "errors")
+    __required_children__: ClassVar[tuple[str, ...]] = ("tasks",)
+    tasks: list[Task] = []
+    """The tasks allowed to fail."""
+    errors: list[Task] = []
+    """Tasks to run when one of `tasks` fails."""
+
+    def branches(self) -> dict[str, list[Task]]:
+        return {"tasks": self.tasks, "errors": self.errors}
+
+    def resolve(self, nav: Navigator) -> str | None:
+        state = _errors_after(nav, nav.sequence(self.tasks), self.errors)
+        return "WARNING" if state in ("FAILED", "KILLED") else state
+
+
+@register("io.kestra.plugin.core.flow.Dag", "io.kestra.core.tasks.flows.Dag")
+class Dag(FlowableTask, kw_only=True):
+    """Run tasks as soon as the tasks they depend on (`dependsOn`) have succeeded."""
+
+    __child_fields__: ClassVar[tuple[str, ...]] = ("errors",)
+    __nested_fields__: ClassVar[tuple[str, ...]] = ("tasks",)
+    tasks: list[Any] = []
+    """Items `{task: <task>, dependsOn: [task ids]}`."""
+    concurrent: int = 0
+    """How many tasks run at once; 0 means no limit."""
+    errors: list[Task] = []
+    """Tasks to run when one of `tasks` fails."""
+
+    def _items(self) -> list[tuple[Task, list[str]]]:
+        return [
+            (item["task"], list(item.get("dependsOn") or []))
+            for item in self.tasks
+            if isinstance(item, dict) and isinstance(item.get("task"), Task)
+        ]
+
+    def branches(self) -> dict[str, list[Task]]:
+        return {"tasks": [t for t, _ in self._items()], "errors": self.errors}
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not self.tasks:
+            return [("tasks", "A Dag needs at least one task")]
+        found: list[tuple[str, str]] = []
+        items = self._items()
+        ids = {t.id for t, _ in items}
+        for i, (task, deps) in enumerate(items):
+            for dep in deps:
+                if dep not in ids:
+                    found.append(
+                        (
+                            f"tasks[{i}].dependsOn",
+                            f"Task '{task.id}' depends on unknown task '{dep}'",
+                        )
+                    )
+        graph = {t.id: deps for t, deps in items}
+        cycle = _find_cycle(graph)
+        if cycle:
+            found.append(("tasks", "Cyclic dependency: " + " -> ".join(cycle)))
+        return found
+
+    def resolve(self, nav: Navigator) -> str | None:
+        items = self._items()
+
+        def ready() -> list[Task]:
+            done = {t.id: nav.peek(t) for t, _ in items}
+            return [t for t, deps in items if all(done[d] in ("SUCCESS", "WARNING") for d in deps)]
+
+        runnable = ready()
+        while True:
+            state = nav.parallel(runnable, limit=self.concurrent)
+            if state is None:
+                return None
+            if state in ("FAILED", "KILLED") or len(runnable) == len(items):
+                return _errors_after(nav, state, self.errors)
+            more = ready()
+            if len(more) == len(runnable):  # the rest waits on tasks that cannot succeed
+                return _errors_after(nav, "FAILED", self.errors)
+            runnable = more
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str]:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        stack.append(node)
+        for dep in graph.get(node, []):
+            if state.get(dep) == 1:
+                return [*stack[stack.index(dep) :], dep]
+            if dep in graph and not state.get(dep):
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return []
+
+    for node in graph:
+        if not state.get(node):
+            found = visit(node)
+            if found:
+                return found
+    return []
+
+
+@register(
+    "io.kestra.plugin.core.flow.WorkingDirectory", "io.kestra.core.tasks.flows.WorkingDirectory"
+)
+class WorkingDirectory(FlowableTask, kw_only=True):
+    """Run tasks in order in one shared working directory: files one task writes, the next sees."""
+
+    __child_fields__: ClassVar[tuple[str, ...]] = ("tasks", "errors")
+    __required_children__: ClassVar[tuple[str, ...]] = ("tasks",)
+    __working_directory__: ClassVar[bool] = True
+    tasks: list[Task] = []
+    """The tasks sharing the directory."""
+    errors: list[Task] = []
+    """Tasks to run when one of `tasks` fails."""
+    inputFiles: Any = None
+    """Files to create in the directory before the first task (name: content)."""
+    outputFiles: list[str] = []
+    """Globs of files to keep in internal storage after the tasks."""
+    cache: dict[str, Any] | None = None
+    """Accepted for compatibility; the directory is rebuilt for every execution."""
+    namespaceFiles: dict[str, Any] | None = None
+    """Accepted for compatibility."""
+
+    def branches(self) -> dict[str, list[Task]]:
+        return {"tasks": self.tasks, "errors": self.errors}
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not self.tasks:
+            return [("tasks", "A WorkingDirectory needs at least one task")]
+        for i, task in enumerate(self.tasks):
+            if isinstance(task, FlowableTask):
+                return [(f"tasks[{i}]", "Only runnable tasks may run in a WorkingDirectory")]
+        return []
+
+    def resolve(self, nav: Navigator) -> str | None:
+        return _errors_after(nav, nav.sequence(self.tasks), self.errors)
+
+
+@register("io.kestra.plugin.core.flow.Pause", "io.kestra.core.tasks.flows.Pause")
+class Pause(FlowableTask, kw_only=True):
+    """Pause the execution until it is resumed (API or Resume task), or until `delay` passed."""
+
+    __child_fields__: ClassVar[tuple[str, ...]] = ("tasks", "errors")
+    delay: str | None = None
+    """Resume by itself after this duration."""
+    timeout: str | None = None
+    """Fail when not resumed within this duration."""
+    pauseDuration: str | None = None
+    """Like `delay` (newer name)."""
+    behavior: str = "RESUME"
+    """What to do when `pauseDuration` passes: RESUME, WARN, FAIL or CANCEL."""
+    onResume: list[dict[str, Any]] = []
+    """Inputs asked for on resume; their values become the outputs `onResume`."""
+    tasks: list[Task] = []
+    """Tasks to run once resumed (deprecated in Kestra)."""
+    errors: list[Task] = []
+    """Tasks to run when `tasks` fails."""
+
+    def branches(self) -> dict[str, list[Task]]:
+        return {"tasks": self.tasks, "errors": self.errors}
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        for name in ("delay", "timeout", "pauseDuration"):
+            value = getattr(self, name)
+            if value and "{{" not in value:
+                try:
+                    parse_duration(value)
+                except ValueError as exc:
+                    found.append((name, str(exc)))
+        return found
+
+    def resolve(self, nav: Navigator) -> str | None:
+        delay = self.delay or (self.pauseDuration if self.behavior == "RESUME" else None)
+        resumed = False
+        if delay:
+            resumed = nav.sleep_until(nav.started + parse_duration(str(nav.render(delay))))
+        limit = self.timeout or (self.pauseDuration if self.behavior != "RESUME" else None)
+        if not resumed and limit:
+            if nav.sleep_until(nav.started + parse_duration(str(nav.render(limit))), key="timeout"):
+                outcome = {"WARN": "WARNING", "CANCEL": "KILLED"}.get(self.behavior, "FAILED")
+                return outcome
+        if not resumed and not delay:
+            resumed = nav.pause()
+        if not resumed:
+            return None
+        return (
+            _errors_after(nav, nav.sequence(self.tasks), self.errors) if self.tasks else "SUCCESS"
+        )
+
+
+@register(
+    "io.kestra.plugin.core.flow.Subflow",
+    "io.kestra.core.tasks.flows.Subflow",
+    "io.kestra.core.tasks.flows.Flow",
+    "io.kestra.plugin.core.flow.Flow",
+)
+class Subflow(FlowableTask, kw_only=True):
+    """Start an execution of another flow and (by default) wait for it."""
+
+    namespace: str
+    """The namespace of the flow to run."""
+    flowId: str
+    """The id of the flow to run."""
+    revision: int | None = None
+    """A revision of that flow (default: the latest)."""
+    inputs: dict[str, Any] = {}
+    """Inputs of the child execution (rendered)."""
+    labels: Any = None
+    """Labels of the child execution (map or list of key/value)."""
+    wait: bool = True
+    """Wait for the child execution to end."""
+    transmitFailed: bool = True
+    """A failed or killed child fails this task run (when waiting)."""
+    inheritLabels: bool = False
+    """Give the child the labels of this execution."""
+    outputs: dict[str, Any] = {}
+    """Outputs to extract from the child (deprecated: use the subflow's flow outputs)."""
+    scheduleDate: str | None = None
+    """Accepted for compatibility."""
+
+    def resolve(self, nav: Navigator) -> str | None:
+        labels: dict[str, str] = {}
+        if self.inheritLabels:
+            labels.update(nav.render("{{ labels }}") or {})
+        given = nav.render(self.labels) if self.labels is not None else {}
+        if isinstance(given, list):
+            labels.update({str(i["key"]): _text(i["value"]) for i in given if isinstance(i, dict)})
+        elif isinstance(given, dict):
+            labels.update({str(k): _text(v) for k, v in given.items()})
+        result = nav.subflow(
+            str(nav.render(self.namespace)),
+            str(nav.render(self.flowId)),
+            inputs=nav.render(self.inputs),
+            labels=labels,
+            revision=self.revision,
+            wait=self.wait,
+        )
+        if result is None:
+            return None
+        outputs = {k: v for k, v in result.items() if k != "message"}
+        nav.outputs(outputs)
+        if "state" not in result:
+            return "SUCCESS"  # not waiting
+        if "message" in result:
+            raise TaskFailure(str(result["message"]))
+        if result["state"] in ("FAILED", "KILLED") and self.transmitFailed:
+            return "FAILED"
+        return "WARNING" if result["state"] == "WARNING" else "SUCCESS"
