@@ -29,7 +29,11 @@ RUN_TIMEOUT = 120.0
 
 def corpus_dir(given: str | None = None) -> Path | None:
     """The corpus folder, or None when it is not there."""
-    candidates = [given, os.environ.get("TIERCEL_KESTRA_CORPUS"), REPO.parent / "shared" / "kestra-corpus"]
+    candidates = [
+        given,
+        os.environ.get("TIERCEL_KESTRA_CORPUS"),
+        REPO.parent / "shared" / "kestra-corpus",
+    ]
     for candidate in candidates:
         if candidate and (Path(candidate) / "expectations.json").is_file():
             return Path(candidate)
@@ -58,12 +62,17 @@ class Report:
 
     def table(self) -> str:
         headers = ("flow", "expected", "got", "")
-        cells = [(r.flow, r.expected, r.got, r.status.upper() + (f" ({r.reason})" if r.reason else "")) for r in self.rows]
+        cells = [
+            (r.flow, r.expected, r.got, r.status.upper() + (f" ({r.reason})" if r.reason else ""))
+            for r in self.rows
+        ]
         widths = [min(max(len(c[i]) for c in [headers, *cells]), 60) for i in range(3)]
         lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)).rstrip()]
         lines.append("  ".join("-" * w for w in widths))
         for c in cells:
-            lines.append("  ".join([*(c[i][:60].ljust(widths[i]) for i in range(3)), c[3]]).rstrip())
+            lines.append(
+                "  ".join([*(c[i][:60].ljust(widths[i]) for i in range(3)), c[3]]).rstrip()
+            )
         lines.append("")
         lines.append(f"{self.deployed} of {self.valid_files} valid flows validated and deployed")
         lines.append(
@@ -77,7 +86,13 @@ def test_only_types(source: str) -> list[str]:
     """The test-only task or trigger types a flow uses (Kestra's test code, not core)."""
     import re
 
-    return sorted({m for m in re.findall(r"type:\s*['\"]?([\w.]+)", source) if m.startswith(TEST_ONLY_PREFIXES)})
+    return sorted(
+        {
+            m
+            for m in re.findall(r"type:\s*['\"]?([\w.]+)", source)
+            if m.startswith(TEST_ONLY_PREFIXES)
+        }
+    )
 
 
 def describe(run: dict[str, Any]) -> str:
@@ -105,7 +120,14 @@ def check_invalids(corpus: Path, report: Report, only: set[str] | None) -> None:
             got = f"rejected: {first}" if first else f"rejected: {exc.message}"
             report.rows.append(Row(f"invalids/{path.name}", "rejected", got, "pass"))
         except Exception as exc:  # anything but a validation error is a defect
-            report.rows.append(Row(f"invalids/{path.name}", "rejected", f"crashed: {type(exc).__name__}: {exc}", "fail"))
+            report.rows.append(
+                Row(
+                    f"invalids/{path.name}",
+                    "rejected",
+                    f"crashed: {type(exc).__name__}: {exc}",
+                    "fail",
+                )
+            )
         else:
             report.rows.append(Row(f"invalids/{path.name}", "rejected", "accepted", "fail"))
 
@@ -121,8 +143,12 @@ async def run_valids(url: str, corpus: Path, report: Report, only: set[str] | No
         async with trio.open_nursery() as nursery:
             ctx = await nursery.start(
                 functools.partial(
-                    run_server, url, ("executor", "worker"), data_dir=Path(data_dir),
-                    worker_slots=64, heartbeat_interval=1.0,
+                    run_server,
+                    url,
+                    ("executor", "worker"),
+                    data_dir=Path(data_dir),
+                    worker_slots=64,
+                    heartbeat_interval=1.0,
                 )  # fmt: skip
             )
             deployed: dict[str, tuple[str, str]] = {}
@@ -135,14 +161,31 @@ async def run_valids(url: str, corpus: Path, report: Report, only: set[str] | No
                         continue
                     skip = test_only_types(source)
                     if skip:
-                        report.rows.append(Row(f"valids/{name}", "valid", "not deployed", "skip", "test-only types: " + ", ".join(skip)))
+                        report.rows.append(
+                            Row(
+                                f"valids/{name}",
+                                "valid",
+                                "not deployed",
+                                "skip",
+                                "test-only types: " + ", ".join(skip),
+                            )
+                        )
                     else:
-                        report.rows.append(Row(f"valids/{name}", "valid", f"rejected: {str(exc).splitlines()[-1].strip()}", "fail"))
+                        report.rows.append(
+                            Row(
+                                f"valids/{name}",
+                                "valid",
+                                f"rejected: {str(exc).splitlines()[-1].strip()}",
+                                "fail",
+                            )
+                        )
             limiter = trio.CapacityLimiter(16)
             results: dict[tuple[str, int], Row] = {}
 
             async def one(name: str, index: int, run: dict[str, Any], skip: str | None) -> None:
-                label = f"valids/{name}" + (f" #{index + 1}" if len(expectations[name]["runs"]) > 1 else "")
+                label = f"valids/{name}" + (
+                    f" #{index + 1}" if len(expectations[name]["runs"]) > 1 else ""
+                )
                 if run.get("inputs"):
                     label += " " + json.dumps(run["inputs"], sort_keys=True)
                 expected = describe(run)
@@ -155,10 +198,20 @@ async def run_valids(url: str, corpus: Path, report: Report, only: set[str] | No
                 namespace, flow_id = deployed[name]
                 async with limiter:
                     try:
-                        execution_id = await create_execution(ctx.store, namespace, flow_id, run.get("inputs") or {}, actor="conformance")
-                        state = await wait_for_end(ctx.store, ctx.notifier, execution_id, timeout=RUN_TIMEOUT)
+                        execution_id = await create_execution(
+                            ctx.store,
+                            namespace,
+                            flow_id,
+                            run.get("inputs") or {},
+                            actor="conformance",
+                        )
+                        state = await wait_for_end(
+                            ctx.store, ctx.notifier, execution_id, timeout=RUN_TIMEOUT
+                        )
                     except TiercelError as exc:
-                        results[(name, index)] = Row(label, expected, f"not started: {exc.message}", "fail")
+                        results[(name, index)] = Row(
+                            label, expected, f"not started: {exc.message}", "fail"
+                        )
                         return
                 got_parts = [state.state, f"{len(state.taskruns)} task runs"]
                 ok = state.terminal
@@ -168,12 +221,16 @@ async def run_valids(url: str, corpus: Path, report: Report, only: set[str] | No
                     ok = False
                 if "outputs" in run:
                     got_parts.append("outputs " + json.dumps(state.outputs or {}, sort_keys=True))
-                    ok = ok and all((state.outputs or {}).get(k) == v for k, v in run["outputs"].items())
+                    ok = ok and all(
+                        (state.outputs or {}).get(k) == v for k, v in run["outputs"].items()
+                    )
                 if not state.terminal:
                     got_parts[0] = f"still {state.state} after {RUN_TIMEOUT:.0f}s"
                 failed = [f"{r.taskId}: {r.message}" for r in state.taskruns.values() if r.message]
                 reason = "" if ok or not failed else failed[0][:80]
-                results[(name, index)] = Row(label, expected, ", ".join(got_parts), "pass" if ok else "fail", reason)
+                results[(name, index)] = Row(
+                    label, expected, ", ".join(got_parts), "pass" if ok else "fail", reason
+                )
 
             async with trio.open_nursery() as runs:
                 for name, entry in expectations.items():
@@ -196,14 +253,21 @@ def run(corpus: Path, url: str, only: set[str] | None = None) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.conformance.runner", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.conformance.runner", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("flows", nargs="*", help="only these files (e.g. sequential.yaml)")
     parser.add_argument("--corpus", help="the kestra-corpus folder")
-    parser.add_argument("--database-url", help="an existing PostgreSQL (default: a throwaway embedded one)")
+    parser.add_argument(
+        "--database-url", help="an existing PostgreSQL (default: a throwaway embedded one)"
+    )
     args = parser.parse_args(argv)
     corpus = corpus_dir(args.corpus)
     if corpus is None:
-        print("The Kestra corpus was not found: pass --corpus or set TIERCEL_KESTRA_CORPUS", file=sys.stderr)
+        print(
+            "The Kestra corpus was not found: pass --corpus or set TIERCEL_KESTRA_CORPUS",
+            file=sys.stderr,
+        )
         return 2
     from engine.migrate import migrate
 
