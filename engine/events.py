@@ -93,6 +93,8 @@ class TaskRunCreated(Event, frozen=True):
     taskId: str
     parentTaskRunId: str | None = None
     value: str | None = None
+    iteration: int | None = None
+    """The round of a repeating parent (WaitFor) this run belongs to."""
 
 
 class TaskRunStateChanged(Event, frozen=True):

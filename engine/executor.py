@@ -53,6 +53,7 @@ class TaskRun(msgspec.Struct, frozen=True):
     message: str | None = None
     retryAt: str | None = None
     """When the next attempt is due, while a failed attempt is being retried."""
+    iteration: int | None = None
 
 
 class Execution(msgspec.Struct, frozen=True):
@@ -112,9 +113,18 @@ def short_id(*parts: str) -> str:
     return "".join(out)
 
 
-def task_run_id(execution_id: str, parent_id: str | None, task_id: str, value: str | None) -> str:
+def task_run_id(
+    execution_id: str,
+    parent_id: str | None,
+    task_id: str,
+    value: str | None,
+    iteration: int | None = None,
+) -> str:
     """The id of the task run of `task_id` under `parent_id` for loop value `value`."""
-    return short_id(execution_id, parent_id or "", task_id, "" if value is None else value)
+    parts = [execution_id, parent_id or "", task_id, "" if value is None else value]
+    if iteration is not None:
+        parts.append(f"#{iteration}")
+    return short_id(*parts)
 
 
 @lru_cache(maxsize=512)
@@ -223,6 +233,7 @@ def evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Executi
             value=event.value,
             state="CREATED",
             histories=(("CREATED", iso(at)),),
+            iteration=event.iteration,
         )
         return _with_run(state, run)
     if isinstance(event, ev.TimerScheduled):
@@ -380,9 +391,10 @@ class _Resolver:
         self.out: list[ev.Event] = []
         self.current: TaskRun | None = None
         self.started = at
-        self._children: dict[tuple[str | None, str, str | None], TaskRun] = {
-            (r.parentTaskRunId, r.taskId, r.value): r for r in state.taskruns.values()
+        self._children: dict[tuple[str | None, str, str | None, int | None], TaskRun] = {
+            (r.parentTaskRunId, r.taskId, r.value, r.iteration): r for r in state.taskruns.values()
         }
+        self._iteration: int | None = None
 
     # navigator -----------------------------------------------------------------------------
 
@@ -394,19 +406,29 @@ class _Resolver:
         # Children of a task inside a loop iteration belong to that iteration.
         return value if value is not None else self.value
 
-    def sequence(self, tasks: Sequence[Task], *, value: str | None = None) -> str | None:
+    def sequence(
+        self, tasks: Sequence[Task], *, value: str | None = None, iteration: int | None = None
+    ) -> str | None:
         value = self._inherit(value)
-        warned = False
-        for task in tasks:
-            if task.disabled:
-                continue
-            result = self._drive(task, value)
-            if result is None:
-                return None
-            if result in FAILED_STATES:
-                return result
-            warned = warned or result == "WARNING"
-        return "WARNING" if warned else "SUCCESS"
+        outer, self._iteration = self._iteration, iteration
+        try:
+            warned = False
+            for task in tasks:
+                if task.disabled:
+                    continue
+                result = self._drive(task, value)
+                if result is None:
+                    return None
+                if result in FAILED_STATES:
+                    return result
+                warned = warned or result == "WARNING"
+            return "WARNING" if warned else "SUCCESS"
+        finally:
+            self._iteration = outer
+
+    @property
+    def own_outputs(self) -> dict[str, Any]:
+        return dict(self.current.outputs or {}) if self.current else {}
 
     def parallel(
         self, tasks: Sequence[Task], *, limit: int = 0, value: str | None = None
@@ -418,11 +440,12 @@ class _Resolver:
         active = sum(
             1
             for t in enabled
-            if (r := self._children.get((parent, t.id, value))) and r.state not in TERMINAL_STATES
+            if (r := self._children.get((parent, t.id, value, self._iteration)))
+            and r.state not in TERMINAL_STATES
         )
         failed = False
         for task in enabled:
-            run = self._children.get((parent, task.id, value))
+            run = self._children.get((parent, task.id, value, self._iteration))
             if run is None:
                 if failed or (limit and active >= limit):
                     results.append(None)
@@ -454,7 +477,7 @@ class _Resolver:
         results: list[str | None] = []
         active, failed = 0, False
         for value in values:
-            begun = any((parent, t.id, value) in self._children for t in enabled)
+            begun = any((parent, t.id, value, None) in self._children for t in enabled)
             if not begun and (failed or (limit and active >= limit)):
                 results.append(None)
                 continue
@@ -477,7 +500,7 @@ class _Resolver:
 
     def peek(self, task: Task, *, value: str | None = None) -> str | None:
         parent = self.current.id if self.current else None
-        run = self._children.get((parent, task.id, self._inherit(value)))
+        run = self._children.get((parent, task.id, self._inherit(value), self._iteration))
         if run is None or run.state not in TERMINAL_STATES:
             return None
         return _effective(task, run.state)
@@ -626,15 +649,16 @@ class _Resolver:
 
     def _drive(self, task: Task, value: str | None) -> str | None:
         parent = self.current.id if self.current else None
-        run = self._children.get((parent, task.id, value))
+        run = self._children.get((parent, task.id, value, self._iteration))
         if run is None:
             self._create(task, value)
             raise _Step
         if run.state in TERMINAL_STATES:
             return _effective(task, run.state)
         if isinstance(task, FlowableTask):
-            outer, outer_started = self.current, self.started
+            outer, outer_started, outer_iteration = self.current, self.started, self._iteration
             self.current, self.started = run, _parse_iso(run.histories[0][1])
+            self._iteration = None
             try:
                 result = task.resolve(self)
             except (TemplateError, TaskFailure) as exc:
@@ -642,6 +666,7 @@ class _Resolver:
                 raise _Step from exc
             finally:
                 self.current, self.started = outer, outer_started
+                self._iteration = outer_iteration
             if result is not None:
                 self.out.append(
                     ev.TaskRunStateChanged(
@@ -662,16 +687,25 @@ class _Resolver:
 
     def _create(self, task: Task, value: str | None) -> None:
         parent = self.current.id if self.current else None
-        run_id = task_run_id(self.state.id, parent, task.id, value)
+        run_id = task_run_id(self.state.id, parent, task.id, value, self._iteration)
         created = ev.TaskRunCreated(
             executionId=self.state.id,
             taskRunId=run_id,
             taskId=task.id,
             parentTaskRunId=parent,
             value=value,
+            iteration=self._iteration,
         )
         self.out.append(created)
-        run = TaskRun(run_id, task.id, parent, value, "CREATED", (("CREATED", iso(self.now)),))
+        run = TaskRun(
+            run_id,
+            task.id,
+            parent,
+            value,
+            "CREATED",
+            (("CREATED", iso(self.now)),),
+            iteration=self._iteration,
+        )
         if task.runIf is not None:
             try:
                 go = _truthy(self.render(task.runIf))
@@ -872,7 +906,12 @@ def build_context(
             context["parent"] = parents[0]
         for a in ancestors:
             if getattr(flow.find_task(a.taskId), "__working_directory__", False):
-                context["_workingDirectory"] = {"taskRunId": a.id, "taskId": a.taskId}
+                wd_task = flow.find_task(a.taskId)
+                context["_workingDirectory"] = {
+                    "taskRunId": a.id,
+                    "taskId": a.taskId,
+                    "inputFiles": getattr(wd_task, "inputFiles", None),
+                }
                 context["workerTaskrun"] = {"id": a.id, "taskId": a.taskId, "value": a.value}
                 break
         task = task or flow.find_task(run.taskId)

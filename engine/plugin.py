@@ -132,8 +132,16 @@ class Navigator(Protocol):
     started: dt.datetime
     """When the task run being resolved was created."""
 
-    def sequence(self, tasks: Sequence[Task], *, value: str | None = None) -> str | None:
-        """Run `tasks` one after the other, as children of the current task run."""
+    def sequence(
+        self, tasks: Sequence[Task], *, value: str | None = None, iteration: int | None = None
+    ) -> str | None:
+        """Run `tasks` one after the other, as children of the current task run (a new set of
+        runs for each `iteration` of a repeating task)."""
+        ...
+
+    @property
+    def own_outputs(self) -> dict[str, Any]:
+        """The outputs of the task run being resolved, as recorded so far."""
         ...
 
     def parallel(

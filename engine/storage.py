@@ -57,8 +57,9 @@ def to_uri(path: str | PurePosixPath) -> str:
 class Storage(Protocol):
     """Where execution files live."""
 
-    def put(self, prefix: str, name: str, source: Path | bytes) -> str:
-        """Store `source` (a file or bytes) as `prefix/name`; return its URI."""
+    def put(self, prefix: str, name: str, source: Path | bytes, *, overwrite: bool = False) -> str:
+        """Store `source` (a file or bytes) as `prefix/name`; return its URI. A taken name gets
+        a unique suffix unless `overwrite`."""
         ...
 
     def local_path(self, uri: str) -> Path:
@@ -96,19 +97,22 @@ class LocalStorage:
             raise InvalidRequest(f"Storage path {storage_path!r} leaves the storage root")
         return path
 
-    def put(self, prefix: str, name: str, source: Path | bytes) -> str:
-        """Store `source` as `prefix/name` (a name that is taken gets a unique suffix)."""
+    def put(self, prefix: str, name: str, source: Path | bytes, *, overwrite: bool = False) -> str:
+        """Store `source` as `prefix/name` (a name that is taken gets a unique suffix unless
+        `overwrite`)."""
         name = PurePosixPath(name).name or uuid.uuid4().hex
         target = self._path(f"{prefix}/{name}")
-        if target.exists():
+        if target.exists() and not overwrite:
             stem, dot, ext = name.partition(".")
             name = f"{stem}-{uuid.uuid4().hex[:8]}{dot}{ext}"
             target = self._path(f"{prefix}/{name}")
         target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
         if isinstance(source, bytes):
-            target.write_bytes(source)
+            partial.write_bytes(source)
         else:
-            shutil.copyfile(source, target)
+            shutil.copyfile(source, partial)
+        partial.replace(target)  # readers never see half a file
         return to_uri(f"{prefix}/{name}")
 
     def local_path(self, uri: str) -> Path:

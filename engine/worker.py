@@ -9,9 +9,12 @@ worker heartbeats; the watchdog abandons the attempts of one that stops doing so
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import io
 import logging
 import shutil
 import socket
+import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -28,7 +31,7 @@ from engine.batcher import GroupCommitter
 from engine.db import Notifier
 from engine.duration import parse_duration
 from engine.plugin import RunnableTask, TaskFailure, TaskWarning, task_type
-from engine.storage import LocalStorage, Storage, task_prefix
+from engine.storage import LocalStorage, Storage, task_prefix, to_uri
 from engine.store import NO_STREAM, Append, EventStore, save_checkpoint
 from engine.store import load_checkpoint as _load_checkpoint
 from engine.subscription import Subscription
@@ -225,8 +228,12 @@ class Worker:
         stream = ev.attempt_stream(scheduled.executionId, scheduled.taskRunId, scheduled.attempt)
         self._running[stream] = (scheduled, version)
         workdir = self.work_dir / f"{scheduled.taskRunId}-{scheduled.attempt}"
+        shared = scheduled.context.get("_workingDirectory")
         try:
+            scheduled = await self._prepare(scheduled, workdir, shared)
             result, ctx = await self._execute(scheduled, workdir)
+            if shared:
+                await self._save_directory(scheduled, workdir, shared)
             events: list[ev.Event] = []
             if ctx.lines:
                 events.append(
@@ -250,6 +257,86 @@ class Worker:
             self.free += 1
             self._capacity.set()
             self._capacity = trio.Event()
+
+    async def _prepare(
+        self, scheduled: ev.AttemptScheduled, workdir: Path, shared: dict[str, Any] | None
+    ) -> ev.AttemptScheduled:
+        """Set up what the attempt needs before it runs: the shared directory of a
+        WorkingDirectory, and the template functions that read the execution's history."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        if shared:
+            await self._restore_directory(scheduled, workdir, shared)
+        extra: dict[str, Any] = {}
+        if "errorLogs(" in msgspec.json.encode(scheduled.task).decode():
+            lines = await self._error_logs(scheduled.executionId)
+            extra["errorLogs"] = lambda: lines
+        if not extra:
+            return scheduled
+        return msgspec.structs.replace(scheduled, context={**scheduled.context, **extra})
+
+    def _snapshot(self, scheduled: ev.AttemptScheduled, shared: dict[str, Any]) -> tuple[str, str]:
+        flow = scheduled.context.get("flow") or {}
+        prefix = task_prefix(
+            str(flow.get("namespace", "")),
+            str(flow.get("id", "")),
+            scheduled.executionId,
+            str(shared["taskId"]),
+            str(shared["taskRunId"]),
+        )
+        return prefix, "working-directory.tar"
+
+    async def _restore_directory(
+        self, scheduled: ev.AttemptScheduled, workdir: Path, shared: dict[str, Any]
+    ) -> None:
+        prefix, name = self._snapshot(scheduled, shared)
+        uri = to_uri(f"{prefix}/{name}")
+        if self.storage.exists(uri):
+            archive = self.storage.local_path(uri)
+
+            def unpack() -> None:
+                with tarfile.open(archive) as tar:
+                    tar.extractall(workdir, filter="data")
+
+            await trio.to_thread.run_sync(unpack)
+            return
+        # The first task of the directory: lay out the WorkingDirectory's own inputFiles.
+        files = shared.get("inputFiles")
+        if isinstance(files, dict):
+            variables = dict(scheduled.context)
+            for relative, content in files.items():
+                target = (workdir / str(relative)).resolve()
+                if workdir.resolve() not in target.parents:
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(str(templating.render_value(content, variables)))
+
+    async def _save_directory(
+        self, scheduled: ev.AttemptScheduled, workdir: Path, shared: dict[str, Any]
+    ) -> None:
+        prefix, name = self._snapshot(scheduled, shared)
+
+        def pack() -> bytes:
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w") as tar:
+                tar.add(workdir, arcname=".")
+            return buffer.getvalue()
+
+        data = await trio.to_thread.run_sync(pack)
+        await trio.to_thread.run_sync(
+            functools.partial(self.storage.put, prefix, name, data, overwrite=True)
+        )
+
+    async def _error_logs(self, execution_id: str) -> list[dict[str, Any]]:
+        history = await self.store.read_execution(execution_id)
+        failed = {e.event.taskRunId for e in history if isinstance(e.event, ev.AttemptFailed)}
+        lines = []
+        for e in history:
+            event = e.event
+            if isinstance(event, ev.AttemptLogged) and event.taskRunId in failed:
+                for line in event.lines:
+                    if line.get("level") == "ERROR":
+                        lines.append({**line, "taskId": event.taskId, "taskRunId": event.taskRunId})
+        return lines
 
     async def _execute(
         self, scheduled: ev.AttemptScheduled, workdir: Path

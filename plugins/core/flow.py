@@ -534,3 +534,62 @@ class Subflow(FlowableTask, kw_only=True):
         if result["state"] in ("FAILED", "KILLED") and self.transmitFailed:
             return "FAILED"
         return "WARNING" if result["state"] == "WARNING" else "SUCCESS"
+
+
+@register("io.kestra.plugin.core.flow.WaitFor", "io.kestra.plugin.core.flow.LoopUntil")
+class WaitFor(FlowableTask, kw_only=True):
+    """Run `tasks` again and again until `condition` renders true (checked after each round).
+
+    `{{ outputs.<this task>.iterationCount }}` is the number of rounds finished so far."""
+
+    __child_fields__: ClassVar[tuple[str, ...]] = ("tasks", "errors")
+    __required_children__: ClassVar[tuple[str, ...]] = ("tasks",)
+    condition: Any
+    """Stop once this renders true (0, null, false and '' are false)."""
+    tasks: list[Task] = []
+    """The tasks of one round."""
+    checkFrequency: dict[str, Any] = {}
+    """`maxIterations` (default 100), `maxDuration` (PT1H) and `interval` between rounds (PT1S)."""
+    failOnMaxReached: bool = False
+    """End FAILED (instead of SUCCESS) when a maximum is reached first."""
+    errors: list[Task] = []
+    """Tasks to run when a round fails."""
+
+    def branches(self) -> dict[str, list[Task]]:
+        return {"tasks": self.tasks, "errors": self.errors}
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        unknown = set(self.checkFrequency) - {"maxIterations", "maxDuration", "interval"}
+        if unknown:
+            found.append(("checkFrequency", f"Unknown keys: {', '.join(sorted(unknown))}"))
+        for key in ("maxDuration", "interval"):
+            value = self.checkFrequency.get(key)
+            if value is not None:
+                try:
+                    parse_duration(str(value))
+                except ValueError as exc:
+                    found.append((f"checkFrequency.{key}", str(exc)))
+        return found
+
+    def resolve(self, nav: Navigator) -> str | None:
+        done = int(nav.own_outputs.get("iterationCount", 0))
+        nav.outputs({"iterationCount": done})
+        state = nav.sequence(self.tasks, iteration=done)
+        if state is None:
+            return None
+        if state in ("FAILED", "KILLED"):
+            return _errors_after(nav, state, self.errors)
+        if _truthy(nav.render(self.condition)):
+            nav.outputs({"iterationCount": done + 1})
+            return "SUCCESS"
+        limit = int(self.checkFrequency.get("maxIterations", 100))
+        longest = parse_duration(str(self.checkFrequency.get("maxDuration", "PT1H")))
+        if done + 1 >= limit or nav.now >= nav.started + longest:
+            nav.outputs({"iterationCount": done + 1})
+            return "FAILED" if self.failOnMaxReached else "SUCCESS"
+        interval = parse_duration(str(self.checkFrequency.get("interval", "PT1S")))
+        if not nav.sleep_until(nav.now + interval, key=f"round{done}"):
+            return None
+        nav.outputs({"iterationCount": done + 1})
+        return None
