@@ -334,6 +334,11 @@ def create_app(ctx: ServerContext) -> QuartTrio:
             ]
         )
 
+    @app.post("/api/v1/executions/<execution_id>/resume")
+    async def resume_execution(execution_id: str) -> Response:
+        await commands.resume_execution(store, execution_id, await _execution_inputs())
+        return Response("", status=204)
+
     @app.delete("/api/v1/executions/<execution_id>/kill")
     async def kill_execution(execution_id: str) -> Response:
         await commands.kill_execution(store, execution_id)

@@ -395,6 +395,7 @@ class _Resolver:
             (r.parentTaskRunId, r.taskId, r.value, r.iteration): r for r in state.taskruns.values()
         }
         self._iteration: int | None = None
+        self._final_outputs: dict[str, dict[str, Any]] = {}
 
     # navigator -----------------------------------------------------------------------------
 
@@ -505,8 +506,11 @@ class _Resolver:
             return None
         return _effective(task, run.state)
 
-    def outputs(self, values: dict[str, Any]) -> None:
+    def outputs(self, values: dict[str, Any], *, final: bool = False) -> None:
         assert self.current is not None
+        if final:
+            self._final_outputs[self.current.id] = values
+            return
         if self.current.outputs != values:
             self.out.append(
                 ev.TaskRunStateChanged(
@@ -516,7 +520,8 @@ class _Resolver:
                     outputs=values,
                 )
             )
-            self.current = msgspec.structs.replace(self.current, outputs=values)
+            # Its own step, so whatever runs next renders with these outputs.
+            raise _Step
 
     def exit(self, state: str) -> None:
         assert self.current is not None
@@ -670,7 +675,10 @@ class _Resolver:
             if result is not None:
                 self.out.append(
                     ev.TaskRunStateChanged(
-                        executionId=self.state.id, taskRunId=run.id, state=result
+                        executionId=self.state.id,
+                        taskRunId=run.id,
+                        state=result,
+                        outputs=self._final_outputs.pop(run.id, None),
                     )
                 )
                 raise _Step
@@ -728,6 +736,7 @@ class _Resolver:
 
     def _schedule(self, task: Task, run: TaskRun, attempt: int) -> None:
         context = build_context(self.state, self.flow, run, self.now, task)
+        context["taskrun"]["attemptsCount"] = attempt  # the attempt being scheduled counts
         self.out.append(
             ev.AttemptScheduled(
                 executionId=self.state.id,

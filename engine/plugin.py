@@ -175,8 +175,9 @@ class Navigator(Protocol):
         """The effective terminal state of a child task, or None (not created or running)."""
         ...
 
-    def outputs(self, values: dict[str, Any]) -> None:
-        """Set the outputs of the task run being resolved."""
+    def outputs(self, values: dict[str, Any], *, final: bool = False) -> None:
+        """Set the outputs of the task run being resolved: at once (what runs next sees them),
+        or with `final` together with the state the task returns."""
         ...
 
     def exit(self, state: str) -> None:

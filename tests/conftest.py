@@ -6,6 +6,7 @@ answers; otherwise the embedded PostgreSQL. Tests make their own ids, so they sh
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,10 @@ from engine.migrate import migrate
 from engine.store import CHANNEL, EventStore
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+SESSION_START = dt.datetime.now(dt.UTC)
+"""When this test session began (tests that scan the database look at what it recorded)."""
 
 
 def _docker_answers() -> bool:

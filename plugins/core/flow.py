@@ -526,7 +526,7 @@ class Subflow(FlowableTask, kw_only=True):
         if result is None:
             return None
         outputs = {k: v for k, v in result.items() if k != "message"}
-        nav.outputs(outputs)
+        nav.outputs(outputs, final=True)
         if "state" not in result:
             return "SUCCESS"  # not waiting
         if "message" in result:
@@ -581,12 +581,12 @@ class WaitFor(FlowableTask, kw_only=True):
         if state in ("FAILED", "KILLED"):
             return _errors_after(nav, state, self.errors)
         if _truthy(nav.render(self.condition)):
-            nav.outputs({"iterationCount": done + 1})
+            nav.outputs({"iterationCount": done + 1}, final=True)
             return "SUCCESS"
         limit = int(self.checkFrequency.get("maxIterations", 100))
         longest = parse_duration(str(self.checkFrequency.get("maxDuration", "PT1H")))
         if done + 1 >= limit or nav.now >= nav.started + longest:
-            nav.outputs({"iterationCount": done + 1})
+            nav.outputs({"iterationCount": done + 1}, final=True)
             return "FAILED" if self.failOnMaxReached else "SUCCESS"
         interval = parse_duration(str(self.checkFrequency.get("interval", "PT1S")))
         if not nav.sleep_until(nav.now + interval, key=f"round{done}"):

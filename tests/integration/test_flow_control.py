@@ -1,0 +1,344 @@
+"""Flow control end to end: loops, branches, DAGs, pauses, subflows, retries, exits, labels."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from engine.commands import (
+    create_execution,
+    deploy_flow,
+    load_execution,
+    resume_execution,
+    wait_for_end,
+)
+from engine.errors import Conflict, InputValidationError
+from engine.executor import Execution
+from engine.server import ServerContext, run_server
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"test.control.n{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def engine(database_url: str, tmp_path) -> AsyncIterator[ServerContext]:
+    async with trio.open_nursery() as nursery:
+        ctx = await nursery.start(
+            functools.partial(
+                run_server,
+                database_url,
+                ("executor", "worker"),
+                data_dir=tmp_path,
+                heartbeat_interval=0.5,
+            )  # fmt: skip
+        )
+        yield ctx
+        nursery.cancel_scope.cancel()
+
+
+async def _run(ctx: ServerContext, source: str, inputs: dict | None = None) -> Execution:
+    record = await deploy_flow(ctx.store, source)
+    xid = await create_execution(ctx.store, record.namespace, record.id, inputs or {})
+    return await wait_for_end(ctx.store, ctx.notifier, xid, timeout=60)
+
+
+def _outputs(state: Execution) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for run in state.taskruns.values():
+        out.setdefault(run.taskId, []).append(run.outputs)
+    return out
+
+
+async def test_nested_foreach_keys_outputs_by_values_and_exposes_parents(
+    engine: ServerContext, ns: str
+) -> None:
+    source = f"""
+id: loops
+namespace: {ns}
+tasks:
+  - id: outer
+    type: io.kestra.plugin.core.flow.ForEach
+    values: ["a", "b"]
+    concurrencyLimit: 0
+    tasks:
+      - id: inner
+        type: io.kestra.plugin.core.flow.ForEach
+        values: '[1, 2]'
+        tasks:
+          - id: pair
+            type: io.kestra.plugin.core.debug.Return
+            format: "{{{{ parent.taskrun.value }}}}-{{{{ taskrun.value }}}}"
+  - id: pick
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ outputs.pair.b['2'].value }}}}"
+"""
+    state = await _run(engine, source)
+    assert state.state == "SUCCESS"
+    assert sorted(o["value"] for o in _outputs(state)["pair"]) == ["a-1", "a-2", "b-1", "b-2"]
+    assert _outputs(state)["pick"] == [{"value": "b-2"}]
+    assert len(state.taskruns) == 1 + 2 + 4 + 1
+
+
+async def test_if_switch_and_dag_choose_and_order_branches(engine: ServerContext, ns: str) -> None:
+    source = f"""
+id: branches
+namespace: {ns}
+inputs:
+  - id: mode
+    type: STRING
+tasks:
+  - id: check
+    type: io.kestra.plugin.core.flow.If
+    condition: "{{{{ inputs.mode == 'fast' }}}}"
+    then:
+      - id: chose_then
+        type: io.kestra.plugin.core.debug.Return
+        format: "then"
+    else:
+      - id: chose_else
+        type: io.kestra.plugin.core.debug.Return
+        format: "else"
+  - id: choose
+    type: io.kestra.plugin.core.flow.Switch
+    value: "{{{{ inputs.mode }}}}"
+    cases:
+      slow:
+        - id: slow_case
+          type: io.kestra.plugin.core.debug.Return
+          format: slow
+    defaults:
+      - id: other
+        type: io.kestra.plugin.core.debug.Return
+        format: other
+  - id: graph
+    type: io.kestra.plugin.core.flow.Dag
+    tasks:
+      - task:
+          id: last
+          type: io.kestra.plugin.core.debug.Return
+          format: "{{{{ outputs.first.value }}}}+{{{{ outputs.second.value }}}}"
+        dependsOn: [first, second]
+      - task:
+          id: first
+          type: io.kestra.plugin.core.debug.Return
+          format: "1"
+      - task:
+          id: second
+          type: io.kestra.plugin.core.debug.Return
+          format: "2"
+        dependsOn: [first]
+"""
+    state = await _run(engine, source, {"mode": "fast"})
+    assert state.state == "SUCCESS"
+    outputs = _outputs(state)
+    assert "chose_then" in outputs and "chose_else" not in outputs
+    assert outputs["other"] == [{"value": "other"}] and "slow_case" not in outputs
+    assert outputs["choose"] == [{"value": "fast", "defaults": True}]
+    assert outputs["last"] == [{"value": "1+2"}]
+
+
+async def test_subflow_runs_a_child_execution_and_returns_its_outputs(
+    engine: ServerContext, ns: str
+) -> None:
+    child = f"""
+id: child
+namespace: {ns}
+inputs:
+  - id: n
+    type: INT
+tasks:
+  - id: double
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ inputs.n * 2 }}}}"
+outputs:
+  - id: result
+    type: STRING
+    value: "{{{{ outputs.double.value }}}}"
+"""
+    await deploy_flow(engine.store, child)
+    parent = f"""
+id: parent
+namespace: {ns}
+tasks:
+  - id: call
+    type: io.kestra.plugin.core.flow.Subflow
+    namespace: {ns}
+    flowId: child
+    inputs:
+      n: 21
+  - id: show
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ outputs.call.outputs.result }}}}"
+"""
+    state = await _run(engine, parent)
+    assert state.state == "SUCCESS"
+    call = _outputs(state)["call"][0]
+    assert call["state"] == "SUCCESS" and _outputs(state)["show"] == [{"value": "42"}]
+    kid = await load_execution(engine.store, call["executionId"])
+    assert kid.parentId == state.id and kid.inputs == {"n": 21}
+    assert dict(kid.labels)["system.correlationId"] == state.id
+
+    missing = f"""
+id: orphan
+namespace: {ns}
+tasks:
+  - id: call
+    type: io.kestra.plugin.core.flow.Subflow
+    namespace: {ns}
+    flowId: nowhere
+"""
+    state = await _run(engine, missing)
+    assert state.state == "FAILED"
+    assert "nowhere" in next(iter(state.taskruns.values())).message
+
+
+async def test_pause_waits_for_resume_with_on_resume_inputs(engine: ServerContext, ns: str) -> None:
+    source = f"""
+id: approve
+namespace: {ns}
+tasks:
+  - id: gate
+    type: io.kestra.plugin.core.flow.Pause
+    onResume:
+      - id: approved
+        type: BOOLEAN
+  - id: after
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ outputs.gate.onResume.approved }}}}"
+"""
+    record = await deploy_flow(engine.store, source)
+    xid = await create_execution(engine.store, record.namespace, record.id)
+    with trio.fail_after(20):
+        while (await load_execution(engine.store, xid)).state != "PAUSED":
+            await trio.sleep(0.05)
+    with pytest.raises(InputValidationError):
+        await resume_execution(engine.store, xid, {"approved": "perhaps"})
+    await resume_execution(engine.store, xid, {"approved": "true"})
+    state = await wait_for_end(engine.store, engine.notifier, xid, timeout=30)
+    assert state.state == "SUCCESS"
+    assert _outputs(state)["after"] == [{"value": "true"}]
+    with pytest.raises(Conflict):
+        await resume_execution(engine.store, xid)
+
+
+async def test_pause_with_delay_resumes_by_itself(engine: ServerContext, ns: str) -> None:
+    source = f"""
+id: nap
+namespace: {ns}
+tasks:
+  - id: gate
+    type: io.kestra.plugin.core.flow.Pause
+    delay: PT0.3S
+  - id: after
+    type: io.kestra.plugin.core.debug.Return
+    format: done
+"""
+    state = await _run(engine, source)
+    assert state.state == "SUCCESS" and "after" in _outputs(state)
+
+
+async def test_retry_runs_new_attempts_until_the_task_succeeds(
+    engine: ServerContext, ns: str
+) -> None:
+    source = f"""
+id: flaky
+namespace: {ns}
+tasks:
+  - id: third_time
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ taskrun.attemptsCount == 3 ? 'ok' : ko }}}}"
+    retry:
+      type: constant
+      interval: PT0.1S
+      maxAttempt: 5
+      warningOnRetry: true
+  - id: never
+    type: io.kestra.plugin.core.execution.Fail
+    retry:
+      type: exponential
+      interval: PT0.05S
+      maxAttempt: 2
+"""
+    state = await _run(engine, source)
+    runs = {r.taskId: r for r in state.taskruns.values()}
+    assert len(runs["third_time"].attempts) == 3
+    assert runs["third_time"].state == "WARNING"  # warningOnRetry
+    assert runs["third_time"].outputs == {"value": "ok"}
+    assert len(runs["never"].attempts) == 2 and runs["never"].state == "FAILED"
+    assert state.state == "FAILED"
+
+
+async def test_waitfor_repeats_until_the_condition_holds(engine: ServerContext, ns: str) -> None:
+    source = f"""
+id: poll
+namespace: {ns}
+tasks:
+  - id: loop
+    type: io.kestra.plugin.core.flow.WaitFor
+    condition: "{{{{ outputs.count.value == '3' }}}}"
+    checkFrequency:
+      interval: PT0.05S
+    tasks:
+      - id: count
+        type: io.kestra.plugin.core.debug.Return
+        format: "{{{{ outputs.loop.iterationCount + 1 }}}}"
+"""
+    state = await _run(engine, source)
+    assert state.state == "SUCCESS", [r.message for r in state.taskruns.values()]
+    assert [o["value"] for o in _outputs(state)["count"]] == ["1", "2", "3"]
+    assert _outputs(state)["loop"] == [{"iterationCount": 3}]
+
+
+async def test_exit_ends_the_execution_and_labels_change_at_run_time(
+    engine: ServerContext, ns: str
+) -> None:
+    source = f"""
+id: stop
+namespace: {ns}
+tasks:
+  - id: tag
+    type: io.kestra.plugin.core.execution.Labels
+    labels:
+      stage: "{{{{ flow.id }}}}"
+  - id: leave
+    type: io.kestra.plugin.core.execution.Exit
+    state: WARNING
+  - id: unreachable
+    type: io.kestra.plugin.core.debug.Return
+    format: never
+"""
+    state = await _run(engine, source)
+    assert state.state == "WARNING"
+    assert dict(state.labels)["stage"] == "stop"
+    assert "unreachable" not in _outputs(state)
+
+
+async def test_allow_failure_and_errors_branches(engine: ServerContext, ns: str) -> None:
+    source = f"""
+id: tolerant
+namespace: {ns}
+tasks:
+  - id: guard
+    type: io.kestra.plugin.core.flow.AllowFailure
+    tasks:
+      - id: boom
+        type: io.kestra.plugin.core.execution.Fail
+        errorMessage: "broken {{{{ flow.id }}}}"
+    errors:
+      - id: report
+        type: io.kestra.plugin.core.log.Log
+        message: "{{{{ errorLogs()[0].message }}}}"
+  - id: after
+    type: io.kestra.plugin.core.debug.Return
+    format: went on
+"""
+    state = await _run(engine, source)
+    assert state.state == "WARNING"
+    runs = {r.taskId: r for r in state.taskruns.values()}
+    assert runs["report"].state == "SUCCESS" and runs["after"].state == "SUCCESS"
