@@ -905,6 +905,8 @@ def build_context(
             "attemptsCount": len(run.attempts),
         }
         ancestors = _ancestors(state, run)
+        if ancestors and getattr(flow.find_task(ancestors[0].taskId), "__items__", False):
+            context["taskrun"]["items"] = run.value  # the batch file of a ForEachItem
         parents = [
             {"taskrun": {"id": a.id, "value": a.value, "taskId": a.taskId}}
             for a in ancestors

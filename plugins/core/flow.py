@@ -7,7 +7,16 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from engine.plugin import FlowableTask, Navigator, Task, TaskFailure, parse_duration, register
+from engine.plugin import (
+    FlowableTask,
+    Navigator,
+    RunContext,
+    RunnableTask,
+    Task,
+    TaskFailure,
+    parse_duration,
+    register,
+)
 
 
 def _errors_after(nav: Navigator, state: str | None, errors: list[Task]) -> str | None:
@@ -593,3 +602,175 @@ class WaitFor(FlowableTask, kw_only=True):
             return None
         nav.outputs({"iterationCount": done + 1})
         return None
+
+
+@register("io.kestra.plugin.core.flow.ForEachItem$ForEachItemSplit")
+class ForEachItemSplit(RunnableTask, kw_only=True):
+    """Split a stored file into batches (the first step of a ForEachItem)."""
+
+    items: str
+    """The `kestra://` URI of the file to split."""
+    batch: dict[str, Any] = {}
+    """`rows` per batch (default 1), or `partitions` (a number of batches), or `bytes`."""
+
+    async def run(self, ctx: RunContext) -> dict[str, Any]:
+        uri = str(ctx.render(self.items)).strip()
+        path = await ctx.get_file(uri)
+        settings = {k: ctx.render(v) for k, v in self.batch.items()}
+        separator = str(settings.get("separator", "\n")).encode().decode("unicode_escape")
+        text = path.read_text()
+        lines = [line for line in text.split(separator) if line != ""]
+        groups = _batches(lines, settings)
+        splits = []
+        for i, group in enumerate(groups, start=1):
+            data = (separator.join(group) + separator).encode()
+            splits.append(await ctx.put_file(data, f"batch-{i}.txt"))
+        ctx.log("INFO", f"Split {len(lines)} items of {uri} into {len(splits)} batches")
+        return {"splits": splits, "numberOfBatches": len(splits)}
+
+
+def _batches(lines: list[str], settings: dict[str, Any]) -> list[list[str]]:
+    if settings.get("partitions"):
+        count = max(int(settings["partitions"]), 1)
+        size = -(-len(lines) // count) if lines else 1
+        return [lines[i : i + size] for i in range(0, len(lines), size)]
+    if settings.get("bytes"):
+        limit = _size(str(settings["bytes"]))
+        groups: list[list[str]] = [[]]
+        used = 0
+        for line in lines:
+            if groups[-1] and used + len(line.encode()) + 1 > limit:
+                groups.append([])
+                used = 0
+            groups[-1].append(line)
+            used += len(line.encode()) + 1
+        return [g for g in groups if g]
+    rows = max(int(settings.get("rows", 1)), 1)
+    return [lines[i : i + rows] for i in range(0, len(lines), rows)]
+
+
+def _size(text: str) -> int:
+    units = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "B": 1}
+    upper = text.strip().upper()
+    for unit, factor in units.items():
+        if upper.endswith(unit):
+            return int(float(upper[: -len(unit)].strip()) * factor)
+    return int(upper)
+
+
+@register("io.kestra.plugin.core.flow.ForEachItem$ForEachItemMergeOutputs")
+class ForEachItemMergeOutputs(RunnableTask, kw_only=True):
+    """Write the outputs of every batch's subflow into one file (the last step of a ForEachItem)."""
+
+    results: str
+    """A template rendering the batches' results, by batch file."""
+
+    async def run(self, ctx: RunContext) -> dict[str, Any]:
+        results = ctx.render(self.results)
+        if isinstance(results, str):
+            results = json.loads(results) if results.strip() else {}
+        lines = [
+            json.dumps(result.get("outputs") or {}, separators=(",", ":"))
+            for result in (results or {}).values()
+            if isinstance(result, dict)
+        ]
+        uri = await ctx.put_file(("\n".join(lines) + "\n").encode(), "subflow-outputs.jsonl")
+        return {"subflowOutputs": uri}
+
+
+@register("io.kestra.plugin.core.flow.ForEachItem")
+class ForEachItem(FlowableTask, kw_only=True):
+    """Split a file into batches of items and run one subflow execution per batch;
+    `{{ taskrun.items }}` is the batch's file in the subflow's `inputs`."""
+
+    __child_fields__: ClassVar[tuple[str, ...]] = ("errors",)
+    __loop__: ClassVar[bool] = True
+    __items__: ClassVar[bool] = True
+    items: str
+    """The file to split: a `kestra://` URI, usually `{{ inputs.file }}` or a task output."""
+    batch: dict[str, Any] = {}
+    """How to split: `rows` per batch (default 1), `partitions`, or `bytes`; `separator`."""
+    namespace: str
+    """The namespace of the subflow."""
+    flowId: str
+    """The id of the subflow."""
+    revision: int | None = None
+    """A revision of the subflow (default: the latest)."""
+    inputs: dict[str, Any] = {}
+    """Inputs of each subflow execution (rendered per batch)."""
+    labels: Any = None
+    """Labels of each subflow execution."""
+    wait: bool = True
+    """Wait for the subflow executions to end."""
+    transmitFailed: bool = True
+    """A failed subflow execution fails this task."""
+    inheritLabels: bool = False
+    """Give the subflow executions the labels of this execution."""
+    scheduleDate: str | None = None
+    """Accepted for compatibility."""
+    errors: list[Task] = []
+    """Tasks to run when a batch fails."""
+
+    def _split(self) -> ForEachItemSplit:
+        return ForEachItemSplit(
+            id=f"{self.id}_split",
+            type="io.kestra.plugin.core.flow.ForEachItem$ForEachItemSplit",
+            items=self.items,
+            batch=self.batch,
+        )
+
+    def _executable(self) -> Subflow:
+        return Subflow(
+            id=f"{self.id}_items",
+            type="io.kestra.plugin.core.flow.Subflow",
+            namespace=self.namespace,
+            flowId=self.flowId,
+            revision=self.revision,
+            inputs=self.inputs,
+            labels=self.labels,
+            wait=self.wait,
+            transmitFailed=self.transmitFailed,
+            inheritLabels=self.inheritLabels,
+        )
+
+    def _merge(self) -> ForEachItemMergeOutputs:
+        return ForEachItemMergeOutputs(
+            id=f"{self.id}_merge",
+            type="io.kestra.plugin.core.flow.ForEachItem$ForEachItemMergeOutputs",
+            results=f"{{{{ outputs['{self.id}_items'] ?? {{}} }}}}",
+        )
+
+    def branches(self) -> dict[str, list[Task]]:
+        return {
+            "_split": [self._split()],
+            "_items": [self._executable()],
+            "_merge": [self._merge()],
+            "errors": self.errors,
+        }
+
+    def problems(self) -> list[tuple[str, str]]:
+        unknown = set(self.batch) - {"rows", "partitions", "bytes", "separator"}
+        return [("batch", f"Unknown keys: {', '.join(sorted(unknown))}")] if unknown else []
+
+    def resolve(self, nav: Navigator) -> str | None:
+        split = nav.sequence([self._split()])
+        if split is None:
+            return None
+        if split in ("FAILED", "KILLED"):
+            return _errors_after(nav, split, self.errors)
+        splits = nav.render(f"{{{{ outputs['{self.id}_split'].splits }}}}")
+        if isinstance(splits, str):
+            splits = json.loads(splits)
+        state = nav.iterate([self._executable()], [str(s) for s in splits or []])
+        if state is None:
+            return None
+        if state in ("FAILED", "KILLED"):
+            return _errors_after(nav, state, self.errors)
+        if self.wait:
+            merged = nav.sequence([self._merge()])
+            if merged is None:
+                return None
+            if merged in ("FAILED", "KILLED"):
+                return _errors_after(nav, merged, self.errors)
+        nav.outputs({"numberOfBatches": len(splits or [])}, final=True)
+        return state

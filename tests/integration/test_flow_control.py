@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -342,3 +343,54 @@ tasks:
     assert state.state == "WARNING"
     runs = {r.taskId: r for r in state.taskruns.values()}
     assert runs["report"].state == "SUCCESS" and runs["after"].state == "SUCCESS"
+
+
+async def test_foreachitem_runs_one_subflow_per_batch_of_lines(
+    engine: ServerContext, ns: str
+) -> None:
+    assert engine.storage is not None
+    uri = engine.storage.put(f"/{ns}/data", "items.txt", b"a\nb\nc\nd\ne\n")
+    await deploy_flow(
+        engine.store,
+        f"""
+id: per-batch
+namespace: {ns}
+inputs:
+  - id: items
+    type: STRING
+tasks:
+  - id: show
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ inputs.items }}}}"
+outputs:
+  - id: batch
+    type: STRING
+    value: "{{{{ outputs.show.value }}}}"
+""",
+    )
+    source = f"""
+id: fan-out
+namespace: {ns}
+inputs:
+  - id: file
+    type: STRING
+tasks:
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEachItem
+    items: "{{{{ inputs.file }}}}"
+    batch:
+      rows: 2
+    namespace: {ns}
+    flowId: per-batch
+    inputs:
+      items: "{{{{ taskrun.items }}}}"
+"""
+    state = await _run(engine, source, {"file": uri})
+    assert state.state == "SUCCESS", [r.message for r in state.taskruns.values() if r.message]
+    batches = [r for r in state.taskruns.values() if r.taskId == "each_items"]
+    assert len(batches) == 3
+    merged = _outputs(state)["each_merge"][0]["subflowOutputs"]
+    files = [json.loads(line)["batch"] for line in engine.storage.read_bytes(merged).splitlines()]
+    contents = sorted(engine.storage.read_bytes(f).decode() for f in files)
+    assert contents == ["a\nb\n", "c\nd\n", "e\n"]
+    assert _outputs(state)["each"] == [{"numberOfBatches": 3}]
