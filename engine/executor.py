@@ -650,6 +650,10 @@ class _Resolver:
         if self.flow.finally_:
             if self.sequence(self.flow.finally_) is None:
                 return None
+        if self.flow.afterExecution:
+            # Run once the outcome is known; they do not change it.
+            if self.sequence(self.flow.afterExecution) is None:
+                return None
         return final
 
     def _drive(self, task: Task, value: str | None) -> str | None:

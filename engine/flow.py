@@ -207,6 +207,8 @@ class _Checker:
         self.marks = marks
         self.problems: list[Problem] = []
         self.task_ids: dict[str, str] = {}
+        self.defaults: list[dict[str, Any]] = []
+        """The flow's `pluginDefaults`: values given to every task of a type."""
 
     def add(self, path: str, message: str) -> None:
         line, col = self._locate(path)
@@ -254,6 +256,8 @@ class _Checker:
         else:
             self.task_ids[task_id] = path
         type_name = raw.get("type")
+        if isinstance(type_name, str) and self.defaults:
+            raw = _with_defaults(raw, type_name, self.defaults)
         cls = task_type(type_name) if isinstance(type_name, str) else None
         if not isinstance(type_name, str):
             self.add(
@@ -339,6 +343,50 @@ class _Checker:
         self.add(where, text)
 
 
+def _check_defaults(raw: Any, c: _Checker) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        c.add("pluginDefaults", "pluginDefaults must be a list of {type, values, forced}")
+        return []
+    out = []
+    for i, item in enumerate(raw):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("type"), str)
+            or not isinstance(item.get("values", {}), dict)
+        ):
+            c.add(
+                f"pluginDefaults[{i}]",
+                "Each plugin default needs a `type` (a task type or a package of types) and "
+                "`values` (a mapping of properties)",
+            )
+            continue
+        out.append(item)
+    return out
+
+
+def _with_defaults(
+    raw: dict[str, Any], type_name: str, defaults: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A task's properties with the flow's plugin defaults for its type merged in (the task's
+    own values win unless the default is `forced`)."""
+    merged = dict(raw)
+    for default in defaults:
+        prefix = default["type"]
+        if type_name != prefix and not type_name.startswith(prefix.rstrip(".") + "."):
+            continue
+        forced = bool(default.get("forced"))
+        for key, value in (default.get("values") or {}).items():
+            if key in ("id", "type"):
+                continue
+            if key not in merged or forced:
+                merged[key] = value
+            elif isinstance(merged[key], dict) and isinstance(value, dict):
+                merged[key] = {**value, **merged[key]} if not forced else {**merged[key], **value}
+    return merged
+
+
 def _nested_fields(cls: type[Task]) -> tuple[str, ...]:
     return getattr(cls, "__nested_fields__", ())
 
@@ -396,6 +444,7 @@ def _check_flow(raw: Any, c: _Checker) -> Flow | None:
             "namespace",
             f"Namespace '{namespace}' may only hold lower-case letters, digits, . _ -",
         )
+    c.defaults = _check_defaults(raw.get("pluginDefaults") or raw.get("taskDefaults"), c)
     tasks = c.tasks(raw.get("tasks"), "tasks", required=True)
     branches = {
         name: c.tasks(raw.get(name), name, required=False)

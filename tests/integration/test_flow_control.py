@@ -394,3 +394,27 @@ tasks:
     contents = sorted(engine.storage.read_bytes(f).decode() for f in files)
     assert contents == ["a\nb\n", "c\nd\n", "e\n"]
     assert _outputs(state)["each"] == [{"numberOfBatches": 3}]
+
+
+async def test_finally_and_after_execution_run_whatever_the_outcome(
+    engine: ServerContext, ns: str
+) -> None:
+    source = f"""
+id: cleanup
+namespace: {ns}
+tasks:
+  - id: boom
+    type: io.kestra.plugin.core.execution.Fail
+finally:
+  - id: tidy
+    type: io.kestra.plugin.core.debug.Return
+    format: tidy
+afterExecution:
+  - id: notify
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ execution.id }}}}"
+"""
+    state = await _run(engine, source)
+    assert state.state == "FAILED"
+    runs = {r.taskId: r.state for r in state.taskruns.values()}
+    assert runs == {"boom": "FAILED", "tidy": "SUCCESS", "notify": "SUCCESS"}

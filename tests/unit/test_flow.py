@@ -153,3 +153,43 @@ def test_duplicate_yaml_key_is_rejected():
 def test_invalid_duration_of_sleep_is_rejected_at_validation():
     source = "id: x\nnamespace: y\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.flow.Sleep\n    duration: soon\n"
     assert any("tasks[0].duration" in p and "ISO-8601" in p for p in _problems(source))
+
+
+def test_plugin_defaults_fill_missing_properties_and_forced_ones_override() -> None:
+    flow = parse_flow(
+        """
+id: defaults
+namespace: test.flow
+pluginDefaults:
+  - type: io.kestra.plugin.core.log
+    values:
+      level: WARN
+      message: from defaults
+  - type: io.kestra.plugin.core.debug.Return
+    forced: true
+    values:
+      format: forced
+tasks:
+  - id: own
+    type: io.kestra.plugin.core.log.Log
+    message: mine
+  - id: filled
+    type: io.kestra.plugin.core.log.Log
+  - id: ret
+    type: io.kestra.plugin.core.debug.Return
+    format: ignored
+"""
+    )
+    own, filled, ret = flow.tasks
+    assert (own.message, own.level) == ("mine", "WARN")
+    assert (filled.message, filled.level) == ("from defaults", "WARN")
+    assert ret.format == "forced"
+
+
+def test_bad_plugin_defaults_are_reported_where_they_are() -> None:
+    with pytest.raises(FlowValidationError) as info:
+        parse_flow(
+            "id: d\nnamespace: test.flow\npluginDefaults:\n  - values: {a: 1}\n"
+            "tasks:\n  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"
+        )
+    assert info.value.details[0].path == "pluginDefaults[0]"
