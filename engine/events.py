@@ -69,6 +69,8 @@ class ExecutionCreated(Event, frozen=True):
     originalId: str | None = None
     parentTaskRunId: str | None = None
     """The Subflow task run of `parentId` that started this execution."""
+    attempt: int = 1
+    """Which try of the flow this is (retries with CREATE_NEW_EXECUTION count up)."""
 
 
 class ExecutionStateChanged(Event, frozen=True):
@@ -105,6 +107,21 @@ class TaskRunStateChanged(Event, frozen=True):
     state: str
     outputs: dict[str, Any] | None = None
     message: str | None = None
+
+
+class TaskRunRestarted(Event, frozen=True):
+    """A failed flowable task run is retried: its children start over."""
+
+    executionId: str
+    taskRunId: str
+
+
+class ExecutionRetried(Event, frozen=True):
+    """The failed execution is tried again as a new execution (retry CREATE_NEW_EXECUTION)."""
+
+    executionId: str
+    newExecutionId: str
+    attempt: int
 
 
 class ExecutionLabelsChanged(Event, frozen=True):
@@ -262,6 +279,8 @@ AnyEvent = (
     | TaskRunCreated
     | TaskRunStateChanged
     | ExecutionLabelsChanged
+    | TaskRunRestarted
+    | ExecutionRetried
     | ExecutionResumeRequested
     | SubflowExecutionRequested
     | SubflowExecutionEnded

@@ -54,6 +54,8 @@ class TaskRun(msgspec.Struct, frozen=True):
     retryAt: str | None = None
     """When the next attempt is due, while a failed attempt is being retried."""
     iteration: int | None = None
+    restarts: int = 0
+    """How many times a flowable task run started its children over (its retries)."""
 
 
 class Execution(msgspec.Struct, frozen=True):
@@ -82,6 +84,9 @@ class Execution(msgspec.Struct, frozen=True):
     subflows: dict[str, tuple[str, ...]] = {}
     """Per Subflow task run: (child id,) once requested, (child id, state) once ended."""
     subflow_outputs: dict[str, dict[str, Any]] = {}
+    attempt: int = 1
+    """Which try of the flow this execution is (retries with CREATE_NEW_EXECUTION)."""
+    retried_as: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -174,6 +179,7 @@ def evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Executi
             parentId=event.parentId,
             originalId=event.originalId or event.executionId,
             parentTaskRunId=event.parentTaskRunId,
+            attempt=event.attempt,
             state="CREATED",
             histories=(("CREATED", iso(at)),),
             taskruns={},
@@ -210,6 +216,8 @@ def evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Executi
             if state.state == "PAUSED"
             else state.histories,
         )
+    if isinstance(event, ev.ExecutionRetried):
+        return msgspec.structs.replace(state, retried_as=event.newExecutionId)
     if isinstance(event, ev.SubflowExecutionRequested):
         return msgspec.structs.replace(
             state, subflows={**state.subflows, event.taskRunId: (event.childId,)}
@@ -244,6 +252,9 @@ def evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Executi
     if found is None:
         return state
     run = found
+    if isinstance(event, ev.TaskRunRestarted):
+        run = msgspec.structs.replace(run, restarts=run.restarts + 1, message=None)
+        return _with_run(state, _run_state(run, "RUNNING", at))
     if isinstance(event, ev.TaskRunStateChanged):
         return _with_run(
             state,
@@ -301,10 +312,24 @@ def _retry_policy(state: Execution, task_id: str) -> dict[str, Any]:
 def _retry_due(state: Execution, run: TaskRun, at: dt.datetime) -> dt.datetime | None:
     """When the next attempt of a failed run should start, or None when no retry is left."""
     policy = _retry_policy(state, run.taskId)
+    if str(policy.get("behavior", "RETRY_FAILED_TASK")).upper() == "CREATE_NEW_EXECUTION":
+        return None  # retried by a new execution once this one has failed
+    return retry_after(
+        policy, len(run.attempts), _parse_iso(run.histories[0][1]), at, (state.id, run.id)
+    )
+
+
+def retry_after(
+    policy: dict[str, Any],
+    attempts: int,
+    started: dt.datetime,
+    at: dt.datetime,
+    seed: tuple[str, ...],
+) -> dt.datetime | None:
+    """When attempt `attempts + 1` is due under a retry `policy`, or None when none is left."""
     kind = str(policy.get("type", "")).lower()
     if kind not in ("constant", "exponential", "random"):
         return None
-    attempts = len(run.attempts)
     max_attempt = policy.get("maxAttempt", policy.get("maxAttempts"))
     if max_attempt is not None and attempts >= int(max_attempt):
         return None
@@ -322,9 +347,8 @@ def _retry_due(state: Execution, run: TaskRun, at: dt.datetime) -> dt.datetime |
         low = parse_duration(str(policy.get("minInterval", "PT1S")))
         high = parse_duration(str(policy.get("maxInterval", policy.get("minInterval", "PT1S"))))
         # Pseudo-random but reproducible: derived from what is being retried.
-        fraction = int(short_id(state.id, run.id, str(attempts))[:4], 36) % 1000 / 1000
+        fraction = int(short_id(*seed, str(attempts))[:4], 36) % 1000 / 1000
         delay = low + (high - low) * fraction
-    started = _parse_iso(run.histories[0][1])
     due = at + delay
     if policy.get("maxDuration") and due > started + parse_duration(str(policy["maxDuration"])):
         return None
@@ -378,7 +402,14 @@ def _plan(state: Execution, at: dt.datetime) -> list[ev.Event]:
         return resolver.out
     if final is None:
         return resolver.out
-    return [resolver.finish(final)]
+    if final == "FAILED" and state.retried_as is None:
+        try:
+            retried = resolver.retry_execution()
+        except _Step:
+            return resolver.out
+        if retried is None:
+            return []  # waiting for the retry's timer
+    return [*resolver.out, resolver.finish(final)]
 
 
 class _Resolver:
@@ -411,7 +442,9 @@ class _Resolver:
         self, tasks: Sequence[Task], *, value: str | None = None, iteration: int | None = None
     ) -> str | None:
         value = self._inherit(value)
-        outer, self._iteration = self._iteration, iteration
+        outer = self._iteration
+        if iteration is not None:
+            self._iteration = iteration
         try:
             warned = False
             for task in tasks:
@@ -667,9 +700,25 @@ class _Resolver:
         if isinstance(task, FlowableTask):
             outer, outer_started, outer_iteration = self.current, self.started, self._iteration
             self.current, self.started = run, _parse_iso(run.histories[0][1])
-            self._iteration = None
+            self._iteration = run.restarts or None  # a retried flowable starts fresh children
             try:
                 result = task.resolve(self)
+                if result in FAILED_STATES and task.retry:
+                    due = retry_after(
+                        task.retry,
+                        run.restarts + 1,
+                        _parse_iso(run.histories[0][1]),
+                        self.now,
+                        (self.state.id, run.id),
+                    )
+                    if due is not None:
+                        timer = f"retry:{run.id}:{run.restarts + 1}"
+                        if self._timer(timer, due, run.id):
+                            self.out.append(
+                                ev.TaskRunRestarted(executionId=self.state.id, taskRunId=run.id)
+                            )
+                            raise _Step
+                        return None
             except (TemplateError, TaskFailure) as exc:
                 self._fail(run, str(exc))
                 raise _Step from exc
@@ -766,6 +815,41 @@ class _Resolver:
         ]
         out.append(ev.ExecutionStateChanged(executionId=self.state.id, state="KILLED"))
         return out
+
+    def retry_execution(self) -> bool | None:
+        """For a failed execution under a CREATE_NEW_EXECUTION retry policy: record the retry
+        once its interval has passed. False when there is nothing to retry, None while waiting."""
+        policy = self.flow.retry if isinstance(self.flow.retry, dict) else None
+        if not policy or str(policy.get("behavior", "")).upper() != "CREATE_NEW_EXECUTION":
+            policy = None
+            for run in self.state.taskruns.values():
+                task = self.flow.find_task(run.taskId)
+                candidate = task.retry if task is not None else None
+                if (
+                    run.state == "FAILED"
+                    and isinstance(candidate, dict)
+                    and str(candidate.get("behavior", "")).upper() == "CREATE_NEW_EXECUTION"
+                ):
+                    policy = candidate
+                    break
+        if policy is None:
+            return False
+        started = _parse_iso(self.state.start_date)
+        due = retry_after(policy, self.state.attempt, started, self.now, (self.state.id,))
+        if due is None:
+            return False
+        if not self._timer("retry-execution", due, ""):
+            return None
+        self.out.append(
+            ev.ExecutionRetried(
+                executionId=self.state.id,
+                newExecutionId=short_id(
+                    self.state.originalId or self.state.id, "try", str(self.state.attempt + 1)
+                ),
+                attempt=self.state.attempt + 1,
+            )
+        )
+        return True
 
     def finish(self, final: str) -> ev.Event:
         outputs: dict[str, Any] = {}

@@ -51,6 +51,8 @@ INPUT_TYPES = (
     "AttemptFailed",
     "AttemptAbandoned",
     "ExecutionLabelsChanged",
+    "TaskRunRestarted",
+    "ExecutionRetried",
     "ExecutionResumeRequested",
     "SubflowExecutionRequested",
     "SubflowExecutionEnded",
@@ -151,11 +153,37 @@ class ExecutorShell:
         for event in decided:
             if isinstance(event, ev.SubflowExecutionRequested):
                 out.append(await self._start_child(state, event, meta))
+            elif isinstance(event, ev.ExecutionRetried):
+                out.append(
+                    Append(
+                        ev.execution_stream(event.newExecutionId),
+                        [
+                            ev.ExecutionCreated(
+                                executionId=event.newExecutionId,
+                                namespace=state.namespace,
+                                flowId=state.flowId,
+                                flowRevision=state.flowRevision,
+                                flow=state.flow,
+                                inputs=state.inputs,
+                                labels=[{"key": k, "value": v} for k, v in state.labels],
+                                trigger=state.trigger,
+                                parentId=state.parentId,
+                                parentTaskRunId=state.parentTaskRunId,
+                                originalId=state.originalId,
+                                attempt=event.attempt,
+                            )
+                        ],
+                        NO_STREAM,
+                        command_id=f"retry:{event.newExecutionId}",
+                        meta=meta,
+                    )
+                )
             elif (
                 isinstance(event, ev.ExecutionStateChanged)
                 and event.state in TERMINAL_STATES
                 and state.parentId
                 and state.parentTaskRunId
+                and not any(isinstance(d, ev.ExecutionRetried) for d in decided)
             ):
                 out.append(
                     Append(

@@ -418,3 +418,49 @@ afterExecution:
     assert state.state == "FAILED"
     runs = {r.taskId: r.state for r in state.taskruns.values()}
     assert runs == {"boom": "FAILED", "tidy": "SUCCESS", "notify": "SUCCESS"}
+
+
+async def test_failed_flowable_is_retried_with_fresh_children(
+    engine: ServerContext, ns: str
+) -> None:
+    source = f"""
+id: again
+namespace: {ns}
+tasks:
+  - id: group
+    type: io.kestra.plugin.core.flow.Sequential
+    retry:
+      type: constant
+      interval: PT0.1S
+      maxAttempt: 3
+    tasks:
+      - id: child
+        type: io.kestra.plugin.core.execution.Fail
+"""
+    state = await _run(engine, source)
+    assert state.state == "FAILED"
+    children = [r for r in state.taskruns.values() if r.taskId == "child"]
+    assert len(children) == 3 and all(r.state == "FAILED" for r in children)
+
+
+async def test_create_new_execution_retry_starts_new_executions_of_the_flow(
+    engine: ServerContext, ns: str
+) -> None:
+    source = f"""
+id: anew
+namespace: {ns}
+retry:
+  behavior: CREATE_NEW_EXECUTION
+  type: constant
+  maxAttempt: 3
+  interval: PT0.1S
+tasks:
+  - id: fail
+    type: io.kestra.plugin.core.execution.Fail
+"""
+    first = await _run(engine, source)
+    assert first.state == "FAILED" and first.retried_as is not None
+    second = await wait_for_end(engine.store, engine.notifier, first.retried_as, timeout=30)
+    assert second.attempt == 2 and second.originalId == first.id
+    third = await wait_for_end(engine.store, engine.notifier, second.retried_as, timeout=30)
+    assert third.attempt == 3 and third.state == "FAILED" and third.retried_as is None
