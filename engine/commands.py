@@ -21,6 +21,7 @@ from engine.executor_shell import INPUT_TYPES, recorded
 from engine.flow import Flow, Input, flow_to_dict, parse_flow
 from engine.inputs import resolve_inputs
 from engine.plugin import TERMINAL_STATES
+from engine.storage import Storage, execution_prefix
 from engine.store import NO_STREAM, EventStore, StoredEvent
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -229,8 +230,15 @@ def state_of(history: list[StoredEvent], *, at_seq: int | None = None) -> Execut
 async def load_execution(
     store: EventStore, execution_id: str, *, at_seq: int | None = None
 ) -> Execution:
-    """An execution's state now, or as it stood at position `at_seq`."""
-    return state_of(await execution_history(store, execution_id), at_seq=at_seq)
+    """An execution's state now, or as it stood at position `at_seq`; NotFound once purged
+    (its events stay readable as the audit trail)."""
+    state = state_of(await execution_history(store, execution_id), at_seq=at_seq)
+    if state.purged:
+        raise NotFound(
+            f"Execution {execution_id} was purged; its history is still at "
+            f"/api/v1/executions/{execution_id}/events"
+        )
+    return state
 
 
 def _state_json(current: str, histories: tuple[tuple[str, str], ...]) -> dict[str, Any]:
@@ -329,3 +337,30 @@ async def resume_execution(
         meta={"actor": actor},
     )
     return state
+
+
+async def purge_execution(
+    store: EventStore,
+    storage: Storage | None,
+    execution_id: str,
+    *,
+    logs: bool = True,
+    files: bool = True,
+    actor: str = "api",
+) -> int:
+    """Delete an ended execution from the read models, with its logs and files when asked;
+    return how many files were deleted. Its events stay: they are the audit trail."""
+    state = await load_execution(store, execution_id)
+    if not state.terminal:
+        raise Conflict(
+            f"Execution {execution_id} is {state.state}: kill it or let it end before purging it"
+        )
+    await store.append(
+        ev.execution_stream(execution_id),
+        [ev.ExecutionPurged(executionId=execution_id, logs=logs, files=files)],
+        meta={"actor": actor},
+    )
+    if not files or storage is None:
+        return 0
+    prefix = execution_prefix(state.namespace, state.flowId, execution_id)
+    return await trio.to_thread.run_sync(storage.delete_prefix, prefix)

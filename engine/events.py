@@ -109,6 +109,15 @@ class TaskRunStateChanged(Event, frozen=True):
     message: str | None = None
 
 
+class ExecutionPurged(Event, frozen=True):
+    """The execution's read models (and, when asked, its logs and files) were deleted; its
+    events stay as the audit trail."""
+
+    executionId: str
+    logs: bool = True
+    files: bool = True
+
+
 class TaskRunRestarted(Event, frozen=True):
     """A failed flowable task run is retried: its children start over."""
 
@@ -280,6 +289,7 @@ AnyEvent = (
     | TaskRunStateChanged
     | ExecutionLabelsChanged
     | TaskRunRestarted
+    | ExecutionPurged
     | ExecutionRetried
     | ExecutionResumeRequested
     | SubflowExecutionRequested

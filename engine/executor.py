@@ -87,6 +87,7 @@ class Execution(msgspec.Struct, frozen=True):
     attempt: int = 1
     """Which try of the flow this execution is (retries with CREATE_NEW_EXECUTION)."""
     retried_as: str | None = None
+    purged: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -216,6 +217,8 @@ def evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Executi
             if state.state == "PAUSED"
             else state.histories,
         )
+    if isinstance(event, ev.ExecutionPurged):
+        return msgspec.structs.replace(state, purged=True)
     if isinstance(event, ev.ExecutionRetried):
         return msgspec.structs.replace(state, retried_as=event.newExecutionId)
     if isinstance(event, ev.SubflowExecutionRequested):

@@ -52,6 +52,7 @@ INPUT_TYPES = (
     "AttemptAbandoned",
     "ExecutionLabelsChanged",
     "TaskRunRestarted",
+    "ExecutionPurged",
     "ExecutionRetried",
     "ExecutionResumeRequested",
     "SubflowExecutionRequested",

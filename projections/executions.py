@@ -17,7 +17,13 @@ class ExecutionsProjection:
     """Each execution's summary: state and its history, labels, inputs, outputs, dates."""
 
     name = "executions"
-    types = ("ExecutionCreated", "ExecutionStateChanged", "TaskRunCreated")
+    types = (
+        "ExecutionCreated",
+        "ExecutionStateChanged",
+        "TaskRunCreated",
+        "ExecutionLabelsChanged",
+        "ExecutionPurged",
+    )
     tables = ("executions",)
 
     def apply(self, batch: list[StoredEvent], conn: psycopg.Connection[Any]) -> None:
@@ -59,6 +65,13 @@ class ExecutionsProjection:
                         e.seq,
                     ),
                 )
+            elif isinstance(event, ev.ExecutionLabelsChanged):
+                conn.execute(
+                    "UPDATE executions SET labels = %s WHERE id = %s",
+                    (Jsonb(event.labels), event.executionId),
+                )
+            elif isinstance(event, ev.ExecutionPurged):
+                conn.execute("DELETE FROM executions WHERE id = %s", (event.executionId,))
             elif isinstance(event, ev.TaskRunCreated):
                 conn.execute(
                     "UPDATE executions SET task_run_count = task_run_count + 1 WHERE id = %s",

@@ -14,13 +14,18 @@ class LogsProjection:
     """Log lines, one row each, keyed by their event position and line number."""
 
     name = "logs"
-    types = ("AttemptLogged",)
+    types = ("AttemptLogged", "ExecutionPurged")
     tables = ("logs",)
 
     def apply(self, batch: list[StoredEvent], conn: psycopg.Connection[Any]) -> None:
         rows = []
         for e in batch:
             event = e.event
+            if isinstance(event, ev.ExecutionPurged) and event.logs:
+                self._flush(rows, conn)
+                rows = []
+                conn.execute("DELETE FROM logs WHERE execution_id = %s", (event.executionId,))
+                continue
             if not isinstance(event, ev.AttemptLogged):
                 continue
             for i, line in enumerate(event.lines):
@@ -37,6 +42,9 @@ class LogsProjection:
                         str(line.get("message", "")),
                     )
                 )
+        self._flush(rows, conn)
+
+    def _flush(self, rows: list[tuple[Any, ...]], conn: psycopg.Connection[Any]) -> None:
         if not rows:
             return
         with conn.cursor() as cur:

@@ -464,3 +464,25 @@ tasks:
     assert second.attempt == 2 and second.originalId == first.id
     third = await wait_for_end(engine.store, engine.notifier, second.retried_as, timeout=30)
     assert third.attempt == 3 and third.state == "FAILED" and third.retried_as is None
+
+
+async def test_purge_removes_an_ended_execution_and_its_files_but_keeps_its_history(
+    engine: ServerContext, ns: str
+) -> None:
+    from engine.commands import execution_history, purge_execution
+    from engine.errors import NotFound
+    from engine.storage import execution_prefix
+
+    state = await _run(
+        engine,
+        f"id: p\nnamespace: {ns}\ntasks:\n  - id: r\n"
+        "    type: io.kestra.plugin.core.debug.Return\n    format: x\n",
+    )
+    assert engine.storage is not None
+    uri = engine.storage.put(execution_prefix(ns, "p", state.id) + "/tasks/r", "f.txt", b"x")
+    assert await purge_execution(engine.store, engine.storage, state.id) == 1
+    assert not engine.storage.exists(uri)
+    with pytest.raises(NotFound, match="purged"):
+        await load_execution(engine.store, state.id)
+    history = await execution_history(engine.store, state.id)
+    assert history[-1].type == "ExecutionPurged"
