@@ -256,6 +256,25 @@ class AttemptAbandoned(Event, frozen=True):
     reason: str
 
 
+# --- key-value store -------------------------------------------------------------------------
+
+
+class KVSet(Event, frozen=True):
+    """A key of a namespace's KV store was set (to any JSON value)."""
+
+    namespace: str
+    key: str
+    value: Any = None
+    expiresAt: str | None = None
+
+
+class KVDeleted(Event, frozen=True):
+    """A key of a namespace's KV store was deleted."""
+
+    namespace: str
+    key: str
+
+
 # --- workers -------------------------------------------------------------------------------------
 
 
@@ -305,6 +324,8 @@ AnyEvent = (
     | WorkerHeartbeat
     | WorkerStopped
     | WorkerLost
+    | KVSet
+    | KVDeleted
 )
 
 _encoder = msgspec.json.Encoder()

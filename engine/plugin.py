@@ -95,6 +95,39 @@ class RunContext(Protocol):
         """Copy the stored file at `uri` into the working directory (or `target`)."""
         ...
 
+    async def kv_get(self, namespace: str, key: str) -> tuple[bool, Any]:
+        """(found, value) of a key of a namespace's KV store."""
+        ...
+
+    async def kv_set(
+        self,
+        namespace: str,
+        key: str,
+        value: Any,
+        *,
+        ttl: str | None = None,
+        overwrite: bool = True,
+    ) -> None:
+        """Set a key of a namespace's KV store (`ttl` as an ISO-8601 duration)."""
+        ...
+
+    async def kv_delete(self, namespace: str, key: str) -> bool:
+        """Delete a key; False when there was none."""
+        ...
+
+    async def kv_entries(self, namespace: str, prefix: str = "") -> dict[str, Any]:
+        """The live keys of a namespace's KV store starting with `prefix`, with their values."""
+        ...
+
+    async def read_logs(self, execution_id: str) -> list[dict[str, Any]]:
+        """Every log line of an execution so far: {taskId, taskRunId, attempt, timestamp,
+        level, message}."""
+        ...
+
+    async def resume_execution(self, execution_id: str, inputs: dict[str, Any]) -> None:
+        """Resume a paused execution with its Pause tasks' `onResume` values."""
+        ...
+
 
 class RunnableTask(Task, kw_only=True):
     """A task that a worker runs; `run` returns the task's outputs."""

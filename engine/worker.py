@@ -8,10 +8,13 @@ worker heartbeats; the watchdog abandons the attempts of one that stops doing so
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import functools
 import io
 import logging
+import os
+import re
 import shutil
 import socket
 import tarfile
@@ -26,10 +29,11 @@ import psycopg
 import trio
 
 from engine import events as ev
-from engine import templating
+from engine import kv, templating
 from engine.batcher import GroupCommitter
 from engine.db import Notifier
 from engine.duration import parse_duration
+from engine.errors import TemplateError, TiercelError
 from engine.plugin import RunnableTask, TaskFailure, TaskWarning, task_type
 from engine.storage import LocalStorage, Storage, task_prefix, to_uri
 from engine.store import NO_STREAM, Append, EventStore, save_checkpoint
@@ -56,6 +60,7 @@ class AttemptContext:
         working_dir: Path,
         min_level: str,
         storage: Storage,
+        store: EventStore | None = None,
     ) -> None:
         self.execution_id = scheduled.executionId
         self.task_run_id = scheduled.taskRunId
@@ -67,6 +72,7 @@ class AttemptContext:
         self.task_id = str(scheduled.task.get("id", ""))
         self.working_dir = working_dir
         self.storage = storage
+        self.store = store
         self.lines: list[dict[str, Any]] = []
         self.metrics: list[dict[str, Any]] = []
         self._min = LEVELS.index(min_level) if min_level in LEVELS else 0
@@ -98,6 +104,69 @@ class AttemptContext:
         )
         filename = name or (source.name if isinstance(source, Path) else uuid.uuid4().hex)
         return await trio.to_thread.run_sync(self.storage.put, prefix, filename, source)
+
+    def _store(self) -> EventStore:
+        if self.store is None:
+            raise TaskFailure("This task needs the event store, which this worker does not have")
+        return self.store
+
+    async def kv_get(self, namespace: str, key: str) -> tuple[bool, Any]:
+        """(found, value) of a key of a namespace's KV store."""
+        return await kv.kv_get(self._store(), namespace, key)
+
+    async def kv_set(
+        self,
+        namespace: str,
+        key: str,
+        value: Any,
+        *,
+        ttl: str | None = None,
+        overwrite: bool = True,
+    ) -> None:
+        """Set a key of a namespace's KV store."""
+        await kv.kv_set(
+            self._store(),
+            namespace,
+            key,
+            value,
+            ttl=parse_duration(ttl) if ttl else None,
+            overwrite=overwrite,
+            actor=f"task:{self.execution_id}/{self.task_id}",
+        )
+
+    async def kv_delete(self, namespace: str, key: str) -> bool:
+        """Delete a key; False when there was none."""
+        return await kv.kv_delete(
+            self._store(), namespace, key, actor=f"task:{self.execution_id}/{self.task_id}"
+        )
+
+    async def kv_entries(self, namespace: str, prefix: str = "") -> dict[str, Any]:
+        """The live keys of a namespace starting with `prefix`, with their values."""
+        return await kv.kv_entries(self._store(), namespace, prefix)
+
+    async def read_logs(self, execution_id: str) -> list[dict[str, Any]]:
+        """Every log line of an execution so far, in order."""
+        lines = []
+        for e in await self._store().read_execution(execution_id):
+            if isinstance(e.event, ev.AttemptLogged):
+                for line in e.event.lines:
+                    lines.append(
+                        {
+                            "taskId": e.event.taskId,
+                            "taskRunId": e.event.taskRunId,
+                            "attempt": e.event.attempt,
+                            **line,
+                        }
+                    )
+        return lines
+
+    async def resume_execution(self, execution_id: str, inputs: dict[str, Any]) -> None:
+        """Resume a paused execution."""
+        from engine.commands import resume_execution
+
+        await resume_execution(
+            self._store(), execution_id, inputs, actor=f"task:{self.execution_id}/{self.task_id}"
+        )
 
     async def get_file(self, uri: str, target: Path | None = None) -> Path:
         """Copy the stored file at `uri` into the working directory (or to `target`)."""
@@ -266,13 +335,42 @@ class Worker:
         workdir.mkdir(parents=True, exist_ok=True)
         if shared:
             await self._restore_directory(scheduled, workdir, shared)
-        extra: dict[str, Any] = {}
-        if "errorLogs(" in msgspec.json.encode(scheduled.task).decode():
+        definition = msgspec.json.encode(scheduled.task).decode()
+        extra: dict[str, Any] = {"read": self._read, "secret": _secret}
+        if "errorLogs(" in definition:
             lines = await self._error_logs(scheduled.executionId)
             extra["errorLogs"] = lambda: lines
-        if not extra:
-            return scheduled
+        if "kv(" in definition:
+            namespace = str((scheduled.context.get("flow") or {}).get("namespace", ""))
+            extra["kv"] = await self._kv_snapshot(namespace, definition)
         return msgspec.structs.replace(scheduled, context={**scheduled.context, **extra})
+
+    def _read(self, uri: Any) -> str:
+        # Rendering is synchronous; stored files read this way are expected to be small.
+        try:
+            return self.storage.read_bytes(str(uri)).decode("utf-8", errors="replace")
+        except TiercelError as exc:
+            raise TemplateError(f"read({uri!r}): {exc.message}") from None
+
+    async def _kv_snapshot(self, namespace: str, definition: str) -> Callable[..., Any]:
+        """`kv()` for templates, served from the entries read before the task runs (rendering
+        cannot wait for the database)."""
+        namespaces = {namespace, *_KV_NAMESPACE.findall(definition)}
+        entries = {ns: await kv.kv_entries(self.store, ns) for ns in namespaces if ns}
+
+        def lookup(key: str, namespace_: str | None = None, errorOnMissing: bool = True) -> Any:
+            ns = namespace_ or namespace
+            values = entries.get(ns, {})
+            if key in values:
+                return values[key]
+            if errorOnMissing:
+                raise TemplateError(
+                    f"kv('{key}'): no such key in namespace {ns}; set it with a kv.Set task "
+                    "or pass errorOnMissing=false"
+                )
+            return None
+
+        return lookup
 
     def _snapshot(self, scheduled: ev.AttemptScheduled, shared: dict[str, Any]) -> tuple[str, str]:
         flow = scheduled.context.get("flow") or {}
@@ -348,7 +446,7 @@ class Worker:
         }
         type_name = str(scheduled.task.get("type"))
         level = str(scheduled.task.get("logLevel") or "TRACE")
-        ctx = AttemptContext(scheduled, workdir, level, self.storage)
+        ctx = AttemptContext(scheduled, workdir, level, self.storage, self.store)
         cls = task_type(type_name)
         if cls is None or not issubclass(cls, RunnableTask):
             message = f"No worker plugin for task type '{type_name}': install it on the workers"
@@ -383,6 +481,23 @@ class Worker:
             ctx.log("ERROR", message)
             return ev.AttemptFailed(**ids, message=message), ctx
         return ev.AttemptSucceeded(**ids, outputs=outputs or {}, metrics=ctx.metrics), ctx
+
+
+_KV_NAMESPACE = re.compile(r"kv\(\s*['\"][^'\"]+['\"]\s*,\s*['\"]([^'\"]+)['\"]")
+
+
+def _secret(name: str) -> str:
+    """A secret, by Kestra's open-source convention: env var SECRET_<NAME>, base64-encoded."""
+    raw = os.environ.get(f"SECRET_{name}")
+    if raw is None:
+        raise TemplateError(
+            f"secret('{name}') is not set: give the workers the environment variable "
+            f"SECRET_{name} holding its value in base64"
+        )
+    try:
+        return base64.b64decode(raw).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise TemplateError(f"SECRET_{name} is not valid base64") from None
 
 
 def _checkpoint_at(position: int) -> Callable[[psycopg.Connection[Any]], None]:

@@ -94,3 +94,22 @@ def _label_text(value: Any) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value, separators=(",", ":"))
     return "" if value is None else str(value)
+
+
+@register("io.kestra.plugin.core.execution.Resume", "io.kestra.core.tasks.executions.Resume")
+class Resume(RunnableTask, kw_only=True):
+    """Resume a paused execution, passing `inputs` as its Pause task's `onResume` values."""
+
+    executionId: str | None = None
+    """The execution to resume (default: the current one's parent, or the current one)."""
+    namespace: str | None = None
+    """Accepted for compatibility (the execution id is enough)."""
+    flowId: str | None = None
+    """Accepted for compatibility (the execution id is enough)."""
+    inputs: dict[str, Any] = {}
+    """The `onResume` values."""
+
+    async def run(self, ctx: RunContext) -> dict[str, Any]:
+        target = str(ctx.render(self.executionId)) if self.executionId else ctx.execution_id
+        await ctx.resume_execution(target, ctx.render(self.inputs))
+        return {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from engine.plugin import RunContext, RunnableTask, register
@@ -28,3 +29,36 @@ class Log(RunnableTask, kw_only=True):
         for message in messages:
             ctx.log(self.level, str(ctx.render(message)))
         return {}
+
+
+@register("io.kestra.plugin.core.log.Fetch", "io.kestra.core.tasks.log.Fetch")
+class Fetch(RunnableTask, kw_only=True):
+    """Write the logs of an execution (this one by default) to a file in internal storage,
+    one JSON object per line; outputs `uri` and `size` (the number of lines)."""
+
+    executionId: str | None = None
+    """The execution whose logs to fetch (default: the current one)."""
+    tasksId: list[str] = []
+    """Only the logs of these task ids."""
+    level: str = "INFO"
+    """The minimum level to keep."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.level.upper().replace("WARNING", "WARN") not in LEVELS:
+            return [("level", f"Unknown level '{self.level}'; use one of {', '.join(LEVELS)}")]
+        return []
+
+    async def run(self, ctx: RunContext) -> dict[str, Any]:
+        execution_id = str(ctx.render(self.executionId)) if self.executionId else ctx.execution_id
+        minimum = LEVELS.index(self.level.upper().replace("WARNING", "WARN"))
+        wanted = set(ctx.render(self.tasksId))
+        lines = [
+            line
+            for line in await ctx.read_logs(execution_id)
+            if line.get("level") in LEVELS
+            and LEVELS.index(line["level"]) >= minimum
+            and (not wanted or line.get("taskId") in wanted)
+        ]
+        data = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
+        uri = await ctx.put_file(data.encode(), f"logs-{execution_id}.jsonl")
+        return {"uri": uri, "size": len(lines)}

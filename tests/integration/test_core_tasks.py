@@ -1,0 +1,286 @@
+"""Core tasks run by workers, end to end: outputs, KV store, states, logs, files, secrets."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import functools
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from engine.commands import create_execution, deploy_flow, load_execution, wait_for_end
+from engine.executor import Execution
+from engine.kv import kv_get, kv_set
+from engine.server import ServerContext, run_server
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"test.tasks.n{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def engine(database_url: str, tmp_path) -> AsyncIterator[ServerContext]:
+    async with trio.open_nursery() as nursery:
+        ctx = await nursery.start(
+            functools.partial(
+                run_server,
+                database_url,
+                ("executor", "worker"),
+                data_dir=tmp_path,
+                heartbeat_interval=0.5,
+            )  # fmt: skip
+        )
+        yield ctx
+        nursery.cancel_scope.cancel()
+
+
+async def _run(ctx: ServerContext, source: str, inputs: dict | None = None) -> Execution:
+    record = await deploy_flow(ctx.store, source)
+    xid = await create_execution(ctx.store, record.namespace, record.id, inputs or {})
+    return await wait_for_end(ctx.store, ctx.notifier, xid, timeout=60)
+
+
+def _out(state: Execution, task_id: str) -> dict:
+    runs = [r for r in state.taskruns.values() if r.taskId == task_id]
+    assert runs, f"no task run of {task_id}"
+    return runs[-1].outputs or {}
+
+
+def _messages(state: Execution) -> list[str]:
+    return [r.message for r in state.taskruns.values() if r.message]
+
+
+async def test_output_values_are_rendered_for_later_tasks(engine: ServerContext, ns: str) -> None:
+    state = await _run(
+        engine,
+        f"""
+id: values
+namespace: {ns}
+tasks:
+  - id: out
+    type: io.kestra.plugin.core.output.OutputValues
+    values:
+      count: "{{{{ 40 + 2 }}}}"
+      nested:
+        flow: "{{{{ flow.id }}}}"
+  - id: use
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ outputs.out.values.count }}}}/{{{{ outputs.out.values.nested.flow }}}}"
+""",
+    )
+    assert state.state == "SUCCESS", _messages(state)
+    assert _out(state, "use") == {"value": "42/values"}
+
+
+async def test_kv_tasks_and_kv_function_share_the_namespace_store(
+    engine: ServerContext, ns: str
+) -> None:
+    state = await _run(
+        engine,
+        f"""
+id: keys
+namespace: {ns}
+tasks:
+  - id: put
+    type: io.kestra.plugin.core.kv.Set
+    key: config
+    value: {{"region": "eu", "size": 3}}
+  - id: put_other
+    type: io.kestra.plugin.core.kv.Set
+    key: config-old
+    value: old
+  - id: get
+    type: io.kestra.plugin.core.kv.Get
+    key: config
+  - id: templated
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ kv('config').region }}}}-{{{{ kv('missing', errorOnMissing=false) ?? 'none' }}}}"
+  - id: keys
+    type: io.kestra.plugin.core.kv.GetKeys
+    prefix: config
+  - id: drop
+    type: io.kestra.plugin.core.kv.Delete
+    key: config-old
+  - id: drop_again
+    type: io.kestra.plugin.core.kv.Delete
+    key: config-old
+""",
+    )
+    assert state.state == "SUCCESS", _messages(state)
+    assert _out(state, "get") == {"value": {"region": "eu", "size": 3}}
+    assert _out(state, "templated") == {"value": "eu-none"}
+    assert _out(state, "keys") == {"keys": ["config", "config-old"]}
+    assert _out(state, "drop") == {"deleted": True}
+    assert _out(state, "drop_again") == {"deleted": False}
+    assert await kv_get(engine.store, ns, "config-old") == (False, None)
+
+
+async def test_kv_value_expires_after_its_ttl(engine: ServerContext, ns: str) -> None:
+    await kv_set(engine.store, ns, "short", "lived", ttl=dt.timedelta(milliseconds=500))
+    assert await kv_get(engine.store, ns, "short") == (True, "lived")
+    await trio.sleep(0.6)
+    assert await kv_get(engine.store, ns, "short") == (False, None)
+
+
+async def test_states_merge_and_are_kept_per_loop_value(engine: ServerContext, ns: str) -> None:
+    source = f"""
+id: counter
+namespace: {ns}
+tasks:
+  - id: each
+    type: io.kestra.plugin.core.flow.ForEach
+    values: ["a", "b"]
+    tasks:
+      - id: read
+        type: io.kestra.plugin.core.state.Get
+        name: seen
+      - id: write
+        type: io.kestra.plugin.core.state.Set
+        name: seen
+        data:
+          runs: "{{{{ (outputs.read[taskrun.value].data.runs ?? 0) | number + 1 }}}}"
+          value: "{{{{ taskrun.value }}}}"
+"""
+    first = await _run(engine, source)
+    assert first.state == "SUCCESS", _messages(first)
+    second = await _run(engine, source)
+    reads = sorted(
+        (r.value, (r.outputs or {}).get("data"))
+        for r in second.taskruns.values()
+        if r.taskId == "read"
+    )
+    assert reads == [("a", {"runs": "1", "value": "a"}), ("b", {"runs": "1", "value": "b"})]
+    writes = [r.outputs for r in second.taskruns.values() if r.taskId == "write"]
+    assert writes == [{"count": 2}, {"count": 2}]
+
+
+async def test_fetch_writes_the_execution_logs_to_a_file(engine: ServerContext, ns: str) -> None:
+    state = await _run(
+        engine,
+        f"""
+id: fetch
+namespace: {ns}
+tasks:
+  - id: hello
+    type: io.kestra.plugin.core.log.Log
+    message: ["one", "two"]
+  - id: quiet
+    type: io.kestra.plugin.core.log.Log
+    level: DEBUG
+    message: hidden
+  - id: logs
+    type: io.kestra.plugin.core.log.Fetch
+    level: INFO
+""",
+    )
+    assert state.state == "SUCCESS", _messages(state)
+    outputs = _out(state, "logs")
+    assert outputs["size"] == 2
+    assert engine.storage is not None
+    lines = [json.loads(x) for x in engine.storage.read_bytes(outputs["uri"]).splitlines()]
+    assert [(x["taskId"], x["message"]) for x in lines] == [("hello", "one"), ("hello", "two")]
+
+
+async def test_files_are_shared_inside_a_working_directory(engine: ServerContext, ns: str) -> None:
+    state = await _run(
+        engine,
+        f"""
+id: shared
+namespace: {ns}
+tasks:
+  - id: dir
+    type: io.kestra.plugin.core.flow.WorkingDirectory
+    inputFiles:
+      seed.txt: "from {{{{ flow.id }}}}"
+    tasks:
+      - id: write
+        type: io.kestra.plugin.core.storage.LocalFiles
+        inputs:
+          out/data.txt: "{{{{ taskrun.id }}}}"
+      - id: keep
+        type: io.kestra.plugin.core.storage.LocalFiles
+        outputs:
+          - "out/*"
+          - seed.txt
+  - id: show
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ read(outputs.keep.uris['seed.txt']) }}}}"
+""",
+    )
+    assert state.state == "SUCCESS", _messages(state)
+    uris = _out(state, "keep")["uris"]
+    write_run = next(r for r in state.taskruns.values() if r.taskId == "write")
+    assert engine.storage is not None
+    assert engine.storage.read_bytes(uris["out/data.txt"]).decode() == write_run.id
+    assert _out(state, "show") == {"value": "from shared"}
+
+
+async def test_secret_function_reads_base64_environment_variables(
+    engine: ServerContext, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SECRET_API_TOKEN", base64.b64encode(b"s3cr3t").decode())
+    state = await _run(
+        engine,
+        f"""
+id: secrets
+namespace: {ns}
+tasks:
+  - id: use
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ secret('API_TOKEN') | length }}}}"
+  - id: missing
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ secret('NOPE') }}}}"
+""",
+    )
+    assert _out(state, "use") == {"value": "6"}
+    assert state.state == "FAILED"
+    assert any("SECRET_NOPE" in m for m in _messages(state))
+
+
+async def test_resume_task_resumes_a_paused_execution(engine: ServerContext, ns: str) -> None:
+    paused = await deploy_flow(
+        engine.store,
+        f"""
+id: waiting
+namespace: {ns}
+tasks:
+  - id: gate
+    type: io.kestra.plugin.core.flow.Pause
+    onResume:
+      - id: note
+        type: STRING
+  - id: after
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ outputs.gate.onResume.note }}}}"
+""",
+    )
+    xid = await create_execution(engine.store, paused.namespace, paused.id)
+    with trio.fail_after(20):
+        while (await load_execution(engine.store, xid)).state != "PAUSED":
+            await trio.sleep(0.05)
+    resumer = await _run(
+        engine,
+        f"""
+id: resumer
+namespace: {ns}
+inputs:
+  - id: target
+    type: STRING
+tasks:
+  - id: go
+    type: io.kestra.plugin.core.execution.Resume
+    executionId: "{{{{ inputs.target }}}}"
+    inputs:
+      note: approved by {{{{ flow.id }}}}
+""",
+        {"target": xid},
+    )
+    assert resumer.state == "SUCCESS", _messages(resumer)
+    resumed = await wait_for_end(engine.store, engine.notifier, xid, timeout=30)
+    assert _out(resumed, "after") == {"value": "approved by resumer"}
