@@ -59,7 +59,13 @@ def resolve_inputs(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
 def convert(inp: Input, raw: Any) -> Any:
     """One input value converted to its declared type; ValueError says what is wrong."""
     kind = inp.type
-    if kind in ("STRING", "SECRET", "URI", "EMAIL", "FILE"):
+    if kind == "FILE":
+        if not isinstance(raw, str) or not raw.startswith("kestra://"):
+            raise ValueError(
+                "a FILE input takes an uploaded file (multipart/form-data) or a kestra:// URI"
+            )
+        return raw
+    if kind in ("STRING", "SECRET", "URI", "EMAIL"):
         value = (
             raw
             if isinstance(raw, str)
@@ -130,17 +136,31 @@ def convert(inp: Input, raw: Any) -> Any:
         return str(raw)
     if kind in ("DATETIME", "DATE", "TIME"):
         text = str(raw)
-        try:
-            if kind == "DATETIME":
-                dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-            elif kind == "DATE":
-                dt.date.fromisoformat(text)
-            else:
-                dt.time.fromisoformat(text)
-        except ValueError:
-            raise ValueError(f"'{text}' is not an ISO-8601 {kind.lower()}") from None
+        value = _temporal(kind, text)
+        if value is None:
+            raise ValueError(f"'{text}' is not an ISO-8601 {kind.lower()}")
+        for bound, name in ((inp.after, "after"), (inp.before, "before")):
+            if bound is None:
+                continue
+            limit = _temporal(kind, str(bound))
+            if limit is None:
+                raise ValueError(f"its `{name}` bound '{bound}' is not an ISO-8601 {kind.lower()}")
+            if (name == "after" and not value > limit) or (name == "before" and not value < limit):
+                raise ValueError(f"'{text}' must be {name} {bound}")
         return text
     return raw
+
+
+def _temporal(kind: str, text: str) -> Any:
+    try:
+        if kind == "DATETIME":
+            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+        if kind == "DATE":
+            return dt.date.fromisoformat(text)
+        return dt.time.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def _bounds(inp: Input, value: float) -> None:
