@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import orjson
 import trio
-from quart import Response, request
+from quart import Response, request, send_file
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -21,7 +22,9 @@ from engine import commands
 from engine.errors import InvalidRequest, NotFound, Problem, TiercelError
 from engine.executor import iso
 from engine.flow import flow_to_dict, parse_flow
+from engine.plugin import describe, registered, schema, task_type
 from engine.server import ServerContext
+from engine.storage import execution_prefix, input_prefix, uri_path
 from engine.store import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -67,9 +70,11 @@ def _int_arg(
     return value
 
 
-def _bool_arg(name: str) -> bool:
+def _bool_arg(name: str, default: bool = False) -> bool:
     raw = (request.args.get(name) or "").lower()
-    if raw in ("", "false", "0", "no"):
+    if raw == "":
+        return default
+    if raw in ("false", "0", "no"):
         return False
     if raw in ("true", "1", "yes"):
         return True
@@ -139,7 +144,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     """The API application, bound to one server's database, store and notifier."""
     app = QuartTrio("tiercel")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
-    store, db = ctx.store, ctx.db
+    store, db, storage = ctx.store, ctx.db, ctx.storage
 
     @app.errorhandler(TiercelError)
     async def domain_error(exc: TiercelError) -> Response:
@@ -262,12 +267,41 @@ def create_app(ctx: ServerContext) -> QuartTrio:
 
     @app.post("/api/v1/executions/<namespace>/<flow_id>")
     async def create_execution(namespace: str, flow_id: str) -> Response:
-        inputs = await _execution_inputs()
+        inputs, uploads = await _execution_inputs_and_files()
         labels = _labels_arg()
         revision = _int_arg("revision", None, minimum=1)
-        execution_id = await commands.create_execution(
-            store, namespace, flow_id, inputs, labels=labels, revision=revision
-        )
+        record = await commands.get_flow(store, namespace, flow_id, revision)
+        file_inputs = {i.id_ for i in parse_flow(record.source).inputs if i.type == "FILE"}
+        execution_id = commands.new_execution_id()
+        stored = False
+        for key in file_inputs:
+            value = inputs.get(key)
+            if key in uploads:
+                filename, data = uploads[key]
+            elif isinstance(value, str) and value and not value.startswith("kestra://"):
+                filename, data = f"{key}.txt", value.encode()  # content given inline
+            else:
+                continue
+            if storage is None:
+                raise InvalidRequest("This server has no internal storage for FILE inputs")
+            prefix = input_prefix(namespace, flow_id, execution_id, key)
+            inputs[key] = await trio.to_thread.run_sync(storage.put, prefix, filename, data)
+            stored = True
+        try:
+            execution_id = await commands.create_execution(
+                store,
+                namespace,
+                flow_id,
+                inputs,
+                labels=labels,
+                revision=revision,
+                execution_id=execution_id,
+            )
+        except TiercelError:
+            if stored and storage is not None:
+                prefix = execution_prefix(namespace, flow_id, execution_id)
+                await trio.to_thread.run_sync(storage.delete_prefix, prefix)
+            raise
         if _bool_arg("wait"):
             timeout = _int_arg("timeout", 3600, minimum=1)
             state = await commands.wait_for_end(store, ctx.notifier, execution_id, timeout=timeout)
@@ -333,6 +367,62 @@ def create_app(ctx: ServerContext) -> QuartTrio:
                 for e in history
             ]
         )
+
+    async def _stored_file(execution_id: str) -> tuple[str, Path]:
+        path = request.args.get("path")
+        if not path:
+            raise InvalidRequest("Query parameter 'path' is required: a kestra:// URI")
+        state = await commands.load_execution(store, execution_id)
+        prefix = execution_prefix(state.namespace, state.flowId, execution_id)
+        inside = str(uri_path(path))
+        if not (inside == prefix or inside.startswith(prefix + "/")):
+            raise InvalidRequest(
+                f"{path} is not a file of execution {execution_id}: its files are under "
+                f"kestra://{prefix}/"
+            )
+        if storage is None:
+            raise NotFound("This server has no internal storage")
+        return path, storage.local_path(path)
+
+    @app.get("/api/v1/executions/<execution_id>/file")
+    async def execution_file(execution_id: str) -> Response:
+        uri, local = await _stored_file(execution_id)
+        response = await send_file(local, mimetype="application/octet-stream")
+        response.headers["Content-Disposition"] = f'attachment; filename="{local.name}"'
+        return response
+
+    @app.get("/api/v1/executions/<execution_id>/file/metas")
+    async def execution_file_metas(execution_id: str) -> Response:
+        uri, local = await _stored_file(execution_id)
+        return _json({"uri": uri, "size": local.stat().st_size})
+
+    @app.delete("/api/v1/executions/<execution_id>")
+    async def purge_execution(execution_id: str) -> Response:
+        await commands.purge_execution(
+            store,
+            storage,
+            execution_id,
+            logs=_bool_arg("deleteLogs", default=True),
+            files=_bool_arg("deleteStorage", default=True),
+        )
+        return Response("", status=204)
+
+    # --- plugins ------------------------------------------------------------------------------
+
+    @app.get("/api/v1/plugins")
+    async def list_plugins() -> Response:
+        classes = {id(c): c for c in registered().values()}
+        described = sorted((describe(c) for c in classes.values()), key=lambda d: d["type"])
+        return _json(described)
+
+    @app.get("/api/v1/plugins/<path:type_name>")
+    async def plugin_schema(type_name: str) -> Response:
+        cls = task_type(type_name)
+        if cls is None:
+            raise NotFound(
+                f"No task type '{type_name}': GET /api/v1/plugins lists the installed ones"
+            )
+        return _json({**describe(cls), "schema": schema(cls)})
 
     @app.post("/api/v1/executions/<execution_id>/resume")
     async def resume_execution(execution_id: str) -> Response:
@@ -413,6 +503,22 @@ def create_app(ctx: ServerContext) -> QuartTrio:
                 await ctx.notifier.wait(seen, 0.2)
 
     async def _execution_inputs() -> dict[str, Any]:
+        inputs, uploads = await _execution_inputs_and_files()
+        for key, (_, data) in uploads.items():
+            inputs[key] = data.decode("utf-8", errors="replace")
+        return inputs
+
+    async def _execution_inputs_and_files() -> tuple[dict[str, Any], dict[str, tuple[str, bytes]]]:
+        content_type = request.mimetype or ""
+        if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            form = await request.form
+            inputs: dict[str, Any] = {key: form.get(key) for key in form}
+            files = await request.files
+            uploads = {key: (files[key].filename or key, files[key].read()) for key in files}
+            return inputs, uploads
+        return await _json_inputs(), {}
+
+    async def _json_inputs() -> dict[str, Any]:
         content_type = request.mimetype or ""
         if content_type == "application/json":
             data = await request.get_data()
@@ -425,13 +531,6 @@ def create_app(ctx: ServerContext) -> QuartTrio:
             if not isinstance(body, dict):
                 raise InvalidRequest("The inputs must be a JSON object of input id to value")
             return body
-        if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
-            form = await request.form
-            inputs: dict[str, Any] = {key: form.get(key) for key in form}
-            files = await request.files
-            for key in files:
-                inputs[key] = files[key].read().decode("utf-8", errors="replace")
-            return inputs
         data = await request.get_data()
         if data:
             raise InvalidRequest(

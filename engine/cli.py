@@ -406,11 +406,14 @@ def plugins() -> None:
 @config_option
 def plugins_list() -> None:
     """Print every installed task type."""
-    from engine.plugin import canonical_name, registered
+    from engine.plugin import describe, registered
 
-    seen = sorted({canonical_name(cls) for cls in registered().values()})
-    for name in seen:
-        click.echo(name)
+    classes = {id(cls): cls for cls in registered().values()}
+    entries = sorted((describe(cls) for cls in classes.values()), key=lambda d: d["type"])
+    width = max((len(e["type"]) for e in entries), default=0)
+    for entry in entries:
+        summary = entry["description"].split("\n", 1)[0]
+        click.echo(f"{entry['type'].ljust(width)}  {entry['kind']:<8}  {summary}")
 
 
 if __name__ == "__main__":

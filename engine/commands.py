@@ -147,6 +147,12 @@ async def delete_flow(store: EventStore, namespace: str, flow_id: str, actor: st
     )
 
 
+def _label_list(given: dict[str, str] | list[dict[str, str]] | None) -> list[dict[str, str]]:
+    if isinstance(given, list):
+        return list(given)
+    return [{"key": str(k), "value": str(v)} for k, v in (given or {}).items()]
+
+
 def merge_labels(
     flow: Flow, given: dict[str, str] | list[dict[str, str]] | None
 ) -> list[dict[str, str]]:
@@ -170,14 +176,16 @@ async def create_execution(
     revision: int | None = None,
     trigger: dict[str, Any] | None = None,
     actor: str = "api",
+    execution_id: str | None = None,
 ) -> str:
-    """Check the inputs and record a new execution of the flow; return its id."""
+    """Check the inputs and record a new execution of the flow; return its id (`execution_id`
+    when given, e.g. because its input files were stored under it first)."""
     record = await get_flow(store, namespace, flow_id, revision)
     flow = parse_flow(record.source)
     if flow.disabled:
         raise Conflict(f"Flow {namespace}.{flow_id} is disabled: enable it to execute it")
     values = resolve_inputs(flow, inputs or {})
-    execution_id = new_execution_id()
+    execution_id = execution_id or new_execution_id()
     await store.append(
         ev.execution_stream(execution_id),
         [
@@ -188,7 +196,13 @@ async def create_execution(
                 flowRevision=record.revision,
                 flow=flow_to_dict(msgspec.structs.replace(flow, revision=record.revision)),
                 inputs=values,
-                labels=merge_labels(flow, labels),
+                labels=merge_labels(
+                    flow,
+                    [
+                        *_label_list(labels),
+                        {"key": "system.correlationId", "value": execution_id},
+                    ],
+                ),
                 trigger=trigger,
             )
         ],

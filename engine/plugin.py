@@ -299,6 +299,66 @@ def canonical_name(cls: type[Task]) -> str:
     return _canonical[cls]
 
 
+def property_docs(cls: type) -> dict[str, str]:
+    """The docstrings written under each property of a task class (and its bases)."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or not issubclass(klass, msgspec.Struct):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def describe(cls: type[Task]) -> dict[str, Any]:
+    """A task type for listings: its name, aliases, kind and description."""
+    name = canonical_name(cls)
+    return {
+        "type": name,
+        "aliases": sorted(n for n, c in _types.items() if c is cls and n != name),
+        "kind": "flowable" if issubclass(cls, FlowableTask) else "runnable",
+        "description": inspect_doc(cls),
+    }
+
+
+def inspect_doc(cls: type) -> str:
+    """The class docstring, cleaned."""
+    import inspect
+
+    return inspect.cleandoc(cls.__doc__ or "")
+
+
+def schema(cls: type[Task]) -> dict[str, Any]:
+    """The JSON schema of a task type, with each property's description."""
+    generated: dict[str, Any] = msgspec.json.schema(cls)
+    docs = property_docs(cls)
+    definitions = generated.get("$defs", {})
+    target = definitions.get(cls.__name__, generated)
+    for field in msgspec.structs.fields(cls):
+        prop = target.get("properties", {}).get(field.encode_name)
+        if isinstance(prop, dict) and field.name in docs:
+            prop["description"] = docs[field.name]
+    target["description"] = inspect_doc(cls)
+    target["title"] = canonical_name(cls)
+    return generated
+
+
 def registered() -> dict[str, type[Task]]:
     """Every registered name (aliases included) and its class."""
     _load()
