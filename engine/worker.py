@@ -43,6 +43,8 @@ from engine.subscription import Subscription
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "worker"
+MAX_OUTPUT_BYTES = 1024 * 1024
+"""Outputs ride inside events; anything bigger belongs in internal storage."""
 LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 
 
@@ -478,6 +480,14 @@ class Worker:
             return ev.AttemptFailed(**ids, message=message), ctx
         except Exception as exc:  # a task's bug fails its attempt, not the worker
             message = str(exc) or type(exc).__name__
+            ctx.log("ERROR", message)
+            return ev.AttemptFailed(**ids, message=message), ctx
+        size = len(msgspec.json.encode(outputs or {}))
+        if size > MAX_OUTPUT_BYTES:
+            message = (
+                f"The outputs are {size} bytes, over the {MAX_OUTPUT_BYTES} bytes an event may "
+                "carry: write large data to a file (outputFiles, put_file) and output its URI"
+            )
             ctx.log("ERROR", message)
             return ev.AttemptFailed(**ids, message=message), ctx
         return ev.AttemptSucceeded(**ids, outputs=outputs or {}, metrics=ctx.metrics), ctx

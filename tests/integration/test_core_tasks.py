@@ -284,3 +284,19 @@ tasks:
     assert resumer.state == "SUCCESS", _messages(resumer)
     resumed = await wait_for_end(engine.store, engine.notifier, xid, timeout=30)
     assert _out(resumed, "after") == {"value": "approved by resumer"}
+
+
+async def test_outputs_too_large_for_an_event_fail_the_task(engine: ServerContext, ns: str) -> None:
+    state = await _run(
+        engine,
+        f"""
+id: big
+namespace: {ns}
+tasks:
+  - id: huge
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ range(1, 200000) | join(',') }}}}"
+""",
+    )
+    assert state.state == "FAILED"
+    assert "over the 1048576 bytes" in _messages(state)[0]
