@@ -378,3 +378,37 @@ async def purge_execution(
         return 0
     prefix = execution_prefix(state.namespace, state.flowId, execution_id)
     return await trio.to_thread.run_sync(storage.delete_prefix, prefix)
+
+
+async def toggle_trigger(
+    store: EventStore,
+    namespace: str,
+    flow_id: str,
+    trigger_id: str,
+    enabled: bool,
+    actor: str = "api",
+) -> None:
+    """Enable or disable one trigger of a flow; NotFound when the flow has no such trigger."""
+    record = await get_flow(store, namespace, flow_id)
+    ids = [t.get("id") for t in parse_flow(record.source).triggers if isinstance(t, dict)]
+    if trigger_id not in ids:
+        raise NotFound(
+            f"Flow {namespace}.{flow_id} has no trigger '{trigger_id}'"
+            + (f"; it has {', '.join(map(str, ids))}" if ids else "; it has no triggers")
+        )
+    await store.append(
+        ev.trigger_stream(namespace, flow_id, trigger_id),
+        [
+            ev.TriggerToggled(
+                namespace=namespace, flowId=flow_id, triggerId=trigger_id, enabled=enabled
+            )
+        ],
+        meta={"actor": actor},
+    )
+
+
+async def trigger_enabled(store: EventStore, namespace: str, flow_id: str, trigger_id: str) -> bool:
+    """Whether a trigger is enabled (its last toggle; enabled when never toggled)."""
+    history = await store.read_stream(ev.trigger_stream(namespace, flow_id, trigger_id))
+    last = history[-1].event if history else None
+    return last.enabled if isinstance(last, ev.TriggerToggled) else True

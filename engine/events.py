@@ -275,6 +275,23 @@ class KVDeleted(Event, frozen=True):
     key: str
 
 
+# --- triggers --------------------------------------------------------------------------------
+
+
+class TriggerToggled(Event, frozen=True):
+    """A flow's trigger was enabled or disabled at run time (the scheduler honors the last)."""
+
+    namespace: str
+    flowId: str
+    triggerId: str
+    enabled: bool
+
+
+def trigger_stream(namespace: str, flow_id: str, trigger_id: str) -> str:
+    """The stream of one trigger's state changes."""
+    return f"trigger:{namespace}/{flow_id}/{trigger_id}"
+
+
 # --- workers -------------------------------------------------------------------------------------
 
 
@@ -326,6 +343,7 @@ AnyEvent = (
     | WorkerLost
     | KVSet
     | KVDeleted
+    | TriggerToggled
 )
 
 _encoder = msgspec.json.Encoder()

@@ -128,6 +128,12 @@ class RunContext(Protocol):
         """Resume a paused execution with its Pause tasks' `onResume` values."""
         ...
 
+    async def toggle_trigger(
+        self, namespace: str, flow_id: str, trigger_id: str, enabled: bool
+    ) -> None:
+        """Enable or disable a trigger of a flow."""
+        ...
+
 
 class RunnableTask(Task, kw_only=True):
     """A task that a worker runs; `run` returns the task's outputs."""

@@ -170,6 +170,21 @@ class AttemptContext:
             self._store(), execution_id, inputs, actor=f"task:{self.execution_id}/{self.task_id}"
         )
 
+    async def toggle_trigger(
+        self, namespace: str, flow_id: str, trigger_id: str, enabled: bool
+    ) -> None:
+        """Enable or disable a trigger of a flow."""
+        from engine.commands import toggle_trigger
+
+        await toggle_trigger(
+            self._store(),
+            namespace,
+            flow_id,
+            trigger_id,
+            enabled,
+            actor=f"task:{self.execution_id}/{self.task_id}",
+        )
+
     async def get_file(self, uri: str, target: Path | None = None) -> Path:
         """Copy the stored file at `uri` into the working directory (or to `target`)."""
         source = self.storage.local_path(uri)

@@ -1,5 +1,16 @@
 """Kestra's core task types (`io.kestra.plugin.core.*`), registered on import."""
 
-from plugins.core import debug, execution, flow, http, kv, log, output, state, storage
+from plugins.core import debug, execution, flow, http, kv, log, output, state, storage, trigger
 
-__all__ = ["debug", "execution", "flow", "http", "kv", "log", "output", "state", "storage"]
+__all__ = [
+    "debug",
+    "execution",
+    "flow",
+    "http",
+    "kv",
+    "log",
+    "output",
+    "state",
+    "storage",
+    "trigger",
+]

@@ -300,3 +300,31 @@ tasks:
     )
     assert state.state == "FAILED"
     assert "over the 1048576 bytes" in _messages(state)[0]
+
+
+async def test_toggle_records_a_trigger_state_and_refuses_unknown_triggers(
+    engine: ServerContext, ns: str
+) -> None:
+    from engine.commands import trigger_enabled
+
+    state = await _run(
+        engine,
+        f"""
+id: toggler
+namespace: {ns}
+tasks:
+  - id: disable_it
+    type: io.kestra.plugin.core.trigger.Toggle
+    trigger: nightly
+    enabled: false
+  - id: unknown
+    type: io.kestra.plugin.core.trigger.Toggle
+    trigger: nope
+triggers:
+  - id: nightly
+    type: io.kestra.plugin.core.trigger.Schedule
+    cron: "0 2 * * *"
+""",
+    )
+    assert await trigger_enabled(engine.store, ns, "toggler", "nightly") is False
+    assert state.state == "FAILED" and "no trigger 'nope'" in _messages(state)[0]
