@@ -234,6 +234,8 @@ class AttemptSucceeded(Event, frozen=True):
     outputs: dict[str, Any] = {}
     metrics: list[dict[str, Any]] = []
     """Metrics the task reported: {name, type (counter|timer), value, tags}."""
+    workingDirectoryFiles: dict[str, str] = {}
+    """Files of a WorkingDirectory's `outputFiles` as they stood after this attempt."""
 
 
 class AttemptFailed(Event, frozen=True):

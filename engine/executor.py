@@ -56,6 +56,8 @@ class TaskRun(msgspec.Struct, frozen=True):
     iteration: int | None = None
     restarts: int = 0
     """How many times a flowable task run started its children over (its retries)."""
+    files: dict[str, str] = {}
+    """WorkingDirectory output files reported by this run's attempt."""
 
 
 class Execution(msgspec.Struct, frozen=True):
@@ -284,6 +286,8 @@ def evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Executi
         policy = _retry_policy(state, run.taskId)
         if final == "SUCCESS" and len(run.attempts) > 1 and policy.get("warningOnRetry"):
             final = "WARNING"
+        if event.workingDirectoryFiles:
+            run = msgspec.structs.replace(run, files=event.workingDirectoryFiles)
         return _with_run(state, _run_state(run, final, at, outputs=event.outputs))
     if isinstance(event, ev.AttemptFailed):
         run = _set_attempt(run, event.attempt, Attempt("FAILED", run.attempts[-1].workerId))
@@ -534,6 +538,14 @@ class _Resolver:
         if failed and all(r is None or r in TERMINAL_STATES for r in results) and active == 0:
             return "KILLED" if "KILLED" in results else "FAILED"
         return _combine(results)
+
+    def child_files(self) -> dict[str, str]:
+        assert self.current is not None
+        files: dict[str, str] = {}
+        for run in self.state.taskruns.values():
+            if run.parentTaskRunId == self.current.id:
+                files.update(run.files)
+        return files
 
     def peek(self, task: Task, *, value: str | None = None) -> str | None:
         parent = self.current.id if self.current else None
@@ -1013,6 +1025,7 @@ def build_context(
                     "taskRunId": a.id,
                     "taskId": a.taskId,
                     "inputFiles": getattr(wd_task, "inputFiles", None),
+                    "outputFiles": getattr(wd_task, "outputFiles", None) or [],
                 }
                 context["workerTaskrun"] = {"id": a.id, "taskId": a.taskId, "value": a.value}
                 break

@@ -210,6 +210,10 @@ class Navigator(Protocol):
         of one value in order, or side by side with `concurrent_tasks`."""
         ...
 
+    def child_files(self) -> dict[str, str]:
+        """The WorkingDirectory output files reported by the children of this task run."""
+        ...
+
     def peek(self, task: Task, *, value: str | None = None) -> str | None:
         """The effective terminal state of a child task, or None (not created or running)."""
         ...

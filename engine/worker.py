@@ -320,6 +320,9 @@ class Worker:
             result, ctx = await self._execute(scheduled, workdir)
             if shared:
                 await self._save_directory(scheduled, workdir, shared)
+                if isinstance(result, ev.AttemptSucceeded) and shared.get("outputFiles"):
+                    files = await self._keep_output_files(scheduled, workdir, shared)
+                    result = msgspec.structs.replace(result, workingDirectoryFiles=files)
             events: list[ev.Event] = []
             if ctx.lines:
                 events.append(
@@ -440,6 +443,29 @@ class Worker:
         await trio.to_thread.run_sync(
             functools.partial(self.storage.put, prefix, name, data, overwrite=True)
         )
+
+    async def _keep_output_files(
+        self, scheduled: ev.AttemptScheduled, workdir: Path, shared: dict[str, Any]
+    ) -> dict[str, str]:
+        """Store the WorkingDirectory's `outputFiles` as they are now (one place per name, so
+        the last task's version wins)."""
+        prefix, _ = self._snapshot(scheduled, shared)
+        variables = dict(scheduled.context)
+        files: dict[str, str] = {}
+        for pattern in shared.get("outputFiles") or []:
+            glob = str(templating.render(str(pattern), variables))
+            for path in sorted(workdir.glob(glob)):
+                if path.is_file():
+                    name = path.relative_to(workdir).as_posix()
+                    put = functools.partial(
+                        self.storage.put,
+                        f"{prefix}/outputFiles",
+                        name.replace("/", "__"),
+                        path,
+                        overwrite=True,
+                    )
+                    files[name] = await trio.to_thread.run_sync(put)
+        return files
 
     async def _error_logs(self, execution_id: str) -> list[dict[str, Any]]:
         history = await self.store.read_execution(execution_id)

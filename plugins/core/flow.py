@@ -411,7 +411,7 @@ class WorkingDirectory(FlowableTask, kw_only=True):
     inputFiles: Any = None
     """Files to create in the directory before the first task (name: content)."""
     outputFiles: list[str] = []
-    """Globs of files to keep in internal storage after the tasks."""
+    """Globs of files to keep in internal storage after the tasks; output `outputFiles`."""
     cache: dict[str, Any] | None = None
     """Accepted for compatibility; the directory is rebuilt for every execution."""
     namespaceFiles: dict[str, Any] | None = None
@@ -429,7 +429,10 @@ class WorkingDirectory(FlowableTask, kw_only=True):
         return []
 
     def resolve(self, nav: Navigator) -> str | None:
-        return _errors_after(nav, nav.sequence(self.tasks), self.errors)
+        state = nav.sequence(self.tasks)
+        if state is not None and self.outputFiles:
+            nav.outputs({"outputFiles": nav.child_files()}, final=True)
+        return _errors_after(nav, state, self.errors)
 
 
 @register("io.kestra.plugin.core.flow.Pause", "io.kestra.core.tasks.flows.Pause")

@@ -328,3 +328,33 @@ triggers:
     )
     assert await trigger_enabled(engine.store, ns, "toggler", "nightly") is False
     assert state.state == "FAILED" and "no trigger 'nope'" in _messages(state)[0]
+
+
+async def test_working_directory_output_files_are_kept(engine: ServerContext, ns: str) -> None:
+    state = await _run(
+        engine,
+        f"""
+id: wdout
+namespace: {ns}
+tasks:
+  - id: dir
+    type: io.kestra.plugin.core.flow.WorkingDirectory
+    outputFiles:
+      - "*.txt"
+    tasks:
+      - id: first
+        type: io.kestra.plugin.core.storage.LocalFiles
+        inputs:
+          a.txt: one
+          b.txt: two
+      - id: second
+        type: io.kestra.plugin.core.storage.LocalFiles
+        inputs:
+          a.txt: changed
+""",
+    )
+    assert state.state == "SUCCESS", _messages(state)
+    files = _out(state, "dir")["outputFiles"]
+    assert set(files) == {"a.txt", "b.txt"}
+    assert engine.storage is not None
+    assert engine.storage.read_bytes(files["a.txt"]) == b"changed"
