@@ -254,3 +254,73 @@ def test_flow_of_parses_the_pinned_definition_once():
     run = Run(PARALLEL)
     assert run.state is not None
     assert flow_of(run.state) is flow_of(run.state)
+
+
+FOREACH_LIMIT = """
+id: each
+namespace: test.unit
+tasks:
+  - id: loop
+    type: io.kestra.plugin.core.flow.ForEach
+    values: ["a", "b", "c", "d", "e"]
+    concurrencyLimit: 2
+    tasks:
+      - id: one
+        type: io.kestra.plugin.core.debug.Return
+        format: "{{ taskrun.value }}"
+      - id: two
+        type: io.kestra.plugin.core.debug.Return
+        format: "{{ outputs.one[taskrun.value].value }}!"
+"""
+
+
+def test_foreach_never_runs_more_iterations_than_its_limit() -> None:
+    run = Run(FOREACH_LIMIT)
+    most = 0
+    while pending := run.scheduled():
+        most = max(most, len({s.context["taskrun"]["value"] for s in pending}))
+        s = pending[0]
+        ids = {"executionId": s.executionId, "taskRunId": s.taskRunId, "attempt": s.attempt}
+        run.input(ev.AttemptClaimed(**ids, workerId="w1"))
+        run.input(ev.AttemptSucceeded(**ids, outputs={"value": s.task["id"]}))
+    assert most == 2
+    assert run.state is not None and run.state.state == "SUCCESS"
+    assert len(run.state.taskruns) == 1 + 5 * 2
+    assert verify(run.history)[1] == []
+
+
+DAG = """
+id: dag
+namespace: test.unit
+tasks:
+  - id: graph
+    type: io.kestra.plugin.core.flow.Dag
+    tasks:
+      - task: {id: c, type: io.kestra.plugin.core.debug.Return, format: c}
+        dependsOn: [a, b]
+      - task: {id: a, type: io.kestra.plugin.core.debug.Return, format: a}
+      - task: {id: b, type: io.kestra.plugin.core.debug.Return, format: b}
+        dependsOn: [a]
+"""
+
+
+def test_dag_starts_each_task_only_after_its_dependencies() -> None:
+    run = Run(DAG)
+    order: list[str] = []
+    while pending := run.scheduled():
+        assert len(pending) == 1  # this graph is a chain: a, then b, then c
+        s = pending[0]
+        order.append(s.task["id"])
+        ids = {"executionId": s.executionId, "taskRunId": s.taskRunId, "attempt": s.attempt}
+        run.input(ev.AttemptClaimed(**ids, workerId="w1"))
+        run.input(ev.AttemptSucceeded(**ids))
+    assert order == ["a", "b", "c"]
+    assert run.state is not None and run.state.state == "SUCCESS"
+
+
+def test_a_dependency_cycle_is_rejected() -> None:
+    from engine.errors import FlowValidationError
+
+    cyclic = DAG.replace("dependsOn: [a]\n", "dependsOn: [c]\n")
+    with pytest.raises(FlowValidationError, match="Cyclic dependency"):
+        parse_flow(cyclic)
