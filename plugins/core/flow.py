@@ -27,39 +27,34 @@ def _errors_after(nav: Navigator, state: str | None, errors: list[Task]) -> str 
     return None if handled is None else "FAILED"
 
 
-@register("io.kestra.plugin.core.flow.Sequential", "io.kestra.core.tasks.flows.Sequential")
-class Sequential(FlowableTask, kw_only=True):
-    """Run tasks one after the other."""
+class TaskGroup(FlowableTask, kw_only=True):
+    """A flowable task with a list of `tasks` and its own `errors` branch."""
 
     __child_fields__: ClassVar[tuple[str, ...]] = ("tasks", "errors")
     __required_children__: ClassVar[tuple[str, ...]] = ("tasks",)
     tasks: list[Task] = []
-    """The tasks to run in order."""
+    """The tasks it runs."""
     errors: list[Task] = []
     """Tasks to run when one of `tasks` fails."""
 
     def branches(self) -> dict[str, list[Task]]:
         return {"tasks": self.tasks, "errors": self.errors}
+
+
+@register("io.kestra.plugin.core.flow.Sequential", "io.kestra.core.tasks.flows.Sequential")
+class Sequential(TaskGroup, kw_only=True):
+    """Run tasks one after the other."""
 
     def resolve(self, nav: Navigator) -> str | None:
         return _errors_after(nav, nav.sequence(self.tasks), self.errors)
 
 
 @register("io.kestra.plugin.core.flow.Parallel", "io.kestra.core.tasks.flows.Parallel")
-class Parallel(FlowableTask, kw_only=True):
+class Parallel(TaskGroup, kw_only=True):
     """Run tasks side by side; `concurrent` caps how many run at once (0: all)."""
 
-    __child_fields__: ClassVar[tuple[str, ...]] = ("tasks", "errors")
-    __required_children__: ClassVar[tuple[str, ...]] = ("tasks",)
-    tasks: list[Task] = []
-    """The tasks to run at once."""
     concurrent: int = 0
     """How many tasks may run at once; 0 means no limit."""
-    errors: list[Task] = []
-    """Tasks to run when one of `tasks` fails."""
-
-    def branches(self) -> dict[str, list[Task]]:
-        return {"tasks": self.tasks, "errors": self.errors}
 
     def problems(self) -> list[tuple[str, str]]:
         return [("concurrent", "Must be 0 or more")] if self.concurrent < 0 else []
@@ -203,23 +198,14 @@ class Switch(FlowableTask, kw_only=True):
 
 
 @register("io.kestra.plugin.core.flow.ForEach")
-class ForEach(FlowableTask, kw_only=True):
+class ForEach(TaskGroup, kw_only=True):
     """Run `tasks` for each of `values`; `{{ taskrun.value }}` is the current one."""
 
-    __child_fields__: ClassVar[tuple[str, ...]] = ("tasks", "errors")
-    __required_children__: ClassVar[tuple[str, ...]] = ("tasks",)
     __loop__: ClassVar[bool] = True
     values: Any
     """A list, or a JSON array (possibly templated)."""
     concurrencyLimit: int = 1
     """How many values run at once; 0 means all of them."""
-    tasks: list[Task] = []
-    """The tasks to run for each value, in order."""
-    errors: list[Task] = []
-    """Tasks to run when an iteration fails."""
-
-    def branches(self) -> dict[str, list[Task]]:
-        return {"tasks": self.tasks, "errors": self.errors}
 
     def problems(self) -> list[tuple[str, str]]:
         found = _loop_problems(self.values, "values")
@@ -234,21 +220,12 @@ class ForEach(FlowableTask, kw_only=True):
 
 
 @register("io.kestra.plugin.core.flow.EachSequential", "io.kestra.core.tasks.flows.EachSequential")
-class EachSequential(FlowableTask, kw_only=True):
+class EachSequential(TaskGroup, kw_only=True):
     """Run `tasks` for each value, one value after the other (use ForEach in new flows)."""
 
-    __child_fields__: ClassVar[tuple[str, ...]] = ("tasks", "errors")
-    __required_children__: ClassVar[tuple[str, ...]] = ("tasks",)
     __loop__: ClassVar[bool] = True
     value: Any
     """A list, or a JSON array (possibly templated)."""
-    tasks: list[Task] = []
-    """The tasks to run for each value, in order."""
-    errors: list[Task] = []
-    """Tasks to run when an iteration fails."""
-
-    def branches(self) -> dict[str, list[Task]]:
-        return {"tasks": self.tasks, "errors": self.errors}
 
     def problems(self) -> list[tuple[str, str]]:
         return _loop_problems(self.value, "value")
@@ -259,23 +236,14 @@ class EachSequential(FlowableTask, kw_only=True):
 
 
 @register("io.kestra.plugin.core.flow.EachParallel", "io.kestra.core.tasks.flows.EachParallel")
-class EachParallel(FlowableTask, kw_only=True):
+class EachParallel(TaskGroup, kw_only=True):
     """Run `tasks` for each value, all values and tasks side by side (use ForEach in new flows)."""
 
-    __child_fields__: ClassVar[tuple[str, ...]] = ("tasks", "errors")
-    __required_children__: ClassVar[tuple[str, ...]] = ("tasks",)
     __loop__: ClassVar[bool] = True
     value: Any
     """A list, or a JSON array (possibly templated)."""
     concurrent: int = 0
     """How many values run at once; 0 means all of them."""
-    tasks: list[Task] = []
-    """The tasks to run for each value."""
-    errors: list[Task] = []
-    """Tasks to run when an iteration fails."""
-
-    def branches(self) -> dict[str, list[Task]]:
-        return {"tasks": self.tasks, "errors": self.errors}
 
     def problems(self) -> list[tuple[str, str]]:
         return _loop_problems(self.value, "value")
@@ -287,18 +255,8 @@ class EachParallel(FlowableTask, kw_only=True):
 
 
 @register("io.kestra.plugin.core.flow.AllowFailure", "io.kestra.core.tasks.flows.AllowFailure")
-class AllowFailure(FlowableTask, kw_only=True):
+class AllowFailure(TaskGroup, kw_only=True):
     """Run tasks in order; a failure among them ends this task in WARNING, not FAILED."""
-
-    __child_fields__: ClassVar[tuple[str, ...]] = ("tasks", "errors")
-    __required_children__: ClassVar[tuple[str, ...]] = ("tasks",)
-    tasks: list[Task] = []
-    """The tasks allowed to fail."""
-    errors: list[Task] = []
-    """Tasks to run when one of `tasks` fails."""
-
-    def branches(self) -> dict[str, list[Task]]:
-        return {"tasks": self.tasks, "errors": self.errors}
 
     def resolve(self, nav: Navigator) -> str | None:
         state = _errors_after(nav, nav.sequence(self.tasks), self.errors)
@@ -398,16 +356,10 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str]:
 @register(
     "io.kestra.plugin.core.flow.WorkingDirectory", "io.kestra.core.tasks.flows.WorkingDirectory"
 )
-class WorkingDirectory(FlowableTask, kw_only=True):
+class WorkingDirectory(TaskGroup, kw_only=True):
     """Run tasks in order in one shared working directory: files one task writes, the next sees."""
 
-    __child_fields__: ClassVar[tuple[str, ...]] = ("tasks", "errors")
-    __required_children__: ClassVar[tuple[str, ...]] = ("tasks",)
     __working_directory__: ClassVar[bool] = True
-    tasks: list[Task] = []
-    """The tasks sharing the directory."""
-    errors: list[Task] = []
-    """Tasks to run when one of `tasks` fails."""
     inputFiles: Any = None
     """Files to create in the directory before the first task (name: content)."""
     outputFiles: list[str] = []
@@ -416,9 +368,6 @@ class WorkingDirectory(FlowableTask, kw_only=True):
     """Accepted for compatibility; the directory is rebuilt for every execution."""
     namespaceFiles: dict[str, Any] | None = None
     """Accepted for compatibility."""
-
-    def branches(self) -> dict[str, list[Task]]:
-        return {"tasks": self.tasks, "errors": self.errors}
 
     def problems(self) -> list[tuple[str, str]]:
         if not self.tasks:
@@ -549,26 +498,17 @@ class Subflow(FlowableTask, kw_only=True):
 
 
 @register("io.kestra.plugin.core.flow.WaitFor", "io.kestra.plugin.core.flow.LoopUntil")
-class WaitFor(FlowableTask, kw_only=True):
+class WaitFor(TaskGroup, kw_only=True):
     """Run `tasks` again and again until `condition` renders true (checked after each round).
 
     `{{ outputs.<this task>.iterationCount }}` is the number of rounds finished so far."""
 
-    __child_fields__: ClassVar[tuple[str, ...]] = ("tasks", "errors")
-    __required_children__: ClassVar[tuple[str, ...]] = ("tasks",)
     condition: Any
     """Stop once this renders true (0, null, false and '' are false)."""
-    tasks: list[Task] = []
-    """The tasks of one round."""
     checkFrequency: dict[str, Any] = {}
     """`maxIterations` (default 100), `maxDuration` (PT1H) and `interval` between rounds (PT1S)."""
     failOnMaxReached: bool = False
     """End FAILED (instead of SUCCESS) when a maximum is reached first."""
-    errors: list[Task] = []
-    """Tasks to run when a round fails."""
-
-    def branches(self) -> dict[str, list[Task]]:
-        return {"tasks": self.tasks, "errors": self.errors}
 
     def problems(self) -> list[tuple[str, str]]:
         found = []

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import functools
 import json
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -15,34 +12,8 @@ import trio
 from engine.commands import create_execution, deploy_flow, load_execution, wait_for_end
 from engine.executor import Execution
 from engine.kv import kv_get, kv_set
-from engine.server import ServerContext, run_server
-
-
-@pytest.fixture
-def ns() -> str:
-    return f"test.tasks.n{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def engine(database_url: str, tmp_path) -> AsyncIterator[ServerContext]:
-    async with trio.open_nursery() as nursery:
-        ctx = await nursery.start(
-            functools.partial(
-                run_server,
-                database_url,
-                ("executor", "worker"),
-                data_dir=tmp_path,
-                heartbeat_interval=0.5,
-            )  # fmt: skip
-        )
-        yield ctx
-        nursery.cancel_scope.cancel()
-
-
-async def _run(ctx: ServerContext, source: str, inputs: dict | None = None) -> Execution:
-    record = await deploy_flow(ctx.store, source)
-    xid = await create_execution(ctx.store, record.namespace, record.id, inputs or {})
-    return await wait_for_end(ctx.store, ctx.notifier, xid, timeout=60)
+from engine.server import ServerContext
+from tests.integration.conftest import run_flow
 
 
 def _out(state: Execution, task_id: str) -> dict:
@@ -56,7 +27,7 @@ def _messages(state: Execution) -> list[str]:
 
 
 async def test_output_values_are_rendered_for_later_tasks(engine: ServerContext, ns: str) -> None:
-    state = await _run(
+    state = await run_flow(
         engine,
         f"""
 id: values
@@ -80,7 +51,7 @@ tasks:
 async def test_kv_tasks_and_kv_function_share_the_namespace_store(
     engine: ServerContext, ns: str
 ) -> None:
-    state = await _run(
+    state = await run_flow(
         engine,
         f"""
 id: keys
@@ -146,9 +117,9 @@ tasks:
           runs: "{{{{ (outputs.read[taskrun.value].data.runs ?? 0) | number + 1 }}}}"
           value: "{{{{ taskrun.value }}}}"
 """
-    first = await _run(engine, source)
+    first = await run_flow(engine, source)
     assert first.state == "SUCCESS", _messages(first)
-    second = await _run(engine, source)
+    second = await run_flow(engine, source)
     reads = sorted(
         (r.value, (r.outputs or {}).get("data"))
         for r in second.taskruns.values()
@@ -160,7 +131,7 @@ tasks:
 
 
 async def test_fetch_writes_the_execution_logs_to_a_file(engine: ServerContext, ns: str) -> None:
-    state = await _run(
+    state = await run_flow(
         engine,
         f"""
 id: fetch
@@ -187,7 +158,7 @@ tasks:
 
 
 async def test_files_are_shared_inside_a_working_directory(engine: ServerContext, ns: str) -> None:
-    state = await _run(
+    state = await run_flow(
         engine,
         f"""
 id: shared
@@ -224,7 +195,7 @@ async def test_secret_function_reads_base64_environment_variables(
     engine: ServerContext, ns: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SECRET_API_TOKEN", base64.b64encode(b"s3cr3t").decode())
-    state = await _run(
+    state = await run_flow(
         engine,
         f"""
 id: secrets
@@ -264,7 +235,7 @@ tasks:
     with trio.fail_after(20):
         while (await load_execution(engine.store, xid)).state != "PAUSED":
             await trio.sleep(0.05)
-    resumer = await _run(
+    resumer = await run_flow(
         engine,
         f"""
 id: resumer
@@ -287,7 +258,7 @@ tasks:
 
 
 async def test_outputs_too_large_for_an_event_fail_the_task(engine: ServerContext, ns: str) -> None:
-    state = await _run(
+    state = await run_flow(
         engine,
         f"""
 id: big
@@ -307,7 +278,7 @@ async def test_toggle_records_a_trigger_state_and_refuses_unknown_triggers(
 ) -> None:
     from engine.commands import trigger_enabled
 
-    state = await _run(
+    state = await run_flow(
         engine,
         f"""
 id: toggler
@@ -331,7 +302,7 @@ triggers:
 
 
 async def test_working_directory_output_files_are_kept(engine: ServerContext, ns: str) -> None:
-    state = await _run(
+    state = await run_flow(
         engine,
         f"""
 id: wdout

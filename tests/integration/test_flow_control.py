@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -19,34 +16,8 @@ from engine.commands import (
 )
 from engine.errors import Conflict, InputValidationError
 from engine.executor import Execution
-from engine.server import ServerContext, run_server
-
-
-@pytest.fixture
-def ns() -> str:
-    return f"test.control.n{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def engine(database_url: str, tmp_path) -> AsyncIterator[ServerContext]:
-    async with trio.open_nursery() as nursery:
-        ctx = await nursery.start(
-            functools.partial(
-                run_server,
-                database_url,
-                ("executor", "worker"),
-                data_dir=tmp_path,
-                heartbeat_interval=0.5,
-            )  # fmt: skip
-        )
-        yield ctx
-        nursery.cancel_scope.cancel()
-
-
-async def _run(ctx: ServerContext, source: str, inputs: dict | None = None) -> Execution:
-    record = await deploy_flow(ctx.store, source)
-    xid = await create_execution(ctx.store, record.namespace, record.id, inputs or {})
-    return await wait_for_end(ctx.store, ctx.notifier, xid, timeout=60)
+from engine.server import ServerContext
+from tests.integration.conftest import run_flow
 
 
 def _outputs(state: Execution) -> dict[str, list]:
@@ -79,7 +50,7 @@ tasks:
     type: io.kestra.plugin.core.debug.Return
     format: "{{{{ outputs.pair.b['2'].value }}}}"
 """
-    state = await _run(engine, source)
+    state = await run_flow(engine, source)
     assert state.state == "SUCCESS"
     assert sorted(o["value"] for o in _outputs(state)["pair"]) == ["a-1", "a-2", "b-1", "b-2"]
     assert _outputs(state)["pick"] == [{"value": "b-2"}]
@@ -135,7 +106,7 @@ tasks:
           format: "2"
         dependsOn: [first]
 """
-    state = await _run(engine, source, {"mode": "fast"})
+    state = await run_flow(engine, source, {"mode": "fast"})
     assert state.state == "SUCCESS"
     outputs = _outputs(state)
     assert "chose_then" in outputs and "chose_else" not in outputs
@@ -177,7 +148,7 @@ tasks:
     type: io.kestra.plugin.core.debug.Return
     format: "{{{{ outputs.call.outputs.result }}}}"
 """
-    state = await _run(engine, parent)
+    state = await run_flow(engine, parent)
     assert state.state == "SUCCESS"
     call = _outputs(state)["call"][0]
     assert call["state"] == "SUCCESS" and _outputs(state)["show"] == [{"value": "42"}]
@@ -194,7 +165,7 @@ tasks:
     namespace: {ns}
     flowId: nowhere
 """
-    state = await _run(engine, missing)
+    state = await run_flow(engine, missing)
     assert state.state == "FAILED"
     assert "nowhere" in next(iter(state.taskruns.values())).message
 
@@ -240,7 +211,7 @@ tasks:
     type: io.kestra.plugin.core.debug.Return
     format: done
 """
-    state = await _run(engine, source)
+    state = await run_flow(engine, source)
     assert state.state == "SUCCESS" and "after" in _outputs(state)
 
 
@@ -266,7 +237,7 @@ tasks:
       interval: PT0.05S
       maxAttempt: 2
 """
-    state = await _run(engine, source)
+    state = await run_flow(engine, source)
     runs = {r.taskId: r for r in state.taskruns.values()}
     assert len(runs["third_time"].attempts) == 3
     assert runs["third_time"].state == "WARNING"  # warningOnRetry
@@ -290,7 +261,7 @@ tasks:
         type: io.kestra.plugin.core.debug.Return
         format: "{{{{ outputs.loop.iterationCount + 1 }}}}"
 """
-    state = await _run(engine, source)
+    state = await run_flow(engine, source)
     assert state.state == "SUCCESS", [r.message for r in state.taskruns.values()]
     assert [o["value"] for o in _outputs(state)["count"]] == ["1", "2", "3"]
     assert _outputs(state)["loop"] == [{"iterationCount": 3}]
@@ -314,7 +285,7 @@ tasks:
     type: io.kestra.plugin.core.debug.Return
     format: never
 """
-    state = await _run(engine, source)
+    state = await run_flow(engine, source)
     assert state.state == "WARNING"
     assert dict(state.labels)["stage"] == "stop"
     assert "unreachable" not in _outputs(state)
@@ -339,7 +310,7 @@ tasks:
     type: io.kestra.plugin.core.debug.Return
     format: went on
 """
-    state = await _run(engine, source)
+    state = await run_flow(engine, source)
     assert state.state == "WARNING"
     runs = {r.taskId: r for r in state.taskruns.values()}
     assert runs["report"].state == "SUCCESS" and runs["after"].state == "SUCCESS"
@@ -385,7 +356,7 @@ tasks:
     inputs:
       items: "{{{{ taskrun.items }}}}"
 """
-    state = await _run(engine, source, {"file": uri})
+    state = await run_flow(engine, source, {"file": uri})
     assert state.state == "SUCCESS", [r.message for r in state.taskruns.values() if r.message]
     batches = [r for r in state.taskruns.values() if r.taskId == "each_items"]
     assert len(batches) == 3
@@ -414,7 +385,7 @@ afterExecution:
     type: io.kestra.plugin.core.debug.Return
     format: "{{{{ execution.id }}}}"
 """
-    state = await _run(engine, source)
+    state = await run_flow(engine, source)
     assert state.state == "FAILED"
     runs = {r.taskId: r.state for r in state.taskruns.values()}
     assert runs == {"boom": "FAILED", "tidy": "SUCCESS", "notify": "SUCCESS"}
@@ -437,7 +408,7 @@ tasks:
       - id: child
         type: io.kestra.plugin.core.execution.Fail
 """
-    state = await _run(engine, source)
+    state = await run_flow(engine, source)
     assert state.state == "FAILED"
     children = [r for r in state.taskruns.values() if r.taskId == "child"]
     assert len(children) == 3 and all(r.state == "FAILED" for r in children)
@@ -458,7 +429,7 @@ tasks:
   - id: fail
     type: io.kestra.plugin.core.execution.Fail
 """
-    first = await _run(engine, source)
+    first = await run_flow(engine, source)
     assert first.state == "FAILED" and first.retried_as is not None
     second = await wait_for_end(engine.store, engine.notifier, first.retried_as, timeout=30)
     assert second.attempt == 2 and second.originalId == first.id
@@ -473,7 +444,7 @@ async def test_purge_removes_an_ended_execution_and_its_files_but_keeps_its_hist
     from engine.errors import NotFound
     from engine.storage import execution_prefix
 
-    state = await _run(
+    state = await run_flow(
         engine,
         f"id: p\nnamespace: {ns}\ntasks:\n  - id: r\n"
         "    type: io.kestra.plugin.core.debug.Return\n    format: x\n",

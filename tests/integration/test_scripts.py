@@ -2,37 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import uuid
-from collections.abc import AsyncIterator
-
-import pytest
 import trio
 
 from engine.commands import create_execution, deploy_flow, wait_for_end
 from engine.executor import Execution
-from engine.server import ServerContext, run_server
-
-
-@pytest.fixture
-def ns() -> str:
-    return f"test.scripts.n{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def engine(database_url: str, tmp_path) -> AsyncIterator[ServerContext]:
-    async with trio.open_nursery() as nursery:
-        ctx = await nursery.start(
-            functools.partial(
-                run_server,
-                database_url,
-                ("executor", "worker"),
-                data_dir=tmp_path,
-                heartbeat_interval=0.5,
-            )  # fmt: skip
-        )
-        yield ctx
-        nursery.cancel_scope.cancel()
+from engine.server import ServerContext
 
 
 async def _run(ctx: ServerContext, source: str) -> tuple[Execution, list[dict]]:
