@@ -33,7 +33,7 @@ from engine import kv, templating
 from engine.batcher import GroupCommitter
 from engine.db import Notifier
 from engine.duration import parse_duration
-from engine.errors import TemplateError, TiercelError
+from engine.errors import DatabaseUnavailable, InvalidRequest, TemplateError, TiercelError
 from engine.plugin import RunnableTask, TaskFailure, TaskWarning, task_type
 from engine.storage import LocalStorage, Storage, task_prefix, to_uri
 from engine.store import NO_STREAM, Append, EventStore, save_checkpoint
@@ -146,17 +146,32 @@ class AttemptContext:
         """The live keys of a namespace starting with `prefix`, with their values."""
         return await kv.kv_entries(self._store(), namespace, prefix)
 
-    async def read_logs(self, execution_id: str) -> list[dict[str, Any]]:
-        """Every log line of an execution so far, in order."""
+    async def read_logs(
+        self, execution_id: str, namespace: str | None = None, flow_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every log line of an execution so far, in order, as Kestra's log entries."""
+        history = await self._store().read_execution(execution_id)
+        created = next((e.event for e in history if isinstance(e.event, ev.ExecutionCreated)), None)
+        if created is None:
+            raise TaskFailure(f"No execution '{execution_id}': check the executionId")
+        elsewhere = namespace and namespace != created.namespace
+        if elsewhere or (flow_id and flow_id != created.flowId):
+            raise TaskFailure(
+                f"Execution '{execution_id}' belongs to flow {created.namespace}.{created.flowId}, "
+                f"not {namespace}.{flow_id}: set namespace and flowId to that flow's"
+            )
         lines = []
-        for e in await self._store().read_execution(execution_id):
+        for e in history:
             if isinstance(e.event, ev.AttemptLogged):
                 for line in e.event.lines:
                     lines.append(
                         {
+                            "namespace": created.namespace,
+                            "flowId": created.flowId,
+                            "executionId": execution_id,
                             "taskId": e.event.taskId,
                             "taskRunId": e.event.taskRunId,
-                            "attempt": e.event.attempt,
+                            "attemptNumber": e.event.attempt,
                             **line,
                         }
                     )
@@ -260,7 +275,8 @@ class Worker:
         abandons.append(Append(stream, [ev.WorkerStopped(workerId=self.id)], meta=self._meta))
         try:
             await self.store.append_many(abandons)
-        except (psycopg.Error, OSError) as exc:
+        except (psycopg.Error, OSError, DatabaseUnavailable) as exc:
+            # The watchdog will find the attempts of a worker that stopped heartbeating.
             log.warning("Worker %s could not record its stop: %s", self.id, exc)
 
     async def _beat(self) -> None:
@@ -362,7 +378,7 @@ class Worker:
             extra["errorLogs"] = lambda: lines
         if "kv(" in definition:
             namespace = str((scheduled.context.get("flow") or {}).get("namespace", ""))
-            extra["kv"] = await self._kv_snapshot(namespace, definition)
+            extra["kv"] = await self._kv_snapshot(namespace, scheduled.task)
         return msgspec.structs.replace(scheduled, context={**scheduled.context, **extra})
 
     def _read(self, uri: Any) -> str:
@@ -372,20 +388,35 @@ class Worker:
         except TiercelError as exc:
             raise TemplateError(f"read({uri!r}): {exc.message}") from None
 
-    async def _kv_snapshot(self, namespace: str, definition: str) -> Callable[..., Any]:
+    async def _kv_snapshot(self, flow_namespace: str, task: dict[str, Any]) -> Callable[..., Any]:
         """`kv()` for templates, served from the entries read before the task runs (rendering
-        cannot wait for the database)."""
-        namespaces = {namespace, *_KV_NAMESPACE.findall(definition)}
-        entries = {ns: await kv.kv_entries(self.store, ns) for ns in namespaces if ns}
+        cannot wait for the database): those of the flow's namespace and of every namespace
+        the task's expressions name as a literal string."""
+        wanted = {flow_namespace, *_kv_namespaces(task)}
+        entries: dict[str, dict[str, Any]] = {}
+        refused: dict[str, str] = {}
+        for ns in sorted(n for n in wanted if n):
+            try:
+                entries[ns] = await kv.kv_entries(self.store, ns)
+            except InvalidRequest as exc:  # a bad namespace fails the expression, not the worker
+                refused[ns] = exc.message
 
-        def lookup(key: str, namespace_: str | None = None, errorOnMissing: bool = True) -> Any:
-            ns = namespace_ or namespace
-            values = entries.get(ns, {})
+        def lookup(key: str, namespace: str | None = None, errorOnMissing: bool = True) -> Any:
+            ns = str(namespace) if namespace else flow_namespace
+            call = f"kv('{key}', '{ns}')"
+            if ns in refused:
+                raise TemplateError(f"{call}: {refused[ns]}")
+            if ns not in entries:
+                raise TemplateError(
+                    f"{call}: the entries of namespace {ns} were not read before the task ran; "
+                    "write the namespace as a literal string in the expression"
+                )
+            values = entries[ns]
             if key in values:
                 return values[key]
             if errorOnMissing:
                 raise TemplateError(
-                    f"kv('{key}'): no such key in namespace {ns}; set it with a kv.Set task "
+                    f"{call}: no such key (or it expired); set it with a kv.Set task "
                     "or pass errorOnMissing=false"
                 )
             return None
@@ -534,7 +565,29 @@ class Worker:
         return ev.AttemptSucceeded(**ids, outputs=outputs or {}, metrics=ctx.metrics), ctx
 
 
-_KV_NAMESPACE = re.compile(r"kv\(\s*['\"][^'\"]+['\"]\s*,\s*['\"]([^'\"]+)['\"]")
+_KV_CALL = re.compile(r"\bkv\(([^()]*)\)")
+_KV_NAMESPACE_ARG = re.compile(r"\bnamespace\s*=\s*(['\"])([^'\"]+)\1")
+_KV_SECOND_ARG = re.compile(r"^\s*(?:key\s*=\s*)?(['\"])[^'\"]*\1\s*,\s*(['\"])([^'\"]+)\2")
+
+
+def _kv_namespaces(value: Any) -> set[str]:
+    """The namespaces that `kv(...)` calls inside a task definition name as literal strings,
+    positionally (`kv('k', 'ns')`) or by name (`kv('k', namespace='ns')`)."""
+    found: set[str] = set()
+    if isinstance(value, str):
+        for call in _KV_CALL.finditer(value):
+            args = call.group(1)
+            if named := _KV_NAMESPACE_ARG.search(args):
+                found.add(named.group(2))
+            elif second := _KV_SECOND_ARG.match(args):
+                found.add(second.group(3))
+    elif isinstance(value, dict):
+        for item in value.values():
+            found |= _kv_namespaces(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _kv_namespaces(item)
+    return found
 
 
 def _secret(name: str) -> str:

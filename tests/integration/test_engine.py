@@ -74,7 +74,7 @@ async def test_sequential_returns_pass_outputs_along_and_logs_are_projected(
 
 async def test_attempt_of_a_silent_worker_is_abandoned_and_run_again(database_url: str, ns: str):
     async with trio.open_nursery() as nursery:
-        ctx = await _start(nursery, database_url, ("executor",), heartbeat_timeout=0.5)
+        ctx = await _start(nursery, database_url, ("executor",), heartbeat_timeout=1.0)
         await deploy_flow(ctx.store, _flow(ns, THREE_RETURNS))
         xid = await create_execution(ctx.store, ns, "f")
         with trio.fail_after(10):
@@ -98,13 +98,16 @@ async def test_attempt_of_a_silent_worker_is_abandoned_and_run_again(database_ur
             ],
             expected_version=NO_STREAM,
         )
-        worker = Worker(ctx.store, ctx.notifier, heartbeat_interval=0.2)
+        worker = Worker(ctx.store, ctx.notifier, heartbeat_interval=0.1)
         await nursery.start(worker.run)
         state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=30)
         assert state.state == "SUCCESS"
         attempts = state.taskruns[first.taskRunId].attempts
-        assert [a.state for a in attempts] == ["KILLED", "SUCCESS"]
-        assert attempts[0].workerId == ghost and attempts[1].workerId == worker.id
+        # The ghost's attempt is abandoned and a live worker's succeeds. On a loaded machine the
+        # live worker may itself miss a heartbeat once, which only adds an abandoned attempt.
+        assert attempts[0].state == "KILLED" and attempts[0].workerId == ghost
+        assert attempts[-1].state == "SUCCESS" and attempts[-1].workerId == worker.id
+        assert all(a.state == "KILLED" for a in attempts[1:-1])
         nursery.cancel_scope.cancel()
 
 
