@@ -7,6 +7,7 @@ Streams:
 - ``exec:<executionId>/a:<taskRunId>:<attempt>``: one task-run attempt, written by the worker that
   claimed it (and by the watchdog when that worker is lost).
 - ``worker:<workerId>``: a worker's life and heartbeats.
+- ``kv:<namespace>/<key>``: one key of a namespace's KV store.
 """
 
 from __future__ import annotations
@@ -268,6 +269,7 @@ class KVSet(Event, frozen=True):
     key: str
     value: Any = None
     expiresAt: str | None = None
+    """When the value stops being readable (ISO-8601, UTC); never when absent."""
 
 
 class KVDeleted(Event, frozen=True):
@@ -385,3 +387,8 @@ def flow_stream(namespace: str, flow_id: str) -> str:
 def worker_stream(worker_id: str) -> str:
     """The stream of one worker."""
     return f"worker:{worker_id}"
+
+
+def kv_stream(namespace: str, key: str) -> str:
+    """The stream of one key of a namespace's KV store."""
+    return f"kv:{namespace}/{key}"

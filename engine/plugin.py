@@ -96,7 +96,8 @@ class RunContext(Protocol):
         ...
 
     async def kv_get(self, namespace: str, key: str) -> tuple[bool, Any]:
-        """(found, value) of a key of a namespace's KV store."""
+        """(found, value) of a key of a namespace's KV store; (False, None) when it is
+        missing, deleted or expired."""
         ...
 
     async def kv_set(
@@ -119,9 +120,13 @@ class RunContext(Protocol):
         """The live keys of a namespace's KV store starting with `prefix`, with their values."""
         ...
 
-    async def read_logs(self, execution_id: str) -> list[dict[str, Any]]:
-        """Every log line of an execution so far: {taskId, taskRunId, attempt, timestamp,
-        level, message}."""
+    async def read_logs(
+        self, execution_id: str, namespace: str | None = None, flow_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every log line of an execution so far, in order: {namespace, flowId, executionId,
+        taskId, taskRunId, attemptNumber, timestamp, level, message}. Fails with `TaskFailure`
+        when the execution does not exist, or is not one of flow `namespace`.`flow_id` when
+        those are given."""
         ...
 
     async def resume_execution(self, execution_id: str, inputs: dict[str, Any]) -> None:

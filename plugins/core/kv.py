@@ -2,47 +2,98 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
-from engine.plugin import RunContext, RunnableTask, TaskFailure, register
+from engine.plugin import RunContext, RunnableTask, TaskFailure, parse_duration, register
+from plugins.core.state import STATE_PREFIX
+
+KV_TYPES = ("STRING", "NUMBER", "BOOLEAN", "DATETIME", "DATE", "DURATION", "JSON")
 
 
 def _namespace(ctx: RunContext, given: str | None) -> str:
     return str(ctx.render(given)) if given else ctx.namespace
 
 
+def _user_key(ctx: RunContext, key: str) -> str:
+    rendered = str(ctx.render(key))
+    if rendered.startswith(STATE_PREFIX):
+        raise TaskFailure(
+            f"KV keys starting with '{STATE_PREFIX}' hold states: use the state.* tasks for them"
+        )
+    return rendered
+
+
+def _typed(kind: str, value: Any) -> Any:
+    """`value` as `kvType` says; text is converted, anything else must already fit."""
+    if kind in ("", "STRING") or not isinstance(value, str):
+        return value
+    text = value.strip()
+    try:
+        if kind == "NUMBER":
+            return int(text) if text.lstrip("+-").isdigit() else float(text)
+        if kind == "BOOLEAN":
+            if text.lower() not in ("true", "false"):
+                raise ValueError("expected true or false")
+            return text.lower() == "true"
+        if kind == "JSON":
+            return json.loads(text)
+        if kind == "DATETIME":
+            dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        elif kind == "DATE":
+            dt.date.fromisoformat(text)
+        elif kind == "DURATION":
+            parse_duration(text)
+    except ValueError as exc:
+        raise TaskFailure(f"The value {value!r} is not a valid {kind} (kvType): {exc}") from None
+    return text
+
+
 @register("io.kestra.plugin.core.kv.Set")
 class Set(RunnableTask, kw_only=True):
-    """Set a key of a namespace's KV store."""
+    """Set a key of a namespace's KV store to a value."""
 
     key: str
-    """The key (letters, digits, . _ - /)."""
-    value: Any = None
-    """The value: any JSON value, templates rendered."""
+    """The key: letters, digits and . _ - / (templates rendered)."""
+    value: Any
+    """The value: text or any JSON value (templates rendered)."""
     namespace: str | None = None
-    """The namespace (default: the flow's)."""
+    """The namespace whose store to write (default: the flow's)."""
     overwrite: bool = True
-    """Replace an existing value; false fails when the key exists."""
+    """Replace an existing value; false fails the task when the key holds one."""
     ttl: str | None = None
-    """How long the value lives (ISO-8601 duration)."""
+    """How long the value stays readable, as an ISO-8601 duration (default: forever)."""
     kvType: str | None = None
-    """The value's type (STRING, NUMBER, BOOLEAN, DATETIME, DATE, DURATION, JSON)."""
+    """How to read a text value: STRING, NUMBER, BOOLEAN, DATETIME, DATE, DURATION or JSON
+    (NUMBER, BOOLEAN and JSON are stored as such; the others are checked and kept as text)."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.kvType and "{{" not in self.kvType and self.kvType.upper() not in KV_TYPES:
+            found.append(("kvType", f"Unknown kvType '{self.kvType}'; use one of {KV_TYPES}"))
+        if self.ttl and "{{" not in self.ttl:
+            try:
+                parse_duration(self.ttl)
+            except ValueError as exc:
+                found.append(("ttl", str(exc)))
+        return found
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        value = ctx.render(self.value)
-        kind = (self.kvType or "").upper()
-        if kind == "JSON" and isinstance(value, str):
-            value = json.loads(value)
-        elif kind == "NUMBER" and isinstance(value, str):
-            value = float(value) if "." in value else int(value)
-        elif kind == "BOOLEAN" and isinstance(value, str):
-            value = value.strip().lower() == "true"
+        kind = str(ctx.render(self.kvType) or "").upper()
+        if kind and kind not in KV_TYPES:
+            raise TaskFailure(f"Unknown kvType '{kind}'; use one of {', '.join(KV_TYPES)}")
+        ttl = str(ctx.render(self.ttl)) if self.ttl else None
+        if ttl:
+            try:
+                parse_duration(ttl)
+            except ValueError as exc:
+                raise TaskFailure(f"ttl: {exc}") from None
         await ctx.kv_set(
             _namespace(ctx, self.namespace),
-            str(ctx.render(self.key)),
-            value,
-            ttl=str(ctx.render(self.ttl)) if self.ttl else None,
+            _user_key(ctx, self.key),
+            _typed(kind, ctx.render(self.value)),
+            ttl=ttl,
             overwrite=self.overwrite,
         )
         return {}
@@ -50,52 +101,54 @@ class Set(RunnableTask, kw_only=True):
 
 @register("io.kestra.plugin.core.kv.Get")
 class Get(RunnableTask, kw_only=True):
-    """Read a key of a namespace's KV store into the output `value`."""
+    """Read a key of a namespace's KV store into the output `value` (null when missing)."""
 
     key: str
-    """The key."""
+    """The key (templates rendered)."""
     namespace: str | None = None
-    """The namespace (default: the flow's)."""
+    """The namespace whose store to read (default: the flow's)."""
     errorOnMissing: bool = False
-    """Fail when the key does not exist."""
+    """Fail when the key does not exist or has expired."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         namespace, key = _namespace(ctx, self.namespace), str(ctx.render(self.key))
         found, value = await ctx.kv_get(namespace, key)
         if not found and self.errorOnMissing:
-            raise TaskFailure(f"No key '{key}' in the KV store of {namespace}")
+            raise TaskFailure(
+                f"No key '{key}' in the KV store of namespace {namespace} (or it expired)"
+            )
         return {"value": value}
 
 
 @register("io.kestra.plugin.core.kv.Delete")
 class Delete(RunnableTask, kw_only=True):
-    """Delete a key of a namespace's KV store; output `deleted` says if it existed."""
+    """Delete a key of a namespace's KV store; output `deleted` says whether it existed."""
 
     key: str
-    """The key."""
+    """The key (templates rendered)."""
     namespace: str | None = None
-    """The namespace (default: the flow's)."""
+    """The namespace whose store to change (default: the flow's)."""
     errorOnMissing: bool = False
     """Fail when the key does not exist."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        namespace, key = _namespace(ctx, self.namespace), str(ctx.render(self.key))
+        namespace, key = _namespace(ctx, self.namespace), _user_key(ctx, self.key)
         deleted = await ctx.kv_delete(namespace, key)
         if not deleted and self.errorOnMissing:
-            raise TaskFailure(f"No key '{key}' in the KV store of {namespace}")
+            raise TaskFailure(f"No key '{key}' to delete in the KV store of namespace {namespace}")
         return {"deleted": deleted}
 
 
 @register("io.kestra.plugin.core.kv.GetKeys")
 class GetKeys(RunnableTask, kw_only=True):
-    """List the keys of a namespace's KV store (starting with `prefix`) as output `keys`."""
+    """List the live keys of a namespace's KV store, sorted, as output `keys`."""
 
     prefix: str | None = None
-    """Only keys starting with this."""
+    """Only keys starting with this (templates rendered)."""
     namespace: str | None = None
-    """The namespace (default: the flow's)."""
+    """The namespace whose store to list (default: the flow's)."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         prefix = str(ctx.render(self.prefix)) if self.prefix else ""
         entries = await ctx.kv_entries(_namespace(ctx, self.namespace), prefix)
-        return {"keys": [k for k in entries if not k.startswith("__state__/")]}
+        return {"keys": [k for k in entries if not k.startswith(STATE_PREFIX)]}

@@ -37,28 +37,44 @@ class Fetch(RunnableTask, kw_only=True):
     one JSON object per line; outputs `uri` and `size` (the number of lines)."""
 
     executionId: str | None = None
-    """The execution whose logs to fetch (default: the current one)."""
+    """The execution whose logs to fetch (default: the current one); it must be one of this
+    flow's unless `namespace` and `flowId` name its flow."""
+    namespace: str | None = None
+    """The namespace of the flow of `executionId` (default: this flow's)."""
+    flowId: str | None = None
+    """The flow of `executionId` (default: this flow)."""
     tasksId: list[str] = []
     """Only the logs of these task ids."""
     level: str = "INFO"
-    """The minimum level to keep."""
+    """The lowest level to keep: TRACE, DEBUG, INFO, WARN or ERROR."""
 
     def problems(self) -> list[tuple[str, str]]:
-        if self.level.upper().replace("WARNING", "WARN") not in LEVELS:
+        if _level(self.level) not in LEVELS:
             return [("level", f"Unknown level '{self.level}'; use one of {', '.join(LEVELS)}")]
         return []
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         execution_id = str(ctx.render(self.executionId)) if self.executionId else ctx.execution_id
-        minimum = LEVELS.index(self.level.upper().replace("WARNING", "WARN"))
-        wanted = set(ctx.render(self.tasksId))
+        namespace = str(ctx.render(self.namespace)) if self.namespace else ctx.namespace
+        flow_id = str(ctx.render(self.flowId)) if self.flowId else ctx.flow_id
+        minimum = _rank(self.level)
+        wanted = {str(t) for t in ctx.render(self.tasksId)}
         lines = [
             line
-            for line in await ctx.read_logs(execution_id)
-            if line.get("level") in LEVELS
-            and LEVELS.index(line["level"]) >= minimum
-            and (not wanted or line.get("taskId") in wanted)
+            for line in await ctx.read_logs(execution_id, namespace, flow_id)
+            if _rank(line.get("level")) >= minimum and (not wanted or line.get("taskId") in wanted)
         ]
         data = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
         uri = await ctx.put_file(data.encode(), f"logs-{execution_id}.jsonl")
         return {"uri": uri, "size": len(lines)}
+
+
+def _level(name: Any) -> str:
+    upper = str(name).upper()
+    return "WARN" if upper == "WARNING" else upper
+
+
+def _rank(name: Any) -> int:
+    """The level's place in LEVELS; -1 for an unknown one."""
+    level = _level(name)
+    return LEVELS.index(level) if level in LEVELS else -1
