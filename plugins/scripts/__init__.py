@@ -1,5 +1,6 @@
-"""Script tasks (`io.kestra.plugin.scripts.*`): shell and Python, run as real subprocesses."""
+"""Script tasks (`io.kestra.plugin.scripts.*` and Kestra's deprecated
+`io.kestra.core.tasks.scripts.*`): shell and Python, run as real subprocesses."""
 
-from plugins.scripts import python, shell
+from plugins.scripts import legacy, python, shell
 
-__all__ = ["python", "shell"]
+__all__ = ["legacy", "python", "shell"]

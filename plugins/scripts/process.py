@@ -1,194 +1,359 @@
 """Running script tasks as real subprocesses in the attempt's working directory.
 
-Output lines are logged (stdout at INFO, stderr at WARN) unless they are Kestra's protocol
-lines `::{"outputs": {...}}::`, `::{"metrics": [...]}::` or `::{"logs": [...]}::`, which set
-output variables, report metrics and log at a chosen level.
+Output is read line by line while the process runs: stdout lines are logged at INFO and stderr
+lines at ERROR (as Kestra does since 0.21), except Kestra's protocol lines
+`::{"outputs": {...}}::`, `::{"metrics": [...]}::` and `::{"logs": [...]}::`, which set output
+variables, report metrics and log at a chosen level. The process runs in a session of its own, so
+a timeout or a cancelled execution stops it and everything it started.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
-import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import trio
 
-from engine.plugin import RunContext, RunnableTask, TaskFailure, TaskWarning
+from engine.plugin import RunContext, RunnableTask, TaskFailure, TaskWarning, parse_duration
+from plugins.core.storage import file_map, keep_files, matching_files, write_input_files
 
-PROTOCOL = re.compile(r"^::(\{.*\})::\s*$")
 KESTRA_LIB = Path(__file__).parent / "kestra_lib"
-OUTPUT_DIR = "outputs"
+"""Folder of the `kestra` module that Python scripts import."""
+GRACE_SECONDS = 5.0
+"""How long a stopped process group gets between SIGTERM and SIGKILL."""
+MAX_LINE_BYTES = 1024 * 1024
+"""A longer line without a newline is logged in pieces of this size."""
+LEVELS = {"TRACE", "DEBUG", "INFO", "WARN", "ERROR"}
+LEVEL_ALIASES = {"WARNING": "WARN", "CRITICAL": "ERROR", "FATAL": "ERROR"}
 
 
 class ScriptTask(RunnableTask, kw_only=True):
     """What every script task accepts."""
 
     beforeCommands: list[str] = []
-    """Commands to run first, in the same shell."""
+    """Commands to run first, in the same shell (templates rendered)."""
     env: dict[str, Any] = {}
-    """Environment variables for the process (templates rendered)."""
+    """Environment variables added to the worker's for the process (templates rendered)."""
     inputFiles: Any = None
-    """Files to create before running: a map of file name to content (a `kestra://` URI
-    copies that stored file), or a template rendering such a map."""
+    """Files to create in the working directory before running: a map of file name to content
+    (rendered; a `kestra://` URI copies that stored file), or a template rendering a JSON
+    object of them."""
     outputFiles: list[str] = []
-    """Globs of files to keep in internal storage; output `outputFiles` maps each to its URI."""
+    """Globs of files to keep in internal storage, relative to the working directory (`*.csv`,
+    `out/**`); output `outputFiles` maps each file's relative path to its URI."""
     warningOnStdErr: bool = False
-    """End in WARNING when the process wrote to stderr."""
+    """End in WARNING when the process wrote to stderr (deprecated in Kestra)."""
     failFast: bool = True
-    """Stop at the first failing command (`set -e`)."""
+    """Stop at the first failing command (the shell's `set -e`)."""
     interpreter: list[str] = msgspec.field(default_factory=lambda: ["/bin/sh", "-c"])
-    """The interpreter that runs the commands."""
+    """The interpreter and its arguments; the commands are passed as its last argument."""
     containerImage: str | None = None
     """Accepted for compatibility: the process runs on the worker itself."""
     taskRunner: dict[str, Any] | None = None
     """Accepted for compatibility: the process runs on the worker itself."""
     docker: dict[str, Any] | None = None
-    """Accepted for compatibility."""
+    """Accepted for compatibility: the process runs on the worker itself."""
     runner: str | None = None
-    """Accepted for compatibility."""
+    """Accepted for compatibility (PROCESS or DOCKER): the process runs on the worker itself."""
     namespaceFiles: dict[str, Any] | None = None
-    """Accepted for compatibility."""
+    """Accepted for compatibility: namespace files are not copied into the working directory."""
     targetOS: str | None = None
-    """Accepted for compatibility."""
+    """Accepted for compatibility: commands are joined for a POSIX shell."""
     outputDirectory: bool = False
     """Accepted for compatibility: files written to `{{ outputDir }}` are always kept."""
 
 
-async def prepare(ctx: RunContext, task: ScriptTask) -> None:
-    """Expose `workingDir`/`outputDir` to templates and lay out the input files."""
-    ctx.variables["workingDir"] = str(ctx.working_dir)
-    (ctx.working_dir / OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
-    ctx.variables["outputDir"] = str(ctx.working_dir / OUTPUT_DIR)
-    files = ctx.render(task.inputFiles) if task.inputFiles is not None else {}
-    if isinstance(files, str):
+class OutputReader:
+    """Reads a process's output lines: logs them, or applies Kestra's protocol lines."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.variables: dict[str, Any] = {}
+        """Output variables set by `::{"outputs": ...}::` lines."""
+        self.stderr_lines = 0
+
+    def line(self, text: str, stderr: bool) -> None:
+        """Handle one line of stdout or stderr."""
+        if stderr:
+            self.stderr_lines += 1
+        if not self._apply(text):
+            self.ctx.log("ERROR" if stderr else "INFO", text)
+
+    def _apply(self, text: str) -> bool:
+        if not (text.startswith("::{") and text.endswith("}::")):
+            return False
         try:
-            files = json.loads(files)
-        except ValueError:
-            raise TaskFailure("`inputFiles` must be a map of file name to content") from None
-    if not isinstance(files, dict):
-        raise TaskFailure("`inputFiles` must be a map of file name to content")
-    for name, content in files.items():
-        target = (ctx.working_dir / str(name)).resolve()
-        if ctx.working_dir.resolve() not in target.parents:
-            raise TaskFailure(f"Input file {name!r} leaves the working directory")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        text = "" if content is None else str(content)
-        if text.startswith("kestra://"):
-            await ctx.get_file(text, target)
-        else:
-            target.write_text(text)
+            message = json.loads(text[2:-2])
+        except ValueError as exc:
+            self.ctx.log("WARN", f"Invalid protocol line ({exc}): {text}")
+            return True
+        if not isinstance(message, dict):
+            return False
+        outputs = message.get("outputs")
+        if isinstance(outputs, dict):
+            self.variables.update(outputs)
+        for metric in _entries(message, "metrics"):
+            self._metric(metric)
+        for entry in _entries(message, "logs"):
+            level = str(entry.get("level", "INFO")).upper()
+            level = LEVEL_ALIASES.get(level, level)
+            self.ctx.log(level if level in LEVELS else "INFO", str(entry.get("message", "")))
+        return True
 
-
-def environment(ctx: RunContext, task: ScriptTask, python: bool) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    if python:
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(KESTRA_LIB), env.get("PYTHONPATH", "")) if p
+    def _metric(self, metric: dict[str, Any]) -> None:
+        kind = str(metric.get("type", "counter")).lower()
+        value = metric.get("value")
+        try:
+            if kind == "timer" and isinstance(value, str):
+                number = parse_duration(value).total_seconds()
+            else:
+                number = float(value)  # type: ignore[arg-type]
+            if kind not in ("counter", "timer") or "name" not in metric:
+                raise ValueError("a metric needs a name and a type `counter` or `timer`")
+        except (TypeError, ValueError) as exc:
+            self.ctx.log("WARN", f"Invalid metric {json.dumps(metric)}: {exc}")
+            return
+        tags = metric.get("tags") or {}
+        self.ctx.metric(
+            str(metric["name"]),
+            number,
+            kind,
+            {str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else None,
         )
-        env.setdefault("PYTHONUNBUFFERED", "1")
-    env["WORKING_DIR"] = str(ctx.working_dir)
-    env["OUTPUT_DIR"] = str(ctx.working_dir / OUTPUT_DIR)
-    for key, value in (ctx.render(task.env) or {}).items():
-        env[str(key)] = "" if value is None else str(value)
-    return env
 
 
-async def _kill_group(process: trio.Process) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    with trio.move_on_after(5):
-        await process.wait()
-        return
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def _entries(message: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    entries = message.get(key)
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
 
 
-async def run(
-    ctx: RunContext, task: ScriptTask, command: list[str], *, python: bool = False
-) -> dict[str, Any]:
-    """Run `command`, log its output, apply the protocol lines; outputs as Kestra's."""
-    result = await trio.run_process(
-        command,
-        cwd=ctx.working_dir,
-        env=environment(ctx, task, python),
-        stdin=subprocess.DEVNULL,
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-        start_new_session=True,
-        deliver_cancel=_kill_group,
-    )
-    variables: dict[str, Any] = {}
-    for line in result.stdout.decode("utf-8", errors="replace").splitlines():
-        if not _protocol(ctx, line, variables):
-            ctx.log("INFO", line)
-    stderr_lines = result.stderr.decode("utf-8", errors="replace").splitlines()
-    for line in stderr_lines:
-        if not _protocol(ctx, line, variables):
-            ctx.log("WARN", line)
-    outputs: dict[str, Any] = {"exitCode": result.returncode, "vars": variables}
-    files = await _output_files(ctx, task)
-    if files or task.outputFiles:
-        outputs["outputFiles"] = files
-    if result.returncode != 0:
-        raise TaskFailure(f"Command failed with exit code {result.returncode}", outputs)
-    if task.warningOnStdErr and stderr_lines:
-        raise TaskWarning("The command wrote to stderr", outputs)
-    return outputs
+async def prepare(ctx: RunContext, input_files: Any) -> Path:
+    """Expose `workingDir`/`outputDir` to templates, lay out the input files, and return the
+    output directory (private to this attempt, inside the working directory)."""
+    output_dir = ctx.working_dir / f".outputs-{ctx.task_run_id}-{ctx.attempt}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ctx.variables["workingDir"] = str(ctx.working_dir)
+    ctx.variables["outputDir"] = str(output_dir)
+    await write_input_files(ctx, file_map(ctx, input_files, "inputFiles"))
+    return output_dir
 
 
-def _protocol(ctx: RunContext, line: str, variables: dict[str, Any]) -> bool:
-    match = PROTOCOL.match(line.strip())
-    if not match:
-        return False
-    try:
-        message = json.loads(match.group(1))
-    except ValueError:
-        return False
-    if not isinstance(message, dict):
-        return False
-    outputs = message.get("outputs")
-    if isinstance(outputs, dict):
-        variables.update(outputs)
-    for metric in message.get("metrics") or []:
-        if isinstance(metric, dict) and "name" in metric and "value" in metric:
-            ctx.metric(
-                str(metric["name"]),
-                float(metric["value"]),
-                str(metric.get("type", "counter")),
-                {str(k): str(v) for k, v in (metric.get("tags") or {}).items()},
-            )
-    for entry in message.get("logs") or []:
-        if isinstance(entry, dict):
-            ctx.log(str(entry.get("level", "INFO")).upper(), str(entry.get("message", "")))
-    return True
-
-
-async def _output_files(ctx: RunContext, task: ScriptTask) -> dict[str, str]:
-    found: dict[str, Path] = {}
-    for pattern in task.outputFiles:
-        for path in sorted(ctx.working_dir.glob(str(ctx.render(pattern)))):
-            if path.is_file():
-                found[path.relative_to(ctx.working_dir).as_posix()] = path
-    out_dir = ctx.working_dir / OUTPUT_DIR
-    for path in sorted(out_dir.rglob("*")):
-        if path.is_file():
-            found.setdefault(path.relative_to(out_dir).as_posix(), path)
-    return {name: await ctx.put_file(path, name.replace("/", "__")) for name, path in found.items()}
+async def keep_outputs(ctx: RunContext, output_dir: Path, patterns: list[str]) -> dict[str, str]:
+    """Store what was written to the output directory (named relative to it) and the working
+    directory's files matching `patterns`; their URIs by name."""
+    files = {
+        name: path
+        for name, path in matching_files(ctx.working_dir, patterns).items()
+        if output_dir not in path.parents
+    }
+    return await keep_files(ctx, {**matching_files(output_dir, ["**"]), **files})
 
 
 def shell_text(fail_fast: bool, before: list[str], lines: list[str]) -> str:
     """The shell text running `before` then `lines` (stopping at the first failure)."""
     head = ["set -e"] if fail_fast else []
     return "\n".join([*head, *before, *lines]) + "\n"
+
+
+@functools.cache
+def python_bin() -> Path:
+    """A folder whose `python` and `python3` run the worker's interpreter, for PATH."""
+    digest = hashlib.sha256(sys.executable.encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"tiercel-python-{os.getuid()}-{digest}"
+    folder.mkdir(mode=0o755, exist_ok=True)
+    info = folder.lstat()
+    if not folder.is_dir() or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        # someone else's folder in a shared /tmp: never run what they could have written
+        folder = Path(tempfile.mkdtemp(prefix="tiercel-python-"))
+    text = f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n'
+    for name in ("python", "python3"):
+        path = folder / name
+        if not path.exists() or path.read_text() != text:
+            # written aside then renamed: several workers of one host may do this at once
+            staging = folder / f".{name}.{os.getpid()}"
+            staging.write_text(text)
+            staging.chmod(0o755)
+            staging.replace(path)
+    return folder
+
+
+def environment(
+    ctx: RunContext, env: dict[str, Any] | None, output_dir: Path, *, python: bool
+) -> dict[str, str]:
+    """The process's environment: the worker's, the task's `env`, and where its files go."""
+    result = dict(os.environ)
+    if python:
+        result["PATH"] = os.pathsep.join([str(python_bin()), result.get("PATH", "")])
+        result["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(KESTRA_LIB), result.get("PYTHONPATH", "")) if p
+        )
+        result["PYTHONUNBUFFERED"] = "1"
+    result["WORKING_DIR"] = str(ctx.working_dir)
+    result["OUTPUT_DIR"] = str(output_dir)
+    for key, value in (ctx.render(env) or {}).items():
+        result[str(key)] = "" if value is None else str(value)
+    return result
+
+
+async def execute(
+    command: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    on_line: Callable[[str, bool], None],
+) -> int:
+    """Run `command`, passing each output line to `on_line(text, is_stderr)` as it comes,
+    until it exits and its output is closed; return the exit code. The process leads a group
+    of its own: cancellation (a timeout, a kill) stops the whole group, and so does the end of
+    the command for what it left running in the background."""
+    process = await trio.lowlevel.open_process(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_lines, process.stdout, lambda text: on_line(text, False))
+            nursery.start_soon(_read_lines, process.stderr, lambda text: on_line(text, True))
+            await process.wait()
+    finally:
+        with trio.CancelScope(shield=True):
+            await _stop_group(process)
+    assert process.returncode is not None
+    return process.returncode
+
+
+async def _read_lines(stream: trio.abc.ReceiveStream, on_line: Callable[[str], None]) -> None:
+    pending = b""
+    async with stream:
+        async for chunk in stream:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                on_line(_decode(raw))
+            while len(pending) > MAX_LINE_BYTES:
+                on_line(_decode(pending[:MAX_LINE_BYTES]))
+                pending = pending[MAX_LINE_BYTES:]
+    if pending:
+        on_line(_decode(pending))
+
+
+def _decode(raw: bytes) -> str:
+    return raw.removesuffix(b"\r").decode("utf-8", errors="replace")
+
+
+def _signal_group(pgid: int, signum: int) -> bool:
+    """Send `signum` to a process group; False when no process is left in it."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        # a member changed its identity (setuid); nothing more we may do to it
+        return False
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs. Zombies do not count: once their parent has
+    exited, only init reaps them, and they would otherwise hold the group up for nothing."""
+    if not _signal_group(pgid, 0):
+        return False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
+async def _stop_group(process: trio.Process) -> None:
+    """SIGTERM the process's group, then SIGKILL what is left after the grace period; reap the
+    process itself."""
+    pgid = process.pid
+    process.poll()
+    if _signal_group(pgid, signal.SIGTERM):
+        with trio.move_on_after(GRACE_SECONDS):
+            while True:
+                process.poll()  # reap the leader, which stays in the group as a zombie
+                if not _group_alive(pgid):
+                    break
+                await trio.sleep(0.05)
+        _signal_group(pgid, signal.SIGKILL)
+    await process.wait()
+
+
+async def run(
+    ctx: RunContext,
+    task: ScriptTask,
+    lines: list[str],
+    *,
+    python: bool = False,
+    script: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run `beforeCommands` then `lines` through the task's interpreter; outputs as Kestra's
+    (`exitCode`, `vars`, `outputFiles`). `lines` are rendered once the working directory is
+    ready, so they can use `{{ workingDir }}` and `{{ outputDir }}`; `script` is a (file name,
+    template) rendered into that file for them, removed afterwards."""
+    output_dir = await prepare(ctx, task.inputFiles)
+    if (task.namespaceFiles or {}).get("enabled"):
+        ctx.log("WARN", "namespaceFiles are not supported: no namespace file was copied")
+    script_path = ctx.working_dir / script[0] if script else None
+    try:
+        if script_path and script:
+            script_path.write_text(str(ctx.render(script[1])))
+        before = [str(ctx.render(b)) for b in task.beforeCommands]
+        text = shell_text(task.failFast, before, [str(ctx.render(c)) for c in lines])
+        reader = OutputReader(ctx)
+        code = await execute(
+            [*task.interpreter, text],
+            cwd=ctx.working_dir,
+            env=environment(ctx, task.env, output_dir, python=python),
+            on_line=reader.line,
+        )
+        outputs: dict[str, Any] = {"exitCode": code, "vars": reader.variables}
+        files = await keep_outputs(ctx, output_dir, [str(p) for p in ctx.render(task.outputFiles)])
+        if files or task.outputFiles:
+            outputs["outputFiles"] = files
+    finally:
+        if script_path:
+            script_path.unlink(missing_ok=True)
+        shutil.rmtree(output_dir, ignore_errors=True)
+    return outcome(outputs, reader, warning_on_stderr=task.warningOnStdErr)
+
+
+def outcome(
+    outputs: dict[str, Any], reader: OutputReader, *, warning_on_stderr: bool
+) -> dict[str, Any]:
+    """The outputs of a finished process, or the failure or warning it ends in."""
+    code = outputs["exitCode"]
+    if code != 0:
+        raise TaskFailure(f"Command failed with exit code {code}", outputs)
+    if warning_on_stderr and reader.stderr_lines:
+        raise TaskWarning(f"The command wrote {reader.stderr_lines} line(s) to stderr", outputs)
+    return outputs

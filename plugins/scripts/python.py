@@ -1,12 +1,13 @@
 """`io.kestra.plugin.scripts.python.*`: Python scripts and commands.
 
-They run with the worker's Python; `from kestra import Kestra` is importable, as with Kestra's
-Python library (`Kestra.outputs({...})`, `Kestra.counter(...)`, `Kestra.timer(...)`).
+They run with the worker's own interpreter: `python` and `python3` on the process's PATH are
+it, and `from kestra import Kestra` works as with Kestra's Python library
+(`Kestra.outputs({...})`, `Kestra.counter(...)`, `Kestra.timer(...)`, `Kestra.logger()`).
 """
 
 from __future__ import annotations
 
-import sys
+import shlex
 from typing import Any
 
 from engine.plugin import RunContext, register
@@ -15,25 +16,30 @@ from plugins.scripts import process
 
 @register("io.kestra.plugin.scripts.python.Script")
 class Script(process.ScriptTask, kw_only=True):
-    """Run a Python script (written to `main.py` in the working directory)."""
+    """Run an inline Python script in the working directory."""
 
     script: str
     """The script's text (templates rendered)."""
 
+    def problems(self) -> list[tuple[str, str]]:
+        return [] if self.script.strip() else [("script", "The script is empty")]
+
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        await process.prepare(ctx, self)
-        path = ctx.working_dir / "main.py"
-        path.write_text(str(ctx.render(self.script)))
-        before = [str(ctx.render(b)) for b in self.beforeCommands]
-        if not before:
-            return await process.run(ctx, self, [sys.executable, str(path)], python=True)
-        text = process.shell_text(self.failFast, before, [f'python "{path}"'])
-        return await process.run(ctx, self, [*self.interpreter, text], python=True)
+        # a name no module can have, so the script never shadows an import
+        name = f"script-{ctx.task_run_id}-{ctx.attempt}.py"
+        return await process.run(
+            ctx,
+            self,
+            [f"python {shlex.quote(name)}"],
+            python=True,
+            script=(name, self.script),
+        )
 
 
 @register("io.kestra.plugin.scripts.python.Commands")
 class Commands(process.ScriptTask, kw_only=True):
-    """Run shell commands where `python` is the worker's Python (e.g. `python main.py`)."""
+    """Run shell commands where `python` is the worker's Python (e.g. `python main.py` with
+    `main.py` given in `inputFiles`)."""
 
     commands: list[str]
     """The commands (templates rendered)."""
@@ -42,8 +48,4 @@ class Commands(process.ScriptTask, kw_only=True):
         return [] if self.commands else [("commands", "At least one command is required")]
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        await process.prepare(ctx, self)
-        before = [str(ctx.render(b)) for b in self.beforeCommands]
-        lines = [str(ctx.render(c)) for c in self.commands]
-        text = process.shell_text(self.failFast, before, lines)
-        return await process.run(ctx, self, [*self.interpreter, text], python=True)
+        return await process.run(ctx, self, self.commands, python=True)

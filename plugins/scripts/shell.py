@@ -8,13 +8,10 @@ from engine.plugin import RunContext, register
 from plugins.scripts import process
 
 
-@register(
-    "io.kestra.plugin.scripts.shell.Commands",
-    "io.kestra.core.tasks.scripts.Bash",
-    "io.kestra.plugin.scripts.bash.Commands",
-)
+@register("io.kestra.plugin.scripts.shell.Commands")
 class Commands(process.ScriptTask, kw_only=True):
-    """Run shell commands in order; stdout lines become logs, `::{"outputs":...}::` outputs."""
+    """Run shell commands in the working directory, one after the other. stdout lines are
+    logged at INFO, stderr lines at ERROR; `::{"outputs": {...}}::` lines set `vars`."""
 
     commands: list[str]
     """The commands (templates rendered)."""
@@ -23,24 +20,18 @@ class Commands(process.ScriptTask, kw_only=True):
         return [] if self.commands else [("commands", "At least one command is required")]
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        await process.prepare(ctx, self)
-        before = [str(ctx.render(b)) for b in self.beforeCommands]
-        lines = [str(ctx.render(c)) for c in self.commands]
-        text = process.shell_text(self.failFast, before, lines)
-        return await process.run(ctx, self, [*self.interpreter, text])
+        return await process.run(ctx, self, self.commands)
 
 
 @register("io.kestra.plugin.scripts.shell.Script")
 class Script(process.ScriptTask, kw_only=True):
-    """Run a shell script (written to `script.sh` in the working directory)."""
+    """Run an inline shell script in the working directory."""
 
     script: str
     """The script's text (templates rendered)."""
 
+    def problems(self) -> list[tuple[str, str]]:
+        return [] if self.script.strip() else [("script", "The script is empty")]
+
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        await process.prepare(ctx, self)
-        path = ctx.working_dir / "script.sh"
-        path.write_text(str(ctx.render(self.script)))
-        before = [str(ctx.render(b)) for b in self.beforeCommands]
-        text = process.shell_text(self.failFast, before, [f'. "{path}"'])
-        return await process.run(ctx, self, [*self.interpreter, text])
+        return await process.run(ctx, self, [self.script])
