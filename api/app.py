@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from pathlib import Path
+import urllib.parse
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import msgspec
@@ -21,10 +22,11 @@ from werkzeug.exceptions import HTTPException
 from engine import commands
 from engine.errors import InvalidRequest, NotFound, Problem, TiercelError
 from engine.executor import iso
-from engine.flow import flow_to_dict, parse_flow
-from engine.plugin import describe, registered, schema, task_type
+from engine.flow import Flow, flow_to_dict, parse_flow
+from engine.inputs import resolve_inputs
+from engine.plugin import Task, describe, property_docs, registered, schema, task_type
 from engine.server import ServerContext
-from engine.storage import execution_prefix, input_prefix, uri_path
+from engine.storage import SCHEME, Storage, execution_prefix, input_prefix, to_uri, uri_path
 from engine.store import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -271,23 +273,21 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         labels = _labels_arg()
         revision = _int_arg("revision", None, minimum=1)
         record = await commands.get_flow(store, namespace, flow_id, revision)
-        file_inputs = {i.id_ for i in parse_flow(record.source).inputs if i.type == "FILE"}
+        flow = parse_flow(record.source)
         execution_id = commands.new_execution_id()
-        stored = False
-        for key in file_inputs:
-            value = inputs.get(key)
-            if key in uploads:
-                filename, data = uploads[key]
-            elif isinstance(value, str) and value and not value.startswith("kestra://"):
-                filename, data = f"{key}.txt", value.encode()  # content given inline
-            else:
-                continue
-            if storage is None:
-                raise InvalidRequest("This server has no internal storage for FILE inputs")
-            prefix = input_prefix(namespace, flow_id, execution_id, key)
-            inputs[key] = await trio.to_thread.run_sync(storage.put, prefix, filename, data)
-            stored = True
+        files = _input_files(flow, inputs, uploads)
+        # Check every input first, with the URIs the files will get, so that a bad request
+        # stores nothing; the files are then stored under the execution before it is created.
+        planned = {
+            key: to_uri(input_prefix(namespace, flow_id, execution_id, key) + "/" + name)
+            for key, (name, _) in files.items()
+        }
+        resolve_inputs(flow, {**inputs, **planned})
+        if files and storage is None:
+            raise InvalidRequest("This server has no internal storage for FILE inputs")
         try:
+            if files and storage is not None:
+                inputs.update(await _store_files(storage, execution_id, flow, files))
             execution_id = await commands.create_execution(
                 store,
                 namespace,
@@ -297,10 +297,11 @@ def create_app(ctx: ServerContext) -> QuartTrio:
                 revision=revision,
                 execution_id=execution_id,
             )
-        except TiercelError:
-            if stored and storage is not None:
+        except BaseException:
+            if files and storage is not None:
                 prefix = execution_prefix(namespace, flow_id, execution_id)
-                await trio.to_thread.run_sync(storage.delete_prefix, prefix)
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(storage.delete_prefix, prefix)
             raise
         if _bool_arg("wait"):
             timeout = _int_arg("timeout", 3600, minimum=1)
@@ -312,7 +313,8 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     @app.get("/api/v1/executions/search")
     async def search_executions() -> Response:
         page, size = _page()
-        where, params = ["true"], []
+        where: list[str] = ["true"]
+        params: list[Any] = []
         if ns := request.args.get("namespace"):
             where.append("(namespace = %s OR namespace LIKE %s)")
             params += [ns, ns + ".%"]
@@ -371,30 +373,36 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     async def _stored_file(execution_id: str) -> tuple[str, Path]:
         path = request.args.get("path")
         if not path:
-            raise InvalidRequest("Query parameter 'path' is required: a kestra:// URI")
+            raise InvalidRequest(
+                "Query parameter 'path' is required: the kestra:// URI of one of the "
+                "execution's files",
+                [Problem("missing", "path")],
+            )
         state = await commands.load_execution(store, execution_id)
         prefix = execution_prefix(state.namespace, state.flowId, execution_id)
         inside = str(uri_path(path))
-        if not (inside == prefix or inside.startswith(prefix + "/")):
+        if not inside.startswith(prefix + "/"):
             raise InvalidRequest(
                 f"{path} is not a file of execution {execution_id}: its files are under "
-                f"kestra://{prefix}/"
+                f"kestra://{prefix}/",
+                [Problem("outside the execution's files", "path")],
             )
         if storage is None:
             raise NotFound("This server has no internal storage")
-        return path, storage.local_path(path)
+        return path, await trio.to_thread.run_sync(storage.local_path, path)
 
     @app.get("/api/v1/executions/<execution_id>/file")
     async def execution_file(execution_id: str) -> Response:
         uri, local = await _stored_file(execution_id)
         response = await send_file(local, mimetype="application/octet-stream")
-        response.headers["Content-Disposition"] = f'attachment; filename="{local.name}"'
+        response.headers["Content-Disposition"] = _attachment(local.name)
         return response
 
     @app.get("/api/v1/executions/<execution_id>/file/metas")
     async def execution_file_metas(execution_id: str) -> Response:
         uri, local = await _stored_file(execution_id)
-        return _json({"uri": uri, "size": local.stat().st_size})
+        size = (await trio.to_thread.run_sync(local.stat)).st_size
+        return _json({"uri": uri, "size": size})
 
     @app.delete("/api/v1/executions/<execution_id>")
     async def purge_execution(execution_id: str) -> Response:
@@ -411,9 +419,8 @@ def create_app(ctx: ServerContext) -> QuartTrio:
 
     @app.get("/api/v1/plugins")
     async def list_plugins() -> Response:
-        classes = {id(c): c for c in registered().values()}
-        described = sorted((describe(c) for c in classes.values()), key=lambda d: d["type"])
-        return _json(described)
+        classes = {id(c): c for c in registered().values()}  # aliases share their class
+        return _json(sorted((describe(c) for c in classes.values()), key=lambda d: d["type"]))
 
     @app.get("/api/v1/plugins/<path:type_name>")
     async def plugin_schema(type_name: str) -> Response:
@@ -422,7 +429,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
             raise NotFound(
                 f"No task type '{type_name}': GET /api/v1/plugins lists the installed ones"
             )
-        return _json({**describe(cls), "schema": schema(cls)})
+        return _json({**describe(cls), "schema": _documented_schema(cls)})
 
     @app.post("/api/v1/executions/<execution_id>/resume")
     async def resume_execution(execution_id: str) -> Response:
@@ -512,7 +519,10 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         content_type = request.mimetype or ""
         if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
             form = await request.form
-            inputs: dict[str, Any] = {key: form.get(key) for key in form}
+            inputs: dict[str, Any] = {}
+            for key in form:
+                given = form.getlist(key)
+                inputs[key] = given[0] if len(given) == 1 else given  # repeated: a list
             files = await request.files
             uploads = {key: (files[key].filename or key, files[key].read()) for key in files}
             return inputs, uploads
@@ -544,7 +554,8 @@ def create_app(ctx: ServerContext) -> QuartTrio:
 
 def _documents(body: str) -> list[str]:
     """The YAML documents of a body (flows separated by `---` lines)."""
-    docs, current = [], []
+    docs: list[str] = []
+    current: list[str] = []
     for line in body.splitlines(keepends=True):
         if line.rstrip() == "---":
             if "".join(current).strip():
@@ -555,6 +566,86 @@ def _documents(body: str) -> list[str]:
     if "".join(current).strip():
         docs.append("".join(current))
     return docs
+
+
+def _input_files(
+    flow: Flow, inputs: dict[str, Any], uploads: dict[str, tuple[str, bytes]]
+) -> dict[str, tuple[str, bytes]]:
+    """The files to store for the flow's FILE inputs, by input id: the uploaded ones, and a
+    plain text given for a FILE input (stored as a file too). An upload for another input gives
+    its text as the value."""
+    declared = {i.id_: i for i in flow.inputs}
+    files: dict[str, tuple[str, bytes]] = {}
+    for key, (name, data) in uploads.items():
+        inp = declared.get(key)
+        if inp is not None and inp.type == "FILE":
+            base = PurePosixPath(name.replace("\\", "/")).name
+            files[key] = (base if base not in ("", ".", "..") else key, data)
+        else:  # an unknown input is reported by the input check
+            inputs[key] = data.decode("utf-8", errors="replace")
+    for key, inp in declared.items():
+        value = inputs.get(key)
+        if inp.type != "FILE" or key in files or not isinstance(value, str) or not value:
+            continue
+        if not value.startswith(SCHEME):
+            extension = inp.extension or ".txt"
+            files[key] = (
+                key + ("" if extension.startswith(".") else ".") + extension,
+                value.encode(),
+            )
+    return files
+
+
+async def _store_files(
+    storage: Storage, execution_id: str, flow: Flow, files: dict[str, tuple[str, bytes]]
+) -> dict[str, str]:
+    """Store each FILE input's file under the execution; return their URIs by input id."""
+    uris = {}
+    for key, (name, data) in files.items():
+        prefix = input_prefix(flow.namespace, flow.id, execution_id, key)
+        uris[key] = await trio.to_thread.run_sync(storage.put, prefix, name, data)
+    return uris
+
+
+def _attachment(name: str) -> str:
+    """A Content-Disposition naming the file, readable by old and new clients alike."""
+    plain = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else "_" for ch in name)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{urllib.parse.quote(name)}"
+
+
+def _documented_schema(cls: type[Task]) -> dict[str, Any]:
+    """The type's JSON schema, with the attribute docstrings of the structs it nests (child task
+    lists, option objects) as their properties' descriptions too."""
+    generated = schema(cls)
+    definitions = generated.get("$defs", {})
+    for struct in _nested_structs(msgspec.inspect.type_info(cls), set()):
+        target = definitions.get(struct.__name__)
+        if struct is cls or not isinstance(target, dict):
+            continue
+        docs = property_docs(struct)
+        for field in msgspec.structs.fields(struct):
+            prop = target.get("properties", {}).get(field.encode_name)
+            if isinstance(prop, dict) and field.name in docs and "description" not in prop:
+                prop["description"] = docs[field.name]
+    return generated
+
+
+def _nested_structs(info: Any, seen: set[type]) -> list[type]:
+    found: list[type] = []
+    if isinstance(info, msgspec.inspect.StructType):
+        if info.cls in seen:
+            return found
+        seen.add(info.cls)
+        found.append(info.cls)
+        for field in info.fields:
+            found += _nested_structs(field.type, seen)
+        return found
+    for attr in ("item_type", "key_type", "value_type"):
+        if hasattr(info, attr):
+            found += _nested_structs(getattr(info, attr), seen)
+    for inner in getattr(info, "types", ()) or ():
+        found += _nested_structs(inner, seen)
+    return found
 
 
 def _event_data(event: Any) -> dict[str, Any]:

@@ -403,17 +403,22 @@ def plugins() -> None:
 
 
 @plugins.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON, as the API does.")
 @config_option
-def plugins_list() -> None:
-    """Print every installed task type."""
+def plugins_list(as_json: bool) -> None:
+    """Print every installed task type (aliases under their canonical name) with a one-line
+    description; the same list as GET /api/v1/plugins."""
     from engine.plugin import describe, registered
 
-    classes = {id(cls): cls for cls in registered().values()}
+    classes = {id(cls): cls for cls in registered().values()}  # aliases share their class
     entries = sorted((describe(cls) for cls in classes.values()), key=lambda d: d["type"])
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
     width = max((len(e["type"]) for e in entries), default=0)
     for entry in entries:
-        summary = entry["description"].split("\n", 1)[0]
-        click.echo(f"{entry['type'].ljust(width)}  {entry['kind']:<8}  {summary}")
+        summary = " ".join(entry["description"].split("\n\n", 1)[0].split())
+        click.echo(f"{entry['type'].ljust(width)}  {summary}".rstrip())
 
 
 if __name__ == "__main__":

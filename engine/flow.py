@@ -15,6 +15,7 @@ import msgspec
 import yaml
 
 from engine.errors import FlowValidationError, Problem
+from engine.inputs import CHOICE_TYPES, bound, choices, convert, dependency_order, is_templated
 from engine.plugin import FlowableTask, Task, task_type
 
 INPUT_TYPES = frozenset(
@@ -45,25 +46,54 @@ _ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$")
 _NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
+class DependsOn(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """The inputs an input waits for, and when it applies."""
+
+    inputs: list[str] = []
+    """Ids of the inputs resolved before this one."""
+    condition: str | None = None
+    """An expression over `inputs`: when it renders false, the input is skipped (null)."""
+
+
 class Input(msgspec.Struct, kw_only=True, omit_defaults=True, rename={"id_": "id"}):
-    """A flow input: its id, type and how it is validated."""
+    """A flow input: its id, type and how its value is validated (see engine/inputs.py)."""
 
     id_: str
+    """Letters, digits, `.`, `_`, `-`; dots nest the value (`inputs.a.b`)."""
     type: str = "STRING"
+    """One of INPUT_TYPES."""
     description: str | None = None
     displayName: str | None = None
+    """The label shown instead of the id."""
     required: bool = True
+    """Whether a value (or `defaults`) is needed to start an execution."""
     defaults: Any = None
+    """The value used when none is given."""
     validator: str | None = None
+    """STRING, SECRET: a regular expression the whole value must match."""
     min: Any = None
+    """INT, FLOAT: the smallest number allowed; DURATION: the shortest duration."""
     max: Any = None
+    """INT, FLOAT: the largest number allowed; DURATION: the longest duration."""
     after: Any = None
+    """DATETIME, DATE, TIME: the value must be later than this."""
     before: Any = None
+    """DATETIME, DATE, TIME: the value must be earlier than this."""
     values: list[Any] | None = None
+    """SELECT, ENUM, MULTISELECT: the values offered."""
+    options: list[Any] | None = None
+    """MULTISELECT: the old name of `values`."""
+    expression: str | None = None
+    """SELECT, MULTISELECT: an expression computing the values (not evaluated: any value is
+    then accepted)."""
     allowCustomValue: bool = False
+    """SELECT, MULTISELECT: accept values that are not among `values`."""
     itemType: str | None = None
-    dependsOn: dict[str, Any] | None = None
+    """ARRAY (required), MULTISELECT: the type of each item."""
+    dependsOn: DependsOn | None = None
+    """Inputs resolved before this one, and the condition under which it applies."""
     extension: str | None = None
+    """FILE: the extension of the stored file."""
 
 
 class Output(msgspec.Struct, kw_only=True, omit_defaults=True, rename={"id_": "id"}):
@@ -524,68 +554,183 @@ def _label_value(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+_INPUT_COMMON = frozenset(
+    {"id", "name", "type", "description", "displayName", "required", "defaults", "dependsOn"}
+)
+_INPUT_SPECIFIC: dict[str, frozenset[str]] = {
+    "STRING": frozenset({"validator"}),
+    "SECRET": frozenset({"validator"}),
+    "INT": frozenset({"min", "max"}),
+    "FLOAT": frozenset({"min", "max"}),
+    "DURATION": frozenset({"min", "max"}),
+    "DATETIME": frozenset({"after", "before"}),
+    "DATE": frozenset({"after", "before"}),
+    "TIME": frozenset({"after", "before"}),
+    "SELECT": frozenset({"values", "expression", "allowCustomValue"}),
+    "ENUM": frozenset({"values"}),
+    "MULTISELECT": frozenset({"values", "options", "expression", "allowCustomValue", "itemType"}),
+    "ARRAY": frozenset({"itemType"}),
+    "FILE": frozenset({"extension"}),
+}
+_NOT_ITEM_TYPES = frozenset({"ARRAY", "MULTISELECT", "FILE", "SELECT", "ENUM"})
+
+
 def _check_inputs(raw: Any, c: _Checker) -> list[Input]:
+    """The flow's input definitions; every wrong one is a problem at its line."""
     if raw is None:
         return []
     if not isinstance(raw, list):
-        c.add("inputs", "Inputs must be a list")
+        c.add("inputs", f"Inputs must be a list of {{id, type, ...}}, not {_kind(raw)}")
         return []
     inputs: list[Input] = []
-    seen: set[str] = set()
+    paths: dict[str, str] = {}
     for i, item in enumerate(raw):
         path = f"inputs[{i}]"
         if not isinstance(item, dict):
-            c.add(path, "An input must be a mapping with at least `id` and `type`")
+            c.add(
+                path, f"An input must be a mapping with at least `id` and `type`, not {_kind(item)}"
+            )
             continue
         item = dict(item)
         if "id" not in item and "name" in item:  # Kestra's older spelling
             item["id"] = item.pop("name")
+        ok = True
         input_id = item.get("id")
-        if not isinstance(input_id, str) or not _ID.match(input_id):
-            c.add(f"{path}.id", f"Input id {input_id!r} must be letters, digits, . _ - only")
-            continue
-        if input_id in seen:
-            c.add(f"{path}.id", f"Duplicate input id '{input_id}': input ids must be unique")
-            continue
-        seen.add(input_id)
-        if "type" not in item:
-            c.add(f"{path}.type", f"Input '{input_id}' needs a `type` (e.g. STRING, INT)")
-            continue
-        if item.get("type") not in INPUT_TYPES:
+        if input_id is None:
+            c.add(path, "Every input needs an `id` (letters, digits, . _ -)")
+            ok = False
+        elif not isinstance(input_id, str) or not _ID.match(input_id):
+            c.add(f"{path}.id", f"Input id {input_id!r} may only hold letters, digits, . _ -")
+            ok = False
+        elif input_id in paths:
             c.add(
-                f"{path}.type",
-                f"Unknown input type {item.get('type')!r}; use one of "
-                + ", ".join(sorted(INPUT_TYPES)),
+                f"{path}.id",
+                f"Duplicate input id '{input_id}' (also at {paths[input_id]}): input ids must "
+                "be unique",
             )
-            continue
+            ok = False
+        else:
+            paths[input_id] = path
+        name = input_id if isinstance(input_id, str) else f"#{i + 1}"
+        kind = item.get("type")
+        if kind is None:
+            c.add(f"{path}.type", f"Input '{name}' needs a `type`, e.g. STRING or INT")
+            ok = False
+        elif kind not in INPUT_TYPES:
+            hint = (
+                f"write it in capitals: {kind.upper()}"
+                if isinstance(kind, str) and kind.upper() in INPUT_TYPES
+                else "use one of " + ", ".join(sorted(INPUT_TYPES))
+            )
+            c.add(f"{path}.type", f"Unknown input type {kind!r}; {hint}")
+            ok = False
         for key in item:
-            if key not in _INPUT_FIELDS:
-                c.add(f"{path}.{key}", f"Unknown input property `{key}`")
+            if key in _INPUT_COMMON or key in _INPUT_SPECIFIC.get(str(kind), ()):
+                continue
+            if key in _INPUT_FIELDS:
+                used_by = sorted(t for t, keys in _INPUT_SPECIFIC.items() if key in keys)
+                if kind in INPUT_TYPES:
+                    c.add(
+                        f"{path}.{key}",
+                        f"Property `{key}` does not apply to type {kind} (only to "
+                        f"{', '.join(used_by)}): remove it",
+                    )
+                ok = False
+            else:
+                c.add(f"{path}.{key}", f"Unknown input property `{key}`: remove it or fix its name")
+                ok = False
+        if not ok:
+            continue
         try:
             inp = msgspec.convert({k: v for k, v in item.items() if k in _INPUT_FIELDS}, Input)
         except msgspec.ValidationError as exc:
-            c.add_msgspec(path, exc, f"input '{input_id}'")
+            c.add_msgspec(path, exc, f"input '{name}'")
             continue
-        _check_input_semantics(inp, path, c)
-        inputs.append(inp)
+        if _check_input_semantics(inp, path, c):
+            inputs.append(inp)
+    _check_input_relations(inputs, paths, c)
     return inputs
 
 
-def _check_input_semantics(inp: Input, path: str, c: _Checker) -> None:
+def _check_input_semantics(inp: Input, path: str, c: _Checker) -> bool:
+    """Whether one input's definition makes sense for its type (each problem is added)."""
+    before = len(c.problems)
+    kind = inp.type
     if inp.validator is not None:
         try:
             re.compile(inp.validator)
         except re.error as exc:
-            c.add(f"{path}.validator", f"Invalid regular expression: {exc}")
-    if inp.type == "FILE" and inp.defaults is not None:
-        c.add(f"{path}.defaults", "A FILE input cannot have defaults")
-    if inp.type == "ARRAY":
-        if inp.itemType is None:
-            c.add(f"{path}.itemType", "An ARRAY input needs an `itemType`")
-        elif inp.itemType in ("ARRAY", "FILE", "MULTISELECT") or inp.itemType not in INPUT_TYPES:
-            c.add(f"{path}.itemType", f"`{inp.itemType}` cannot be the item type of an ARRAY")
-    if inp.type in ("SELECT", "ENUM", "MULTISELECT") and not inp.values:
-        c.add(f"{path}.values", f"A {inp.type} input needs a non-empty `values` list")
+            c.add(f"{path}.validator", f"Invalid regular expression {inp.validator!r}: {exc}")
+    if kind == "FILE" and inp.defaults is not None:
+        c.add(f"{path}.defaults", "A FILE input cannot have defaults: a file is uploaded")
+    if kind == "ARRAY" and inp.itemType is None:
+        c.add(f"{path}.itemType", "An ARRAY input needs an `itemType`, e.g. STRING or INT")
+    if inp.itemType is not None and (
+        inp.itemType in _NOT_ITEM_TYPES or inp.itemType not in INPUT_TYPES
+    ):
+        allowed = sorted(INPUT_TYPES - _NOT_ITEM_TYPES)
+        c.add(
+            f"{path}.itemType",
+            f"`{inp.itemType}` cannot be the item type of {kind}: use one of {', '.join(allowed)}",
+        )
+    if kind in CHOICE_TYPES:
+        if inp.values is not None and inp.options is not None:
+            c.add(f"{path}.options", "Give `values` or its old name `options`, not both")
+        offered = choices(inp)
+        if not offered and not inp.expression:
+            c.add(f"{path}.values", f"A {kind} input needs a non-empty `values` list")
+        elif offered and any(not isinstance(v, str | int | float | bool) for v in offered):
+            c.add(f"{path}.values", "`values` must be a list of plain values (text, numbers)")
+    for name in ("min", "max", "after", "before"):
+        try:
+            bound(inp, name)
+        except ValueError as exc:
+            c.add(f"{path}.{name}", f"Input '{inp.id_}': {exc}")
+    for low, high in (("min", "max"), ("after", "before")):
+        try:
+            lower, upper = bound(inp, low), bound(inp, high)
+        except ValueError:
+            continue
+        if lower is not None and upper is not None and not lower <= upper:
+            c.add(f"{path}.{low}", f"Input '{inp.id_}': `{low}` is beyond `{high}`")
+    if inp.dependsOn is not None:
+        if inp.id_ in inp.dependsOn.inputs:
+            c.add(f"{path}.dependsOn.inputs", f"Input '{inp.id_}' cannot depend on itself")
+        if inp.dependsOn.condition is not None and not inp.dependsOn.condition.strip():
+            c.add(f"{path}.dependsOn.condition", "The condition is empty: remove it or write one")
+    if len(c.problems) == before and inp.defaults is not None and not is_templated(inp.defaults):
+        try:
+            convert(inp, inp.defaults)
+        except ValueError as exc:
+            c.add(f"{path}.defaults", f"Input '{inp.id_}': the default is not valid: {exc}")
+    return len(c.problems) == before
+
+
+def _check_input_relations(inputs: list[Input], paths: dict[str, str], c: _Checker) -> None:
+    """What involves several inputs: dependencies that exist and form no cycle, and dotted ids
+    that do not nest under another input's value."""
+    ids = set(paths)
+    for inp in inputs:
+        for dep in inp.dependsOn.inputs if inp.dependsOn else []:
+            if dep not in ids:
+                c.add(
+                    f"{paths[inp.id_]}.dependsOn.inputs",
+                    f"Input '{inp.id_}' depends on '{dep}', which is not an input of this flow",
+                )
+        parts = inp.id_.split(".")
+        for n in range(1, len(parts)):
+            parent = ".".join(parts[:n])
+            if parent in ids:
+                c.add(
+                    f"{paths[inp.id_]}.id",
+                    f"Input '{inp.id_}' would nest under input '{parent}' (dots nest values): "
+                    "rename one of them",
+                )
+                break
+    try:
+        dependency_order(inputs)
+    except ValueError as exc:
+        c.add("inputs", f"Inputs cannot be resolved: {exc}")
 
 
 def flow_to_dict(flow: Flow) -> dict[str, Any]:

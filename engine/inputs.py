@@ -1,29 +1,52 @@
 """Execution inputs: checked and converted against the flow's declared inputs before anything
-is recorded. Every bad input is reported, by name, at once."""
+is recorded. Every bad input is reported, by name, at once.
+
+The values an execution records are plain JSON, as Kestra stores them: DATETIME as ISO-8601 UTC
+text (`2024-06-01T10:00:00Z`), DATE and TIME as ISO-8601 text, DURATION as an ISO-8601 duration
+(`PT1H30M`), FILE as a `kestra://` URI, JSON and YAML as the data they hold, ARRAY and
+MULTISELECT as lists. An input whose id holds dots (`nested.string`) is nested, so templates read
+it as `{{ inputs.nested.string }}`.
+
+Inputs are resolved in the order of their `dependsOn`: an input whose `condition` is false for
+the values before it is skipped (its value is null, it is not required and not validated).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from engine.duration import parse_duration
-from engine.errors import InputValidationError, Problem
-from engine.flow import Flow, Input
+from engine.errors import InputValidationError, Problem, TemplateError, TiercelError
+from engine.storage import SCHEME, uri_path
+from engine.templating import is_template, render_typed
+
+if TYPE_CHECKING:
+    from engine.flow import Flow, Input
+
+CHOICE_TYPES = frozenset({"SELECT", "ENUM", "MULTISELECT"})
+"""Input types whose value is taken among `values`."""
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+_INT = re.compile(r"^[+-]?\d+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:\S*$")
 
 
-def resolve_inputs(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
-    """The typed input values for an execution of `flow`; raise listing every bad one."""
+def resolve_inputs(flow: Flow, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The typed input values for an execution of `flow`; raise `InputValidationError` with
+    one problem (path `inputs.<id>`) per bad, missing or unknown input."""
     problems: list[Problem] = []
-    declared = {i.id_ for i in flow.inputs}
-    for name in given:
+    declared = {i.id_: i for i in flow.inputs}
+    flat = _flatten_given(given, declared)
+    for name in flat:
         if name not in declared:
             problems.append(
                 Problem(
@@ -32,139 +55,522 @@ def resolve_inputs(flow: Flow, given: dict[str, Any]) -> dict[str, Any]:
                     f"inputs.{name}",
                 )
             )
+    try:
+        ordered = dependency_order(flow.inputs)
+    except ValueError as exc:  # checked when the flow is saved; not for every input list
+        raise InputValidationError(f"The inputs cannot be resolved: {exc}") from None
     values: dict[str, Any] = {}
-    for inp in flow.inputs:
-        raw = given.get(inp.id_)
+    failed: set[str] = set()
+    skipped: set[str] = set()
+    for inp in ordered:
+        name = inp.id_
+        depends = inp.dependsOn.inputs if inp.dependsOn else []
+        if any(d in failed for d in depends):
+            failed.add(name)  # its dependency is reported already
+            continue
+        if any(d in skipped for d in depends):
+            skipped.add(name)
+            values[name] = None
+            continue
+        if inp.dependsOn and inp.dependsOn.condition:
+            context = {
+                "inputs": nest(values),
+                "flow": {"id": flow.id, "namespace": flow.namespace, "revision": flow.revision},
+            }
+            try:
+                shown = _truthy(render_typed(inp.dependsOn.condition, context))
+            except TemplateError as exc:
+                problems.append(
+                    Problem(
+                        f"Input '{name}': its dependsOn condition failed: {exc.message}",
+                        f"inputs.{name}",
+                    )
+                )
+                failed.add(name)
+                continue
+            if not shown:
+                skipped.add(name)
+                values[name] = None
+                continue
+        raw = flat.get(name)
         if raw is None or raw == "":
             raw = inp.defaults
         if raw is None:
             if inp.required:
                 problems.append(
                     Problem(
-                        f"Input '{inp.id_}' is required and has no default", f"inputs.{inp.id_}"
+                        f"Input '{name}' is required and has no default: give it a value",
+                        f"inputs.{name}",
                     )
                 )
+                failed.add(name)
             else:
-                values[inp.id_] = None
+                values[name] = None
             continue
         try:
-            values[inp.id_] = convert(inp, raw)
+            values[name] = convert(inp, raw)
         except ValueError as exc:
-            problems.append(Problem(f"Input '{inp.id_}' ({inp.type}): {exc}", f"inputs.{inp.id_}"))
+            problems.append(Problem(f"Input '{name}' ({inp.type}): {exc}", f"inputs.{name}"))
+            failed.add(name)
     if problems:
-        raise InputValidationError("Invalid inputs: nothing was started", problems)
-    return values
+        n = len(problems)
+        raise InputValidationError(
+            f"Invalid inputs ({n} problem{'s' if n != 1 else ''}): nothing was started", problems
+        )
+    return nest(values)
 
 
 def convert(inp: Input, raw: Any) -> Any:
-    """One input value converted to its declared type; ValueError says what is wrong."""
+    """One input value converted to its declared type and checked against the input's
+    constraints; a `ValueError` says what is wrong with it."""
+    converter = _CONVERTERS.get(inp.type)
+    if converter is None:
+        raise ValueError(f"unknown input type {inp.type!r}")
+    return converter(inp, raw)
+
+
+def bound(inp: Input, name: str) -> Any:
+    """The parsed `min`, `max`, `after` or `before` of `inp` (None when unset); a `ValueError`
+    says why it does not fit the input's type."""
+    value = getattr(inp, name)
+    if value is None:
+        return None
     kind = inp.type
-    if kind == "FILE":
-        if not isinstance(raw, str) or not raw.startswith("kestra://"):
-            raise ValueError(
-                "a FILE input takes an uploaded file (multipart/form-data) or a kestra:// URI"
-            )
-        return raw
-    if kind in ("STRING", "SECRET", "URI", "EMAIL"):
-        value = (
-            raw
-            if isinstance(raw, str)
-            else json.dumps(raw)
-            if not isinstance(raw, (int, float))
-            else str(raw)
-        )
-        if inp.validator and not re.fullmatch(inp.validator, value):
-            raise ValueError(f"'{value}' does not match the pattern {inp.validator}")
-        if kind == "EMAIL" and not _EMAIL.match(value):
-            raise ValueError(f"'{value}' is not an e-mail address")
-        if kind == "URI" and not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", value):
-            raise ValueError(f"'{value}' is not a URI (scheme:...)")
-        return value
     if kind == "INT":
-        try:
-            value_i = int(raw) if not isinstance(raw, bool) and not isinstance(raw, float) else None
-        except (TypeError, ValueError):
-            value_i = None
-        if value_i is None and isinstance(raw, float) and raw.is_integer():
-            value_i = int(raw)
-        if value_i is None:
-            raise ValueError(f"'{raw}' is not an integer")
-        _bounds(inp, value_i)
-        return value_i
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"`{name}` must be an integer, not {value!r}")
+        return value
     if kind == "FLOAT":
-        try:
-            value_f = float(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"'{raw}' is not a number") from None
-        _bounds(inp, value_f)
-        return value_f
-    if kind in ("BOOLEAN", "BOOL"):
-        if isinstance(raw, bool):
-            return raw
-        text = str(raw).strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        raise ValueError(f"'{raw}' is not a boolean (true or false)")
-    if kind in ("JSON", "YAML"):
-        if not isinstance(raw, str):
-            return raw
-        try:
-            return json.loads(raw) if kind == "JSON" else yaml.safe_load(raw)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise ValueError(f"not valid {kind}: {exc}") from None
-    if kind in ("SELECT", "ENUM"):
-        if raw not in (inp.values or []) and not inp.allowCustomValue:
-            raise ValueError(f"'{raw}' is not one of {inp.values}")
-        return raw
-    if kind == "MULTISELECT":
-        items = json.loads(raw) if isinstance(raw, str) and raw.startswith("[") else raw
-        items = items if isinstance(items, list) else [items]
-        bad = [i for i in items if i not in (inp.values or [])]
-        if bad and not inp.allowCustomValue:
-            raise ValueError(f"{bad} not among {inp.values}")
-        return items
-    if kind == "ARRAY":
-        items = json.loads(raw) if isinstance(raw, str) else raw
-        if not isinstance(items, list):
-            raise ValueError(f"'{raw}' is not a list")
-        item = Input(id_=inp.id_, type=inp.itemType or "STRING")
-        return [convert(item, i) for i in items]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"`{name}` must be a number, not {value!r}")
+        return float(value)
     if kind == "DURATION":
-        parse_duration(str(raw))
-        return str(raw)
+        try:
+            return parse_duration(str(value))
+        except ValueError:
+            raise ValueError(
+                f"`{name}` must be an ISO-8601 duration such as PT30S, not {value!r}"
+            ) from None
     if kind in ("DATETIME", "DATE", "TIME"):
-        text = str(raw)
-        value = _temporal(kind, text)
-        if value is None:
-            raise ValueError(f"'{text}' is not an ISO-8601 {kind.lower()}")
-        for bound, name in ((inp.after, "after"), (inp.before, "before")):
-            if bound is None:
-                continue
-            limit = _temporal(kind, str(bound))
-            if limit is None:
-                raise ValueError(f"its `{name}` bound '{bound}' is not an ISO-8601 {kind.lower()}")
-            if (name == "after" and not value > limit) or (name == "before" and not value < limit):
-                raise ValueError(f"'{text}' must be {name} {bound}")
-        return text
-    return raw
+        if kind == "TIME" and isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError(
+                f'`{name}` must be a time such as "10:30:00": write it in quotes (YAML reads '
+                "an unquoted 10:30:00 as a number)"
+            )
+        parsed = _temporal(kind, value)
+        if parsed is None:
+            raise ValueError(f"`{name}` must be an ISO-8601 {kind.lower()}, not {value!r}")
+        return parsed
+    raise ValueError(f"`{name}` does not apply to a {kind} input")
 
 
-def _temporal(kind: str, text: str) -> Any:
+def choices(inp: Input) -> list[Any] | None:
+    """The values a SELECT, ENUM or MULTISELECT input offers (`options` is MULTISELECT's old
+    name for `values`)."""
+    return inp.values if inp.values is not None else inp.options
+
+
+def dependency_order(inputs: list[Input]) -> list[Input]:
+    """The inputs with each one after those it `dependsOn` (declaration order otherwise); a
+    `ValueError` names a cycle."""
+    by_id = {i.id_: i for i in inputs}
+    ordered: list[Input] = []
+    done: set[str] = set()
+
+    def visit(inp: Input, trail: list[str]) -> None:
+        if inp.id_ in done:
+            return
+        if inp.id_ in trail:
+            cycle = " -> ".join([*trail[trail.index(inp.id_) :], inp.id_])
+            raise ValueError(f"inputs depend on each other in a cycle: {cycle}")
+        for dep in inp.dependsOn.inputs if inp.dependsOn else []:
+            if dep in by_id:
+                visit(by_id[dep], [*trail, inp.id_])
+        done.add(inp.id_)
+        ordered.append(inp)
+
+    for inp in inputs:
+        visit(inp, [])
+    return ordered
+
+
+def nest(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Values by input id, with dotted ids (`a.b`) made nested maps (`{"a": {"b": ...}}`)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        parts = key.split(".")
+        target = out
+        for part in parts[:-1]:
+            child = target.setdefault(part, {})
+            if not isinstance(child, dict):
+                break
+            target = child
+        else:
+            target[parts[-1]] = value
+            continue
+        out[key] = value  # a plain value already holds the prefix: keep the dotted key
+    return out
+
+
+def _flatten_given(given: Mapping[str, Any], declared: Mapping[str, Any]) -> dict[str, Any]:
+    """Given values by input id: nested maps (`{"a": {"b": 1}}`) for dotted ids are accepted."""
+    flat: dict[str, Any] = {}
+    for key, value in given.items():
+        key = str(key)
+        prefix = key + "."
+        if (
+            key not in declared
+            and isinstance(value, Mapping)
+            and any(d.startswith(prefix) for d in declared)
+        ):
+            inner = _flatten_given({prefix + str(k): v for k, v in value.items()}, declared)
+            flat.update(inner)
+        else:
+            flat[key] = value
+    return flat
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "0", "null", "none")
+    return bool(value)
+
+
+# --- one converter per type ----------------------------------------------------------------------
+
+
+def _text(raw: Any) -> str:
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, int | float):
+        return str(raw)
+    if isinstance(raw, dt.date | dt.time):
+        return raw.isoformat()
+    return json.dumps(raw, default=str)
+
+
+def _string(inp: Input, raw: Any) -> str:
+    """STRING, and SECRET: a SECRET is kept as given for now (stored like a STRING, not
+    encrypted), so do not use it for values that must not appear in the execution."""
+    value = _text(raw)
+    if inp.validator and not re.fullmatch(inp.validator, value):
+        shown = "the value" if inp.type == "SECRET" else f"'{value}'"
+        raise ValueError(f"{shown} does not match the pattern {inp.validator}")
+    return value
+
+
+def _email(inp: Input, raw: Any) -> str:
+    value = _text(raw).strip()
+    if not _EMAIL.match(value):
+        raise ValueError(f"'{value}' is not an e-mail address (name@example.com)")
+    return value
+
+
+def _uri(inp: Input, raw: Any) -> str:
+    value = _text(raw).strip()
+    if not _URI.match(value):
+        raise ValueError(f"'{value}' is not a URI (scheme:..., e.g. https://example.com/a)")
+    return value
+
+
+def _int(inp: Input, raw: Any) -> int:
+    value: int | None = None
+    if isinstance(raw, bool):
+        value = None
+    elif isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, float) and raw.is_integer():
+        value = int(raw)
+    elif isinstance(raw, str) and _INT.match(raw.strip()):
+        value = int(raw.strip())
+    if value is None:
+        raise ValueError(f"'{raw}' is not an integer")
+    _check_range(inp, value, value)
+    return value
+
+
+def _float(inp: Input, raw: Any) -> float:
+    value: float | None = None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            value = None
+    if value is None or not math.isfinite(value):
+        raise ValueError(f"'{raw}' is not a number")
+    _check_range(inp, value, value)
+    return value
+
+
+def _boolean(inp: Input, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = _text(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"'{raw}' is not a boolean (true or false)")
+
+
+def _duration(inp: Input, raw: Any) -> str:
+    if isinstance(raw, dt.timedelta):
+        value = raw
+    else:
+        try:
+            value = parse_duration(_text(raw))
+        except ValueError:
+            raise ValueError(
+                f"'{raw}' is not an ISO-8601 DURATION such as PT30S, PT5M or P1D"
+            ) from None
+    _check_range(inp, value, iso_duration(value))
+    return iso_duration(value)
+
+
+def iso_duration(value: dt.timedelta) -> str:
+    """A duration written as Kestra writes one: hours, minutes and seconds (`PT36H`,
+    `PT1M30S`, `PT0.5S`, `PT0S`)."""
+    micros = round(value.total_seconds() * 1_000_000)
+    sign = "-" if micros < 0 else ""
+    micros = abs(micros)
+    hours, rest = divmod(micros, 3_600_000_000)
+    minutes, rest = divmod(rest, 60_000_000)
+    seconds, fraction = divmod(rest, 1_000_000)
+    text = "PT"
+    if hours:
+        text += f"{sign}{hours}H"
+    if minutes:
+        text += f"{sign}{minutes}M"
+    if seconds or fraction or text == "PT":
+        digits = f".{fraction:06d}".rstrip("0") if fraction else ""
+        text += f"{sign}{seconds}{digits}S"
+    return text
+
+
+def _temporal_value(inp: Input, raw: Any) -> str:
+    kind = inp.type
+    value = _temporal(kind, raw)
+    if value is None:
+        extra = " without a time zone" if kind == "TIME" else ""
+        raise ValueError(f"'{_text(raw)}' is not an ISO-8601 {kind.lower()}{extra}")
+    text = _iso_temporal(value)
+    _check_range(inp, value, text)
+    return text
+
+
+def _temporal(kind: str, raw: Any) -> Any:
+    """A DATETIME (aware, naive ones taken as UTC), DATE or TIME (without zone), or None."""
     try:
         if kind == "DATETIME":
-            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if isinstance(raw, dt.datetime):
+                moment = raw
+            elif isinstance(raw, dt.date):
+                moment = dt.datetime.combine(raw, dt.time())
+            elif isinstance(raw, str):
+                moment = dt.datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+            else:
+                return None
             return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
         if kind == "DATE":
-            return dt.date.fromisoformat(text)
-        return dt.time.fromisoformat(text)
+            if isinstance(raw, dt.datetime):
+                return None
+            if isinstance(raw, dt.date):
+                return raw
+            return dt.date.fromisoformat(raw.strip()) if isinstance(raw, str) else None
+        if isinstance(raw, dt.time):
+            moment_t = raw
+        elif isinstance(raw, str):
+            moment_t = dt.time.fromisoformat(raw.strip())
+        else:
+            return None
+        return moment_t if moment_t.tzinfo is None else None
     except ValueError:
         return None
 
 
-def _bounds(inp: Input, value: float) -> None:
-    if inp.min is not None and value < float(inp.min):
-        raise ValueError(f"{value} is below the minimum {inp.min}")
-    if inp.max is not None and value > float(inp.max):
-        raise ValueError(f"{value} is above the maximum {inp.max}")
+def _iso_temporal(value: dt.datetime | dt.date | dt.time) -> str:
+    if isinstance(value, dt.datetime):
+        value = value.astimezone(dt.UTC)
+        spec = (
+            "seconds"
+            if not value.microsecond
+            else "milliseconds"
+            if value.microsecond % 1000 == 0
+            else "microseconds"
+        )
+        return value.isoformat(timespec=spec).replace("+00:00", "Z")
+    return value.isoformat()
+
+
+def _check_range(inp: Input, value: Any, shown: Any) -> None:
+    """Bounds: `min`/`max` inclusive, `after`/`before` exclusive, as Kestra checks them."""
+    low, high = ("after", "before") if inp.type in ("DATETIME", "DATE", "TIME") else ("min", "max")
+    lower, upper = bound(inp, low), bound(inp, high)
+    if low == "min":
+        if lower is not None and value < lower:
+            raise ValueError(f"{shown} is below the minimum {inp.min}")
+        if upper is not None and value > upper:
+            raise ValueError(f"{shown} is above the maximum {inp.max}")
+    else:
+        if lower is not None and not value > lower:
+            raise ValueError(f"'{shown}' must be after {_iso_temporal(lower)}")
+        if upper is not None and not value < upper:
+            raise ValueError(f"'{shown}' must be before {_iso_temporal(upper)}")
+
+
+def _file(inp: Input, raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.startswith(SCHEME):
+        raise ValueError(
+            "a FILE input takes an uploaded file (multipart/form-data) or a kestra:// URI"
+        )
+    try:
+        uri_path(raw)
+    except TiercelError as exc:
+        raise ValueError(exc.message) from None
+    return raw
+
+
+def _json(inp: Input, raw: Any) -> Any:
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw, parse_constant=_no_constant)
+        except ValueError as exc:
+            raise ValueError(f"not valid JSON: {exc}") from None
+    return _json_safe(raw)
+
+
+def _yaml(inp: Input, raw: Any) -> Any:
+    if isinstance(raw, str):
+        try:
+            return _json_safe(yaml.safe_load(raw))
+        except yaml.YAMLError as exc:
+            raise ValueError(f"not valid YAML: {exc}") from None
+    return _json_safe(raw)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with what JSON cannot hold made JSON: dates as ISO text, keys as text."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not a JSON number")
+        return value
+    if isinstance(value, dt.date | dt.time):
+        return _iso_temporal(value)
+    if isinstance(value, Mapping):
+        return {_text(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise ValueError(f"a {type(value).__name__} is not a JSON value")
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool)
+
+
+def _choose(inp: Input, value: str) -> None:
+    offered = choices(inp)
+    if inp.allowCustomValue or inp.expression or offered is None:
+        return  # values computed by `expression` are not known here: any value is taken
+    if value not in [_text(v) for v in offered]:
+        raise ValueError(f"'{value}' is not one of {', '.join(_text(v) for v in offered)}")
+
+
+def _select(inp: Input, raw: Any) -> str:
+    if not _is_scalar(raw):
+        raise ValueError(f"a {inp.type} input takes one value, not {_text(raw)}")
+    value = _text(raw)
+    _choose(inp, value)
+    return value
+
+
+def _multiselect(inp: Input, raw: Any) -> list[str]:
+    items = _listed(raw)
+    bad = [i for i in items if not _is_scalar(i)]
+    if bad:
+        raise ValueError(f"a MULTISELECT input takes a list of values, not {_text(raw)}")
+    texts = [_text(i) for i in items]
+    offered = choices(inp)
+    if not (inp.allowCustomValue or inp.expression or offered is None):
+        allowed = {_text(v) for v in offered}
+        wrong = [t for t in texts if t not in allowed]
+        if wrong:
+            raise ValueError(
+                f"{', '.join(wrong)} not among the values {', '.join(_text(v) for v in offered)}"
+            )
+    return texts
+
+
+def _array(inp: Input, raw: Any) -> list[Any]:
+    from engine.flow import Input
+
+    items = _listed(raw, single=False)
+    item = Input(id_=inp.id_, type=inp.itemType or "STRING")
+    out = []
+    for index, value in enumerate(items):
+        try:
+            out.append(convert(item, value))
+        except ValueError as exc:
+            raise ValueError(f"item [{index}]: {exc}") from None
+    return out
+
+
+def _listed(raw: Any, *, single: bool = True) -> list[Any]:
+    """A list given as a list, as JSON text (`["a", "b"]`), or (when `single`) one value."""
+    if isinstance(raw, list | tuple):
+        return list(raw)
+    if isinstance(raw, str) and raw.strip().startswith("["):
+        try:
+            parsed = json.loads(raw, parse_constant=_no_constant)
+        except ValueError as exc:
+            raise ValueError(f"'{raw}' is not a JSON list: {exc}") from None
+        if isinstance(parsed, list):
+            return parsed
+    if isinstance(raw, Mapping) or not single:
+        raise ValueError(f"{_text(raw)} is not a list (give a JSON list such as [1, 2])")
+    return [raw]
+
+
+_CONVERTERS: dict[str, Callable[[Input, Any], Any]] = {
+    "STRING": _string,
+    "SECRET": _string,
+    "EMAIL": _email,
+    "URI": _uri,
+    "INT": _int,
+    "FLOAT": _float,
+    "BOOLEAN": _boolean,
+    "BOOL": _boolean,
+    "DATETIME": _temporal_value,
+    "DATE": _temporal_value,
+    "TIME": _temporal_value,
+    "DURATION": _duration,
+    "FILE": _file,
+    "JSON": _json,
+    "YAML": _yaml,
+    "SELECT": _select,
+    "ENUM": _select,
+    "MULTISELECT": _multiselect,
+    "ARRAY": _array,
+}
+
+
+def is_templated(value: Any) -> bool:
+    """Whether a default holds an expression (it is then not checked when the flow is saved)."""
+    if isinstance(value, str):
+        return is_template(value)
+    if isinstance(value, Mapping):
+        return any(is_templated(v) for v in value.values())
+    if isinstance(value, list):
+        return any(is_templated(v) for v in value)
+    return False
