@@ -24,7 +24,7 @@ from engine.errors import InvalidRequest, NotFound, Problem, TiercelError
 from engine.executor import iso
 from engine.flow import Flow, flow_to_dict, parse_flow
 from engine.inputs import resolve_inputs
-from engine.plugin import Task, describe, property_docs, registered, schema, task_type
+from engine.plugin import Task, describe, plugin_list, property_docs, schema, task_type
 from engine.server import ServerContext
 from engine.storage import SCHEME, Storage, execution_prefix, input_prefix, to_uri, uri_path
 from engine.store import load_checkpoint
@@ -419,8 +419,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
 
     @app.get("/api/v1/plugins")
     async def list_plugins() -> Response:
-        classes = {id(c): c for c in registered().values()}  # aliases share their class
-        return _json(sorted((describe(c) for c in classes.values()), key=lambda d: d["type"]))
+        return _json(plugin_list())
 
     @app.get("/api/v1/plugins/<path:type_name>")
     async def plugin_schema(type_name: str) -> Response:

@@ -408,10 +408,9 @@ def plugins() -> None:
 def plugins_list(as_json: bool) -> None:
     """Print every installed task type (aliases under their canonical name) with a one-line
     description; the same list as GET /api/v1/plugins."""
-    from engine.plugin import describe, registered
+    from engine.plugin import plugin_list
 
-    classes = {id(cls): cls for cls in registered().values()}  # aliases share their class
-    entries = sorted((describe(cls) for cls in classes.values()), key=lambda d: d["type"])
+    entries = plugin_list()
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return

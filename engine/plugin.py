@@ -352,6 +352,12 @@ def describe(cls: type[Task]) -> dict[str, Any]:
     }
 
 
+def plugin_list() -> list[dict[str, Any]]:
+    """Every installed task type once (aliases listed under it), sorted by name."""
+    classes = {id(cls): cls for cls in registered().values()}
+    return sorted((describe(cls) for cls in classes.values()), key=lambda d: d["type"])
+
+
 def inspect_doc(cls: type) -> str:
     """The class docstring, cleaned."""
     import inspect
