@@ -1,17 +1,13 @@
-"""Core tasks run by workers, end to end: outputs, KV store, states, logs, files, secrets."""
+"""Core tasks run by workers, end to end: states, files, resume, toggles, output limits.
+
+KV, OutputValues, Fetch, HTTP and secrets are covered in test_kv_state_http.py."""
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import json
-
-import pytest
 import trio
 
 from engine.commands import create_execution, deploy_flow, load_execution, wait_for_end
 from engine.executor import Execution
-from engine.kv import kv_get, kv_set
 from engine.server import ServerContext
 from tests.integration.conftest import run_flow
 
@@ -24,78 +20,6 @@ def _out(state: Execution, task_id: str) -> dict:
 
 def _messages(state: Execution) -> list[str]:
     return [r.message for r in state.taskruns.values() if r.message]
-
-
-async def test_output_values_are_rendered_for_later_tasks(engine: ServerContext, ns: str) -> None:
-    state = await run_flow(
-        engine,
-        f"""
-id: values
-namespace: {ns}
-tasks:
-  - id: out
-    type: io.kestra.plugin.core.output.OutputValues
-    values:
-      count: "{{{{ 40 + 2 }}}}"
-      nested:
-        flow: "{{{{ flow.id }}}}"
-  - id: use
-    type: io.kestra.plugin.core.debug.Return
-    format: "{{{{ outputs.out.values.count }}}}/{{{{ outputs.out.values.nested.flow }}}}"
-""",
-    )
-    assert state.state == "SUCCESS", _messages(state)
-    assert _out(state, "use") == {"value": "42/values"}
-
-
-async def test_kv_tasks_and_kv_function_share_the_namespace_store(
-    engine: ServerContext, ns: str
-) -> None:
-    state = await run_flow(
-        engine,
-        f"""
-id: keys
-namespace: {ns}
-tasks:
-  - id: put
-    type: io.kestra.plugin.core.kv.Set
-    key: config
-    value: {{"region": "eu", "size": 3}}
-  - id: put_other
-    type: io.kestra.plugin.core.kv.Set
-    key: config-old
-    value: old
-  - id: get
-    type: io.kestra.plugin.core.kv.Get
-    key: config
-  - id: templated
-    type: io.kestra.plugin.core.debug.Return
-    format: "{{{{ kv('config').region }}}}-{{{{ kv('missing', errorOnMissing=false) ?? 'none' }}}}"
-  - id: keys
-    type: io.kestra.plugin.core.kv.GetKeys
-    prefix: config
-  - id: drop
-    type: io.kestra.plugin.core.kv.Delete
-    key: config-old
-  - id: drop_again
-    type: io.kestra.plugin.core.kv.Delete
-    key: config-old
-""",
-    )
-    assert state.state == "SUCCESS", _messages(state)
-    assert _out(state, "get") == {"value": {"region": "eu", "size": 3}}
-    assert _out(state, "templated") == {"value": "eu-none"}
-    assert _out(state, "keys") == {"keys": ["config", "config-old"]}
-    assert _out(state, "drop") == {"deleted": True}
-    assert _out(state, "drop_again") == {"deleted": False}
-    assert await kv_get(engine.store, ns, "config-old") == (False, None)
-
-
-async def test_kv_value_expires_after_its_ttl(engine: ServerContext, ns: str) -> None:
-    await kv_set(engine.store, ns, "short", "lived", ttl=dt.timedelta(milliseconds=500))
-    assert await kv_get(engine.store, ns, "short") == (True, "lived")
-    await trio.sleep(0.6)
-    assert await kv_get(engine.store, ns, "short") == (False, None)
 
 
 async def test_states_merge_and_are_kept_per_loop_value(engine: ServerContext, ns: str) -> None:
@@ -130,33 +54,6 @@ tasks:
     assert writes == [{"count": 2}, {"count": 2}]
 
 
-async def test_fetch_writes_the_execution_logs_to_a_file(engine: ServerContext, ns: str) -> None:
-    state = await run_flow(
-        engine,
-        f"""
-id: fetch
-namespace: {ns}
-tasks:
-  - id: hello
-    type: io.kestra.plugin.core.log.Log
-    message: ["one", "two"]
-  - id: quiet
-    type: io.kestra.plugin.core.log.Log
-    level: DEBUG
-    message: hidden
-  - id: logs
-    type: io.kestra.plugin.core.log.Fetch
-    level: INFO
-""",
-    )
-    assert state.state == "SUCCESS", _messages(state)
-    outputs = _out(state, "logs")
-    assert outputs["size"] == 2
-    assert engine.storage is not None
-    lines = [json.loads(x) for x in engine.storage.read_bytes(outputs["uri"]).splitlines()]
-    assert [(x["taskId"], x["message"]) for x in lines] == [("hello", "one"), ("hello", "two")]
-
-
 async def test_files_are_shared_inside_a_working_directory(engine: ServerContext, ns: str) -> None:
     state = await run_flow(
         engine,
@@ -189,29 +86,6 @@ tasks:
     assert engine.storage is not None
     assert engine.storage.read_bytes(uris["out/data.txt"]).decode() == write_run.id
     assert _out(state, "show") == {"value": "from shared"}
-
-
-async def test_secret_function_reads_base64_environment_variables(
-    engine: ServerContext, ns: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SECRET_API_TOKEN", base64.b64encode(b"s3cr3t").decode())
-    state = await run_flow(
-        engine,
-        f"""
-id: secrets
-namespace: {ns}
-tasks:
-  - id: use
-    type: io.kestra.plugin.core.debug.Return
-    format: "{{{{ secret('API_TOKEN') | length }}}}"
-  - id: missing
-    type: io.kestra.plugin.core.debug.Return
-    format: "{{{{ secret('NOPE') }}}}"
-""",
-    )
-    assert _out(state, "use") == {"value": "6"}
-    assert state.state == "FAILED"
-    assert any("SECRET_NOPE" in m for m in _messages(state))
 
 
 async def test_resume_task_resumes_a_paused_execution(engine: ServerContext, ns: str) -> None:
