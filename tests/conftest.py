@@ -22,6 +22,19 @@ from engine.store import CHANNEL, EventStore
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
+@pytest.fixture
+def kestra_flows() -> Path:
+    """`flows/` of the Kestra corpus; the test is skipped, saying why, when it is absent."""
+    from tests.conformance.runner import corpus_dir
+
+    corpus = corpus_dir()
+    if corpus is None:
+        pytest.skip(
+            f"Kestra corpus not found at {SHARED / 'kestra-corpus'} (set TIERCEL_KESTRA_CORPUS)"
+        )
+    return corpus / "flows"
+
+
 SESSION_START = dt.datetime.now(dt.UTC)
 """When this test session began (tests that scan the database look at what it recorded)."""
 

@@ -17,7 +17,6 @@ from engine.errors import FlowValidationError, InputValidationError
 from engine.flow import parse_flow
 from engine.inputs import iso_duration, resolve_inputs
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "kestra-corpus" / "flows"
 TASKS = "tasks:\n  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n"
 
 FLOW = """
@@ -478,15 +477,15 @@ def test_the_deprecated_name_key_stands_for_id() -> None:
         "duplicate-inputs.yaml",
     ],
 )
-def test_kestra_invalid_input_flows_are_rejected(name: str) -> None:
+def test_kestra_invalid_input_flows_are_rejected(name: str, kestra_flows: Path) -> None:
     with pytest.raises(FlowValidationError) as info:
-        parse_flow((CORPUS / "invalids" / name).read_text())
+        parse_flow((kestra_flows / "invalids" / name).read_text())
     assert any(p.path.startswith("inputs") and p.line for p in info.value.details)
 
 
-def test_kestra_valid_flows_with_inputs_have_no_input_problem() -> None:
+def test_kestra_valid_flows_with_inputs_have_no_input_problem(kestra_flows: Path) -> None:
     checked = 0
-    for path in sorted((CORPUS / "valids").glob("*.y*ml")):
+    for path in sorted((kestra_flows / "valids").glob("*.y*ml")):
         source = path.read_text()
         if "inputs:" not in source:
             continue
@@ -498,8 +497,8 @@ def test_kestra_valid_flows_with_inputs_have_no_input_problem() -> None:
     assert checked > 30
 
 
-def test_kestra_inputs_flow_resolves_to_json_values() -> None:
-    flow = parse_flow((CORPUS / "valids" / "inputs.yaml").read_text())
+def test_kestra_inputs_flow_resolves_to_json_values(kestra_flows: Path) -> None:
+    flow = parse_flow((kestra_flows / "valids" / "inputs.yaml").read_text())
     values = resolve_inputs(
         flow,
         {
