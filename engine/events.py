@@ -176,15 +176,20 @@ class SubflowExecutionEnded(Event, frozen=True):
 class AttemptScheduled(Event, frozen=True):
     """An attempt of a runnable task run is ready for a worker.
 
-    `task` is the task's definition and `context` the variables it renders with, so a worker
-    needs no other read to run it.
+    It only names the attempt (and the task's type, so workers can pick what they run): the
+    worker reads the task's definition and the variables it renders with from the execution's
+    history as it stood at this event.
     """
 
     executionId: str
     taskRunId: str
     attempt: int
-    task: dict[str, Any]
-    context: dict[str, Any]
+    taskId: str = ""
+    taskType: str = ""
+    task: dict[str, Any] = {}
+    """Older events embedded the task's definition; new ones leave it out."""
+    context: dict[str, Any] = {}
+    """Older events embedded the render context; new ones leave it out."""
 
 
 class TimerScheduled(Event, frozen=True):
@@ -248,6 +253,15 @@ class AttemptFailed(Event, frozen=True):
     message: str
     outputs: dict[str, Any] = {}
     metrics: list[dict[str, Any]] = []
+
+
+class AttemptKilled(Event, frozen=True):
+    """The worker stopped a running attempt because its execution or task run was killed."""
+
+    executionId: str
+    taskRunId: str
+    attempt: int
+    reason: str = ""
 
 
 class AttemptAbandoned(Event, frozen=True):
@@ -342,6 +356,7 @@ AnyEvent = (
     | AttemptSucceeded
     | AttemptFailed
     | AttemptAbandoned
+    | AttemptKilled
     | WorkerHeartbeat
     | WorkerStopped
     | WorkerLost
