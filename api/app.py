@@ -170,10 +170,28 @@ def create_app(ctx: ServerContext) -> QuartTrio:
 
     # --- health -------------------------------------------------------------------------------
 
+    async def health_report(starting: bool) -> tuple[bool, dict[str, Any]]:
+        """Whether the process is ready, and the body that says so and why not."""
+        db_up = await db.ping()
+        components: dict[str, Any] = {"db": {"status": "UP" if db_up else "DOWN"}}
+        if not db_up:
+            components["db"]["reason"] = "The database does not answer"
+        components.update({n: c.to_json() for n, c in ctx.health.components().items()})
+        down = [
+            f"{n} ({c.get('reason', 'DOWN')})"
+            for n, c in components.items()
+            if c["status"] == "DOWN"
+        ]
+        if starting and not ctx.ready.is_set():
+            down.append("server (still starting)")
+        body: dict[str, Any] = {"status": "DOWN" if down else "UP", "components": components}
+        if down:
+            body["message"] = "Not ready: " + "; ".join(down)
+        return not down, body
+
     @app.get("/health")
     async def health() -> Response:
-        up = await db.ping()
-        body = {"status": "UP" if up else "DOWN", "components": {"db": "UP" if up else "DOWN"}}
+        up, body = await health_report(starting=False)
         return _json(body, 200 if up else 503)
 
     @app.get("/health/liveness")
@@ -182,12 +200,8 @@ def create_app(ctx: ServerContext) -> QuartTrio:
 
     @app.get("/health/readiness")
     async def readiness() -> Response:
-        up = await db.ping()
-        if not up:
-            return _json({"status": "DOWN", "message": "The database does not answer"}, 503)
-        if not ctx.ready.is_set():
-            return _json({"status": "DOWN", "message": "Still starting"}, 503)
-        return _json({"status": "UP"})
+        up, body = await health_report(starting=True)
+        return _json(body, 200 if up else 503)
 
     # --- flows --------------------------------------------------------------------------------
 

@@ -3,15 +3,25 @@
 Each caller awaits its own result; a flusher takes everything queued, appends it in one
 `append_many` and hands each caller its `AppendResult`. Under load this turns N commits into
 one; when idle a single append goes out at once.
+
+When the database is away, appends that carry a command id wait in the queue and go out once
+it answers again (a repeated append with a command id is recorded once, even if the failed
+commit had in fact gone through). An append without one cannot be repeated safely, so its
+caller gets the error at once and decides.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import trio
 
+from engine.backoff import Backoff, describe, is_transient
+from engine.health import Health
 from engine.store import Append, AppendResult, EventStore
+
+log = logging.getLogger(__name__)
 
 
 class _Pending:
@@ -25,16 +35,32 @@ class _Pending:
 
 
 class GroupCommitter:
-    """Batches `append` calls into shared transactions; run `run()` in a nursery."""
+    """Batches `append` calls into shared transactions; run `run()` in a nursery.
 
-    def __init__(self, store: EventStore, *, max_batch: int = 2000) -> None:
+    `health` and `name` say where it reports DOWN while it waits for the database.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        max_batch: int = 2000,
+        health: Health | None = None,
+        name: str = "committer",
+    ) -> None:
         self.store = store
         self.max_batch = max_batch
+        self.health = health
+        self.name = name
         self._queue: list[_Pending] = []
         self._wake = trio.Event()
 
     async def append(self, request: Append) -> AppendResult:
-        """Queue `request` and return its result once its transaction committed."""
+        """Queue `request` and return its result once its transaction committed.
+
+        With a command id, a database outage only delays the result; without one, a
+        transient error is raised to the caller.
+        """
         pending = _Pending(request)
         self._queue.append(pending)
         self._wake.set()
@@ -45,8 +71,9 @@ class GroupCommitter:
         return pending.result
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Flush queued appends until cancelled."""
+        """Flush queued appends until cancelled; never ends on a database error."""
         task_status.started()
+        backoff = Backoff()
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
@@ -54,11 +81,34 @@ class GroupCommitter:
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
                 try:
                     results = await self.store.append_many([p.request for p in batch])
-                except Exception as exc:  # every caller of the failed batch sees the error
-                    for p in batch:
-                        p.error = exc
-                        p.done.set()
+                except Exception as exc:
+                    if not is_transient(exc):  # every caller of the failed batch sees the error
+                        _fail(batch, exc)
+                        continue
+                    again = [p for p in batch if p.request.command_id is not None]
+                    _fail([p for p in batch if p.request.command_id is None], exc)
+                    self._queue[:0] = again
+                    delay = backoff.failed()
+                    reason = describe(exc)
+                    if self.health is not None:
+                        self.health.down(self.name, reason)
+                    log.warning(
+                        "Appending %d events failed (%s); retrying in %.1fs",
+                        len(again),
+                        reason,
+                        delay,
+                    )
+                    await trio.sleep(delay)
                     continue
+                backoff.reset()
+                if self.health is not None:
+                    self.health.up(self.name)
                 for p, result in zip(batch, results, strict=True):
                     p.result = result
                     p.done.set()
+
+
+def _fail(batch: list[_Pending], exc: BaseException) -> None:
+    for p in batch:
+        p.error = exc
+        p.done.set()

@@ -10,6 +10,7 @@ hop.
 from __future__ import annotations
 
 import logging
+import select
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -18,37 +19,45 @@ import psycopg
 import trio
 from psycopg.rows import dict_row
 
+from engine.backoff import Backoff, describe, is_transient
 from engine.errors import DatabaseUnavailable
+from engine.health import Health
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+LISTEN = "listen"
+"""The health component of the LISTEN connection."""
 Row = dict[str, Any]
 
 
 class Database:
-    """A small pool of psycopg connections used from trio."""
+    """A small pool of psycopg connections used from trio.
 
-    def __init__(self, url: str, *, max_size: int = 6) -> None:
+    A connection goes back to the pool only when it is healthy and idle: one that broke, was
+    closed, or was left inside a transaction is closed instead. When one connection turns out
+    to be lost, the idle ones are dropped too, since a server restart or a terminated backend
+    takes them all; the next calls connect afresh.
+    """
+
+    def __init__(self, url: str, *, max_size: int = 6, connect_timeout: int = 5) -> None:
         self.url = url
         self.max_size = max_size
+        self.connect_timeout = connect_timeout
         self._idle: list[psycopg.Connection[Any]] = []
         self._slots = trio.Semaphore(max_size)
         self._closed = False
 
     def _connect(self) -> psycopg.Connection[Any]:
-        try:
-            return psycopg.Connection.connect(self.url, autocommit=True, connect_timeout=10)
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(
-                f"Cannot connect to PostgreSQL: {exc}".strip(),
-            ) from exc
+        return connect(self.url, connect_timeout=self.connect_timeout)
 
     async def run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Run `fn(connection)` in a worker thread on a pooled autocommit connection.
 
         `fn` opens its own transaction (`with conn.transaction():`) when it needs one. A
-        connection that fails is dropped, not returned to the pool.
+        connection that fails is dropped, not returned to the pool, and a server that cannot
+        be reached raises `DatabaseUnavailable` at once (callers back off and retry).
         """
         if self._closed:
             raise DatabaseUnavailable("The database pool is closed")
@@ -57,24 +66,34 @@ class Database:
 
             def work() -> T:
                 nonlocal conn
-                if conn is None or conn.closed:
+                if conn is not None and _stale(conn):
+                    _close_quietly(conn)
+                    conn = None
+                if conn is None:
                     conn = self._connect()
                 return fn(conn)
 
             try:
                 result = await trio.to_thread.run_sync(work)
             except BaseException:
-                if conn is not None and not conn.closed and conn.info.transaction_status == 0:
+                if conn is not None and _reusable(conn):
                     self._idle.append(conn)
                 elif conn is not None:
                     _close_quietly(conn)
+                    if conn.broken:
+                        self._drop_idle()
                 raise
             assert conn is not None
-            if conn.closed or conn.broken:
-                _close_quietly(conn)
-            else:
+            if _reusable(conn) and not self._closed:
                 self._idle.append(conn)
+            else:
+                _close_quietly(conn)
             return result
+
+    def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            _close_quietly(conn)
 
     async def fetchall(self, sql: str, params: Any = None) -> list[Row]:
         """Run one query and return its rows as dicts."""
@@ -111,9 +130,53 @@ class Database:
     async def close(self) -> None:
         """Close every idle connection; later calls fail."""
         self._closed = True
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            _close_quietly(conn)
+        self._drop_idle()
+
+
+def connect(url: str, *, connect_timeout: int = 5) -> psycopg.Connection[Any]:
+    """An autocommit connection to `url`, or `DatabaseUnavailable` saying why there is none.
+
+    TCP keepalives make a connection to a server that vanished without closing its sockets
+    fail within a minute instead of hanging.
+    """
+    try:
+        return psycopg.Connection.connect(
+            url,
+            autocommit=True,
+            connect_timeout=connect_timeout,
+            keepalives=1,
+            keepalives_idle=20,
+            keepalives_interval=5,
+            keepalives_count=4,
+        )
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(f"Cannot connect to PostgreSQL: {exc}".strip()) from exc
+
+
+def _reusable(conn: psycopg.Connection[Any]) -> bool:
+    """True when `conn` is open and idle outside any transaction."""
+    return (
+        not conn.closed
+        and not conn.broken
+        and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    )
+
+
+def _stale(conn: psycopg.Connection[Any]) -> bool:
+    """True when an idle pooled connection cannot serve a query any more.
+
+    An idle connection receives nothing unless the server is ending it (a terminated backend
+    or a shutdown sends a FATAL message and closes the socket), so a readable socket means the
+    connection is gone; checking costs no round trip.
+    """
+    if not _reusable(conn):
+        return True
+    try:
+        poller = select.poll()
+        poller.register(conn.pgconn.socket, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, psycopg.Error):
+        return True
 
 
 def _close_quietly(conn: psycopg.Connection[Any]) -> None:
@@ -128,16 +191,26 @@ class Notifier:
 
     A notification carries no data: it only says "read again". After a lost connection the
     notifier reconnects and wakes everyone, since notifications sent meanwhile are gone.
+
+    The notifier is the one object every consumer of a process shares, so it also carries the
+    process's `health` registry, where it reports its own connection as `listen`.
     """
 
-    def __init__(self, url: str, channel: str) -> None:
+    def __init__(self, url: str, channel: str, *, health: Health | None = None) -> None:
         self.url = url
         self.channel = channel
+        self.health = health if health is not None else Health()
         self.generation = 0
         self.connected = trio.Event()
+        """Set while the LISTEN connection is up; replaced by a fresh event when it is lost."""
         self._changed = trio.Event()
         self._conn: psycopg.Connection[Any] | None = None
         self.reconnects = 0
+
+    @property
+    def is_connected(self) -> bool:
+        """True while the LISTEN connection is up."""
+        return self.connected.is_set()
 
     def _wake(self) -> None:
         self.generation += 1
@@ -156,37 +229,54 @@ class Notifier:
         return conn.info.backend_pid if conn is not None and not conn.closed else None
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen until cancelled, reconnecting with a growing delay when the server is lost."""
+        """Listen until cancelled, reconnecting with a growing delay when the server is lost.
+
+        Startup waits (logging why) until the first connection is made. Any error of the
+        connection, transient or not, leads to a reconnect: without this task no consumer of
+        the process would be woken, so it must never end on its own.
+        """
         started = False
-        delay = 0.05
+        backoff = Backoff(initial=0.05)
         while True:
             try:
                 conn = await trio.to_thread.run_sync(self._connect_and_listen)
-            except (psycopg.OperationalError, DatabaseUnavailable) as exc:
-                log.warning("LISTEN connection failed (%s); retrying in %.1fs", exc, delay)
+            except Exception as exc:
+                reason = describe(exc)
+                delay = backoff.failed()
+                self.health.down(LISTEN, reason)
+                log.warning("LISTEN connection failed (%s); retrying in %.1fs", reason, delay)
                 await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
                 continue
             self._conn = conn
-            delay = 0.05
+            backoff.reset()
             self.connected.set()
+            self.health.up(LISTEN)
             self._wake()
             if not started:
                 task_status.started()
                 started = True
             try:
                 await self._pump(conn)
-            except psycopg.OperationalError as exc:
-                log.warning("LISTEN connection lost (%s); reconnecting", exc)
+            except Exception as exc:
+                reason = describe(exc)
+                if is_transient(exc):
+                    log.warning("LISTEN connection lost (%s); reconnecting", reason)
+                else:
+                    log.exception("LISTEN connection failed unexpectedly; reconnecting")
                 self.reconnects += 1
-                self.connected = trio.Event()
+                self.health.down(LISTEN, reason)
             finally:
                 self._conn = None
+                self.connected = trio.Event()
                 _close_quietly(conn)
 
     def _connect_and_listen(self) -> psycopg.Connection[Any]:
-        conn = psycopg.Connection.connect(self.url, autocommit=True, connect_timeout=10)
-        conn.execute(f'LISTEN "{self.channel}"')
+        conn = connect(self.url)
+        try:
+            conn.execute(f'LISTEN "{self.channel}"')
+        except BaseException:
+            _close_quietly(conn)
+            raise
         return conn
 
     async def _pump(self, conn: psycopg.Connection[Any]) -> None:

@@ -3,10 +3,16 @@
 The engine's own components (executor, timers, watchdog, worker) are started here. Components
 that live in outer packages (the web server, the projections) register themselves in the
 `tiercel.services` entry-point group, so the engine starts them without importing them.
+
+A process outlives its database: startup waits for PostgreSQL (logging what it waits for),
+each component backs off and resumes on its own when the database goes away, and as a last
+line a component that still ends on a transient database error is started again. What each
+component reports goes to `ServerContext.health`, which readiness reads.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import os
@@ -17,8 +23,10 @@ from typing import Any
 
 import trio
 
+from engine.backoff import Backoff, describe, is_transient, retry
 from engine.db import Database, Notifier
 from engine.executor_shell import ExecutorShell
+from engine.health import Health
 from engine.migrate import migrate
 from engine.storage import LocalStorage, Storage
 from engine.store import CHANNEL, EventStore
@@ -50,9 +58,14 @@ class ServerContext:
     extra: dict[str, Any] = field(default_factory=dict)
     storage: Storage | None = None
     """Internal storage (default: `<data_dir>/storage`, or the user's data dir)."""
+    health: Health = field(default_factory=Health)
+    """What each component says about itself; readiness is DOWN while any is DOWN."""
 
 
 Service = Callable[..., Awaitable[None]]
+
+RESTART_RESET_AFTER = 60.0
+"""A component that ran this many seconds before failing is restarted without a long pause."""
 
 
 def storage_root(data_dir: Path | None) -> Path:
@@ -76,6 +89,47 @@ def services(roles: tuple[str, ...]) -> dict[str, Service]:
     return found
 
 
+async def supervise(
+    name: str,
+    health: Health,
+    service: Service,
+    *args: Any,
+    on_restart: Callable[[], None] | None = None,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run `service(*args)`, starting it again after it ended on a transient database error.
+
+    Components handle database outages themselves; this is the last line that keeps a process
+    alive when one still lets such an error out. While it waits to restart, `name` is DOWN in
+    `health`. `on_restart` runs before each restart (to drop state the failure may have left).
+    Any other error ends the process as before: it is a bug to fix, not an outage to wait out.
+    """
+    backoff = Backoff()
+    started = False
+    while True:
+        began = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                value = await nursery.start(service, *args)
+                health.up(name)
+                if not started:
+                    task_status.started(value)
+                    started = True
+            return
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if trio.current_time() - began > RESTART_RESET_AFTER:
+                backoff.reset()
+            delay = backoff.failed()
+            reason = describe(exc)
+            health.down(name, reason)
+            log.warning("%s stopped (%s); starting it again in %.1fs", name, reason, delay)
+            await trio.sleep(delay)
+            if on_restart is not None:
+                on_restart()
+
+
 async def run_server(
     url: str,
     roles: tuple[str, ...] = ALL_ROLES,
@@ -83,12 +137,22 @@ async def run_server(
     task_status: Any = trio.TASK_STATUS_IGNORED,
     **options: Any,
 ) -> None:
-    """Migrate the database, then run the components of `roles` until cancelled."""
-    await trio.to_thread.run_sync(migrate, url)
+    """Migrate the database, then run the components of `roles` until cancelled.
+
+    Startup waits for the database with backoff instead of failing, and no component ends the
+    process on a transient database error.
+    """
+    health = Health()
+    await retry(
+        lambda: trio.to_thread.run_sync(migrate, url),
+        what="waiting for PostgreSQL to apply migrations",
+        health=health,
+        component="migrations",
+    )
     db = Database(url, max_size=8)
     store = EventStore(db)
-    notifier = Notifier(url, CHANNEL)
-    ctx = ServerContext(url=url, db=db, store=store, notifier=notifier, **options)
+    notifier = Notifier(url, CHANNEL, health=health)
+    ctx = ServerContext(url=url, db=db, store=store, notifier=notifier, health=health, **options)
     if ctx.storage is None:
         ctx.storage = LocalStorage(storage_root(ctx.data_dir))
     registered = services(roles)
@@ -96,9 +160,21 @@ async def run_server(
         async with trio.open_nursery() as nursery:
             await nursery.start(notifier.run)
             if "executor" in roles:
-                await nursery.start(ExecutorShell(store, notifier).run)
-                await nursery.start(TimerService(store, notifier).run)
-                await nursery.start(Watchdog(store, notifier, timeout=ctx.heartbeat_timeout).run)
+                shell = ExecutorShell(store, notifier)
+                await nursery.start(
+                    functools.partial(
+                        supervise,
+                        "service:executor",
+                        health,
+                        shell.run,
+                        on_restart=shell.cache.clear,
+                    )
+                )
+                await nursery.start(
+                    supervise, "service:timers", health, TimerService(store, notifier).run
+                )
+                watchdog = Watchdog(store, notifier, timeout=ctx.heartbeat_timeout)
+                await nursery.start(supervise, "service:watchdog", health, watchdog.run)
             if "worker" in roles:
                 worker = Worker(
                     store,
@@ -108,10 +184,10 @@ async def run_server(
                     work_dir=(ctx.data_dir / "work") if ctx.data_dir else None,
                     storage=ctx.storage,
                 )
-                await nursery.start(worker.run)
+                await nursery.start(supervise, "service:worker", health, worker.run)
             for role in roles:
                 if role in registered:
-                    await nursery.start(registered[role], ctx)
+                    await nursery.start(supervise, f"service:{role}", health, registered[role], ctx)
             ctx.ready.set()
             task_status.started(ctx)
     finally:

@@ -1,4 +1,9 @@
-"""Runs projections: each applies a batch of events and its checkpoint in one transaction."""
+"""Runs projections: each applies a batch of events and its checkpoint in one transaction.
+
+A projection waits out database outages: its startup retries loading the checkpoint, and its
+subscription retries a failed batch from the same position, reporting `projection:<name>` DOWN
+in the process's health registry meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Any, Protocol
 import psycopg
 import trio
 
+from engine.backoff import retry
 from engine.db import Notifier
 from engine.store import EventStore, StoredEvent, load_checkpoint, save_checkpoint
 from engine.subscription import Subscription
@@ -33,7 +39,12 @@ async def run_projection(
 ) -> None:
     """Keep `projection` up to date until cancelled."""
     name = f"projection:{projection.name}"
-    position = await load_checkpoint(store.db, name)
+    position = await retry(
+        lambda: load_checkpoint(store.db, name),
+        what=f"loading checkpoint {name}",
+        health=notifier.health,
+        component=name,
+    )
 
     async def handle(batch: list[StoredEvent]) -> None:
         def work(conn: psycopg.Connection[Any]) -> None:
@@ -43,7 +54,7 @@ async def run_projection(
 
         await store.db.run(work)
 
-    sub = Subscription(store, notifier, position=position, types=projection.types)
+    sub = Subscription(store, notifier, position=position, types=projection.types, name=name)
     await sub.run(handle, task_status=task_status)
 
 
