@@ -20,8 +20,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from engine import commands
-from engine.errors import InvalidRequest, NotFound, Problem, TiercelError
-from engine.executor import iso
+from engine.errors import InvalidRequest, NotFound, Problem, TiercelError, WrongExpectedVersion
+from engine.execution import iso
 from engine.flow import Flow, flow_to_dict, parse_flow
 from engine.inputs import resolve_inputs
 from engine.plugin import Task, describe, plugin_list, property_docs, schema, task_type
@@ -288,7 +288,14 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         revision = _int_arg("revision", None, minimum=1)
         record = await commands.get_flow(store, namespace, flow_id, revision)
         flow = parse_flow(record.source)
-        execution_id = commands.new_execution_id()
+        key = _idempotency_key()
+        if key is None:
+            execution_id = commands.new_execution_id()
+        else:
+            # A retried request (same key) answers with the execution the first one made.
+            execution_id = commands.idempotent_execution_id(namespace, flow_id, key)
+            if await store.read_execution(execution_id):
+                return await _execution_answer(execution_id)
         files = _input_files(flow, inputs, uploads)
         # Check every input first, with the URIs the files will get, so that a bad request
         # stores nothing; the files are then stored under the execution before it is created.
@@ -311,12 +318,28 @@ def create_app(ctx: ServerContext) -> QuartTrio:
                 revision=revision,
                 execution_id=execution_id,
             )
+        except WrongExpectedVersion:
+            if key is None:
+                raise
+            return await _execution_answer(execution_id)  # the same request, a moment earlier
         except BaseException:
             if files and storage is not None:
                 prefix = execution_prefix(namespace, flow_id, execution_id)
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(storage.delete_prefix, prefix)
             raise
+        return await _execution_answer(execution_id)
+
+    def _idempotency_key() -> str | None:
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return None
+        key = key.strip()
+        if not key or len(key) > 255:
+            raise InvalidRequest("The Idempotency-Key header must hold 1 to 255 characters")
+        return key
+
+    async def _execution_answer(execution_id: str) -> Response:
         if _bool_arg("wait"):
             timeout = _int_arg("timeout", 3600, minimum=1)
             state = await commands.wait_for_end(store, ctx.notifier, execution_id, timeout=timeout)
@@ -446,12 +469,21 @@ def create_app(ctx: ServerContext) -> QuartTrio:
 
     @app.post("/api/v1/executions/<execution_id>/resume")
     async def resume_execution(execution_id: str) -> Response:
-        await commands.resume_execution(store, execution_id, await _execution_inputs())
+        key = _idempotency_key()
+        await commands.resume_execution(
+            store,
+            execution_id,
+            await _execution_inputs(),
+            command_id=f"api:resume:{execution_id}:{key}" if key else None,
+        )
         return Response("", status=204)
 
     @app.delete("/api/v1/executions/<execution_id>/kill")
     async def kill_execution(execution_id: str) -> Response:
-        await commands.kill_execution(store, execution_id)
+        key = _idempotency_key()
+        await commands.kill_execution(
+            store, execution_id, command_id=f"api:kill:{execution_id}:{key}" if key else None
+        )
         return _json({"id": execution_id, "message": "Kill requested"}, 202)
 
     # --- logs -------------------------------------------------------------------------------

@@ -107,6 +107,13 @@ def _server_options(f: F) -> F:
         help="Deploy every YAML flow in this folder at start.",
     )(f)
     f = click.option("--worker-slots", type=int, default=None, help="Attempts run at once.")(f)
+    f = click.option(
+        "--heartbeat-timeout",
+        type=float,
+        default=None,
+        help="Seconds without a heartbeat after which a worker is lost and its attempts run "
+        "again elsewhere (default 15).",
+    )(f)
     return config_option(f)
 
 
@@ -180,6 +187,9 @@ def _serve(roles: tuple[str, ...], *, embedded_ok: bool, **options: Any) -> None
         "port": int(_setting("port", options.get("port"), 8080)),
         "data_dir": data_dir,
         "worker_slots": int(_setting("worker-slots", options.get("worker_slots"), 16)),
+        "heartbeat_timeout": float(
+            _setting("heartbeat-timeout", options.get("heartbeat_timeout"), 15.0)
+        ),
     }
     flows_dir = options.get("flows_dir") or _setting("flows", None)
     try:
@@ -264,6 +274,93 @@ def migrate(database_url: str | None, data_dir: str | None) -> None:
         if embedded is not None:
             embedded.stop()
     click.echo("Applied: " + ", ".join(applied) if applied else "The database is up to date.")
+
+
+# --- sys -------------------------------------------------------------------------------------------
+
+
+@main.group("sys")
+@config_option
+def sys_group() -> None:
+    """Check and maintain a Tiercel database."""
+
+
+@sys_group.command("verify")
+@config_option
+@_database_option
+@_data_dir_option
+@click.option("--execution", "execution_id", default=None, help="Verify this execution only.")
+@click.option(
+    "--since",
+    type=int,
+    default=0,
+    help="Verify the executions with events after this position only.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def sys_verify(
+    database_url: str | None,
+    data_dir: str | None,
+    execution_id: str | None,
+    since: int,
+    as_json: bool,
+) -> None:
+    """Refold recorded executions through this version's code and report every one whose
+    state or decisions differ from what was recorded (with the first diverging event), and
+    every execution the executor parked. Exits 1 when anything differs.
+
+    Run it before and after an upgrade: a difference means the new version would read old
+    histories differently."""
+    import psycopg
+
+    from engine.embedded import EmbeddedPostgres
+    from engine.verify import verify_database
+
+    url = _setting("database-url", database_url)
+    embedded = None
+    try:
+        if not url:
+            embedded = EmbeddedPostgres(Path(_setting("data-dir", data_dir) or _default_data_dir()))
+            url = embedded.start()
+        with psycopg.Connection.connect(url, autocommit=True, connect_timeout=10) as conn:
+            report = verify_database(conn, execution=execution_id, since=since)
+    except TiercelError as exc:
+        _fail(exc)
+        return
+    except psycopg.Error as exc:
+        click.echo(f"Cannot read the database: {exc}".strip(), err=True)
+        sys.exit(2)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    if as_json:
+        import msgspec
+
+        payload = msgspec.to_builtins(report)
+        payload["ok"] = report.ok
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        for f in report.findings:
+            if f.kind == "parked":
+                click.echo(f"✗ execution {f.executionId}: parked at position {f.position}")
+                click.echo(f"  {f.recorded[0]}")
+                continue
+            what = "decisions differ" if f.kind == "decisions" else "state differs"
+            click.echo(
+                f"✗ execution {f.executionId}: {what} at position {f.position} ({f.eventType})"
+            )
+            for line in f.recorded:
+                click.echo(f"  recorded: {line}")
+            for line in f.replayed:
+                click.echo(f"  replayed: {line}")
+        verdict = (
+            "every history refolds to the same state and decisions"
+            if report.ok
+            else f"{len(report.findings)} finding(s)"
+        )
+        click.echo(
+            f"Verified {report.executions} execution(s), {report.events} event(s): {verdict}"
+        )
+    sys.exit(0 if report.ok else 1)
 
 
 # --- flows -----------------------------------------------------------------------------------------

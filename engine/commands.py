@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -15,8 +16,16 @@ import trio
 
 from engine import events as ev
 from engine.db import Notifier
-from engine.errors import Conflict, InvalidRequest, NotFound
-from engine.executor import Execution, as_of, flow_of, iso, replay
+from engine.errors import Conflict, InvalidRequest, NotFound, WrongExpectedVersion
+from engine.execution import (
+    Execution,
+    as_of,
+    attempt_definition,
+    flow_of,
+    iso,
+    replay,
+    short_id,
+)
 from engine.executor_shell import INPUT_TYPES, recorded
 from engine.flow import Flow, Input, flow_to_dict, parse_flow
 from engine.inputs import resolve_inputs
@@ -177,16 +186,20 @@ async def create_execution(
     trigger: dict[str, Any] | None = None,
     actor: str = "api",
     execution_id: str | None = None,
+    command_id: str | None = None,
 ) -> str:
     """Check the inputs and record a new execution of the flow; return its id (`execution_id`
-    when given, e.g. because its input files were stored under it first)."""
+    when given, e.g. because its input files were stored under it first).
+
+    With a `command_id`, a retried request creates nothing new and returns the id of the
+    execution the first one created."""
     record = await get_flow(store, namespace, flow_id, revision)
     flow = parse_flow(record.source)
     if flow.disabled:
         raise Conflict(f"Flow {namespace}.{flow_id} is disabled: enable it to execute it")
     values = resolve_inputs(flow, inputs or {})
     execution_id = execution_id or new_execution_id()
-    await store.append(
+    result = await store.append(
         ev.execution_stream(execution_id),
         [
             ev.ExecutionCreated(
@@ -207,21 +220,63 @@ async def create_execution(
             )
         ],
         expected_version=NO_STREAM,
+        command_id=command_id,
         meta={"actor": actor},
     )
-    return execution_id
+    return result.stream_id.removeprefix("exec:")
 
 
-async def kill_execution(store: EventStore, execution_id: str, actor: str = "api") -> None:
-    """Ask the executor to kill a running execution."""
-    state = await load_execution(store, execution_id)
+def idempotent_execution_id(namespace: str, flow_id: str, key: str) -> str:
+    """The id of the execution that a create request with idempotency key `key` makes: the
+    same key gives the same execution, so a retried request finds the first one."""
+    return short_id("idempotency-key", namespace, flow_id, key)
+
+
+async def _command(
+    store: EventStore,
+    execution_id: str,
+    decide_command: Callable[[Execution], list[ev.Event]],
+    *,
+    actor: str,
+    command_id: str | None = None,
+) -> Execution:
+    """Run a user command through the decider at the stream's expected version: load the
+    execution, let `decide_command` check and decide, append at the version it was decided
+    on (reloading and deciding again when the stream moved meanwhile)."""
+    stream = ev.execution_stream(execution_id)
+    for _ in range(20):
+        history = await execution_history(store, execution_id)
+        state = state_of(history)
+        if state.purged:
+            raise NotFound(f"Execution {execution_id} was purged")
+        version = max((e.version for e in history if e.stream_id == stream), default=NO_STREAM)
+        decided = decide_command(state)
+        try:
+            await store.append(
+                stream,
+                decided,
+                expected_version=version,
+                command_id=command_id,
+                meta={"actor": actor},
+            )
+        except WrongExpectedVersion:
+            continue
+        return state
+    raise Conflict(f"Execution {execution_id} is changing too fast; try again")
+
+
+def _kill(state: Execution) -> list[ev.Event]:
     if state.terminal:
-        raise Conflict(f"Execution {execution_id} already ended in {state.state}")
-    await store.append(
-        ev.execution_stream(execution_id),
-        [ev.ExecutionKillRequested(executionId=execution_id)],
-        meta={"actor": actor},
-    )
+        raise Conflict(f"Execution {state.id} already ended in {state.state}")
+    return [ev.ExecutionKillRequested(executionId=state.id)]
+
+
+async def kill_execution(
+    store: EventStore, execution_id: str, actor: str = "api", command_id: str | None = None
+) -> None:
+    """Ask the executor to kill a running execution (its running attempts stop, and so do
+    its Subflow executions)."""
+    await _command(store, execution_id, _kill, actor=actor, command_id=command_id)
 
 
 async def execution_history(store: EventStore, execution_id: str) -> list[StoredEvent]:
@@ -239,6 +294,36 @@ def state_of(history: list[StoredEvent], *, at_seq: int | None = None) -> Execut
     if state is None:
         raise NotFound("The execution did not exist yet at that position")
     return state
+
+
+async def scheduled_attempt(
+    store: EventStore, execution_id: str, task_run_id: str, attempt: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The task definition and render context of a scheduled attempt, rebuilt from the
+    execution's history as it stood when the attempt was scheduled (events carry no snapshot
+    of them). `NotFound` when the history holds no such attempt."""
+    history = await execution_history(store, execution_id)
+    at = next(
+        (
+            e.seq
+            for e in history
+            if isinstance(e.event, ev.AttemptScheduled)
+            and e.event.taskRunId == task_run_id
+            and e.event.attempt == attempt
+        ),
+        None,
+    )
+    if at is None:
+        raise NotFound(
+            f"Execution {execution_id} never scheduled attempt {attempt} of {task_run_id}"
+        )
+    state = as_of([recorded(e) for e in history if e.type in INPUT_TYPES], at)
+    if state is None:
+        raise NotFound(f"Execution {execution_id} does not exist")
+    try:
+        return attempt_definition(state, task_run_id, attempt)
+    except ValueError as exc:
+        raise NotFound(str(exc)) from None
 
 
 async def load_execution(
@@ -324,10 +409,23 @@ async def wait_for_end(
 
 
 async def resume_execution(
-    store: EventStore, execution_id: str, inputs: dict[str, Any] | None = None, actor: str = "api"
+    store: EventStore,
+    execution_id: str,
+    inputs: dict[str, Any] | None = None,
+    actor: str = "api",
+    command_id: str | None = None,
 ) -> Execution:
     """Resume a paused execution with the values its Pause tasks ask for (`onResume`)."""
-    state = await load_execution(store, execution_id)
+
+    def resume(state: Execution) -> list[ev.Event]:
+        values = _resume_values(state, inputs or {})
+        return [ev.ExecutionResumeRequested(executionId=execution_id, inputs=values)]
+
+    return await _command(store, execution_id, resume, actor=actor, command_id=command_id)
+
+
+def _resume_values(state: Execution, inputs: dict[str, Any]) -> dict[str, Any]:
+    execution_id = state.id
     if state.state != "PAUSED":
         raise Conflict(
             f"Execution {execution_id} is {state.state}, not PAUSED: only a paused execution "
@@ -344,13 +442,7 @@ async def resume_execution(
                 raise InvalidRequest(
                     f"Pause task {run.taskId} has a bad onResume input: {exc}"
                 ) from None
-    values = resolve_inputs(msgspec.structs.replace(flow, inputs=asked), inputs or {})
-    await store.append(
-        ev.execution_stream(execution_id),
-        [ev.ExecutionResumeRequested(executionId=execution_id, inputs=values)],
-        meta={"actor": actor},
-    )
-    return state
+    return resolve_inputs(msgspec.structs.replace(flow, inputs=asked), inputs)
 
 
 async def purge_execution(

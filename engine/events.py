@@ -80,6 +80,8 @@ class ExecutionStateChanged(Event, frozen=True):
     executionId: str
     state: str
     outputs: dict[str, Any] | None = None
+    message: str | None = None
+    """Why, when the engine ended it for a reason of its own (a flow it cannot run, a bug)."""
 
 
 class ExecutionKillRequested(Event, frozen=True):

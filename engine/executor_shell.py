@@ -20,7 +20,7 @@ import trio
 from engine import events as ev
 from engine.db import Notifier
 from engine.errors import TiercelError
-from engine.executor import Execution, Recorded, decide, evolve, replay
+from engine.execution import Execution, Recorded, decide, evolve, replay
 from engine.plugin import TERMINAL_STATES
 from engine.store import (
     NO_STREAM,
@@ -50,6 +50,7 @@ INPUT_TYPES = (
     "AttemptSucceeded",
     "AttemptFailed",
     "AttemptAbandoned",
+    "AttemptKilled",
     "ExecutionLabelsChanged",
     "TaskRunRestarted",
     "ExecutionPurged",
@@ -81,12 +82,24 @@ class ExecutorShell:
         self.notifier = notifier
         self.cache: OrderedDict[str, Execution] = OrderedDict()
         self.cache_size = cache_size
+        self.parked: set[str] = set()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Handle events from the checkpoint on, until cancelled."""
         position = await load_checkpoint(self.store.db, CHECKPOINT)
+        rows = await self.store.db.fetchall("SELECT execution_id FROM engine_parked")
+        self.parked = {r["execution_id"] for r in rows}
         sub = Subscription(self.store, self.notifier, position=position, types=INPUT_TYPES)
-        await sub.run(self._handle, task_status=task_status)
+        await sub.run(self._handle_safely, task_status=task_status)
+
+    async def _handle_safely(self, batch: list[StoredEvent]) -> None:
+        try:
+            await self._handle(batch)
+        except BaseException:
+            # The batch's decisions were applied to cached states but may not be durable:
+            # forget them, so a retry of the batch starts from what the log holds.
+            self.cache.clear()
+            raise
 
     async def _load(self, batch: list[StoredEvent]) -> None:
         first: dict[str, int] = {}
@@ -111,22 +124,31 @@ class ExecutorShell:
                 self.cache[xid] = state
 
     async def _handle(self, batch: list[StoredEvent]) -> None:
+        batch = [e for e in batch if e.execution_id not in self.parked]
+        if not batch:
+            return
         await self._load(batch)
         appends: list[Append] = []
+        parked: list[tuple[str, int, str]] = []
         for e in batch:
             if e.meta.get("actor") == ACTOR:
                 continue  # our own decision, applied when it was made
             xid = e.execution_id
-            if xid is None:
-                continue
-            state = evolve(self.cache.get(xid), e.event, e.recorded_at)
-            if state is None:
+            if xid is None or xid in self.parked:
                 continue
             try:
+                state = evolve(self.cache.get(xid), e.event, e.recorded_at)
+                if state is None:
+                    continue
                 decided = decide(state, e.event, e.recorded_at)
-            except Exception:  # a bug must not wedge every other execution behind it
-                log.exception("Executor could not decide on event %s of %s", e.seq, xid)
-                decided = []
+            except Exception as exc:  # a bug must not wedge every other execution behind it
+                # evolve and decide are total, so this is a defect: set the execution aside
+                # rather than retry it in a crash loop, and say so where operators look.
+                log.exception("Execution %s parked at event %s: it cannot be folded", xid, e.seq)
+                parked.append((xid, e.seq, f"{type(exc).__name__}: {exc}"))
+                self.parked.add(xid)
+                self.cache.pop(xid, None)
+                continue
             if decided:
                 appends.append(
                     Append(
@@ -142,9 +164,17 @@ class ExecutorShell:
                 appends.extend(await self._effects(state, decided, e.seq))
             self._keep(xid, state)
         last = batch[-1].seq
-        await self.store.append_many(
-            appends, extra=lambda conn: save_checkpoint(conn, CHECKPOINT, last)
-        )
+
+        def finish(conn: psycopg.Connection[Any]) -> None:
+            for xid, seq, error in parked:
+                conn.execute(
+                    "INSERT INTO engine_parked (execution_id, seq, error) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (execution_id) DO NOTHING",
+                    (xid, seq, error),
+                )
+            save_checkpoint(conn, CHECKPOINT, last)
+
+        await self.store.append_many(appends, extra=finish)
 
     async def _effects(self, state: Execution, decided: list[ev.Event], cause: int) -> list[Append]:
         """What decisions ask of the world beyond this execution: child executions and, when
@@ -179,7 +209,19 @@ class ExecutorShell:
                         meta=meta,
                     )
                 )
-            elif (
+            elif isinstance(event, ev.ExecutionStateChanged) and event.state == "KILLED":
+                # A kill reaches the child executions of Subflow tasks still running.
+                for run_id, child in state.subflows.items():
+                    if len(child) == 1 and state.taskruns.get(run_id) is not None:
+                        out.append(
+                            Append(
+                                ev.execution_stream(child[0]),
+                                [ev.ExecutionKillRequested(executionId=child[0])],
+                                command_id=f"kill-child:{child[0]}",
+                                meta=meta,
+                            )
+                        )
+            if (
                 isinstance(event, ev.ExecutionStateChanged)
                 and event.state in TERMINAL_STATES
                 and state.parentId

@@ -327,6 +327,7 @@ class Worker:
                     self._nursery.start_soon(self._run_attempt, stored.event, result.version)
 
     async def _run_attempt(self, scheduled: ev.AttemptScheduled, version: int) -> None:
+        scheduled = await self._with_definition(scheduled)
         stream = ev.attempt_stream(scheduled.executionId, scheduled.taskRunId, scheduled.attempt)
         self._running[stream] = (scheduled, version)
         workdir = self.work_dir / f"{scheduled.taskRunId}-{scheduled.attempt}"
@@ -362,6 +363,23 @@ class Worker:
             self.free += 1
             self._capacity.set()
             self._capacity = trio.Event()
+
+    async def _with_definition(self, scheduled: ev.AttemptScheduled) -> ev.AttemptScheduled:
+        """The scheduled attempt with its task definition and render context, which the
+        worker rebuilds from the execution's history (older events embedded them)."""
+        if scheduled.task:
+            return scheduled
+        from engine.commands import scheduled_attempt
+
+        try:
+            task, context = await scheduled_attempt(
+                self.store, scheduled.executionId, scheduled.taskRunId, scheduled.attempt
+            )
+        except TiercelError as exc:
+            # Runs as a task that fails at once, saying why.
+            task = {"id": scheduled.taskId, "type": f"(unreadable: {exc.message})"}
+            context = {}
+        return msgspec.structs.replace(scheduled, task=task, context=context)
 
     async def _prepare(
         self, scheduled: ev.AttemptScheduled, workdir: Path, shared: dict[str, Any] | None

@@ -8,7 +8,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from engine import events as ev
-from engine.executor import iso
+from engine.execution import iso
 from engine.plugin import TERMINAL_STATES
 from engine.store import StoredEvent
 

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from engine.commands import create_execution, deploy_flow, wait_for_end
-from engine.executor import Execution
+from engine.execution import Execution
 from engine.server import ServerContext, run_server
 
 

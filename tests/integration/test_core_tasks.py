@@ -7,7 +7,7 @@ from __future__ import annotations
 import trio
 
 from engine.commands import create_execution, deploy_flow, load_execution, wait_for_end
-from engine.executor import Execution
+from engine.execution import Execution
 from engine.server import ServerContext
 from tests.integration.conftest import run_flow
 

@@ -11,7 +11,7 @@ import trio
 from engine import events as ev
 from engine.commands import create_execution, deploy_flow, load_execution, wait_for_end
 from engine.db import Database
-from engine.executor import fold, verify
+from engine.execution import fold, verify
 from engine.executor_shell import INPUT_TYPES, recorded
 from engine.server import ServerContext, run_server
 from engine.store import NO_STREAM, EventStore

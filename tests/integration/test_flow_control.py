@@ -15,7 +15,7 @@ from engine.commands import (
     wait_for_end,
 )
 from engine.errors import Conflict, InputValidationError
-from engine.executor import Execution
+from engine.execution import Execution
 from engine.server import ServerContext
 from tests.integration.conftest import run_flow
 

@@ -18,7 +18,7 @@ import trio
 
 from engine import events as ev
 from engine.errors import Conflict, InvalidRequest
-from engine.executor import Execution, TaskRun
+from engine.execution import Execution, TaskRun
 from engine.kv import kv_entries, kv_get, kv_set
 from engine.server import ServerContext
 from tests.conftest import SHARED

@@ -13,7 +13,7 @@ import trio
 
 from engine.commands import create_execution, deploy_flow, wait_for_end
 from engine.errors import FlowValidationError
-from engine.executor import Execution, TaskRun
+from engine.execution import Execution, TaskRun
 from engine.flow import parse_flow
 from engine.server import ServerContext
 

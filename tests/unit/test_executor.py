@@ -8,7 +8,16 @@ from collections.abc import Callable
 import pytest
 
 from engine import events as ev
-from engine.executor import Execution, Recorded, decide, evolve, flow_of, verify
+from engine.execution import (
+    Execution,
+    Recorded,
+    as_of,
+    attempt_definition,
+    decide,
+    evolve,
+    flow_of,
+    verify,
+)
 from engine.flow import flow_to_dict, parse_flow
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -44,6 +53,13 @@ class Run:
             self.state = evolve(self.state, new, self.clock)
         return decided
 
+    def context(self, scheduled: ev.AttemptScheduled) -> dict:
+        """The render context a worker builds for `scheduled` from the history up to it."""
+        seq = next(r.seq for r in self.history if r.event is scheduled)
+        state = as_of(self.history, seq)
+        assert state is not None
+        return attempt_definition(state, scheduled.taskRunId, scheduled.attempt)[1]
+
     def scheduled(self) -> list[ev.AttemptScheduled]:
         done = {
             (r.event.taskRunId, r.event.attempt)
@@ -64,7 +80,7 @@ class Run:
                 ids = {"executionId": s.executionId, "taskRunId": s.taskRunId, "attempt": s.attempt}
                 self.input(ev.AttemptClaimed(**ids, workerId="w1"))
                 result = outcome(s) if outcome else None
-                self.input(result or ev.AttemptSucceeded(**ids, outputs={"value": s.task["id"]}))
+                self.input(result or ev.AttemptSucceeded(**ids, outputs={"value": s.taskId}))
 
     def runs(self) -> dict[str, str]:
         assert self.state is not None
@@ -92,7 +108,7 @@ tasks:
 
 def test_parallel_children_are_scheduled_together_and_flow_ends_in_success():
     run = Run(PARALLEL)
-    assert sorted(s.task["id"] for s in run.scheduled()) == ["a", "b"]
+    assert sorted(s.taskId for s in run.scheduled()) == ["a", "b"]
     run.work()
     assert run.runs() == {"parent": "SUCCESS", "a": "SUCCESS", "b": "SUCCESS", "last": "SUCCESS"}
     assert run.state is not None and run.state.state == "SUCCESS"
@@ -105,7 +121,7 @@ def test_attempt_context_carries_outputs_of_earlier_tasks():
     contexts = {}
 
     def capture(s: ev.AttemptScheduled) -> None:
-        contexts[s.task["id"]] = s.context
+        contexts[s.taskId] = run.context(s)
         return None
 
     run.work(capture)
@@ -137,7 +153,7 @@ def test_failure_stops_the_sequence_runs_errors_branch_and_fails_execution():
     run = Run(SEQUENTIAL_WITH_ERRORS)
 
     def outcome(s: ev.AttemptScheduled) -> ev.Event | None:
-        if s.task["id"] == "boom":
+        if s.taskId == "boom":
             return ev.AttemptFailed(
                 executionId=s.executionId, taskRunId=s.taskRunId, attempt=s.attempt, message="x"
             )
@@ -159,7 +175,7 @@ def test_allow_failure_turns_a_failed_task_into_warning_and_flow_goes_on():
             ev.AttemptFailed(
                 executionId=s.executionId, taskRunId=s.taskRunId, attempt=s.attempt, message="x"
             )
-            if s.task["id"] == "boom"
+            if s.taskId == "boom"
             else None
         )
     )
@@ -198,7 +214,7 @@ def test_kill_marks_running_task_runs_and_execution_killed():
 
 def test_abandoned_attempt_is_scheduled_again_and_late_result_is_ignored():
     run = Run(PARALLEL)
-    first = next(s for s in run.scheduled() if s.task["id"] == "a")
+    first = next(s for s in run.scheduled() if s.taskId == "a")
     ids = {"executionId": "exec1", "taskRunId": first.taskRunId}
     run.input(ev.AttemptClaimed(**ids, attempt=1, workerId="lost"))
     run.input(ev.AttemptAbandoned(**ids, attempt=1, reason="worker lost"))
@@ -278,11 +294,11 @@ def test_foreach_never_runs_more_iterations_than_its_limit() -> None:
     run = Run(FOREACH_LIMIT)
     most = 0
     while pending := run.scheduled():
-        most = max(most, len({s.context["taskrun"]["value"] for s in pending}))
+        most = max(most, len({run.context(s)["taskrun"]["value"] for s in pending}))
         s = pending[0]
         ids = {"executionId": s.executionId, "taskRunId": s.taskRunId, "attempt": s.attempt}
         run.input(ev.AttemptClaimed(**ids, workerId="w1"))
-        run.input(ev.AttemptSucceeded(**ids, outputs={"value": s.task["id"]}))
+        run.input(ev.AttemptSucceeded(**ids, outputs={"value": s.taskId}))
     assert most == 2
     assert run.state is not None and run.state.state == "SUCCESS"
     assert len(run.state.taskruns) == 1 + 5 * 2
@@ -310,7 +326,7 @@ def test_dag_starts_each_task_only_after_its_dependencies() -> None:
     while pending := run.scheduled():
         assert len(pending) == 1  # this graph is a chain: a, then b, then c
         s = pending[0]
-        order.append(s.task["id"])
+        order.append(s.taskId)
         ids = {"executionId": s.executionId, "taskRunId": s.taskRunId, "attempt": s.attempt}
         run.input(ev.AttemptClaimed(**ids, workerId="w1"))
         run.input(ev.AttemptSucceeded(**ids))

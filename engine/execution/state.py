@@ -1,0 +1,300 @@
+"""An execution's state and `evolve`, which applies one recorded fact to it.
+
+`evolve` decides nothing: what follows from a fact (a retry, a WARNING, what a resume changes)
+is the planner's, recorded as events of its own. It never raises on recorded data either: an
+event it cannot apply leaves the state as it was, and a pinned flow that cannot be read marks
+the execution `broken`, which the planner turns into a failure with the reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from engine import events as ev
+from engine.execution.ids import iso
+from engine.flow import Flow, flow_from_dict
+from engine.plugin import TERMINAL_STATES
+
+
+class Attempt(msgspec.Struct, frozen=True):
+    """One attempt of a runnable task run."""
+
+    state: str
+    workerId: str | None = None
+
+
+class TaskRun(msgspec.Struct, frozen=True):
+    """A task run as the executor knows it."""
+
+    id: str
+    taskId: str
+    parentTaskRunId: str | None
+    value: str | None
+    state: str
+    histories: tuple[tuple[str, str], ...]
+    outputs: dict[str, Any] | None = None
+    attempts: tuple[Attempt, ...] = ()
+    message: str | None = None
+    retryAt: str | None = None
+    """Kept for states folded from older histories; retries are timers now."""
+    iteration: int | None = None
+    restarts: int = 0
+    """How many times a flowable task run started its children over (its retries)."""
+    files: dict[str, str] = {}
+    """WorkingDirectory output files reported by this run's attempt."""
+
+
+class Execution(msgspec.Struct, frozen=True):
+    """An execution's state: the fold of its events."""
+
+    id: str
+    namespace: str
+    flowId: str
+    flowRevision: int
+    flow: dict[str, Any]
+    """The flow revision as recorded when the execution was created."""
+    inputs: dict[str, Any]
+    labels: tuple[tuple[str, str], ...]
+    trigger: dict[str, Any] | None
+    parentId: str | None
+    originalId: str | None
+    state: str
+    histories: tuple[tuple[str, str], ...]
+    taskruns: dict[str, TaskRun]
+    outputs: dict[str, Any] | None = None
+    timers: dict[str, str] = {}
+    fired: frozenset[str] = frozenset()
+    kill_requested: bool = False
+    parentTaskRunId: str | None = None
+    resumed: frozenset[str] = frozenset()
+    """Task runs (Pause) that were resumed."""
+    resume_inputs: dict[str, Any] | None = None
+    """The values of a resume request not yet carried out."""
+    subflows: dict[str, tuple[str, ...]] = {}
+    """Per Subflow task run: (child id,) once requested, (child id, state) once ended."""
+    subflow_outputs: dict[str, dict[str, Any]] = {}
+    attempt: int = 1
+    """Which try of the flow this execution is (retries with CREATE_NEW_EXECUTION)."""
+    retried_as: str | None = None
+    purged: bool = False
+    definition: Flow | None = None
+    """The recorded flow, parsed once when the execution was folded from its creation."""
+    broken: str | None = None
+    """Why the recorded flow cannot be run (the planner fails the execution with it)."""
+    message: str | None = None
+    """Why the execution ended as it did, when the engine knows more than the state says."""
+
+    @property
+    def terminal(self) -> bool:
+        """True once the execution has ended."""
+        return self.state in TERMINAL_STATES
+
+    @property
+    def start_date(self) -> str:
+        """When the execution was created (ISO-8601)."""
+        return self.histories[0][1]
+
+
+def flow_of(state: Execution) -> Flow:
+    """The parsed flow an execution runs; `ValueError` when it could not be read."""
+    if state.definition is None:
+        raise ValueError(state.broken or f"Execution {state.id} has no readable flow")
+    return state.definition
+
+
+def _pinned_flow(recorded: dict[str, Any]) -> tuple[Flow | None, str | None]:
+    try:
+        return flow_from_dict(recorded), None
+    except Exception as exc:  # noqa: BLE001 - any reason becomes the execution's failure
+        return None, (
+            f"The flow revision recorded for this execution cannot be read by this version of "
+            f"Tiercel: {exc}. Run the execution again on a current revision."
+        )
+
+
+def _with_run(state: Execution, run: TaskRun) -> Execution:
+    return msgspec.structs.replace(state, taskruns={**state.taskruns, run.id: run})
+
+
+def _run_state(run: TaskRun, new: str, at: dt.datetime, **changes: Any) -> TaskRun:
+    if run.state == new and not changes:
+        return run
+    histories = run.histories if run.state == new else (*run.histories, (new, iso(at)))
+    return msgspec.structs.replace(run, state=new, histories=histories, **changes)
+
+
+def _set_attempt(run: TaskRun, index: int, attempt: Attempt) -> TaskRun:
+    attempts = list(run.attempts)
+    while len(attempts) < index:
+        attempts.append(Attempt("CREATED"))
+    attempts[index - 1] = attempt
+    return msgspec.structs.replace(run, attempts=tuple(attempts))
+
+
+def _labels(items: Iterable[Any]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in items:
+        if isinstance(item, dict) and "key" in item:
+            out.append((str(item["key"]), str(item.get("value", ""))))
+    return tuple(out)
+
+
+def evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execution | None:
+    """The execution's state after `event`, recorded at `at`.
+
+    Total on recorded data: an event that does not apply (unknown run, stale attempt, a report
+    after the run ended) leaves the state unchanged.
+    """
+    try:
+        return _evolve(state, event, at)
+    except Exception:  # noqa: BLE001 - a fact that cannot be applied changes nothing
+        return state
+
+
+def _evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execution | None:
+    if isinstance(event, ev.ExecutionCreated):
+        if state is not None:
+            return state
+        definition, broken = _pinned_flow(event.flow)
+        return Execution(
+            id=event.executionId,
+            namespace=event.namespace,
+            flowId=event.flowId,
+            flowRevision=event.flowRevision,
+            flow=event.flow,
+            inputs=event.inputs,
+            labels=_labels(event.labels),
+            trigger=event.trigger,
+            parentId=event.parentId,
+            originalId=event.originalId or event.executionId,
+            parentTaskRunId=event.parentTaskRunId,
+            attempt=event.attempt,
+            state="CREATED",
+            histories=(("CREATED", iso(at)),),
+            taskruns={},
+            definition=definition,
+            broken=broken,
+        )
+    if state is None:
+        return None
+    if isinstance(event, ev.ExecutionStateChanged):
+        if event.state == state.state:
+            return state
+        resumed = state.state == "PAUSED" and event.state == "RUNNING"
+        return msgspec.structs.replace(
+            state,
+            state=event.state,
+            histories=(*state.histories, (event.state, iso(at))),
+            outputs=event.outputs if event.outputs is not None else state.outputs,
+            message=event.message or state.message,
+            resume_inputs=None if resumed else state.resume_inputs,
+        )
+    if isinstance(event, ev.ExecutionKillRequested):
+        return msgspec.structs.replace(state, kill_requested=True)
+    if isinstance(event, ev.ExecutionLabelsChanged):
+        return msgspec.structs.replace(state, labels=_labels(event.labels))
+    if isinstance(event, ev.ExecutionResumeRequested):
+        if not any(r.state == "PAUSED" for r in state.taskruns.values()):
+            return state  # nothing is paused: the request resumes nothing
+        return msgspec.structs.replace(state, resume_inputs=dict(event.inputs))
+    if isinstance(event, ev.ExecutionPurged):
+        return msgspec.structs.replace(state, purged=True)
+    if isinstance(event, ev.ExecutionRetried):
+        return msgspec.structs.replace(state, retried_as=event.newExecutionId)
+    if isinstance(event, ev.SubflowExecutionRequested):
+        return msgspec.structs.replace(
+            state, subflows={**state.subflows, event.taskRunId: (event.childId,)}
+        )
+    if isinstance(event, ev.SubflowExecutionEnded):
+        ended: dict[str, Any] = {"executionId": event.childId, "state": event.state}
+        if event.outputs is not None:
+            ended["outputs"] = event.outputs
+        if event.message:
+            ended["message"] = event.message
+        return msgspec.structs.replace(
+            state,
+            subflows={**state.subflows, event.taskRunId: (event.childId, event.state)},
+            subflow_outputs={**state.subflow_outputs, event.taskRunId: ended},
+        )
+    if isinstance(event, ev.TaskRunCreated):
+        if event.taskRunId in state.taskruns:
+            return state
+        run = TaskRun(
+            id=event.taskRunId,
+            taskId=event.taskId,
+            parentTaskRunId=event.parentTaskRunId,
+            value=event.value,
+            state="CREATED",
+            histories=(("CREATED", iso(at)),),
+            iteration=event.iteration,
+        )
+        return _with_run(state, run)
+    if isinstance(event, ev.TimerScheduled):
+        return msgspec.structs.replace(state, timers={**state.timers, event.timerId: event.fireAt})
+    if isinstance(event, ev.TimerFired):
+        return msgspec.structs.replace(state, fired=state.fired | {event.timerId})
+    found = state.taskruns.get(getattr(event, "taskRunId", ""))
+    if found is None:
+        return state
+    run = found
+    if isinstance(event, ev.TaskRunRestarted):
+        run = msgspec.structs.replace(run, restarts=run.restarts + 1, message=None)
+        return _with_run(state, _run_state(run, "RUNNING", at))
+    if isinstance(event, ev.TaskRunStateChanged):
+        changed = _with_run(
+            state,
+            _run_state(
+                run,
+                event.state,
+                at,
+                outputs=event.outputs or run.outputs,
+                message=event.message or run.message,
+            ),
+        )
+        if run.state == "PAUSED" and event.state == "RUNNING":
+            changed = msgspec.structs.replace(changed, resumed=changed.resumed | {run.id})
+            if not any(r.state == "PAUSED" for r in changed.taskruns.values()):
+                changed = msgspec.structs.replace(changed, resume_inputs=None)
+        return changed
+    if isinstance(event, ev.AttemptScheduled):
+        return _with_run(state, _set_attempt(run, event.attempt, Attempt("CREATED")))
+    if run.state in TERMINAL_STATES:
+        return state  # a late report for a run already ended (killed, or abandoned and redone)
+    if len(run.attempts) != getattr(event, "attempt", 0):
+        return state  # a report for an attempt that is no longer the current one
+    last = run.attempts[-1]
+    if last.state not in ("CREATED", "RUNNING"):
+        return state  # the attempt already ended: a second report changes nothing
+    if isinstance(event, ev.AttemptClaimed):
+        run = _set_attempt(run, event.attempt, Attempt("RUNNING", event.workerId))
+        return _with_run(state, _run_state(run, "RUNNING", at))
+    if isinstance(event, ev.AttemptSucceeded):
+        run = _set_attempt(run, event.attempt, Attempt(event.state, last.workerId))
+        changes: dict[str, Any] = {"outputs": event.outputs}
+        if event.workingDirectoryFiles:
+            changes["files"] = event.workingDirectoryFiles
+        return _with_run(state, msgspec.structs.replace(run, **changes))
+    if isinstance(event, ev.AttemptFailed):
+        run = _set_attempt(run, event.attempt, Attempt("FAILED", last.workerId))
+        return _with_run(
+            state,
+            msgspec.structs.replace(
+                run, outputs=event.outputs or run.outputs, message=event.message
+            ),
+        )
+    if isinstance(event, (ev.AttemptAbandoned, ev.AttemptKilled)):
+        run = _set_attempt(run, event.attempt, Attempt("KILLED", last.workerId))
+        return _with_run(state, msgspec.structs.replace(run, message=event.reason or run.message))
+    return state
+
+
+def fold(events: Iterable[tuple[ev.Event, dt.datetime]]) -> Execution | None:
+    """The state after every (event, at) in order."""
+    state: Execution | None = None
+    for event, at in events:
+        state = evolve(state, event, at)
+    return state
