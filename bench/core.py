@@ -102,13 +102,19 @@ async def _timings(ctx: ServerContext, ids: Sequence[str]) -> list[dict[str, Any
         ([f"exec:{i}" for i in ids],),
     )
     counts = await ctx.db.fetchall(
-        "SELECT split_part(stream_id, '/', 1) AS base, count(*) AS n FROM events"
+        "SELECT split_part(stream_id, '/', 1) AS base, count(*) AS n,"
+        " sum(octet_length(data::text) + octet_length(meta::text)) AS bytes FROM events"
         " WHERE split_part(stream_id, '/', 1) = ANY(%s) GROUP BY 1",
         ([f"exec:{i}" for i in ids],),
     )
-    per = {r["base"]: r["n"] for r in counts}
+    per = {r["base"]: r for r in counts}
     return [
-        {"created": r["created"], "ended": r["ended"], "events": per.get(r["stream_id"], 0)}
+        {
+            "created": r["created"],
+            "ended": r["ended"],
+            "events": per[r["stream_id"]]["n"] if r["stream_id"] in per else 0,
+            "bytes": int(per[r["stream_id"]]["bytes"]) if r["stream_id"] in per else 0,
+        }
         for r in rows
     ]
 
@@ -139,7 +145,31 @@ async def w1(ctx: ServerContext, namespace: str, runs: int, tasks: int = 40) -> 
         "median_ms_per_task": statistics.median(recorded) * 1000 / tasks,
         "client_median_ms": statistics.median(totals) * 1000,
         "events_per_execution": statistics.median(t["events"] for t in timings),
+        "bytes_per_execution": statistics.median(t["bytes"] for t in timings),
     }
+
+
+FOREACH_BUDGET = 1_000_000
+"""Bytes of events a ForEach of 200 iterations returning 1 KB each may write in all."""
+
+
+async def w4(ctx: ServerContext, namespace: str, iterations: int = 200) -> dict[str, float]:
+    """A ForEach of `iterations` Returns of 1 KB each: the bytes of events it writes."""
+    padding = "x" * 1000
+    source = (
+        f"id: w4\nnamespace: {namespace}\ntasks:\n"
+        "  - id: each\n    type: io.kestra.plugin.core.flow.ForEach\n"
+        f'    values: "{{{{ range(1, {iterations}) }}}}"\n    tasks:\n'
+        "      - id: r\n        type: io.kestra.plugin.core.debug.Return\n"
+        f'        format: "{{{{ taskrun.value }}}}{padding}"\n'
+    )
+    await deploy_flow(ctx.store, source, actor="bench")
+    execution_id = await create_execution(ctx.store, namespace, "w4", actor="bench")
+    state = await wait_for_end(ctx.store, ctx.notifier, execution_id, timeout=600)
+    if state.state != "SUCCESS":
+        raise RuntimeError(f"W4 execution {execution_id} ended {state.state}")
+    [timing] = await _timings(ctx, [execution_id])
+    return {"bytes": timing["bytes"], "events": timing["events"], "iterations": iterations}
 
 
 async def w2(
@@ -180,6 +210,7 @@ async def w2(
         "p50_ms": _percentile(latencies, 0.5),
         "p95_ms": _percentile(latencies, 0.95),
         "events_per_execution": statistics.median(t["events"] for t in timings),
+        "bytes_per_execution": statistics.median(t["bytes"] for t in timings),
     }
 
 
@@ -197,8 +228,9 @@ async def _run(url: str, quick: bool) -> dict[str, Any]:
         )
         first = await w1(ctx, namespace, runs=2 if quick else 5)
         burst = await w2(ctx, namespace, count=50 if quick else 1000)
+        foreach = await w4(ctx, namespace)
         nursery.cancel_scope.cancel()
-    return {"ceiling": base, "w1": first, "w2": burst}
+    return {"ceiling": base, "w1": first, "w2": burst, "w4": foreach}
 
 
 def report(results: dict[str, Any]) -> str:
@@ -222,6 +254,18 @@ def report(results: dict[str, Any]) -> str:
             f"{b['executions_per_s'] / exec_ceiling:.2f}x",
         ),
         ("W2 submission rate", f"{b['submitted_per_s']:.0f} exec/s", "", ""),
+        (
+            "Event bytes per execution (W1 / W2)",
+            f"{a['bytes_per_execution'] / 1024:.1f} / {b['bytes_per_execution'] / 1024:.1f} KiB",
+            "",
+            "",
+        ),
+        (
+            f"W4 ForEach of {results['w4']['iterations']} x 1 KB outputs, event bytes",
+            f"{results['w4']['bytes'] / 1024:.0f} KiB in {results['w4']['events']} events",
+            f"{FOREACH_BUDGET / 1024:.0f} KiB (budget)",
+            f"{results['w4']['bytes'] / FOREACH_BUDGET:.2f}x",
+        ),
         (
             "W2 latency p50 / p95",
             f"{b['p50_ms']:.0f} / {b['p95_ms']:.0f} ms",
