@@ -87,6 +87,8 @@ class GroupCommitter:
                         continue
                     again = [p for p in batch if p.request.command_id is not None]
                     _fail([p for p in batch if p.request.command_id is None], exc)
+                    if not again:
+                        continue
                     self._queue[:0] = again
                     delay = backoff.failed()
                     reason = describe(exc)
