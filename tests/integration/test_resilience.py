@@ -18,11 +18,12 @@ import pytest
 import trio
 
 from engine import events as ev
-from engine.backoff import retry
+from engine.backoff import Backoff, is_transient, retry
 from engine.commands import create_execution, deploy_flow, load_execution
 from engine.db import Database, Notifier
 from engine.embedded import EmbeddedPostgres
 from engine.errors import DatabaseUnavailable
+from engine.health import Health
 from engine.migrate import migrate
 from engine.server import ServerContext, run_server
 from engine.store import CHANNEL, EventStore, StoredEvent
@@ -402,3 +403,51 @@ async def test_subscription_handler_bug_is_logged_and_retried_not_fatal(
     assert notifier.health.is_up
     assert any(r.exc_info and "boom in handler" in str(r.exc_info[1]) for r in caplog.records)
     await db.close()
+
+
+def test_outages_are_transient_and_bugs_are_not() -> None:
+    outages = [
+        psycopg.errors.AdminShutdown("terminating connection due to administrator command"),
+        psycopg.OperationalError("connection refused"),
+        psycopg.errors.SerializationFailure("could not serialize access"),
+        psycopg.errors.DeadlockDetected("deadlock detected"),
+        psycopg.InterfaceError("the connection is closed"),
+        DatabaseUnavailable("Cannot connect to PostgreSQL"),
+        ExceptionGroup("nursery", [DatabaseUnavailable("a"), psycopg.OperationalError("b")]),
+    ]
+    bugs = [
+        psycopg.errors.UndefinedColumn('column "pid" does not exist'),
+        psycopg.errors.UniqueViolation("duplicate key"),
+        KeyError("x"),
+        ExceptionGroup("nursery", [DatabaseUnavailable("a"), ValueError("b")]),
+    ]
+    assert [is_transient(e) for e in outages] == [True] * len(outages)
+    assert [is_transient(e) for e in bugs] == [False] * len(bugs)
+
+
+def test_backoff_doubles_up_to_its_cap_and_starts_over_after_a_success() -> None:
+    backoff = Backoff()
+    assert [backoff.failed() for _ in range(8)] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    backoff.reset()
+    assert backoff.failed() == 0.1
+
+
+async def test_retry_reports_down_while_failing_and_up_once_it_succeeds() -> None:
+    health = Health()
+    calls: list[str] = []
+
+    async def flaky() -> str:
+        calls.append("try")
+        if len(calls) < 3:
+            raise DatabaseUnavailable("Cannot connect to PostgreSQL: refused")
+        assert "refused" in health.down_components()["thing"].reason  # DOWN while it failed
+        return "done"
+
+    assert await retry(flaky, what="flaky", health=health, component="thing") == "done"
+    assert len(calls) == 3 and health.is_up and health.get("thing") is not None
+
+    async def bug() -> None:
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError):
+        await retry(bug, what="bug")
