@@ -204,8 +204,9 @@ async def _survive_restart(
 
     ns = f"test.n{uuid.uuid4().hex[:12]}"
     ids = await _start_executions(server, ns, 20, tasks)
-    await trio.sleep(1.0)  # mid-run: every execution has started and none has ended
-    assert not set((await _states(server, ids)).values()) & {"SUCCESS", "FAILED"}
+    await trio.sleep(1.0)
+    before = await _states(server, ids)
+    assert "RUNNING" in before.values(), before  # the outage comes mid-run
 
     await pg.restart(down_for=3.0)
 
@@ -348,7 +349,7 @@ async def test_subscription_survives_a_restart_and_reports_down_meanwhile(
     await beat(1)
     await pg.stop()
     with trio.fail_after(10):
-        while notifier.health.get("test") is None or notifier.health.is_up:
+        while "test" not in notifier.health.down_components():
             await trio.sleep(0.05)
     assert not notifier.is_connected
     down = notifier.health.down_components()
@@ -393,7 +394,7 @@ async def test_subscription_handler_bug_is_logged_and_retried_not_fatal(
     await nursery.start(sub.run, handle)
     await store.append(ev.worker_stream(worker), [ev.WorkerHeartbeat(workerId=worker)])
     with trio.fail_after(10):
-        while notifier.health.get("buggy") is None or notifier.health.is_up:
+        while "buggy" not in notifier.health.down_components():
             await trio.sleep(0.02)
     assert "boom in handler" in notifier.health.down_components()["buggy"].reason
     with trio.fail_after(10):
