@@ -26,10 +26,10 @@ from engine.health import Health
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Row = dict[str, Any]
 
 LISTEN = "listen"
 """The health component of the LISTEN connection."""
-Row = dict[str, Any]
 
 
 class Database:
@@ -76,7 +76,7 @@ class Database:
             try:
                 result = await trio.to_thread.run_sync(work)
             except BaseException:
-                if conn is not None and _reusable(conn):
+                if conn is not None and _reusable(conn) and not self._closed:
                     self._idle.append(conn)
                 elif conn is not None:
                     _close_quietly(conn)
