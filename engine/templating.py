@@ -15,21 +15,34 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import operator
 import re
 import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import jinja2
 import yaml
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import _PassArg
 
 from engine.duration import parse_duration
 from engine.errors import TemplateError
 
 MAX_RECURSION = 10
+MAX_RENDER_CALLS = 1000
+"""How many `render()` calls one render may make in all: nested renders can multiply."""
+MAX_RENDER_NESTING = 10
+"""How deep `render()` may call itself through the variables it renders."""
+MAX_SEQUENCE = 1_000_000
+"""The longest text or list that `*` or `range()` may build."""
+MAX_POWER_BITS = 100_000
+"""The largest integer (in bits) that `**` may compute: beyond it, it would take minutes."""
+MAX_EXCERPT = 160
+"""How much of a template an error message quotes."""
 
 
 def is_template(value: str) -> bool:
@@ -60,8 +73,8 @@ def _tokens(source: str, where: str) -> list[str]:
         match = _TOKEN.match(source, pos)
         if match is None:
             raise TemplateError(
-                f"Cannot read '{where}': unexpected character {source[pos]!r} at offset {pos}; "
-                "check the expression's syntax"
+                f"Cannot read '{_excerpt(where)}': unexpected character {source[pos]!r} at "
+                f"offset {pos}; check the expression's syntax"
             )
         if match.lastgroup != "ws":
             out.append(match.group())
@@ -216,7 +229,7 @@ def translate(source: str) -> str:
         end = _find_close(source, match.end(), closer)
         if end < 0:
             raise TemplateError(
-                f"Cannot read '{source}': '{opener}' is never closed; add '{closer}'"
+                f"Cannot read '{_excerpt(source)}': '{opener}' is never closed; add '{closer}'"
             )
         body = source[match.end() : end]
         trim = ""
@@ -283,8 +296,96 @@ class _Undefined(jinja2.ChainableUndefined, jinja2.StrictUndefined):
     __slots__ = ()
 
 
+def _power(base: Any, exponent: Any) -> Any:
+    if (
+        isinstance(base, int)
+        and isinstance(exponent, int)
+        and exponent > 0
+        and abs(base) > 1
+        and abs(base).bit_length() * exponent > MAX_POWER_BITS
+    ):
+        raise TemplateError(
+            f"{base} ** {exponent} is too large to compute (more than {MAX_POWER_BITS} bits)"
+        )
+    return operator.pow(base, exponent)
+
+
+def _multiply(left: Any, right: Any) -> Any:
+    for sequence, times in ((left, right), (right, left)):
+        if (
+            isinstance(sequence, str | list | tuple)
+            and isinstance(times, int)
+            and len(sequence) * times > MAX_SEQUENCE
+        ):
+            raise TemplateError(
+                f"Repeating a {type(sequence).__name__} of {len(sequence)} items {times} times "
+                f"is too large (more than {MAX_SEQUENCE} items)"
+            )
+    return operator.mul(left, right)
+
+
+def at_render_time(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`func` as a filter or test that Jinja calls only while rendering.
+
+    Jinja evaluates a filter or test whose arguments are constants while it compiles the
+    template (to print its result as static text), unless the callable takes the render
+    context. Compiled templates are cached, so a folded call would run once, outside any
+    render and its error handling, and its result be reused by every later render.
+    """
+    if getattr(func, "_at_render_time", False):
+        return func
+    passes = _PassArg.from_obj(func)
+    if passes is _PassArg.context:
+        return func
+
+    @jinja2.pass_context
+    def call(context: Context, *args: Any, **kwargs: Any) -> Any:
+        if passes is _PassArg.environment:
+            return func(context.environment, *args, **kwargs)
+        if passes is _PassArg.eval_context:
+            return func(context.eval_ctx, *args, **kwargs)
+        return func(*args, **kwargs)
+
+    call._at_render_time = True  # type: ignore[attr-defined]
+    call.__name__ = getattr(func, "__name__", "filter")
+    return call
+
+
+class _RenderTime(dict[str, Callable[..., Any]]):
+    """Filters or tests: each one put here is made to run at render time (`at_render_time`)."""
+
+    def __setitem__(self, name: str, func: Callable[..., Any]) -> None:
+        super().__setitem__(name, at_render_time(func))
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for name, func in dict(*args, **kwargs).items():
+            self[name] = func
+
+    def setdefault(self, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        if name not in self:
+            self[name] = func
+        return self[name]
+
+
 class _Environment(ImmutableSandboxedEnvironment):
-    """Maps are read by key first: `outputs.t1.values` is the output, not `dict.values`."""
+    """Maps are read by key first: `outputs.t1.values` is the output, not `dict.values`.
+
+    `**` and `*` are bounded, so that no expression can keep the executor busy for minutes.
+    Filters and tests run at render time only (`at_render_time`).
+    """
+
+    intercepted_binops = frozenset({"**", "*"})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.binop_table["**"] = _power
+        self.binop_table["*"] = _multiply
+        # Jinja types these as plain dicts of functions; _RenderTime is one that wraps them.
+        filters, tests = _RenderTime(), _RenderTime()
+        filters.update(self.filters)
+        tests.update(self.tests)
+        self.filters = filters
+        self.tests = tests  # type: ignore[assignment]
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping):
@@ -544,17 +645,174 @@ def _epoch(value: Any, scale: int, existing: str | None, zone: str | None) -> in
     return micros * scale // 1_000_000 if scale < 1_000_000 else micros * (scale // 1_000_000)
 
 
-# --- filters, tests and functions -----------------------------------------------------------------
+# --- jq --------------------------------------------------------------------------------------------
+
+# jq builtins that reach outside the value they are given. Templates are rendered inside the
+# executor, whose decisions must replay identically, and inside workers that hold the database URL
+# and secrets in their environment: neither may leak into an expression's result.
+_ENVIRONMENT = (
+    "it reads the process environment (database URL, secrets); pass values through inputs, "
+    "variables or secrets instead"
+)
+_CLOCK = (
+    "it reads the wall clock, so a replayed execution would compute another value; use the "
+    "template's `now()` instead (the execution's own time where the executor renders)"
+)
+_INPUT = "jq sees only the value piped into the filter; there is no further input to read"
+_STDERR = "it writes to the process's standard error; return the value instead"
+_HOST = "it describes the host's files and paths, which expressions must not depend on"
+_LOCAL_TIME = "it depends on the host's time zone; use `gmtime` and `strftime` (UTC) instead"
+_MODULES = "it loads jq modules from the host's files; write the definitions inline with `def`"
+JQ_REFUSED: dict[str, str] = {
+    "env": _ENVIRONMENT, "$ENV": _ENVIRONMENT,
+    "now": _CLOCK,
+    "input": _INPUT, "inputs": _INPUT, "input_filename": _INPUT, "input_line_number": _INPUT,
+    "debug": _STDERR, "stderr": _STDERR,
+    "$__loc__": _HOST, "$__prog_args": _HOST, "get_search_list": _HOST,
+    "get_prog_origin": _HOST, "get_jq_origin": _HOST,
+    "localtime": _LOCAL_TIME, "strflocaltime": _LOCAL_TIME,
+    "import": _MODULES, "include": _MODULES, "modulemeta": _MODULES,
+}  # fmt: skip
+"""Words of a jq program that are refused, with the reason given to the user."""
+
+_JQ_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*")
 
 
-def _jq(value: Any, expression: str) -> list[Any]:
+def jq_words(program: str) -> list[tuple[str, str, int]]:
+    """The tokens of a jq program that matter for what it may reach, as (kind, text, offset).
+
+    Kinds: `name` (a builtin, a keyword or a defined function), `field` (`.name`), `var`
+    (`$name`, text with the `$`), `string` (one per literal, its content dropped) and `punct`
+    (one character of punctuation). Code inside string interpolation (`"\\(...)"`) is read as
+    code; comments and the contents of strings are skipped. A program jq would reject may be
+    read loosely: this only has to see every name that jq would call.
+    """
+    words: list[tuple[str, str, int]] = []
+    # Open brackets; '"' marks an interpolation whose ')' resumes the enclosing string.
+    stack: list[str] = []
+    in_string = False
+    pos, end = 0, len(program)
+    while pos < end:
+        ch = program[pos]
+        if in_string:
+            if ch == "\\":
+                if program.startswith("\\(", pos):
+                    stack.append('"')
+                    words.append(("punct", "(", pos))
+                    in_string = False
+                pos += 2
+            elif ch == '"':
+                in_string = False
+                pos += 1
+            else:
+                pos += 1
+            continue
+        if ch.isspace():
+            pos += 1
+        elif ch == "#":
+            newline = program.find("\n", pos)
+            pos = end if newline < 0 else newline + 1
+        elif ch == '"':
+            words.append(("string", '"', pos))
+            in_string = True
+            pos += 1
+        elif ch == "$":
+            # `$ name` with a space was accepted by older jq versions: read it the same way.
+            start = pos + 1
+            while start < end and program[start] in " \t\r\n":
+                start += 1
+            match = _JQ_NAME.match(program, start)
+            if match is None:
+                words.append(("punct", ch, pos))
+                pos += 1
+            else:
+                words.append(("var", "$" + match.group(), pos))
+                pos = match.end()
+        elif ch == "." and (match := _JQ_NAME.match(program, pos + 1)) is not None:
+            words.append(("field", match.group(), pos))
+            pos = match.end()
+        elif ch == "@" and (match := _JQ_NAME.match(program, pos + 1)) is not None:
+            words.append(("format", match.group(), pos))
+            pos = match.end()
+        elif (match := _JQ_NAME.match(program, pos)) is not None:
+            words.append(("name", match.group(), pos))
+            pos = match.end()
+        elif ch.isdigit():
+            while pos < end and (program[pos].isalnum() or program[pos] == "."):
+                pos += 1
+        else:
+            if ch in "([{":
+                stack.append(ch)
+            elif ch in ")]}" and stack:
+                if stack.pop() == '"' and ch == ")":
+                    in_string = True
+            words.append(("punct", ch, pos))
+            pos += 1
+    return words
+
+
+def _is_object_key(words: list[tuple[str, str, int]], i: int) -> bool:
+    """Whether the name at `i` is a key of an object construction (`{env: 1}`, or `{env}` which
+    means `{env: .env}`), not a call."""
+    before = words[i - 1][1] if i > 0 and words[i - 1][0] == "punct" else ""
+    after = words[i + 1][1] if i + 1 < len(words) and words[i + 1][0] == "punct" else ""
+    if before not in ("{", ",") or after not in (":", ",", "}"):
+        return False
+    # The comma must separate the entries of an object, not items of an array or arguments.
+    depth = 0
+    for kind, text, _ in reversed(words[:i]):
+        if kind != "punct":
+            continue
+        if text in ")]}":
+            depth += 1
+        elif text in "([{":
+            if depth == 0:
+                return text == "{"
+            depth -= 1
+    return False
+
+
+def check_jq(program: str) -> None:
+    """Raise `TemplateError` when a jq program uses a builtin that reaches outside its input
+    (environment, clock, further inputs, standard error, files); see `JQ_REFUSED`."""
+    words = jq_words(program)
+    for i, (kind, text, _) in enumerate(words):
+        if kind == "var" and text in JQ_REFUSED:
+            word = text
+        elif kind == "name" and text in JQ_REFUSED and not _is_object_key(words, i):
+            word = text
+        else:
+            continue
+        raise TemplateError(
+            f"jq's `{word}` is not available in Tiercel expressions: {JQ_REFUSED[word]} "
+            f"(in the jq program {_excerpt(program)!r})"
+        )
+
+
+@functools.lru_cache(maxsize=1024)
+def _jq_program(program: str) -> Any:
     import jq  # type: ignore[import-not-found,unused-ignore]
 
+    check_jq(program)
+    try:
+        return jq.compile(program)
+    except ValueError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid program"
+        raise TemplateError(f"jq {_excerpt(program)!r} does not compile: {reason}") from None
+
+
+def _jq(value: Any, expression: Any) -> list[Any]:
+    if not isinstance(expression, str):
+        raise TemplateError(f"jq needs its program as text, e.g. jq('.a'), not {expression!r}")
+    program = _jq_program(expression)
     data = json.loads(value) if isinstance(value, str) else json.loads(to_json(value))
     try:
-        return list(jq.compile(expression).input_value(data).all())
+        return list(program.input_value(data).all())
     except ValueError as exc:
-        raise TemplateError(f"jq '{expression}' failed: {exc}") from None
+        raise TemplateError(f"jq {_excerpt(expression)!r} failed: {exc}") from None
+
+
+# --- filters, tests and functions -----------------------------------------------------------------
 
 
 def _from_json(value: Any) -> Any:
@@ -708,17 +966,49 @@ def _contains(container: Any, item: Any) -> bool:
 
 def _range(start: int, end: int, step: int = 1) -> list[int]:
     # Pebble's range includes its end
-    return list(range(start, end + (1 if step > 0 else -1), step))
+    numbers = range(start, end + (1 if step > 0 else -1), step)
+    if len(numbers) > MAX_SEQUENCE:
+        raise TemplateError(
+            f"range({start}, {end}) has {len(numbers)} numbers; at most {MAX_SEQUENCE} are allowed"
+        )
+    return list(numbers)
+
+
+# [calls, depth] of `render()` within the outermost `render()` call being evaluated: a variable
+# that renders itself twice would otherwise double the work at each level.
+_RENDER_BUDGET: ContextVar[list[int] | None] = ContextVar("_RENDER_BUDGET", default=None)
 
 
 @jinja2.pass_context
 def _render_function(context: Context, value: Any, recursive: bool = True) -> Any:
-    variables = context.get_all()
     if not isinstance(value, str):
         return value
-    if not recursive:
-        return render(value, variables)
-    return render_recursive(value, variables)
+    budget = _RENDER_BUDGET.get()
+    token = None
+    if budget is None:
+        budget = [0, 0]
+        token = _RENDER_BUDGET.set(budget)
+    budget[0] += 1
+    budget[1] += 1
+    try:
+        if budget[1] > MAX_RENDER_NESTING:
+            raise TemplateError(
+                f"render() is nested more than {MAX_RENDER_NESTING} deep: a variable probably "
+                "renders itself; break the cycle"
+            )
+        if budget[0] > MAX_RENDER_CALLS:
+            raise TemplateError(
+                f"render() was called more than {MAX_RENDER_CALLS} times for one expression; "
+                "simplify the variables it renders"
+            )
+        variables = context.get_all()
+        if not recursive:
+            return render(value, variables)
+        return render_recursive(value, variables)
+    finally:
+        budget[1] -= 1
+        if token is not None:
+            _RENDER_BUDGET.reset(token)
 
 
 @jinja2.pass_context
@@ -740,11 +1030,17 @@ def _now(timeZone: str | None = None, **_: Any) -> dt.datetime:
     return moment.astimezone(_zone(timeZone)) if timeZone else moment
 
 
-def _unavailable(name: str) -> Callable[..., Any]:
+def _unavailable(name: str, why: str = "", kind: str = "function") -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
-        raise TemplateError(f"The function {name}() is not available here")
+        raise TemplateError(f"The {kind} {name}() is not available here{why}")
 
     return call
+
+
+_RANDOM = (
+    ": its result is random, and the executor must decide the same way each time it replays "
+    "an execution"
+)
 
 
 def _to_duration(value: Any) -> float:
@@ -785,7 +1081,7 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "substringAfter": lambda v, s: to_text(v).split(s, 1)[1] if s in to_text(v) else "",
     "substringBeforeLast": lambda v, s: to_text(v).rsplit(s, 1)[0],
     "substringAfterLast": lambda v, s: to_text(v).rsplit(s, 1)[1] if s in to_text(v) else "",
-    "toDuration": _to_duration,
+    "toDuration": _to_duration, "random": _unavailable("random", _RANDOM, "filter"),
 }  # fmt: skip
 
 TESTS: dict[str, Callable[..., bool]] = {
@@ -799,12 +1095,19 @@ GLOBALS: dict[str, Any] = {
     "fromJson": _from_json, "json": _from_json, "yaml": _from_yaml, "fromYaml": _from_yaml,
     "currentEachOutput": _current_each_output, "max": max, "min": min,
     "read": _unavailable("read"), "kv": _unavailable("kv"), "secret": _unavailable("secret"),
+    "lipsum": _unavailable("lipsum", _RANDOM),
 }  # fmt: skip
 
 
 def _make_environment() -> _Environment:
+    # optimized=False: nothing is gained by folding constants ahead of time, and a template
+    # then runs as written, each part of it at render time.
     env = _Environment(
-        undefined=_Undefined, finalize=_finalize, autoescape=False, keep_trailing_newline=True
+        undefined=_Undefined,
+        finalize=_finalize,
+        autoescape=False,
+        keep_trailing_newline=True,
+        optimized=False,
     )
     env.filters.update(FILTERS)
     env.tests.update(TESTS)
@@ -821,7 +1124,8 @@ def _compiled_template(source: str) -> jinja2.Template:
         return _ENV.from_string(translate(source))
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(
-            f"Cannot read '{source}': {exc.message} (line {exc.lineno}); check the expression"
+            f"Cannot read '{_excerpt(source)}': {exc.message} (line {exc.lineno}); "
+            "check the expression"
         ) from None
 
 
@@ -831,54 +1135,86 @@ def _compiled_expression(expression: str) -> Callable[..., Any]:
         translated = _expression(_tokens(expression, expression))
         return _ENV.compile_expression(translated, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"Cannot read '{{{{ {expression} }}}}': {exc.message}") from None
+        raise TemplateError(
+            f"Cannot read '{_excerpt('{{ ' + expression.strip() + ' }}')}': {exc.message}"
+        ) from None
 
 
 _SINGLE = re.compile(r"^\s*\{\{-?(.*?)-?\}\}\s*$", re.DOTALL)
 
 
+def _excerpt(text: str) -> str:
+    """`text` as an error message quotes it: shortened when long."""
+    if len(text) <= MAX_EXCERPT:
+        return text
+    return f"{text[:MAX_EXCERPT]}... ({len(text)} characters)"
+
+
+def _describe(exc: Exception) -> str:
+    """Why a render failed, in words a flow's author can act on."""
+    if isinstance(exc, RecursionError):
+        return "the expression nests too deeply (or a value renders itself); simplify it"
+    if isinstance(exc, MemoryError):
+        return "the expression builds a value too large to hold in memory"
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    if isinstance(exc, jinja2.exceptions.SecurityError):
+        return f"{text} (expressions may read values, not reach into Python objects)"
+    if isinstance(exc, jinja2.TemplateError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _fail(source: str, exc: Exception) -> TemplateError:
+    """Any failure of rendering `source` as a `TemplateError` that names the expression."""
+    quoted = _excerpt(source)
     if isinstance(exc, TemplateError):
-        if source in exc.message:
+        if quoted in exc.message:
             return exc
-        return TemplateError(f"Cannot render '{source}': {exc.message}")
+        return TemplateError(f"Cannot render '{quoted}': {exc.message}")
     if isinstance(exc, jinja2.UndefinedError):
-        reason = str(exc.message or exc)
+        reason = _describe(exc)
         name = re.match(r"'([^']+)' is undefined", reason)
         if name:
             reason = f"missing variable '{name.group(1)}'"
-        return TemplateError(f"Cannot render '{source}': {reason}")
-    if isinstance(exc, jinja2.TemplateError):
-        return TemplateError(f"Cannot render '{source}': {exc}")
-    return TemplateError(f"Cannot render '{source}': {type(exc).__name__}: {exc}")
+        return TemplateError(f"Cannot render '{quoted}': {reason}")
+    return TemplateError(f"Cannot render '{quoted}': {_describe(exc)}")
 
 
 def render(template: str, context: Mapping[str, Any]) -> str:
-    """Render a template to text. Raises `TemplateError` naming the template on any failure."""
-    if not is_template(template):
-        return template
+    """Render a template to text.
+
+    Every failure (an undefined variable, a syntax error, an operation the sandbox refuses, a
+    division by zero, ...) raises `TemplateError` naming the template and the cause. Only
+    `BaseException`s that are not errors (cancellation, interrupts) pass through unchanged.
+    """
     try:
+        if not isinstance(template, str):
+            return to_text(template)
+        if not is_template(template):
+            return template
         return _compiled_template(template).render(context)
     except Exception as exc:
-        raise _fail(template, exc) from None
+        raise _fail(str(template), exc) from None
 
 
 def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
-    """The native value of one expression (without the braces)."""
+    """The native value of one expression (without the braces); fails like `render`."""
     try:
         value = _compiled_expression(expression)(**context)
+        if isinstance(value, jinja2.Undefined):
+            str(value)  # raises: an undefined value is an error
     except Exception as exc:
-        raise _fail("{{ " + expression.strip() + " }}", exc) from None
-    if isinstance(value, jinja2.Undefined):
-        try:
-            str(value)
-        except jinja2.UndefinedError as exc:
-            raise _fail("{{ " + expression.strip() + " }}", exc) from None
+        raise _fail("{{ " + str(expression).strip() + " }}", exc) from None
     return value
 
 
 def render_typed(template: str, context: Mapping[str, Any]) -> Any:
     """Like `render`, but a template that is exactly one `{{ expr }}` keeps the value's type."""
+    if not isinstance(template, str):
+        return render_value(template, context)
     match = _SINGLE.match(template)
     if match and "{{" not in match.group(1) and "}}" not in match.group(1):
         return evaluate(match.group(1), context)
@@ -886,22 +1222,40 @@ def render_typed(template: str, context: Mapping[str, Any]) -> Any:
 
 
 def render_value(value: Any, context: Mapping[str, Any]) -> Any:
-    """Render every string inside lists and maps (keys too), leaving other values as they are."""
+    """Render every string inside lists and maps (keys too), leaving other values as they are;
+    fails like `render`."""
+    try:
+        return _render_value(value, context)
+    except TemplateError:
+        raise
+    except Exception as exc:
+        try:
+            shown = to_json(value)
+        except Exception:
+            shown = f"a {type(value).__name__}"
+        raise _fail(shown, exc) from None
+
+
+def _render_value(value: Any, context: Mapping[str, Any]) -> Any:
     if isinstance(value, str):
         return render(value, context)
     if isinstance(value, Mapping):
-        return {render(str(k), context): render_value(v, context) for k, v in value.items()}
+        return {render(str(k), context): _render_value(v, context) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [render_value(v, context) for v in value]
+        return [_render_value(v, context) for v in value]
     return value
 
 
 def render_recursive(template: str, context: Mapping[str, Any]) -> str:
-    """Render until the text holds no more templates (Kestra's `render()`), at most 10 times."""
+    """Render until the text holds no more templates (Kestra's `render()`), at most 10 times;
+    fails like `render`."""
     text = template
     for _ in range(MAX_RECURSION):
         rendered = render(text, context)
         if rendered == text or not is_template(rendered):
             return rendered
         text = rendered
-    raise TemplateError(f"Cannot render '{template}': still templated after {MAX_RECURSION} passes")
+    raise TemplateError(
+        f"Cannot render '{_excerpt(str(template))}': still templated after {MAX_RECURSION} "
+        "passes; a variable probably renders itself"
+    )

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine import templating
 from engine.errors import TemplateError
 from engine.templating import is_template, render, render_recursive, render_typed, render_value
 
@@ -124,3 +125,236 @@ def test_sandbox_refuses_python_internals(template: str) -> None:
 @given(st.text().filter(lambda s: not is_template(s)))
 def test_text_without_templates_is_returned_unchanged(text: str) -> None:
     assert render(text, CONTEXT) == text
+
+
+# --- what a template may reach: nothing outside its context -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("program", "word"),
+    [
+        ("env", "env"),
+        ("env.HOME", "env"),
+        ("$ENV", "$ENV"),
+        ("$ENV.PATH", "$ENV"),
+        ("{$ENV}", "$ENV"),
+        ("now", "now"),
+        ("now | todate", "now"),
+        ("input", "input"),
+        ("[inputs]", "inputs"),
+        ("debug", "debug"),
+        ('debug("x")', "debug"),
+        ("stderr", "stderr"),
+        ("input_filename", "input_filename"),
+        ("input_line_number", "input_line_number"),
+        ("$__loc__", "$__loc__"),
+        ("{$__loc__}", "$__loc__"),
+        ("$__prog_args", "$__prog_args"),
+        ("get_search_list", "get_search_list"),
+        ("0 | localtime", "localtime"),
+        ('import "m" as m; .', "import"),
+        ('include "m"; .', "include"),
+        ('"\\(env | length)"', "env"),
+        ('"a \\"\\(now)"', "now"),
+        ("{a: env}", "env"),
+        ("{(env | keys | first): 1}", "env"),
+        ("[1, env]", "env"),
+        ("{a: [1, env]}", "env"),
+        ("reduce .[] as $x (0; env)", "env"),
+        ("def f: env; 1", "env"),
+        (".a # a comment\n| env", "env"),
+    ],
+)
+def test_jq_refuses_builtins_that_reach_outside_the_value(program: str, word: str) -> None:
+    template = "{{ inputs.obj | jq(" + repr(program) + ") }}"
+    with pytest.raises(TemplateError) as info:
+        render(template, CONTEXT)
+    message = str(info.value)
+    assert f"jq's `{word}` is not available in Tiercel expressions" in message
+    assert template in message  # names the expression
+
+
+def test_jq_refusal_says_why_and_what_to_do_instead() -> None:
+    with pytest.raises(TemplateError) as info:
+        render("{{ {} | jq('env') }}", CONTEXT)
+    assert "process environment" in str(info.value)
+    assert "inputs, variables or secrets" in str(info.value)
+    with pytest.raises(TemplateError) as info:
+        render("{{ {} | jq('now') }}", CONTEXT)
+    assert "wall clock" in str(info.value) and "now()" in str(info.value)
+
+
+def test_jq_environment_is_refused_through_render_typed_too() -> None:
+    with pytest.raises(TemplateError, match="jq's `env`"):
+        render_typed("{{ inputs.obj | jq('env') }}", CONTEXT)
+    with pytest.raises(TemplateError, match="jq's `\\$ENV`"):
+        render_value({"k": ["{{ inputs.obj | jq('$ENV') }}"]}, CONTEXT)
+
+
+@pytest.mark.parametrize(
+    ("value", "program", "expected"),
+    [
+        ({"env": "dev"}, ".env", ["dev"]),
+        ({"env_name": "dev"}, ".env_name", ["dev"]),
+        ({"a": {"env": 1}}, ".a.env", [1]),
+        ({"env": 2}, '."env"', [2]),
+        ({"env": 2}, '.["env"]', [2]),
+        ({"env": 3}, "{env}", [{"env": 3}]),
+        ({"x": 1, "env": 4}, "{x, env}", [{"x": 1, "env": 4}]),
+        ({}, "{env: 1, now: 2}", [{"env": 1, "now": 2}]),
+        ({}, '"envelope"', ["envelope"]),
+        ({}, '"now \\\\(env)"', ["now \\(env)"]),
+        ({}, '"# env" | length', [5]),
+        ({"a": 1}, ".a # env in a comment", [1]),
+        ({"now": 5}, ". as $env | $env.now", [5]),
+        ({"environment": 6}, ".environment", [6]),
+        ({}, "1700000000 | todate", ["2023-11-14T22:13:20Z"]),
+    ],
+)
+def test_jq_field_access_and_words_in_strings_still_work(
+    value: object, program: str, expected: list[object]
+) -> None:
+    assert render_typed("{{ value | jq(program) }}", {"value": value, "program": program}) == (
+        expected
+    )
+
+
+def test_jq_program_that_does_not_compile_names_the_expression() -> None:
+    with pytest.raises(TemplateError) as info:
+        render("{{ inputs.obj | jq('.[') }}", CONTEXT)
+    assert "{{ inputs.obj | jq('.[') }}" in str(info.value)
+    assert "does not compile" in str(info.value)
+
+
+def test_no_filter_or_test_is_evaluated_when_the_template_is_compiled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+
+    def counting(value: object) -> int:
+        calls.append(str(value))
+        return len(calls)
+
+    monkeypatch.setitem(templating._ENV.filters, "counting", counting)
+    monkeypatch.setitem(templating._ENV.tests, "counted", lambda value: counting(value) > 0)
+    template = "{{ 'constant' | counting }} {{ 'constant' is counted }}"
+    templating._compiled_template(template)
+    assert calls == []  # compiling alone called nothing
+    assert render(template, CONTEXT) == "1 true"
+    assert render(template, CONTEXT) == "3 true"  # called again on each render, never reused
+
+
+def test_function_from_the_context_is_called_on_each_render() -> None:
+    ticks: list[int] = []
+
+    def tick() -> int:
+        ticks.append(1)
+        return len(ticks)
+
+    assert render("{{ tick() }}", {"tick": tick}) == "1"
+    assert render("{{ tick() }}", {"tick": tick}) == "2"
+    assert render_typed("{{ tick() }}", {"tick": tick}) == 3
+
+
+def test_constant_jq_on_the_clock_fails_at_render_time_not_when_compiled() -> None:
+    template = "{{ {} | jq('now') | first }}"
+    templating._compiled_template(template)  # compiles without running jq
+    for _ in range(2):
+        with pytest.raises(TemplateError, match="jq's `now`"):
+            render(template, CONTEXT)
+
+
+def test_now_from_the_context_wins_over_the_wall_clock() -> None:
+    context = {**CONTEXT, "now": lambda *args, **kwargs: "2024-05-01T10:00:00Z"}
+    assert render("{{ now() }}", context) == "2024-05-01T10:00:00Z"
+    assert render_typed("{{ now() }}", context) == "2024-05-01T10:00:00Z"
+    assert render("{{ now() | date('yyyy-MM-dd') }}", context) == "2024-05-01"
+    nested = {**context, "vars": {"when": "{{ now() }}"}}
+    assert render("{{ render(vars.when) }}", nested) == "2024-05-01T10:00:00Z"
+
+
+@pytest.mark.parametrize(
+    "template", ["{{ [1, 2, 3] | random }}", "{{ lipsum(1) }}", "{{ lipsum() }}"]
+)
+def test_random_values_are_refused_so_replays_decide_alike(template: str) -> None:
+    with pytest.raises(TemplateError) as info:
+        render(template, CONTEXT)
+    assert "random" in str(info.value) and template in str(info.value)
+
+
+# --- every failure is a TemplateError naming the expression -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "cause"),
+    [
+        ("{{ ''.__class__.__mro__ }}", "unsafe"),  # jinja2.sandbox.SecurityError
+        ("{{ inputs.obj.update({'x': 1}) }}", "update"),
+        ("{{ 'a' + 1 }}", "TypeError"),
+        ("{{ inputs.n / 0 }}", "ZeroDivisionError"),
+        ("{{ 2.0 ** 5000 }}", "OverflowError"),
+        ("{{ '2024-13-45' | date('yyyy') }}", "as a date"),
+        ("{{ 'abc' | base64decode }}", "Error"),  # binascii.Error, a ValueError
+        ("{{ 'x' | number }}", "as a number"),
+        ("{{ 10 ** 1000000 }}", "too large"),
+        ("{{ 'ab' * 100000000 }}", "too large"),
+        ("{{ [0] * 100000000 }}", "too large"),
+        ("{{ range(0, 100000000) | length }}", "at most"),
+        ("{{ 'x' | toDuration }}", "ISO-8601"),
+    ],
+)
+def test_failure_of_any_kind_is_a_template_error_naming_the_expression(
+    template: str, cause: str
+) -> None:
+    for renderer in (render, render_typed, render_recursive):
+        with pytest.raises(TemplateError) as info:
+            renderer(template, CONTEXT)
+        assert template in str(info.value)
+        assert cause in str(info.value)
+    with pytest.raises(TemplateError) as info:
+        render_value({"key": [template]}, CONTEXT)
+    assert template in str(info.value) and cause in str(info.value)
+
+
+def test_a_variable_that_renders_itself_fails_with_a_template_error() -> None:
+    looping = {**CONTEXT, "vars": {"a": "{{ render(vars.a) }}"}}
+    with pytest.raises(TemplateError) as info:
+        render("{{ render(vars.a) }}", looping)
+    assert "{{ render(vars.a) }}" in str(info.value)
+    assert "renders itself" in str(info.value)
+
+
+def test_a_variable_that_doubles_its_renders_fails_quickly() -> None:
+    doubling = {**CONTEXT, "vars": {"a": "{{ render(vars.a) }}{{ render(vars.a) }}"}}
+    with pytest.raises(TemplateError, match="render"):
+        render("{{ render(vars.a) }}", doubling)
+
+
+def test_deeply_nested_expression_is_a_template_error() -> None:
+    template = "{{ " + "(" * 2000 + "1" + ")" * 2000 + " }}"
+    with pytest.raises(TemplateError) as info:
+        render(template, CONTEXT)
+    assert "Cannot" in str(info.value)
+
+
+def test_long_template_is_shortened_in_the_message() -> None:
+    template = "{{ ko }}" + "x" * 5000
+    with pytest.raises(TemplateError) as info:
+        render(template, CONTEXT)
+    message = str(info.value)
+    assert "missing variable 'ko'" in message
+    assert template[:100] in message
+    assert len(message) < 400
+    assert "5008 characters" in message
+
+
+def test_interrupts_and_cancellations_are_not_swallowed() -> None:
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        render("{{ interrupt() }}", {"interrupt": interrupt})
+    with pytest.raises(KeyboardInterrupt):
+        render_typed("{{ interrupt() }}", {"interrupt": interrupt})
+    with pytest.raises(KeyboardInterrupt):
+        render_value(["{{ interrupt() }}"], {"interrupt": interrupt})
