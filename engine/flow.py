@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from engine.duration import parse_duration
 from engine.errors import FlowValidationError, Problem
 from engine.inputs import CHOICE_TYPES, bound, choices, convert, dependency_order, is_templated
 from engine.plugin import FlowableTask, Task, task_type
@@ -107,8 +108,12 @@ class Output(msgspec.Struct, kw_only=True, omit_defaults=True, rename={"id_": "i
     displayName: str | None = None
 
 
-class Flow(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A parsed, validated flow."""
+class Flow(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
+    """A parsed, validated flow.
+
+    `dict=True` gives each instance a `__dict__` for what is derived from it and never encoded
+    (the task index of `find_task`); copies and `msgspec.structs.replace` start without it.
+    """
 
     id: str
     namespace: str
@@ -139,12 +144,18 @@ class Flow(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     def find_task(self, task_id: str) -> Task | None:
         """The task with id `task_id`, wherever it is."""
-        return _index(self).get(task_id)
+        # Built on first use and kept on this very instance: an index keyed by anything else
+        # (such as `id(flow)`, which a later flow reuses once this one is collected) could
+        # answer with another flow's task.
+        index: dict[str, Task] | None = self.__dict__.get("_task_index")
+        if index is None:
+            index = {t.id: t for t in self.all_tasks()}
+            self.__dict__["_task_index"] = index
+        return index.get(task_id)
 
 
 _FLOW_FIELDS = {f.encode_name for f in msgspec.structs.fields(Flow)}
 _INPUT_FIELDS = {f.encode_name for f in msgspec.structs.fields(Input)} | {"name"}
-_TASK_INDEX: dict[int, dict[str, Task]] = {}
 
 
 def walk(tasks: list[Task]) -> Iterator[Task]:
@@ -154,17 +165,6 @@ def walk(tasks: list[Task]) -> Iterator[Task]:
         if isinstance(task, FlowableTask):
             for children in task.branches().values():
                 yield from walk(children)
-
-
-def _index(flow: Flow) -> dict[str, Task]:
-    key = id(flow)
-    found = _TASK_INDEX.get(key)
-    if found is None:
-        found = {t.id: t for t in flow.all_tasks()}
-        if len(_TASK_INDEX) > 4096:
-            _TASK_INDEX.clear()
-        _TASK_INDEX[key] = found
-    return found
 
 
 # --- YAML with positions -----------------------------------------------------------------------
@@ -233,8 +233,11 @@ def load_yaml(source: str) -> tuple[Any, dict[str, tuple[int, int]], list[Proble
 
 
 class _Checker:
-    def __init__(self, marks: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, marks: dict[str, tuple[int, int]], *, recorded: bool = False) -> None:
         self.marks = marks
+        self.recorded = recorded
+        """Whether the flow was accepted before (recorded in an event): checks added since then
+        (retry policies) are skipped, so that its history keeps the meaning it had."""
         self.problems: list[Problem] = []
         self.task_ids: dict[str, str] = {}
         self.defaults: list[dict[str, Any]] = []
@@ -335,6 +338,9 @@ class _Checker:
             task = msgspec.structs.replace(
                 task, **{names.get(k, k): v for k, v in {**children, **nested}.items()}
             )
+        retry = task.retry
+        if isinstance(retry, dict) and not self.recorded:
+            ok = _check_retry(retry, f"{path}.retry", self) and ok
         for field, message in task.problems():
             self.add(f"{path}.{field}" if field else path, message)
             ok = False
@@ -448,7 +454,7 @@ def parse_flow(source: str, *, origin: str | None = None) -> Flow:
 
 def flow_from_dict(raw: dict[str, Any]) -> Flow:
     """Validate a flow given as data (e.g. recorded in an event)."""
-    checker = _Checker({})
+    checker = _Checker({}, recorded=True)
     flow = _check_flow(raw, checker)
     if checker.problems or flow is None:
         raise FlowValidationError(checker.problems)
@@ -482,6 +488,8 @@ def _check_flow(raw: Any, c: _Checker) -> Flow | None:
     }
     inputs = _check_inputs(raw.get("inputs"), c)
     labels = _check_labels(raw.get("labels"), c)
+    if isinstance(raw.get("retry"), dict) and not c.recorded:
+        _check_retry(raw["retry"], "retry", c)
     for i, listener in enumerate(raw.get("listeners") or []):
         if isinstance(listener, dict):
             c.tasks(listener.get("tasks"), f"listeners[{i}].tasks", required=True)
@@ -517,6 +525,106 @@ def _check_flow(raw: Any, c: _Checker) -> Flow | None:
         inputs=inputs,
         labels=labels,
     )
+
+
+RETRY_TYPES: dict[str, frozenset[str]] = {
+    "constant": frozenset({"interval"}),
+    "exponential": frozenset({"interval", "maxInterval", "delayFactor"}),
+    "random": frozenset({"minInterval", "maxInterval"}),
+}
+"""Kestra's retry types, with the properties that only some of them have."""
+_RETRY_COMMON = frozenset(
+    {"type", "maxAttempt", "maxAttempts", "maxDuration", "warningOnRetry", "behavior"}
+)
+RETRY_BEHAVIORS = ("RETRY_FAILED_TASK", "CREATE_NEW_EXECUTION")
+_RETRY_DURATIONS = ("interval", "minInterval", "maxInterval", "maxDuration")
+
+
+def _check_retry(raw: dict[str, Any], path: str, c: _Checker) -> bool:
+    """Check a retry policy (a task's or the flow's) as the executor will read it, so that a bad
+    value fails when the flow is saved instead of when a task fails. Values holding an
+    expression are left to run time. Whether no problem was found."""
+    before = len(c.problems)
+    kind = raw.get("type")
+    specific: frozenset[str] = frozenset()
+    types = ", ".join(RETRY_TYPES)
+    if kind is None:
+        c.add(path, f"A retry policy needs a `type`: one of {types}")
+    elif not isinstance(kind, str) or kind.lower() not in RETRY_TYPES:
+        c.add(f"{path}.type", f"Unknown retry type {kind!r}: use one of {types}")
+    else:
+        specific = RETRY_TYPES[kind.lower()]
+    every = set().union(*RETRY_TYPES.values())
+    for key in raw:
+        if key in _RETRY_COMMON or key in specific:
+            continue
+        if key in every:
+            if kind is not None and specific:
+                used_by = sorted(t for t, keys in RETRY_TYPES.items() if key in keys)
+                c.add(
+                    f"{path}.{key}",
+                    f"Retry property `{key}` does not apply to type {kind} (only to "
+                    f"{', '.join(used_by)}): remove it",
+                )
+        else:
+            known = ", ".join(sorted(_RETRY_COMMON | every))
+            c.add(f"{path}.{key}", f"Unknown retry property `{key}`: use one of {known}")
+    durations = {}
+    for key in _RETRY_DURATIONS:
+        value = raw.get(key)
+        if value is None or _templated(value):
+            continue
+        if not isinstance(value, str):
+            c.add(
+                f"{path}.{key}",
+                f"`{key}` must be an ISO-8601 duration such as PT30S, PT5M or P1D, not {value!r}",
+            )
+            continue
+        try:
+            durations[key] = parse_duration(value)
+        except ValueError as exc:
+            c.add(f"{path}.{key}", f"`{key}`: {exc}")
+    for key in ("maxAttempt", "maxAttempts"):
+        value = raw.get(key)
+        if value is None or _templated(value):
+            continue
+        number = value if isinstance(value, int) and not isinstance(value, bool) else None
+        if isinstance(value, str) and value.strip().isdigit():
+            number = int(value)
+        if number is None or number < 1:
+            c.add(
+                f"{path}.{key}",
+                f"`{key}` must be a whole number of attempts, at least 1 (e.g. 3), not {value!r}",
+            )
+    factor = raw.get("delayFactor")
+    if factor is not None and not _templated(factor):
+        try:
+            if isinstance(factor, bool) or float(factor) <= 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            c.add(
+                f"{path}.delayFactor",
+                f"`delayFactor` must be a positive number (e.g. 2: each wait doubles), "
+                f"not {factor!r}",
+            )
+    behavior = raw.get("behavior")
+    if behavior is not None and not _templated(behavior):
+        if not isinstance(behavior, str) or behavior.upper() not in RETRY_BEHAVIORS:
+            c.add(
+                f"{path}.behavior",
+                f"Unknown retry behavior {behavior!r}: use {' or '.join(RETRY_BEHAVIORS)}",
+            )
+    warning = raw.get("warningOnRetry")
+    if warning is not None and not isinstance(warning, bool):
+        c.add(f"{path}.warningOnRetry", f"`warningOnRetry` must be true or false, not {warning!r}")
+    low, high = durations.get("minInterval"), durations.get("maxInterval")
+    if low is not None and high is not None and low > high:
+        c.add(f"{path}.minInterval", "`minInterval` is longer than `maxInterval`: swap them")
+    return len(c.problems) == before
+
+
+def _templated(value: Any) -> bool:
+    return isinstance(value, str) and "{{" in value
 
 
 SETTABLE_SYSTEM_LABELS = frozenset({"system.readOnly"})

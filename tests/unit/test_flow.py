@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from engine.errors import FlowValidationError
@@ -193,3 +194,140 @@ def test_bad_plugin_defaults_are_reported_where_they_are() -> None:
             "tasks:\n  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"
         )
     assert info.value.details[0].path == "pluginDefaults[0]"
+
+
+# --- find_task answers from the flow it is asked on ----------------------------------------------
+
+
+def _flow_with_task(task_id: str, message: str) -> str:
+    return (
+        f"id: f-{task_id}\nnamespace: test.find\ntasks:\n  - id: {task_id}\n"
+        f"    type: io.kestra.plugin.core.log.Log\n    message: {message}\n"
+    )
+
+
+def test_find_task_answers_from_its_own_flow_after_others_are_collected() -> None:
+    # Flows made and dropped one after another reuse the same memory (and so the same id()):
+    # each must still find its own tasks, never those of a flow that lived there before.
+    for i in range(200):
+        flow = parse_flow(_flow_with_task("shared" if i % 2 else f"only{i}", f"m{i}"))
+        if i % 2:
+            task = flow.find_task("shared")
+            assert task is not None and task.message == f"m{i}"
+            assert flow.find_task(f"only{i - 1}") is None
+        else:
+            assert flow.find_task("shared") is None
+            task = flow.find_task(f"only{i}")
+            assert task is not None and task.message == f"m{i}"
+        del flow, task  # freed at once: the next flow may take its place in memory
+
+
+def test_find_task_of_a_replaced_flow_sees_the_new_tasks() -> None:
+    flow = parse_flow(GOOD)
+    assert flow.find_task("ret") is not None
+    other = parse_flow(_flow_with_task("fresh", "x"))
+    replaced = msgspec.structs.replace(flow, tasks=other.tasks)
+    assert replaced.find_task("fresh") is not None
+    assert replaced.find_task("ret") is None
+    assert flow.find_task("fresh") is None
+
+
+def test_find_task_cache_is_not_encoded_with_the_flow() -> None:
+    flow = parse_flow(GOOD)
+    assert flow.find_task("say") is not None
+    assert "_task_index" not in flow_to_dict(flow)
+    assert flow_from_dict(flow_to_dict(flow)) == flow
+
+
+# --- retry policies are checked when the flow is saved --------------------------------------------
+
+RETRY_FLOW = """\
+id: retries
+namespace: test.retry
+tasks:
+  - id: t
+    type: io.kestra.plugin.core.log.Log
+    message: hi
+    retry:
+{policy}
+"""
+
+
+def _retry_problems(policy: str) -> list[str]:
+    indented = "\n".join("      " + line for line in policy.strip().splitlines())
+    return _problems(RETRY_FLOW.format(policy=indented))
+
+
+def test_retry_with_a_bad_interval_is_rejected_at_its_line() -> None:
+    problems = _retry_problems("type: constant\ninterval: soon\nmaxAttempt: 3")
+    assert len(problems) == 1
+    assert problems[0].startswith("9:17 tasks[0].retry.interval:")
+    assert "'soon' is not an ISO-8601 duration such as PT30S" in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("policy", "where", "says"),
+    [
+        ("type: sometimes\nmaxAttempt: 3", "8:13 tasks[0].retry.type", "use one of constant"),
+        ("maxAttempt: 3\ninterval: PT1S", "8:7 tasks[0].retry", "needs a `type`"),
+        ("type: exponential\ninterval: PT1S\nmaxInterval: 5 minutes", "retry.maxInterval", "PT5M"),
+        ("type: random\nminInterval: PT1\nmaxInterval: PT5S", "retry.minInterval", "ISO-8601"),
+        ("type: constant\ninterval: PT1S\nmaxDuration: 60", "retry.maxDuration", "not 60"),
+        ("type: constant\ninterval: PT1S\nmaxAttempt: 0", "retry.maxAttempt", "at least 1"),
+        ("type: constant\ninterval: PT1S\nmaxAttempts: three", "retry.maxAttempts", "at least 1"),
+        ("type: constant\ninterval: PT1S\nmaxAttempt: 2.5", "retry.maxAttempt", "whole number"),
+        ("type: exponential\ninterval: PT1S\ndelayFactor: fast", "retry.delayFactor", "number"),
+        ("type: constant\ninterval: PT1S\nbehavior: AGAIN", "retry.behavior", "RETRY_FAILED_TASK"),
+        ("type: constant\ninterval: PT1S\nwarningOnRetry: maybe", "retry.warningOnRetry", "true"),
+        ("type: constant\ninterval: PT1S\nmaxAttemps: 3", "retry.maxAttemps", "Unknown retry"),
+        ("type: constant\ninterval: PT1S\ndelayFactor: 2", "retry.delayFactor", "exponential"),
+        ("type: random\nminInterval: PT9S\nmaxInterval: PT1S", "retry.minInterval", "longer"),
+    ],
+)
+def test_bad_retry_policy_names_the_field_and_what_to_write(
+    policy: str, where: str, says: str
+) -> None:
+    problems = _retry_problems(policy)
+    assert any(where in p and says in p for p in problems), problems
+    assert all(p.split(":")[0].isdigit() for p in problems), problems  # each has its line
+
+
+def test_bad_flow_level_retry_is_rejected_at_its_line() -> None:
+    source = """\
+id: retries
+namespace: test.retry
+retry:
+  type: constant
+  interval: PT1S
+  maxAttempt: -1
+tasks:
+  - id: t
+    type: io.kestra.plugin.core.log.Log
+    message: hi
+"""
+    problems = _problems(source)
+    assert len(problems) == 1 and problems[0].startswith("6:15 retry.maxAttempt:"), problems
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "type: constant\ninterval: PT0.25s\nmaxAttempt: 3\nmaxDuration: PT15S\n"
+        "warningOnRetry: true",
+        "type: exponential\ninterval: PT1S\nmaxInterval: PT5M\ndelayFactor: 1.5\nmaxAttempt: 4",
+        "type: random\nminInterval: PT0.20S\nmaxInterval: PT0.50S\nmaxAttempt: 3",
+        "type: constant\ninterval: PT2S\nmaxDuration: PT6S\nbehavior: CREATE_NEW_EXECUTION",
+        'type: constant\ninterval: "{{ vars.wait }}"\nmaxAttempt: "{{ inputs.tries }}"',
+    ],
+)
+def test_valid_and_templated_retry_policies_are_accepted(policy: str) -> None:
+    indented = "\n".join("      " + line for line in policy.splitlines())
+    flow = parse_flow(RETRY_FLOW.format(policy=indented))
+    assert flow.tasks[0].retry is not None
+
+
+def test_retry_of_a_recorded_flow_is_read_as_it_was_accepted() -> None:
+    # A flow recorded in an execution's history keeps the meaning it had when it was recorded.
+    raw = flow_to_dict(parse_flow(GOOD))
+    raw["tasks"][1]["retry"] = {"type": "constant", "interval": "PT1S", "jitter": True}
+    assert flow_from_dict(raw).tasks[1].retry == raw["tasks"][1]["retry"]
