@@ -20,6 +20,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from engine import commands
+from engine.backoff import is_transient
 from engine.errors import InvalidRequest, NotFound, Problem, TiercelError, WrongExpectedVersion
 from engine.execution import iso
 from engine.flow import Flow, flow_to_dict, parse_flow
@@ -163,6 +164,16 @@ def create_app(ctx: ServerContext) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
+        if is_transient(exc):
+            # The database is restarting or unreachable: the client may retry.
+            log.warning("%s %s: database unavailable: %s", request.method, request.path, exc)
+            return _json(
+                {
+                    "message": "The database is unavailable right now; retry in a few seconds",
+                    "details": [],
+                },
+                503,
+            )
         log.exception("Unexpected error on %s %s", request.method, request.path)
         return _json(
             {"message": f"Internal error: {type(exc).__name__}: {exc}", "details": []}, 500

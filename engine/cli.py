@@ -215,26 +215,32 @@ async def _serve_async(
     from engine.server import run_server
 
     embedded = None
-    if not url:
-        embedded = EmbeddedPostgres(data_dir)
-        log.info("Starting the embedded PostgreSQL in %s", embedded.pgdata)
-        url = await trio.to_thread.run_sync(embedded.start)
-    try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            if not url:
+                # A signal meanwhile waits in the receiver; the server is stopped below.
+                embedded = EmbeddedPostgres(data_dir)
+                log.info("Starting the embedded PostgreSQL in %s", embedded.pgdata)
+                url = await trio.to_thread.run_sync(embedded.start)
             async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    # Watched from the start, so a signal during start-up stops us too.
+                    async for signum in signals:
+                        log.info("Received %s: stopping", signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(stop_on_signal)
                 ctx = await nursery.start(functools.partial(run_server, url, roles, **settings))
                 if flows_dir:
                     await _deploy_folder(ctx.store, Path(flows_dir))
                 if "webserver" in roles:
                     log.info("Tiercel is up on http://localhost:%s", settings["port"])
-                async for signum in signals:
-                    log.info("Received %s: stopping", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    break
-    finally:
-        if embedded is not None:
-            await trio.to_thread.run_sync(embedded.stop)
-            log.info("Embedded PostgreSQL stopped")
+        finally:
+            if embedded is not None:
+                await trio.to_thread.run_sync(embedded.stop)
+                log.info("Embedded PostgreSQL stopped")
 
 
 async def _deploy_folder(store: Any, folder: Path) -> None:

@@ -18,6 +18,7 @@ import psycopg
 import trio
 
 from engine import events as ev
+from engine.backoff import retry
 from engine.db import Notifier
 from engine.errors import TiercelError
 from engine.execution import Execution, Recorded, decide, evolve, replay
@@ -86,10 +87,15 @@ class ExecutorShell:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Handle events from the checkpoint on, until cancelled."""
-        position = await load_checkpoint(self.store.db, CHECKPOINT)
-        rows = await self.store.db.fetchall("SELECT execution_id FROM engine_parked")
+        db = self.store.db
+        position = await retry(lambda: load_checkpoint(db, CHECKPOINT), what="executor checkpoint")
+        rows = await retry(
+            lambda: db.fetchall("SELECT execution_id FROM engine_parked"), what="parked executions"
+        )
         self.parked = {r["execution_id"] for r in rows}
-        sub = Subscription(self.store, self.notifier, position=position, types=INPUT_TYPES)
+        sub = Subscription(
+            self.store, self.notifier, position=position, types=INPUT_TYPES, name="executor"
+        )
         await sub.run(self._handle_safely, task_status=task_status)
 
     async def _handle_safely(self, batch: list[StoredEvent]) -> None:

@@ -478,6 +478,10 @@ class _Resolver:
         due: dt.datetime | None = None
         if not creates_new_execution(policy):
             try:
+                policy = {
+                    k: self.render(v) if isinstance(v, str) and "{{" in v else v
+                    for k, v in policy.items()
+                }
                 due = retry_after(
                     policy,
                     attempts,
@@ -485,7 +489,7 @@ class _Resolver:
                     self.now,
                     (self.state.id, run.id),
                 )
-            except ValueError as exc:
+            except (ValueError, TemplateError) as exc:
                 message = f"{message}; it cannot be retried: {exc}" if message else str(exc)
         if due is None:
             self.out.append(
