@@ -51,8 +51,8 @@ class ServerContext:
     port: int = 8080
     data_dir: Path | None = None
     worker_slots: int = 16
-    heartbeat_interval: float = 3.0
-    heartbeat_timeout: float = 30.0
+    heartbeat_interval: float = 2.0
+    heartbeat_timeout: float = 15.0
     ready: trio.Event = field(default_factory=trio.Event)
     """Set once every component of this process is running."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -181,6 +181,7 @@ async def run_server(
                     notifier,
                     slots=ctx.worker_slots,
                     heartbeat_interval=ctx.heartbeat_interval,
+                    heartbeat_timeout=ctx.heartbeat_timeout,
                     work_dir=(ctx.data_dir / "work") if ctx.data_dir else None,
                     storage=ctx.storage,
                 )

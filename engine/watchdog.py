@@ -1,52 +1,90 @@
-"""The watchdog: notices workers that stopped heartbeating and abandons their attempts.
+"""The watchdog: declares lost the workers that stopped heartbeating, and abandons the attempts
+that no live worker holds.
 
-It keeps which worker holds which attempt (and at which stream version) in tables updated with
-its checkpoint. When a worker has been silent longer than the timeout, each attempt it held is
-abandoned by appending `AttemptAbandoned` at the version last seen: if the worker reported
+Liveness is judged on the database's clock from `engine_workers`, the table workers heartbeat
+in, never from how far the watchdog itself has read: a watchdog that lags or stalls abandons
+nothing that is alive. A worker whose `last_seen` is older than the timeout is declared lost by
+deleting its row and recording `WorkerLost`, in one transaction among the serialised appends,
+so no claim of that worker commits afterwards and the loss is final (a worker that comes back
+registers under a new id).
+
+Which attempts are claimed and not ended is tracked from the event stream, in
+`engine_attempts`, updated with the watchdog's checkpoint. An attempt whose worker has no row
+is abandoned by appending `AttemptAbandoned` at the version last seen: if the worker reported
 meanwhile, that append conflicts and the attempt is left alone. The executor then schedules a
-new attempt (at-least-once work). Times are compared on the database's clock.
+new attempt (at-least-once work).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import trio
 
 from engine import events as ev
+from engine.backoff import Backoff, describe, is_transient, retry
 from engine.db import Notifier
+from engine.health import Health
 from engine.store import Append, EventStore, StoredEvent, load_checkpoint, save_checkpoint
 from engine.subscription import Subscription
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "watchdog"
+CHECK = "watchdog:check"
+"""The health component of the loop that looks for lost workers."""
+ACTOR = {"actor": "watchdog"}
 TYPES = (
     "AttemptClaimed",
     "AttemptLogged",
     "AttemptSucceeded",
     "AttemptFailed",
     "AttemptAbandoned",
-    "WorkerHeartbeat",
-    "WorkerStopped",
-    "WorkerLost",
+    "AttemptKilled",
 )
+
+
+class _Raced(Exception):
+    """A worker heartbeated between the watchdog's look and its verdict."""
 
 
 class Watchdog:
     """Abandons the attempts of lost workers until cancelled."""
 
-    def __init__(self, store: EventStore, notifier: Notifier, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        notifier: Notifier,
+        *,
+        timeout: float = 15.0,
+        interval: float | None = None,
+        health: Health | None = None,
+    ) -> None:
         self.store = store
         self.notifier = notifier
         self.timeout = timeout
+        self.interval = interval if interval is not None else min(max(timeout / 4, 0.05), 2.0)
+        self.health = health if health is not None else notifier.health
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Track leases and check for silent workers until cancelled."""
-        position = await load_checkpoint(self.store.db, CHECKPOINT)
-        sub = Subscription(self.store, self.notifier, position=position, types=TYPES)
+        """Track attempts and look for lost workers until cancelled."""
+        position = await retry(
+            lambda: load_checkpoint(self.store.db, CHECKPOINT),
+            what=f"loading checkpoint {CHECKPOINT}",
+            health=self.health,
+            component=CHECKPOINT,
+        )
+        sub = Subscription(
+            self.store,
+            self.notifier,
+            position=position,
+            types=TYPES,
+            name=CHECKPOINT,
+            health=self.health,
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(sub.run, self._handle)
             nursery.start_soon(self._check_loop)
@@ -62,70 +100,129 @@ class Watchdog:
         await self.store.db.run(apply)
 
     async def _check_loop(self) -> None:
+        backoff = Backoff()
         while True:
-            await trio.sleep(max(self.timeout / 4, 0.05))
-            await self.check()
+            await trio.sleep(self.interval)
+            try:
+                await self.check()
+            except Exception as exc:
+                if is_transient(exc):
+                    log.warning("Looking for lost workers failed: %s", describe(exc))
+                else:
+                    log.exception("Looking for lost workers failed")
+                self.health.down(CHECK, describe(exc))
+                await trio.sleep(backoff.failed())
+                continue
+            backoff.reset()
+            self.health.up(CHECK)
 
     async def check(self) -> int:
-        """Abandon the attempts of every worker silent for longer than the timeout."""
-        lost = await self.store.db.fetchall(
-            "SELECT w.worker_id, w.last_seen, a.stream_id, a.execution_id, a.task_run_id, a.attempt, a.version"
-            " FROM engine_workers w LEFT JOIN engine_attempts a ON a.worker_id = w.worker_id"
-            " WHERE w.last_seen < clock_timestamp() - make_interval(secs => %s)",
+        """Declare lost the workers silent for longer than the timeout, then abandon every
+        tracked attempt whose worker has no row; return how many were abandoned."""
+        await self.declare_lost()
+        return await self.abandon_orphans()
+
+    async def declare_lost(self) -> list[str]:
+        """Delete the rows of workers whose last heartbeat is older than the timeout and record
+        `WorkerLost` for each; return their ids."""
+        stale = await self.store.db.fetchall(
+            "SELECT worker_id FROM engine_workers"
+            " WHERE last_seen < clock_timestamp() - make_interval(secs => %s) ORDER BY worker_id",
             (self.timeout,),
         )
-        if not lost:
+        ids = [r["worker_id"] for r in stale]
+        if not ids:
+            return []
+        appends = [
+            Append(
+                ev.worker_stream(w),
+                [ev.WorkerLost(workerId=w)],
+                command_id=f"lost:{w}",
+                meta=ACTOR,
+            )
+            for w in ids
+        ]
+        try:
+            await self.store.append_many(appends, extra=_forget(ids, self.timeout))
+        except _Raced:
+            return []  # looked again next round
+        log.warning("Declared lost: worker(s) %s", ", ".join(ids))
+        return ids
+
+    async def abandon_orphans(self) -> int:
+        """Abandon the claimed, unended attempts whose worker has no row (never had one, was
+        declared lost, or stopped without handing them back)."""
+        orphans = await self.store.db.fetchall(
+            "SELECT a.stream_id, a.execution_id, a.task_run_id, a.attempt, a.worker_id, a.version"
+            " FROM engine_attempts a WHERE NOT EXISTS"
+            " (SELECT 1 FROM engine_workers w WHERE w.worker_id = a.worker_id)"
+            " ORDER BY a.stream_id"
+        )
+        if not orphans:
             return 0
         appends = [
             Append(
-                ev.worker_stream(worker),
-                [ev.WorkerLost(workerId=worker)],
-                command_id=f"lost:{worker}:{last_seen.isoformat()}",
-                meta={"actor": "watchdog"},
+                r["stream_id"],
+                [
+                    ev.AttemptAbandoned(
+                        executionId=r["execution_id"],
+                        taskRunId=r["task_run_id"],
+                        attempt=r["attempt"],
+                        reason=f"worker {r['worker_id']} was lost",
+                    )
+                ],
+                r["version"],
+                f"abandon:{r['stream_id']}",
+                ACTOR,
             )
-            for worker, last_seen in sorted({(r["worker_id"], r["last_seen"]) for r in lost})
+            for r in orphans
         ]
-        for r in lost:
-            if r["stream_id"] is None:
-                continue
-            appends.append(
-                Append(
-                    r["stream_id"],
-                    [
-                        ev.AttemptAbandoned(
-                            executionId=r["execution_id"],
-                            taskRunId=r["task_run_id"],
-                            attempt=r["attempt"],
-                            reason=f"worker {r['worker_id']} stopped heartbeating",
-                        )
-                    ],
-                    r["version"],
-                    meta={"actor": "watchdog"},
-                )
-            )
         results = await self.store.append_many(appends)
-        abandoned = sum(
-            1
-            for a, res in zip(appends, results, strict=True)
-            if res.status == "written" and "/a:" in a.stream_id
+        lost = sorted(
+            {
+                r["worker_id"]
+                for r, res in zip(orphans, results, strict=True)
+                if res.status == "written"
+            }
         )
+        if lost:
+            # Once per worker: a worker that died before it registered, or whose row went away
+            # without a word, is recorded lost here (the command id makes it once).
+            await self.store.append_many(
+                [
+                    Append(
+                        ev.worker_stream(w),
+                        [ev.WorkerLost(workerId=w)],
+                        command_id=f"lost:{w}",
+                        meta=ACTOR,
+                    )
+                    for w in lost
+                ]
+            )
+        abandoned = sum(1 for res in results if res.status == "written")
         if abandoned:
             log.warning("Abandoned %d attempt(s) of lost workers", abandoned)
         return abandoned
 
 
+def _forget(ids: list[str], timeout: float) -> Callable[[psycopg.Connection[Any]], None]:
+    """In the `WorkerLost` transaction: delete the rows, still stale, of the workers `ids`."""
+
+    def forget(conn: psycopg.Connection[Any]) -> None:
+        gone = conn.execute(
+            "DELETE FROM engine_workers WHERE worker_id = ANY(%s)"
+            " AND last_seen < clock_timestamp() - make_interval(secs => %s) RETURNING worker_id",
+            (ids, timeout),
+        ).fetchall()
+        if len(gone) != len(ids):
+            raise _Raced()
+
+    return forget
+
+
 def _apply_one(conn: psycopg.Connection[Any], e: StoredEvent) -> None:
     event = e.event
-    if isinstance(event, ev.WorkerHeartbeat):
-        conn.execute(
-            "INSERT INTO engine_workers (worker_id, last_seen, hostname) VALUES (%s, %s, %s)"
-            " ON CONFLICT (worker_id) DO UPDATE SET last_seen = greatest("
-            " engine_workers.last_seen, EXCLUDED.last_seen)",
-            (event.workerId, e.recorded_at, event.hostname),
-        )
-    elif isinstance(event, (ev.WorkerStopped, ev.WorkerLost)):
-        conn.execute("DELETE FROM engine_workers WHERE worker_id = %s", (event.workerId,))
-    elif isinstance(event, ev.AttemptClaimed):
+    if isinstance(event, ev.AttemptClaimed):
         conn.execute(
             "INSERT INTO engine_attempts (stream_id, execution_id, task_run_id, attempt,"
             " worker_id, version) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",

@@ -2,14 +2,30 @@
 
 An attempt is claimed by appending `AttemptClaimed` as the first event of the attempt's own
 stream: the unique (stream, version) pair lets exactly one worker win, whatever the number of
-workers. Results go out through a group committer, so concurrent attempts share commits. A
-worker heartbeats; the watchdog abandons the attempts of one that stops doing so.
+workers. Every later append to that stream names the version the worker last wrote, so once
+anyone else ended the attempt (the watchdog abandoning it, say) nothing the worker still has to
+say about it is recorded.
+
+Liveness is a row in `engine_workers`, not history: the worker inserts it before it claims
+anything and refreshes `last_seen` on the database's clock every `heartbeat_interval`. A claim
+commits only while that row exists, and the watchdog declares a worker lost by deleting it, so
+a worker never runs an attempt nobody watches. A worker that learns it was declared lost (or
+could not heartbeat for `heartbeat_timeout`) stops what it runs and registers again under a new
+id. Stopping is cancellation of `run`: running attempts are stopped (a script's whole process
+group), handed back with `AttemptAbandoned`, and the worker records `WorkerStopped` and removes
+its row. A killed execution or task run stops its attempts within moments, recorded as
+`AttemptKilled`.
+
+Logs are recorded while a task runs, as `AttemptLogged` batches at least every
+`LOG_FLUSH_SECONDS`; appends go through a group committer with command ids, so they wait out a
+database outage and a repeated one is recorded once.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import fcntl
 import functools
 import io
 import logging
@@ -30,27 +46,49 @@ import trio
 
 from engine import events as ev
 from engine import kv, templating
+from engine.backoff import Backoff, describe, is_transient, retry
 from engine.batcher import GroupCommitter
 from engine.db import Notifier
 from engine.duration import parse_duration
-from engine.errors import DatabaseUnavailable, InvalidRequest, TemplateError, TiercelError
+from engine.errors import InvalidRequest, TemplateError, TiercelError
+from engine.health import Health
 from engine.plugin import RunnableTask, TaskFailure, TaskWarning, task_type
 from engine.storage import LocalStorage, Storage, task_prefix, to_uri
-from engine.store import NO_STREAM, Append, EventStore, save_checkpoint
+from engine.store import NO_STREAM, Append, AppendResult, EventStore, StoredEvent, save_checkpoint
 from engine.store import load_checkpoint as _load_checkpoint
 from engine.subscription import Subscription
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "worker"
+KILLS = "worker:kills"
+"""The health component of the subscription that follows kills."""
+HEARTBEAT = "worker:heartbeat"
+"""The health component of the heartbeat loop."""
 MAX_OUTPUT_BYTES = 1024 * 1024
 """Outputs ride inside events; anything bigger belongs in internal storage."""
 LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
+LOG_FLUSH_SECONDS = 0.5
+"""The longest a running task's log line waits before it is recorded."""
+MAX_LOG_LINE_BYTES = 64 * 1024
+"""A longer line is cut in its event; its full text goes to internal storage."""
+MAX_LOG_BATCH_BYTES = 200 * 1024
+"""The lines of one `AttemptLogged` stay under this, so the event stays under 256 KB."""
+STOP_SECONDS = 5.0
+"""How long a stopping worker tries to record the hand-back of its attempts."""
+KILL_MEMORY = 10_000
+"""How many recent kills are remembered for attempts claimed just before they arrive."""
+
+_json = msgspec.json.Encoder()
 
 
 def _now() -> str:
     at = dt.datetime.now(dt.UTC)
     return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:12]
 
 
 class AttemptContext:
@@ -59,6 +97,8 @@ class AttemptContext:
     def __init__(
         self,
         scheduled: ev.AttemptScheduled,
+        task: dict[str, Any],
+        context: dict[str, Any],
         working_dir: Path,
         min_level: str,
         storage: Storage,
@@ -67,15 +107,16 @@ class AttemptContext:
         self.execution_id = scheduled.executionId
         self.task_run_id = scheduled.taskRunId
         self.attempt = scheduled.attempt
-        self.variables: dict[str, Any] = dict(scheduled.context)
+        self.variables: dict[str, Any] = dict(context)
         flow = self.variables.get("flow") or {}
         self.namespace = str(flow.get("namespace", ""))
         self.flow_id = str(flow.get("id", ""))
-        self.task_id = str(scheduled.task.get("id", ""))
+        self.task_id = str(task.get("id") or scheduled.taskId)
         self.working_dir = working_dir
         self.storage = storage
         self.store = store
         self.lines: list[dict[str, Any]] = []
+        """Log lines not recorded yet; the worker takes them as it records them."""
         self.metrics: list[dict[str, Any]] = []
         self._min = LEVELS.index(min_level) if min_level in LEVELS else 0
 
@@ -89,6 +130,11 @@ class AttemptContext:
         if level in LEVELS and LEVELS.index(level) < self._min:
             return
         self.lines.append({"timestamp": _now(), "level": level, "message": message})
+
+    def take_lines(self) -> list[dict[str, Any]]:
+        """The lines logged since the last call, in order."""
+        lines, self.lines = self.lines, []
+        return lines
 
     def metric(
         self, name: str, value: float, type: str = "counter", tags: dict[str, str] | None = None
@@ -209,8 +255,56 @@ class AttemptContext:
         return destination
 
 
+class _Attempt:
+    """One attempt this worker claimed, from its claim until its end is recorded."""
+
+    def __init__(self, stored: StoredEvent, version: int, worker_id: str) -> None:
+        scheduled = stored.event
+        assert isinstance(scheduled, ev.AttemptScheduled)
+        self.stored = stored
+        self.scheduled = scheduled
+        self.stream = ev.attempt_stream(
+            scheduled.executionId, scheduled.taskRunId, scheduled.attempt
+        )
+        self.version = version
+        """The stream's version as this worker last wrote it."""
+        self.worker_id = worker_id
+        self.meta = {"actor": f"worker:{worker_id}"}
+        self.scope = trio.CancelScope()
+        """Cancelled to stop the task (a kill, or this worker declared lost)."""
+        self.outcome: ev.Event | None = None
+        """What to record instead of a result once the task stopped."""
+        self.ctx: AttemptContext | None = None
+        self.inflight: Append | None = None
+        """An append sent whose fate is unknown while it is in flight."""
+        self.inflight_ends = False
+        self.ended = False
+        """Its end is recorded (or someone else ended it): nothing left to hand back."""
+        self.long_lines = 0
+
+    @property
+    def ids(self) -> dict[str, Any]:
+        s = self.scheduled
+        return {"executionId": s.executionId, "taskRunId": s.taskRunId, "attempt": s.attempt}
+
+    def stop(self, outcome: ev.Event) -> None:
+        """Stop the task, and record `outcome` instead of its result (the first one given)."""
+        if self.outcome is None:
+            self.outcome = outcome
+        self.scope.cancel()
+
+    def drop(self) -> None:
+        """Someone else ended the attempt: stop the task, and record nothing more."""
+        self.ended = True
+        self.scope.cancel()
+
+
+class _NotRegistered(Exception):
+    """The worker's liveness row is gone: it was declared lost."""
+
+
 class Worker:
-    """Runs attempts until cancelled; cancellation abandons what is running, cleanly."""
+    """Runs attempts until cancelled; cancellation hands back what is running, cleanly."""
 
     def __init__(
         self,
@@ -219,185 +313,597 @@ class Worker:
         *,
         worker_id: str | None = None,
         slots: int = 16,
-        heartbeat_interval: float = 3.0,
+        heartbeat_interval: float = 2.0,
+        heartbeat_timeout: float = 15.0,
         work_dir: Path | None = None,
         storage: Storage | None = None,
+        health: Health | None = None,
     ) -> None:
         self.store = store
         self.notifier = notifier
-        self.id = worker_id or uuid.uuid4().hex[:12]
+        self.id = worker_id or _new_id()
         self.slots = slots
         self.free = slots
         self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
         self.work_dir = work_dir or Path(tempfile.gettempdir()) / "tiercel-work"
         self.storage = storage or LocalStorage(Path(tempfile.gettempdir()) / "tiercel-storage")
+        self.health = health if health is not None else notifier.health
         self.committer = GroupCommitter(store)
         self._capacity = trio.Event()
-        self._meta = {"actor": f"worker:{self.id}"}
-        self._running: dict[str, tuple[ev.AttemptScheduled, int]] = {}
+        self._running: dict[str, _Attempt] = {}
+        self._started: dict[str, None] = {}
+        self._kills: dict[tuple[str, str | None], int] = {}
+        self._live = False
+        self._changed = trio.Event()
+        self._check_now = trio.Event()
+        self._last_beat = 0.0
+        self._home = self.work_dir / self.id
+        self._lock: int | None = None
+        self._runs = 0
+        self._registered = False
+
+    @property
+    def _meta(self) -> dict[str, str]:
+        return {"actor": f"worker:{self.id}"}
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Heartbeat, claim and run attempts until cancelled."""
-        stream = ev.worker_stream(self.id)
+        """Register, heartbeat, claim and run attempts until cancelled; then hand back what
+        is still running and deregister."""
+        if self._runs:
+            self.id = _new_id()  # a new life: the old id was deregistered for good
+        self._runs += 1
+        self.committer = GroupCommitter(
+            self.store, health=self.health, name=f"{CHECKPOINT}:appends"
+        )
+        self._running = {}
+        self._registered = False
+        self.free = self.slots
+        self._home = self.work_dir / self.id
+        await trio.to_thread.run_sync(self._take_home)
         try:
+            await retry(
+                self._register,
+                what=f"registering worker {self.id}",
+                health=self.health,
+                component=HEARTBEAT,
+            )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.committer.run)
-                await self._beat()
                 nursery.start_soon(self._heartbeats)
-                position = await _load_checkpoint(self.store.db, CHECKPOINT)
-                sub = Subscription(
-                    self.store, self.notifier, position=position, types=["AttemptScheduled"]
+                nursery.start_soon(self._deadline)
+                position = await retry(
+                    lambda: _load_checkpoint(self.store.db, CHECKPOINT),
+                    what=f"loading checkpoint {CHECKPOINT}",
+                    health=self.health,
+                    component=CHECKPOINT,
                 )
-                await nursery.start(sub.run, self._handle)
+                kills = Subscription(
+                    self.store,
+                    self.notifier,
+                    position=position,
+                    types=["ExecutionKillRequested", "TaskRunStateChanged"],
+                    name=KILLS,
+                    health=self.health,
+                )
+                await nursery.start(kills.run, self._follow_kills)
+                claims = Subscription(
+                    self.store,
+                    self.notifier,
+                    position=position,
+                    types=["AttemptScheduled"],
+                    name=CHECKPOINT,
+                    health=self.health,
+                )
+                # Not awaited: a backlog larger than the slots must not hold up startup.
+                nursery.start_soon(claims.run, self._handle)
                 task_status.started()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(10):
-                await self._stop(stream)
-
-    async def _stop(self, stream: str) -> None:
-        abandons = [
-            Append(
-                ev.attempt_stream(s.executionId, s.taskRunId, s.attempt),
-                [
-                    ev.AttemptAbandoned(
-                        executionId=s.executionId,
-                        taskRunId=s.taskRunId,
-                        attempt=s.attempt,
-                        reason=f"worker {self.id} stopped",
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(STOP_SECONDS) as budget:
+                    await self._stop()
+                if budget.cancelled_caught:
+                    log.warning(
+                        "Worker %s could not record its stop within %.0fs; the watchdog will "
+                        "abandon what it held",
+                        self.id,
+                        STOP_SECONDS,
                     )
-                ],
-                version,
-                meta=self._meta,
-            )
-            for s, version in self._running.values()
-        ]
-        abandons.append(Append(stream, [ev.WorkerStopped(workerId=self.id)], meta=self._meta))
-        try:
-            await self.store.append_many(abandons)
-        except (psycopg.Error, OSError, DatabaseUnavailable) as exc:
-            # The watchdog will find the attempts of a worker that stopped heartbeating.
-            log.warning("Worker %s could not record its stop: %s", self.id, exc)
+                await trio.to_thread.run_sync(self._leave_home)
+                for name in (CHECKPOINT, KILLS, HEARTBEAT, f"{CHECKPOINT}:appends"):
+                    self.health.forget(name)
 
-    async def _beat(self) -> None:
-        await self.committer.append(
-            Append(
-                ev.worker_stream(self.id),
-                [ev.WorkerHeartbeat(workerId=self.id, hostname=socket.gethostname())],
-                meta=self._meta,
-            )
+    # --- liveness ------------------------------------------------------------------------------
+
+    async def _register(self) -> None:
+        await self.store.db.execute(
+            "INSERT INTO engine_workers (worker_id, hostname, pid, started_at, last_seen)"
+            " VALUES (%s, %s, %s, clock_timestamp(), clock_timestamp())"
+            " ON CONFLICT (worker_id) DO NOTHING",
+            (self.id, socket.gethostname(), os.getpid()),
         )
+        self._last_beat = trio.current_time()
+        self._registered = True
+        self._set_live()
+
+    async def _beat(self) -> bool:
+        """Refresh this worker's row; False when it is gone or went stale (declared lost)."""
+        rows = await self.store.db.fetchall(
+            "UPDATE engine_workers SET last_seen = clock_timestamp()"
+            " WHERE worker_id = %s AND last_seen >= clock_timestamp() - make_interval(secs => %s)"
+            " RETURNING worker_id",
+            (self.id, self.heartbeat_timeout),
+        )
+        return bool(rows)
 
     async def _heartbeats(self) -> None:
         while True:
-            await trio.sleep(self.heartbeat_interval)
+            with trio.move_on_after(self.heartbeat_interval):
+                await self._check_now.wait()
+            self._check_now = trio.Event()
+            sent = trio.current_time()
             try:
-                await self._beat()
-            except psycopg.Error as exc:
-                log.warning("Heartbeat of worker %s failed: %s", self.id, exc)
+                alive = await self._beat()
+            except Exception as exc:  # the loop outlives any error; `_deadline` keeps time
+                if is_transient(exc):
+                    log.warning("Heartbeat of worker %s failed: %s", self.id, describe(exc))
+                else:
+                    log.exception("Heartbeat of worker %s failed", self.id)
+                self.health.down(HEARTBEAT, describe(exc))
+                continue
+            if not alive:
+                await self._lost("was declared lost")
+                continue
+            # Counted from before the update: the database clock stamped it later.
+            self._last_beat = sent
+            self.health.up(HEARTBEAT)
+            if not self._live:  # it had stopped its attempts while it could not heartbeat
+                self._set_live()
 
-    async def _handle(self, batch: list[Any]) -> None:
+    async def _deadline(self) -> None:
+        """Stop this worker's attempts once it could not heartbeat for `heartbeat_timeout`: the
+        watchdog, judging by the same timeout, may have abandoned them. Kept apart from the
+        heartbeat loop, whose database call may hang for longer than that."""
+        while True:
+            left = self._last_beat + self.heartbeat_timeout - trio.current_time()
+            if left > 0:
+                await trio.sleep(left)
+                continue
+            if self._live:
+                self._live = False
+                why = f"could not heartbeat for {self.heartbeat_timeout:g}s"
+                log.warning("Worker %s %s: stopping its attempts", self.id, why)
+                self._stop_attempts(f"worker {self.id} {why}")
+            await self._changed.wait()
+
+    def _set_live(self) -> None:
+        self._live = True
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _stop_attempts(self, reason: str) -> None:
+        for attempt in self._running.values():
+            attempt.stop(ev.AttemptAbandoned(**attempt.ids, reason=reason))
+
+    async def _lost(self, why: str) -> None:
+        """This worker's attempts were (or may have been) abandoned: stop them, record the
+        loss and register again under a new id."""
+        old = self.id
+        self._live = False
+        log.warning("Worker %s %s: stopping its attempts and registering anew", old, why)
+        self._stop_attempts(f"worker {old} {why}")
+
+        def forget(conn: psycopg.Connection[Any]) -> None:
+            conn.execute("DELETE FROM engine_workers WHERE worker_id = %s", (old,))
+
+        lost = Append(
+            ev.worker_stream(old),
+            [ev.WorkerLost(workerId=old)],
+            command_id=f"lost:{old}",
+            meta={"actor": f"worker:{old}"},
+        )
+        await retry(
+            lambda: self.store.append_many([lost], extra=forget),
+            what=f"recording that worker {old} was lost",
+            health=self.health,
+            component=HEARTBEAT,
+        )
+        self.id = _new_id()
+        await retry(
+            self._register,
+            what=f"registering worker {self.id}",
+            health=self.health,
+            component=HEARTBEAT,
+        )
+        log.warning("Worker %s registered again as %s", old, self.id)
+
+    # --- claims and kills ----------------------------------------------------------------------
+
+    async def _handle(self, batch: list[StoredEvent]) -> None:
         todo = [e for e in batch if isinstance(e.event, ev.AttemptScheduled)]
         while todo:
             while self.free <= 0:
                 await self._capacity.wait()
             take, todo = todo[: self.free], todo[self.free :]
-            claims = [
-                Append(
-                    ev.attempt_stream(e.event.executionId, e.event.taskRunId, e.event.attempt),
-                    [
-                        ev.AttemptClaimed(
-                            executionId=e.event.executionId,
-                            taskRunId=e.event.taskRunId,
-                            attempt=e.event.attempt,
-                            workerId=self.id,
-                        )
-                    ],
-                    NO_STREAM,
-                    f"claim:{e.event.executionId}:{e.event.taskRunId}:{e.event.attempt}:{self.id}",
-                    self._meta,
-                )
-                for e in take
-            ]
-            last = take[-1].seq
-            results = await self.store.append_many(claims, extra=_checkpoint_at(last))
-            for stored, result in zip(take, results, strict=True):
-                if result.ok:
-                    self.free -= 1
-                    self._nursery.start_soon(self._run_attempt, stored.event, result.version)
+            await self._claim(take)
 
-    async def _run_attempt(self, scheduled: ev.AttemptScheduled, version: int) -> None:
-        scheduled = await self._with_definition(scheduled)
-        stream = ev.attempt_stream(scheduled.executionId, scheduled.taskRunId, scheduled.attempt)
-        self._running[stream] = (scheduled, version)
-        workdir = self.work_dir / f"{scheduled.taskRunId}-{scheduled.attempt}"
-        shared = scheduled.context.get("_workingDirectory")
-        try:
-            scheduled = await self._prepare(scheduled, workdir, shared)
-            result, ctx = await self._execute(scheduled, workdir)
-            if shared:
-                await self._save_directory(scheduled, workdir, shared)
-                if isinstance(result, ev.AttemptSucceeded) and shared.get("outputFiles"):
-                    files = await self._keep_output_files(scheduled, workdir, shared)
-                    result = msgspec.structs.replace(result, workingDirectoryFiles=files)
-            events: list[ev.Event] = []
-            if ctx.lines:
-                events.append(
-                    ev.AttemptLogged(
-                        executionId=scheduled.executionId,
-                        taskRunId=scheduled.taskRunId,
-                        taskId=scheduled.task.get("id", ""),
-                        attempt=scheduled.attempt,
-                        lines=ctx.lines,
-                    )
+    async def _claim(self, take: list[StoredEvent]) -> None:
+        """Claim the attempts `take` schedules and start those won; wait out database errors
+        and this worker being declared lost meanwhile."""
+        backoff = Backoff()
+        while True:
+            while not self._live:
+                await self._changed.wait()
+            worker_id = self.id
+            claims = [_claim_request(e, worker_id) for e in take]
+            try:
+                results = await self.store.append_many(
+                    claims, extra=_claim_check(worker_id, take[-1].seq)
                 )
-            events.append(result)
-            outcome = await self.committer.append(
-                Append(stream, events, version, f"result:{stream}", self._meta)
-            )
-            if not outcome.ok:
-                log.warning("Result of %s dropped: the attempt was abandoned meanwhile", stream)
-        finally:
-            self._running.pop(stream, None)
-            shutil.rmtree(workdir, ignore_errors=True)
-            self.free += 1
-            self._capacity.set()
-            self._capacity = trio.Event()
+            except _NotRegistered:
+                self._check_now.set()  # the heartbeat loop finds out and registers again
+                while self._live and self.id == worker_id:
+                    await self._changed.wait()
+                continue
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                delay = backoff.failed()
+                log.warning(
+                    "Claiming %d attempt(s) failed (%s); retrying", len(take), describe(exc)
+                )
+                self.health.down(CHECKPOINT, describe(exc))
+                await trio.sleep(delay)
+                continue
+            break
+        for stored, result in zip(take, results, strict=True):
+            self._start(stored, result, worker_id)
 
-    async def _with_definition(self, scheduled: ev.AttemptScheduled) -> ev.AttemptScheduled:
-        """The scheduled attempt with its task definition and render context, which the
-        worker rebuilds from the execution's history (older events embedded them)."""
+    def _start(self, stored: StoredEvent, result: AppendResult, worker_id: str) -> None:
+        attempt = _Attempt(stored, result.version, worker_id)
+        # A duplicate is our own claim whose commit we did not see (a retry), unless it is one
+        # we already started (a batch handled again after an error).
+        if not result.ok or attempt.stream in self._started:
+            return
+        self._started[attempt.stream] = None
+        while len(self._started) > KILL_MEMORY:
+            del self._started[next(iter(self._started))]
+        self._running[attempt.stream] = attempt
+        reason = self._killed(attempt)
+        if reason is not None:
+            attempt.stop(ev.AttemptKilled(**attempt.ids, reason=reason))
+        elif not self._live or self.id != worker_id:
+            # Claimed just as this worker lost its liveness: not to run unwatched.
+            reason = f"worker {worker_id} lost its liveness as it claimed the attempt"
+            attempt.stop(ev.AttemptAbandoned(**attempt.ids, reason=reason))
+        self.free -= 1
+        self._nursery.start_soon(self._run_attempt, attempt)
+
+    async def _follow_kills(self, batch: list[StoredEvent]) -> None:
+        """Stop the attempts of killed executions and task runs, and remember recent kills for
+        attempts whose claim is still on its way."""
+        for e in batch:
+            event = e.event
+            if isinstance(event, ev.ExecutionKillRequested):
+                key: tuple[str, str | None] = (event.executionId, None)
+            elif isinstance(event, ev.TaskRunStateChanged) and event.state == "KILLED":
+                key = (event.executionId, event.taskRunId)
+            else:
+                continue
+            self._kills[key] = e.seq
+            while len(self._kills) > KILL_MEMORY:
+                del self._kills[next(iter(self._kills))]
+            for attempt in self._running.values():
+                reason = self._killed(attempt)
+                if reason is not None:
+                    attempt.stop(ev.AttemptKilled(**attempt.ids, reason=reason))
+
+    def _killed(self, attempt: _Attempt) -> str | None:
+        """Why `attempt` must stop, when a kill recorded after it was scheduled covers it."""
+        s = attempt.scheduled
+        if self._kills.get((s.executionId, None), 0) > attempt.stored.seq:
+            return f"execution {s.executionId} was killed"
+        if self._kills.get((s.executionId, s.taskRunId), 0) > attempt.stored.seq:
+            return f"task run {s.taskRunId} was killed"
+        return None
+
+    # --- running an attempt --------------------------------------------------------------------
+
+    async def _definition(self, stored: StoredEvent) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The task definition and the render context of the attempt `stored` schedules.
+
+        The one place that reads them: older events embedded both; newer ones only name the
+        attempt, and the execution's history up to `stored.seq` holds them.
+        """
+        scheduled = stored.event
+        assert isinstance(scheduled, ev.AttemptScheduled)
         if scheduled.task:
-            return scheduled
+            return scheduled.task, scheduled.context
         from engine.commands import scheduled_attempt
 
         try:
-            task, context = await scheduled_attempt(
-                self.store, scheduled.executionId, scheduled.taskRunId, scheduled.attempt
+            return await retry(
+                lambda: scheduled_attempt(
+                    self.store, scheduled.executionId, scheduled.taskRunId, scheduled.attempt
+                ),
+                what=f"reading the definition of attempt {scheduled.attempt} of {scheduled.taskRunId}",
             )
         except TiercelError as exc:
             # Runs as a task that fails at once, saying why.
-            task = {"id": scheduled.taskId, "type": f"(unreadable: {exc.message})"}
-            context = {}
-        return msgspec.structs.replace(scheduled, task=task, context=context)
+            return {"id": scheduled.taskId, "type": f"(unreadable: {exc.message})"}, {}
+
+    async def _run_attempt(self, attempt: _Attempt) -> None:
+        scheduled = attempt.scheduled
+        workdir = self._home / f"{scheduled.taskRunId}-{scheduled.attempt}"
+        result: ev.Event | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                done = trio.Event()
+                nursery.start_soon(self._flush_logs, attempt, done)
+                try:
+                    with attempt.scope:
+                        result = await self._attempt(attempt, workdir)
+                finally:
+                    done.set()
+            if attempt.ended:
+                return  # someone else ended it: nothing of ours may be recorded now
+            if attempt.scope.cancelled_caught or result is None:
+                result = attempt.outcome
+            assert result is not None
+            await self._finish(attempt, result)
+        finally:
+            if attempt.ended:
+                self._running.pop(attempt.stream, None)
+            # else the worker is stopping, and hands the attempt back
+            self.free += 1
+            self._capacity.set()
+            self._capacity = trio.Event()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(
+                    functools.partial(shutil.rmtree, workdir, ignore_errors=True)
+                )
+
+    async def _attempt(self, attempt: _Attempt, workdir: Path) -> ev.Event:
+        """Run the attempt's task; its result, as the event to record."""
+        ids = attempt.ids
+        try:
+            task, context = await self._definition(attempt.stored)
+        except Exception as exc:  # the definition cannot be read: the attempt fails, not us
+            log.exception("Reading the definition of %s failed", attempt.stream)
+            return ev.AttemptFailed(**ids, message=f"The task's definition cannot be read: {exc}")
+        level = str(task.get("logLevel") or "TRACE")
+        ctx = AttemptContext(
+            attempt.scheduled, task, context, workdir, level, self.storage, self.store
+        )
+        attempt.ctx = ctx
+        shared = context.get("_workingDirectory")
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            ctx.variables.update(await self._prepare(attempt, task, context, workdir, shared))
+        except Exception as exc:
+            message = f"Preparing the task failed: {exc}"
+            ctx.log("ERROR", message)
+            return ev.AttemptFailed(**ids, message=message)
+        result = await self._execute(attempt, task, ctx)
+        if shared:
+            try:
+                await self._save_directory(attempt, context, workdir, shared)
+                if isinstance(result, ev.AttemptSucceeded) and shared.get("outputFiles"):
+                    files = await self._keep_output_files(attempt, context, workdir, shared)
+                    result = msgspec.structs.replace(result, workingDirectoryFiles=files)
+            except Exception as exc:
+                message = f"Keeping the working directory failed: {exc}"
+                ctx.log("ERROR", message)
+                return ev.AttemptFailed(**ids, message=message)
+        return result
+
+    async def _flush_logs(self, attempt: _Attempt, done: trio.Event) -> None:
+        """Record the task's log lines while it runs, every `LOG_FLUSH_SECONDS`."""
+        while True:
+            with trio.move_on_after(LOG_FLUSH_SECONDS):
+                await done.wait()
+            if done.is_set() or attempt.ended:
+                return
+            if attempt.ctx is None or not attempt.ctx.lines:
+                continue
+            events: list[ev.Event] = list(await self._log_events(attempt))
+            request = Append(
+                attempt.stream,
+                events,
+                attempt.version,
+                f"log:{attempt.stream}:{attempt.version}",
+                attempt.meta,
+            )
+            if await self._send(attempt, request, ends=False):
+                return
+
+    async def _finish(self, attempt: _Attempt, outcome: ev.Event) -> None:
+        """Record the attempt's last log lines and its outcome."""
+        events: list[ev.Event] = [*await self._log_events(attempt), outcome]
+        request = Append(
+            attempt.stream, events, attempt.version, f"end:{attempt.stream}", attempt.meta
+        )
+        await self._send(attempt, request, ends=True)
+
+    async def _send(self, attempt: _Attempt, request: Append, *, ends: bool) -> bool:
+        """Append `request` to the attempt's stream; True when the attempt has ended."""
+        attempt.inflight, attempt.inflight_ends = request, ends
+        try:
+            result = await self.committer.append(request)
+        except Exception:  # not an outage (the committer waits those out): a bug
+            log.exception("Recording events of %s failed; they are dropped", attempt.stream)
+            attempt.inflight = None
+            return False
+        attempt.inflight = None
+        if not result.ok:
+            log.warning("%s was ended meanwhile (abandoned or killed): stopping it", attempt.stream)
+            attempt.drop()
+            return True
+        attempt.version = result.version
+        if ends:
+            attempt.ended = True
+        return ends
+
+    async def _log_events(self, attempt: _Attempt) -> list[ev.AttemptLogged]:
+        """The lines the task logged since last asked, as `AttemptLogged` events of bounded
+        size: an overlong line is cut, its full text kept in internal storage."""
+        ctx = attempt.ctx
+        if ctx is None or not ctx.lines:
+            return []
+        events: list[ev.AttemptLogged] = []
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for line in ctx.take_lines():
+            line = await self._bounded(attempt, ctx, line)
+            n = len(_json.encode(line))
+            if batch and size + n > MAX_LOG_BATCH_BYTES:
+                events.append(_logged(attempt, ctx, batch))
+                batch, size = [], 0
+            batch.append(line)
+            size += n
+        if batch:
+            events.append(_logged(attempt, ctx, batch))
+        return events
+
+    async def _bounded(
+        self, attempt: _Attempt, ctx: AttemptContext, line: dict[str, Any]
+    ) -> dict[str, Any]:
+        message = str(line.get("message", ""))
+        if len(_json.encode(message)) <= MAX_LOG_LINE_BYTES:
+            return line
+        full = message.encode("utf-8", errors="replace")
+        attempt.long_lines += 1
+        name = f"log-line-{attempt.scheduled.attempt}-{attempt.long_lines}.txt"
+        try:
+            uri = await ctx.put_file(full, name)
+            where = f"full text at {uri}"
+        except Exception as exc:  # a full storage must not lose the line's start too
+            where = f"the full text could not be stored: {exc}"
+        cut = _cut(message, MAX_LOG_LINE_BYTES)
+        note = f" [line cut at {len(cut.encode('utf-8', errors='replace'))} of {len(full)} bytes; {where}]"
+        return {**line, "message": cut + note}
+
+    async def _stop(self) -> None:
+        """Hand back what is unfinished (its process is stopped by now), record the stop and
+        remove this worker's row; retried while the database is away, within the caller's
+        time budget."""
+        unfinished = [a for a in self._running.values() if not a.ended]
+        if not self._registered and not unfinished:
+            return  # it never got to register: nothing to hand back or record
+        backoff = Backoff()
+        # First what was in flight: it may or may not have landed; its command id tells.
+        while resend := [a for a in unfinished if a.inflight is not None]:
+            try:
+                results = await self.store.append_many([a.inflight for a in resend if a.inflight])
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("Worker %s could not record its stop", self.id)
+                    return
+                await trio.sleep(backoff.failed())
+                continue
+            for a, r in zip(resend, results, strict=True):
+                if not r.ok or a.inflight_ends:
+                    a.ended = True
+                else:
+                    a.version = r.version
+                a.inflight = None
+        appends: list[Append] = []
+        for a in unfinished:
+            if a.ended:
+                continue
+            outcome = a.outcome or ev.AttemptAbandoned(
+                **a.ids, reason=f"worker {a.worker_id} stopped"
+            )
+            events: list[ev.Event] = [*await self._log_events(a), outcome]
+            appends.append(Append(a.stream, events, a.version, f"end:{a.stream}", a.meta))
+        appends.append(
+            Append(
+                ev.worker_stream(self.id),
+                [ev.WorkerStopped(workerId=self.id)],
+                command_id=f"stopped:{self.id}",
+                meta=self._meta,
+            )
+        )
+        worker_id = self.id
+
+        def deregister(conn: psycopg.Connection[Any]) -> None:
+            conn.execute("DELETE FROM engine_workers WHERE worker_id = %s", (worker_id,))
+
+        while True:
+            try:
+                results = await self.store.append_many(appends, extra=deregister)
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("Worker %s could not record its stop", self.id)
+                    return
+                log.warning("Worker %s could not record its stop yet: %s", self.id, describe(exc))
+                await trio.sleep(backoff.failed())
+                continue
+            break
+        handed = sum(1 for r in results[:-1] if r.status == "written")
+        if handed:
+            log.info("Worker %s stopped and handed back %d attempt(s)", self.id, handed)
+        self._running.clear()
+
+    # --- the work directory --------------------------------------------------------------------
+
+    def _take_home(self) -> None:
+        """Lock this worker's directory under `work_dir`, and remove those of workers of this
+        host that are gone (their lock is free: the process ended or it stopped)."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.work_dir / f"{self.id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock = lock
+        self._home.mkdir(exist_ok=True)
+        for other in self.work_dir.glob("*.lock"):
+            if other.stem == self.id:
+                continue
+            try:
+                fd = os.open(other, os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # a live worker holds it
+            try:
+                shutil.rmtree(self.work_dir / other.stem, ignore_errors=True)
+                other.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+
+    def _leave_home(self) -> None:
+        shutil.rmtree(self._home, ignore_errors=True)
+        if self._lock is not None:
+            (self._home.parent / f"{self._home.name}.lock").unlink(missing_ok=True)
+            os.close(self._lock)
+            self._lock = None
+
+    # --- preparing and running the task --------------------------------------------------------
 
     async def _prepare(
-        self, scheduled: ev.AttemptScheduled, workdir: Path, shared: dict[str, Any] | None
-    ) -> ev.AttemptScheduled:
+        self,
+        attempt: _Attempt,
+        task: dict[str, Any],
+        context: dict[str, Any],
+        workdir: Path,
+        shared: dict[str, Any] | None,
+    ) -> dict[str, Any]:
         """Set up what the attempt needs before it runs: the shared directory of a
-        WorkingDirectory, and the template functions that read the execution's history."""
-        workdir.mkdir(parents=True, exist_ok=True)
+        WorkingDirectory; return the template functions that read the execution's history."""
         if shared:
-            await self._restore_directory(scheduled, workdir, shared)
-        definition = msgspec.json.encode(scheduled.task).decode()
+            await self._restore_directory(attempt, context, workdir, shared)
+        definition = msgspec.json.encode(task).decode()
         extra: dict[str, Any] = {"read": self._read, "secret": _secret}
         if "errorLogs(" in definition:
-            lines = await self._error_logs(scheduled.executionId)
+            lines = await self._error_logs(attempt.scheduled.executionId)
             extra["errorLogs"] = lambda: lines
         if "kv(" in definition:
-            namespace = str((scheduled.context.get("flow") or {}).get("namespace", ""))
-            extra["kv"] = await self._kv_snapshot(namespace, scheduled.task)
-        return msgspec.structs.replace(scheduled, context={**scheduled.context, **extra})
+            namespace = str((context.get("flow") or {}).get("namespace", ""))
+            extra["kv"] = await self._kv_snapshot(namespace, task)
+        return extra
 
     def _read(self, uri: Any) -> str:
         # Rendering is synchronous; stored files read this way are expected to be small.
@@ -441,21 +947,23 @@ class Worker:
 
         return lookup
 
-    def _snapshot(self, scheduled: ev.AttemptScheduled, shared: dict[str, Any]) -> tuple[str, str]:
-        flow = scheduled.context.get("flow") or {}
+    def _snapshot(
+        self, attempt: _Attempt, context: dict[str, Any], shared: dict[str, Any]
+    ) -> tuple[str, str]:
+        flow = context.get("flow") or {}
         prefix = task_prefix(
             str(flow.get("namespace", "")),
             str(flow.get("id", "")),
-            scheduled.executionId,
+            attempt.scheduled.executionId,
             str(shared["taskId"]),
             str(shared["taskRunId"]),
         )
         return prefix, "working-directory.tar"
 
     async def _restore_directory(
-        self, scheduled: ev.AttemptScheduled, workdir: Path, shared: dict[str, Any]
+        self, attempt: _Attempt, context: dict[str, Any], workdir: Path, shared: dict[str, Any]
     ) -> None:
-        prefix, name = self._snapshot(scheduled, shared)
+        prefix, name = self._snapshot(attempt, context, shared)
         uri = to_uri(f"{prefix}/{name}")
         if self.storage.exists(uri):
             archive = self.storage.local_path(uri)
@@ -469,7 +977,7 @@ class Worker:
         # The first task of the directory: lay out the WorkingDirectory's own inputFiles.
         files = shared.get("inputFiles")
         if isinstance(files, dict):
-            variables = dict(scheduled.context)
+            variables = dict(context)
             for relative, content in files.items():
                 target = (workdir / str(relative)).resolve()
                 if workdir.resolve() not in target.parents:
@@ -478,9 +986,9 @@ class Worker:
                 target.write_text(str(templating.render_value(content, variables)))
 
     async def _save_directory(
-        self, scheduled: ev.AttemptScheduled, workdir: Path, shared: dict[str, Any]
+        self, attempt: _Attempt, context: dict[str, Any], workdir: Path, shared: dict[str, Any]
     ) -> None:
-        prefix, name = self._snapshot(scheduled, shared)
+        prefix, name = self._snapshot(attempt, context, shared)
 
         def pack() -> bytes:
             buffer = io.BytesIO()
@@ -494,12 +1002,12 @@ class Worker:
         )
 
     async def _keep_output_files(
-        self, scheduled: ev.AttemptScheduled, workdir: Path, shared: dict[str, Any]
+        self, attempt: _Attempt, context: dict[str, Any], workdir: Path, shared: dict[str, Any]
     ) -> dict[str, str]:
         """Store the WorkingDirectory's `outputFiles` as they are now (one place per name, so
         the last task's version wins)."""
-        prefix, _ = self._snapshot(scheduled, shared)
-        variables = dict(scheduled.context)
+        prefix, _ = self._snapshot(attempt, context, shared)
+        variables = dict(context)
         files: dict[str, str] = {}
         for pattern in shared.get("outputFiles") or []:
             glob = str(templating.render(str(pattern), variables))
@@ -529,49 +1037,43 @@ class Worker:
         return lines
 
     async def _execute(
-        self, scheduled: ev.AttemptScheduled, workdir: Path
-    ) -> tuple[ev.Event, AttemptContext]:
-        ids: dict[str, Any] = {
-            "executionId": scheduled.executionId,
-            "taskRunId": scheduled.taskRunId,
-            "attempt": scheduled.attempt,
-        }
-        type_name = str(scheduled.task.get("type"))
-        level = str(scheduled.task.get("logLevel") or "TRACE")
-        ctx = AttemptContext(scheduled, workdir, level, self.storage, self.store)
+        self, attempt: _Attempt, definition: dict[str, Any], ctx: AttemptContext
+    ) -> ev.Event:
+        ids = attempt.ids
+        type_name = str(definition.get("type") or attempt.scheduled.taskType)
         cls = task_type(type_name)
         if cls is None or not issubclass(cls, RunnableTask):
             message = f"No worker plugin for task type '{type_name}': install it on the workers"
             ctx.log("ERROR", message)
-            return ev.AttemptFailed(**ids, message=message), ctx
-        task = msgspec.convert(scheduled.task, cls)
+            return ev.AttemptFailed(**ids, message=message)
+        try:
+            task = msgspec.convert(definition, cls)
+        except msgspec.ValidationError as exc:
+            message = f"Invalid task definition: {exc}"
+            ctx.log("ERROR", message)
+            return ev.AttemptFailed(**ids, message=message)
         timeout = _timeout_seconds(task.timeout)
-        workdir.mkdir(parents=True, exist_ok=True)
         try:
             with trio.fail_after(timeout) if timeout else _no_limit():
                 outputs = await task.run(ctx)
         except TaskWarning as exc:
             ctx.log("WARN", str(exc))
-            return (
-                ev.AttemptSucceeded(
-                    **ids, state="WARNING", outputs=exc.outputs, metrics=ctx.metrics
-                ),
-                ctx,
+            return ev.AttemptSucceeded(
+                **ids, state="WARNING", outputs=exc.outputs, metrics=ctx.metrics
             )
         except TaskFailure as exc:
             ctx.log("ERROR", str(exc))
-            return (
-                ev.AttemptFailed(**ids, message=str(exc), outputs=exc.outputs, metrics=ctx.metrics),
-                ctx,
+            return ev.AttemptFailed(
+                **ids, message=str(exc), outputs=exc.outputs, metrics=ctx.metrics
             )
         except trio.TooSlowError:
             message = f"Timeout: the task ran longer than {task.timeout}"
             ctx.log("ERROR", message)
-            return ev.AttemptFailed(**ids, message=message), ctx
+            return ev.AttemptFailed(**ids, message=message)
         except Exception as exc:  # a task's bug fails its attempt, not the worker
             message = str(exc) or type(exc).__name__
             ctx.log("ERROR", message)
-            return ev.AttemptFailed(**ids, message=message), ctx
+            return ev.AttemptFailed(**ids, message=message)
         size = len(msgspec.json.encode(outputs or {}))
         if size > MAX_OUTPUT_BYTES:
             message = (
@@ -579,8 +1081,60 @@ class Worker:
                 "carry: write large data to a file (outputFiles, put_file) and output its URI"
             )
             ctx.log("ERROR", message)
-            return ev.AttemptFailed(**ids, message=message), ctx
-        return ev.AttemptSucceeded(**ids, outputs=outputs or {}, metrics=ctx.metrics), ctx
+            return ev.AttemptFailed(**ids, message=message)
+        return ev.AttemptSucceeded(**ids, outputs=outputs or {}, metrics=ctx.metrics)
+
+
+def _claim_request(stored: StoredEvent, worker_id: str) -> Append:
+    s = stored.event
+    assert isinstance(s, ev.AttemptScheduled)
+    return Append(
+        ev.attempt_stream(s.executionId, s.taskRunId, s.attempt),
+        [
+            ev.AttemptClaimed(
+                executionId=s.executionId,
+                taskRunId=s.taskRunId,
+                attempt=s.attempt,
+                workerId=worker_id,
+            )
+        ],
+        NO_STREAM,
+        f"claim:{s.executionId}:{s.taskRunId}:{s.attempt}:{worker_id}",
+        {"actor": f"worker:{worker_id}"},
+    )
+
+
+def _claim_check(worker_id: str, position: int) -> Callable[[psycopg.Connection[Any]], None]:
+    """In the claims' transaction: move the checkpoint, and refuse the claims when the worker's
+    row is gone. Appends are serialised, and the watchdog deletes the row in an append's
+    transaction, so a claim never commits after its worker was declared lost."""
+
+    def check(conn: psycopg.Connection[Any]) -> None:
+        save_checkpoint(conn, CHECKPOINT, position)
+        row = conn.execute(
+            "SELECT 1 FROM engine_workers WHERE worker_id = %s", (worker_id,)
+        ).fetchone()
+        if row is None:
+            raise _NotRegistered(worker_id)
+
+    return check
+
+
+def _logged(
+    attempt: _Attempt, ctx: AttemptContext, lines: list[dict[str, Any]]
+) -> ev.AttemptLogged:
+    return ev.AttemptLogged(**attempt.ids, taskId=ctx.task_id, lines=lines)
+
+
+def _cut(message: str, limit: int) -> str:
+    """The longest start of `message` whose JSON encoding fits in `limit` bytes."""
+    n = min(len(message), limit)
+    while n > 0:
+        size = len(_json.encode(message[:n]))
+        if size <= limit:
+            return message[:n]
+        n = min(n - 1, n * limit // size)
+    return ""
 
 
 _KV_CALL = re.compile(r"\bkv\(([^()]*)\)")
@@ -620,13 +1174,6 @@ def _secret(name: str) -> str:
         return base64.b64decode(raw).decode()
     except (ValueError, UnicodeDecodeError):
         raise TemplateError(f"SECRET_{name} is not valid base64") from None
-
-
-def _checkpoint_at(position: int) -> Callable[[psycopg.Connection[Any]], None]:
-    def save(conn: psycopg.Connection[Any]) -> None:
-        save_checkpoint(conn, CHECKPOINT, position)
-
-    return save
 
 
 def _timeout_seconds(value: str | None) -> float | None:

@@ -1,0 +1,500 @@
+"""Workers under faults, with real scripts: a stop hands work back, a kill stops the process, a
+lost worker's attempts run again elsewhere, a lagging watchdog abandons nothing alive, logs are
+recorded while a task runs, and work directories do not pile up."""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import trio
+
+from engine import events as ev
+from engine.commands import create_execution, deploy_flow, kill_execution, wait_for_end
+from engine.embedded import EmbeddedPostgres
+from engine.server import ServerContext, run_server
+from engine.store import StoredEvent
+from engine.worker import Worker
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"test.faults.{uuid.uuid4().hex[:10]}"
+
+
+async def _start(nursery: trio.Nursery, url: str, roles: tuple[str, ...], **kw: Any) -> Any:
+    options = {"heartbeat_interval": 0.2, "heartbeat_timeout": 30.0, **kw}
+    return await nursery.start(functools.partial(run_server, url, roles, **options))
+
+
+class Running:
+    """A worker started in a scope of its own, so a test can stop just that worker."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self.scope:
+                await self.worker.run(task_status=task_status)
+        finally:
+            self.done.set()
+
+    async def stop(self) -> None:
+        """What SIGTERM or Ctrl-C does to the process: cancel the worker's scope."""
+        self.scope.cancel()
+        await self.done.wait()
+
+
+async def _worker(
+    nursery: trio.Nursery, ctx: ServerContext, work_dir: Path, cls: type[Worker] = Worker, **kw: Any
+) -> Running:
+    options = {"heartbeat_interval": 0.2, "heartbeat_timeout": 30.0, **kw}
+    running = Running(
+        cls(ctx.store, ctx.notifier, work_dir=work_dir, storage=ctx.storage, **options)
+    )
+    await nursery.start(running.run)
+    return running
+
+
+def _shell_flow(ns: str, flow_id: str, commands: list[str]) -> str:
+    lines = "\n".join(f"      - {c}" for c in commands)
+    return (
+        f"id: {flow_id}\nnamespace: {ns}\ntasks:\n"
+        "  - id: work\n    type: io.kestra.plugin.scripts.shell.Commands\n"
+        f"    commands:\n{lines}\n"
+    )
+
+
+def _side_effect(folder: Path) -> str:
+    """A command that appends a line to a file of the execution's own, one line per run: the
+    id of the script's process group."""
+    return f'echo $$ >> "{folder}/{{{{ execution.id }}}}"'
+
+
+def _runs(folder: Path, xid: str) -> int:
+    path = folder / xid
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+async def _wait_until(predicate: Any, timeout: float, what: str) -> None:
+    with trio.move_on_after(timeout) as waited:
+        while not await predicate():
+            await trio.sleep(0.05)
+    assert not waited.cancelled_caught, f"not within {timeout}s: {what}"
+
+
+def _attempt_events(history: list[StoredEvent], attempt: int = 1) -> list[StoredEvent]:
+    return [e for e in history if "/a:" in e.stream_id and e.stream_id.endswith(f":{attempt}")]
+
+
+def _stat(pid: str) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie waiting for its parent does not count)."""
+    fields = _stat(str(pid))
+    return bool(fields) and fields[0] != "Z"
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group runs."""
+    for entry in os.listdir("/proc"):
+        fields = _stat(entry) if entry.isdigit() else []
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
+async def test_stopped_worker_hands_running_attempts_back_and_they_run_again(
+    database_url: str, ns: str, tmp_path: Path
+) -> None:
+    side = tmp_path / "side"
+    side.mkdir()
+    source = _shell_flow(ns, "f", [_side_effect(side), "sleep 3"])
+    async with trio.open_nursery() as nursery:
+        # The watchdog waits 30 s: whatever is handed back here, the stopping worker did it.
+        ctx = await _start(nursery, database_url, ("executor",))
+        await deploy_flow(ctx.store, source)
+        ids = [await create_execution(ctx.store, ns, "f") for _ in range(10)]
+        first = await _worker(nursery, ctx, tmp_path / "work")
+
+        async def all_running() -> bool:
+            return all(_runs(side, x) == 1 for x in ids)
+
+        await _wait_until(all_running, 20, "all 10 tasks running")
+        groups = [int((side / x).read_text().split()[0]) for x in ids]
+        assert all(_group_alive(g) for g in groups)
+        await first.stop()
+        assert not any(_group_alive(g) for g in groups), "the stopped scripts are gone"
+        rows = await ctx.db.fetchall(
+            "SELECT 1 FROM engine_workers WHERE worker_id = %s", (first.worker.id,)
+        )
+        assert rows == [], "the stopped worker's liveness row is gone"
+        stopped = await ctx.store.read_stream(ev.worker_stream(first.worker.id))
+        assert [e.type for e in stopped] == ["WorkerStopped"]
+
+        second = await _worker(nursery, ctx, tmp_path / "work")
+        for xid in ids:
+            state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=30)
+            assert state.state == "SUCCESS"
+            [run] = state.taskruns.values()
+            assert [(a.state, a.workerId) for a in run.attempts] == [
+                ("KILLED", first.worker.id),
+                ("SUCCESS", second.worker.id),
+            ]
+            history = await ctx.store.read_execution(xid)
+            [abandoned] = [e.event for e in history if isinstance(e.event, ev.AttemptAbandoned)]
+            assert abandoned.reason == f"worker {first.worker.id} stopped"
+            assert not any(
+                e.type in ("AttemptSucceeded", "AttemptFailed") for e in _attempt_events(history)
+            ), "the stopped attempt recorded no result"
+            assert 1 <= _runs(side, xid) <= 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_killed_execution_stops_its_script_within_two_seconds(
+    database_url: str, ns: str, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pid"
+    source = _shell_flow(ns, "f", [f'sleep 30 & echo $! > "{pidfile}"; wait'])
+    async with trio.open_nursery() as nursery:
+        ctx = await _start(nursery, database_url, ("executor", "worker"), data_dir=tmp_path)
+        await deploy_flow(ctx.store, source)
+        xid = await create_execution(ctx.store, ns, "f")
+
+        async def started() -> bool:
+            return pidfile.exists() and pidfile.read_text().strip().isdigit()
+
+        await _wait_until(started, 20, "the script started")
+        pid = int(pidfile.read_text())
+        assert _alive(pid)
+        await kill_execution(ctx.store, xid)
+
+        async def gone() -> bool:
+            return not _alive(pid)
+
+        await _wait_until(gone, 2, "the killed script's process is gone")
+        state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=10)
+        assert state.state == "KILLED"
+        await trio.sleep(0.5)  # a late result would land now
+        attempt = [e.type for e in _attempt_events(await ctx.store.read_execution(xid))]
+        assert attempt[0] == "AttemptClaimed" and attempt[-1] == "AttemptKilled"
+        assert "AttemptSucceeded" not in attempt and "AttemptFailed" not in attempt
+        nursery.cancel_scope.cancel()
+
+
+async def test_worker_declared_lost_has_its_attempt_abandoned_and_run_again(
+    database_url: str, ns: str, tmp_path: Path
+) -> None:
+    side = tmp_path / "side"
+    side.mkdir()
+    source = _shell_flow(ns, "f", [_side_effect(side), "sleep 2"])
+    async with trio.open_nursery() as nursery:
+        ctx = await _start(nursery, database_url, ("executor",), heartbeat_timeout=1.0)
+        running = await _worker(nursery, ctx, tmp_path / "work", heartbeat_timeout=1.0)
+        lost_id = running.worker.id
+        await deploy_flow(ctx.store, source)
+        xid = await create_execution(ctx.store, ns, "f")
+
+        async def started() -> bool:
+            return _runs(side, xid) == 1
+
+        await _wait_until(started, 20, "the task started")
+        # What the watchdog does to a worker it declares lost.
+        await ctx.db.execute("DELETE FROM engine_workers WHERE worker_id = %s", (lost_id,))
+
+        async def abandoned() -> bool:
+            history = await ctx.store.read_execution(xid)
+            return any(isinstance(e.event, ev.AttemptAbandoned) for e in history)
+
+        await _wait_until(abandoned, 1.5, "the lost worker's attempt is abandoned")
+        state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=30)
+        assert state.state == "SUCCESS"
+        [run] = state.taskruns.values()
+        assert (run.attempts[0].state, run.attempts[0].workerId) == ("KILLED", lost_id)
+        assert run.attempts[-1].state == "SUCCESS"
+        assert run.attempts[-1].workerId == running.worker.id != lost_id, "it registered anew"
+        assert _runs(side, xid) == 2
+        lost = await ctx.store.read_stream(ev.worker_stream(lost_id))
+        assert [e.type for e in lost] == ["WorkerLost"]
+        nursery.cancel_scope.cancel()
+
+
+class _SilentWorker(Worker):
+    """A worker whose heartbeats stop after it registered (hung, or cut off)."""
+
+    async def _heartbeats(self) -> None:
+        await trio.sleep_forever()
+
+
+async def test_silent_worker_is_declared_lost_and_its_late_result_is_not_recorded(
+    database_url: str, ns: str, tmp_path: Path
+) -> None:
+    side = tmp_path / "side"
+    side.mkdir()
+    source = _shell_flow(ns, "f", [_side_effect(side), "sleep 2"])
+    async with trio.open_nursery() as nursery:
+        ctx = await _start(nursery, database_url, ("executor",), heartbeat_timeout=1.0)
+        silent = await _worker(nursery, ctx, tmp_path / "work", _SilentWorker)
+        await deploy_flow(ctx.store, source)
+        xid = await create_execution(ctx.store, ns, "f")
+
+        async def started() -> bool:
+            return _runs(side, xid) == 1
+
+        await _wait_until(started, 20, "the task started on the silent worker")
+        healthy = await _worker(nursery, ctx, tmp_path / "work", heartbeat_timeout=1.0)
+        state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=30)
+        assert state.state == "SUCCESS"
+        [run] = state.taskruns.values()
+        assert [(a.state, a.workerId) for a in run.attempts] == [
+            ("KILLED", silent.worker.id),
+            ("SUCCESS", healthy.worker.id),
+        ]
+        await trio.sleep(2.5)  # the silent worker's script has ended by now
+        history = await ctx.store.read_execution(xid)
+        first = [e.type for e in _attempt_events(history, 1)]
+        assert first == ["AttemptClaimed", "AttemptAbandoned"], "the late result was not recorded"
+        lost = await ctx.store.read_stream(ev.worker_stream(silent.worker.id))
+        assert [e.type for e in lost] == ["WorkerLost"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_lagging_watchdog_does_not_abandon_a_live_worker(
+    database_url: str, ns: str, tmp_path: Path
+) -> None:
+    source = _shell_flow(ns, "f", ["sleep 3"])
+    async with trio.open_nursery() as nursery:
+        ctx = await _start(
+            nursery, database_url, ("executor", "worker"), heartbeat_timeout=1.0, data_dir=tmp_path
+        )
+        await deploy_flow(ctx.store, source)
+        xid = await create_execution(ctx.store, ns, "f")
+
+        async def tracked() -> bool:
+            rows = await ctx.db.fetchall(
+                "SELECT 1 FROM engine_attempts WHERE execution_id = %s", (xid,)
+            )
+            return bool(rows)
+
+        await _wait_until(tracked, 20, "the watchdog tracks the claimed attempt")
+        # Block the watchdog's event processing for longer than the timeout: its checkpoint
+        # falls behind while the worker's heartbeats stay fresh.
+        conn = await trio.to_thread.run_sync(functools.partial(psycopg.connect, database_url))
+        try:
+            await trio.to_thread.run_sync(
+                conn.execute, "SELECT * FROM checkpoints WHERE name = 'watchdog' FOR UPDATE"
+            )
+            await trio.sleep(2.0)
+        finally:
+            await trio.to_thread.run_sync(conn.close)
+        state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=30)
+        assert state.state == "SUCCESS"
+        [run] = state.taskruns.values()
+        assert [a.state for a in run.attempts] == ["SUCCESS"]
+        history = await ctx.store.read_execution(xid)
+        assert not any(isinstance(e.event, ev.AttemptAbandoned) for e in history)
+        nursery.cancel_scope.cancel()
+
+
+async def test_running_task_logs_are_recorded_before_it_ends(
+    engine: ServerContext, ns: str
+) -> None:
+    source = _shell_flow(ns, "f", ["echo started", "sleep 3", "echo finished"])
+    await deploy_flow(engine.store, source)
+    xid = await create_execution(engine.store, ns, "f")
+    seen: list[str] = []
+
+    async def logged_while_running() -> bool:
+        history = await engine.store.read_execution(xid)
+        if any(e.type in ("AttemptSucceeded", "AttemptFailed") for e in history):
+            raise AssertionError("the task ended before its first line was recorded")
+        seen[:] = [
+            line["message"]
+            for e in history
+            if isinstance(e.event, ev.AttemptLogged)
+            for line in e.event.lines
+        ]
+        return "started" in seen
+
+    await _wait_until(logged_while_running, 2.5, "the first line is recorded while running")
+    assert "finished" not in seen
+    state = await wait_for_end(engine.store, engine.notifier, xid, timeout=30)
+    assert state.state == "SUCCESS"
+    history = await engine.store.read_execution(xid)
+    lines = [
+        line["message"]
+        for e in history
+        if isinstance(e.event, ev.AttemptLogged)
+        for line in e.event.lines
+    ]
+    assert lines == ["started", "finished"]
+
+
+async def test_overlong_log_line_is_cut_and_kept_whole_in_storage(
+    engine: ServerContext, ns: str
+) -> None:
+    source = _shell_flow(ns, "f", ["yes x | head -n 200000 | tr -d '\\n'; echo", "echo after"])
+    await deploy_flow(engine.store, source)
+    xid = await create_execution(engine.store, ns, "f")
+    state = await wait_for_end(engine.store, engine.notifier, xid, timeout=30)
+    assert state.state == "SUCCESS", [r.message for r in state.taskruns.values()]
+    history = await engine.store.read_execution(xid)
+    lines = [
+        line["message"]
+        for e in history
+        if isinstance(e.event, ev.AttemptLogged)
+        for line in e.event.lines
+    ]
+    assert len(lines) == 2 and lines[1] == "after"
+    long = lines[0]
+    assert long.startswith("x" * 60_000) and len(long.encode()) < 70 * 1024
+    found = re.search(r"(kestra://[^\]\s]+)", long)
+    assert found, long[-300:]
+    assert engine.storage is not None
+    assert engine.storage.read_bytes(found.group(1)) == b"x" * 200_000
+    sizes = await engine.db.fetchall(
+        "SELECT octet_length(data::text) AS n FROM events"
+        " WHERE stream_id LIKE %s AND type = 'AttemptLogged'",
+        (f"exec:{xid}/%",),
+    )
+    assert sizes and all(r["n"] < 256 * 1024 for r in sizes)
+
+
+async def test_result_and_logs_of_a_task_ending_during_a_postgres_restart_are_recorded_once(
+    ns: str, tmp_path: Path
+) -> None:
+    side = tmp_path / "side"
+    side.mkdir()
+    source = _shell_flow(ns, "f", [_side_effect(side), "echo hello", "sleep 1", "echo bye"])
+    pg = EmbeddedPostgres(tmp_path / "pg")  # a PostgreSQL of this test's own, to restart
+    url = pg.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            ctx = await _start(
+                nursery, url, ("executor", "worker"), heartbeat_timeout=15.0, data_dir=tmp_path
+            )
+            await deploy_flow(ctx.store, source)
+            xid = await create_execution(ctx.store, ns, "f")
+
+            async def started() -> bool:
+                return _runs(side, xid) == 1
+
+            await _wait_until(started, 20, "the task started")
+            # The task logs, ends and reports while the database is away.
+            await trio.to_thread.run_sync(pg.stop)
+            await trio.sleep(2.5)
+            assert await trio.to_thread.run_sync(pg.start) == url
+            state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=60)
+            assert state.state == "SUCCESS"
+            [run] = state.taskruns.values()
+            assert [a.state for a in run.attempts] == ["SUCCESS"]
+            history = await ctx.store.read_execution(xid)
+            assert [e.type for e in history].count("AttemptSucceeded") == 1
+            messages = [
+                line["message"]
+                for e in history
+                if isinstance(e.event, ev.AttemptLogged)
+                for line in e.event.lines
+            ]
+            assert messages == ["hello", "bye"]
+            assert _runs(side, xid) == 1
+            nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(pg.stop)
+
+
+async def test_worker_cut_off_from_postgres_longer_than_the_timeout_stops_its_script(
+    ns: str, tmp_path: Path
+) -> None:
+    side, delay, pidfile = tmp_path / "side", tmp_path / "delay", tmp_path / "pid"
+    side.mkdir()
+    delay.write_text("30")
+    run = f'sleep "$(cat "{delay}")" & echo $! > "{pidfile}"; wait'
+    source = _shell_flow(ns, "f", [_side_effect(side), run])
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    url = pg.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            ctx = await _start(
+                nursery, url, ("executor", "worker"), heartbeat_timeout=1.0, data_dir=tmp_path
+            )
+            await deploy_flow(ctx.store, source)
+            xid = await create_execution(ctx.store, ns, "f")
+
+            async def started() -> bool:
+                return pidfile.exists() and pidfile.read_text().strip().isdigit()
+
+            await _wait_until(started, 20, "the script started")
+            pid = int(pidfile.read_text())
+            await trio.to_thread.run_sync(pg.stop)
+
+            async def gone() -> bool:
+                return not _alive(pid)
+
+            # The watchdog may abandon the attempt as soon as the database is back: the worker
+            # must not be running it by then.
+            await _wait_until(gone, 3, "the cut-off worker stopped its script")
+            delay.write_text("0.1")
+            assert await trio.to_thread.run_sync(pg.start) == url
+            state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=60)
+            assert state.state == "SUCCESS"
+            [run_] = state.taskruns.values()
+            assert [a.state for a in run_.attempts] == ["KILLED", "SUCCESS"]
+            assert _runs(side, xid) == 2
+            first = [e.type for e in _attempt_events(await ctx.store.read_execution(xid), 1)]
+            assert first == ["AttemptClaimed", "AttemptAbandoned"]
+            nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(pg.stop)
+
+
+async def test_work_directories_of_ended_attempts_and_dead_workers_are_removed(
+    database_url: str, ns: str, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    # A worker that died with an attempt's directory left behind: its lock is free.
+    (work / "deadworker01" / "run-1").mkdir(parents=True)
+    (work / "deadworker01" / "run-1" / "data").write_text("left over")
+    (work / "deadworker01.lock").touch()
+    # A live worker of another process on this host: it holds its lock.
+    (work / "liveworker01" / "run-1").mkdir(parents=True)
+    held = os.open(work / "liveworker01.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        async with trio.open_nursery() as nursery:
+            ctx = await _start(nursery, database_url, ("executor",), data_dir=tmp_path)
+            running = await _worker(nursery, ctx, work)
+            assert not (work / "deadworker01").exists()
+            assert not (work / "deadworker01.lock").exists()
+            assert (work / "liveworker01" / "run-1").exists()
+            await deploy_flow(ctx.store, _shell_flow(ns, "f", ["echo hi > file.txt"]))
+            xid = await create_execution(ctx.store, ns, "f")
+            state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=30)
+            assert state.state == "SUCCESS"
+            home = work / running.worker.id
+
+            async def emptied() -> bool:
+                return list(home.iterdir()) == []
+
+            await _wait_until(emptied, 2, "the ended attempt's directory is removed")
+            await running.stop()
+            assert not home.exists()
+            assert sorted(p.name for p in work.iterdir()) == ["liveworker01", "liveworker01.lock"]
+            nursery.cancel_scope.cancel()
+    finally:
+        os.close(held)
