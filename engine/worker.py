@@ -360,7 +360,7 @@ class Worker:
         self._registered = False
         self.free = self.slots
         self._home = self.work_dir / self.id
-        await trio.to_thread.run_sync(self._take_home)
+        dead = await trio.to_thread.run_sync(self._take_home)
         try:
             await retry(
                 self._register,
@@ -368,6 +368,13 @@ class Worker:
                 health=self.health,
                 component=HEARTBEAT,
             )
+            if dead:
+                await retry(
+                    functools.partial(self._bury, dead),
+                    what="recording the workers found dead on this host",
+                    health=self.health,
+                    component=HEARTBEAT,
+                )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.committer.run)
@@ -417,6 +424,9 @@ class Worker:
     # --- liveness ------------------------------------------------------------------------------
 
     async def _register(self) -> None:
+        if self._lock is not None:  # the id a sweeper finds when this process is gone
+            os.ftruncate(self._lock, 0)
+            os.pwrite(self._lock, self.id.encode(), 0)
         await self.store.db.execute(
             "INSERT INTO engine_workers (worker_id, hostname, pid, started_at, last_seen)"
             " VALUES (%s, %s, %s, clock_timestamp(), clock_timestamp())"
@@ -848,12 +858,45 @@ class Worker:
 
     # --- the work directory --------------------------------------------------------------------
 
-    def _take_home(self) -> None:
+    async def _bury(self, dead: list[str]) -> None:
+        """Declare lost, at once, the workers whose process is known dead (their lock on this
+        host is free) but whose row is still there: the watchdog then abandons their attempts
+        now rather than after the heartbeat timeout (a worker killed and started again)."""
+        rows = await self.store.db.fetchall(
+            "SELECT worker_id FROM engine_workers WHERE worker_id = ANY(%s)", (dead,)
+        )
+        ids = [r["worker_id"] for r in rows]
+        if not ids:
+            return
+
+        def forget(conn: psycopg.Connection[Any]) -> None:
+            conn.execute("DELETE FROM engine_workers WHERE worker_id = ANY(%s)", (ids,))
+
+        await self.store.append_many(
+            [
+                Append(
+                    ev.worker_stream(w),
+                    [ev.WorkerLost(workerId=w)],
+                    command_id=f"lost:{w}",
+                    meta=self._meta,
+                )
+                for w in ids
+            ],
+            extra=forget,
+        )
+        log.warning("Worker(s) %s died on this host: declared lost", ", ".join(ids))
+
+    def _take_home(self) -> list[str]:
         """Lock this worker's directory under `work_dir`, and remove those of workers of this
-        host that are gone (their lock is free: the process ended or it stopped)."""
+        host that are gone (their lock is free: the process ended or it stopped); return the
+        ids those workers last registered under."""
+        dead: list[str] = []
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        lock = os.open(self.work_dir / f"{self.id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        # Locked before it is in place under its name, so no sweeper ever finds it free.
+        staging = self.work_dir / f".{self.id}.lock.new"
+        lock = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.replace(staging, self.work_dir / f"{self.id}.lock")
         self._lock = lock
         self._home.mkdir(exist_ok=True)
         for other in self.work_dir.glob("*.lock"):
@@ -869,10 +912,14 @@ class Worker:
                 os.close(fd)
                 continue  # a live worker holds it
             try:
+                last_id = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                if last_id:
+                    dead.append(last_id)
                 shutil.rmtree(self.work_dir / other.stem, ignore_errors=True)
                 other.unlink(missing_ok=True)
             finally:
                 os.close(fd)
+        return dead
 
     def _leave_home(self) -> None:
         shutil.rmtree(self._home, ignore_errors=True)

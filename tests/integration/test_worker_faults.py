@@ -20,7 +20,7 @@ from engine import events as ev
 from engine.commands import create_execution, deploy_flow, kill_execution, wait_for_end
 from engine.embedded import EmbeddedPostgres
 from engine.server import ServerContext, run_server
-from engine.store import StoredEvent
+from engine.store import NO_STREAM, StoredEvent
 from engine.worker import Worker
 
 
@@ -197,6 +197,55 @@ async def test_killed_execution_stops_its_script_within_two_seconds(
         nursery.cancel_scope.cancel()
 
 
+async def test_exit_task_stops_a_script_still_running_in_another_branch(
+    engine: ServerContext, ns: str, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pid"
+    source = f"""
+id: f
+namespace: {ns}
+tasks:
+  - id: both
+    type: io.kestra.plugin.core.flow.Parallel
+    tasks:
+      - id: long
+        type: io.kestra.plugin.scripts.shell.Commands
+        commands:
+          - sleep 30 & echo $! > "{pidfile}"; wait
+      - id: then
+        type: io.kestra.plugin.core.flow.Sequential
+        tasks:
+          - id: started
+            type: io.kestra.plugin.scripts.shell.Commands
+            commands:
+              - while [ ! -s "{pidfile}" ]; do sleep 0.05; done
+          - id: leave
+            type: io.kestra.plugin.core.execution.Exit
+            state: FAILED
+"""
+    await deploy_flow(engine.store, source)
+    xid = await create_execution(engine.store, ns, "f")
+    state = await wait_for_end(engine.store, engine.notifier, xid, timeout=30)
+    assert state.state == "FAILED"
+    runs = {r.taskId: r for r in state.taskruns.values()}
+    assert runs["long"].state == "KILLED"
+    pid = int(pidfile.read_text())
+
+    async def gone() -> bool:
+        return not _alive(pid)
+
+    await _wait_until(gone, 2, "the killed task run's process is gone")
+
+    async def recorded() -> bool:
+        history = await engine.store.read_execution(xid)
+        return any(isinstance(e.event, ev.AttemptKilled) for e in history)
+
+    await _wait_until(recorded, 2, "the worker recorded the attempt as killed")
+    history = await engine.store.read_execution(xid)
+    [killed] = [e.event for e in history if isinstance(e.event, ev.AttemptKilled)]
+    assert killed.taskRunId == runs["long"].id and "killed" in killed.reason
+
+
 async def test_worker_declared_lost_has_its_attempt_abandoned_and_run_again(
     database_url: str, ns: str, tmp_path: Path
 ) -> None:
@@ -230,6 +279,57 @@ async def test_worker_declared_lost_has_its_attempt_abandoned_and_run_again(
         assert run.attempts[-1].workerId == running.worker.id != lost_id, "it registered anew"
         assert _runs(side, xid) == 2
         lost = await ctx.store.read_stream(ev.worker_stream(lost_id))
+        assert [e.type for e in lost] == ["WorkerLost"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_worker_started_again_after_a_crash_has_the_dead_ones_attempt_rerun_at_once(
+    database_url: str, ns: str, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    body = "  - id: one\n    type: io.kestra.plugin.core.debug.Return\n    format: done\n"
+    async with trio.open_nursery() as nursery:
+        # The watchdog alone would wait 30 s for the dead worker's heartbeat to go stale.
+        ctx = await _start(nursery, database_url, ("executor",))
+        await deploy_flow(ctx.store, f"id: f\nnamespace: {ns}\ntasks:\n{body}")
+        xid = await create_execution(ctx.store, ns, "f")
+
+        async def scheduled() -> bool:
+            history = await ctx.store.read_execution(xid)
+            return any(isinstance(e.event, ev.AttemptScheduled) for e in history)
+
+        await _wait_until(scheduled, 10, "the attempt is scheduled")
+        [run_id] = [
+            e.event.taskRunId
+            for e in await ctx.store.read_execution(xid)
+            if isinstance(e.event, ev.AttemptScheduled)
+        ]
+        # What a worker killed with SIGKILL on this host leaves: a fresh row, a claimed
+        # attempt, its directory and its lock file, which no process holds any more.
+        dead = f"dead{uuid.uuid4().hex[:8]}"
+        await ctx.db.execute(
+            "INSERT INTO engine_workers (worker_id, last_seen) VALUES (%s, clock_timestamp())",
+            (dead,),
+        )
+        await ctx.store.append(
+            ev.attempt_stream(xid, run_id, 1),
+            [ev.AttemptClaimed(executionId=xid, taskRunId=run_id, attempt=1, workerId=dead)],
+            expected_version=NO_STREAM,
+        )
+        (work / "crashed01" / "run-1").mkdir(parents=True)
+        (work / "crashed01.lock").write_text(dead)
+
+        restarted = await _worker(nursery, ctx, work)
+        state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=10)
+        assert state.state == "SUCCESS"
+        [run] = state.taskruns.values()
+        assert [(a.state, a.workerId) for a in run.attempts] == [
+            ("KILLED", dead),
+            ("SUCCESS", restarted.worker.id),
+        ]
+        assert not (work / "crashed01").exists()
+        lost = await ctx.store.read_stream(ev.worker_stream(dead))
         assert [e.type for e in lost] == ["WorkerLost"]
         nursery.cancel_scope.cancel()
 
