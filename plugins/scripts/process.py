@@ -31,8 +31,9 @@ from plugins.core.storage import file_map, keep_files, matching_files, write_inp
 
 KESTRA_LIB = Path(__file__).parent / "kestra_lib"
 """Folder of the `kestra` module that Python scripts import."""
-GRACE_SECONDS = 5.0
-"""How long a stopped process group gets between SIGTERM and SIGKILL."""
+GRACE_SECONDS = 1.0
+"""How long a stopped process group gets between SIGTERM and SIGKILL (a kill must be done
+within 2 s, whatever the script does with SIGTERM)."""
 MAX_LINE_BYTES = 1024 * 1024
 """A longer line without a newline is logged in pieces of this size."""
 LEVELS = {"TRACE", "DEBUG", "INFO", "WARN", "ERROR"}
