@@ -70,7 +70,8 @@ def free_port() -> int:
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
     """Call `predicate` until it returns something truthy and return that; raise
-    `HarnessError` naming `what` after `timeout` seconds. Exceptions count as "not yet"."""
+    `HarnessError` naming `what` after `timeout` seconds. Exceptions count as "not yet",
+    except a `HarnessError`, which the predicate raises when it knows it never will be."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
     while True:
@@ -78,6 +79,8 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
             result = predicate()
             if result:
                 return result
+        except HarnessError:
+            raise  # a predicate that knows it will never be true
         except Exception as exc:  # noqa: BLE001 - "not yet", remembered for the message
             last_error = exc
         if time.monotonic() >= deadline:
@@ -392,7 +395,8 @@ class Cluster:
         if self._postgres is not None:
             with contextlib.suppress(Exception):
                 self._postgres.stop()
-        self.sweep()
+        with contextlib.suppress(Exception):
+            self.sweep()
         if not self.keep_root:
             import shutil
 
