@@ -82,3 +82,34 @@ def test_worker_stopped_with_sigterm_hands_back_its_ten_running_tasks_and_all_en
     assert set(states.values()) == {"SUCCESS"}, states
     assert side_effects(effects) == dict.fromkeys(ids, 2), cluster.attempt_history(ids)
     assert cluster.exits == []
+
+
+def test_scripts_of_a_killed_worker_are_stopped_once_it_is_back(
+    cluster_factory: Callable[..., Cluster], ns: str
+) -> None:
+    # A script runs in a session of its own, so kill -9 of its worker does not reach it. Once
+    # the attempt is abandoned and run again, the old script must not go on beside its retry.
+    cluster = cluster_factory(roles=ROLES)
+    effects, delay = cluster.root / "effects.txt", cluster.root / "delay"
+    delay.write_text("60")
+    cluster.deploy(shell_effect_flow(ns, "slow", effects, delay))
+    xid = cluster.create_execution(ns, "slow")
+    wait_until(lambda: side_effects(effects).get(xid), 60, "the task to run its side effect")
+    [worker] = cluster.names("worker")
+    work = cluster.processes[worker].data_dir
+    scripts = set(cluster.orphans(work))
+    assert scripts, "the running task's script was not found in the worker's directory"
+
+    delay.write_text("0.1")
+    cluster.kill(worker, wait=True)
+    patience = cluster.heartbeat_timeout + 10
+    try:
+        wait_until(lambda: not scripts & set(cluster.orphans(work)), patience, "the old script")
+    except HarnessError:
+        still = sorted(scripts & set(cluster.orphans(work)))
+        pytest.fail(
+            f"the killed worker's script (pids {still}) still runs {patience:.0f}s after the "
+            f"worker came back, beside the retry of its attempt:\n"
+            f"{cluster.attempt_history([xid])}"
+        )
+    assert cluster.wait_ended([xid], timeout=60) == {xid: "SUCCESS"}
