@@ -262,6 +262,13 @@ def _evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execut
         return changed
     if isinstance(event, ev.AttemptScheduled):
         return _with_run(state, _set_attempt(run, event.attempt, Attempt("CREATED")))
+    if isinstance(event, ev.AttemptKilled) and 0 < event.attempt <= len(run.attempts):
+        # A fact about the attempt whether or not the run ended first: folds the same in
+        # either order.
+        run = _set_attempt(
+            run, event.attempt, Attempt("KILLED", run.attempts[event.attempt - 1].workerId)
+        )
+        return _with_run(state, msgspec.structs.replace(run, message=event.reason or run.message))
     if run.state in TERMINAL_STATES:
         return state  # a late report for a run already ended (killed, or abandoned and redone)
     if len(run.attempts) != getattr(event, "attempt", 0):
