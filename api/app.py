@@ -196,6 +196,14 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         if starting and not ctx.ready.is_set():
             down.append("server (still starting)")
         body: dict[str, Any] = {"status": "DOWN" if down else "UP", "components": components}
+        if db_up:
+            # Executions the executor set aside: reported, not a reason to take the node out.
+            parked = await db.fetchall(
+                'SELECT execution_id AS "executionId", seq AS position, error FROM engine_parked'
+                " ORDER BY seq LIMIT 50"
+            )
+            if parked:
+                body["parkedExecutions"] = parked
         if down:
             body["message"] = "Not ready: " + "; ".join(down)
         return not down, body

@@ -319,16 +319,20 @@ def sys_verify(
     import psycopg
 
     from engine.embedded import EmbeddedPostgres
+    from engine.server import storage_root
+    from engine.storage import LocalStorage
     from engine.verify import verify_database
 
     url = _setting("database-url", database_url)
+    folder = Path(_setting("data-dir", data_dir) or _default_data_dir())
+    storage = LocalStorage(storage_root(folder))
     embedded = None
     try:
         if not url:
-            embedded = EmbeddedPostgres(Path(_setting("data-dir", data_dir) or _default_data_dir()))
+            embedded = EmbeddedPostgres(folder)
             url = embedded.start()
         with psycopg.Connection.connect(url, autocommit=True, connect_timeout=10) as conn:
-            report = verify_database(conn, execution=execution_id, since=since)
+            report = verify_database(conn, execution=execution_id, since=since, storage=storage)
     except TiercelError as exc:
         _fail(exc)
         return
@@ -346,8 +350,8 @@ def sys_verify(
         click.echo(json.dumps(payload, indent=2))
     else:
         for f in report.findings:
-            if f.kind == "parked":
-                click.echo(f"✗ execution {f.executionId}: parked at position {f.position}")
+            if f.kind in ("parked", "unreadable"):
+                click.echo(f"✗ execution {f.executionId}: {f.kind} at position {f.position}")
                 click.echo(f"  {f.recorded[0]}")
                 continue
             what = "decisions differ" if f.kind == "decisions" else "state differs"

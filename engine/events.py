@@ -63,7 +63,11 @@ class ExecutionCreated(Event, frozen=True):
     flowId: str
     flowRevision: int
     flow: dict[str, Any]
+    flowUri: str | None = None
+    """Where the value above is kept when it was too large for an event (it is then empty)."""
     inputs: dict[str, Any] = {}
+    inputsUri: str | None = None
+    """Where the value above is kept when it was too large for an event (it is then empty)."""
     labels: list[dict[str, str]] = []
     trigger: dict[str, Any] | None = None
     parentId: str | None = None
@@ -80,6 +84,8 @@ class ExecutionStateChanged(Event, frozen=True):
     executionId: str
     state: str
     outputs: dict[str, Any] | None = None
+    outputsUri: str | None = None
+    """Where the value above is kept when it was too large for an event (it is then empty)."""
     message: str | None = None
     """Why, when the engine ended it for a reason of its own (a flow it cannot run, a bug)."""
 
@@ -109,6 +115,8 @@ class TaskRunStateChanged(Event, frozen=True):
     taskRunId: str
     state: str
     outputs: dict[str, Any] | None = None
+    outputsUri: str | None = None
+    """Where the value above is kept when it was too large for an event (it is then empty)."""
     message: str | None = None
 
 
@@ -160,6 +168,8 @@ class SubflowExecutionRequested(Event, frozen=True):
     flowId: str
     revision: int | None = None
     inputs: dict[str, Any] = {}
+    inputsUri: str | None = None
+    """Where the value above is kept when it was too large for an event (it is then empty)."""
     labels: list[dict[str, str]] = []
     wait: bool = True
 
@@ -172,6 +182,8 @@ class SubflowExecutionEnded(Event, frozen=True):
     childId: str
     state: str
     outputs: dict[str, Any] | None = None
+    outputsUri: str | None = None
+    """Where the value above is kept when it was too large for an event (it is then empty)."""
     message: str | None = None
 
 
@@ -240,6 +252,8 @@ class AttemptSucceeded(Event, frozen=True):
     attempt: int
     state: str = "SUCCESS"
     outputs: dict[str, Any] = {}
+    outputsUri: str | None = None
+    """Where the value above is kept when it was too large for an event (it is then empty)."""
     metrics: list[dict[str, Any]] = []
     """Metrics the task reported: {name, type (counter|timer), value, tags}."""
     workingDirectoryFiles: dict[str, str] = {}
@@ -254,6 +268,8 @@ class AttemptFailed(Event, frozen=True):
     attempt: int
     message: str
     outputs: dict[str, Any] = {}
+    outputsUri: str | None = None
+    """Where the value above is kept when it was too large for an event (it is then empty)."""
     metrics: list[dict[str, Any]] = []
 
 
@@ -366,6 +382,18 @@ AnyEvent = (
     | KVDeleted
     | TriggerToggled
 )
+
+LARGE_VALUES: dict[type[Event], tuple[str, ...]] = {
+    ExecutionCreated: ("flow", "inputs"),
+    ExecutionStateChanged: ("outputs",),
+    TaskRunStateChanged: ("outputs",),
+    SubflowExecutionRequested: ("inputs",),
+    SubflowExecutionEnded: ("outputs",),
+    AttemptSucceeded: ("outputs",),
+    AttemptFailed: ("outputs",),
+}
+"""Fields that may hold large values: above a size limit the store keeps such a value in
+internal storage and the event carries its URI in `<field>Uri` instead."""
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)

@@ -31,6 +31,7 @@ from engine.store import (
     load_checkpoint,
     read_execution_sync,
     save_checkpoint,
+    unresolved,
 )
 from engine.subscription import Subscription
 
@@ -84,6 +85,8 @@ class ExecutorShell:
         self.cache: OrderedDict[str, Execution] = OrderedDict()
         self.cache_size = cache_size
         self.parked: set[str] = set()
+        self._unreadable: dict[str, str] = {}
+        """Executions whose history holds a value that internal storage could not give back."""
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Handle events from the checkpoint on, until cancelled."""
@@ -118,11 +121,17 @@ class ExecutorShell:
         if not first:
             return
 
+        storage = self.store.storage
+
         def load(conn: psycopg.Connection[Any]) -> dict[str, list[StoredEvent]]:
-            return {xid: read_execution_sync(conn, xid) for xid in first}
+            return {xid: read_execution_sync(conn, xid, storage) for xid in first}
 
         histories = await self.store.db.run(load)
         for xid, history in histories.items():
+            reason = next((r for e in history if (r := unresolved(e.event))), None)
+            if reason is not None:
+                self._unreadable[xid] = reason
+                continue
             state = replay(
                 [recorded(e) for e in history if e.type in INPUT_TYPES], before=first[xid]
             )
@@ -141,6 +150,14 @@ class ExecutorShell:
                 continue  # our own decision, applied when it was made
             xid = e.execution_id
             if xid is None or xid in self.parked:
+                continue
+            reason = unresolved(e.event) or self._unreadable.pop(xid, None)
+            if reason is not None:
+                # Folding without the value would decide on wrong data: set it aside.
+                log.error("Execution %s parked at event %s: %s", xid, e.seq, reason)
+                parked.append((xid, e.seq, reason))
+                self.parked.add(xid)
+                self.cache.pop(xid, None)
                 continue
             try:
                 state = evolve(self.cache.get(xid), e.event, e.recorded_at)

@@ -150,11 +150,12 @@ async def run_server(
         component="migrations",
     )
     db = Database(url, max_size=8)
-    store = EventStore(db)
+    storage = options.pop("storage", None) or LocalStorage(storage_root(options.get("data_dir")))
+    store = EventStore(db, storage)
     notifier = Notifier(url, CHANNEL, health=health)
-    ctx = ServerContext(url=url, db=db, store=store, notifier=notifier, health=health, **options)
-    if ctx.storage is None:
-        ctx.storage = LocalStorage(storage_root(ctx.data_dir))
+    ctx = ServerContext(
+        url=url, db=db, store=store, notifier=notifier, health=health, storage=storage, **options
+    )
     registered = services(roles)
     try:
         async with trio.open_nursery() as nursery:

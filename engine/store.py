@@ -10,6 +10,8 @@ report, for each, whether it was written, already written (same command id) or i
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -19,7 +21,10 @@ from psycopg.types.json import Jsonb
 
 from engine import events as ev
 from engine.db import Database
-from engine.errors import WrongExpectedVersion
+from engine.errors import TiercelError, WrongExpectedVersion
+from engine.storage import Storage
+
+log = logging.getLogger(__name__)
 
 CHANNEL = "tiercel_events"
 _APPEND_LOCK = 0x6576656E7473  # "events"
@@ -80,10 +85,87 @@ class AppendResult(msgspec.Struct, frozen=True):
 
 Extra = Callable[[psycopg.Connection[Any]], None]
 
+LARGE_VALUE_BYTES = 256 * 1024
+"""Above this size an input, output or flow of an event is kept in internal storage and the
+event carries its `kestra://` URI (`ev.LARGE_VALUES` lists the fields)."""
+VALUES_PREFIX = "_events"
+"""Where, in internal storage, the large values of events live (one folder per execution)."""
+
+
+def _offload(event: ev.Event, storage: Storage) -> ev.Event:
+    fields = ev.LARGE_VALUES.get(type(event))
+    if not fields:
+        return event
+    changes: dict[str, Any] = {}
+    for name in fields:
+        value = getattr(event, name)
+        if not value:
+            continue
+        data = _json.encode(value)
+        if len(data) <= LARGE_VALUE_BYTES:
+            continue
+        # Named by content: a retried append stores the same file once.
+        digest = hashlib.sha256(data).hexdigest()[:32]
+        owner = getattr(event, "executionId", "") or "unknown"
+        uri = storage.put(f"{VALUES_PREFIX}/{owner}", f"{name}-{digest}.json", data, overwrite=True)
+        changes[name] = _EMPTY.get((type(event), name), {})
+        changes[f"{name}Uri"] = uri
+    return msgspec.structs.replace(event, **changes) if changes else event
+
+
+_EMPTY: dict[tuple[type[ev.Event], str], Any] = {
+    (cls, f.name): f.default
+    for cls in ev.LARGE_VALUES
+    for f in msgspec.structs.fields(cls)
+    if f.default is not msgspec.NODEFAULT
+}
+"""What an offloaded field holds in the event: its default (a required one holds `{}`)."""
+
+
+def _hydrate(event: ev.AnyEvent, storage: Storage | None) -> ev.AnyEvent:
+    fields = ev.LARGE_VALUES.get(type(event))
+    if not fields or storage is None:
+        return event
+    changes: dict[str, Any] = {}
+    for name in fields:
+        uri = getattr(event, f"{name}Uri")
+        if uri is None:
+            continue
+        try:
+            changes[name] = msgspec.json.decode(storage.read_bytes(uri))
+        except (OSError, TiercelError, msgspec.DecodeError) as exc:
+            # Left unresolved (URI kept, value empty): `unresolved` tells readers, which fail
+            # that one execution rather than stop for everyone.
+            log.warning("Cannot read %s of %s from %s: %s", name, type(event).__name__, uri, exc)
+            continue
+        changes[f"{name}Uri"] = None
+    return msgspec.structs.replace(event, **changes) if changes else event
+
+
+def unresolved(event: ev.Event) -> str | None:
+    """Why a value of `event` kept in internal storage could not be read back (None when
+    every value of the event is in it)."""
+    for name in ev.LARGE_VALUES.get(type(event), ()):
+        uri = getattr(event, f"{name}Uri")
+        if uri is not None:
+            return (
+                f"The {name} of {type(event).__name__} is kept in internal storage at {uri} and "
+                "cannot be read there: check that every process shares the same storage"
+            )
+    return None
+
 
 def _append_sync(
-    conn: psycopg.Connection[Any], requests: Sequence[Append], extra: Extra | None
+    conn: psycopg.Connection[Any],
+    requests: Sequence[Append],
+    extra: Extra | None,
+    storage: Storage | None = None,
 ) -> list[AppendResult]:
+    if storage is not None:
+        requests = [
+            msgspec.structs.replace(r, events=[_offload(e, storage) for e in r.events])
+            for r in requests
+        ]
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
         results = _append_locked(conn, requests)
@@ -175,19 +257,27 @@ def _dumps(obj: Any) -> str:
     return _json.encode(obj).decode()
 
 
-def _row_to_event(row: tuple[Any, ...]) -> StoredEvent:
+def _row_to_event(row: tuple[Any, ...], storage: Storage | None = None) -> StoredEvent:
     seq, stream_id, version, type_, data, meta, recorded_at = row
-    return StoredEvent(seq, stream_id, version, type_, ev.decode(data), meta, recorded_at)
+    event = ev.decode(data)
+    if type(event) in ev.LARGE_VALUES:
+        event = _hydrate(event, storage)
+    return StoredEvent(seq, stream_id, version, type_, event, meta, recorded_at)
 
 
 _COLUMNS = "seq, stream_id, version, type, data::text, meta, recorded_at"
 
 
 class EventStore:
-    """Append to and read from the `events` table."""
+    """Append to and read from the `events` table.
 
-    def __init__(self, db: Database) -> None:
+    With a `storage`, large inputs, outputs and flows go to internal storage when appended and
+    come back when read, so events stay small and readers see whole values.
+    """
+
+    def __init__(self, db: Database, storage: Storage | None = None) -> None:
         self.db = db
+        self.storage = storage
 
     async def append(
         self,
@@ -216,7 +306,7 @@ class EventStore:
 
         Conflicting requests are reported and skipped; the others are written.
         """
-        return await self.db.run(lambda conn: _append_sync(conn, requests, extra))
+        return await self.db.run(lambda conn: _append_sync(conn, requests, extra, self.storage))
 
     async def read_all(
         self, after: int, limit: int = 1000, types: Iterable[str] | None = None
@@ -236,17 +326,17 @@ class EventStore:
                     " ORDER BY seq LIMIT %s",
                     (after, type_list, limit),
                 )
-            return [_row_to_event(r) for r in cur.fetchall()]
+            return [_row_to_event(r, self.storage) for r in cur.fetchall()]
 
         return await self.db.run(q)
 
     async def read_stream(self, stream_id: str) -> list[StoredEvent]:
         """Every event of one stream, in version order."""
-        return await self.db.run(lambda conn: read_stream_sync(conn, stream_id))
+        return await self.db.run(lambda conn: read_stream_sync(conn, stream_id, self.storage))
 
     async def read_execution(self, execution_id: str) -> list[StoredEvent]:
         """Every event of an execution and of its attempts, in `seq` order."""
-        return await self.db.run(lambda conn: read_execution_sync(conn, execution_id))
+        return await self.db.run(lambda conn: read_execution_sync(conn, execution_id, self.storage))
 
     async def head(self) -> int:
         """The highest position written so far (0 when empty)."""
@@ -255,23 +345,28 @@ class EventStore:
         return int(row["head"])
 
 
-def read_stream_sync(conn: psycopg.Connection[Any], stream_id: str) -> list[StoredEvent]:
+def read_stream_sync(
+    conn: psycopg.Connection[Any], stream_id: str, storage: Storage | None = None
+) -> list[StoredEvent]:
     """`EventStore.read_stream` on a connection the caller holds."""
     cur = conn.execute(
         f"SELECT {_COLUMNS} FROM events WHERE stream_id = %s ORDER BY version", (stream_id,)
     )
-    return [_row_to_event(r) for r in cur.fetchall()]
+    return [_row_to_event(r, storage) for r in cur.fetchall()]
 
 
-def read_execution_sync(conn: psycopg.Connection[Any], execution_id: str) -> list[StoredEvent]:
-    """`EventStore.read_execution` on a connection the caller holds."""
+def read_execution_sync(
+    conn: psycopg.Connection[Any], execution_id: str, storage: Storage | None = None
+) -> list[StoredEvent]:
+    """`EventStore.read_execution` on a connection the caller holds (large values are read
+    back from `storage`)."""
     base = ev.execution_stream(execution_id)
     # Sub-streams are "<base>/..."; '0' sorts right after '/', so this range is exactly them.
     cur = conn.execute(
         f"SELECT {_COLUMNS} FROM events WHERE stream_id >= %s AND stream_id < %s ORDER BY seq",
         (base, base + "0"),
     )
-    return [_row_to_event(r) for r in cur.fetchall()]
+    return [_row_to_event(r, storage) for r in cur.fetchall()]
 
 
 def save_checkpoint(conn: psycopg.Connection[Any], name: str, position: int) -> None:

@@ -18,7 +18,8 @@ import psycopg
 
 from engine.execution import Mismatch, verify
 from engine.executor_shell import INPUT_TYPES, recorded
-from engine.store import StoredEvent, read_execution_sync
+from engine.storage import Storage
+from engine.store import StoredEvent, read_execution_sync, unresolved
 
 
 class Finding(msgspec.Struct, frozen=True):
@@ -26,7 +27,8 @@ class Finding(msgspec.Struct, frozen=True):
 
     executionId: str
     kind: str
-    """`decisions`, `state` or `parked`."""
+    """`decisions`, `state`, `unreadable` (a value kept in internal storage is missing) or
+    `parked`."""
     position: int
     """The first diverging event (or where the execution was parked)."""
     eventType: str
@@ -75,16 +77,27 @@ def verify_execution(history: list[StoredEvent]) -> list[Mismatch]:
 
 
 def verify_database(
-    conn: psycopg.Connection[Any], *, execution: str | None = None, since: int = 0
+    conn: psycopg.Connection[Any],
+    *,
+    execution: str | None = None,
+    since: int = 0,
+    storage: Storage | None = None,
 ) -> Report:
-    """Verify the executions of a database (see the module's doc)."""
+    """Verify the executions of a database (see the module's doc); large values of events
+    are read back from `storage`."""
     report = Report()
     for xid in execution_ids(conn, execution=execution, since=since):
-        history = read_execution_sync(conn, xid)
+        history = read_execution_sync(conn, xid, storage)
         if not history:
             continue
         report.executions += 1
         report.events += len(history)
+        lost = next(((e, r) for e in history if (r := unresolved(e.event))), None)
+        if lost is not None:
+            report.findings.append(
+                Finding(xid, "unreadable", lost[0].seq, lost[0].type, [lost[1]], [])
+            )
+            continue
         types = {e.seq: e.type for e in history}
         for m in verify_execution(history):
             report.findings.append(
