@@ -4,6 +4,7 @@ KV, OutputValues, Fetch, HTTP and secrets are covered in test_kv_state_http.py."
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from engine.commands import create_execution, deploy_flow, load_execution, wait_for_end
@@ -131,7 +132,11 @@ tasks:
     assert _out(resumed, "after") == {"value": "approved by resumer"}
 
 
-async def test_outputs_too_large_for_an_event_fail_the_task(engine: ServerContext, ns: str) -> None:
+async def test_outputs_over_the_limit_of_a_task_fail_it(
+    engine: ServerContext, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The limit is 16 MB; a smaller one keeps the test quick.
+    monkeypatch.setattr("engine.worker.MAX_OUTPUT_BYTES", 1024 * 1024)
     state = await run_flow(
         engine,
         f"""
@@ -144,7 +149,7 @@ tasks:
 """,
     )
     assert state.state == "FAILED"
-    assert "over the 1048576 bytes" in _messages(state)[0]
+    assert "over the 1048576 bytes a task may return" in _messages(state)[0]
 
 
 async def test_toggle_records_a_trigger_state_and_refuses_unknown_triggers(
