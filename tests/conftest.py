@@ -35,6 +35,12 @@ def kestra_flows() -> Path:
     return corpus / "flows"
 
 
+# One internal storage for every server the session starts (and for `tiercel sys verify` run
+# over what they recorded, which reads large values back from it).
+if "TIERCEL_STORAGE_DIR" not in os.environ:
+    _STORAGE = tempfile.TemporaryDirectory(prefix="tiercel-test-storage-")
+    os.environ["TIERCEL_STORAGE_DIR"] = _STORAGE.name
+
 SESSION_START = dt.datetime.now(dt.UTC)
 """When this test session began (tests that scan the database look at what it recorded)."""
 
