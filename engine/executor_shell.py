@@ -90,25 +90,25 @@ class ExecutorShell:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Handle events from the checkpoint on, until cancelled."""
+        # Cached states may be ahead of the checkpoint if an earlier run failed mid-batch.
+        self.cache.clear()
         db = self.store.db
         position = await retry(lambda: load_checkpoint(db, CHECKPOINT), what="executor checkpoint")
         rows = await retry(
             lambda: db.fetchall("SELECT execution_id FROM engine_parked"), what="parked executions"
         )
         self.parked = {r["execution_id"] for r in rows}
+        # A failed batch's decisions were applied to cached states but may not be durable:
+        # forget them, so its retry starts from what the log holds.
         sub = Subscription(
-            self.store, self.notifier, position=position, types=INPUT_TYPES, name="executor"
+            self.store,
+            self.notifier,
+            position=position,
+            types=INPUT_TYPES,
+            name="executor",
+            on_retry=self.cache.clear,
         )
-        await sub.run(self._handle_safely, task_status=task_status)
-
-    async def _handle_safely(self, batch: list[StoredEvent]) -> None:
-        try:
-            await self._handle(batch)
-        except BaseException:
-            # The batch's decisions were applied to cached states but may not be durable:
-            # forget them, so a retry of the batch starts from what the log holds.
-            self.cache.clear()
-            raise
+        await sub.run(self._handle, task_status=task_status)
 
     async def _load(self, batch: list[StoredEvent]) -> None:
         first: dict[str, int] = {}

@@ -12,7 +12,6 @@ component reports goes to `ServerContext.health`, which readiness reads.
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import logging
 import os
@@ -94,14 +93,13 @@ async def supervise(
     health: Health,
     service: Service,
     *args: Any,
-    on_restart: Callable[[], None] | None = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run `service(*args)`, starting it again after it ended on a transient database error.
 
     Components handle database outages themselves; this is the last line that keeps a process
     alive when one still lets such an error out. While it waits to restart, `name` is DOWN in
-    `health`. `on_restart` runs before each restart (to drop state the failure may have left).
+    `health`.
     Any other error ends the process as before: it is a bug to fix, not an outage to wait out.
     """
     backoff = Backoff()
@@ -126,8 +124,6 @@ async def supervise(
             health.down(name, reason)
             log.warning("%s stopped (%s); starting it again in %.1fs", name, reason, delay)
             await trio.sleep(delay)
-            if on_restart is not None:
-                on_restart()
 
 
 async def run_server(
@@ -162,15 +158,7 @@ async def run_server(
             await nursery.start(notifier.run)
             if "executor" in roles:
                 shell = ExecutorShell(store, notifier)
-                await nursery.start(
-                    functools.partial(
-                        supervise,
-                        "service:executor",
-                        health,
-                        shell.run,
-                        on_restart=shell.cache.clear,
-                    )
-                )
+                await nursery.start(supervise, "service:executor", health, shell.run)
                 await nursery.start(
                     supervise, "service:timers", health, TimerService(store, notifier).run
                 )
