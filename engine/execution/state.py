@@ -39,8 +39,6 @@ class TaskRun(msgspec.Struct, frozen=True):
     outputs: dict[str, Any] | None = None
     attempts: tuple[Attempt, ...] = ()
     message: str | None = None
-    retryAt: str | None = None
-    """Kept for states folded from older histories; retries are timers now."""
     iteration: int | None = None
     restarts: int = 0
     """How many times a flowable task run started its children over (its retries)."""
