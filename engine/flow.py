@@ -236,8 +236,11 @@ class _Checker:
     def __init__(self, marks: dict[str, tuple[int, int]], *, recorded: bool = False) -> None:
         self.marks = marks
         self.recorded = recorded
-        """Whether the flow was accepted before (recorded in an event): checks added since then
-        (retry policies) are skipped, so that its history keeps the meaning it had."""
+        """Whether the flow was accepted before (recorded in an event): it is read as recorded,
+        so that its history keeps the meaning it had. Rules added since (retry policies, any
+        semantic check) do not reject it; only a task that can no longer be read does."""
+        self.dropped = 0
+        """Tasks that could not be read at all (a recorded flow is unusable without them)."""
         self.problems: list[Problem] = []
         self.task_ids: dict[str, str] = {}
         self.defaults: list[dict[str, Any]] = []
@@ -265,7 +268,14 @@ class _Checker:
             return []
         if required and not raw:
             self.add(path, "At least one task is required: the list is empty")
-        return [t for i, item in enumerate(raw) if (t := self.task(item, f"{path}[{i}]"))]
+        out = []
+        for i, item in enumerate(raw):
+            task = self.task(item, f"{path}[{i}]")
+            if task is None:
+                self.dropped += 1
+            else:
+                out.append(task)
+        return out
 
     def task(self, raw: Any, path: str) -> Task | None:
         if not isinstance(raw, dict):
@@ -344,7 +354,7 @@ class _Checker:
         for field, message in task.problems():
             self.add(f"{path}.{field}" if field else path, message)
             ok = False
-        return task if ok else None
+        return task if ok or self.recorded else None
 
     def nested(self, raw: Any, path: str) -> Any:
         # Lists of {task: ..., dependsOn: ...} (Dag) and maps of task lists (Switch cases).
@@ -355,6 +365,8 @@ class _Checker:
             for i, item in enumerate(raw):
                 if isinstance(item, dict) and "task" in item:
                     task = self.task(item["task"], f"{path}[{i}].task")
+                    if task is None:
+                        self.dropped += 1
                     out.append({**item, "task": task})
                 else:
                     out.append(item)
@@ -453,10 +465,12 @@ def parse_flow(source: str, *, origin: str | None = None) -> Flow:
 
 
 def flow_from_dict(raw: dict[str, Any]) -> Flow:
-    """Validate a flow given as data (e.g. recorded in an event)."""
+    """Read a flow recorded in an event, as it was recorded: checks that this version added
+    since do not reject it; `FlowValidationError` only when it can no longer be read (a task
+    type that is gone, a property that no longer converts)."""
     checker = _Checker({}, recorded=True)
     flow = _check_flow(raw, checker)
-    if checker.problems or flow is None:
+    if flow is None or checker.dropped:
         raise FlowValidationError(checker.problems)
     return flow
 

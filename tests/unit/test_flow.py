@@ -331,3 +331,27 @@ def test_retry_of_a_recorded_flow_is_read_as_it_was_accepted() -> None:
     raw = flow_to_dict(parse_flow(GOOD))
     raw["tasks"][1]["retry"] = {"type": "constant", "interval": "PT1S", "jitter": True}
     assert flow_from_dict(raw).tasks[1].retry == raw["tasks"][1]["retry"]
+
+
+def test_a_recorded_flow_is_read_as_recorded_even_when_todays_rules_refuse_it() -> None:
+    # Recorded by a version that allowed upper-case namespaces and a task's own id twice.
+    raw = {
+        "id": "old",
+        "namespace": "Legacy.Team",
+        "tasks": [
+            {"id": "t", "type": "io.kestra.plugin.core.log.Log", "message": "a"},
+            {"id": "t", "type": "io.kestra.plugin.core.log.Log", "message": "b"},
+        ],
+    }
+    flow = flow_from_dict(raw)
+    assert flow.namespace == "Legacy.Team" and len(flow.tasks) == 2
+    with pytest.raises(FlowValidationError):
+        parse_flow(
+            "id: old\nnamespace: Legacy.Team\ntasks:\n  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: a\n"
+        )
+
+
+def test_a_recorded_flow_whose_task_type_is_gone_cannot_be_read() -> None:
+    raw = {"id": "old", "namespace": "legacy", "tasks": [{"id": "t", "type": "gone.Task"}]}
+    with pytest.raises(FlowValidationError, match="Unknown task type"):
+        flow_from_dict(raw)
