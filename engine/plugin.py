@@ -139,6 +139,17 @@ class RunContext(Protocol):
         """Enable or disable a trigger of a flow."""
         ...
 
+    def process_group_started(self, pgid: int) -> None:
+        """Note a process group the task started in a session of its own (out of reach of
+        its worker's signals) and stops itself before it returns. Should the worker die
+        first, the next worker started on this host kills the group before it runs anything,
+        so the group never runs beside the retry of its attempt."""
+        ...
+
+    def process_group_ended(self, pgid: int) -> None:
+        """The group noted with `process_group_started` is stopped: forget it."""
+        ...
+
 
 class RunnableTask(Task, kw_only=True):
     """A task that a worker runs; `run` returns the task's outputs."""

@@ -24,6 +24,7 @@ database outage and a repeated one is recorded once.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import fcntl
 import functools
@@ -32,6 +33,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import tarfile
 import tempfile
@@ -78,6 +80,9 @@ STOP_SECONDS = 5.0
 """How long a stopping worker tries to record the hand-back of its attempts."""
 KILL_MEMORY = 10_000
 """How many recent kills are remembered for attempts claimed just before they arrive."""
+GROUP_RECORD = ".group"
+"""Suffix of the file, in a worker's directory, recording a process group one of its attempts
+started (named by the group's id)."""
 
 _json = msgspec.json.Encoder()
 
@@ -103,6 +108,7 @@ class AttemptContext:
         min_level: str,
         storage: Storage,
         store: EventStore | None = None,
+        process_groups: Path | None = None,
     ) -> None:
         self.execution_id = scheduled.executionId
         self.task_run_id = scheduled.taskRunId
@@ -119,6 +125,8 @@ class AttemptContext:
         """Log lines not recorded yet; the worker takes them as it records them."""
         self.metrics: list[dict[str, Any]] = []
         self._min = LEVELS.index(min_level) if min_level in LEVELS else 0
+        self._process_groups = process_groups
+        """Where the process groups the task starts are recorded: the worker's directory."""
 
     def render(self, value: Any) -> Any:
         """Render templates inside `value` with the attempt's variables."""
@@ -245,6 +253,22 @@ class AttemptContext:
             enabled,
             actor=f"task:{self.execution_id}/{self.task_id}",
         )
+
+    def process_group_started(self, pgid: int) -> None:
+        """Record a process group the task started in the worker's directory, where the
+        next worker of this host finds it should this one die (`stop_process_groups_left_in`)."""
+        if self._process_groups is None:
+            return
+        try:
+            record_process_group(self._process_groups, pgid)
+        except OSError as exc:  # the task runs all the same, only less guarded
+            log.warning("Process group %d of %s is not recorded: %s", pgid, self.task_run_id, exc)
+
+    def process_group_ended(self, pgid: int) -> None:
+        """Forget a process group recorded by `process_group_started`: it is stopped."""
+        if self._process_groups is not None:
+            with contextlib.suppress(OSError):
+                (self._process_groups / f"{pgid}{GROUP_RECORD}").unlink(missing_ok=True)
 
     async def get_file(self, uri: str, target: Path | None = None) -> Path:
         """Copy the stored file at `uri` into the working directory (or to `target`)."""
@@ -684,7 +708,14 @@ class Worker:
             return ev.AttemptFailed(**ids, message=f"The task's definition cannot be read: {exc}")
         level = str(task.get("logLevel") or "TRACE")
         ctx = AttemptContext(
-            attempt.scheduled, task, context, workdir, level, self.storage, self.store
+            attempt.scheduled,
+            task,
+            context,
+            workdir,
+            level,
+            self.storage,
+            self.store,
+            process_groups=self._home,
         )
         attempt.ctx = ctx
         shared = context.get("_workingDirectory")
@@ -915,6 +946,15 @@ class Worker:
                 last_id = os.pread(fd, 64, 0).decode(errors="replace").strip()
                 if last_id:
                     dead.append(last_id)
+                # Before its attempts are declared lost and run again: scripts run in sessions
+                # of their own, which the death of their worker may not have reached.
+                stopped = stop_process_groups_left_in(self.work_dir / other.stem)
+                if stopped:
+                    log.warning(
+                        "Killed process group(s) %s that dead worker %s left running",
+                        ", ".join(map(str, stopped)),
+                        last_id or other.stem,
+                    )
                 shutil.rmtree(self.work_dir / other.stem, ignore_errors=True)
                 other.unlink(missing_ok=True)
             finally:
@@ -1130,6 +1170,94 @@ class Worker:
             ctx.log("ERROR", message)
             return ev.AttemptFailed(**ids, message=message)
         return ev.AttemptSucceeded(**ids, outputs=outputs or {}, metrics=ctx.metrics)
+
+
+def record_process_group(home: Path, pgid: int) -> None:
+    """Record in `home` (a worker's directory) that process group `pgid` runs a script of
+    one of its attempts: the group's id, the start time of its leader and the host's boot id,
+    which tell a later reader whether that pgid still names the same group."""
+    start = _start_ticks(pgid)
+    if start is None:
+        return  # gone already, or no /proc: nothing a later reader could check
+    record = {"pgid": pgid, "start": start, "boot": _boot_id()}
+    (home / f"{pgid}{GROUP_RECORD}").write_bytes(_json.encode(record))
+
+
+def stop_process_groups_left_in(home: Path) -> list[int]:
+    """SIGKILL the process groups recorded in `home`, the directory of a worker that died,
+    and return their ids. Pids are reused, so a group is killed only while it is verifiably
+    the one recorded: its leader has the recorded start time, or one of its processes still
+    works inside `home`; a group that merely has the recorded id is left alone."""
+    records: dict[int, int] = {}
+    boot = _boot_id()
+    for path in home.glob(f"*{GROUP_RECORD}"):
+        try:
+            record = msgspec.json.decode(path.read_bytes())
+            if record["boot"] == boot:
+                records[int(record["pgid"])] = int(record["start"])
+        except (OSError, msgspec.DecodeError, KeyError, TypeError, ValueError):
+            continue  # cut short as its worker died: nothing to check it against
+    if not records:
+        return []
+    inside = os.path.realpath(home) + os.sep
+    ours: set[int] = set()
+    for pid, pgid, start in _processes():
+        if pgid not in records or pgid in ours:
+            continue
+        if pid == pgid and start == records[pgid]:
+            ours.add(pgid)
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if cwd.removesuffix(" (deleted)").startswith(inside):
+            ours.add(pgid)
+    stopped = []
+    for pgid in sorted(ours):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+        stopped.append(pgid)
+    return stopped
+
+
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/<pid>/stat from the third (the state) on; [] when it is gone."""
+    try:
+        # The command name, in parentheses, may itself hold spaces and parentheses.
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When the process started, in clock ticks after boot (field 22 of its stat)."""
+    fields = _stat(pid)
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def _processes() -> list[tuple[int, int, int]]:
+    """(pid, process group, start ticks) of every live process of the host (not zombies)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        fields = _stat(entry) if entry.isdigit() else []
+        if len(fields) > 19 and fields[0] != "Z":
+            found.append((int(entry), int(fields[2]), int(fields[19])))
+    return found
+
+
+@functools.cache
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _claim_request(stored: StoredEvent, worker_id: str) -> Append:

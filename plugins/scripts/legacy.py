@@ -90,6 +90,7 @@ class Bash(RunnableTask, kw_only=True):
         try:
             code = await process.execute(
                 [self.interpreter, *self.interpreterArgs, text],
+                ctx=ctx,
                 cwd=ctx.working_dir,
                 env=process.environment(ctx, self.env, output_dir, python=self.python()),
                 on_line=reader.line,

@@ -4,11 +4,15 @@ Output is read line by line while the process runs: stdout lines are logged at I
 lines at ERROR (as Kestra does since 0.21), except Kestra's protocol lines
 `::{"outputs": {...}}::`, `::{"metrics": [...]}::` and `::{"logs": [...]}::`, which set output
 variables, report metrics and log at a chosen level. The process runs in a session of its own, so
-a timeout or a cancelled execution stops it and everything it started.
+a timeout or a cancelled execution stops it and everything it started. That session also keeps
+the worker's own signals out, so the group is tied to the worker's life by other means: it dies
+with its worker, even one killed with kill -9.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -211,6 +215,7 @@ def environment(
 async def execute(
     command: list[str],
     *,
+    ctx: RunContext,
     cwd: Path,
     env: dict[str, str],
     on_line: Callable[[str, bool], None],
@@ -218,18 +223,32 @@ async def execute(
     """Run `command`, passing each output line to `on_line(text, is_stderr)` as it comes,
     until it exits and its output is closed; return the exit code. The process leads a group
     of its own: cancellation (a timeout, a kill) stops the whole group, and so does the end of
-    the command for what it left running in the background."""
-    process = await trio.lowlevel.open_process(
-        command,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    assert process.stdout is not None and process.stderr is not None
+    the command for what it left running in the background. The group does not outlive the
+    worker either: the kernel kills it when the worker dies (`_tie`), and it is recorded for
+    the next worker of the host (`ctx.process_group_started`) should that have failed."""
+    tie_read, tie_write = os.pipe()
     try:
+        process = await trio.lowlevel.open_process(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            # The script holds the read end too: it must still be open when the dying worker's
+            # write end closes, whatever order the kernel closes the worker's files in.
+            pass_fds=(tie_read,),
+        )
+    except BaseException:
+        os.close(tie_read)
+        os.close(tie_write)
+        raise
+    pgid = process.pid
+    try:
+        _tie(tie_read, pgid)
+        ctx.process_group_started(pgid)
+        assert process.stdout is not None and process.stderr is not None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_lines, process.stdout, lambda text: on_line(text, False))
             nursery.start_soon(_read_lines, process.stderr, lambda text: on_line(text, True))
@@ -237,8 +256,37 @@ async def execute(
     finally:
         with trio.CancelScope(shield=True):
             await _stop_group(process)
+        _untie(tie_read)
+        os.close(tie_write)
+        os.close(tie_read)
+        ctx.process_group_ended(pgid)
     assert process.returncode is not None
     return process.returncode
+
+
+def _tie(read_end: int, pgid: int) -> None:
+    """Have the kernel SIGKILL process group `pgid` as soon as this process dies, however it
+    dies (kill -9 included): a pipe's read end in O_ASYNC mode signals its owner when the last
+    write end closes, and this process holds the only write end, which its death closes. The
+    owner is the group (F_SETOWN with -pgid) and the signal SIGKILL (F_SETSIG). The kernel
+    keeps the owner as that very group, not as a number, so a pgid reused later is never hit.
+    Only Linux has F_SETSIG (and the /proc that records of groups need): elsewhere a kill -9
+    of the worker still leaves the group running."""
+    set_signal = getattr(fcntl, "F_SETSIG", None)
+    if set_signal is None:
+        return
+    try:
+        fcntl.fcntl(read_end, fcntl.F_SETOWN, -pgid)
+        fcntl.fcntl(read_end, set_signal, signal.SIGKILL)
+        fcntl.fcntl(read_end, fcntl.F_SETFL, fcntl.fcntl(read_end, fcntl.F_GETFL) | os.O_ASYNC)
+    except OSError:
+        pass  # the group is gone already
+
+
+def _untie(read_end: int) -> None:
+    """Disarm `_tie` before the write end is closed on purpose."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(read_end, fcntl.F_SETFL, fcntl.fcntl(read_end, fcntl.F_GETFL) & ~os.O_ASYNC)
 
 
 async def _read_lines(stream: trio.abc.ReceiveStream, on_line: Callable[[str], None]) -> None:
@@ -333,6 +381,7 @@ async def run(
         reader = OutputReader(ctx)
         code = await execute(
             [*task.interpreter, text],
+            ctx=ctx,
             cwd=ctx.working_dir,
             env=environment(ctx, task.env, output_dir, python=python),
             on_line=reader.line,

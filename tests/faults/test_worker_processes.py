@@ -84,11 +84,6 @@ def test_worker_stopped_with_sigterm_hands_back_its_ten_running_tasks_and_all_en
     assert cluster.exits == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: scripts run in their own session, so a kill -9 of the worker leaves them "
-    "running beside the retry of their attempt; a restarted worker does not stop them yet",
-)
 def test_scripts_of_a_killed_worker_are_stopped_once_it_is_back(
     cluster_factory: Callable[..., Cluster], ns: str
 ) -> None:

@@ -4,10 +4,16 @@ recorded while a task runs, and work directories do not pile up."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
+import json
 import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,7 +27,7 @@ from engine.commands import create_execution, deploy_flow, kill_execution, wait_
 from engine.embedded import EmbeddedPostgres
 from engine.server import ServerContext, run_server
 from engine.store import NO_STREAM, StoredEvent
-from engine.worker import Worker
+from engine.worker import Worker, record_process_group
 
 
 @pytest.fixture
@@ -331,6 +337,108 @@ async def test_worker_started_again_after_a_crash_has_the_dead_ones_attempt_reru
         assert not (work / "crashed01").exists()
         lost = await ctx.store.read_stream(ev.worker_stream(dead))
         assert [e.type for e in lost] == ["WorkerLost"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_worker_started_after_a_crash_kills_the_scripts_the_dead_one_left_and_nothing_else(
+    database_url: str, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    home = work / "crashed02"
+    (home / "run-1").mkdir(parents=True)
+    (work / "crashed02.lock").write_text("crashed02")
+    # What a dead worker's attempt may leave running: its script, in a session of its own.
+    left = subprocess.Popen(["sleep", "60"], cwd=home / "run-1", start_new_session=True)
+    record_process_group(home, left.pid)
+    # A script whose shell has ended, leaving what it started in the background.
+    shell = subprocess.Popen(
+        ["sh", "-c", "sleep 60 & echo $!; read line"],
+        cwd=home / "run-1",
+        start_new_session=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert shell.stdin is not None and shell.stdout is not None
+    background = int(shell.stdout.readline())
+    record_process_group(home, shell.pid)
+    shell.stdin.close()
+    shell.wait()
+    # A recorded group whose id now names an unrelated process (its leader's pid was reused).
+    unrelated = subprocess.Popen(["sleep", "60"], cwd=tmp_path, start_new_session=True)
+    record_process_group(home, unrelated.pid)
+    record = home / f"{unrelated.pid}.group"
+    reused = json.loads(record.read_text())
+    reused["start"] -= 1
+    record.write_text(json.dumps(reused))
+    try:
+        async with trio.open_nursery() as nursery:
+            ctx = await _start(nursery, database_url, ("executor",))
+            await _worker(nursery, ctx, work)
+
+            async def stopped() -> bool:
+                return left.poll() is not None
+
+            await _wait_until(stopped, 2, "the dead worker's script is killed")
+            assert left.returncode == -signal.SIGKILL
+
+            async def background_stopped() -> bool:
+                return not _alive(background)
+
+            await _wait_until(background_stopped, 2, "what the dead worker's script left is killed")
+            assert unrelated.poll() is None, "a process that merely has a recorded id is spared"
+            assert not home.exists()
+            nursery.cancel_scope.cancel()
+    finally:
+        for process in (left, unrelated):
+            process.kill()
+            process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(background, signal.SIGKILL)
+
+
+async def test_script_of_a_worker_killed_with_kill_9_dies_with_it_when_no_worker_comes_back(
+    database_url: str, ns: str, tmp_path: Path
+) -> None:
+    side = tmp_path / "side"
+    side.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "engine.cli", "server", "worker"]
+    command += ["--database-url", database_url, "--data-dir", str(tmp_path / "worker")]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERCEL_", "PG"))}
+    log = tmp_path / "worker.log"
+    async with trio.open_nursery() as nursery:
+        ctx = await _start(nursery, database_url, ("executor",))
+        await deploy_flow(ctx.store, _shell_flow(ns, "f", [_side_effect(side), "sleep 60"]))
+        with log.open("wb") as out:
+            # A session of its own, as a service manager runs it: the kill reaches it alone.
+            worker = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        try:
+            xid = await create_execution(ctx.store, ns, "f")
+
+            async def running() -> bool:
+                assert worker.poll() is None, log.read_text()
+                return _runs(side, xid) == 1
+
+            await _wait_until(running, 30, "the script runs on the worker process")
+            group = int((side / xid).read_text().split()[0])
+            assert _group_alive(group)
+        finally:
+            worker.kill()
+            worker.wait()
+
+        async def gone() -> bool:
+            return not _group_alive(group)
+
+        await _wait_until(gone, 2, "the killed worker's script is gone with it")
+        # Not to be run again by the workers of later tests.
+        await kill_execution(ctx.store, xid)
+        state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=10)
+        assert state.state == "KILLED"
         nursery.cancel_scope.cancel()
 
 
