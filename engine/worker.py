@@ -67,8 +67,9 @@ KILLS = "worker:kills"
 """The health component of the subscription that follows kills."""
 HEARTBEAT = "worker:heartbeat"
 """The health component of the heartbeat loop."""
-MAX_OUTPUT_BYTES = 1024 * 1024
-"""Outputs ride inside events; anything bigger belongs in internal storage."""
+MAX_OUTPUT_BYTES = 16 * 1024 * 1024
+"""The largest outputs a task may return (above 256 KB the event store keeps them in internal
+storage); every later task's context holds them, so anything bigger belongs in a file."""
 LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 LOG_FLUSH_SECONDS = 0.5
 """The longest a running task's log line waits before it is recorded."""
@@ -1164,8 +1165,8 @@ class Worker:
         size = len(msgspec.json.encode(outputs or {}))
         if size > MAX_OUTPUT_BYTES:
             message = (
-                f"The outputs are {size} bytes, over the {MAX_OUTPUT_BYTES} bytes an event may "
-                "carry: write large data to a file (outputFiles, put_file) and output its URI"
+                f"The outputs are {size} bytes, over the {MAX_OUTPUT_BYTES} bytes a task may "
+                "return: write large data to a file (outputFiles, put_file) and output its URI"
             )
             ctx.log("ERROR", message)
             return ev.AttemptFailed(**ids, message=message)
