@@ -244,6 +244,11 @@ async def _command(
     execution, let `decide_command` check and decide, append at the version it was decided
     on (reloading and deciding again when the stream moved meanwhile)."""
     stream = ev.execution_stream(execution_id)
+    if command_id is not None and await store.db.fetchone(
+        "SELECT 1 AS done FROM events WHERE command_id = %s", (command_id,)
+    ):
+        # A retried request: it was carried out already, whatever the state is now.
+        return state_of(await execution_history(store, execution_id))
     for _ in range(20):
         history = await execution_history(store, execution_id)
         state = state_of(history)
@@ -391,6 +396,7 @@ def execution_json(state: Execution) -> dict[str, Any]:
         "parentId": state.parentId,
         "originalId": state.originalId,
         "trigger": state.trigger,
+        **({"message": state.message} if state.message else {}),
     }
 
 
@@ -419,7 +425,10 @@ async def resume_execution(
 
     def resume(state: Execution) -> list[ev.Event]:
         values = _resume_values(state, inputs or {})
-        return [ev.ExecutionResumeRequested(executionId=execution_id, inputs=values)]
+        paused = [r.id for r in state.taskruns.values() if r.state == "PAUSED"]
+        return [
+            ev.ExecutionResumeRequested(executionId=execution_id, inputs=values, taskRunIds=paused)
+        ]
 
     return await _command(store, execution_id, resume, actor=actor, command_id=command_id)
 
@@ -430,6 +439,11 @@ def _resume_values(state: Execution, inputs: dict[str, Any]) -> dict[str, Any]:
         raise Conflict(
             f"Execution {execution_id} is {state.state}, not PAUSED: only a paused execution "
             "can be resumed"
+        )
+    if state.resume_inputs is not None:
+        raise Conflict(
+            f"Execution {execution_id} is already being resumed: wait until it pauses again "
+            "before resuming it once more"
         )
     flow = flow_of(state)
     asked: list[Input] = []

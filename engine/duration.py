@@ -18,6 +18,17 @@ def parse_duration(text: str) -> dt.timedelta:
     if not m or cleaned in ("P", "PT") or cleaned.endswith("T"):
         raise ValueError(f"'{text}' is not an ISO-8601 duration such as PT30S, PT5M or P1D")
     parts = {k: float(v) for k, v in m.groupdict().items() if v}
+    try:
+        return _delta(parts)
+    except OverflowError:
+        raise ValueError(f"'{text}' is too long a duration: use at most {MAX_DAYS} days") from None
+
+
+MAX_DAYS = 999_999_999
+"""The longest duration that can be represented (Python's `timedelta` limit)."""
+
+
+def _delta(parts: dict[str, float]) -> dt.timedelta:
     return dt.timedelta(
         weeks=parts.get("w", 0),
         days=parts.get("d", 0),

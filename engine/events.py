@@ -156,6 +156,8 @@ class ExecutionResumeRequested(Event, frozen=True):
 
     executionId: str
     inputs: dict[str, Any] = {}
+    taskRunIds: list[str] = []
+    """The paused task runs this request resumes (older events: every paused one)."""
 
 
 class SubflowExecutionRequested(Event, frozen=True):

@@ -506,7 +506,7 @@ class _Resolver:
         """Carry out a resume request: paused runs go on (with the values given), and so does
         the execution."""
         for r in self.state.taskruns.values():
-            if r.state == "PAUSED":
+            if r.state == "PAUSED" and r.id in self.state.resume_runs:
                 outputs = {**(r.outputs or {}), "onResume": inputs} if inputs else None
                 self.out.append(
                     ev.TaskRunStateChanged(
@@ -626,16 +626,17 @@ class _Resolver:
 
     def finish(self, final: str) -> ev.Event:
         outputs: dict[str, Any] = {}
+        message = None
         if final not in FAILED_STATES:
             for output in self.flow.outputs:
                 try:
                     outputs[output.id_] = self.render(output.value)
                 except TemplateError as exc:
-                    final = "FAILED"
-                    outputs = {"error": f"Output '{output.id_}': {exc}"}
+                    final, outputs = "FAILED", {}
+                    message = f"Flow output '{output.id_}' could not be rendered: {exc}"
                     break
         return ev.ExecutionStateChanged(
-            executionId=self.state.id, state=final, outputs=outputs or None
+            executionId=self.state.id, state=final, outputs=outputs or None, message=message
         )
 
 

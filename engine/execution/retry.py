@@ -44,6 +44,21 @@ def retry_after(
 
     Raises `ValueError` (with what to fix) when the policy itself is malformed.
     """
+    try:
+        return _retry_after(policy, attempts, started, at, seed)
+    except OverflowError:
+        raise ValueError(
+            "the retry policy gives an interval too long to schedule: shorten it"
+        ) from None
+
+
+def _retry_after(
+    policy: dict[str, Any],
+    attempts: int,
+    started: dt.datetime,
+    at: dt.datetime,
+    seed: tuple[str, ...],
+) -> dt.datetime | None:
     kind = str(policy.get("type", "")).lower()
     if kind not in ("constant", "exponential", "random"):
         return None

@@ -72,6 +72,8 @@ class Execution(msgspec.Struct, frozen=True):
     """Task runs (Pause) that were resumed."""
     resume_inputs: dict[str, Any] | None = None
     """The values of a resume request not yet carried out."""
+    resume_runs: frozenset[str] = frozenset()
+    """The paused task runs that request resumes."""
     subflows: dict[str, tuple[str, ...]] = {}
     """Per Subflow task run: (child id,) once requested, (child id, state) once ended."""
     subflow_outputs: dict[str, dict[str, Any]] = {}
@@ -190,15 +192,23 @@ def _evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execut
             outputs=event.outputs if event.outputs is not None else state.outputs,
             message=event.message or state.message,
             resume_inputs=None if resumed else state.resume_inputs,
+            resume_runs=frozenset() if resumed else state.resume_runs,
         )
     if isinstance(event, ev.ExecutionKillRequested):
         return msgspec.structs.replace(state, kill_requested=True)
     if isinstance(event, ev.ExecutionLabelsChanged):
         return msgspec.structs.replace(state, labels=_labels(event.labels))
     if isinstance(event, ev.ExecutionResumeRequested):
-        if not any(r.state == "PAUSED" for r in state.taskruns.values()):
-            return state  # nothing is paused: the request resumes nothing
-        return msgspec.structs.replace(state, resume_inputs=dict(event.inputs))
+        if state.resume_inputs is not None:
+            return state  # one request at a time: it resumes the pauses it was made for
+        paused = {r.id for r in state.taskruns.values() if r.state == "PAUSED"}
+        if event.taskRunIds:
+            paused &= set(event.taskRunIds)
+        if not paused:
+            return state  # nothing it was made for is paused: it resumes nothing
+        return msgspec.structs.replace(
+            state, resume_inputs=dict(event.inputs), resume_runs=frozenset(paused)
+        )
     if isinstance(event, ev.ExecutionPurged):
         return msgspec.structs.replace(state, purged=True)
     if isinstance(event, ev.ExecutionRetried):
@@ -255,8 +265,14 @@ def _evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execut
         )
         if run.state == "PAUSED" and event.state == "RUNNING":
             changed = msgspec.structs.replace(changed, resumed=changed.resumed | {run.id})
-            if not any(r.state == "PAUSED" for r in changed.taskruns.values()):
-                changed = msgspec.structs.replace(changed, resume_inputs=None)
+            if not any(
+                changed.taskruns[i].state == "PAUSED"
+                for i in changed.resume_runs
+                if i in changed.taskruns
+            ):
+                changed = msgspec.structs.replace(
+                    changed, resume_inputs=None, resume_runs=frozenset()
+                )
         return changed
     if isinstance(event, ev.AttemptScheduled):
         return _with_run(state, _set_attempt(run, event.attempt, Attempt("CREATED")))

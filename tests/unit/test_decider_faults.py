@@ -225,3 +225,35 @@ def test_verify_names_the_first_event_whose_decisions_differ() -> None:
     _, mismatches = verify(history)
     assert mismatches and mismatches[0].cause == r.decided_by
     assert any("WARNING" in line for line in mismatches[0].recorded)
+
+
+def test_a_second_resume_made_for_the_same_pause_does_not_pass_the_next_one() -> None:
+    gates = "".join(f"  - id: g{i}\n    type: io.kestra.plugin.core.flow.Pause\n" for i in (1, 2))
+    run = Run(_flow(gates))
+    assert run.state is not None and run.state.state == "PAUSED"
+    [g1] = [r.id for r in run.state.taskruns.values() if r.state == "PAUSED"]
+    # Two requests were made while g1 was paused; the second is handled after the first
+    # let the execution go on and pause again at g2.
+    request = ev.ExecutionResumeRequested(executionId="exec1", taskRunIds=[g1])
+    run.input(request)
+    assert {r.taskId: r.state for r in run.state.taskruns.values()}["g2"] == "PAUSED"
+    run.input(request)
+    state = run.state
+    runs = {r.taskId: r.state for r in state.taskruns.values()}
+    assert runs == {"g1": "SUCCESS", "g2": "PAUSED"}
+    assert state.state == "PAUSED"
+
+
+def test_a_retry_interval_too_long_to_schedule_fails_the_run_with_a_clear_message() -> None:
+    run = Run(
+        _flow(
+            "  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n"
+            "    retry:\n      type: constant\n      interval: \"{{ 'P99999999999D' }}\"\n"
+            "      maxAttempt: 3\n"
+        )
+    )
+    _fail_attempts(run)
+    assert run.state is not None and run.state.state == "FAILED"
+    assert run.state.message is None  # not the "please report it" path
+    [task_run] = run.state.taskruns.values()
+    assert "too long" in (task_run.message or "")
