@@ -26,11 +26,8 @@ def _duration(policy: dict[str, Any], key: str, default: str) -> dt.timedelta:
     text = str(policy.get(key, default))
     try:
         return parse_duration(text)
-    except ValueError:
-        raise ValueError(
-            f"retry.{key} '{text}' is not an ISO-8601 duration such as PT30S or PT5M: "
-            "fix the flow's retry policy"
-        ) from None
+    except ValueError as exc:
+        raise ValueError(f"retry.{key}: {exc}; fix the flow's retry policy") from None
 
 
 def retry_after(
