@@ -239,8 +239,10 @@ async def _serve_async(
                     log.info("Tiercel is up on http://localhost:%s", settings["port"])
         finally:
             if embedded is not None:
+                was_running = bool(embedded.url)
                 await trio.to_thread.run_sync(embedded.stop)
-                log.info("Embedded PostgreSQL stopped")
+                if was_running:
+                    log.info("Embedded PostgreSQL stopped")
 
 
 async def _deploy_folder(store: Any, folder: Path) -> None:
