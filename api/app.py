@@ -355,7 +355,9 @@ def create_app(ctx: ServerContext) -> QuartTrio:
             return None
         key = key.strip()
         if not key or len(key) > 255:
-            raise InvalidRequest("The Idempotency-Key header must hold 1 to 255 characters")
+            raise InvalidRequest(
+                "The Idempotency-Key header must hold 1 to 255 bytes (a UUID is a good key)"
+            )
         return key
 
     async def _execution_answer(execution_id: str) -> Response:

@@ -68,6 +68,8 @@ def _retry_after(
                 f"retry.maxAttempt '{max_attempt}' is not a whole number: fix the flow's "
                 "retry policy"
             ) from None
+        if limit < 1:
+            raise ValueError(f"retry.maxAttempt is {limit}: it must be at least 1")
         if attempts >= limit:
             return None
     if max_attempt is None and policy.get("maxDuration") is None:
