@@ -10,13 +10,9 @@ import trio
 
 from engine import events as ev
 from engine.commands import create_execution, deploy_flow, load_execution, wait_for_end
-from engine.db import Database
-from engine.execution import fold, verify
-from engine.executor_shell import INPUT_TYPES, recorded
 from engine.server import ServerContext, run_server
-from engine.store import NO_STREAM, EventStore
+from engine.store import NO_STREAM
 from engine.worker import Worker
-from tests.conftest import SESSION_START
 
 
 def _flow(ns: str, body: str, flow_id: str = "f") -> str:
@@ -162,26 +158,3 @@ async def test_sleep_waits_on_a_timer_not_on_a_worker(database_url: str, ns: str
         types = [e.type for e in await ctx.store.read_execution(xid)]
         assert "TimerFired" in types and "AttemptScheduled" not in types
         nursery.cancel_scope.cancel()
-
-
-@pytest.mark.last
-async def test_refolding_every_recorded_execution_gives_the_same_state_and_decisions(
-    db: Database, store: EventStore
-):
-    """Runs last: replays every execution the whole test suite recorded, in this process.
-    (`tests/integration/test_verify.py` does the same through `tiercel sys verify`.)"""
-    # Only what this test session recorded: an older engine may have decided differently.
-    rows = await db.fetchall(
-        "SELECT DISTINCT stream_id FROM events WHERE type = 'ExecutionCreated'"
-        " AND recorded_at >= %s",
-        (SESSION_START,),
-    )
-    assert rows, "the suite recorded no execution"
-    for row in rows:
-        xid = row["stream_id"].removeprefix("exec:")
-        history = [recorded(e) for e in await store.read_execution(xid) if e.type in INPUT_TYPES]
-        state, mismatches = verify(history)
-        assert mismatches == [], f"execution {xid} refolds differently: {mismatches[0]}"
-        plain = fold((r.event, r.at) for r in history)
-        assert state is not None and plain is not None
-        assert (state.state, state.outputs) == (plain.state, plain.outputs)
