@@ -25,10 +25,13 @@ from typing import Any
 
 import jinja2
 import yaml
+from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import _PassArg
 
+from engine import jq_sandbox
 from engine.duration import parse_duration
 from engine.errors import TemplateError
 
@@ -128,12 +131,12 @@ def _expression(tokens: list[str]) -> str:
         return f"(({_expression(yes)}) if ({_expression(cond)}) else ({_expression(no)}))"
     parts = _split_top(tokens, {"??", "???"})
     if len(parts) > 1:
-        result = _plain(parts[0][1])
-        for op, part in parts[1:]:
-            right = _plain(part)
-            test = "is not null" if op == "??" else "is defined"
-            result = f"(({result}) if (({result}) {test}) else ({right}))"
-        return result
+        # One n-ary call, compiled by _CodeGenerator into code that evaluates each operand at
+        # most once, left to right: the text and the work grow linearly with the chain.
+        if not all(part for _, part in parts):
+            raise TemplateError("'??' and '???' need a value on each side")
+        rest = ", ".join(f"{op!r}, ({_plain(part)})" for op, part in parts[1:])
+        return f"(({_plain(parts[0][1])})|{_COALESCE}({rest}))"
     return _plain(tokens)
 
 
@@ -289,6 +292,46 @@ def _find_close(source: str, start: int, closer: str) -> int:
 
 # --- the environment ------------------------------------------------------------------------------
 
+_COALESCE = "__coalesce"
+"""The filter that `??` and `???` translate to: `(a)|__coalesce('??', (b), '???', (c))`."""
+
+
+class _CodeGenerator(CodeGenerator):
+    """Compiles `_COALESCE` lazily; everything else as Jinja does.
+
+    Jinja has no expression that names a value once and tests it, so `a ?? b` written as
+    `a if a is not null else b` evaluates `a` twice, and a chain doubles its size and its work
+    with every `??`. Here the chain becomes `environment.coalesce(a, '??', lambda: b, ...)`:
+    each operand is evaluated once at most, and only while the values before it are missing.
+    """
+
+    def visit_Filter(self, node: nodes.Filter, frame: Frame) -> None:
+        args = node.args
+        if (
+            node.name != _COALESCE
+            or node.node is None
+            or node.kwargs
+            or node.dyn_args is not None
+            or node.dyn_kwargs is not None
+            or len(args) % 2
+            or not all(
+                isinstance(op, nodes.Const) and op.value in ("??", "???") for op in args[::2]
+            )
+        ):
+            super().visit_Filter(node, frame)
+            return
+        # Soft, as Jinja's own conditional expression: a filter unknown in a branch that is
+        # not taken fails only if it is reached.
+        frame = frame.soft()
+        self.write("environment.coalesce(")
+        self.visit(node.node, frame)
+        for op, operand in zip(args[::2], args[1::2], strict=True):
+            self.write(", ")
+            self.visit(op, frame)
+            self.write(", lambda: ")
+            self.visit(operand, frame)
+        self.write(")")
+
 
 class _Undefined(jinja2.ChainableUndefined, jinja2.StrictUndefined):
     """Chains through `a.b.c` (so `??` and `is defined` work) but fails when printed or used."""
@@ -375,6 +418,7 @@ class _Environment(ImmutableSandboxedEnvironment):
     """
 
     intercepted_binops = frozenset({"**", "*"})
+    code_generator_class = _CodeGenerator
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -386,6 +430,16 @@ class _Environment(ImmutableSandboxedEnvironment):
         tests.update(self.tests)
         self.filters = filters
         self.tests = tests  # type: ignore[assignment]
+
+    def coalesce(self, value: Any, *alternatives: Any) -> Any:
+        """Pebble's `??` (null or undefined gives the next) and `???` (undefined gives the
+        next), applied left to right; `alternatives` alternate an operator and a function
+        that computes the next operand."""
+        for i in range(0, len(alternatives), 2):
+            missing = _missing(value) if alternatives[i] == "??" else _undefined(value)
+            if missing:
+                value = alternatives[i + 1]()
+        return value
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping):
@@ -447,6 +501,10 @@ def _finalize(value: Any) -> Any:
 
 def _missing(value: Any) -> bool:
     return value is None or isinstance(value, jinja2.Undefined)
+
+
+def _undefined(value: Any) -> bool:
+    return isinstance(value, jinja2.Undefined)
 
 
 # --- dates ----------------------------------------------------------------------------------------
@@ -790,26 +848,19 @@ def check_jq(program: str) -> None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _jq_program(program: str) -> Any:
-    import jq  # type: ignore[import-not-found,unused-ignore]
-
+def _checked_jq(program: str) -> None:
     check_jq(program)
-    try:
-        return jq.compile(program)
-    except ValueError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid program"
-        raise TemplateError(f"jq {_excerpt(program)!r} does not compile: {reason}") from None
 
 
 def _jq(value: Any, expression: Any) -> list[Any]:
+    # libjq runs in a child process (engine.jq_sandbox): a runaway program must not abort or
+    # freeze the executor or a worker rendering this template.
     if not isinstance(expression, str):
         raise TemplateError(f"jq needs its program as text, e.g. jq('.a'), not {expression!r}")
-    program = _jq_program(expression)
+    _checked_jq(expression)
     data = json.loads(value) if isinstance(value, str) else json.loads(to_json(value))
-    try:
-        return list(program.input_value(data).all())
-    except ValueError as exc:
-        raise TemplateError(f"jq {_excerpt(expression)!r} failed: {exc}") from None
+    # One text per value, so that equal values share the sandbox's cached answer.
+    return jq_sandbox.run(expression, json.dumps(data, separators=(",", ":")))
 
 
 # --- filters, tests and functions -----------------------------------------------------------------

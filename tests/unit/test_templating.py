@@ -1,10 +1,13 @@
 """Pebble-compatible templating: what a Kestra flow's expressions render to."""
 
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import templating
+from engine import jq_sandbox, templating
 from engine.errors import TemplateError
 from engine.templating import is_template, render, render_recursive, render_typed, render_value
 
@@ -358,3 +361,183 @@ def test_interrupts_and_cancellations_are_not_swallowed() -> None:
         render_typed("{{ interrupt() }}", {"interrupt": interrupt})
     with pytest.raises(KeyboardInterrupt):
         render_value(["{{ interrupt() }}"], {"interrupt": interrupt})
+
+
+# --- jq runs out of process, within limits -------------------------------------------------------
+
+
+def test_jq_recursion_bomb_fails_with_a_template_error_and_the_process_survives() -> None:
+    template = "{{ 0 | jq('def f: 1 + f; f') }}"
+    with pytest.raises(TemplateError) as info:
+        render(template, CONTEXT)
+    message = str(info.value)
+    assert template in message
+    assert "used more than 512 MB of memory" in message
+    assert "recurses without end" in message
+    # still here, and jq still works
+    assert render("{{ inputs.obj | jq('.k') | first }}", CONTEXT) == "1"
+
+
+def test_jq_program_that_never_ends_fails_with_a_timeout() -> None:
+    template = "{{ 0 | jq('last(range(1e10))') }}"
+    with pytest.raises(TemplateError) as info:
+        render(template, CONTEXT)
+    message = str(info.value)
+    assert template in message
+    # 2 s of CPU time, or 5 s on the clock when the machine is too busy to give it that
+    assert "ran longer than" in message and "never ends" in message
+
+
+def test_jq_program_that_crashes_libjq_is_a_template_error() -> None:
+    # builds a value nested 100,000 deep: libjq overflows its stack on it
+    template = "{{ 0 | jq('reduce range(100000) as $i (null; [.])') }}"
+    with pytest.raises(TemplateError) as info:
+        render(template, CONTEXT)
+    assert template in str(info.value)
+    assert render("{{ 1 | jq('. + 1') | first }}", CONTEXT) == "2"
+
+
+def test_jq_results_larger_than_the_bound_are_refused() -> None:
+    with pytest.raises(TemplateError, match="more than 16 MB of results"):
+        render("{{ 0 | jq('\"x\" * 20000000') }}", CONTEXT)
+
+
+@pytest.mark.parametrize(
+    ("value", "program", "expected"),
+    [
+        ({"a": 1}, ".a", [1]),
+        ([{"x": 1}, {"x": "é"}, {"y": 2}], ".[] | .x", [1, "é", None]),
+        ([1, 2, 3], "map(.+1)", [[2, 3, 4]]),
+        ({"a": 1, "b": 2}, "length", [2]),
+        ('{"z": 1, "a": 2}', "keys_unsorted", [["z", "a"]]),  # text is read as JSON, in order
+        ([], ".[]", []),
+        ({"a": 1}, ".a, .a * 2", [1, 2]),
+    ],
+)
+def test_ordinary_jq_programs_give_their_results(
+    value: object, program: str, expected: list[object]
+) -> None:
+    assert render_typed("{{ value | jq(program) }}", {"value": value, "program": program}) == (
+        expected
+    )
+
+
+def test_jq_error_names_the_expression_and_jq_message() -> None:
+    with pytest.raises(TemplateError) as info:
+        render("{{ inputs.obj | jq('error(\"no k\")') }}", CONTEXT)
+    assert "{{ inputs.obj | jq('error(\"no k\")') }}" in str(info.value)
+    assert "failed: no k" in str(info.value)
+
+
+def test_repeated_jq_render_does_not_run_the_program_again() -> None:
+    context = {"value": {"run": uuid.uuid4().hex}}
+    template = "{{ value | jq('.run | ascii_upcase') | first }}"
+    before = jq_sandbox.counters()
+    assert render(template, context) == context["value"]["run"].upper()
+    first = jq_sandbox.counters()
+    assert first.programs_run == before.programs_run + 1
+    for _ in range(3):
+        assert render(template, context) == context["value"]["run"].upper()
+    again = jq_sandbox.counters()
+    assert again.programs_run == first.programs_run
+    assert again.children_started == first.children_started
+    assert again.cache_hits == first.cache_hits + 3
+
+
+def test_jq_children_are_reused_across_programs() -> None:
+    render("{{ 0 | jq('. + 1') }}", CONTEXT)  # a child is waiting from here on
+    before = jq_sandbox.counters()
+    for n in range(5):
+        unique = uuid.uuid4().hex
+        assert render_typed("{{ v | jq('.[1]') }}", {"v": [unique, n]}) == [n]
+    after = jq_sandbox.counters()
+    assert after.programs_run == before.programs_run + 5
+    assert after.children_started == before.children_started
+
+
+def test_jq_programs_rendered_from_threads_at_once_each_get_their_own_result() -> None:
+    def one(n: int) -> object:
+        return render_typed(
+            "{{ v | jq('.n * 3') | first }}", {"v": {"n": n, "id": uuid.uuid4().hex}}
+        )
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        assert list(pool.map(one, range(24))) == [n * 3 for n in range(24)]
+
+
+def test_jq_child_does_not_see_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `$ENV` is refused in templates; the sandbox itself is asked here, to show what a program
+    # would see if it got past that check.
+    monkeypatch.setenv("TIERCEL_TEST_SECRET", "s3cr3t")
+    assert jq_sandbox.run("$ENV | keys", "null") == [["LC_CTYPE", "PATH", "TZ"]]
+    assert jq_sandbox.run("$ENV.TIERCEL_TEST_SECRET", "null") == [None]
+
+
+# --- ?? and ??? ---------------------------------------------------------------------------------
+
+
+def test_long_coalescing_chain_renders() -> None:
+    # exponential in the chain's length, 200 terms would never finish
+    chain = " ?? ".join(f"inputs.missing{i}" for i in range(199))
+    assert render("{{ " + chain + " ?? 'last' }}", CONTEXT) == "last"
+    assert render_typed("{{ " + chain + " ?? inputs.n }}", CONTEXT) == 3
+    chain40 = " ?? ".join(["inputs.nothing"] * 20 + ["inputs.absent"] * 19 + ["inputs.name"])
+    assert render("{{ " + chain40 + " }}", CONTEXT) == "world"
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("inputs.absent ?? inputs.nothing ?? inputs.n", 3),  # undefined and null fall through
+        ("inputs.n ?? inputs.name ?? inputs.absent", 3),  # the first defined wins
+        ("inputs.flag ?? 'x'", True),
+        ("inputs.nothing ?? inputs.absent ?? 'fallback'", "fallback"),
+        ("inputs.absent ??? inputs.nothing ??? 'z'", None),  # ??? passes null through
+        ("inputs.nothing ??? 'a' ?? 'b'", "b"),  # read left to right: (null ??? 'a') ?? 'b'
+        ("inputs.absent ??? inputs.nothing ?? 'c'", "c"),
+        ("(inputs.absent ?? 'a') ~ (inputs.nothing ?? 'b')", "ab"),
+        ("inputs.absent ?? inputs.name | upper", "WORLD"),  # the filter binds to its operand
+        ("(inputs.absent ?? inputs.name) | upper", "WORLD"),
+        ("inputs.absent ?? (inputs.n + 1) * 2", 8),
+        ("[inputs.absent ?? 1, inputs.nothing ?? 2]", [1, 2]),
+        ("{'k': inputs.absent ?? inputs.obj.k}", {"k": 1}),
+        ("inputs.n > 2 ? inputs.absent ?? 'big' : 'small'", "big"),
+        ("(inputs.absent ?? inputs.n) > 2 ? 'big' : 'small'", "big"),
+        ("outputs.t1.values.count ?? 0", "6"),
+        ("outputs.missing.value.deeper ?? outputs['error-t1'].value", "from error"),
+        ("inputs.obj | jq('.k') ?? 'none'", [1]),
+    ],
+)
+def test_coalescing_keeps_pebble_semantics(expression: str, expected: object) -> None:
+    assert render_typed("{{ " + expression + " }}", CONTEXT) == expected
+
+
+def test_coalescing_evaluates_each_operand_once_and_the_right_only_when_needed() -> None:
+    calls: list[str] = []
+
+    def value(name: str, result: object) -> object:
+        calls.append(name)
+        return result
+
+    context = {"value": value}
+    assert render("{{ value('a', 1) ?? value('b', 2) ?? value('c', 3) }}", context) == "1"
+    assert calls == ["a"]
+    calls.clear()
+    template = "{{ value('a', null) ?? value('b', null) ??? value('c', 3) ?? value('d', 4) }}"
+    assert render(template, context) == "4"
+    assert calls == ["a", "b", "d"]
+
+
+def test_coalescing_in_tags_works_too() -> None:
+    template = (
+        "{% set x = inputs.absent ?? inputs.n %}{% if inputs.nothing ?? x > 2 %}{{ x }}{% endif %}"
+        "{% for i in inputs.absent ?? [1, 2] %}{{ i }}{% endfor %}"
+    )
+    assert render(template, CONTEXT) == "312"
+
+
+def test_coalescing_without_a_right_side_names_the_expression() -> None:
+    with pytest.raises(TemplateError) as info:
+        render("{{ inputs.name ?? }}", CONTEXT)
+    assert "{{ inputs.name ?? }}" in str(info.value)
+    assert "each side" in str(info.value)
