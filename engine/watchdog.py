@@ -8,6 +8,14 @@ deleting its row and recording `WorkerLost`, in one transaction among the serial
 so no claim of that worker commits afterwards and the loss is final (a worker that comes back
 registers under a new id).
 
+Time during which the watchdog could not reach the database is never counted against a worker:
+a PostgreSQL outage silences every worker at once, and is nobody's fault. So the watchdog
+declares a worker lost only once it has itself been checking without a failure, and on the
+same PostgreSQL (its start time unchanged), for at least the timeout; on start, after a failed
+check or after a restart of PostgreSQL, every worker thus gets a full timeout to heartbeat
+again. That span is kept in memory on the monotonic clock; the heartbeat's age is still read
+on the database's.
+
 Which attempts are claimed and not ended is tracked from the event stream, in
 `engine_attempts`, updated with the watchdog's checkpoint. An attempt whose worker has no row
 is abandoned by appending `AttemptAbandoned` at the version last seen: if the worker reported
@@ -68,9 +76,14 @@ class Watchdog:
         self.timeout = timeout
         self.interval = interval if interval is not None else min(max(timeout / 4, 0.05), 2.0)
         self.health = health if health is not None else notifier.health
+        self._healthy_since: float | None = None
+        """Since when (trio's clock) every check succeeded; None until one does."""
+        self._postmaster: Any = None
+        """The start time of the PostgreSQL those checks reached."""
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Track attempts and look for lost workers until cancelled."""
+        self._healthy_since = None
         position = await retry(
             lambda: load_checkpoint(self.store.db, CHECKPOINT),
             what=f"loading checkpoint {CHECKPOINT}",
@@ -117,10 +130,32 @@ class Watchdog:
             self.health.up(CHECK)
 
     async def check(self) -> int:
-        """Declare lost the workers silent for longer than the timeout, then abandon every
-        tracked attempt whose worker has no row; return how many were abandoned."""
-        await self.declare_lost()
-        return await self.abandon_orphans()
+        """Declare lost the workers silent for longer than the timeout (once the watchdog has
+        been checking successfully for that long itself), then abandon every tracked attempt
+        whose worker has no row; return how many were abandoned."""
+        try:
+            if await self._trusted():
+                await self.declare_lost()
+            return await self.abandon_orphans()
+        except BaseException:
+            self._healthy_since = None  # whatever failed, the next success starts over
+            raise
+
+    async def _trusted(self) -> bool:
+        """Whether the watchdog has been checking, without a failure and on the same
+        PostgreSQL, for at least the timeout: only then may a stale heartbeat be the worker's
+        fault rather than an outage's."""
+        row = await self.store.db.fetchone("SELECT pg_postmaster_start_time() AS started")
+        started = row["started"] if row else None
+        now = trio.current_time()
+        if self._healthy_since is None or started != self._postmaster:
+            if self._healthy_since is not None:
+                # Restarted between two checks: its outage was too short to fail one.
+                log.warning(
+                    "PostgreSQL restarted: every worker gets %gs to heartbeat", self.timeout
+                )
+            self._healthy_since, self._postmaster = now, started
+        return now - self._healthy_since >= self.timeout
 
     async def declare_lost(self) -> list[str]:
         """Delete the rows of workers whose last heartbeat is older than the timeout and record

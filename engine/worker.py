@@ -9,16 +9,36 @@ say about it is recorded.
 Liveness is a row in `engine_workers`, not history: the worker inserts it before it claims
 anything and refreshes `last_seen` on the database's clock every `heartbeat_interval`. A claim
 commits only while that row exists, and the watchdog declares a worker lost by deleting it, so
-a worker never runs an attempt nobody watches. A worker that learns it was declared lost (or
-could not heartbeat for `heartbeat_timeout`) stops what it runs and registers again under a new
-id. Stopping is cancellation of `run`: running attempts are stopped (a script's whole process
+a worker never runs an attempt nobody watches. The row's presence, not its age, is what a
+worker goes by: a heartbeat that finds its row, however stale, means nobody declared the worker
+lost (the watchdog does not count its own outages against workers), and one that finds it gone
+means it was declared lost: it stops what it runs and registers again under a new id.
+Stopping is cancellation of `run`: running attempts are stopped (a script's whole process
 group), handed back with `AttemptAbandoned`, and the worker records `WorkerStopped` and removes
 its row. A killed execution or task run stops its attempts within moments, recorded as
 `AttemptKilled`.
 
-Logs are recorded while a task runs, as `AttemptLogged` batches at least every
-`LOG_FLUSH_SECONDS`; appends go through a group committer with command ids, so they wait out a
-database outage and a repeated one is recorded once.
+While it cannot reach the database, a worker cannot tell a PostgreSQL outage (everyone is cut
+off, the watchdog abandons nothing, and the work should go on) from its own partition (the
+watchdog, judging by the same `heartbeat_timeout`, may abandon its attempts and have them run
+elsewhere, and the work must not go on beside its retry). So once it could not heartbeat for
+`heartbeat_timeout` it *freezes* the process groups of its running scripts (SIGSTOP): a frozen
+script runs no instruction, so it never runs beside a retry, and it loses nothing either. When
+the database answers again, the heartbeat settles it: the row is there, so this was an outage
+and the scripts go on (SIGCONT) and finish once; the row is gone, so the attempts may be
+running elsewhere, and the frozen groups are killed (SIGKILL, never resumed). Work without a
+process of its own, which cannot be frozen, is stopped at `heartbeat_timeout` and handed back,
+as is any attempt still frozen after `LAST_RESORT` times the timeout: a frozen script still
+holds its files, locks and connections, which its retry may need, and a worker cut off that
+long is as good as lost. A PostgreSQL outage shorter than that thus costs nothing but time; a
+longer one runs the scripts it caught again (at-least-once work), never two at once.
+
+Results are never dropped by the worker on its own: computed while the database is away, they
+wait in the group committer and are appended, with their command ids and at the attempt
+stream's expected version, once it answers. Only an append that conflicts (the watchdog
+abandoned the attempt meanwhile) is dropped. Logs are recorded while a task runs, as
+`AttemptLogged` batches at least every `LOG_FLUSH_SECONDS`, the same way: a repeated append
+is recorded once.
 """
 
 from __future__ import annotations
@@ -79,6 +99,9 @@ MAX_LOG_BATCH_BYTES = 200 * 1024
 """The lines of one `AttemptLogged` stay under this, so the event stays under 256 KB."""
 STOP_SECONDS = 5.0
 """How long a stopping worker tries to record the hand-back of its attempts."""
+LAST_RESORT = 2.0
+"""After this many heartbeat timeouts without a heartbeat, a worker stops its frozen scripts
+(see the module's docstring)."""
 KILL_MEMORY = 10_000
 """How many recent kills are remembered for attempts claimed just before they arrive."""
 GROUP_RECORD = ".group"
@@ -128,6 +151,10 @@ class AttemptContext:
         self._min = LEVELS.index(min_level) if min_level in LEVELS else 0
         self._process_groups = process_groups
         """Where the process groups the task starts are recorded: the worker's directory."""
+        self._groups: set[int] = set()
+        """The process groups the task started and has not stopped yet."""
+        self.frozen = False
+        """Its process groups are stopped with SIGSTOP until `thaw` or `kill_frozen`."""
 
     def render(self, value: Any) -> Any:
         """Render templates inside `value` with the attempt's variables."""
@@ -257,7 +284,11 @@ class AttemptContext:
 
     def process_group_started(self, pgid: int) -> None:
         """Record a process group the task started in the worker's directory, where the
-        next worker of this host finds it should this one die (`stop_process_groups_left_in`)."""
+        next worker of this host finds it should this one die (`stop_process_groups_left_in`).
+        One started while the attempt is frozen is frozen at once."""
+        self._groups.add(pgid)
+        if self.frozen:
+            _signal_group(pgid, signal.SIGSTOP)
         if self._process_groups is None:
             return
         try:
@@ -267,9 +298,35 @@ class AttemptContext:
 
     def process_group_ended(self, pgid: int) -> None:
         """Forget a process group recorded by `process_group_started`: it is stopped."""
+        self._groups.discard(pgid)
         if self._process_groups is not None:
             with contextlib.suppress(OSError):
                 (self._process_groups / f"{pgid}{GROUP_RECORD}").unlink(missing_ok=True)
+
+    def freeze(self) -> bool:
+        """Stop (SIGSTOP) every process group the task runs; False when it runs none, as a
+        task working inside the worker does, which cannot be frozen."""
+        if not self._groups:
+            return False
+        self.frozen = True
+        for pgid in self._groups:
+            _signal_group(pgid, signal.SIGSTOP)
+        return True
+
+    def thaw(self) -> None:
+        """Let the frozen process groups go on (SIGCONT)."""
+        if self.frozen:
+            self.frozen = False
+            for pgid in self._groups:
+                _signal_group(pgid, signal.SIGCONT)
+
+    def kill_frozen(self) -> None:
+        """SIGKILL the frozen process groups: they must end without running again, which a
+        SIGTERM they could handle only once resumed would not ensure."""
+        if self.frozen:
+            self.frozen = False
+            for pgid in self._groups:
+                _signal_group(pgid, signal.SIGKILL)
 
     async def get_file(self, uri: str, target: Path | None = None) -> Path:
         """Copy the stored file at `uri` into the working directory (or to `target`)."""
@@ -305,6 +362,8 @@ class _Attempt:
         self.inflight_ends = False
         self.ended = False
         """Its end is recorded (or someone else ended it): nothing left to hand back."""
+        self.ran = False
+        """The task has returned: what is left is recording its result."""
         self.long_lines = 0
 
     @property
@@ -317,11 +376,24 @@ class _Attempt:
         if self.outcome is None:
             self.outcome = outcome
         self.scope.cancel()
+        if self.ctx is not None:
+            self.ctx.kill_frozen()
 
     def drop(self) -> None:
         """Someone else ended the attempt: stop the task, and record nothing more."""
         self.ended = True
         self.scope.cancel()
+        if self.ctx is not None:
+            self.ctx.kill_frozen()
+
+    def freeze(self) -> bool:
+        """Freeze the task's processes (see `AttemptContext.freeze`)."""
+        return self.ctx is not None and not self.ran and self.ctx.freeze()
+
+    def thaw(self) -> None:
+        """Let the task's frozen processes go on."""
+        if self.ctx is not None:
+            self.ctx.thaw()
 
 
 class _NotRegistered(Exception):
@@ -360,6 +432,9 @@ class Worker:
         self._started: dict[str, None] = {}
         self._kills: dict[tuple[str, str | None], int] = {}
         self._live = False
+        """It may run attempts: it heartbeated within `heartbeat_timeout`."""
+        self._gave_up = False
+        """It stopped its attempts after `LAST_RESORT` timeouts without a heartbeat."""
         self._changed = trio.Event()
         self._check_now = trio.Event()
         self._last_beat = 0.0
@@ -463,12 +538,14 @@ class Worker:
         self._set_live()
 
     async def _beat(self) -> bool:
-        """Refresh this worker's row; False when it is gone or went stale (declared lost)."""
+        """Refresh this worker's row; False when it is gone (declared lost). A stale row is
+        still this worker's: stale only because the database was away, since the watchdog
+        deletes, in the same transaction as it records `WorkerLost`, the rows it judges stale
+        (and leaves alone one refreshed meanwhile)."""
         rows = await self.store.db.fetchall(
-            "UPDATE engine_workers SET last_seen = clock_timestamp()"
-            " WHERE worker_id = %s AND last_seen >= clock_timestamp() - make_interval(secs => %s)"
+            "UPDATE engine_workers SET last_seen = clock_timestamp() WHERE worker_id = %s"
             " RETURNING worker_id",
-            (self.id, self.heartbeat_timeout),
+            (self.id,),
         )
         return bool(rows)
 
@@ -493,45 +570,93 @@ class Worker:
             # Counted from before the update: the database clock stamped it later.
             self._last_beat = sent
             self.health.up(HEARTBEAT)
-            if not self._live:  # it had stopped its attempts while it could not heartbeat
+            if self._live:
+                continue
+            # It could not heartbeat for a while, and was not declared lost. The answer proves
+            # that only as of `sent`: one that took longer than the timeout to come back leaves
+            # the watchdog time to have declared it lost since, so it asks again at once.
+            if trio.current_time() - sent < self.heartbeat_timeout:
                 self._set_live()
+            else:
+                self._check_now.set()
 
     async def _deadline(self) -> None:
-        """Stop this worker's attempts once it could not heartbeat for `heartbeat_timeout`: the
-        watchdog, judging by the same timeout, may have abandoned them. Kept apart from the
+        """Once this worker could not heartbeat for `heartbeat_timeout` (the watchdog, judging
+        by the same timeout, may be abandoning its attempts), freeze its scripts and stop the
+        rest; after `LAST_RESORT` timeouts, stop the frozen ones too. Kept apart from the
         heartbeat loop, whose database call may hang for longer than that."""
         while True:
-            left = self._last_beat + self.heartbeat_timeout - trio.current_time()
-            if left > 0:
-                await trio.sleep(left)
+            changed = self._changed
+            silent = trio.current_time() - self._last_beat
+            if silent >= self.heartbeat_timeout * LAST_RESORT:
+                if not self._gave_up:
+                    self._gave_up = True
+                    why = f"could not heartbeat for {silent:.0f}s"
+                    if any(not a.ran and not a.ended for a in self._running.values()):
+                        log.warning("Worker %s %s: stopping its attempts", self.id, why)
+                    self._stop_attempts(f"worker {self.id} {why}")
+                await changed.wait()  # a heartbeat, at last
                 continue
-            if self._live:
-                self._live = False
-                why = f"could not heartbeat for {self.heartbeat_timeout:g}s"
-                log.warning("Worker %s %s: stopping its attempts", self.id, why)
-                self._stop_attempts(f"worker {self.id} {why}")
-            await self._changed.wait()
+            if silent >= self.heartbeat_timeout:
+                if self._live:
+                    self._suspend()
+                left = self.heartbeat_timeout * LAST_RESORT - silent
+            else:
+                left = self.heartbeat_timeout - silent
+            with trio.move_on_after(left):
+                await changed.wait()
+
+    def _suspend(self) -> None:
+        """Claim nothing more, freeze the running scripts and stop the attempts that run none,
+        until a heartbeat says whether this worker was declared lost."""
+        self._live = False
+        why = f"could not heartbeat for {self.heartbeat_timeout:g}s"
+        frozen = stopped = 0
+        for attempt in self._running.values():
+            if attempt.ran or attempt.ended:
+                continue  # only its result is left to record, which waits for the database
+            if attempt.freeze():
+                frozen += 1
+            else:
+                attempt.stop(ev.AttemptAbandoned(**attempt.ids, reason=f"worker {self.id} {why}"))
+                stopped += 1
+        log.warning(
+            "Worker %s %s: it claims nothing until it can; froze %d running script(s) until "
+            "then, stopped %d attempt(s) running no script",
+            self.id,
+            why,
+            frozen,
+            stopped,
+        )
 
     def _set_live(self) -> None:
+        """This worker heartbeated (or registered): its frozen scripts go on."""
+        thawed = 0
+        for attempt in self._running.values():
+            if attempt.ctx is not None and attempt.ctx.frozen:
+                attempt.thaw()
+                thawed += 1
+        if thawed:
+            log.warning("Worker %s heartbeats again: %d frozen script(s) go on", self.id, thawed)
         self._live = True
+        self._gave_up = False
         self._changed.set()
         self._changed = trio.Event()
 
     def _stop_attempts(self, reason: str) -> None:
+        """Stop every running attempt (its frozen scripts killed), to be recorded as abandoned."""
         for attempt in self._running.values():
             attempt.stop(ev.AttemptAbandoned(**attempt.ids, reason=reason))
 
     async def _lost(self, why: str) -> None:
-        """This worker's attempts were (or may have been) abandoned: stop them, record the
-        loss and register again under a new id."""
+        """This worker's row is gone, so its attempts were (or may be) abandoned: stop them
+        (killing frozen scripts), record the loss and register again under a new id. Results
+        already computed are still appended: they are recorded unless abandoned first."""
         old = self.id
         self._live = False
         log.warning("Worker %s %s: stopping its attempts and registering anew", old, why)
         self._stop_attempts(f"worker {old} {why}")
-
-        def forget(conn: psycopg.Connection[Any]) -> None:
-            conn.execute("DELETE FROM engine_workers WHERE worker_id = %s", (old,))
-
+        # Recorded by the watchdog already, unless the row went some other way: once either way.
         lost = Append(
             ev.worker_stream(old),
             [ev.WorkerLost(workerId=old)],
@@ -539,7 +664,7 @@ class Worker:
             meta={"actor": f"worker:{old}"},
         )
         await retry(
-            lambda: self.store.append_many([lost], extra=forget),
+            lambda: self.store.append_many([lost]),
             what=f"recording that worker {old} was lost",
             health=self.health,
             component=HEARTBEAT,
@@ -680,6 +805,7 @@ class Worker:
                     with attempt.scope:
                         result = await self._attempt(attempt, workdir)
                 finally:
+                    attempt.ran = True
                     done.set()
             if attempt.ended:
                 return  # someone else ended it: nothing of ours may be recorded now
@@ -1222,6 +1348,12 @@ def stop_process_groups_left_in(home: Path) -> list[int]:
             continue
         stopped.append(pgid)
     return stopped
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    """Send `signum` to process group `pgid`; one already gone, or no longer ours, is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
 
 
 def _stat(pid: int | str) -> list[str]:

@@ -1,6 +1,8 @@
 """Workers under faults, with real scripts: a stop hands work back, a kill stops the process, a
-lost worker's attempts run again elsewhere, a lagging watchdog abandons nothing alive, logs are
-recorded while a task runs, and work directories do not pile up."""
+lost worker's attempts run again elsewhere, a lagging watchdog abandons nothing alive, a
+PostgreSQL outage reruns nothing that ended or ran through it, a worker cut off alone freezes
+its scripts so they never run beside their retry, logs are recorded while a task runs, and work
+directories do not pile up."""
 
 from __future__ import annotations
 
@@ -10,10 +12,13 @@ import functools
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,9 +29,12 @@ import trio
 
 from engine import events as ev
 from engine.commands import create_execution, deploy_flow, kill_execution, wait_for_end
+from engine.db import Database, Notifier
 from engine.embedded import EmbeddedPostgres
+from engine.health import Health
 from engine.server import ServerContext, run_server
-from engine.store import NO_STREAM, StoredEvent
+from engine.store import CHANNEL, NO_STREAM, EventStore, StoredEvent
+from engine.watchdog import CHECK
 from engine.worker import Worker, record_process_group
 
 
@@ -108,6 +116,12 @@ def _stat(pid: str) -> list[str]:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return []
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (R, S, T for stopped, Z...); "" when it is gone."""
+    fields = _stat(str(pid))
+    return fields[0] if fields else ""
 
 
 def _alive(pid: int) -> bool:
@@ -626,7 +640,7 @@ async def test_result_and_logs_of_a_task_ending_during_a_postgres_restart_are_re
         await trio.to_thread.run_sync(pg.stop)
 
 
-async def test_worker_cut_off_from_postgres_longer_than_the_timeout_stops_its_script(
+async def test_script_frozen_through_a_postgres_outage_of_twice_the_timeout_is_stopped_and_rerun(
     ns: str, tmp_path: Path
 ) -> None:
     side, delay, pidfile = tmp_path / "side", tmp_path / "delay", tmp_path / "pid"
@@ -651,12 +665,17 @@ async def test_worker_cut_off_from_postgres_longer_than_the_timeout_stops_its_sc
             pid = int(pidfile.read_text())
             await trio.to_thread.run_sync(pg.stop)
 
+            async def frozen() -> bool:
+                return _state(pid) == "T"
+
+            await _wait_until(frozen, 1.5, "the cut-off worker froze its script")
+
             async def gone() -> bool:
                 return not _alive(pid)
 
-            # The watchdog may abandon the attempt as soon as the database is back: the worker
-            # must not be running it by then.
-            await _wait_until(gone, 3, "the cut-off worker stopped its script")
+            # Cut off for that long, the worker takes itself for lost: a frozen script holds
+            # what its retry may need.
+            await _wait_until(gone, 2, "the worker stopped its frozen script")
             delay.write_text("0.1")
             assert await trio.to_thread.run_sync(pg.start) == url
             state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=60)
@@ -706,3 +725,350 @@ async def test_work_directories_of_ended_attempts_and_dead_workers_are_removed(
             nursery.cancel_scope.cancel()
     finally:
         os.close(held)
+
+
+def _group_states(pgid: int) -> set[str]:
+    """The state letters of the live processes of a group (T: stopped, i.e. frozen)."""
+    states = set()
+    for entry in os.listdir("/proc"):
+        fields = _stat(entry) if entry.isdigit() else []
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            states.add(fields[0])
+    return states
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+async def test_tasks_ending_during_a_postgres_outage_longer_than_the_timeout_are_recorded_once(
+    ns: str, tmp_path: Path
+) -> None:
+    started, side = tmp_path / "started", tmp_path / "side"
+    started.mkdir()
+    side.mkdir()
+    # The side effect comes last: it has happened once the task ends.
+    source = _shell_flow(ns, "f", [_side_effect(started), "sleep 0.5", _side_effect(side)])
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    url = pg.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            ctx = await _start(nursery, url, ("executor",), heartbeat_timeout=2.0)
+            running = await _worker(nursery, ctx, tmp_path / "work", heartbeat_timeout=2.0)
+            worker_id = running.worker.id
+            await deploy_flow(ctx.store, source)
+            ids = [await create_execution(ctx.store, ns, "f") for _ in range(5)]
+
+            async def all_started() -> bool:
+                return all(_runs(started, x) == 1 for x in ids)
+
+            await _wait_until(all_started, 20, "the 5 tasks started")
+            await trio.to_thread.run_sync(pg.stop)
+            down = trio.current_time()
+            with trio.move_on_after(5):
+                while not all(_runs(side, x) for x in ids):
+                    await trio.sleep(0.05)
+            assert all(_runs(side, x) == 1 for x in ids), "the 5 tasks ended during the outage"
+            # Down for more than twice the timeout: longer than anything the worker waits for.
+            await trio.sleep(max(0.0, down + 4.5 - trio.current_time()))
+            assert await trio.to_thread.run_sync(pg.start) == url
+            for xid in ids:
+                state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=60)
+                assert state.state == "SUCCESS"
+                [run] = state.taskruns.values()
+                assert [(a.state, a.workerId) for a in run.attempts] == [("SUCCESS", worker_id)]
+            await trio.sleep(2.0)  # a watchdog abandoning them, or a rerun, would show by now
+            for xid in ids:
+                history = await ctx.store.read_execution(xid)
+                assert [e.type for e in history].count("AttemptSucceeded") == 1
+                assert not any(isinstance(e.event, ev.AttemptAbandoned) for e in history)
+                assert _runs(side, xid) == 1, "the side effect ran once"
+            assert running.worker.id == worker_id, "the worker was never taken for lost"
+            assert await ctx.store.read_stream(ev.worker_stream(worker_id)) == []
+            nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(pg.stop)
+
+
+async def test_task_running_across_a_postgres_outage_longer_than_the_timeout_finishes_once(
+    ns: str, tmp_path: Path
+) -> None:
+    side, ticks, done = tmp_path / "side", tmp_path / "ticks", tmp_path / "done"
+    for folder in (side, ticks, done):
+        folder.mkdir()
+    work = f"for i in $(seq 40); do {_side_effect(ticks)}; sleep 0.1; done"
+    source = _shell_flow(ns, "f", [_side_effect(side), work, _side_effect(done)])
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    url = pg.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            ctx = await _start(nursery, url, ("executor",), heartbeat_timeout=3.0)
+            running = await _worker(nursery, ctx, tmp_path / "work", heartbeat_timeout=3.0)
+            await deploy_flow(ctx.store, source)
+            xid = await create_execution(ctx.store, ns, "f")
+
+            async def ticking() -> bool:
+                return _runs(ticks, xid) >= 3
+
+            await _wait_until(ticking, 20, "the task runs")
+            [group] = {int(p) for p in _lines(side / xid)}
+            await trio.to_thread.run_sync(pg.stop)
+            down = trio.current_time()
+
+            async def frozen() -> bool:
+                return _group_states(group) == {"T"}
+
+            # The worker cannot tell this outage from its own partition: past the timeout it
+            # freezes the script, which thus cannot run beside a retry, and loses nothing.
+            await _wait_until(frozen, 4, "the worker froze its script")
+            seen = _runs(ticks, xid)
+            await trio.sleep(0.5)
+            assert _runs(ticks, xid) == seen, "a frozen script does nothing"
+            assert seen < 40
+            await trio.sleep(max(0.0, down + 3.5 - trio.current_time()))
+            assert await trio.to_thread.run_sync(pg.start) == url
+            state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=60)
+            assert state.state == "SUCCESS"
+            [run] = state.taskruns.values()
+            assert [(a.state, a.workerId) for a in run.attempts] == [("SUCCESS", running.worker.id)]
+            assert (_runs(side, xid), _runs(ticks, xid), _runs(done, xid)) == (1, 40, 1)
+            history = await ctx.store.read_execution(xid)
+            assert not any(isinstance(e.event, ev.AttemptAbandoned) for e in history)
+            nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(pg.stop)
+
+
+async def test_watchdog_back_from_a_postgres_outage_gives_every_worker_a_full_timeout(
+    ns: str, tmp_path: Path
+) -> None:
+    body = "  - id: one\n    type: io.kestra.plugin.core.debug.Return\n    format: done\n"
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    url = pg.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            ctx = await _start(nursery, url, ("executor",), heartbeat_timeout=1.5)
+            await deploy_flow(ctx.store, f"id: f\nnamespace: {ns}\ntasks:\n{body}")
+            xid = await create_execution(ctx.store, ns, "f")
+
+            async def scheduled() -> list[str]:
+                history = await ctx.store.read_execution(xid)
+                return [
+                    e.event.taskRunId for e in history if isinstance(e.event, ev.AttemptScheduled)
+                ]
+
+            await _wait_until(scheduled, 10, "the attempt is scheduled")
+            [run_id] = await scheduled()
+            # A worker of another process, whose heartbeats this test sends by hand.
+            alive = f"w{uuid.uuid4().hex[:8]}"
+            await ctx.db.execute(
+                "INSERT INTO engine_workers (worker_id, last_seen) VALUES (%s, clock_timestamp())",
+                (alive,),
+            )
+            await ctx.store.append(
+                ev.attempt_stream(xid, run_id, 1),
+                [ev.AttemptClaimed(executionId=xid, taskRunId=run_id, attempt=1, workerId=alive)],
+                expected_version=NO_STREAM,
+            )
+
+            async def tracked() -> bool:
+                return bool(
+                    await ctx.db.fetchall(
+                        "SELECT 1 FROM engine_attempts WHERE worker_id = %s", (alive,)
+                    )
+                )
+
+            await _wait_until(tracked, 10, "the watchdog tracks the claimed attempt")
+            await trio.to_thread.run_sync(pg.stop)
+            await trio.sleep(2.5)
+            check = ctx.health.get(CHECK)
+            assert check is not None and check.status == "DOWN"
+            assert await trio.to_thread.run_sync(pg.start) == url
+
+            async def stale() -> bool:
+                return bool(
+                    await ctx.db.fetchall(
+                        "SELECT 1 FROM engine_workers WHERE worker_id = %s"
+                        " AND last_seen < clock_timestamp() - interval '1.5 seconds'",
+                        (alive,),
+                    )
+                )
+
+            assert await stale(), "its heartbeat is older than the timeout"
+
+            async def watchdog_looked() -> bool:
+                check = ctx.health.get(CHECK)
+                return check is not None and check.status == "UP"
+
+            # The worker is slower to come back than the watchdog, which looks meanwhile: it
+            # must not take that silence for a loss.
+            await _wait_until(watchdog_looked, 5, "the watchdog looks for lost workers again")
+            assert await stale()
+            await ctx.db.execute(
+                "UPDATE engine_workers SET last_seen = clock_timestamp() WHERE worker_id = %s",
+                (alive,),
+            )
+            for _ in range(10):
+                await trio.sleep(0.2)
+                await ctx.db.execute(
+                    "UPDATE engine_workers SET last_seen = clock_timestamp() WHERE worker_id = %s",
+                    (alive,),
+                )
+            history = await ctx.store.read_execution(xid)
+            assert not any(isinstance(e.event, ev.AttemptAbandoned) for e in history)
+            assert await ctx.store.read_stream(ev.worker_stream(alive)) == []
+
+            # Silent from now on, with the watchdog long back: lost after the timeout.
+            async def abandoned() -> bool:
+                history = await ctx.store.read_execution(xid)
+                return any(isinstance(e.event, ev.AttemptAbandoned) for e in history)
+
+            await _wait_until(abandoned, 4, "the silent worker's attempt is abandoned")
+            lost = await ctx.store.read_stream(ev.worker_stream(alive))
+            assert [e.type for e in lost] == ["WorkerLost"]
+            nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(pg.stop)
+
+
+class Relay:
+    """A Unix-socket relay in front of a PostgreSQL: whoever connects through it can be cut
+    off alone, as a network partition cuts off one host, while others still reach it."""
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        query = urllib.parse.parse_qs(parts.query)
+        self.port = query["port"][0]
+        self.target = Path(query["host"][0]) / f".s.PGSQL.{self.port}"
+        # A short folder: a socket's path must fit in 108 bytes.
+        self.folder = Path(tempfile.mkdtemp(prefix="relay-"))
+        host = urllib.parse.quote(str(self.folder), safe="/")
+        self.url = f"postgresql://postgres@/postgres?host={host}&port={self.port}"
+        self.cut = False
+        self._links: set[trio.CancelScope] = set()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.bind(str(self.folder / f".s.PGSQL.{self.port}"))
+        sock.listen()
+        listener = trio.SocketListener(sock)
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    client = await listener.accept()
+                    nursery.start_soon(self._link, client)
+        finally:
+            await listener.aclose()
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def sever(self) -> None:
+        """Close every link, and every new one at once, until `mend`."""
+        self.cut = True
+        for link in self._links:
+            link.cancel()
+
+    def mend(self) -> None:
+        self.cut = False
+
+    async def _link(self, client: trio.SocketStream) -> None:
+        async with client:
+            if self.cut:
+                return
+            with trio.CancelScope() as link:
+                self._links.add(link)
+                try:
+                    server = await trio.open_unix_socket(str(self.target))
+                    async with server, trio.open_nursery() as nursery:
+                        nursery.start_soon(self._pump, client, server)
+                        await self._pump(server, client)
+                        nursery.cancel_scope.cancel()
+                finally:
+                    self._links.discard(link)
+
+    @staticmethod
+    async def _pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            async for chunk in source:
+                await sink.send_all(chunk)
+
+
+async def test_worker_cut_off_alone_freezes_its_script_so_it_never_runs_beside_its_retry(
+    ns: str, tmp_path: Path
+) -> None:
+    side, ticks, count = tmp_path / "side", tmp_path / "ticks", tmp_path / "count"
+    side.mkdir()
+    ticks.mkdir()
+    count.write_text("100")
+    work = f'for i in $(seq "$(cat "{count}")"); do {_side_effect(ticks)}; sleep 0.1; done'
+    source = _shell_flow(ns, "f", [_side_effect(side), work])
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    url = pg.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            ctx = await _start(nursery, url, ("executor",), heartbeat_timeout=1.5)
+            relay = Relay(url)
+            await nursery.start(relay.run)
+            # The worker to be cut off reaches PostgreSQL only through the relay.
+            db = Database(relay.url)
+            notifier = Notifier(relay.url, CHANNEL, health=Health())
+            await nursery.start(notifier.run)
+            cut_off = Running(
+                Worker(
+                    EventStore(db, ctx.storage),
+                    notifier,
+                    heartbeat_interval=0.2,
+                    heartbeat_timeout=1.5,
+                    work_dir=tmp_path / "work",
+                    storage=ctx.storage,
+                )
+            )
+            await nursery.start(cut_off.run)
+            first_id = cut_off.worker.id
+            await deploy_flow(ctx.store, source)
+            xid = await create_execution(ctx.store, ns, "f")
+
+            async def ticking() -> bool:
+                return _runs(ticks, xid) >= 3
+
+            await _wait_until(ticking, 20, "the task runs on the worker to be cut off")
+            [old] = _lines(side / xid)
+            count.write_text("5")  # for the retry: the running script read its count
+            healthy = await _worker(nursery, ctx, tmp_path / "work", heartbeat_timeout=1.5)
+            relay.sever()
+
+            async def frozen() -> bool:
+                return _group_states(int(old)) == {"T"}
+
+            # Frozen by the worker's own clock before the watchdog may abandon the attempt.
+            await _wait_until(frozen, 2.5, "the cut-off worker froze its script")
+            frozen_at = _lines(ticks / xid).count(old)
+            state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=30)
+            assert state.state == "SUCCESS"
+            [run] = state.taskruns.values()
+            assert [(a.state, a.workerId) for a in run.attempts] == [
+                ("KILLED", first_id),
+                ("SUCCESS", healthy.worker.id),
+            ]
+            relay.mend()
+
+            async def gone() -> bool:
+                return not _group_states(int(old))
+
+            await _wait_until(gone, 5, "the frozen script is killed, never resumed")
+            lines = _lines(ticks / xid)
+            retry = [p for p in lines if p != old]
+            assert len(retry) == 5 and _lines(side / xid) == [old, retry[0]]
+            assert lines == [old] * frozen_at + retry, "the old script never ran beside its retry"
+
+            async def registered_anew() -> bool:
+                return cut_off.worker.id != first_id
+
+            await _wait_until(registered_anew, 5, "the cut-off worker learns it was lost")
+            lost = await ctx.store.read_stream(ev.worker_stream(first_id))
+            assert [e.type for e in lost] == ["WorkerLost"]
+            first = [e.type for e in _attempt_events(await ctx.store.read_execution(xid), 1)]
+            assert first == ["AttemptClaimed", "AttemptAbandoned"]
+            nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(pg.stop)
