@@ -19,6 +19,8 @@ from quart import Response, request, send_file
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from api import accounts_routes
+from api.auth import access, actor, install, namespace_filter, public, require_namespace
 from engine import commands
 from engine.backoff import is_transient
 from engine.errors import InvalidRequest, NotFound, Problem, TiercelError, WrongExpectedVersion
@@ -148,10 +150,14 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app = QuartTrio("tiercel")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
     store, db, storage = ctx.store, ctx.db, ctx.storage
+    guard = install(app, ctx)
+    accounts_routes.register(app, guard)
 
     @app.errorhandler(TiercelError)
     async def domain_error(exc: TiercelError) -> Response:
-        return _json(exc.to_json(), exc.status)
+        response = _json(exc.to_json(), exc.status)
+        response.headers.update(getattr(exc, "headers", {}))
+        return response
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
@@ -209,15 +215,18 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         return not down, body
 
     @app.get("/health")
+    @public
     async def health() -> Response:
         up, body = await health_report(starting=False)
         return _json(body, 200 if up else 503)
 
     @app.get("/health/liveness")
+    @public
     async def liveness() -> Response:
         return _json({"status": "UP"})
 
     @app.get("/health/readiness")
+    @public
     async def readiness() -> Response:
         up, body = await health_report(starting=True)
         return _json(body, 200 if up else 503)
@@ -225,11 +234,15 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     # --- flows --------------------------------------------------------------------------------
 
     @app.post("/api/v1/flows")
+    @access("editor")
     async def create_flow() -> Response:
-        record = await commands.deploy_flow(store, await _yaml_body(), create_only=True)
+        source = await _yaml_body()
+        require_namespace(parse_flow(source).namespace)
+        record = await commands.deploy_flow(store, source, create_only=True, actor=actor())
         return _json(_flow_json(record))
 
     @app.post("/api/v1/flows/validate")
+    @access("viewer")
     async def validate_flows() -> Response:
         body = await _yaml_body()
         results = []
@@ -245,9 +258,11 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         return _json(results)
 
     @app.get("/api/v1/flows/search")
+    @access("viewer")
     async def search_flows() -> Response:
         page, size = _page()
-        where, params = ["NOT deleted"], []
+        allowed, params = namespace_filter()
+        where = ["NOT deleted", allowed]
         if ns := request.args.get("namespace"):
             where.append("(namespace = %s OR namespace LIKE %s)")
             params += [ns, ns + ".%"]
@@ -278,29 +293,36 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         return int(row["n"]) if row else 0
 
     @app.get("/api/v1/flows/<namespace>/<flow_id>")
+    @access("viewer")
     async def get_flow(namespace: str, flow_id: str) -> Response:
         revision = _int_arg("revision", None, minimum=1)
         return _json(_flow_json(await commands.get_flow(store, namespace, flow_id, revision)))
 
     @app.get("/api/v1/flows/<namespace>/<flow_id>/revisions")
+    @access("viewer")
     async def flow_revisions(namespace: str, flow_id: str) -> Response:
         records = await commands.flow_revisions(store, namespace, flow_id)
         return _json([_flow_json(r) for r in records if not r.deleted])
 
     @app.put("/api/v1/flows/<namespace>/<flow_id>")
+    @access("editor")
     async def update_flow(namespace: str, flow_id: str) -> Response:
         await commands.get_flow(store, namespace, flow_id)  # 404 when it does not exist
-        record = await commands.deploy_flow(store, await _yaml_body(), expect=(namespace, flow_id))
+        record = await commands.deploy_flow(
+            store, await _yaml_body(), expect=(namespace, flow_id), actor=actor()
+        )
         return _json(_flow_json(record))
 
     @app.delete("/api/v1/flows/<namespace>/<flow_id>")
+    @access("editor")
     async def delete_flow(namespace: str, flow_id: str) -> Response:
-        await commands.delete_flow(store, namespace, flow_id)
+        await commands.delete_flow(store, namespace, flow_id, actor=actor())
         return Response("", status=204)
 
     # --- executions -------------------------------------------------------------------------
 
     @app.post("/api/v1/executions/<namespace>/<flow_id>")
+    @access("runner")
     async def create_execution(namespace: str, flow_id: str) -> Response:
         inputs, uploads = await _execution_inputs_and_files()
         labels = _labels_arg()
@@ -336,6 +358,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
                 labels=labels,
                 revision=revision,
                 execution_id=execution_id,
+                actor=actor(),
             )
         except WrongExpectedVersion:
             if key is None:
@@ -369,10 +392,11 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         return _json(commands.execution_json(state))
 
     @app.get("/api/v1/executions/search")
+    @access("viewer")
     async def search_executions() -> Response:
         page, size = _page()
-        where: list[str] = ["true"]
-        params: list[Any] = []
+        allowed, params = namespace_filter()
+        where: list[str] = [allowed]
         if ns := request.args.get("namespace"):
             where.append("(namespace = %s OR namespace LIKE %s)")
             params += [ns, ns + ".%"]
@@ -404,12 +428,14 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         return _json({"results": [_execution_row(r) for r in rows], "total": total})
 
     @app.get("/api/v1/executions/<execution_id>")
+    @access("viewer")
     async def get_execution(execution_id: str) -> Response:
         at = _int_arg("at", None, minimum=1)
         state = await commands.load_execution(store, execution_id, at_seq=at)
         return _json(commands.execution_json(state))
 
     @app.get("/api/v1/executions/<execution_id>/events")
+    @access("viewer")
     async def execution_events(execution_id: str) -> Response:
         history = await commands.execution_history(store, execution_id)
         return _json(
@@ -450,6 +476,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         return path, await trio.to_thread.run_sync(storage.local_path, path)
 
     @app.get("/api/v1/executions/<execution_id>/file")
+    @access("viewer")
     async def execution_file(execution_id: str) -> Response:
         uri, local = await _stored_file(execution_id)
         response = await send_file(local, mimetype="application/octet-stream")
@@ -457,12 +484,14 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         return response
 
     @app.get("/api/v1/executions/<execution_id>/file/metas")
+    @access("viewer")
     async def execution_file_metas(execution_id: str) -> Response:
         uri, local = await _stored_file(execution_id)
         size = (await trio.to_thread.run_sync(local.stat)).st_size
         return _json({"uri": uri, "size": size})
 
     @app.delete("/api/v1/executions/<execution_id>")
+    @access("editor")
     async def purge_execution(execution_id: str) -> Response:
         await commands.purge_execution(
             store,
@@ -470,16 +499,19 @@ def create_app(ctx: ServerContext) -> QuartTrio:
             execution_id,
             logs=_bool_arg("deleteLogs", default=True),
             files=_bool_arg("deleteStorage", default=True),
+            actor=actor(),
         )
         return Response("", status=204)
 
     # --- plugins ------------------------------------------------------------------------------
 
     @app.get("/api/v1/plugins")
+    @access("viewer")
     async def list_plugins() -> Response:
         return _json(plugin_list())
 
     @app.get("/api/v1/plugins/<path:type_name>")
+    @access("viewer")
     async def plugin_schema(type_name: str) -> Response:
         cls = task_type(type_name)
         if cls is None:
@@ -489,27 +521,34 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         return _json({**describe(cls), "schema": _documented_schema(cls)})
 
     @app.post("/api/v1/executions/<execution_id>/resume")
+    @access("runner")
     async def resume_execution(execution_id: str) -> Response:
         key = _idempotency_key()
         await commands.resume_execution(
             store,
             execution_id,
             await _execution_inputs(),
+            actor=actor(),
             command_id=f"api:resume:{execution_id}:{key}" if key else None,
         )
         return Response("", status=204)
 
     @app.delete("/api/v1/executions/<execution_id>/kill")
+    @access("runner")
     async def kill_execution(execution_id: str) -> Response:
         key = _idempotency_key()
         await commands.kill_execution(
-            store, execution_id, command_id=f"api:kill:{execution_id}:{key}" if key else None
+            store,
+            execution_id,
+            actor=actor(),
+            command_id=f"api:kill:{execution_id}:{key}" if key else None,
         )
         return _json({"id": execution_id, "message": "Kill requested"}, 202)
 
     # --- logs -------------------------------------------------------------------------------
 
     @app.get("/api/v1/logs/<execution_id>")
+    @access("viewer")
     async def execution_logs(execution_id: str) -> Response:
         min_level = (request.args.get("minLevel") or "TRACE").upper()
         if min_level == "WARNING":

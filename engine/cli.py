@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -16,6 +17,7 @@ import click
 import trio
 import yaml
 
+from engine import cli_accounts as _accounts_cli
 from engine.errors import FlowValidationError, TiercelError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,7 +42,12 @@ def _load_config(path: str | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise click.UsageError(f"Config file {path} must be a YAML mapping")
     tiercel = data.get("tiercel", data)
-    return tiercel if isinstance(tiercel, dict) else {}
+    settings = dict(tiercel) if isinstance(tiercel, dict) else {}
+    kestra = data.get("kestra")
+    if isinstance(kestra, dict):
+        # Kestra's own keys that Tiercel honours (kestra.server.basic-auth.*).
+        settings.setdefault("kestra", kestra)
+    return settings
 
 
 def _config_callback(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -98,7 +105,17 @@ def main(verbose: bool) -> None:
 
 def _server_options(f: F) -> F:
     f = click.option("--port", type=int, default=None, help="HTTP port (default 8080).")(f)
-    f = click.option("--host", default=None, help="Address to bind (default 0.0.0.0).")(f)
+    f = click.option(
+        "--host",
+        default=None,
+        help="Address to bind (default 0.0.0.0; 127.0.0.1 with --no-auth).",
+    )(f)
+    f = click.option(
+        "--no-auth",
+        is_flag=True,
+        default=None,
+        help="Serve the API without accounts, on 127.0.0.1 only: for local development.",
+    )(f)
     f = click.option(
         "--flows",
         "flows_dir",
@@ -182,8 +199,18 @@ def _serve(roles: tuple[str, ...], *, embedded_ok: bool, **options: Any) -> None
             "This command needs --database-url (or TIERCEL_DATABASE_URL); "
             "`tiercel server local` starts an embedded PostgreSQL instead."
         )
+    auth = _auth_settings(options)
+    host = _setting("host", options.get("host"), None)
+    if not auth["auth_enabled"]:
+        if host not in (None, "127.0.0.1", "localhost", "::1"):
+            raise click.UsageError(
+                f"--no-auth serves without credentials, so it binds 127.0.0.1 only; "
+                f"drop --host {host} or turn authentication on"
+            )
+        host = "127.0.0.1"
     settings = {
-        "host": _setting("host", options.get("host"), "0.0.0.0"),
+        **auth,
+        "host": host or "0.0.0.0",
         "port": int(_setting("port", options.get("port"), 8080)),
         "data_dir": data_dir,
         "worker_slots": int(_setting("worker-slots", options.get("worker_slots"), 16)),
@@ -196,6 +223,35 @@ def _serve(roles: tuple[str, ...], *, embedded_ok: bool, **options: Any) -> None
         trio.run(functools.partial(_serve_async, roles, url, data_dir, flows_dir, settings))
     except TiercelError as exc:
         _fail(exc)
+
+
+def _auth_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """Authentication settings from the flags, the config file and the environment.
+
+    Kestra's `kestra.server.basic-auth` keys work: `enabled: false` is `--no-auth`, and its
+    `username`/`password` are the first account's.
+    """
+    kestra = _setting("kestra", None, {}) or {}
+    basic = (
+        ((kestra.get("server") or {}).get("basic-auth") or {}) if isinstance(kestra, dict) else {}
+    )
+    no_auth = options.get("no_auth") or _setting("no-auth", None, False)
+    if isinstance(basic, dict) and basic.get("enabled") is False:
+        no_auth = True
+    password = os.environ.get("TIERCEL_ADMIN_PASSWORD") or _setting("admin-password", None)
+    username = _setting("admin-username", None)
+    if isinstance(basic, dict):
+        password = password or basic.get("password")
+        username = username or basic.get("username")
+    origins = os.environ.get("TIERCEL_ALLOWED_ORIGINS") or _setting("allowed-origins", None) or ()
+    if isinstance(origins, str):
+        origins = [o.strip() for o in origins.split(",") if o.strip()]
+    return {
+        "auth_enabled": not no_auth,
+        "admin_username": str(username or "admin"),
+        "admin_password": str(password) if password else None,
+        "allowed_origins": tuple(str(o) for o in origins),
+    }
 
 
 def _default_data_dir() -> Path:
@@ -528,6 +584,8 @@ def plugins_list(as_json: bool) -> None:
         summary = " ".join(entry["description"].split("\n\n", 1)[0].split())
         click.echo(f"{entry['type'].ljust(width)}  {summary}".rstrip())
 
+
+_accounts_cli.register(main)
 
 if __name__ == "__main__":
     main()

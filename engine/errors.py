@@ -65,6 +65,25 @@ class InvalidRequest(TiercelError):
     status = 400
 
 
+class Unauthorized(TiercelError):
+    """The request carries no credentials, or credentials that are not valid."""
+
+    status = 401
+
+
+class Forbidden(TiercelError):
+    """The caller is known but may not do this (role or namespace), or the request was refused
+    as cross-site."""
+
+    status = 403
+
+
+class UnsupportedMediaType(TiercelError):
+    """A state-changing request's body is not of a type the route accepts."""
+
+    status = 415
+
+
 class NotFound(TiercelError):
     """A flow, execution or other object does not exist."""
 

@@ -8,6 +8,8 @@ Streams:
   claimed it (and by the watchdog when that worker is lost).
 - ``worker:<workerId>``: a worker's life and heartbeats.
 - ``kv:<namespace>/<key>``: one key of a namespace's KV store.
+- ``user:<username>``, ``token:<tokenId>``: accounts and API tokens.
+- ``login:<principal>``: logins and refused credentials.
 """
 
 from __future__ import annotations
@@ -330,6 +332,86 @@ def trigger_stream(namespace: str, flow_id: str, trigger_id: str) -> str:
     return f"trigger:{namespace}/{flow_id}/{trigger_id}"
 
 
+# --- accounts ------------------------------------------------------------------------------------
+
+
+class UserCreated(Event, frozen=True):
+    """An account was created; `passwordHash` is an argon2 hash, never the password."""
+
+    username: str
+    passwordHash: str
+    role: str
+    namespaces: list[str] = []
+    """Namespaces (and their children) the user may reach; every namespace when empty."""
+
+
+class UserUpdated(Event, frozen=True):
+    """An account's password, role or namespaces changed (absent fields did not change)."""
+
+    username: str
+    passwordHash: str | None = None
+    role: str | None = None
+    namespaces: list[str] | None = None
+
+
+class UserRevoked(Event, frozen=True):
+    """An account was disabled: its password and its tokens no longer authenticate."""
+
+    username: str
+
+
+class TokenCreated(Event, frozen=True):
+    """An API token was issued; only a SHA-256 hash of its secret part is kept."""
+
+    tokenId: str
+    name: str
+    secretHash: str
+    role: str
+    namespaces: list[str] = []
+    owner: str | None = None
+    """The user it acts for (its role is capped by theirs), if any."""
+    expiresAt: str | None = None
+
+
+class TokenRevoked(Event, frozen=True):
+    """An API token was revoked and no longer authenticates."""
+
+    tokenId: str
+
+
+class LoginSucceeded(Event, frozen=True):
+    """Credentials were accepted (recorded once per principal, method and source a while)."""
+
+    principal: str
+    method: str
+    source: str = ""
+
+
+class LoginRefused(Event, frozen=True):
+    """Credentials were refused; `count` requests were refused alike since the last event."""
+
+    principal: str
+    method: str
+    reason: str
+    source: str = ""
+    count: int = 1
+
+
+def user_stream(username: str) -> str:
+    """The stream of one account."""
+    return f"user:{username}"
+
+
+def token_stream(token_id: str) -> str:
+    """The stream of one API token."""
+    return f"token:{token_id}"
+
+
+def login_stream(principal: str) -> str:
+    """The stream of logins and refusals of one principal (as given, for refusals)."""
+    return f"login:{principal}"
+
+
 # --- workers -------------------------------------------------------------------------------------
 
 
@@ -383,6 +465,13 @@ AnyEvent = (
     | KVSet
     | KVDeleted
     | TriggerToggled
+    | UserCreated
+    | UserUpdated
+    | UserRevoked
+    | TokenCreated
+    | TokenRevoked
+    | LoginSucceeded
+    | LoginRefused
 )
 
 LARGE_VALUES: dict[type[Event], tuple[str, ...]] = {

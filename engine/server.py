@@ -59,6 +59,13 @@ class ServerContext:
     """Internal storage (default: `<data_dir>/storage`, or the user's data dir)."""
     health: Health = field(default_factory=Health)
     """What each component says about itself; readiness is DOWN while any is DOWN."""
+    auth_enabled: bool = True
+    """Whether the API asks for credentials (off only with `--no-auth`, on 127.0.0.1)."""
+    admin_username: str = "admin"
+    admin_password: str | None = None
+    """The first account's password when the database has none (generated when not given)."""
+    allowed_origins: tuple[str, ...] = ()
+    """Origins besides the server's own from which browsers may send state-changing requests."""
 
 
 Service = Callable[..., Awaitable[None]]

@@ -55,11 +55,36 @@ def _docker_answers() -> bool:
         return False
 
 
+ADMIN_PASSWORD = "tiercel-test-admin"
+"""The password of the `admin` account every test server's API accepts."""
+
+
+def _prepare(url: str) -> None:
+    """Migrate the test database and give it the admin account the API tests log in with."""
+    from engine import accounts
+    from engine.errors import Conflict
+
+    migrate(url)
+
+    async def admin() -> None:
+        db = Database(url, max_size=1)
+        try:
+            await accounts.create_user(
+                EventStore(db), "admin", ADMIN_PASSWORD, accounts.ADMIN, actor="system:tests"
+            )
+        except Conflict:
+            pass
+        finally:
+            await db.close()
+
+    trio.run(admin)
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     url = os.environ.get("TIERCEL_TEST_DATABASE_URL")
     if url:
-        migrate(url)
+        _prepare(url)
         yield url
         return
     if _docker_answers():
@@ -67,7 +92,7 @@ def database_url() -> Iterator[str]:
 
         with PostgresContainer("postgres:16-alpine", driver=None) as pg:
             url = pg.get_connection_url()
-            migrate(url)
+            _prepare(url)
             yield url
         return
     from engine.embedded import EmbeddedPostgres
@@ -76,7 +101,7 @@ def database_url() -> Iterator[str]:
         embedded = EmbeddedPostgres(Path(tmp))
         url = embedded.start()
         try:
-            migrate(url)
+            _prepare(url)
             yield url
         finally:
             embedded.stop()

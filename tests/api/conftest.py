@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from engine.server import run_server
+from tests.conftest import ADMIN_PASSWORD
 
 
 @pytest.fixture
@@ -21,6 +22,7 @@ async def server(database_url: str, nursery: trio.Nursery, tmp_path: Any) -> Any
             port=0,
             data_dir=tmp_path,
             heartbeat_interval=0.5,
+            admin_password=ADMIN_PASSWORD,
             task_status=task_status,
         )
     )
@@ -30,5 +32,5 @@ async def server(database_url: str, nursery: trio.Nursery, tmp_path: Any) -> Any
 @pytest.fixture
 async def client(server: Any) -> AsyncIterator[httpx.AsyncClient]:
     url = server.extra["urls"][0]
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=60, auth=("admin", ADMIN_PASSWORD)) as http:
         yield http

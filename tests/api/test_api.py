@@ -85,8 +85,8 @@ async def test_parallel_logs_execution_succeeds_with_logs_and_audit_trail(
     types = [e["type"] for e in events]
     assert types[0] == "ExecutionCreated" and types[-1] == "ExecutionStateChanged"
     assert types.count("AttemptSucceeded") == 3 and types.count("AttemptLogged") == 2
-    assert events[0]["actor"] == "api" and events[0]["data"]["inputs"]["who"] == "tiercel"
-    assert {e["actor"] for e in events} >= {"api", "executor"}
+    assert events[0]["actor"] == "user:admin" and events[0]["data"]["inputs"]["who"] == "tiercel"
+    assert {e["actor"] for e in events} >= {"user:admin", "executor"}
 
     # the state as it stood at the first event: created, nothing run yet
     early = (await client.get(f"/api/v1/executions/{execution['id']}?at={seqs[0]}")).json()

@@ -7,6 +7,8 @@ import uuid
 
 import httpx
 
+from tests.api.conftest import ADMIN_PASSWORD
+
 YAML = {"content-type": "application/x-yaml"}
 
 
@@ -23,12 +25,18 @@ tasks:
   - id: validate
     type: io.kestra.plugin.core.http.Request
     uri: "{base}/api/v1/flows/validate"
+    options:
+      basicAuthUser: admin
+      basicAuthPassword: "{ADMIN_PASSWORD}"
     method: POST
     contentType: application/x-yaml
     body: "id: x\\nnamespace: y\\ntasks: []\\n"
   - id: missing_ok
     type: io.kestra.plugin.core.http.Request
     uri: "{base}/api/v1/flows/no/such"
+    options:
+      basicAuthUser: admin
+      basicAuthPassword: "{ADMIN_PASSWORD}"
     allowFailed: true
   - id: fetch
     type: io.kestra.plugin.core.http.Download
@@ -39,6 +47,9 @@ tasks:
   - id: missing
     type: io.kestra.plugin.core.http.Request
     uri: "{base}/api/v1/flows/no/such"
+    options:
+      basicAuthUser: admin
+      basicAuthPassword: "{ADMIN_PASSWORD}"
 """
     assert (await client.post("/api/v1/flows", content=flow, headers=YAML)).status_code == 200
     execution = (await client.post(f"/api/v1/executions/{ns}/calls?wait=true")).json()

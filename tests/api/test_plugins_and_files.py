@@ -211,12 +211,8 @@ tasks:
     assert [d["path"] for d in response.json()["details"]] == ["inputs.unused"]
     response = await client.post(
         f"/api/v1/executions/{ns}/typed?wait=true",
-        data={
-            "picks": ["a", "c"],
-            "when": "2024-05-01T12:00:00+02:00",
-            "wait": "P1D",
-            "nested.flag": "true",
-        },
+        data={"picks": ["a", "c"], "wait": "P1D", "nested.flag": "true"},
+        files={"when": (None, "2024-05-01T12:00:00+02:00")},  # a plain field, as multipart
     )
     assert response.status_code == 200, response.text
     execution = response.json()

@@ -354,6 +354,7 @@ class Cluster:
             extra += ["--heartbeat-timeout", str(self.heartbeat_timeout)]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERCEL_", "PG"))}
         env["TIERCEL_STORAGE_DIR"] = str(self.root / "storage")
+        env["TIERCEL_ADMIN_PASSWORD"] = self.auth[1]
         counts = {r: self.roles.count(r) for r in self.roles}
         seen: dict[str, int] = {}
         for role in self.roles:
@@ -584,12 +585,15 @@ class Cluster:
         [web, *_] = self.names("webserver")
         return f"http://127.0.0.1:{self.processes[web].port}"
 
+    auth = ("admin", "tiercel-faults-admin")
+    """The credentials of the admin account the cluster's first web server creates."""
+
     @property
     def http(self) -> httpx.Client:
         """An HTTP client on the web server (one per cluster, not thread-safe to share:
         threads should open their own with `httpx.Client(base_url=cluster.api)`)."""
         if self._http is None:
-            self._http = httpx.Client(base_url=self.api, timeout=30)
+            self._http = httpx.Client(base_url=self.api, timeout=30, auth=self.auth)
         return self._http
 
     def deploy(self, source: str) -> dict[str, Any]:

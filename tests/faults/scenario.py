@@ -291,7 +291,7 @@ class _Submitter(threading.Thread):
     def _submit_all(self) -> None:
         started = time.monotonic()
         path = f"/api/v1/executions/{self.namespace}/{FLOW_ID}"
-        with httpx.Client(base_url=self.cluster.api, timeout=10) as http:
+        with httpx.Client(base_url=self.cluster.api, timeout=10, auth=self.cluster.auth) as http:
             for i in range(self.count):
                 time.sleep(max(0.0, started + i * self.interval - time.monotonic()))
                 while True:

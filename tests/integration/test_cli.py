@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -103,14 +104,19 @@ def _postgres_pids(data_dir: Path) -> list[int]:
     return pids
 
 
-def _start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != "TIERCEL_DATABASE_URL"}
-    proc = subprocess.Popen(
-        [*TIERCEL, "server", "local", "--port", str(port), "--data-dir", str(data_dir)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def _start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TIERCEL_DATABASE_URL", "TIERCEL_ADMIN_PASSWORD")
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*TIERCEL, "server", "local", "--port", str(port), "--data-dir", str(data_dir)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -129,28 +135,36 @@ def test_server_local_serves_stops_its_postgres_on_sigterm_and_keeps_data(tmp_pa
     data_dir = tmp_path / "data"
     port = _free_port()
     base = f"http://127.0.0.1:{port}/api/v1"
-    server = _start_server(data_dir, port)
+    server = _start_server(data_dir, port, tmp_path / "first.log")
     try:
+        # The first start creates the admin account and prints its password once.
+        found = re.search(
+            r"Log in as\s+admin\s+with the password\s+(\S+)", (tmp_path / "first.log").read_text()
+        )
+        assert found, (tmp_path / "first.log").read_text()
+        auth = ("admin", found.group(1))
+        assert httpx.get(f"{base}/flows/search", timeout=10).status_code == 401
         created = httpx.post(
             f"{base}/flows",
             content=PARALLEL,
             headers={"Content-Type": "application/x-yaml"},
             timeout=10,
+            auth=auth,
         )
         assert created.status_code == 200, created.text
-        run = httpx.post(f"{base}/executions/test.cli/hello?wait=true", timeout=60)
+        run = httpx.post(f"{base}/executions/test.cli/hello?wait=true", timeout=60, auth=auth)
         assert run.status_code == 200, run.text
         execution = run.json()
         assert execution["state"]["current"] == "SUCCESS"
         execution_id = execution["id"]
         deadline = time.monotonic() + 10
         while True:
-            logs = httpx.get(f"{base}/logs/{execution_id}", timeout=10).json()
+            logs = httpx.get(f"{base}/logs/{execution_id}", timeout=10, auth=auth).json()
             if len(logs) >= 2 or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         assert sorted(line["message"] for line in logs) == ["hello from a", "hello from b"]
-        events = httpx.get(f"{base}/executions/{execution_id}/events", timeout=10).json()
+        events = httpx.get(f"{base}/executions/{execution_id}/events", timeout=10, auth=auth).json()
         assert events[0]["type"] == "ExecutionCreated"
         assert any(
             e["type"] == "ExecutionStateChanged" and e["data"]["state"] == "SUCCESS" for e in events
@@ -162,9 +176,10 @@ def test_server_local_serves_stops_its_postgres_on_sigterm_and_keeps_data(tmp_pa
     assert server.returncode == 0
     assert _postgres_pids(data_dir) == []
 
-    server = _start_server(data_dir, port)
+    server = _start_server(data_dir, port, tmp_path / "second.log")
     try:
-        again = httpx.get(f"{base}/executions/{execution_id}", timeout=10)
+        assert "with the password" not in (tmp_path / "second.log").read_text()
+        again = httpx.get(f"{base}/executions/{execution_id}", timeout=10, auth=auth)
         assert again.status_code == 200
         assert again.json()["state"]["current"] == "SUCCESS"
     finally:

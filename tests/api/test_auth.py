@@ -1,0 +1,326 @@
+"""Who may call which route: credentials, roles per namespace, tokens, and the audit of logins."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from api.auth import ROLE_ATTR
+from engine.accounts import ROLES
+
+YAML = {"Content-Type": "application/x-yaml"}
+
+
+def _ns() -> str:
+    return f"test.auth.n{uuid.uuid4().hex[:8]}"
+
+
+def _flow(namespace: str, flow_id: str = "hello") -> str:
+    return (
+        f"id: {flow_id}\nnamespace: {namespace}\ntasks:\n"
+        "  - id: say\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n"
+    )
+
+
+async def _token(client: httpx.AsyncClient, role: str, namespaces: list[str], **extra: Any) -> str:
+    response = await client.post(
+        "/api/v1/tokens",
+        json={"name": f"{role}-test", "role": role, "namespaces": namespaces, **extra},
+    )
+    assert response.status_code == 201, response.text
+    token = response.json()["token"]
+    assert isinstance(token, str)
+    return token
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# Every route, the request that reaches it without changing anything (objects that do not
+# exist, or a body the route refuses after the access check), and the least role that passes.
+# A route missing from this table fails `test_every_route_is_in_the_role_table`.
+NS = "test.auth.table"
+ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
+    ("GET", "/health", {}, "public"),
+    ("GET", "/health/liveness", {}, "public"),
+    ("GET", "/health/readiness", {}, "public"),
+    ("POST", "/api/v1/flows", {"content": "id: [", "headers": YAML}, "editor"),
+    ("POST", "/api/v1/flows/validate", {"content": _flow(NS), "headers": YAML}, "viewer"),
+    ("GET", "/api/v1/flows/search", {}, "viewer"),
+    ("GET", f"/api/v1/flows/{NS}/nope", {}, "viewer"),
+    ("GET", f"/api/v1/flows/{NS}/nope/revisions", {}, "viewer"),
+    ("PUT", f"/api/v1/flows/{NS}/nope", {"content": _flow(NS, "nope"), "headers": YAML}, "editor"),
+    ("DELETE", f"/api/v1/flows/{NS}/nope", {}, "editor"),
+    ("POST", f"/api/v1/executions/{NS}/nope", {"json": {}}, "runner"),
+    ("GET", "/api/v1/executions/search", {}, "viewer"),
+    ("GET", "/api/v1/executions/nope", {}, "viewer"),
+    ("GET", "/api/v1/executions/nope/events", {}, "viewer"),
+    ("GET", "/api/v1/executions/nope/file", {"params": {"path": "kestra:///x"}}, "viewer"),
+    ("GET", "/api/v1/executions/nope/file/metas", {"params": {"path": "kestra:///x"}}, "viewer"),
+    ("DELETE", "/api/v1/executions/nope", {}, "editor"),
+    ("POST", "/api/v1/executions/nope/resume", {"json": {}}, "runner"),
+    ("DELETE", "/api/v1/executions/nope/kill", {}, "runner"),
+    ("GET", "/api/v1/plugins", {}, "viewer"),
+    ("GET", "/api/v1/plugins/io.kestra.plugin.core.log.Log", {}, "viewer"),
+    ("GET", "/api/v1/logs/nope", {}, "viewer"),
+    ("GET", "/api/v1/me", {}, "viewer"),
+    ("GET", "/api/v1/users", {}, "admin"),
+    ("POST", "/api/v1/users", {"json": {"username": "x"}}, "admin"),
+    ("PUT", "/api/v1/users/nobody-here", {"json": {"role": "viewer"}}, "admin"),
+    ("DELETE", "/api/v1/users/nobody-here", {}, "admin"),
+    ("GET", "/api/v1/tokens", {}, "viewer"),
+    # Users issue tokens for themselves; a token never mints tokens unless it is an admin's.
+    ("POST", "/api/v1/tokens", {"json": {}}, "admin"),
+    ("DELETE", "/api/v1/tokens/nope", {}, "viewer"),
+]
+
+
+async def test_every_route_is_in_the_role_table_and_declares_its_access(server: Any) -> None:
+    from api.app import create_app
+
+    app = create_app(server)
+    table = {(method, _rule_of(path)) for method, path, _, _ in ROUTES}
+    missing = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        view = app.view_functions[rule.endpoint]
+        assert getattr(view, ROLE_ATTR, None) is not None, f"{rule} declares no access"
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            if (method, rule.rule) not in table:
+                missing.append(f"{method} {rule.rule}")
+    assert not missing, f"routes missing from the role table: {missing}"
+
+
+def _rule_of(path: str) -> str:
+    replacements = {
+        f"/api/v1/flows/{NS}/nope/revisions": "/api/v1/flows/<namespace>/<flow_id>/revisions",
+        f"/api/v1/flows/{NS}/nope": "/api/v1/flows/<namespace>/<flow_id>",
+        f"/api/v1/executions/{NS}/nope": "/api/v1/executions/<namespace>/<flow_id>",
+        "/api/v1/executions/nope/events": "/api/v1/executions/<execution_id>/events",
+        "/api/v1/executions/nope/file/metas": "/api/v1/executions/<execution_id>/file/metas",
+        "/api/v1/executions/nope/file": "/api/v1/executions/<execution_id>/file",
+        "/api/v1/executions/nope/resume": "/api/v1/executions/<execution_id>/resume",
+        "/api/v1/executions/nope/kill": "/api/v1/executions/<execution_id>/kill",
+        "/api/v1/executions/nope": "/api/v1/executions/<execution_id>",
+        "/api/v1/plugins/io.kestra.plugin.core.log.Log": "/api/v1/plugins/<path:type_name>",
+        "/api/v1/logs/nope": "/api/v1/logs/<execution_id>",
+        "/api/v1/users/nobody-here": "/api/v1/users/<username>",
+        "/api/v1/tokens/nope": "/api/v1/tokens/<token_id>",
+    }
+    return replacements.get(path, path)
+
+
+async def test_route_by_role_table_answers_401_403_or_passes(client: httpx.AsyncClient) -> None:
+    tokens = {role: await _token(client, role, [NS]) for role in ROLES}
+    async with httpx.AsyncClient(base_url=client.base_url, timeout=30) as anonymous:
+        for method, path, options, least in ROUTES:
+            answer = await anonymous.request(method, path, **options)
+            if least == "public":
+                assert answer.status_code not in (401, 403), (method, path, answer.text)
+                continue
+            assert answer.status_code == 401, (method, path, answer.status_code)
+            assert "WWW-Authenticate" in answer.headers
+            for role in ROLES:
+                answer = await anonymous.request(
+                    method, path, **{**options, "headers": {**options.get("headers", {}),
+                                                            **_bearer(tokens[role])}}
+                )  # fmt: skip
+                allowed = ROLES.index(role) >= ROLES.index(least)
+                if allowed:
+                    assert answer.status_code not in (401, 403), (
+                        method, path, role, answer.status_code, answer.text,
+                    )  # fmt: skip
+                else:
+                    assert answer.status_code == 403, (method, path, role, answer.status_code)
+                    assert least in answer.json()["message"] or "admin" in answer.json()["message"]
+
+
+async def test_runner_token_runs_but_cannot_deploy_and_scoped_token_cannot_cross(
+    client: httpx.AsyncClient,
+) -> None:
+    mine, other = _ns(), _ns()
+    for ns in (mine, other):
+        assert (await client.post("/api/v1/flows", content=_flow(ns), headers=YAML)).is_success
+    other_run = await client.post(f"/api/v1/executions/{other}/hello?wait=true")
+    other_id = other_run.json()["id"]
+    runner_token = await _token(client, "runner", [mine])
+    editor_token = await _token(client, "editor", [mine])
+    base = client.base_url
+    async with (
+        httpx.AsyncClient(base_url=base, headers=_bearer(runner_token), timeout=60) as runner,
+        httpx.AsyncClient(base_url=base, headers=_bearer(editor_token), timeout=60) as editor,
+    ):
+        refused = await runner.post("/api/v1/flows", content=_flow(mine, "new"), headers=YAML)
+        assert refused.status_code == 403 and "editor" in refused.json()["message"]
+        assert (await client.get(f"/api/v1/flows/{mine}/new")).status_code == 404
+
+        ran = await runner.post(f"/api/v1/executions/{mine}/hello?wait=true")
+        assert ran.status_code == 200 and ran.json()["state"]["current"] == "SUCCESS"
+        events = (await runner.get(f"/api/v1/executions/{ran.json()['id']}/events")).json()
+        assert events[0]["actor"].startswith("token:runner-test (")
+
+        # The other namespace: no read, no run, no deploy, not even in a search.
+        for answer in (
+            await editor.get(f"/api/v1/flows/{other}/hello"),
+            await editor.post(f"/api/v1/executions/{other}/hello"),
+            await editor.post("/api/v1/flows", content=_flow(other, "x"), headers=YAML),
+            await editor.get(f"/api/v1/executions/{other_id}"),
+            await editor.get(f"/api/v1/logs/{other_id}"),
+            await editor.delete(f"/api/v1/executions/{other_id}/kill"),
+        ):
+            assert answer.status_code == 403, answer.text
+            assert other in answer.json()["message"]
+        assert (await client.get(f"/api/v1/flows/{other}/x")).status_code == 404
+        found = (await editor.get("/api/v1/flows/search?size=1000")).json()
+        assert {f["namespace"] for f in found["results"]} == {mine}
+        # The executions projection follows the events closely: wait for the other one.
+        with trio.fail_after(10):
+            while (await client.get(f"/api/v1/executions/search?namespace={other}")).json()[
+                "total"
+            ] == 0:
+                await trio.sleep(0.05)
+        listed = (await editor.get("/api/v1/executions/search?size=1000")).json()
+        assert listed["results"] and {e["namespace"] for e in listed["results"]} == {mine}
+
+
+async def test_revoked_and_expired_tokens_stop_working(client: httpx.AsyncClient) -> None:
+    token = await _token(client, "viewer", [])
+    anonymous = httpx.AsyncClient(base_url=client.base_url, timeout=30)
+    assert (await anonymous.get("/api/v1/me", headers=_bearer(token))).status_code == 200
+    token_id = token.split("_")[1]
+    assert (await client.delete(f"/api/v1/tokens/{token_id}")).status_code == 204
+    with trio.fail_after(5):
+        while (await anonymous.get("/api/v1/me", headers=_bearer(token))).status_code != 401:
+            await trio.sleep(0.1)
+    listed = {t["id"]: t for t in (await client.get("/api/v1/tokens")).json()}
+    assert listed[token_id]["status"] == "REVOKED" and "token" not in listed[token_id]
+
+    short = await _token(client, "viewer", [], expires="PT1S")
+    await trio.sleep(1.5)
+    refused = await anonymous.get("/api/v1/me", headers=_bearer(short))
+    assert refused.status_code == 401 and "expired" in refused.json()["message"]
+    bad = await anonymous.get("/api/v1/me", headers=_bearer("tct_aaaaaaaaaaaa_" + "x" * 43))
+    assert bad.status_code == 401
+    await anonymous.aclose()
+
+
+async def test_users_log_in_with_basic_auth_and_logins_are_recorded(
+    client: httpx.AsyncClient, server: Any
+) -> None:
+    name = f"alice{uuid.uuid4().hex[:6]}"
+    created = await client.post(
+        "/api/v1/users",
+        json={"username": name, "password": "correct horse", "role": "runner"},
+    )
+    assert created.status_code == 201, created.text
+    assert "password" not in created.text.lower().replace('"username"', "")
+    async with httpx.AsyncClient(base_url=client.base_url, timeout=30) as http:
+        me = await http.get("/api/v1/me", auth=(name, "correct horse"))
+        assert me.status_code == 200 and me.json()["role"] == "runner"
+        wrong = await http.get("/api/v1/me", auth=(name, "wrong password"))
+        assert wrong.status_code == 401
+        assert (await http.get("/api/v1/users", auth=(name, "correct horse"))).status_code == 403
+        # A user may change their own password, not their role.
+        own = await http.put(
+            f"/api/v1/users/{name}", json={"role": "admin"}, auth=(name, "correct horse")
+        )
+        assert own.status_code == 403
+    with trio.fail_after(10):
+        while True:
+            rows = await server.db.fetchall(
+                "SELECT type, data, meta FROM events WHERE stream_id = %s ORDER BY seq",
+                (f"login:{name}",),
+            )
+            if {r["type"] for r in rows} >= {"LoginSucceeded", "LoginRefused"}:
+                break
+            await trio.sleep(0.1)
+    refused = next(r for r in rows if r["type"] == "LoginRefused")
+    assert refused["data"]["reason"] == "bad credentials" and "wrong" not in str(refused)
+    created_event = await server.db.fetchone(
+        "SELECT data, meta FROM events WHERE stream_id = %s ORDER BY version LIMIT 1",
+        (f"user:{name}",),
+    )
+    assert created_event["meta"]["actor"] == "user:admin"
+    assert created_event["data"]["passwordHash"].startswith("$argon2")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "headers"),
+    [
+        ("text/plain", {}),
+        ("application/x-www-form-urlencoded", {}),
+        ("application/x-yaml", {"Origin": "https://evil.example"}),
+        ("application/x-yaml", {"Sec-Fetch-Site": "cross-site"}),
+        ("multipart/form-data; boundary=x", {"Origin": "null"}),
+    ],
+)
+async def test_cross_site_simple_requests_cannot_deploy_or_run(
+    client: httpx.AsyncClient, content_type: str, headers: dict[str, str]
+) -> None:
+    """The two requests a page on another site could make a browser send (with the user's
+    cached basic-auth credentials) are refused, and nothing is stored or started."""
+    ns = _ns()
+    deploy = await client.post(
+        "/api/v1/flows", content=_flow(ns), headers={"Content-Type": content_type, **headers}
+    )
+    assert deploy.status_code in (403, 415), deploy.text
+    assert (await client.get(f"/api/v1/flows/{ns}/hello")).status_code == 404
+
+    assert (await client.post("/api/v1/flows", content=_flow(ns), headers=YAML)).is_success
+    run = await client.post(
+        f"/api/v1/executions/{ns}/hello",
+        content=b"a=b",
+        headers={"Content-Type": content_type, **headers},
+    )
+    assert run.status_code in (403, 415), run.text
+    await trio.sleep(0.3)
+    found = (await client.get(f"/api/v1/executions/search?namespace={ns}")).json()
+    assert found["total"] == 0
+
+
+async def test_same_origin_requests_from_the_ui_pass(client: httpx.AsyncClient) -> None:
+    ns = _ns()
+    origin = str(client.base_url).rstrip("/")
+    answer = await client.post(
+        "/api/v1/flows",
+        content=_flow(ns),
+        headers={**YAML, "Origin": origin, "Sec-Fetch-Site": "same-origin"},
+    )
+    assert answer.status_code == 200, answer.text
+
+
+async def test_without_auth_only_local_pages_may_change_anything(
+    database_url: str, nursery: trio.Nursery, tmp_path: Any
+) -> None:
+    """`--no-auth` (local development): no credentials needed, but a page reaching the server
+    under another host name (DNS rebinding) or from another origin is refused."""
+    from engine.server import run_server
+
+    ctx = await nursery.start(
+        lambda task_status: run_server(
+            database_url,
+            ("webserver",),
+            host="127.0.0.1",
+            port=0,
+            data_dir=tmp_path,
+            auth_enabled=False,
+            task_status=task_status,
+        )
+    )
+    base = ctx.extra["urls"][0]
+    ns = _ns()
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        assert (await http.get("/api/v1/me")).json()["principal"] == "anonymous:local"
+        rebound = await http.post(
+            "/api/v1/flows",
+            content=_flow(ns),
+            headers={**YAML, "Host": "evil.example:8080", "Origin": "http://evil.example:8080"},
+        )
+        assert rebound.status_code == 403 and "local host name" in rebound.json()["message"]
+        assert (await http.post("/api/v1/flows", content=_flow(ns), headers=YAML)).is_success
