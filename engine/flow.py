@@ -8,16 +8,17 @@ Validation collects all problems before failing.
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Iterator
 from typing import Any
 
 import msgspec
-import yaml
 
 from engine.duration import parse_duration
 from engine.errors import FlowValidationError, Problem
 from engine.inputs import CHOICE_TYPES, bound, choices, convert, dependency_order, is_templated
 from engine.plugin import FlowableTask, Task, task_type
+from engine.safe_yaml import load_with_marks
 
 INPUT_TYPES = frozenset(
     {
@@ -43,8 +44,60 @@ INPUT_TYPES = frozenset(
     }
 )
 
-_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$")
-_NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+class IdRule(msgspec.Struct, frozen=True):
+    """What an id of one kind may be: Kestra's pattern, and a maximum length."""
+
+    what: str
+    """The kind of id, as a message names it (`Flow id`, `Namespace`)."""
+    pattern: str
+    allowed: str
+    """The pattern in words."""
+    max_length: int
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with `value` as an id of this kind, or None when it is a good one."""
+        if not isinstance(value, str) or not value:
+            return f"{self.what} must be a non-empty string of {self.allowed}, not {_kind(value)}"
+        if len(value) > self.max_length:
+            return (
+                f"{self.what} '{value[:40]}...' is {len(value)} characters long: at most "
+                f"{self.max_length} are allowed"
+            )
+        if not re.fullmatch(self.pattern, value):
+            return f"{self.what} {value!r} may only hold {self.allowed}"
+        return None
+
+
+# Kestra's patterns (AbstractFlow, Task, AbstractTrigger, Input, Output) and its maximum lengths
+# for flow ids (100) and namespaces (150). Kestra sets none for the others; Tiercel bounds them
+# too, as they name folders of the internal storage and parts of URLs.
+FLOW_ID = IdRule(
+    "Flow id",
+    r"[a-zA-Z0-9][a-zA-Z0-9._-]*",
+    "letters, digits, . _ - (starting with a letter or digit)",
+    100,
+)
+NAMESPACE = IdRule(
+    "Namespace",
+    r"[a-z0-9][a-z0-9._-]*",
+    "lower-case letters, digits, . _ - (starting with a letter or digit)",
+    150,
+)
+TASK_ID = IdRule(
+    "Task id",
+    r"[a-zA-Z0-9][a-zA-Z0-9_-]*",
+    "letters, digits, _ - (starting with a letter or digit; no dots)",
+    100,
+)
+TRIGGER_ID = IdRule("Trigger id", TASK_ID.pattern, TASK_ID.allowed, 100)
+INPUT_ID = IdRule(
+    "Input id",
+    r"[a-zA-Z0-9][a-zA-Z0-9._-]*",
+    "letters, digits, . _ - (starting with a letter or digit)",
+    100,
+)
+OUTPUT_ID = IdRule("Output id", INPUT_ID.pattern, INPUT_ID.allowed, 100)
 
 
 class DependsOn(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -170,63 +223,11 @@ def walk(tasks: list[Task]) -> Iterator[Task]:
 # --- YAML with positions -----------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-def _construct(
-    node: yaml.Node, path: str, marks: dict[str, tuple[int, int]], problems: list[Problem]
-) -> Any:
-    marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        loader = _Loader("")
-        loader.flatten_mapping(node)
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            child = f"{path}.{key}" if path else str(key)
-            if key in out:
-                problems.append(
-                    Problem(
-                        f"Duplicate key '{key}': each key may appear once in a mapping",
-                        child,
-                        key_node.start_mark.line + 1,
-                        key_node.start_mark.column + 1,
-                    )
-                )
-            out[key] = _construct(value_node, child, marks, problems)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _construct(item, f"{path}[{i}]", marks, problems) for i, item in enumerate(node.value)
-        ]
-    return _Loader("").construct_object(node, deep=True)
-
-
 def load_yaml(source: str) -> tuple[Any, dict[str, tuple[int, int]], list[Problem]]:
-    """Parse YAML keeping each node's (line, column) by field path; syntax errors are problems."""
-    marks: dict[str, tuple[int, int]] = {}
-    problems: list[Problem] = []
-    try:
-        node = yaml.compose(source, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        reason = getattr(exc, "problem", None) or str(exc)
-        return (
-            None,
-            marks,
-            [
-                Problem(
-                    f"Invalid YAML: {reason}; fix the syntax at this position",
-                    "",
-                    mark.line + 1 if mark else None,
-                    mark.column + 1 if mark else None,
-                )
-            ],
-        )
-    if node is None:
-        return None, marks, problems
-    return _construct(node, "", marks, problems), marks, problems
+    """Parse YAML keeping each node's (line, column) by field path; syntax errors, documents
+    beyond the YAML limits (engine/safe_yaml.py) and values that cannot be stored are
+    problems."""
+    return load_with_marks(source)
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -283,11 +284,11 @@ class _Checker:
             return None
         ok = True
         task_id = raw.get("id")
-        if not isinstance(task_id, str) or not task_id:
+        if task_id is None:
             self.add(f"{path}.id", "Every task needs an `id` (a non-empty string)")
             ok = False
-        elif not _ID.match(task_id):
-            self.add(f"{path}.id", f"Task id '{task_id}' may only hold letters, digits, . _ -")
+        elif (wrong := TASK_ID.problem(task_id)) is not None:
+            self.add(f"{path}.id", wrong)
             ok = False
         elif task_id in self.task_ids:
             self.add(
@@ -333,7 +334,9 @@ class _Checker:
                 self.add(f"{path}.{name}", f"`{name}` is required for {type_name}")
                 ok = False
         nested = {
-            k: self.nested(v, f"{path}.{k}") for k, v in raw.items() if k in _nested_fields(cls)
+            k: self.nested(v, f"{path}.{k}", _container(cls, k))
+            for k, v in raw.items()
+            if k in _nested_fields(cls)
         }
         for k in nested:
             plain.pop(k, None)
@@ -356,22 +359,36 @@ class _Checker:
             ok = False
         return task if ok or self.recorded else None
 
-    def nested(self, raw: Any, path: str) -> Any:
-        # Lists of {task: ..., dependsOn: ...} (Dag) and maps of task lists (Switch cases).
-        if isinstance(raw, dict):
+    def nested(self, raw: Any, path: str, expected: type) -> Any:
+        """Maps of task lists (Switch `cases`) and lists of `{task, dependsOn}` (Dag `tasks`),
+        checked here as `expected` (dict or list) has them, since they hold tasks."""
+        if raw is None:
+            return expected()
+        if expected is dict:
+            if not isinstance(raw, dict):
+                self.add(path, f"Must be a mapping of names to task lists, not {_kind(raw)}")
+                return {}
             return {k: self.tasks(v, f"{path}.{k}", required=False) for k, v in raw.items()}
-        if isinstance(raw, list):
-            out = []
-            for i, item in enumerate(raw):
-                if isinstance(item, dict) and "task" in item:
-                    task = self.task(item["task"], f"{path}[{i}].task")
-                    if task is None:
-                        self.dropped += 1
-                    out.append({**item, "task": task})
-                else:
-                    out.append(item)
-            return out
-        return raw
+        if not isinstance(raw, list):
+            self.add(path, f"Must be a list of {{task, dependsOn}} items, not {_kind(raw)}")
+            return []
+        out = []
+        for i, item in enumerate(raw):
+            where = f"{path}[{i}]"
+            if not isinstance(item, dict) or "task" not in item:
+                self.add(where, "Each item must be a mapping with a `task` (and `dependsOn`)")
+                continue
+            depends = item.get("dependsOn")
+            if depends is not None and (
+                not isinstance(depends, list) or not all(isinstance(d, str) for d in depends)
+            ):
+                self.add(f"{where}.dependsOn", "`dependsOn` must be a list of task ids")
+                item = {**item, "dependsOn": []}
+            task = self.task(item["task"], f"{where}.task")
+            if task is None:
+                self.dropped += 1
+            out.append({**item, "task": task})
+        return out
 
     def add_msgspec(self, path: str, exc: msgspec.ValidationError, type_name: str) -> None:
         text = str(exc)
@@ -439,6 +456,15 @@ def _nested_fields(cls: type[Task]) -> tuple[str, ...]:
     return getattr(cls, "__nested_fields__", ())
 
 
+def _container(cls: type[Task], name: str) -> type:
+    """dict or list: what the task type's field `name` holds."""
+    for field in msgspec.structs.fields(cls):
+        if field.encode_name == name:
+            origin = typing.get_origin(field.type) or field.type
+            return dict if origin is dict else list
+    return list
+
+
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing (null)"
@@ -483,17 +509,14 @@ def _check_flow(raw: Any, c: _Checker) -> Flow | None:
         if key not in _FLOW_FIELDS:
             c.add(str(key), f"Unknown flow property `{key}`: remove it or fix its name")
     flow_id, namespace = raw.get("id"), raw.get("namespace")
-    if not isinstance(flow_id, str) or not flow_id:
+    if flow_id is None or flow_id == "":
         c.add("id", "The flow needs an `id` (letters, digits, . _ -)")
-    elif not _ID.match(flow_id):
-        c.add("id", f"Flow id '{flow_id}' may only hold letters, digits, . _ - (no spaces)")
-    if not isinstance(namespace, str) or not namespace:
+    elif (wrong := FLOW_ID.problem(flow_id)) is not None:
+        c.add("id", wrong)
+    if namespace is None or namespace == "":
         c.add("namespace", "The flow needs a `namespace`, e.g. company.team")
-    elif not _NAMESPACE.match(namespace):
-        c.add(
-            "namespace",
-            f"Namespace '{namespace}' may only hold lower-case letters, digits, . _ -",
-        )
+    elif (wrong := NAMESPACE.problem(namespace)) is not None:
+        c.add("namespace", wrong)
     c.defaults = _check_defaults(raw.get("pluginDefaults") or raw.get("taskDefaults"), c)
     tasks = c.tasks(raw.get("tasks"), "tasks", required=True)
     branches = {
@@ -504,16 +527,22 @@ def _check_flow(raw: Any, c: _Checker) -> Flow | None:
     labels = _check_labels(raw.get("labels"), c)
     if isinstance(raw.get("retry"), dict) and not c.recorded:
         _check_retry(raw["retry"], "retry", c)
-    for i, listener in enumerate(raw.get("listeners") or []):
+    listeners = raw.get("listeners")
+    for i, listener in enumerate(listeners if isinstance(listeners, list) else []):
         if isinstance(listener, dict):
             c.tasks(listener.get("tasks"), f"listeners[{i}].tasks", required=True)
+    _check_ids(raw.get("triggers"), "triggers", TRIGGER_ID, c)
+    _check_ids(raw.get("outputs"), "outputs", OUTPUT_ID, c)
     rest = {
         k: v
         for k, v in raw.items()
         if k in _FLOW_FIELDS
         and k not in ("tasks", "errors", "finally", "afterExecution", "inputs", "labels")
     }
-    rest.update(id=flow_id if isinstance(flow_id, str) else "", namespace=namespace or "")
+    rest.update(
+        id=flow_id if isinstance(flow_id, str) else "",
+        namespace=namespace if isinstance(namespace, str) else "",
+    )
     rest["tasks"] = []
     try:
         flow = msgspec.convert(rest, Flow)
@@ -539,6 +568,31 @@ def _check_flow(raw: Any, c: _Checker) -> Flow | None:
         inputs=inputs,
         labels=labels,
     )
+
+
+def _check_ids(raw: Any, name: str, rule: IdRule, c: _Checker) -> None:
+    """The ids of the triggers or outputs: present, well formed and unique (the rest of each
+    item is checked by its conversion)."""
+    if not isinstance(raw, list) or c.recorded:
+        return
+    seen: dict[str, str] = {}
+    for i, item in enumerate(raw):
+        path = f"{name}[{i}]"
+        if not isinstance(item, dict):
+            continue
+        item_id = item.get("id")
+        if item_id is None:
+            c.add(path, f"Every item of `{name}` needs an `id`")
+        elif (wrong := rule.problem(item_id)) is not None:
+            c.add(f"{path}.id", wrong)
+        elif item_id in seen:
+            c.add(
+                f"{path}.id",
+                f"Duplicate {rule.what.lower()} '{item_id}' (also at {seen[item_id]}): ids must "
+                "be unique",
+            )
+        else:
+            seen[item_id] = path
 
 
 RETRY_TYPES: dict[str, frozenset[str]] = {
@@ -721,8 +775,8 @@ def _check_inputs(raw: Any, c: _Checker) -> list[Input]:
         if input_id is None:
             c.add(path, "Every input needs an `id` (letters, digits, . _ -)")
             ok = False
-        elif not isinstance(input_id, str) or not _ID.match(input_id):
-            c.add(f"{path}.id", f"Input id {input_id!r} may only hold letters, digits, . _ -")
+        elif (wrong := INPUT_ID.problem(input_id)) is not None:
+            c.add(f"{path}.id", wrong)
             ok = False
         elif input_id in paths:
             c.add(
@@ -738,14 +792,16 @@ def _check_inputs(raw: Any, c: _Checker) -> list[Input]:
         if kind is None:
             c.add(f"{path}.type", f"Input '{name}' needs a `type`, e.g. STRING or INT")
             ok = False
-        elif kind not in INPUT_TYPES:
+        elif not isinstance(kind, str) or kind not in INPUT_TYPES:
             hint = (
                 f"write it in capitals: {kind.upper()}"
                 if isinstance(kind, str) and kind.upper() in INPUT_TYPES
                 else "use one of " + ", ".join(sorted(INPUT_TYPES))
             )
-            c.add(f"{path}.type", f"Unknown input type {kind!r}; {hint}")
+            shown = repr(kind) if isinstance(kind, str) else _kind(kind)
+            c.add(f"{path}.type", f"Unknown input type {shown}; {hint}")
             ok = False
+            kind = None
         for key in item:
             if key in _INPUT_COMMON or key in _INPUT_SPECIFIC.get(str(kind), ()):
                 continue
