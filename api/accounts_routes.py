@@ -13,7 +13,16 @@ import orjson
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from api.auth import Guard, access, actor, principal
+from api.auth import (
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    Guard,
+    access,
+    actor,
+    principal,
+    public,
+)
 from engine import accounts
 from engine.accounts import ROLES, namespace_in
 from engine.errors import Forbidden, InvalidRequest, NotFound
@@ -61,6 +70,38 @@ def register(app: QuartTrio, guard: Guard) -> None:
     async def fresh() -> accounts.Accounts:
         guard.accounts = await accounts.load(guard.ctx.db, guard.accounts)
         return guard.accounts
+
+    @app.post("/api/v1/login")
+    @public
+    async def login() -> Response:
+        # Public (no credentials yet), but only from this server's own pages or from tools.
+        guard.check_same_origin()
+        if not guard.enabled:
+            raise InvalidRequest("This server runs without authentication (--no-auth)")
+        body = await _object()
+        who, cookie, csrf = await guard.login(
+            _text(body, "username") or "", _text(body, "password") or ""
+        )
+        response = _answer({"principal": who.actor, "role": who.role, "csrfToken": csrf})
+        response.set_cookie(
+            SESSION_COOKIE,
+            cookie,
+            max_age=SESSION_SECONDS,
+            httponly=True,
+            samesite="Strict",
+            secure=request.scheme == "https",
+            path="/",
+        )
+        response.headers[CSRF_HEADER] = csrf
+        return response
+
+    @app.post("/api/v1/logout")
+    @public
+    async def logout() -> Response:
+        guard.check_same_origin()
+        response = Response("", status=204)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
 
     @app.get("/api/v1/me")
     @access("viewer")

@@ -9,7 +9,10 @@ never be open by mistake. Before a request reaches its route:
    bodies a page on another site can send without the browser asking first (text/plain, forms)
    are refused, and so is a page's request to a server bound without authentication under a
    host name that is not local (DNS rebinding).
-2. Credentials are checked: HTTP basic auth (users) or `Authorization: Bearer` (API tokens).
+2. Credentials are checked: HTTP basic auth (users), `Authorization: Bearer` (API tokens), or
+   the session cookie `POST /api/v1/login` sets for the web UI (HttpOnly, SameSite=Strict,
+   signed with a key the web servers share); a state-changing request made with the cookie
+   must also send the session's CSRF token in `X-CSRF-Token`.
 3. The principal's role must reach the route's role, and its namespaces the namespace the route
    acts on (from the path, or the execution named in the path); routes that list objects filter
    them to the principal's namespaces, and routes that take a namespace from the body check it.
@@ -21,15 +24,20 @@ thousands), refusals counted in between.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import hashlib
+import hmac
 import logging
+import secrets
 import time
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import orjson
 import trio
 from quart import g, request
 from quart_trio import QuartTrio
@@ -65,6 +73,9 @@ BODY_TYPES = (
 urlencoded forms without the browser asking the server first; these it cannot."""
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SESSION_COOKIE = "tiercel_session"
+SESSION_SECONDS = 8 * 3600
+CSRF_HEADER = "X-CSRF-Token"
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
@@ -140,6 +151,7 @@ class Guard:
         self._recorded: dict[tuple[str, str, str, str], tuple[float, int]] = {}
         self.anonymous = Principal("anonymous", "local", accounts.ADMIN)
         self.allowed_origins = {o.rstrip("/").lower() for o in ctx.allowed_origins}
+        self._session_key: bytes | None = None
 
     # --- the hook ------------------------------------------------------------------------------
 
@@ -150,7 +162,7 @@ class Guard:
         if role == PUBLIC:
             return
         if request.method not in SAFE_METHODS:
-            self._check_same_origin()
+            self.check_same_origin()
         who = await self._authenticate()
         g.principal = who
         if view is None:
@@ -173,7 +185,8 @@ class Guard:
 
     # --- cross-site requests ---------------------------------------------------------------------
 
-    def _check_same_origin(self) -> None:
+    def check_same_origin(self) -> None:
+        """Refuse a state-changing request a page on another site could have sent."""
         site = request.headers.get("Sec-Fetch-Site")
         origin = request.headers.get("Origin")
         own = self._own_origin()
@@ -211,6 +224,8 @@ class Guard:
         header = request.headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
         scheme = scheme.lower()
+        if not header and request.cookies.get(SESSION_COOKIE):
+            return await self._session(request.cookies[SESSION_COOKIE])
         if not header:
             raise self._challenge("Authentication required: send basic auth or a bearer token")
         await self._refresh()
@@ -234,6 +249,60 @@ class Guard:
             self._record(who.actor, "basic")
             return who
         raise self._challenge(f"Unsupported Authorization scheme {scheme[:20]!r}")
+
+    async def login(self, username: str, password: str) -> tuple[Principal, str, str]:
+        """Check a password and open a session: `(principal, cookie value, CSRF token)`."""
+        await self._refresh()
+        user = self.accounts.users.get(username)
+        if user is None or user.revoked or not await self._password_ok(user, password):
+            self._record(f"user:{username[:100]}", "session", refused="bad credentials", every=0)
+            raise Unauthorized("Invalid username or password")
+        who = self.accounts.user_principal(user)
+        self._record(who.actor, "session", every=0)
+        csrf = secrets.token_urlsafe(24)
+        expires = int(time.time()) + SESSION_SECONDS
+        payload = base64.urlsafe_b64encode(
+            orjson.dumps([user.username, user.version, expires, csrf])
+        ).decode()
+        return who, f"{payload}.{await self._sign(payload)}", csrf
+
+    async def _session(self, cookie: str) -> Principal:
+        payload, _, signature = cookie.partition(".")
+        if not payload or not hmac.compare_digest(signature, await self._sign(payload)):
+            raise Unauthorized("The session is not valid: log in again")
+        try:
+            username, version, expires, csrf = orjson.loads(base64.urlsafe_b64decode(payload))
+        except (ValueError, TypeError, binascii.Error):
+            raise Unauthorized("The session is not valid: log in again") from None
+        if expires < time.time():
+            raise Unauthorized("The session expired: log in again")
+        await self._refresh()
+        user = self.accounts.users.get(username)
+        if user is None or user.revoked or user.version != version:
+            # A password change, a new role or a revocation ends every session of the account.
+            raise Unauthorized("The session ended (the account changed): log in again")
+        if request.method not in SAFE_METHODS:
+            sent = request.headers.get(CSRF_HEADER, "")
+            if not hmac.compare_digest(sent, csrf):
+                raise Forbidden(f"Missing or wrong {CSRF_HEADER} header for this session")
+        return self.accounts.user_principal(user)
+
+    async def _sign(self, payload: str) -> str:
+        if self._session_key is None:
+            self._session_key = await self._load_key("session")
+        digest = hmac.new(self._session_key, payload.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    async def _load_key(self, name: str) -> bytes:
+        def load(conn: Any) -> bytes:
+            conn.execute(
+                "INSERT INTO auth_keys (name, key) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (name, secrets.token_bytes(32)),
+            )
+            row = conn.execute("SELECT key FROM auth_keys WHERE name = %s", (name,)).fetchone()
+            return bytes(row[0])
+
+        return await self.ctx.db.run(load)
 
     def _challenge(self, message: str) -> Unauthorized:
         exc = Unauthorized(message)
@@ -266,11 +335,14 @@ class Guard:
 
     # --- the audit of logins ---------------------------------------------------------------------
 
-    def _record(self, who: str, method: str, refused: str | None = None) -> None:
+    def _record(
+        self, who: str, method: str, refused: str | None = None, every: float | None = None
+    ) -> None:
         source = request.remote_addr or ""
         key = (who, method, source, "refused" if refused else "ok")
         now = time.monotonic()
-        every = REFUSAL_RECORD_EVERY if refused else LOGIN_RECORD_EVERY
+        if every is None:
+            every = REFUSAL_RECORD_EVERY if refused else LOGIN_RECORD_EVERY
         last, count = self._recorded.get(key, (-every, 0))
         if now - last < every:
             self._recorded[key] = (last, count + 1)
@@ -315,9 +387,6 @@ class Guard:
 
 
 def _basic(value: str) -> tuple[str, str]:
-    import base64
-    import binascii
-
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):

@@ -69,6 +69,8 @@ class Unauthorized(TiercelError):
     """The request carries no credentials, or credentials that are not valid."""
 
     status = 401
+    headers: dict[str, str] = {}
+    """Response headers that go with the answer (the authentication challenge)."""
 
 
 class Forbidden(TiercelError):

@@ -49,6 +49,8 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("GET", "/health", {}, "public"),
     ("GET", "/health/liveness", {}, "public"),
     ("GET", "/health/readiness", {}, "public"),
+    ("POST", "/api/v1/login", {"json": {}}, "public"),
+    ("POST", "/api/v1/logout", {}, "public"),
     ("POST", "/api/v1/flows", {"content": "id: [", "headers": YAML}, "editor"),
     ("POST", "/api/v1/flows/validate", {"content": _flow(NS), "headers": YAML}, "viewer"),
     ("GET", "/api/v1/flows/search", {}, "viewer"),
@@ -324,3 +326,46 @@ async def test_without_auth_only_local_pages_may_change_anything(
         )
         assert rebound.status_code == 403 and "local host name" in rebound.json()["message"]
         assert (await http.post("/api/v1/flows", content=_flow(ns), headers=YAML)).is_success
+
+
+async def test_ui_session_cookie_needs_its_csrf_token_to_change_anything(
+    client: httpx.AsyncClient,
+) -> None:
+    """The web UI logs in once: an HttpOnly, SameSite=Strict cookie, and a CSRF token that
+    every state-changing request made with the cookie must carry."""
+    from tests.conftest import ADMIN_PASSWORD
+
+    ns = _ns()
+    async with httpx.AsyncClient(base_url=client.base_url, timeout=30) as browser:
+        wrong = await browser.post("/api/v1/login", json={"username": "admin", "password": "x"})
+        assert wrong.status_code == 401 and "tiercel_session" not in wrong.headers.get(
+            "set-cookie", ""
+        )
+        cross = await browser.post(
+            "/api/v1/login",
+            json={"username": "admin", "password": ADMIN_PASSWORD},
+            headers={"Origin": "https://evil.example"},
+        )
+        assert cross.status_code == 403
+        login = await browser.post(
+            "/api/v1/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+        )
+        assert login.status_code == 200, login.text
+        cookie = login.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        csrf = login.json()["csrfToken"]
+        assert (await browser.get("/api/v1/me")).json()["principal"] == "user:admin"
+        forged = await browser.post("/api/v1/flows", content=_flow(ns), headers=YAML)
+        assert forged.status_code == 403 and "X-CSRF-Token" in forged.json()["message"]
+        assert (await client.get(f"/api/v1/flows/{ns}/hello")).status_code == 404
+        made = await browser.post(
+            "/api/v1/flows", content=_flow(ns), headers={**YAML, "X-CSRF-Token": csrf}
+        )
+        assert made.status_code == 200, made.text
+        payload, _, signature = browser.cookies["tiercel_session"].partition(".")
+        forged_payload = payload[:-4] + ("AAAA" if payload[-4:] != "AAAA" else "BBBB")
+    for cookie_value in (f"{payload}.{signature[::-1]}", f"{forged_payload}.{signature}"):
+        async with httpx.AsyncClient(
+            base_url=client.base_url, headers={"Cookie": f"tiercel_session={cookie_value}"}
+        ) as tampered:
+            assert (await tampered.get("/api/v1/me")).status_code == 401
