@@ -8,6 +8,7 @@ Streams:
   claimed it (and by the watchdog when that worker is lost).
 - ``worker:<workerId>``: a worker's life and heartbeats.
 - ``kv:<namespace>/<key>``: one key of a namespace's KV store.
+- ``secret:<namespace>/<key>``: changes to one secret of a namespace (never its value).
 - ``user:<username>``, ``token:<tokenId>``: accounts and API tokens.
 - ``login:<principal>``: logins and refused credentials.
 """
@@ -332,6 +333,30 @@ def trigger_stream(namespace: str, flow_id: str, trigger_id: str) -> str:
     return f"trigger:{namespace}/{flow_id}/{trigger_id}"
 
 
+# --- secrets ---------------------------------------------------------------------------------
+# The values live encrypted in the `namespace_secrets` table, where they can be erased; the
+# events only say who changed which key.
+
+
+class SecretSet(Event, frozen=True):
+    """A secret of a namespace was stored or replaced (its value is never in the event)."""
+
+    namespace: str
+    key: str
+
+
+class SecretDeleted(Event, frozen=True):
+    """A secret of a namespace was deleted."""
+
+    namespace: str
+    key: str
+
+
+def secret_stream(namespace: str, key: str) -> str:
+    """The stream of the changes to one secret of a namespace."""
+    return f"secret:{namespace}/{key}"
+
+
 # --- accounts ------------------------------------------------------------------------------------
 
 
@@ -465,6 +490,8 @@ AnyEvent = (
     | KVSet
     | KVDeleted
     | TriggerToggled
+    | SecretSet
+    | SecretDeleted
     | UserCreated
     | UserUpdated
     | UserRevoked

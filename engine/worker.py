@@ -43,7 +43,6 @@ is recorded once.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
 import fcntl
@@ -67,7 +66,7 @@ import psycopg
 import trio
 
 from engine import events as ev
-from engine import kv, templating
+from engine import kv, secrets, templating
 from engine.backoff import Backoff, describe, is_transient, retry
 from engine.batcher import GroupCommitter
 from engine.db import Notifier
@@ -155,6 +154,8 @@ class AttemptContext:
         """The process groups the task started and has not stopped yet."""
         self.frozen = False
         """Its process groups are stopped with SIGSTOP until `thaw` or `kill_frozen`."""
+        self.masker = secrets.Masker()
+        """The secret values the task could see, masked in what it logs, returns or fails with."""
 
     def render(self, value: Any) -> Any:
         """Render templates inside `value` with the attempt's variables."""
@@ -186,6 +187,8 @@ class AttemptContext:
         prefix = task_prefix(
             self.namespace, self.flow_id, self.execution_id, self.task_id, self.task_run_id
         )
+        if isinstance(source, Path):
+            _check_inside(self.working_dir, source)
         filename = name or (source.name if isinstance(source, Path) else uuid.uuid4().hex)
         return await trio.to_thread.run_sync(self.storage.put, prefix, filename, source)
 
@@ -833,6 +836,15 @@ class Worker:
         except Exception as exc:  # the definition cannot be read: the attempt fails, not us
             log.exception("Reading the definition of %s failed", attempt.stream)
             return ev.AttemptFailed(**ids, message=f"The task's definition cannot be read: {exc}")
+        try:
+            # SECRET inputs are recorded encrypted: the task gets their values, masked wherever
+            # it would show them.
+            context, revealed = await retry(
+                lambda: secrets.decrypt_values(self.store.db, ids["executionId"], context),
+                what=f"reading the key of execution {ids['executionId']}",
+            )
+        except TiercelError as exc:
+            return ev.AttemptFailed(**ids, message=f"The execution's secret values: {exc.message}")
         level = str(task.get("logLevel") or "TRACE")
         ctx = AttemptContext(
             attempt.scheduled,
@@ -845,6 +857,8 @@ class Worker:
             process_groups=self._home,
         )
         attempt.ctx = ctx
+        for value in revealed:
+            ctx.masker.add(value)
         shared = context.get("_workingDirectory")
         try:
             workdir.mkdir(parents=True, exist_ok=True)
@@ -888,7 +902,7 @@ class Worker:
 
     async def _finish(self, attempt: _Attempt, outcome: ev.Event) -> None:
         """Record the attempt's last log lines and its outcome."""
-        events: list[ev.Event] = [*await self._log_events(attempt), outcome]
+        events: list[ev.Event] = [*await self._log_events(attempt), _masked(attempt, outcome)]
         request = Append(
             attempt.stream, events, attempt.version, f"end:{attempt.stream}", attempt.meta
         )
@@ -923,6 +937,8 @@ class Worker:
         batch: list[dict[str, Any]] = []
         size = 0
         for line in ctx.take_lines():
+            if ctx.masker:
+                line = {**line, "message": ctx.masker.text(str(line.get("message", "")))}
             line = await self._bounded(attempt, ctx, line)
             n = len(_json.encode(line))
             if batch and size + n > MAX_LOG_BATCH_BYTES:
@@ -983,7 +999,7 @@ class Worker:
             outcome = a.outcome or ev.AttemptAbandoned(
                 **a.ids, reason=f"worker {a.worker_id} stopped"
             )
-            events: list[ev.Event] = [*await self._log_events(a), outcome]
+            events: list[ev.Event] = [*await self._log_events(a), _masked(a, outcome)]
             appends.append(Append(a.stream, events, a.version, f"end:{a.stream}", a.meta))
         appends.append(
             Append(
@@ -1110,7 +1126,11 @@ class Worker:
         if shared:
             await self._restore_directory(attempt, context, workdir, shared)
         definition = msgspec.json.encode(task).decode()
-        extra: dict[str, Any] = {"read": self._read, "secret": _secret}
+        extra: dict[str, Any] = {"read": self._read}
+        if "secret(" in definition and attempt.ctx is not None:
+            namespace = str((context.get("flow") or {}).get("namespace", ""))
+            stored, unreadable = await secrets.namespace_values(self.store.db, namespace)
+            extra["secret"] = secrets.lookup(namespace, stored, unreadable, attempt.ctx.masker.add)
         if "errorLogs(" in definition:
             lines = await self._error_logs(attempt.scheduled.executionId)
             extra["errorLogs"] = lambda: lines
@@ -1227,6 +1247,7 @@ class Worker:
             glob = str(templating.render(str(pattern), variables))
             for path in sorted(workdir.glob(glob)):
                 if path.is_file():
+                    _check_inside(workdir, path)
                     name = path.relative_to(workdir).as_posix()
                     put = functools.partial(
                         self.storage.put,
@@ -1470,18 +1491,29 @@ def _kv_namespaces(value: Any) -> set[str]:
     return found
 
 
-def _secret(name: str) -> str:
-    """A secret, by Kestra's open-source convention: env var SECRET_<NAME>, base64-encoded."""
-    raw = os.environ.get(f"SECRET_{name}")
-    if raw is None:
-        raise TemplateError(
-            f"secret('{name}') is not set: give the workers the environment variable "
-            f"SECRET_{name} holding its value in base64"
+def _masked(attempt: _Attempt, outcome: ev.Event) -> ev.Event:
+    """`outcome` with the attempt's secret values masked in whatever the task gave it."""
+    masker = attempt.ctx.masker if attempt.ctx is not None else None
+    if not masker:
+        return outcome
+    changes = {
+        name: masker.value(getattr(outcome, name))
+        for name in ("outputs", "metrics", "message", "reason")
+        if hasattr(outcome, name)
+    }
+    return msgspec.structs.replace(outcome, **changes)
+
+
+def _check_inside(root: Path, path: Path) -> None:
+    """Refuse to store a file that resolves outside the attempt's directory: a script could
+    otherwise link one of its outputs to a file only the worker may read (its /proc/self/environ,
+    the master key), and have the worker copy it into storage."""
+    resolved = path.resolve()
+    if resolved != root.resolve() and root.resolve() not in resolved.parents:
+        raise TaskFailure(
+            f"{path.name} leads outside the working directory (a link?): only files inside it "
+            "can be kept"
         )
-    try:
-        return base64.b64decode(raw).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise TemplateError(f"SECRET_{name} is not valid base64") from None
 
 
 def _timeout_seconds(value: str | None) -> float | None:

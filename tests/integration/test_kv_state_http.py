@@ -620,7 +620,7 @@ tasks:
     assert posted["contentType"] == "application/json"
     assert json.loads(posted["body"]) == {"name": "calls", "size": 3}
     assert posted["xTest"] == "calls"
-    assert posted["authorization"] == "Bearer t0ken"
+    assert posted["authorization"] == "Bearer ******"  # sent, and masked in the outputs
 
     form = json.loads(_out(state, "form")["body"])
     assert form["contentType"] == "application/x-www-form-urlencoded"
@@ -729,6 +729,6 @@ tasks:
             ns=ns,
         ),
     )
-    assert _out(state, "known") == {"value": "pa55-wörd"}
+    assert _out(state, "known") == {"value": "******"}  # read, and masked in its output
     assert state.state == "FAILED"
     assert "SECRET_NOT_CONFIGURED" in _message(state, "unknown")

@@ -1,0 +1,680 @@
+"""Secrets: where their values come from, how they are kept, and how they are kept out of sight.
+
+Values. `secret('NAME')` in a task's properties reads, in order, the secret store of the flow's
+namespace and of each parent namespace (`a.b.c`, `a.b`, `a`), then the worker's environment
+variable `SECRET_NAME` (base64, Kestra's open-source convention).
+
+The store. A namespace's secrets are rows of `namespace_secrets`, each value encrypted with
+AES-GCM under the master key (`TIERCEL_SECRET_KEY`, or `secret-key` /
+`kestra.encryption.secret-key` in the config file; `server local` on its embedded database makes
+one in its data directory). They are rows rather than events because a secret must be erasable:
+an old value written into the append-only log would stay there, readable by anyone who ever gets
+the master key. Changes are recorded as events all the same (`SecretSet`, `SecretDeleted`, with
+the actor), naming the key and never the value, so the audit trail is complete.
+
+Recorded values. A SECRET input (or resume value) must be recorded with its execution, so it is
+encrypted in the event with a key of that execution kept in `execution_keys`, outside `events`:
+deleting that row makes every copy unreadable. The event holds Kestra's encrypted-string shape
+`{"type": "io.kestra.datatype:aes_encrypted", "value": ...}`; the pure core passes it along as
+data, the worker decrypts it when it renders a task, and the API shows it as `******`.
+
+Masking. Every secret value a task could see (what `secret()` returned to it, its SECRET inputs)
+is replaced by `******` in its log lines, outputs, metrics and failure message before they are
+recorded, together with simple encodings of it that a script might print (see `Masker`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import re
+import urllib.parse
+from collections.abc import Callable, Collection, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from engine import events as ev
+from engine.errors import InvalidRequest, NotFound, TemplateError, TiercelError
+from engine.store import Append, EventStore
+
+if TYPE_CHECKING:
+    from engine.db import Database
+    from engine.flow import Flow
+
+log = logging.getLogger(__name__)
+
+MASK = "******"
+"""What a secret value is replaced with wherever it would be shown or recorded."""
+ENCRYPTED_TYPE = "io.kestra.datatype:aes_encrypted"
+"""The `type` of an encrypted value in an event (Kestra's EncryptedString)."""
+KEY_ENV = "TIERCEL_SECRET_KEY"
+"""The environment variable holding the master key (base64 of 16, 24 or 32 random bytes)."""
+KEY_FILE = "secret.key"
+"""The master key file `server local` writes in its data directory when none is configured."""
+ENV_PREFIX = "SECRET_"
+"""Kestra's open-source convention: secret NAME is the variable SECRET_NAME, in base64."""
+SHORT = 4
+"""Values shorter than this are masked only where they stand alone, not inside a word, and
+their encodings are not masked (they would blank out unrelated text)."""
+
+_VERSION = b"\x01"
+_NONCE_BYTES = 12
+_EXECUTION_KEY_AAD = b"tiercel:execution-key"
+_VALUE_AAD = b"tiercel:value"
+_KEY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,254}$")
+_HOW_TO_SET = (
+    f"set {KEY_ENV} (base64 of 32 random bytes, e.g. `openssl rand -base64 32`) in the "
+    "environment of every server and CLI, or `secret-key` in the config file"
+)
+
+
+class SecretsUnavailable(TiercelError):
+    """Secrets cannot be stored or read here: no master key, or not the one they were made with."""
+
+    status = 503
+
+
+# --- the master key ------------------------------------------------------------------------------
+
+_configured: bytes | None = None
+_parsed: dict[str, bytes] = {}
+
+
+def parse_master_key(text: str, where: str) -> bytes:
+    """The AES key a configured master key (base64) stands for; `where` names its source in
+    the error that a malformed key raises."""
+    cached = _parsed.get(text)
+    if cached is not None:
+        return cached
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) not in (16, 24, 32):
+        raise SecretsUnavailable(
+            f"The master key in {where} is not base64 of 16, 24 or 32 bytes; generate one with "
+            "`openssl rand -base64 32`"
+        )
+    _parsed[text] = key
+    return key
+
+
+def configure_master_key(
+    value: str | None, data_dir: Path | None, *, generate: bool = False
+) -> str | None:
+    """Settle this process's master key at start and return where it comes from (None: there
+    is none). `TIERCEL_SECRET_KEY` wins; then `value` (from the config file); then the key file
+    of `data_dir`; then, with `generate` (an embedded database no other process shares), a new
+    key written to that file (mode 0600)."""
+    global _configured
+    if raw := os.environ.get(KEY_ENV):
+        _configured = parse_master_key(raw, KEY_ENV)
+        return KEY_ENV
+    if value:
+        _configured = parse_master_key(str(value), "the config file (secret-key)")
+        return "the config file"
+    if data_dir is None:
+        return None
+    path = Path(data_dir) / KEY_FILE
+    if not path.exists() and generate:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = base64.b64encode(os.urandom(32)).decode() + "\n"
+        try:
+            # O_EXCL: two processes starting at once keep one key, the first one written.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+            log.warning(
+                "Generated the master key for secrets in %s (mode 0600). Back it up with the "
+                "data directory: without it no stored secret can be read. Set %s to use a key "
+                "of your own.",
+                path,
+                KEY_ENV,
+            )
+    if not path.exists():
+        return None
+    if path.stat().st_mode & 0o077:
+        log.warning("The master key file %s is readable by others: chmod 600 it", path)
+    _configured = parse_master_key(path.read_text(), str(path))
+    return str(path)
+
+
+def master_key() -> bytes | None:
+    """The master key of this process, if it has one (`TIERCEL_SECRET_KEY` is read each time,
+    so a key given in the environment is always the one used)."""
+    raw = os.environ.get(KEY_ENV)
+    if raw:
+        return parse_master_key(raw, KEY_ENV)
+    return _configured
+
+
+def _require_master_key(doing: str) -> bytes:
+    key = master_key()
+    if key is None:
+        raise SecretsUnavailable(
+            f"No master key is configured, so secrets cannot be {doing}: " + _HOW_TO_SET
+        )
+    return key
+
+
+# --- encryption ----------------------------------------------------------------------------------
+
+
+def encrypt(key: bytes, plaintext: bytes, aad: bytes) -> str:
+    """`plaintext` encrypted and authenticated with `key` (AES-GCM, a fresh random nonce),
+    bound to `aad`, as base64 text."""
+    nonce = os.urandom(_NONCE_BYTES)
+    return base64.b64encode(_VERSION + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)).decode()
+
+
+def decrypt(key: bytes, token: str, aad: bytes) -> bytes:
+    """The plaintext of `encrypt`'s result; `ValueError` when it was not made with this key and
+    `aad`, or was changed."""
+    try:
+        raw = base64.b64decode(token, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not an encrypted value") from None
+    if len(raw) < 1 + _NONCE_BYTES + 16 or raw[:1] != _VERSION:
+        raise ValueError("not an encrypted value of a known version")
+    nonce, body = raw[1 : 1 + _NONCE_BYTES], raw[1 + _NONCE_BYTES :]
+    try:
+        return AESGCM(key).decrypt(nonce, body, aad)
+    except InvalidTag:
+        raise ValueError("it was encrypted with another key, or changed") from None
+
+
+# --- the store of namespaces' secrets ------------------------------------------------------------
+
+
+def check_key(namespace: str, key: str) -> None:
+    """Refuse a namespace or secret key that does not follow the naming rules."""
+    if not _NAMESPACE.match(namespace or ""):
+        raise InvalidRequest(
+            f"Invalid namespace {namespace[:100]!r}: use letters, digits and . _ - (at most 255)"
+        )
+    if not _KEY_NAME.match(key or ""):
+        raise InvalidRequest(
+            f"Invalid secret key {key[:100]!r}: use letters, digits and . _ - (at most 255), "
+            "e.g. DB_PASSWORD"
+        )
+
+
+def _store_aad(namespace: str, key: str) -> bytes:
+    return f"tiercel:secret:{namespace}/{key}".encode()
+
+
+def parents(namespace: str) -> list[str]:
+    """`namespace` and each namespace above it, nearest first (`a.b.c`, `a.b`, `a`)."""
+    parts = namespace.split(".")
+    return [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
+
+
+async def set_secret(
+    store: EventStore,
+    namespace: str,
+    key: str,
+    value: str,
+    *,
+    description: str | None = None,
+    actor: str = "api",
+) -> dict[str, Any]:
+    """Store (or replace) a secret of `namespace`, encrypted with the master key, and record
+    who did it; return its metadata. Refused without a master key."""
+    check_key(namespace, key)
+    if not isinstance(value, str) or value == "":
+        raise InvalidRequest("A secret's value must be a non-empty string")
+    master = _require_master_key("stored")
+    ciphertext = encrypt(master, value.encode(), _store_aad(namespace, key))
+
+    def write(conn: psycopg.Connection[Any]) -> None:
+        conn.execute(
+            "INSERT INTO namespace_secrets (namespace, key, ciphertext, description, updated_by)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (namespace, key) DO UPDATE SET"
+            " ciphertext = EXCLUDED.ciphertext, description = EXCLUDED.description,"
+            " updated_by = EXCLUDED.updated_by, updated_at = clock_timestamp()",
+            (namespace, key, ciphertext, description, actor),
+        )
+
+    audit = Append(
+        ev.secret_stream(namespace, key),
+        [ev.SecretSet(namespace=namespace, key=key)],
+        meta={"actor": actor},
+    )
+    # One transaction: the row and its audit event are written together or not at all.
+    await store.append_many([audit], extra=write)
+    found = await _metadata(store.db, namespace, key)
+    assert found is not None
+    return found
+
+
+async def delete_secret(store: EventStore, namespace: str, key: str, *, actor: str = "api") -> None:
+    """Delete a secret of `namespace` (its value is gone for good); NotFound when none."""
+    check_key(namespace, key)
+
+    class _Missing(Exception):
+        pass
+
+    def remove(conn: psycopg.Connection[Any]) -> None:
+        gone = conn.execute(
+            "DELETE FROM namespace_secrets WHERE namespace = %s AND key = %s RETURNING key",
+            (namespace, key),
+        ).fetchone()
+        if gone is None:
+            raise _Missing  # rolls back the audit event: nothing was deleted
+
+    audit = Append(
+        ev.secret_stream(namespace, key),
+        [ev.SecretDeleted(namespace=namespace, key=key)],
+        meta={"actor": actor},
+    )
+    try:
+        await store.append_many([audit], extra=remove)
+    except _Missing:
+        raise NotFound(f"Namespace {namespace} has no secret {key}") from None
+
+
+def _meta_json(row: dict[str, Any]) -> dict[str, Any]:
+    updated = row["updated_at"]
+    return {
+        "namespace": row["namespace"],
+        "key": row["key"],
+        "description": row["description"],
+        "updated": updated.isoformat().replace("+00:00", "Z") if updated else None,
+        "updatedBy": row["updated_by"],
+    }
+
+
+async def _metadata(db: Database, namespace: str, key: str) -> dict[str, Any] | None:
+    row = await db.fetchone(
+        "SELECT namespace, key, description, updated_at, updated_by FROM namespace_secrets"
+        " WHERE namespace = %s AND key = %s",
+        (namespace, key),
+    )
+    return _meta_json(row) if row else None
+
+
+async def secret_metadata(db: Database, namespace: str, key: str) -> dict[str, Any]:
+    """What is known of one secret without its value; NotFound when none."""
+    check_key(namespace, key)
+    found = await _metadata(db, namespace, key)
+    if found is None:
+        raise NotFound(f"Namespace {namespace} has no secret {key}")
+    return found
+
+
+async def list_secrets(db: Database, namespace: str) -> list[dict[str, Any]]:
+    """The secrets of `namespace` (keys and metadata, never values), sorted by key."""
+    check_key(namespace, "x")
+    rows = await db.fetchall(
+        "SELECT namespace, key, description, updated_at, updated_by FROM namespace_secrets"
+        " WHERE namespace = %s ORDER BY key",
+        (namespace,),
+    )
+    return [_meta_json(r) for r in rows]
+
+
+async def namespace_values(db: Database, namespace: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The secrets a task of `namespace` may read from the store: (value by key, the nearest
+    namespace's secret overriding a parent's; why, by key, a secret could not be decrypted)."""
+    chain = parents(namespace) if _NAMESPACE.match(namespace or "") else []
+    if not chain:
+        return {}, {}
+    rows = await db.fetchall(
+        "SELECT namespace, key, ciphertext FROM namespace_secrets WHERE namespace = ANY(%s)",
+        (chain,),
+    )
+    if not rows:
+        return {}, {}
+    master = master_key()
+    values: dict[str, str] = {}
+    unreadable: dict[str, str] = {}
+    # Farthest first, so a nearer namespace's secret replaces its parent's.
+    for row in sorted(rows, key=lambda r: -chain.index(r["namespace"])):
+        key = row["key"]
+        where = f"secret {key} of namespace {row['namespace']}"
+        if master is None:
+            unreadable[key] = (
+                f"{where} cannot be decrypted: this worker has no master key; " + _HOW_TO_SET
+            )
+            values.pop(key, None)
+            continue
+        try:
+            plain = decrypt(master, row["ciphertext"], _store_aad(row["namespace"], key))
+            values[key] = plain.decode()
+            unreadable.pop(key, None)
+        except (ValueError, UnicodeDecodeError) as exc:
+            unreadable[key] = (
+                f"{where} cannot be decrypted ({exc}): the workers' master key is not the one "
+                "it was stored with"
+            )
+            values.pop(key, None)
+    return values, unreadable
+
+
+def env_secret(name: str) -> str | None:
+    """Secret `name` from the environment (`SECRET_<NAME>`, base64), or None when unset."""
+    raw = os.environ.get(f"{ENV_PREFIX}{name}")
+    if raw is None:
+        return None
+    try:
+        return base64.b64decode(raw, validate=True).decode()
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise TemplateError(
+            f"{ENV_PREFIX}{name} is not valid base64 of UTF-8 text; set it to the base64 of "
+            "the secret's value"
+        ) from None
+
+
+def lookup(
+    namespace: str,
+    stored: dict[str, str],
+    unreadable: dict[str, str],
+    seen: Callable[[str], None],
+) -> Callable[..., str]:
+    """The `secret(name)` of a task's templates: the store's values of `namespace` and its
+    parents (read beforehand: rendering cannot wait for the database), then `SECRET_<NAME>`.
+    Each value it returns goes to `seen`, so it is masked wherever the task would show it."""
+
+    def secret(name: Any) -> str:
+        key = str(name)
+        if not _KEY_NAME.match(key):
+            raise TemplateError(
+                f"secret({key[:100]!r}): not a secret name (letters, digits, . _ -)"
+            )
+        if key in stored:
+            value = stored[key]
+        elif key in unreadable:
+            raise TemplateError(f"secret('{key}'): {unreadable[key]}")
+        else:
+            found = env_secret(key)
+            if found is None:
+                raise TemplateError(
+                    f"secret('{key}') is not set: store it with `tiercel secrets set "
+                    f"{namespace or '<namespace>'} {key}` (or PUT /api/v1/namespaces/"
+                    f"{namespace or '<namespace>'}/secrets/{key}), or give the workers the "
+                    f"environment variable {ENV_PREFIX}{key} holding its value in base64"
+                )
+            value = found
+        seen(value)
+        return value
+
+    return secret
+
+
+# --- the keys of executions and the values encrypted with them -----------------------------------
+
+
+def is_encrypted(value: Any) -> bool:
+    """Whether `value` is an encrypted value as events hold it."""
+    return (
+        isinstance(value, dict)
+        and len(value) == 2
+        and value.get("type") == ENCRYPTED_TYPE
+        and isinstance(value.get("value"), str)
+    )
+
+
+def _wrap(key: bytes) -> tuple[bytes, bool]:
+    master = master_key()
+    if master is None:
+        return key, False
+    return encrypt(master, key, _EXECUTION_KEY_AAD).encode(), True
+
+
+def _unwrap(stored: bytes, wrapped: bool, execution_id: str) -> bytes:
+    if not wrapped:
+        return bytes(stored)
+    master = master_key()
+    if master is None:
+        raise SecretsUnavailable(
+            f"The key of execution {execution_id} is encrypted with the master key, which this "
+            "process does not have: " + _HOW_TO_SET
+        )
+    try:
+        return decrypt(master, bytes(stored).decode(), _EXECUTION_KEY_AAD)
+    except (ValueError, UnicodeDecodeError):
+        raise SecretsUnavailable(
+            f"The key of execution {execution_id} does not decrypt with this process's master "
+            "key: every server and worker needs the same TIERCEL_SECRET_KEY"
+        ) from None
+
+
+async def execution_key(db: Database, execution_id: str, *, create: bool = False) -> bytes:
+    """The key that encrypts the recorded secret values of `execution_id` (made first with
+    `create`); `NotFound` once it was destroyed (the execution was purged)."""
+    if create:
+        key, wrapped = _wrap(os.urandom(32))
+        # A retried creation keeps the key the first one stored (its events use that one).
+        await db.execute(
+            "INSERT INTO execution_keys (execution_id, key, wrapped) VALUES (%s, %s, %s)"
+            " ON CONFLICT (execution_id) DO NOTHING",
+            (execution_id, key, wrapped),
+        )
+    row = await db.fetchone(
+        "SELECT key, wrapped FROM execution_keys WHERE execution_id = %s", (execution_id,)
+    )
+    if row is None:
+        raise NotFound(
+            f"Execution {execution_id} has no key any more (it was purged): its SECRET values "
+            "cannot be read"
+        )
+    return _unwrap(row["key"], bool(row["wrapped"]), execution_id)
+
+
+async def share_key(db: Database, from_execution: str, to_execution: str) -> None:
+    """Let `to_execution` (a retry recorded with the same inputs) read the values encrypted
+    for `from_execution`: it gets a copy of the key, destroyed with it, not with the other."""
+    await db.execute(
+        "INSERT INTO execution_keys (execution_id, key, wrapped)"
+        " SELECT %s, key, wrapped FROM execution_keys WHERE execution_id = %s"
+        " ON CONFLICT (execution_id) DO NOTHING",
+        (to_execution, from_execution),
+    )
+
+
+async def destroy_key(db: Database, execution_id: str) -> None:
+    """Delete the key of `execution_id`: its recorded secret values can never be read again."""
+    await db.execute("DELETE FROM execution_keys WHERE execution_id = %s", (execution_id,))
+
+
+def encrypt_value(key: bytes, value: str) -> dict[str, str]:
+    """`value` encrypted with an execution's key, as events record it."""
+    return {"type": ENCRYPTED_TYPE, "value": encrypt(key, value.encode(), _VALUE_AAD)}
+
+
+def _secret_paths(flow: Flow) -> list[list[str]]:
+    return [i.id_.split(".") for i in flow.inputs if i.type == "SECRET"]
+
+
+def _replace_at(values: dict[str, Any], path: list[str], change: Callable[[Any], Any]) -> None:
+    dotted = ".".join(path)
+    if dotted in values:  # an id whose prefix held a plain value stays dotted (inputs.nest)
+        values[dotted] = change(values[dotted])
+        return
+    target: Any = values
+    for part in path[:-1]:
+        target = target.get(part) if isinstance(target, dict) else None
+    if isinstance(target, dict) and path[-1] in target:
+        target[path[-1]] = change(target[path[-1]])
+
+
+async def encrypt_inputs(
+    db: Database,
+    flow: Flow,
+    values: dict[str, Any],
+    execution_id: str,
+    *,
+    also: Collection[str] = (),
+) -> dict[str, Any]:
+    """The resolved inputs of a new execution as its event records them: each SECRET input's
+    value (and any text input equal to one of `also`, secrets a parent passed on) encrypted
+    with the execution's key, made for it here. Without such a value, `values` unchanged."""
+    paths = _secret_paths(flow)
+    passed = {v for v in also if v}
+    if not paths and not passed:
+        return values
+    out: dict[str, Any] = json.loads(json.dumps(values))  # a copy to change: inputs are JSON
+    todo = list(paths)
+    if passed:
+        todo += [p for p in _text_paths(out, []) if _get(out, p) in passed and p not in todo]
+    todo = [p for p in todo if isinstance(_get(out, p), str) and _get(out, p) != ""]
+    if not todo:
+        return values
+    key = await execution_key(db, execution_id, create=True)
+    for path in todo:
+        _replace_at(out, path, lambda v: encrypt_value(key, v) if isinstance(v, str) else v)
+    return out
+
+
+def _get(values: Any, path: list[str]) -> Any:
+    dotted = ".".join(path)
+    if isinstance(values, dict) and dotted in values:
+        return values[dotted]
+    for part in path:
+        values = values.get(part) if isinstance(values, dict) else None
+    return values
+
+
+def _text_paths(value: Any, prefix: list[str]) -> Iterable[list[str]]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _text_paths(v, [*prefix, str(k)])
+    elif isinstance(value, str) and prefix:
+        yield prefix
+
+
+async def decrypt_values(db: Database, execution_id: str, value: Any) -> tuple[Any, list[str]]:
+    """`value` with each encrypted value of `execution_id` in it decrypted, and the plaintexts
+    found (to be masked). The key is read only when there is something to decrypt; a value
+    that does not decrypt with it (made for another execution) is left as it is."""
+    if not _has_encrypted(value):
+        return value, []
+    key = await execution_key(db, execution_id)
+    found: list[str] = []
+
+    def walk(item: Any) -> Any:
+        if is_encrypted(item):
+            try:
+                plain = decrypt(key, item["value"], _VALUE_AAD).decode()
+            except (ValueError, UnicodeDecodeError):
+                return item
+            found.append(plain)
+            return plain
+        if isinstance(item, dict):
+            return {k: walk(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [walk(v) for v in item]
+        return item
+
+    return walk(value), found
+
+
+def _has_encrypted(value: Any) -> bool:
+    if is_encrypted(value):
+        return True
+    if isinstance(value, dict):
+        return any(_has_encrypted(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_encrypted(v) for v in value)
+    return False
+
+
+def shown(value: Any) -> Any:
+    """`value` as the API shows it: each encrypted value replaced by `******`."""
+    if is_encrypted(value):
+        return MASK
+    if isinstance(value, dict):
+        return {k: shown(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shown(v) for v in value]
+    return value
+
+
+# --- masking ---------------------------------------------------------------------------------------
+
+
+def _forms(value: str) -> set[str]:
+    """`value` and what a script is likely to print instead of it: each of its lines (a
+    multi-line value is printed line by line), base64 (standard and URL-safe, with and without
+    the newline `echo` adds), hex, URL encoding, and the escaped text of a JSON or Python
+    string."""
+    forms = {value}
+    if len(value) < SHORT:
+        return forms
+    data = value.encode()
+    for line in value.splitlines():
+        if len(line.strip()) >= SHORT:
+            forms.add(line.strip())
+    for raw in (data, data + b"\n"):
+        forms.add(base64.b64encode(raw).decode().rstrip("="))
+        forms.add(base64.urlsafe_b64encode(raw).decode().rstrip("="))
+    forms.add(data.hex())
+    forms.add(data.hex().upper())
+    forms.add(urllib.parse.quote(value, safe=""))
+    forms.add(urllib.parse.quote_plus(value, safe=""))
+    forms.add(json.dumps(value)[1:-1])
+    forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
+    forms.add(repr(value)[1:-1])
+    return {f for f in forms if f}
+
+
+class Masker:
+    """Replaces the secret values of one attempt, and their encodings, by `******`."""
+
+    def __init__(self) -> None:
+        self._values: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+
+    def add(self, value: str) -> None:
+        """Mask `value` (and its encodings) from now on; an empty value masks nothing."""
+        if value and value not in self._values:
+            self._values.add(value)
+            self._pattern = None
+
+    def __bool__(self) -> bool:
+        return bool(self._values)
+
+    def _compiled(self) -> re.Pattern[str]:
+        if self._pattern is None:
+            long: set[str] = set()
+            short: set[str] = set()
+            for value in self._values:
+                for form in _forms(value):
+                    (short if len(form) < SHORT else long).add(form)
+            # Longest first: at a given place the longest form is replaced, not its start.
+            parts = [re.escape(f) for f in sorted(long, key=len, reverse=True)]
+            parts += [
+                rf"(?<![0-9A-Za-z]){re.escape(f)}(?![0-9A-Za-z])"
+                for f in sorted(short, key=len, reverse=True)
+            ]
+            self._pattern = re.compile("|".join(parts))
+        return self._pattern
+
+    def text(self, text: str) -> str:
+        """`text` with every secret value in it masked."""
+        if not self._values or not text:
+            return text
+        return self._compiled().sub(MASK, text)
+
+    def value(self, value: Any) -> Any:
+        """`value` (text, or lists and maps of values, keys included) masked throughout."""
+        if not self._values:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.value(k): self.value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.value(v) for v in value]
+        return value
