@@ -46,7 +46,8 @@ class Bash(RunnableTask, kw_only=True):
     """Files to create before running: a map of file name to content (rendered; a `kestra://`
     URI copies that stored file), or a template rendering a JSON object of them."""
     env: dict[str, Any] = {}
-    """Environment variables added to the worker's for the process (templates rendered)."""
+    """Environment variables of the process (templates rendered), besides a minimal PATH,
+    HOME, TMPDIR and LANG; nothing of the worker's own environment is passed on."""
     warningOnStdErr: bool = True
     """End in WARNING when the process wrote to stderr."""
     runner: str | None = None

@@ -7,6 +7,9 @@ variables, report metrics and log at a chosen level. The process runs in a sessi
 a timeout or a cancelled execution stops it and everything it started. That session also keeps
 the worker's own signals out, so the group is tied to the worker's life by other means: it dies
 with its worker, even one killed with kill -9.
+
+The process gets an environment of its own, never the worker's: the worker's holds its database
+URL, the master key and every `SECRET_*` variable. See `environment`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,14 @@ within 2 s, whatever the script does with SIGTERM)."""
 MAX_LINE_BYTES = 1024 * 1024
 """A longer line without a newline is logged in pieces of this size."""
 LEVELS = {"TRACE", "DEBUG", "INFO", "WARN", "ERROR"}
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""The PATH of a script (a task's `env` may set another)."""
+PASS_ENV = "TIERCEL_SCRIPT_ENV"
+"""A worker variable listing (comma-separated) names of its own variables that scripts inherit,
+such as HTTP_PROXY; the server's own (`SECRET_*`, `TIERCEL_*`, `PG*`) are never passed."""
+NEVER_PASSED = ("SECRET_", "TIERCEL_", "PG")
+SCRATCH = ".home"
+"""The folder, in an attempt's output directory, that is the script's HOME and TMPDIR."""
 LEVEL_ALIASES = {"WARNING": "WARN", "CRITICAL": "ERROR", "FATAL": "ERROR"}
 
 
@@ -50,7 +61,9 @@ class ScriptTask(RunnableTask, kw_only=True):
     beforeCommands: list[str] = []
     """Commands to run first, in the same shell (templates rendered)."""
     env: dict[str, Any] = {}
-    """Environment variables added to the worker's for the process (templates rendered)."""
+    """Environment variables of the process (templates rendered), besides a minimal PATH, HOME,
+    TMPDIR, LANG, WORKING_DIR and OUTPUT_DIR; nothing of the worker's own environment is
+    passed on."""
     inputFiles: Any = None
     """Files to create in the working directory before running: a map of file name to content
     (rendered; a `kestra://` URI copies that stored file), or a template rendering a JSON
@@ -163,7 +176,13 @@ async def keep_outputs(ctx: RunContext, output_dir: Path, patterns: list[str]) -
         for name, path in matching_files(ctx.working_dir, patterns).items()
         if output_dir not in path.parents
     }
-    return await keep_files(ctx, {**matching_files(output_dir, ["**"]), **files})
+    scratch = output_dir / SCRATCH
+    outputs = {
+        name: path
+        for name, path in matching_files(output_dir, ["**"]).items()
+        if scratch not in path.parents
+    }
+    return await keep_files(ctx, {**outputs, **files})
 
 
 def shell_text(fail_fast: bool, before: list[str], lines: list[str]) -> str:
@@ -197,16 +216,29 @@ def python_bin() -> Path:
 def environment(
     ctx: RunContext, env: dict[str, Any] | None, output_dir: Path, *, python: bool
 ) -> dict[str, str]:
-    """The process's environment: the worker's, the task's `env`, and where its files go."""
-    result = dict(os.environ)
+    """The process's environment, built from nothing: a minimal PATH (with the worker's
+    Python first for Python tasks, and Kestra's `kestra` module on PYTHONPATH), HOME and
+    TMPDIR in a private folder of the attempt, LANG, Kestra's WORKING_DIR and OUTPUT_DIR, the
+    worker variables its operator listed in TIERCEL_SCRIPT_ENV, then the task's `env`. The
+    worker's own variables (its database URL, the master key, `SECRET_*`) never reach it."""
+    scratch = output_dir / SCRATCH
+    scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+    result = {
+        "PATH": BASE_PATH,
+        "HOME": str(scratch),
+        "TMPDIR": str(scratch),
+        "LANG": "C.UTF-8",
+        "WORKING_DIR": str(ctx.working_dir),
+        "OUTPUT_DIR": str(output_dir),
+    }
+    for name in os.environ.get(PASS_ENV, "").split(","):
+        name = name.strip()
+        if name and name in os.environ and not name.upper().startswith(NEVER_PASSED):
+            result[name] = os.environ[name]
     if python:
-        result["PATH"] = os.pathsep.join([str(python_bin()), result.get("PATH", "")])
-        result["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(KESTRA_LIB), result.get("PYTHONPATH", "")) if p
-        )
+        result["PATH"] = os.pathsep.join([str(python_bin()), result["PATH"]])
+        result["PYTHONPATH"] = str(KESTRA_LIB)
         result["PYTHONUNBUFFERED"] = "1"
-    result["WORKING_DIR"] = str(ctx.working_dir)
-    result["OUTPUT_DIR"] = str(output_dir)
     for key, value in (ctx.render(env) or {}).items():
         result[str(key)] = "" if value is None else str(value)
     return result
