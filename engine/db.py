@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import select
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import psycopg
 import trio
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from engine.backoff import Backoff, describe, is_transient
@@ -31,6 +32,22 @@ Row = dict[str, Any]
 LISTEN = "listen"
 """The health component of the LISTEN connection."""
 
+SESSION_SETTINGS: Mapping[str, str] = {
+    # A transaction that stops issuing statements (a bug, a thread that never returns) is
+    # ended by the server instead of holding its locks, the append lock above all, for ever.
+    # Engine transactions run their statements back to back: the longest gap is a few
+    # milliseconds of Python between two statements.
+    "idle_in_transaction_session_timeout": "20s",
+    # Longer than the idle timeout, so a session waiting behind a stuck holder of the append
+    # lock outlives it instead of failing first. Appends queue for milliseconds normally.
+    "lock_timeout": "60s",
+}
+"""Settings every engine connection starts with (a URL's own `options` override them)."""
+
+APPEND_STATEMENT_TIMEOUT = "60s"
+"""The statement timeout of the append transaction (engine/store.py): its inserts take
+milliseconds; far beyond that something is wrong, and every other append is waiting."""
+
 
 class Database:
     """A small pool of psycopg connections used from trio.
@@ -41,16 +58,24 @@ class Database:
     takes them all; the next calls connect afresh.
     """
 
-    def __init__(self, url: str, *, max_size: int = 6, connect_timeout: int = 5) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_size: int = 6,
+        connect_timeout: int = 5,
+        settings: Mapping[str, str] = SESSION_SETTINGS,
+    ) -> None:
         self.url = url
         self.max_size = max_size
         self.connect_timeout = connect_timeout
+        self.settings = settings
         self._idle: list[psycopg.Connection[Any]] = []
         self._slots = trio.Semaphore(max_size)
         self._closed = False
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return connect(self.url, connect_timeout=self.connect_timeout)
+        return connect(self.url, connect_timeout=self.connect_timeout, settings=self.settings)
 
     async def run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Run `fn(connection)` in a worker thread on a pooled autocommit connection.
@@ -75,13 +100,20 @@ class Database:
 
             try:
                 result = await trio.to_thread.run_sync(work)
-            except BaseException:
+            except BaseException as exc:
                 if conn is not None and _reusable(conn) and not self._closed:
                     self._idle.append(conn)
                 elif conn is not None:
                     _close_quietly(conn)
                     if conn.broken:
                         self._drop_idle()
+                if isinstance(exc, psycopg.errors.IdleInTransactionSessionTimeout):
+                    # The server ended a session whose transaction went quiet: its transaction
+                    # rolled back with it, so a retry starts afresh.
+                    raise DatabaseUnavailable(
+                        "PostgreSQL ended a transaction left idle longer than "
+                        "idle_in_transaction_session_timeout; nothing of it was written"
+                    ) from exc
                 raise
             assert conn is not None
             if _reusable(conn) and not self._closed:
@@ -133,11 +165,18 @@ class Database:
         self._drop_idle()
 
 
-def connect(url: str, *, connect_timeout: int = 5) -> psycopg.Connection[Any]:
+def connect(
+    url: str,
+    *,
+    connect_timeout: int = 5,
+    settings: Mapping[str, str] = SESSION_SETTINGS,
+) -> psycopg.Connection[Any]:
     """An autocommit connection to `url`, or `DatabaseUnavailable` saying why there is none.
 
-    TCP keepalives make a connection to a server that vanished without closing its sockets
-    fail within a minute instead of hanging.
+    The session starts with `settings` (sent in the startup packet, so they cost no round
+    trip; `-c` options already in `url` come after them and win). TCP keepalives make a
+    connection to a server that vanished without closing its sockets fail within a minute
+    instead of hanging.
     """
     try:
         return psycopg.Connection.connect(
@@ -148,9 +187,21 @@ def connect(url: str, *, connect_timeout: int = 5) -> psycopg.Connection[Any]:
             keepalives_idle=20,
             keepalives_interval=5,
             keepalives_count=4,
+            options=_options(url, settings),
         )
     except psycopg.Error as exc:
         raise DatabaseUnavailable(f"Cannot connect to PostgreSQL: {exc}".strip()) from exc
+
+
+def _escape_option(value: str) -> str:
+    # libpq splits `options` on unescaped spaces; a backslash escapes the next character.
+    return value.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+def _options(url: str, settings: Mapping[str, str]) -> str:
+    ours = " ".join(f"-c {name}={_escape_option(value)}" for name, value in settings.items())
+    theirs = conninfo_to_dict(url).get("options") or ""
+    return f"{ours} {theirs}".strip()
 
 
 def _reusable(conn: psycopg.Connection[Any]) -> bool:

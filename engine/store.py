@@ -20,7 +20,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from engine import events as ev
-from engine.db import Database
+from engine.db import APPEND_STATEMENT_TIMEOUT, Database
 from engine.errors import TiercelError, WrongExpectedVersion
 from engine.storage import Storage
 
@@ -155,6 +155,31 @@ def unresolved(event: ev.Event) -> str | None:
     return None
 
 
+class _Encoded(msgspec.Struct, frozen=True):
+    """One request's events as the INSERT sends them, encoded before the append lock."""
+
+    types: list[str]
+    data: list[Jsonb]
+    meta: Jsonb
+
+
+def _encode(requests: Sequence[Append]) -> list[_Encoded]:
+    # Encoding is the costly part of an append (a large value takes seconds); done here, the
+    # transaction that holds the append lock only runs its queries.
+    return [
+        _Encoded(
+            [ev.type_name(e) for e in r.events],
+            [Jsonb(_json.encode(e), dumps=_same) for e in r.events],
+            Jsonb(_json.encode(r.meta), dumps=_same),
+        )
+        for r in requests
+    ]
+
+
+def _same(data: bytes) -> bytes:
+    return data
+
+
 def _append_sync(
     conn: psycopg.Connection[Any],
     requests: Sequence[Append],
@@ -166,15 +191,23 @@ def _append_sync(
             msgspec.structs.replace(r, events=[_offload(e, storage) for e in r.events])
             for r in requests
         ]
+    encoded = _encode(requests)
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
-        results = _append_locked(conn, requests)
+        # The statement timeout bounds the inserts that run while every other append waits;
+        # the session's lock_timeout bounds the wait for the lock itself.
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, true), pg_advisory_xact_lock(%s)",
+            (APPEND_STATEMENT_TIMEOUT, _APPEND_LOCK),
+        )
+        results = _append_locked(conn, requests, encoded)
         if extra is not None:
             extra(conn)
         return results
 
 
-def _append_locked(conn: psycopg.Connection[Any], requests: Sequence[Append]) -> list[AppendResult]:
+def _append_locked(
+    conn: psycopg.Connection[Any], requests: Sequence[Append], encoded: Sequence[_Encoded]
+) -> list[AppendResult]:
     commands = [r.command_id for r in requests if r.command_id]
     done: dict[str, tuple[str, int, int]] = {}
     if commands:
@@ -203,7 +236,7 @@ def _append_locked(conn: psycopg.Connection[Any], requests: Sequence[Append]) ->
         [],
     )
     pending: list[tuple[int, str, int, int]] = []  # (result index, stream, first version, n)
-    for req in requests:
+    for req, enc in zip(requests, encoded, strict=True):
         if req.command_id and req.command_id in done:
             stream_id, seq, version = done[req.command_id]
             last = version + len(req.events) - 1
@@ -216,16 +249,16 @@ def _append_locked(conn: psycopg.Connection[Any], requests: Sequence[Append]) ->
         if not req.events:
             results.append(AppendResult(req.stream_id, "written", head))
             continue
-        meta = Jsonb(req.meta)
-        for i, event in enumerate(req.events):
-            rows[0].append(req.stream_id)
-            rows[1].append(head + 1 + i)
-            rows[2].append(ev.type_name(event))
-            rows[3].append(Jsonb(event, dumps=_dumps))
-            rows[4].append(meta)
-            rows[5].append(req.command_id if i == 0 else None)
-        pending.append((len(results), req.stream_id, head + 1, len(req.events)))
-        current[req.stream_id] = head + len(req.events)
+        n = len(req.events)
+        rows[0].extend([req.stream_id] * n)
+        rows[1].extend(range(head + 1, head + 1 + n))
+        rows[2].extend(enc.types)
+        rows[3].extend(enc.data)
+        rows[4].extend([enc.meta] * n)
+        rows[5].append(req.command_id)
+        rows[5].extend([None] * (n - 1))
+        pending.append((len(results), req.stream_id, head + 1, n))
+        current[req.stream_id] = head + n
         if req.command_id:
             done[req.command_id] = (req.stream_id, -1, head + 1)
         results.append(None)
@@ -233,10 +266,12 @@ def _append_locked(conn: psycopg.Connection[Any], requests: Sequence[Append]) ->
     if pending:
         seqs: dict[tuple[str, int], int] = {}
         with conn.cursor() as cur:
+            # Binary parameters: the text form of an array escapes every quote and backslash
+            # of every value, in Python, seconds for a large value while the lock is held.
             cur.execute(
                 "INSERT INTO events (stream_id, version, type, data, meta, command_id)"
-                " SELECT * FROM unnest(%s::text[], %s::int[], %s::text[], %s::jsonb[],"
-                " %s::jsonb[], %s::text[]) RETURNING stream_id, version, seq",
+                " SELECT * FROM unnest(%b::text[], %b::int[], %b::text[], %b::jsonb[],"
+                " %b::jsonb[], %b::text[]) RETURNING stream_id, version, seq",
                 rows,
             )
             for stream_id, version, seq in cur.fetchall():
@@ -251,10 +286,6 @@ def _append_locked(conn: psycopg.Connection[Any], requests: Sequence[Append]) ->
             )
         conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
     return [r for r in results if r is not None]
-
-
-def _dumps(obj: Any) -> str:
-    return _json.encode(obj).decode()
 
 
 def _row_to_event(row: tuple[Any, ...], storage: Storage | None = None) -> StoredEvent:
