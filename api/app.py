@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import secrets
 import urllib.parse
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,7 +20,7 @@ from quart import Response, request, send_file
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from api import accounts_routes
+from api import accounts_routes, bodies
 from api.auth import access, actor, install, namespace_filter, public, require_namespace
 from engine import commands
 from engine.backoff import is_transient
@@ -113,18 +114,27 @@ def _date_arg(name: str) -> dt.datetime | None:
 
 
 async def _yaml_body() -> str:
-    body = (await request.get_data(as_text=True)) or ""
-    if not body.strip():
-        raise InvalidRequest(
-            "The request body is empty: send the flow's YAML source "
-            "(Content-Type: application/x-yaml)"
-        )
-    return str(body)
+    return await bodies.yaml_text()
+
+
+async def _parse(source: str) -> Flow:
+    """The flow, parsed and validated off the event loop."""
+    return await bodies.off_loop(parse_flow, source)
+
+
+async def _flow_answer(records: list[commands.FlowRecord]) -> list[dict[str, Any]]:
+    """The flows as the API shows them, parsed off the event loop."""
+    return await bodies.off_loop(lambda: [_flow_json(r) for r in records])
 
 
 def _flow_json(record: commands.FlowRecord) -> dict[str, Any]:
-    flow = parse_flow(record.source)
-    out = flow_to_dict(flow)
+    try:
+        out = flow_to_dict(parse_flow(record.source))
+        orjson.dumps(out, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
+    except (TiercelError, TypeError) as exc:
+        # Recorded under rules since changed: shown with why it no longer validates (as Kestra
+        # shows a flow with an exception) instead of failing the whole list.
+        out = {"exception": str(exc) if isinstance(exc, TiercelError) else "cannot be shown"}
     out.update(
         {
             "id": record.id,
@@ -148,9 +158,14 @@ def _page() -> tuple[int, int]:
 def create_app(ctx: ServerContext) -> QuartTrio:
     """The API application, bound to one server's database, store and notifier."""
     app = QuartTrio("tiercel")
-    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+    limits = bodies.body_limits(ctx)
+    app.request_class = bodies.request_class(limits)
+    app.config["MAX_CONTENT_LENGTH"] = limits.body
+    app.config["MAX_FORM_MEMORY_SIZE"] = limits.body
     store, db, storage = ctx.store, ctx.db, ctx.storage
     guard = install(app, ctx)
+    # Before the guard too, which reads the execution a path names.
+    app.before_request_funcs.setdefault(None, []).insert(0, bodies.refuse_nul_in_url)
     accounts_routes.register(app, guard)
 
     @app.errorhandler(TiercelError)
@@ -164,7 +179,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         message = {
             404: f"No such endpoint: {request.method} {request.path}; see docs/api.md",
             405: f"{request.method} is not allowed on {request.path}",
-            413: "The request body is too large",
+            413: bodies.too_large_message(limits),
         }.get(exc.code or 500, exc.description or exc.name)
         return _json({"message": message, "details": []}, exc.code or 500)
 
@@ -180,9 +195,16 @@ def create_app(ctx: ServerContext) -> QuartTrio:
                 },
                 503,
             )
-        log.exception("Unexpected error on %s %s", request.method, request.path)
+        # The trace (and whatever paths or values it holds) goes to the log only.
+        error_id = secrets.token_hex(6)
+        log.exception("Unexpected error %s on %s %s", error_id, request.method, request.path)
         return _json(
-            {"message": f"Internal error: {type(exc).__name__}: {exc}", "details": []}, 500
+            {
+                "message": f"Internal error {error_id}: the server failed to answer this "
+                "request; the server's log holds the details under this id",
+                "details": [],
+            },
+            500,
         )
 
     # --- health -------------------------------------------------------------------------------
@@ -237,25 +259,20 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     @access("editor")
     async def create_flow() -> Response:
         source = await _yaml_body()
-        require_namespace(parse_flow(source).namespace)
+        require_namespace((await _parse(source)).namespace)
         record = await commands.deploy_flow(store, source, create_only=True, actor=actor())
-        return _json(_flow_json(record))
+        return _json((await _flow_answer([record]))[0])
 
     @app.post("/api/v1/flows/validate")
     @access("viewer")
     async def validate_flows() -> Response:
-        body = await _yaml_body()
-        results = []
-        for index, source in enumerate(_documents(body)):
-            entry: dict[str, Any] = {"index": index, "outdated": False, "deprecationPaths": []}
-            try:
-                flow = parse_flow(source)
-                entry.update(flow=flow.id, namespace=flow.namespace)
-            except TiercelError as exc:
-                entry["constraints"] = str(exc)
-                entry["details"] = [d.to_json() for d in exc.details]
-            results.append(entry)
-        return _json(results)
+        documents = _documents(await _yaml_body())
+        if len(documents) > bodies.MAX_DOCUMENTS:
+            raise InvalidRequest(
+                f"The body holds {len(documents)} flows; at most {bodies.MAX_DOCUMENTS} are "
+                "validated at once: send them in several requests"
+            )
+        return _json(await bodies.off_loop(_validate_all, documents))
 
     @app.get("/api/v1/flows/search")
     @access("viewer")
@@ -278,13 +295,13 @@ def create_app(ctx: ServerContext) -> QuartTrio:
             f" FROM flows WHERE {clause} ORDER BY namespace, flow_id LIMIT %s OFFSET %s",
             [*params, size, (page - 1) * size],
         )
-        results = []
-        for row in rows:
-            record = commands.FlowRecord(
-                row["namespace"], row["flow_id"], row["revision"], row["source"],
-                False, iso(row["updated"]),
-            )  # fmt: skip
-            results.append(_flow_json(record))
+        records = [
+            commands.FlowRecord(
+                r["namespace"], r["flow_id"], r["revision"], r["source"], False, iso(r["updated"])
+            )
+            for r in rows
+        ]
+        results = await _flow_answer(records)
         total = rows[0]["total"] if rows else await _count("flows", clause, params)
         return _json({"results": results, "total": total})
 
@@ -296,13 +313,14 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     @access("viewer")
     async def get_flow(namespace: str, flow_id: str) -> Response:
         revision = _int_arg("revision", None, minimum=1)
-        return _json(_flow_json(await commands.get_flow(store, namespace, flow_id, revision)))
+        record = await commands.get_flow(store, namespace, flow_id, revision)
+        return _json((await _flow_answer([record]))[0])
 
     @app.get("/api/v1/flows/<namespace>/<flow_id>/revisions")
     @access("viewer")
     async def flow_revisions(namespace: str, flow_id: str) -> Response:
         records = await commands.flow_revisions(store, namespace, flow_id)
-        return _json([_flow_json(r) for r in records if not r.deleted])
+        return _json(await _flow_answer([r for r in records if not r.deleted]))
 
     @app.put("/api/v1/flows/<namespace>/<flow_id>")
     @access("editor")
@@ -311,7 +329,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         record = await commands.deploy_flow(
             store, await _yaml_body(), expect=(namespace, flow_id), actor=actor()
         )
-        return _json(_flow_json(record))
+        return _json((await _flow_answer([record]))[0])
 
     @app.delete("/api/v1/flows/<namespace>/<flow_id>")
     @access("editor")
@@ -328,7 +346,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         labels = _labels_arg()
         revision = _int_arg("revision", None, minimum=1)
         record = await commands.get_flow(store, namespace, flow_id, revision)
-        flow = parse_flow(record.source)
+        flow = await _parse(record.source)
         key = _idempotency_key()
         if key is None:
             execution_id = commands.new_execution_id()
@@ -338,6 +356,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
             if await store.read_execution(execution_id):
                 return await _execution_answer(execution_id)
         files = _input_files(flow, inputs, uploads)
+        bodies.check_value(inputs, "The inputs")
         # Check every input first, with the URIs the files will get, so that a bad request
         # stores nothing; the files are then stored under the execution before it is created.
         planned = {
@@ -618,6 +637,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         inputs, uploads = await _execution_inputs_and_files()
         for key, (_, data) in uploads.items():
             inputs[key] = data.decode("utf-8", errors="replace")
+        bodies.check_value(inputs, "The inputs")
         return inputs
 
     async def _execution_inputs_and_files() -> tuple[dict[str, Any], dict[str, tuple[str, bytes]]]:
@@ -628,24 +648,19 @@ def create_app(ctx: ServerContext) -> QuartTrio:
             for key in form:
                 given = form.getlist(key)
                 inputs[key] = given[0] if len(given) == 1 else given  # repeated: a list
+            bodies.check_value(inputs, "The form")
             files = await request.files
-            uploads = {key: (files[key].filename or key, files[key].read()) for key in files}
+            # Spooled to disk when large: read off the event loop.
+            uploads = await bodies.off_loop(
+                lambda: {key: (files[key].filename or key, files[key].read()) for key in files}
+            )
             return inputs, uploads
         return await _json_inputs(), {}
 
     async def _json_inputs() -> dict[str, Any]:
         content_type = request.mimetype or ""
         if content_type == "application/json":
-            data = await request.get_data()
-            if not data:
-                return {}
-            try:
-                body = orjson.loads(data)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
-            if not isinstance(body, dict):
-                raise InvalidRequest("The inputs must be a JSON object of input id to value")
-            return body
+            return await bodies.json_object("the inputs, by input id")
         data = await request.get_data()
         if data:
             raise InvalidRequest(
@@ -673,6 +688,21 @@ def _documents(body: str) -> list[str]:
     return docs
 
 
+def _validate_all(documents: list[str]) -> list[dict[str, Any]]:
+    """The answer of `flows/validate`: one entry per document."""
+    results = []
+    for index, source in enumerate(documents):
+        entry: dict[str, Any] = {"index": index, "outdated": False, "deprecationPaths": []}
+        try:
+            flow = parse_flow(source)
+            entry.update(flow=flow.id, namespace=flow.namespace)
+        except TiercelError as exc:
+            entry["constraints"] = str(exc)
+            entry["details"] = [d.to_json() for d in exc.details]
+        results.append(entry)
+    return results
+
+
 def _input_files(
     flow: Flow, inputs: dict[str, Any], uploads: dict[str, tuple[str, bytes]]
 ) -> dict[str, tuple[str, bytes]]:
@@ -684,8 +714,7 @@ def _input_files(
     for key, (name, data) in uploads.items():
         inp = declared.get(key)
         if inp is not None and inp.type == "FILE":
-            base = PurePosixPath(name.replace("\\", "/")).name
-            files[key] = (base if base not in ("", ".", "..") else key, data)
+            files[key] = (bodies.file_name(name, key), data)
         else:  # an unknown input is reported by the input check
             inputs[key] = data.decode("utf-8", errors="replace")
     for key, inp in declared.items():

@@ -85,7 +85,7 @@ async def deploy_flow(
     actor: str = "api",
 ) -> FlowRecord:
     """Validate `source` and record it as the flow's next revision (unchanged source: no-op)."""
-    flow = parse_flow(source)
+    flow = await trio.to_thread.run_sync(parse_flow, source)  # a large flow parses for a while
     if expect is not None and (flow.namespace, flow.id) != expect:
         raise InvalidRequest(
             f"The flow's namespace and id ({flow.namespace}.{flow.id}) differ from the path "
@@ -194,7 +194,7 @@ async def create_execution(
     With a `command_id`, a retried request creates nothing new and returns the id of the
     execution the first one created."""
     record = await get_flow(store, namespace, flow_id, revision)
-    flow = parse_flow(record.source)
+    flow = await trio.to_thread.run_sync(parse_flow, record.source)  # off the event loop
     if flow.disabled:
         raise Conflict(f"Flow {namespace}.{flow_id} is disabled: enable it to execute it")
     values = resolve_inputs(flow, inputs or {})
