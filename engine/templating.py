@@ -6,34 +6,56 @@ translated before compiling: `a ?? b` and `a ??? b` (coalescing), `c ? a : b` (t
 Values print the way Kestra prints them: maps and lists as JSON, booleans as `true`/`false`,
 null as an empty string. A template that cannot be rendered raises `TemplateError` naming the
 expression.
+
+Templates come from flows, and their values from inputs and outputs: no render may run for long
+or grow without bound. One render (with every `render()` it nests) is limited in time
+(`RENDER_TIMEOUT`), in loop iterations (`MAX_LOOP_ITERATIONS`), in what it builds (`MAX_BUILT`)
+and in the size of its output and of any one value (`MAX_TEXT`); `range`, `*`, `+`, `**`, `~`,
+`%`, the padding and joining filters and regular expressions check their own bounds before they
+compute anything. Python cannot interrupt a running thread, so the time limit is a deadline
+checked where the work happens: at every loop iteration, call, filter, test, operator and piece
+of output. Past a limit, the render fails with a `TemplateError` naming the expression and the
+limit.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import datetime as dt
 import functools
 import hashlib
 import json
+import logging
+import math
 import operator
+import os
+import pprint
 import re
+import string
+import time
+import types
 import unicodedata
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import jinja2
+import regex
 import yaml
+from jinja2 import filters as jinja_filters
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
-from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.runtime import Context, LoopContext
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
 from jinja2.utils import _PassArg
 
 from engine import jq_sandbox
 from engine.duration import parse_duration
 from engine.errors import TemplateError
+
+log = logging.getLogger(__name__)
 
 MAX_RECURSION = 10
 MAX_RENDER_CALLS = 1000
@@ -41,11 +63,211 @@ MAX_RENDER_CALLS = 1000
 MAX_RENDER_NESTING = 10
 """How deep `render()` may call itself through the variables it renders."""
 MAX_SEQUENCE = 1_000_000
-"""The longest text or list that `*` or `range()` may build."""
+"""The longest text or list that `*` or `range()` may build, and the longest list that `+`
+and the list filters may build."""
 MAX_POWER_BITS = 100_000
-"""The largest integer (in bits) that `**` may compute: beyond it, it would take minutes."""
+"""The largest integer (in bits) that `**` or `*` may compute: beyond it, it would take
+minutes."""
+MAX_TEXT = 16 * 1024 * 1024
+"""The longest text (in characters) that one render may output, and that any one operation may
+build: `~`, `+`, `%`, a format, a padding, joining or replacing filter, a value printed as JSON.
+As large as the largest task output, so that any output can be rendered."""
+MAX_BUILT = 64 * 1024 * 1024
+"""How much one render may build in all: the characters of every text (and 8 per item of every
+list) that its output, operators, filters and calls produce, kept or not."""
+MAX_LOOP_ITERATIONS = 1_000_000
+"""How many loop iterations one render may run in all, nested loops and `render()` included."""
+DEFAULT_RENDER_TIMEOUT = 5.0
 MAX_EXCERPT = 160
 """How much of a template an error message quotes."""
+
+
+def _timeout_from_environment() -> float:
+    text = os.environ.get("TIERCEL_RENDER_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_RENDER_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        log.warning(
+            "TIERCEL_RENDER_TIMEOUT=%r is not a positive number of seconds; renders are limited "
+            "to %g s",
+            text,
+            DEFAULT_RENDER_TIMEOUT,
+        )
+        return DEFAULT_RENDER_TIMEOUT
+    return seconds
+
+
+RENDER_TIMEOUT = _timeout_from_environment()
+"""Seconds one render may take (`TIERCEL_RENDER_TIMEOUT`, 5 by default)."""
+
+
+# --- what one render may spend ----------------------------------------------------------------
+
+
+class _Budget:
+    """What one render, with the renders it nests, has spent of its limits."""
+
+    __slots__ = ("timeout", "deadline", "iterations", "built", "render_calls", "render_depth")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.iterations = 0
+        self.built = 0
+        self.render_calls = 0
+        self.render_depth = 0
+
+    def check_time(self) -> None:
+        """Fail once the render has run past its deadline."""
+        if time.monotonic() > self.deadline:
+            raise TemplateError(
+                f"rendering took longer than {self.timeout:g} s, the limit for one render "
+                "(TIERCEL_RENDER_TIMEOUT); make the expression do less work"
+            )
+
+    def spend(self, size: int) -> None:
+        """Count `size` more characters (or list slots) built, and check the time."""
+        self.built += size
+        if self.built > MAX_BUILT:
+            raise TemplateError(
+                f"the values built by one render exceed {MAX_BUILT} characters (the limit); "
+                "work on smaller values or fewer of them"
+            )
+        self.check_time()
+
+    def iterate(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        """The items of `iterable`, each counted as one loop iteration."""
+        for item in iterable:
+            self.iterations += 1
+            if self.iterations > MAX_LOOP_ITERATIONS:
+                raise TemplateError(
+                    f"loops ran more than {MAX_LOOP_ITERATIONS} iterations in one render (the "
+                    "limit); loop over fewer items"
+                )
+            if not self.iterations & 255:
+                self.check_time()
+            yield item
+
+
+_BUDGET: ContextVar[_Budget | None] = ContextVar("_BUDGET", default=None)
+"""The budget of the render running in this context (None outside any render)."""
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _bounded(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """`func` (an entry point of rendering) within one budget: its own when it is called from
+    outside any render, the enclosing render's when a template calls it."""
+
+    @functools.wraps(func)
+    def within_budget(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if _BUDGET.get() is not None:
+            return func(*args, **kwargs)
+        token = _BUDGET.set(_Budget(RENDER_TIMEOUT))
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _BUDGET.reset(token)
+
+    return within_budget
+
+
+def _size(value: Any) -> int:
+    """What building `value` costs: its characters, or 8 per slot of a list."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    if isinstance(value, list | tuple | Mapping):
+        return 8 * len(value)
+    return 0
+
+
+def _spend(value: _R) -> _R:
+    """`value`, counted as built by the render running (if any)."""
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.spend(_size(value))
+    return value
+
+
+def _check_time() -> None:
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.check_time()
+
+
+def _remaining_time() -> float:
+    """Seconds left to the render running (its whole timeout outside any render)."""
+    budget = _BUDGET.get()
+    if budget is None:
+        return RENDER_TIMEOUT
+    return max(budget.deadline - time.monotonic(), 0.001)
+
+
+def _text_size(value: Any, limit: int = MAX_TEXT) -> int:
+    """About how many characters `value` takes as text (JSON or Python's `str`), counted only up
+    to just past `limit`. A list or map that appears many times (`[x] * 1000`, YAML aliases) is
+    measured once, so a small structure that prints huge is measured quickly."""
+    memo: dict[int, int] = {}
+
+    def measure(item: Any) -> int:
+        if isinstance(item, str):
+            return len(item) + 2
+        if item is None or isinstance(item, bool | float):
+            return 24
+        if isinstance(item, int):
+            return item.bit_length() // 3 + 2
+        if isinstance(item, Mapping | list | tuple | set | frozenset):
+            key = id(item)
+            known = memo.get(key)
+            if known is not None:
+                return known
+            total = 2
+            if isinstance(item, Mapping):
+                for k, v in item.items():
+                    total += measure(k) + measure(v) + 2
+                    if total > limit:
+                        break
+            else:
+                for element in item:
+                    total += measure(element) + 2
+                    if total > limit:
+                        break
+            memo[key] = total
+            return total
+        if isinstance(item, bytes):
+            return 3 * len(item) + 3
+        return 32
+
+    return measure(value)
+
+
+def _check_text(size: int, what: str) -> None:
+    """Refuse building a text of `size` characters when it is over the limit."""
+    if size > MAX_TEXT:
+        raise TemplateError(
+            f"{what} would build a text of at least {size} characters; at most {MAX_TEXT} are "
+            "allowed"
+        )
+
+
+def _check_items(size: int, what: str) -> None:
+    """Refuse building a list of `size` items when it is over the limit."""
+    if size > MAX_SEQUENCE:
+        raise TemplateError(
+            f"{what} would build a list of {size} items; at most {MAX_SEQUENCE} are allowed"
+        )
+
+
+def _str(value: Any, what: str) -> str:
+    """Python's `str(value)`, refused when it would be too long."""
+    if not isinstance(value, str):
+        _check_text(_text_size(value), what)
+    return str(value)
 
 
 def is_template(value: str) -> bool:
@@ -296,17 +518,47 @@ _COALESCE = "__coalesce"
 """The filter that `??` and `???` translate to: `(a)|__coalesce('??', (b), '???', (c))`."""
 
 
+_ITERATIONS = "__iterations"
+"""The marker filter that a `for` loop's iterable is wrapped in, compiled to
+`environment.iterations(...)` (Jinja allows no node types of our own)."""
+
+
 class _CodeGenerator(CodeGenerator):
-    """Compiles `_COALESCE` lazily; everything else as Jinja does.
+    """Compiles `_COALESCE` lazily, and the parts of a template that can repeat within the
+    render's budget; everything else as Jinja does.
 
     Jinja has no expression that names a value once and tests it, so `a ?? b` written as
     `a if a is not null else b` evaluates `a` twice, and a chain doubles its size and its work
     with every `??`. Here the chain becomes `environment.coalesce(a, '??', lambda: b, ...)`:
     each operand is evaluated once at most, and only while the values before it are missing.
+
+    A loop's iterable goes through `environment.iterations`, text of the template through
+    `environment.emitted` and `~` through `environment.join_text`, so that a loop, even an empty
+    one, counts its iterations and checks the deadline, and repeated text counts as built.
     """
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        counted = copy.copy(node)
+        counted.iter = nodes.Filter(node.iter, _ITERATIONS, [], [], None, None, lineno=node.lineno)
+        super().visit_For(counted, frame)
+
+    def _output_const_repr(self, group: Iterable[Any]) -> str:
+        return f"environment.emitted({super()._output_const_repr(group)})"
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.join_text((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
 
     def visit_Filter(self, node: nodes.Filter, frame: Frame) -> None:
         args = node.args
+        if node.name == _ITERATIONS and node.node is not None:
+            self.write("environment.iterations(")
+            self.visit(node.node, frame)
+            self.write(")")
+            return
         if (
             node.name != _COALESCE
             or node.node is None
@@ -350,6 +602,7 @@ def _power(base: Any, exponent: Any) -> Any:
         raise TemplateError(
             f"{base} ** {exponent} is too large to compute (more than {MAX_POWER_BITS} bits)"
         )
+    _check_time()
     return operator.pow(base, exponent)
 
 
@@ -364,34 +617,165 @@ def _multiply(left: Any, right: Any) -> Any:
                 f"Repeating a {type(sequence).__name__} of {len(sequence)} items {times} times "
                 f"is too large (more than {MAX_SEQUENCE} items)"
             )
-    return operator.mul(left, right)
+    if (
+        isinstance(left, int)
+        and isinstance(right, int)
+        and left.bit_length() + right.bit_length() > MAX_POWER_BITS
+    ):
+        raise TemplateError(
+            f"Multiplying integers of {left.bit_length()} and {right.bit_length()} bits is too "
+            f"large to compute (more than {MAX_POWER_BITS} bits)"
+        )
+    return _spend(operator.mul(left, right))
+
+
+def _add(left: Any, right: Any) -> Any:
+    if isinstance(left, str) and isinstance(right, str):
+        _check_text(len(left) + len(right), "'+'")
+    elif isinstance(left, list | tuple) and isinstance(right, list | tuple):
+        _check_items(len(left) + len(right), "'+'")
+    return _spend(operator.add(left, right))
+
+
+def _modulo(left: Any, right: Any) -> Any:
+    if isinstance(left, str):
+        _check_text(_percent_size(left, right), f"'{_excerpt(left)}' % ...")
+        return _spend(left % right)
+    _check_time()
+    return operator.mod(left, right)
+
+
+# `%[(key)][flags][width][.precision][length]type`, as Python's `%` operator reads it.
+_PERCENT_SPEC = re.compile(r"%(?:\(([^)]*)\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d*))?[hlL]?(.?)", re.S)
+
+
+def _percent_size(fmt: str, args: Any) -> int:
+    """At most how long `fmt % args` is: its text, plus each conversion's width, precision and
+    value as text. A width or precision given as `*` is refused."""
+    total = len(fmt)
+    position = 0
+    for match in _PERCENT_SPEC.finditer(fmt):
+        key, width, precision, kind = match.groups()
+        if kind == "%":
+            continue
+        if width == "*" or precision == "*":
+            raise TemplateError(
+                f"'{_excerpt(fmt)}' takes a width or precision from its values ('*'); write "
+                "the number in the format instead"
+            )
+        if key is not None:
+            value = args.get(key) if isinstance(args, Mapping) else None
+        elif isinstance(args, tuple):
+            value = args[position] if position < len(args) else None
+            position += 1
+        else:
+            value = args
+        total += int(width or 0) + int(precision or 0) + _text_size(value)
+    return total
+
+
+# `[[fill]align][sign][z][#][0][width][grouping][.precision][type]` of `str.format`.
+_FORMAT_SPEC = re.compile(r"(?:.?[<>=^])?[-+ ]?z?#?0?(\d*)[,_]?(?:\.(\d+))?[a-zA-Z%]?", re.S)
+_FORMATTER = string.Formatter()
+
+
+def _format_size(fmt: str, args: Any, kwargs: Mapping[str, Any], get_field: Any) -> int:
+    """At most how long `fmt.format(*args, **kwargs)` is (`get_field` finds a field's value)."""
+    total = 0
+    position = 0
+    for literal, field, spec, _conversion in _FORMATTER.parse(fmt):
+        total += len(literal)
+        if field is None:
+            continue
+        if "{" in (spec or ""):
+            raise TemplateError(
+                f"'{_excerpt(fmt)}' computes a format from its values ('{{:{{}}}}'); write the "
+                "format out instead"
+            )
+        if field == "" or field[0] in ".[":
+            field = f"{position}{field}"
+            position += 1
+        match = _FORMAT_SPEC.fullmatch(spec or "")
+        if match is None:  # a spec of the value's own (a date's strftime): grows with its length
+            total += 64 * len(spec or "")
+        else:
+            total += int(match.group(1) or 0) + int(match.group(2) or 0)
+        total += _text_size(get_field(field, args, kwargs)[0])
+    return total
 
 
 def at_render_time(func: Callable[..., Any]) -> Callable[..., Any]:
-    """`func` as a filter or test that Jinja calls only while rendering.
+    """`func` as a filter or test that Jinja calls only while rendering, within its budget.
 
     Jinja evaluates a filter or test whose arguments are constants while it compiles the
     template (to print its result as static text), unless the callable takes the render
     context. Compiled templates are cached, so a folded call would run once, outside any
     render and its error handling, and its result be reused by every later render.
+    Each call checks the render's deadline, and what it returns counts as built.
     """
     if getattr(func, "_at_render_time", False):
         return func
     passes = _PassArg.from_obj(func)
-    if passes is _PassArg.context:
-        return func
 
     @jinja2.pass_context
     def call(context: Context, *args: Any, **kwargs: Any) -> Any:
-        if passes is _PassArg.environment:
-            return func(context.environment, *args, **kwargs)
-        if passes is _PassArg.eval_context:
-            return func(context.eval_ctx, *args, **kwargs)
-        return func(*args, **kwargs)
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.check_time()
+        if passes is _PassArg.context:
+            result = func(context, *args, **kwargs)
+        elif passes is _PassArg.environment:
+            result = func(context.environment, *args, **kwargs)
+        elif passes is _PassArg.eval_context:
+            result = func(context.eval_ctx, *args, **kwargs)
+        else:
+            result = func(*args, **kwargs)
+        if budget is not None and not (args and result is args[0]):
+            budget.spend(_size(result))
+        return result
 
     call._at_render_time = True  # type: ignore[attr-defined]
     call.__name__ = getattr(func, "__name__", "filter")
     return call
+
+
+_PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
+
+
+def _check_method(method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """Refuse a call of a text's or an integer's method that would build too long a result
+    (`'a'.center(10**9)`); the arguments to call it with (an iterable to join, read once)."""
+    owner = getattr(method, "__self__", None)
+    name = getattr(method, "__name__", "")
+    what = f"{name}()"
+    if isinstance(owner, str | bytes | bytearray):
+        tab: Any = "\t" if isinstance(owner, str) else b"\t"
+        if name in _PADDING_METHODS:
+            width = args[0] if args else kwargs.get("width", 0)
+            if isinstance(width, int):
+                _check_text(width, what)
+        elif name == "expandtabs":
+            size = args[0] if args else kwargs.get("tabsize", 8)
+            if isinstance(size, int):
+                _check_text(len(owner) + owner.count(tab) * size, what)
+        elif name == "replace" and len(args) >= 2:
+            old, new = args[0], args[1]
+            if isinstance(old, str | bytes) and isinstance(new, str | bytes):
+                grows = max(len(new) - len(old), 0)
+                _check_text(len(owner) + owner.count(old) * grows, what)  # type: ignore[arg-type]
+        elif name == "join" and args:
+            items = list(args[0])
+            sizes = sum(len(i) if isinstance(i, str | bytes) else 0 for i in items)
+            _check_text(sizes + max(len(items) - 1, 0) * len(owner), what)
+            args = (items, *args[1:])
+        elif name == "translate" and args and isinstance(args[0], Mapping):
+            longest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
+            _check_text(len(owner) * max(longest, 1), what)
+    elif isinstance(owner, int) and name == "to_bytes":
+        length = args[0] if args else kwargs.get("length", 1)
+        if isinstance(length, int):
+            _check_text(length, what)
+    return args
 
 
 class _RenderTime(dict[str, Callable[..., Any]]):
@@ -413,17 +797,20 @@ class _RenderTime(dict[str, Callable[..., Any]]):
 class _Environment(ImmutableSandboxedEnvironment):
     """Maps are read by key first: `outputs.t1.values` is the output, not `dict.values`.
 
-    `**` and `*` are bounded, so that no expression can keep the executor busy for minutes.
+    `**`, `*`, `+`, `%` and `~` are bounded, and so are calls, loops and output (see the
+    module's docstring), so that no expression can keep the executor or a worker busy for long.
     Filters and tests run at render time only (`at_render_time`).
     """
 
-    intercepted_binops = frozenset({"**", "*"})
+    intercepted_binops = frozenset({"**", "*", "+", "%"})
     code_generator_class = _CodeGenerator
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.binop_table["**"] = _power
         self.binop_table["*"] = _multiply
+        self.binop_table["+"] = _add
+        self.binop_table["%"] = _modulo
         # Jinja types these as plain dicts of functions; _RenderTime is one that wraps them.
         filters, tests = _RenderTime(), _RenderTime()
         filters.update(self.filters)
@@ -440,6 +827,55 @@ class _Environment(ImmutableSandboxedEnvironment):
             if missing:
                 value = alternatives[i + 1]()
         return value
+
+    def iterations(self, iterable: Iterable[Any]) -> Iterable[Any]:
+        """The iterable of a `for` loop, its items counted as iterations of the render."""
+        budget = _BUDGET.get()
+        return iterable if budget is None else budget.iterate(iterable)
+
+    def emitted(self, text: str) -> str:
+        """Text of the template as it is output, counted as built."""
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.spend(len(text))
+        return text
+
+    def join_text(self, values: tuple[Any, ...]) -> str:
+        """`a ~ b ~ ...`: the values as text, joined (Jinja's `str_join`), within `MAX_TEXT`."""
+        texts = [v if isinstance(v, str) else _str(v, "'~'") for v in values]
+        _check_text(sum(map(len, texts)), "'~'")
+        return _spend("".join(texts))
+
+    def call(
+        self, context: Context, obj: Any, /, *args: Any, **kwargs: Any
+    ) -> Any:  # the sandbox's positional-only signature
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.check_time()
+        if isinstance(obj, LoopContext) and args:
+            # `loop(children)` in a recursive loop: its items are iterations too
+            args = (self.iterations(args[0]), *args[1:])
+        elif isinstance(obj, types.BuiltinMethodType):
+            args = _check_method(obj, args, kwargs)
+        return _spend(super().call(context, obj, *args, **kwargs))
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        fmt: str = value.__self__
+        as_map = value.__name__ == "format_map"
+        get_field = SandboxedFormatter(self).get_field
+
+        def bounded(*args: Any, **kwargs: Any) -> str:
+            if as_map and len(args) == 1 and not kwargs:
+                size = _format_size(fmt, (), args[0], get_field)
+            else:
+                size = _format_size(fmt, args, kwargs, get_field)
+            _check_text(size, f"'{_excerpt(fmt)}'.{value.__name__}(...)")
+            return _spend(wrapped(*args, **kwargs))
+
+        return bounded
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping):
@@ -489,14 +925,17 @@ def _json_default(value: Any) -> Any:
 
 
 def to_json(value: Any) -> str:
-    """Compact JSON, as Kestra's `json`/`toJson` filters write it."""
+    """Compact JSON, as Kestra's `json`/`toJson` filters write it; a value that would take more
+    than `MAX_TEXT` characters is refused before it is written."""
+    if isinstance(value, Mapping | list | tuple):
+        _check_text(_text_size(value), "Writing the value as JSON")
     return json.dumps(value, default=_json_default, separators=(",", ":"), ensure_ascii=False)
 
 
 def _finalize(value: Any) -> Any:
     if isinstance(value, jinja2.Undefined):
         return value
-    return to_text(value)
+    return _spend(to_text(value))
 
 
 def _missing(value: Any) -> bool:
@@ -893,14 +1332,55 @@ def _replace(value: Any, old: Any, new: Any = None, regexp: bool = False) -> str
     text = to_text(value)
     pairs = old.items() if isinstance(old, Mapping) else [(old, new)]
     for a, b in pairs:
-        text = re.sub(str(a), to_text(b), text) if regexp else text.replace(str(a), to_text(b))
+        if regexp:
+            text = _regex_sub(str(a), to_text(b), text)
+            continue
+        a, b = str(a), to_text(b)
+        _check_text(len(text) + text.count(a) * max(len(b) - len(a), 0), "replace")
+        text = text.replace(a, b)
+        _spend(text)
     return text
+
+
+def _regex_failure(pattern: str, exc: Exception) -> TemplateError:
+    if isinstance(exc, TimeoutError):
+        return TemplateError(
+            f"the regular expression {_excerpt(pattern)!r} ran past the time limit of the render "
+            f"({RENDER_TIMEOUT:g} s, TIERCEL_RENDER_TIMEOUT); simplify it (nested repetitions "
+            "such as '(a+)+' can take exponential time)"
+        )
+    return TemplateError(f"invalid regular expression {_excerpt(pattern)!r}: {exc}")
+
+
+def _regex_sub(pattern: str, replacement: str, text: str) -> str:
+    """`re.sub`, within the render's time and `MAX_TEXT`: the `regex` engine stops a match that
+    runs past the deadline (backtracking can take exponential time)."""
+    built = len(text)
+    literal = "\\" not in replacement
+
+    def expand(match: Any) -> str:
+        nonlocal built
+        piece = replacement if literal else str(match.expand(replacement))
+        built += len(piece) - (match.end() - match.start())
+        if built > MAX_TEXT:
+            _check_text(built, f"replace({_excerpt(pattern)!r}, regexp=true)")
+        return piece
+
+    try:
+        return str(regex.sub(pattern, expand, text, timeout=_remaining_time()))
+    except (TimeoutError, regex.error) as exc:
+        raise _regex_failure(pattern, exc) from None
 
 
 def _split(value: Any, delimiter: str, limit: int | None = None) -> list[str]:
     text = to_text(value)
     if limit is None or limit <= 0:
-        return re.split(delimiter, text) if len(delimiter) > 1 else text.split(delimiter)
+        if len(delimiter) <= 1:
+            return text.split(delimiter)
+        try:
+            return list(regex.split(delimiter, text, timeout=_remaining_time()))
+        except (TimeoutError, regex.error) as exc:
+            raise _regex_failure(delimiter, exc) from None
     return text.split(delimiter, limit - 1)
 
 
@@ -944,32 +1424,133 @@ def _flatten(value: Iterable[Any]) -> list[Any]:
     out: list[Any] = []
     for item in value:
         out.extend(item if isinstance(item, list | tuple) else [item])
+        if len(out) > MAX_SEQUENCE:
+            _check_items(len(out), "flatten")
     return out
 
 
 def _distinct(value: Iterable[Any]) -> list[Any]:
+    # In linear time for hashable items, so that a long list cannot take hours
     out: list[Any] = []
+    seen: set[Any] = set()
+    unhashable: list[Any] = []
     for item in value:
-        if item not in out:
-            out.append(item)
+        try:
+            if item in seen:
+                continue
+            seen.add(item)
+        except TypeError:
+            _check_time()
+            if item in unhashable:
+                continue
+            unhashable.append(item)
+        out.append(item)
     return out
 
 
+def _padded(value: Any, width: Any, prefix: Any, what: str) -> tuple[str, str]:
+    """The text of `value` and the padding of `width` times `prefix`, within `MAX_TEXT`."""
+    text = to_text(value)
+    if isinstance(width, int) and isinstance(prefix, str):
+        _check_text(len(text) + (text.count("\n") + 1) * width * len(prefix), what)
+    return text, prefix * width
+
+
 def _indent(value: Any, width: int, prefix: str = " ") -> str:
-    pad = prefix * width
-    return "\n".join(
-        (pad + line) if i else line for i, line in enumerate(to_text(value).split("\n"))
-    )
+    text, pad = _padded(value, width, prefix, "indent")
+    return "\n".join((pad + line) if i else line for i, line in enumerate(text.split("\n")))
 
 
 def _nindent(value: Any, width: int, prefix: str = " ") -> str:
-    pad = prefix * width
-    return "\n" + "\n".join(pad + line for line in to_text(value).split("\n"))
+    text, pad = _padded(value, width, prefix, "nindent")
+    return "\n" + "\n".join(pad + line for line in text.split("\n"))
+
+
+def _center(value: Any, width: int = 80) -> str:
+    text = _str(value, "center")
+    if isinstance(width, int):
+        _check_text(width, "center")
+    return text.center(width)
+
+
+def _format(value: Any, *args: Any, **kwargs: Any) -> str:
+    # Jinja's `format` filter, bounded as `%` is
+    if args and kwargs:
+        raise TemplateError("format takes positional or named values, not both")
+    return str(_modulo(_str(value, "format"), kwargs or args))
+
+
+def _join_texts(value: Iterable[Any], separator: str = "") -> str:
+    texts: list[str] = []
+    size = 0
+    for item in value:
+        text = to_text(item)
+        size += len(text) + len(separator)
+        if size > MAX_TEXT + len(separator):
+            _check_text(size - len(separator), "join")
+        texts.append(text)
+    return separator.join(texts)
+
+
+def _batch(value: Iterable[Any], linecount: int, fill_with: Any = None) -> Iterator[list[Any]]:
+    if fill_with is not None and isinstance(linecount, int):
+        _check_items(linecount, "batch")
+    return jinja_filters.do_batch(value, linecount, fill_with)
+
+
+MAX_WORDWRAP_TEXT = 256 * 1024
+"""The longest text `wordwrap` reads."""
+
+
+@jinja2.pass_environment
+def _wordwrap(
+    environment: jinja2.Environment,
+    value: str,
+    width: int = 79,
+    break_long_words: bool = True,
+    wrapstring: str | None = None,
+    break_on_hyphens: bool = True,
+) -> str:
+    text = str(value)
+    if len(text) > MAX_WORDWRAP_TEXT:
+        # Python's textwrap breaks a long word in quadratic time: 1 MB takes seconds
+        raise TemplateError(
+            f"wordwrap reads at most {MAX_WORDWRAP_TEXT} characters; this text has {len(text)}"
+        )
+    if isinstance(width, int):
+        lines = len(text) // max(width, 1) + text.count("\n") + 1
+        _check_items(lines, "wordwrap")
+        wrap = environment.newline_sequence if wrapstring is None else wrapstring
+        _check_text(len(text) + lines * len(wrap), "wordwrap")
+    return jinja_filters.do_wordwrap(
+        environment, text, width, break_long_words, wrapstring, break_on_hyphens
+    )
+
+
+@jinja2.pass_environment
+def _sum(
+    environment: jinja2.Environment, iterable: Iterable[Any], attribute: Any = None, start: Any = 0
+) -> Any:
+    if attribute is not None:
+        iterable = map(jinja_filters.make_attrgetter(environment, attribute), iterable)
+    items = list(iterable)
+    if all(isinstance(i, int | float) for i in items) and isinstance(start, int | float):
+        return sum(items, start)
+    total = start
+    for item in items:  # lists or texts: each step bounded as `+` is
+        total = _add(total, item)
+    return total
+
+
+def _pprint(value: Any) -> str:
+    _check_text(_text_size(value), "pprint")
+    return pprint.pformat(value)
 
 
 def _merge(value: Any, other: Any) -> Any:
     if isinstance(value, Mapping):
         return {**value, **other}
+    _check_items(len(value) + len(other), "merge")
     return [*value, *other]
 
 
@@ -983,8 +1564,55 @@ def _to_yaml(value: Any) -> str:
     return yaml.safe_dump(json.loads(to_json(value)), sort_keys=False, allow_unicode=True)
 
 
+MAX_YAML_TEXT = 1024 * 1024
+"""The longest text `fromYaml` reads (YAML is read in Python, at about a megabyte a second)."""
+MAX_YAML_ALIASES = 1000
+MAX_YAML_DEPTH = 100
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing documents that nest too deep or repeat too many aliases,
+    and keeping to the render's deadline."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+        self.aliases = 0
+        self.nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if isinstance(self.peek_event(), yaml.AliasEvent):  # type: ignore[no-untyped-call]
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise TemplateError(
+                    f"fromYaml: the YAML holds more than {MAX_YAML_ALIASES} aliases (*name)"
+                )
+        self.nodes += 1
+        if not self.nodes & 255:
+            _check_time()
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise TemplateError(
+                    f"fromYaml: the YAML nests values more than {MAX_YAML_DEPTH} levels deep"
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 def _from_yaml(value: Any) -> Any:
-    return yaml.safe_load(value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    if len(value) > MAX_YAML_TEXT:
+        raise TemplateError(
+            f"fromYaml reads at most {MAX_YAML_TEXT} characters; this YAML has {len(value)}"
+        )
+    loader = _YamlLoader(value)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _is_json(value: Any) -> bool:
@@ -1011,7 +1639,11 @@ def _contains(container: Any, item: Any) -> bool:
     if _missing(container):
         return False
     if isinstance(item, list | tuple) and not isinstance(container, str):
-        return all(i in container for i in item)
+        for i in item:  # each look-up may scan the whole container: keep to the deadline
+            _check_time()
+            if i not in container:
+                return False
+        return True
     return bool(item in container)
 
 
@@ -1025,29 +1657,24 @@ def _range(start: int, end: int, step: int = 1) -> list[int]:
     return list(numbers)
 
 
-# [calls, depth] of `render()` within the outermost `render()` call being evaluated: a variable
-# that renders itself twice would otherwise double the work at each level.
-_RENDER_BUDGET: ContextVar[list[int] | None] = ContextVar("_RENDER_BUDGET", default=None)
-
-
 @jinja2.pass_context
 def _render_function(context: Context, value: Any, recursive: bool = True) -> Any:
     if not isinstance(value, str):
         return value
-    budget = _RENDER_BUDGET.get()
-    token = None
-    if budget is None:
-        budget = [0, 0]
-        token = _RENDER_BUDGET.set(budget)
-    budget[0] += 1
-    budget[1] += 1
+    budget = _BUDGET.get()
+    if budget is None:  # called outside a render: give it one
+        return _bounded(_render_function)(context, value, recursive)
+    # A variable that renders itself twice would double the work at each level: the calls and
+    # the nesting of `render()` are counted within the render that started them.
+    budget.render_calls += 1
+    budget.render_depth += 1
     try:
-        if budget[1] > MAX_RENDER_NESTING:
+        if budget.render_depth > MAX_RENDER_NESTING:
             raise TemplateError(
                 f"render() is nested more than {MAX_RENDER_NESTING} deep: a variable probably "
                 "renders itself; break the cycle"
             )
-        if budget[0] > MAX_RENDER_CALLS:
+        if budget.render_calls > MAX_RENDER_CALLS:
             raise TemplateError(
                 f"render() was called more than {MAX_RENDER_CALLS} times for one expression; "
                 "simplify the variables it renders"
@@ -1057,9 +1684,7 @@ def _render_function(context: Context, value: Any, recursive: bool = True) -> An
             return render(value, variables)
         return render_recursive(value, variables)
     finally:
-        budget[1] -= 1
-        if token is not None:
-            _RENDER_BUDGET.reset(token)
+        budget.render_depth -= 1
 
 
 @jinja2.pass_context
@@ -1112,7 +1737,8 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "upper": lambda v: to_text(v).upper(), "lower": lambda v: to_text(v).lower(),
     "title": _title, "capitalize": lambda v: to_text(v)[:1].upper() + to_text(v)[1:],
     "trim": lambda v: to_text(v).strip(), "replace": _replace, "split": _split,
-    "join": lambda v, sep="": sep.join(to_text(i) for i in v), "slugify": _slugify,
+    "join": _join_texts, "slugify": _slugify, "center": _center, "format": _format, "batch": _batch,
+    "wordwrap": _wordwrap, "sum": _sum, "pprint": _pprint,
     "abs": abs, "number": _number, "numberFormat": _number_format, "abbreviate": _abbreviate,
     "sort": lambda v: sorted(v), "rsort": lambda v: sorted(v, reverse=True),
     "reverse": lambda v: v[::-1] if isinstance(v, str) else list(reversed(list(v))),
@@ -1235,33 +1861,56 @@ def _fail(source: str, exc: Exception) -> TemplateError:
 
 
 def render(template: str, context: Mapping[str, Any]) -> str:
-    """Render a template to text.
+    """Render a template to text, within the limits of one render (see the module's docstring).
 
     Every failure (an undefined variable, a syntax error, an operation the sandbox refuses, a
-    division by zero, ...) raises `TemplateError` naming the template and the cause. Only
-    `BaseException`s that are not errors (cancellation, interrupts) pass through unchanged.
+    division by zero, a limit reached, ...) raises `TemplateError` naming the template and the
+    cause. Only `BaseException`s that are not errors (cancellation, interrupts) pass through
+    unchanged.
     """
+    if isinstance(template, str) and not is_template(template):
+        return template
+    return _render(template, context)
+
+
+@_bounded
+def _render(template: str, context: Mapping[str, Any]) -> str:
     try:
         if not isinstance(template, str):
             return to_text(template)
-        if not is_template(template):
-            return template
-        return _compiled_template(template).render(context)
+        compiled = _compiled_template(template)
+        # Jinja's `Template.render`, with the output measured as it is produced
+        parts: list[str] = []
+        size = 0
+        for chunk in compiled.root_render_func(compiled.new_context(dict(context))):
+            size += len(chunk)
+            if size > MAX_TEXT:
+                raise TemplateError(
+                    f"the output is longer than {MAX_TEXT} characters, the limit of one render"
+                )
+            parts.append(chunk)
+        return "".join(parts)
     except Exception as exc:
         raise _fail(str(template), exc) from None
 
 
+@_bounded
 def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
-    """The native value of one expression (without the braces); fails like `render`."""
+    """The native value of one expression (without the braces); fails like `render`, and when
+    the value would be longer than `MAX_TEXT` once written out."""
     try:
         value = _compiled_expression(expression)(**context)
         if isinstance(value, jinja2.Undefined):
             str(value)  # raises: an undefined value is an error
+        if isinstance(value, Mapping | list | tuple):
+            # whoever takes the value will write it out (as JSON, as the items of a loop)
+            _check_text(_text_size(value), "The value")
     except Exception as exc:
         raise _fail("{{ " + str(expression).strip() + " }}", exc) from None
     return value
 
 
+@_bounded
 def render_typed(template: str, context: Mapping[str, Any]) -> Any:
     """Like `render`, but a template that is exactly one `{{ expr }}` keeps the value's type."""
     if not isinstance(template, str):
@@ -1272,6 +1921,7 @@ def render_typed(template: str, context: Mapping[str, Any]) -> Any:
     return render(template, context)
 
 
+@_bounded
 def render_value(value: Any, context: Mapping[str, Any]) -> Any:
     """Render every string inside lists and maps (keys too), leaving other values as they are;
     fails like `render`."""
@@ -1297,6 +1947,7 @@ def _render_value(value: Any, context: Mapping[str, Any]) -> Any:
     return value
 
 
+@_bounded
 def render_recursive(template: str, context: Mapping[str, Any]) -> str:
     """Render until the text holds no more templates (Kestra's `render()`), at most 10 times;
     fails like `render`."""
