@@ -20,8 +20,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
+from engine import safe_yaml
 from engine.duration import parse_duration
 from engine.errors import InputValidationError, Problem, TemplateError, TiercelError
 from engine.storage import SCHEME, uri_path
@@ -283,10 +282,14 @@ def _int(inp: Input, raw: Any) -> int:
         value = raw
     elif isinstance(raw, float) and raw.is_integer():
         value = int(raw)
-    elif isinstance(raw, str) and _INT.match(raw.strip()):
+    elif isinstance(raw, str) and _INT.match(raw.strip()) and len(raw.strip()) <= 40:
         value = int(raw.strip())
+    elif isinstance(raw, str) and _INT.match(raw.strip()):
+        raise ValueError(f"{_shown(raw)} is beyond 64 bits (-2^63 to 2^63-1)")
     if value is None:
-        raise ValueError(f"'{raw}' is not an integer")
+        raise ValueError(f"'{_shown(raw)}' is not an integer")
+    if not MIN_INT <= value <= MAX_INT:
+        raise ValueError(f"{_shown(raw)} is beyond 64 bits (-2^63 to 2^63-1)")
     _check_range(inp, value, value)
     return value
 
@@ -374,7 +377,9 @@ def _temporal(kind: str, raw: Any) -> Any:
                 moment = dt.datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
             else:
                 return None
-            return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+            # In UTC now, so nothing later overflows (9999-12-31T23:00-12:00 is in year 10000).
+            return moment.astimezone(dt.UTC)
         if kind == "DATE":
             if isinstance(raw, dt.datetime):
                 return None
@@ -388,7 +393,7 @@ def _temporal(kind: str, raw: Any) -> Any:
         else:
             return None
         return moment_t if moment_t.tzinfo is None else None
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 
@@ -436,20 +441,63 @@ def _file(inp: Input, raw: Any) -> str:
 
 def _json(inp: Input, raw: Any) -> Any:
     if isinstance(raw, str):
-        try:
-            return json.loads(raw, parse_constant=_no_constant)
-        except ValueError as exc:
-            raise ValueError(f"not valid JSON: {exc}") from None
-    return _json_safe(raw)
+        return bounded(_json_text(raw, "not valid JSON"))
+    return _json_safe(bounded(raw))
 
 
 def _yaml(inp: Input, raw: Any) -> Any:
     if isinstance(raw, str):
         try:
-            return _json_safe(yaml.safe_load(raw))
-        except yaml.YAMLError as exc:
+            return _json_safe(safe_yaml.load(raw))
+        except ValueError as exc:
             raise ValueError(f"not valid YAML: {exc}") from None
-    return _json_safe(raw)
+    return _json_safe(bounded(raw))
+
+
+def _json_text(raw: str, what: str) -> Any:
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError(f"{what}: nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+
+
+MAX_DEPTH = 100
+"""Levels of nesting a JSON or YAML value may hold (as a YAML document, engine/safe_yaml.py)."""
+MIN_INT, MAX_INT = -(2**63), 2**63 - 1
+"""The integers an input may hold: those of 64 bits (what JSON readers agree on)."""
+
+
+def bounded(value: Any) -> Any:
+    """`value` when what it holds can be recorded and shown as JSON: nested at most MAX_DEPTH
+    levels, integers of 64 bits, strings without NUL; a `ValueError` says what is wrong."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, bool) or item is None or isinstance(item, float):
+            continue
+        if isinstance(item, int):
+            if not MIN_INT <= item <= 2**64 - 1:
+                raise ValueError(f"the number {_shown(item)} is beyond 64 bits")
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("it holds a NUL character (\\u0000), which cannot be stored")
+        elif isinstance(item, Mapping | list | tuple):
+            if depth > MAX_DEPTH:
+                raise ValueError(f"it is nested more than {MAX_DEPTH} levels deep")
+            if isinstance(item, Mapping):
+                stack.extend((k, depth + 1) for k in item)
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
+    return value
+
+
+def _shown(raw: Any) -> str:
+    """A value as a message quotes it: cut to 40 characters."""
+    text = raw if isinstance(raw, str) else repr(raw)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _no_constant(name: str) -> Any:
@@ -531,10 +579,7 @@ def _listed(raw: Any, *, single: bool = True) -> list[Any]:
     if isinstance(raw, list | tuple):
         return list(raw)
     if isinstance(raw, str) and raw.strip().startswith("["):
-        try:
-            parsed = json.loads(raw, parse_constant=_no_constant)
-        except ValueError as exc:
-            raise ValueError(f"'{raw}' is not a JSON list: {exc}") from None
+        parsed = bounded(_json_text(raw, f"'{_shown(raw)}' is not a JSON list"))
         if isinstance(parsed, list):
             return parsed
     if isinstance(raw, Mapping) or not single:
