@@ -9,7 +9,9 @@ hop.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import select
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -17,7 +19,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import trio
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from engine.backoff import Backoff, describe, is_transient
@@ -47,6 +49,9 @@ SESSION_SETTINGS: Mapping[str, str] = {
 APPEND_STATEMENT_TIMEOUT = "60s"
 """The statement timeout of the append transaction (engine/store.py): its inserts take
 milliseconds; far beyond that something is wrong, and every other append is waiting."""
+
+RUNTIME_URL_ENV = "TIERCEL_RUNTIME_DATABASE_URL"
+"""A URL that logs in as the runtime role itself; when set, runtime connections use it."""
 
 
 class Database:
@@ -202,6 +207,94 @@ def _options(url: str, settings: Mapping[str, str]) -> str:
     ours = " ".join(f"-c {name}={_escape_option(value)}" for name, value in settings.items())
     theirs = conninfo_to_dict(url).get("options") or ""
     return f"{ours} {theirs}".strip()
+
+
+# --- the runtime role ----------------------------------------------------------------------------
+
+_ROLE_PREFIX = "tiercel_runtime_"
+_NAME_MAX = 63  # bytes of a PostgreSQL identifier
+
+
+def runtime_role(dbname: str) -> str:
+    """The role the engine's runtime connections to database `dbname` act as.
+
+    Roles belong to the whole cluster, so each database gets its own: a runtime session of one
+    database then holds no right in another. A name too long for an identifier ends with a
+    hash of the database name instead.
+    """
+    name = _ROLE_PREFIX + dbname
+    if len(name.encode()) <= _NAME_MAX:
+        return name
+    return _ROLE_PREFIX + hashlib.sha256(dbname.encode()).hexdigest()[:24]
+
+
+def runtime_url(url: str) -> str:
+    """The URL of the engine's runtime connections, given the owner's `url` (see
+    docs/audit-log.md).
+
+    In order: `TIERCEL_RUNTIME_DATABASE_URL` when set; the same server logged in as the
+    database's runtime role when that role may log in and the server lets it in without a
+    password of its own (the embedded PostgreSQL, or one in `.pgpass`); the owner's login
+    switched to the runtime role at connect (`-c role=...`) when the owner may; otherwise
+    `url` itself, with a warning, since its sessions may change or drop the append-only
+    trigger.
+    """
+    configured = os.environ.get(RUNTIME_URL_ENV)
+    if configured:
+        return configured
+    with connect(url, settings={}) as conn:
+        dbname = conn.info.dbname
+        role = runtime_role(dbname)
+        member = "SET" if conn.info.server_version >= 160000 else "MEMBER"
+        row = conn.execute(
+            "SELECT r.rolcanlogin, r.rolname = current_user, pg_has_role(r.oid, %s)"
+            " FROM pg_roles r WHERE r.rolname = %s",
+            (member, role),
+        ).fetchone()
+        owner = conn.info.user
+    if row is None:
+        log.warning(
+            "The runtime role %s does not exist, so the engine connects as %s, which may change "
+            "or drop the append-only trigger of events. Apply the migrations as a role that may "
+            "create roles, or create it (see docs/audit-log.md).",
+            role,
+            owner,
+        )
+        return url
+    can_login, is_current, may_set = row
+    if is_current:
+        return url
+    if can_login:
+        candidate = _with_params(url, user=role, password=None)
+        try:
+            connect(candidate, settings={}).close()
+        except DatabaseUnavailable as exc:
+            log.info("Cannot log in as %s (%s); switching roles at connect instead", role, exc)
+        else:
+            return candidate
+    if may_set:
+        options = f"{conninfo_to_dict(url).get('options') or ''} -c role={_escape_option(role)}"
+        return _with_params(url, options=options.strip())
+    log.warning(
+        "%s may not act as the runtime role %s, so the engine connects as %s, which may change "
+        "or drop the append-only trigger of events. As a superuser: GRANT %s TO %s.",
+        owner,
+        role,
+        owner,
+        role,
+        owner,
+    )
+    return url
+
+
+def _with_params(url: str, **params: str | None) -> str:
+    info = {k: v for k, v in conninfo_to_dict(url).items() if v is not None}
+    for key, value in params.items():
+        if value is None:
+            info.pop(key, None)
+        else:
+            info[key] = value
+    return make_conninfo("", **info)
 
 
 def _reusable(conn: psycopg.Connection[Any]) -> bool:

@@ -19,6 +19,10 @@ the data directory's path is too long for a Unix socket, and the service account
   container that forbids them), they run as the system account `tiercel-postgres`, created when
   absent, which then owns the cluster; a parent directory it cannot traverse is reported, never
   widened.
+- Two roles: `postgres`, made by initdb, owns the cluster and what migrations create; the
+  runtime role of the `postgres` database (`engine.db.runtime_role`) is created here as a LOGIN
+  role, so the engine's sessions log in as it and may only add to and read `events` (migrations
+  grant its rights; see docs/audit-log.md).
 """
 
 from __future__ import annotations
@@ -325,6 +329,30 @@ def _acquire_lock(data_dir: Path) -> int:
     return fd
 
 
+def _ensure_runtime_login(url: str) -> None:
+    """Make the runtime role of the `postgres` database a LOGIN role (created when missing).
+
+    Only this cluster's owner reaches its socket, whose logins are trusted, so a LOGIN role
+    needs no password here; the engine's sessions then log in as it rather than switching to it
+    from the superuser, and no statement in them can switch back.
+    """
+    import psycopg
+    from psycopg import sql
+
+    from engine.db import runtime_role
+
+    role = sql.Identifier(runtime_role("postgres"))
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", (runtime_role("postgres"),)
+            ).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(sql.SQL(verb + " ROLE {} LOGIN").format(role))
+    except psycopg.Error as exc:
+        log.warning("Could not make the runtime role of the embedded PostgreSQL: %s", exc)
+
+
 class EmbeddedPostgres:
     """Start, adopt and stop a PostgreSQL server whose cluster lives in `data_dir/postgres`."""
 
@@ -373,6 +401,7 @@ class EmbeddedPostgres:
             raise
         host = urllib.parse.quote(postmaster.socket_dir, safe="/")
         self.url = f"postgresql://postgres@/postgres?host={host}&port={postmaster.port}"
+        _ensure_runtime_login(self.url)
         return self.url
 
     def _adopt_or_clear(self) -> _Postmaster | None:

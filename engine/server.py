@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from engine.backoff import Backoff, describe, is_transient, retry
-from engine.db import Database, Notifier
+from engine.db import Database, Notifier, runtime_url
 from engine.executor_shell import ExecutorShell
 from engine.health import Health
 from engine.migrate import migrate
@@ -149,6 +149,13 @@ async def run_server(
     await retry(
         lambda: trio.to_thread.run_sync(migrate, url),
         what="waiting for PostgreSQL to apply migrations",
+        health=health,
+        component="migrations",
+    )
+    # Migrations ran as the owner; everything else runs as the runtime role (docs/audit-log.md).
+    url = await retry(
+        lambda: trio.to_thread.run_sync(runtime_url, url),
+        what="connecting as the runtime role",
         health=health,
         component="migrations",
     )
