@@ -5,6 +5,11 @@ executor's checkpoint in one transaction (group commit). Decisions are applied t
 state as soon as they are made, and skipped when read back. A restart reloads an execution's
 history and replays it to the exact point it had reached, so nothing is decided twice (and the
 command id of each decision makes a repeated append a no-op anyway).
+
+Folding and deciding run in a worker thread, one hop per batch: deciding renders templates
+(conditions, values, flow outputs), and however long one takes within its limits, the event loop
+of the process (the API, heartbeats, the worker beside it) goes on answering meanwhile. Nothing
+is rendered inside a database transaction: the batch's appends start once every decision is made.
 """
 
 from __future__ import annotations
@@ -110,7 +115,9 @@ class ExecutorShell:
         )
         await sub.run(self._handle, task_status=task_status)
 
-    async def _load(self, batch: list[StoredEvent]) -> None:
+    async def _load(self, batch: list[StoredEvent]) -> dict[str, tuple[list[StoredEvent], int]]:
+        """The histories of the batch's executions that are not cached yet, each with the
+        position the batch takes it up at (read here; replayed with the batch, off the loop)."""
         first: dict[str, int] = {}
         for e in batch:
             xid = e.execution_id
@@ -119,22 +126,23 @@ class ExecutorShell:
                 first[xid] = -1 if isinstance(e.event, ev.ExecutionCreated) else e.seq
         first = {xid: seq for xid, seq in first.items() if seq >= 0}
         if not first:
-            return
+            return {}
 
         storage = self.store.storage
 
-        def load(conn: psycopg.Connection[Any]) -> dict[str, list[StoredEvent]]:
-            return {xid: read_execution_sync(conn, xid, storage) for xid in first}
+        def load(conn: psycopg.Connection[Any]) -> dict[str, tuple[list[StoredEvent], int]]:
+            return {xid: (read_execution_sync(conn, xid, storage), first[xid]) for xid in first}
 
-        histories = await self.store.db.run(load)
-        for xid, history in histories.items():
+        return await self.store.db.run(load)
+
+    def _replay(self, histories: dict[str, tuple[list[StoredEvent], int]]) -> None:
+        """Cache the state each loaded execution had just before the batch."""
+        for xid, (history, before) in histories.items():
             reason = next((r for e in history if (r := unresolved(e.event))), None)
             if reason is not None:
                 self._unreadable[xid] = reason
                 continue
-            state = replay(
-                [recorded(e) for e in history if e.type in INPUT_TYPES], before=first[xid]
-            )
+            state = replay([recorded(e) for e in history if e.type in INPUT_TYPES], before=before)
             if state is not None:
                 self.cache[xid] = state
 
@@ -142,8 +150,35 @@ class ExecutorShell:
         batch = [e for e in batch if e.execution_id not in self.parked]
         if not batch:
             return
-        await self._load(batch)
+        histories = await self._load(batch)
+        # Not abandoned on cancellation: the thread updates the cached states, which must not
+        # change under a later batch; it ends within the renders' own time limits.
+        decisions, parked = await trio.to_thread.run_sync(self._decide, histories, batch)
         appends: list[Append] = []
+        for append, state, decided, cause in decisions:
+            appends.append(append)
+            appends.extend(await self._effects(state, decided, cause))
+        last = batch[-1].seq
+
+        def finish(conn: psycopg.Connection[Any]) -> None:
+            for xid, seq, error in parked:
+                conn.execute(
+                    "INSERT INTO engine_parked (execution_id, seq, error) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (execution_id) DO NOTHING",
+                    (xid, seq, error),
+                )
+            save_checkpoint(conn, CHECKPOINT, last)
+
+        await self.store.append_many(appends, extra=finish)
+
+    def _decide(
+        self, histories: dict[str, tuple[list[StoredEvent], int]], batch: list[StoredEvent]
+    ) -> tuple[list[tuple[Append, Execution, list[ev.Event], int]], list[tuple[str, int, str]]]:
+        """Fold and decide the whole batch (in a worker thread): per event that decided
+        something, its append, the state after it and what it decided (for `_effects`); and
+        the executions parked on the way."""
+        self._replay(histories)
+        decisions: list[tuple[Append, Execution, list[ev.Event], int]] = []
         parked: list[tuple[str, int, str]] = []
         for e in batch:
             if e.meta.get("actor") == ACTOR:
@@ -173,31 +208,18 @@ class ExecutorShell:
                 self.cache.pop(xid, None)
                 continue
             if decided:
-                appends.append(
-                    Append(
-                        ev.execution_stream(xid),
-                        decided,
-                        command_id=f"decide:{e.seq}",
-                        meta={"actor": ACTOR, "causation": e.seq},
-                    )
+                append = Append(
+                    ev.execution_stream(xid),
+                    decided,
+                    command_id=f"decide:{e.seq}",
+                    meta={"actor": ACTOR, "causation": e.seq},
                 )
                 for new in decided:
                     state = evolve(state, new, e.recorded_at)
                     assert state is not None
-                appends.extend(await self._effects(state, decided, e.seq))
+                decisions.append((append, state, decided, e.seq))
             self._keep(xid, state)
-        last = batch[-1].seq
-
-        def finish(conn: psycopg.Connection[Any]) -> None:
-            for xid, seq, error in parked:
-                conn.execute(
-                    "INSERT INTO engine_parked (execution_id, seq, error) VALUES (%s, %s, %s)"
-                    " ON CONFLICT (execution_id) DO NOTHING",
-                    (xid, seq, error),
-                )
-            save_checkpoint(conn, CHECKPOINT, last)
-
-        await self.store.append_many(appends, extra=finish)
+        return decisions, parked
 
     async def _effects(self, state: Execution, decided: list[ev.Event], cause: int) -> list[Append]:
         """What decisions ask of the world beyond this execution: child executions and, when
