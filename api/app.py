@@ -21,6 +21,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from api import accounts_routes, bodies
+from api import secrets as secrets_routes
 from api.auth import access, actor, install, namespace_filter, public, require_namespace
 from engine import commands
 from engine.backoff import is_transient
@@ -29,6 +30,7 @@ from engine.execution import iso
 from engine.flow import Flow, flow_to_dict, parse_flow
 from engine.inputs import resolve_inputs
 from engine.plugin import Task, describe, plugin_list, property_docs, schema, task_type
+from engine.secrets import shown
 from engine.server import ServerContext
 from engine.storage import SCHEME, Storage, execution_prefix, input_prefix, to_uri, uri_path
 from engine.store import load_checkpoint
@@ -167,6 +169,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     # Before the guard too, which reads the execution a path names.
     app.before_request_funcs.setdefault(None, []).insert(0, bodies.refuse_nul_in_url)
     accounts_routes.register(app, guard)
+    app.register_blueprint(secrets_routes.blueprint(ctx))
 
     @app.errorhandler(TiercelError)
     async def domain_error(exc: TiercelError) -> Response:
@@ -806,8 +809,8 @@ def _execution_row(row: dict[str, Any]) -> dict[str, Any]:
         "flowRevision": row["flow_revision"],
         "state": state,
         "labels": row["labels"],
-        "inputs": row["inputs"],
-        "outputs": row["outputs"] or {},
+        "inputs": shown(row["inputs"]),
+        "outputs": shown(row["outputs"] or {}),
         "trigger": row["trigger"],
         "parentId": row["parent_id"],
         "originalId": row["original_id"],

@@ -18,6 +18,7 @@ import trio
 import yaml
 
 from engine import cli_accounts as _accounts_cli
+from engine import cli_secrets as _secrets_cli
 from engine.errors import FlowValidationError, TiercelError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -219,6 +220,7 @@ def _serve(roles: tuple[str, ...], *, embedded_ok: bool, **options: Any) -> None
         ),
     }
     flows_dir = options.get("flows_dir") or _setting("flows", None)
+    _secrets_cli.configure_master_key(data_dir, generate=not url)
     try:
         trio.run(functools.partial(_serve_async, roles, url, data_dir, flows_dir, settings))
     except TiercelError as exc:
@@ -586,6 +588,7 @@ def plugins_list(as_json: bool) -> None:
 
 
 _accounts_cli.register(main)
+_secrets_cli.register(main)
 
 if __name__ == "__main__":
     main()

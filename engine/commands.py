@@ -30,6 +30,7 @@ from engine.executor_shell import INPUT_TYPES, recorded
 from engine.flow import Flow, Input, flow_to_dict, parse_flow
 from engine.inputs import resolve_inputs
 from engine.plugin import TERMINAL_STATES
+from engine.secrets import destroy_key, encrypt_inputs, shown
 from engine.storage import Storage, execution_prefix
 from engine.store import NO_STREAM, EventStore, StoredEvent
 
@@ -199,6 +200,7 @@ async def create_execution(
         raise Conflict(f"Flow {namespace}.{flow_id} is disabled: enable it to execute it")
     values = resolve_inputs(flow, inputs or {})
     execution_id = execution_id or new_execution_id()
+    values = await encrypt_inputs(store.db, flow, values, execution_id)
     result = await store.append(
         ev.execution_stream(execution_id),
         [
@@ -382,7 +384,7 @@ def execution_json(state: Execution) -> dict[str, Any]:
                 "taskId": run.taskId,
                 "value": run.value,
                 "state": _state_json(run.state, run.histories),
-                "outputs": run.outputs or {},
+                "outputs": shown(run.outputs or {}),
                 "attempts": [
                     {"state": {"current": a.state}, "workerId": a.workerId} for a in run.attempts
                 ],
@@ -390,8 +392,8 @@ def execution_json(state: Execution) -> dict[str, Any]:
             }
             for run in state.taskruns.values()
         ],
-        "inputs": state.inputs,
-        "outputs": state.outputs or {},
+        "inputs": shown(state.inputs),
+        "outputs": shown(state.outputs or {}),
         "labels": [{"key": k, "value": v} for k, v in state.labels],
         "parentId": state.parentId,
         "originalId": state.originalId,
@@ -480,6 +482,7 @@ async def purge_execution(
         [ev.ExecutionPurged(executionId=execution_id, logs=logs, files=files)],
         meta={"actor": actor},
     )
+    await destroy_key(store.db, execution_id)  # its recorded SECRET values are gone for good
     if not files or storage is None:
         return 0
     prefix = execution_prefix(state.namespace, state.flowId, execution_id)

@@ -28,6 +28,7 @@ from engine.db import Notifier
 from engine.errors import TiercelError
 from engine.execution import Execution, Recorded, decide, evolve, replay
 from engine.plugin import TERMINAL_STATES
+from engine.secrets import decrypt_values, encrypt_inputs, has_encrypted, share_key
 from engine.store import (
     NO_STREAM,
     Append,
@@ -230,6 +231,8 @@ class ExecutorShell:
             if isinstance(event, ev.SubflowExecutionRequested):
                 out.append(await self._start_child(state, event, meta))
             elif isinstance(event, ev.ExecutionRetried):
+                if has_encrypted(state.inputs):  # the retry records the same encrypted inputs
+                    await share_key(self.store.db, state.id, event.newExecutionId)
                 out.append(
                     Append(
                         ev.execution_stream(event.newExecutionId),
@@ -303,7 +306,10 @@ class ExecutorShell:
             flow = parse_flow(record.source)
             if flow.disabled:
                 raise TiercelError(f"Flow {request.namespace}.{request.flowId} is disabled")
-            values = resolve_inputs(flow, request.inputs)
+            # Secrets the parent passes on are encrypted again, with the child's own key.
+            given, passed = await decrypt_values(self.store.db, parent.id, request.inputs)
+            values = resolve_inputs(flow, given)
+            values = await encrypt_inputs(self.store.db, flow, values, request.childId, also=passed)
         except TiercelError as exc:
             return Append(
                 ev.execution_stream(parent.id),

@@ -251,8 +251,8 @@ def _text(raw: Any) -> str:
 
 
 def _string(inp: Input, raw: Any) -> str:
-    """STRING, and SECRET: a SECRET is kept as given for now (stored like a STRING, not
-    encrypted), so do not use it for values that must not appear in the execution."""
+    """STRING, and SECRET (checked as a STRING; the execution records its value encrypted
+    with a key of its own, see `engine.secrets.encrypt_inputs`)."""
     value = _text(raw)
     if inp.validator and not re.fullmatch(inp.validator, value):
         shown = "the value" if inp.type == "SECRET" else f"'{value}'"

@@ -558,12 +558,14 @@ async def decrypt_values(db: Database, execution_id: str, value: Any) -> tuple[A
     """`value` with each encrypted value of `execution_id` in it decrypted, and the plaintexts
     found (to be masked). The key is read only when there is something to decrypt; a value
     that does not decrypt with it (made for another execution) is left as it is."""
-    if not _has_encrypted(value):
+    if not has_encrypted(value):
         return value, []
     key = await execution_key(db, execution_id)
     found: list[str] = []
 
     def walk(item: Any) -> Any:
+        if isinstance(item, str) and item.startswith(_AS_TEXT):
+            item = _from_text(item)
         if is_encrypted(item):
             try:
                 plain = decrypt(key, item["value"], _VALUE_AAD).decode()
@@ -580,19 +582,36 @@ async def decrypt_values(db: Database, execution_id: str, value: Any) -> tuple[A
     return walk(value), found
 
 
-def _has_encrypted(value: Any) -> bool:
+_AS_TEXT = '{"type":"' + ENCRYPTED_TYPE + '"'
+"""How a rendered template writes an encrypted value (`"{{ inputs.pw }}"` in a property the
+executor renders, such as a Subflow's inputs)."""
+
+
+def _from_text(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if is_encrypted(value) else text
+
+
+def has_encrypted(value: Any) -> bool:
+    """Whether `value` holds an encrypted value anywhere (alone or as a rendered template
+    wrote it)."""
     if is_encrypted(value):
         return True
+    if isinstance(value, str):
+        return value.startswith(_AS_TEXT) and is_encrypted(_from_text(value))
     if isinstance(value, dict):
-        return any(_has_encrypted(v) for v in value.values())
+        return any(has_encrypted(v) for v in value.values())
     if isinstance(value, list):
-        return any(_has_encrypted(v) for v in value)
+        return any(has_encrypted(v) for v in value)
     return False
 
 
 def shown(value: Any) -> Any:
     """`value` as the API shows it: each encrypted value replaced by `******`."""
-    if is_encrypted(value):
+    if is_encrypted(value) or (isinstance(value, str) and has_encrypted(value)):
         return MASK
     if isinstance(value, dict):
         return {k: shown(v) for k, v in value.items()}

@@ -1,0 +1,413 @@
+"""Secrets never leak: a real server runs flows whose scripts (real subprocesses) use secrets
+from the environment, the namespace store and SECRET inputs; afterwards the raw `events` table,
+the logs read model and the API's answers are searched for the values and hold none of them,
+while the scripts provably received them."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from engine import secrets
+from engine.server import ServerContext, run_server
+from tests.conftest import ADMIN_PASSWORD
+
+MASTER_KEY = base64.b64encode(b"k" * 32).decode()
+TIERCEL = [sys.executable, "-m", "engine.cli"]
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"test.s{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def master_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(secrets.KEY_ENV, MASTER_KEY)
+    return MASTER_KEY
+
+
+@pytest.fixture
+async def server(
+    database_url: str, nursery: trio.Nursery, tmp_path: Path, master_key: str
+) -> ServerContext:
+    ctx: ServerContext = await nursery.start(
+        lambda task_status: run_server(
+            database_url,
+            host="127.0.0.1",
+            port=0,
+            data_dir=tmp_path,
+            heartbeat_interval=0.5,
+            admin_password=ADMIN_PASSWORD,
+            task_status=task_status,
+        )
+    )
+    return ctx
+
+
+@pytest.fixture
+async def client(server: ServerContext) -> AsyncIterator[httpx.AsyncClient]:
+    url = server.extra["urls"][0]
+    async with httpx.AsyncClient(base_url=url, timeout=60, auth=("admin", ADMIN_PASSWORD)) as http:
+        yield http
+
+
+def _value(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex}"
+
+
+def _needles(*values: str) -> list[str]:
+    """Each value, its base64 (as given and as `echo | base64` prints it) and its hex."""
+    found = []
+    for value in values:
+        data = value.encode()
+        found += [
+            value,
+            base64.b64encode(data).decode().rstrip("="),
+            base64.b64encode(data + b"\n").decode().rstrip("="),
+            data.hex(),
+        ]
+    return found
+
+
+async def _events_holding(server: ServerContext, needle: str) -> list[str]:
+    rows = await server.db.fetchall(
+        "SELECT type FROM events WHERE strpos(data::text, %s) > 0 OR strpos(meta::text, %s) > 0",
+        (needle, needle),
+    )
+    return [r["type"] for r in rows]
+
+
+async def _deploy(client: httpx.AsyncClient, source: str) -> None:
+    answer = await client.post(
+        "/api/v1/flows", content=source, headers={"Content-Type": "application/x-yaml"}
+    )
+    assert answer.status_code == 200, answer.text
+
+
+async def _run(client: httpx.AsyncClient, ns: str, flow_id: str, inputs: dict[str, Any]) -> Any:
+    answer = await client.post(f"/api/v1/executions/{ns}/{flow_id}?wait=true", json=inputs)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def _outputs(execution: dict[str, Any], task_id: str) -> dict[str, Any]:
+    run = next(r for r in execution["taskRunList"] if r["taskId"] == task_id)
+    outputs: dict[str, Any] = run["outputs"]
+    return outputs
+
+
+def _sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+LEAKY_FLOW = """
+id: leaky
+namespace: {ns}
+inputs:
+  - id: pw
+    type: SECRET
+tasks:
+  - id: log
+    type: io.kestra.plugin.core.log.Log
+    message: "env {{{{ secret('ENV_TOKEN') }}}} store {{{{ secret('STORED') }}}} input {{{{ inputs.pw }}}}"
+  - id: shell
+    type: io.kestra.plugin.scripts.shell.Script
+    env:
+      TOKEN: "{{{{ secret('ENV_TOKEN') }}}}"
+      STORED: "{{{{ secret('STORED') }}}}"
+      PW: "{{{{ inputs.pw }}}}"
+    script: |
+      echo "token=$TOKEN stored=$STORED pw=$PW"
+      echo "$TOKEN" | base64
+      printf %s "$PW" | base64
+      env
+      echo "I am $(id -un), home $HOME" >&2
+      sha=$(printf %s "$TOKEN" | sha256sum | cut -c1-64)
+      stored=$(printf %s "$STORED" | sha256sum | cut -c1-64)
+      pw=$(printf %s "$PW" | sha256sum | cut -c1-64)
+      leaked=$(env | grep -E '^(SECRET_|TIERCEL_|PG)' | cut -d= -f1 | tr '\\n' ' ')
+      echo "::{{\\"outputs\\": {{\\"sha\\": \\"$sha\\", \\"stored\\": \\"$stored\\", \\"pw\\": \\"$pw\\", \\"leaked\\": \\"$leaked\\", \\"raw\\": \\"$TOKEN\\"}}}}::"
+  - id: python
+    type: io.kestra.plugin.scripts.python.Script
+    env:
+      TOKEN: "{{{{ secret('ENV_TOKEN') }}}}"
+    script: |
+      import hashlib, os
+      import msgspec  # a package of the worker's own environment
+      from kestra import Kestra
+      print(dict(os.environ))
+      Kestra.outputs({{"sha": hashlib.sha256(os.environ["TOKEN"].encode()).hexdigest(),
+                      "names": sorted(os.environ), "msgspec": msgspec.__name__}})
+  - id: output
+    type: io.kestra.plugin.core.output.OutputValues
+    values:
+      token: "{{{{ secret('ENV_TOKEN') }}}}"
+      nested: ["x", "{{{{ inputs.pw }}}}"]
+  - id: fail
+    type: io.kestra.plugin.core.execution.Fail
+    allowFailure: true
+    errorMessage: "refused with {{{{ secret('ENV_TOKEN') }}}} and {{{{ secret('STORED') }}}}"
+"""
+
+
+async def test_secrets_reach_scripts_but_never_events_logs_or_api_answers(
+    server: ServerContext, client: httpx.AsyncClient, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_token, stored, pw = _value("envtok"), _value("stored"), _value("pw")
+    monkeypatch.setenv("SECRET_ENV_TOKEN", base64.b64encode(env_token.encode()).decode())
+    # In the parent namespace: a flow's namespace reads its parents' secrets too.
+    parent, child = ns, f"{ns}.team"
+    put = await client.put(f"/api/v1/namespaces/{parent}/secrets/STORED", json={"value": stored})
+    assert put.status_code == 200, put.text
+    await _deploy(client, LEAKY_FLOW.format(ns=child))
+
+    execution = await _run(client, child, "leaky", {"pw": pw})
+
+    assert execution["state"]["current"] == "WARNING", execution  # only `fail` failed
+    # The scripts really received the values...
+    shell = _outputs(execution, "shell")["vars"]
+    assert shell["sha"] == _sha(env_token)
+    assert shell["stored"] == _sha(stored)
+    assert shell["pw"] == _sha(pw)
+    assert shell["raw"] == "******"
+    # ...in an environment holding nothing of the server's.
+    assert shell["leaked"].strip() == ""
+    python = _outputs(execution, "python")["vars"]
+    assert python["sha"] == _sha(env_token)
+    assert python["msgspec"] == "msgspec"
+    assert not [n for n in python["names"] if n.startswith(("SECRET_", "TIERCEL_", "PG"))]
+    assert {"PATH", "HOME", "TMPDIR", "WORKING_DIR", "OUTPUT_DIR", "TOKEN"} <= set(python["names"])
+    # Outputs, failure messages and the SECRET input are masked where the API shows them.
+    assert _outputs(execution, "output")["values"] == {"token": "******", "nested": ["x", "******"]}
+    fail = next(r for r in execution["taskRunList"] if r["taskId"] == "fail")
+    assert execution["inputs"] == {"pw": "******"}
+    answer = await client.get(f"/api/v1/executions/{execution['id']}")
+    search = await client.get("/api/v1/executions/search", params={"namespace": child})
+    logs = await client.get(f"/api/v1/logs/{execution['id']}")
+    assert logs.status_code == 200
+    messages = [line["message"] for line in logs.json()]
+    assert any("refused with ****** and ******" in m for m in messages), messages
+    assert "env ****** store ****** input ******" in messages
+    assert "token=****** stored=****** pw=******" in messages
+    assert any("'TOKEN': '******'" in m for m in messages), "the Python script's os.environ"
+
+    needles = _needles(env_token, stored, pw)
+    for text in (answer.text, search.text, logs.text, json.dumps(execution), json.dumps(fail)):
+        for needle in needles:
+            assert needle not in text
+    rows = await server.db.fetchall(
+        "SELECT message FROM logs WHERE execution_id = %s", (execution["id"],)
+    )
+    assert rows, "the logs read model holds the execution's lines"
+    for row in rows:
+        for needle in needles:
+            assert needle not in row["message"]
+    for needle in needles:
+        assert await _events_holding(server, needle) == [], needle
+    # What the events hold instead: the input encrypted with the execution's own key.
+    created = await server.db.fetchone(
+        "SELECT data FROM events WHERE stream_id = %s AND type = 'ExecutionCreated'",
+        (f"exec:{execution['id']}",),
+    )
+    assert created is not None
+    assert secrets.is_encrypted(created["data"]["inputs"]["pw"])
+    key = await server.db.fetchone(
+        "SELECT wrapped FROM execution_keys WHERE execution_id = %s", (execution["id"],)
+    )
+    assert key is not None and key["wrapped"] is True
+    # The store keeps the value encrypted too.
+    row = await server.db.fetchone(
+        "SELECT ciphertext FROM namespace_secrets WHERE namespace = %s AND key = 'STORED'",
+        (parent,),
+    )
+    assert row is not None and stored not in row["ciphertext"]
+    # Replay agrees with what was recorded: the core folds the encrypted value as plain data.
+    verify = await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [*TIERCEL, "sys", "verify", "--execution", execution["id"]],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TIERCEL_DATABASE_URL": server.url},
+            timeout=120,
+        )
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+SUBFLOW_PARENT = """
+id: parent
+namespace: {ns}
+inputs:
+  - id: pw
+    type: SECRET
+tasks:
+  - id: call
+    type: io.kestra.plugin.core.flow.Subflow
+    namespace: {ns}
+    flowId: child
+    wait: true
+    inputs:
+      pw: "{{{{ inputs.pw }}}}"
+"""
+
+SUBFLOW_CHILD = """
+id: child
+namespace: {ns}
+inputs:
+  - id: pw
+    type: SECRET
+tasks:
+  - id: shell
+    type: io.kestra.plugin.scripts.shell.Commands
+    env:
+      PW: "{{{{ inputs.pw }}}}"
+    commands:
+      - echo "child got $PW"
+      - |
+        echo "::{{\\"outputs\\": {{\\"sha\\": \\"$(printf %s "$PW" | sha256sum | cut -c1-64)\\"}}}}::"
+"""
+
+
+async def test_a_secret_input_passed_to_a_subflow_is_encrypted_with_the_childs_own_key(
+    server: ServerContext, client: httpx.AsyncClient, ns: str
+) -> None:
+    pw = _value("subpw")
+    await _deploy(client, SUBFLOW_CHILD.format(ns=ns))
+    await _deploy(client, SUBFLOW_PARENT.format(ns=ns))
+
+    execution = await _run(client, ns, "parent", {"pw": pw})
+
+    assert execution["state"]["current"] == "SUCCESS", execution
+    child_id = _outputs(execution, "call")["executionId"]
+    child = (await client.get(f"/api/v1/executions/{child_id}")).json()
+    assert child["inputs"] == {"pw": "******"}
+    assert _outputs(child, "shell")["vars"]["sha"] == _sha(pw)
+    logs = (await client.get(f"/api/v1/logs/{child_id}")).json()
+    assert "child got ******" in [line["message"] for line in logs]
+    for needle in _needles(pw):
+        assert await _events_holding(server, needle) == []
+    keys = await server.db.fetchall(
+        "SELECT execution_id FROM execution_keys WHERE execution_id = ANY(%s)",
+        ([execution["id"], child_id],),
+    )
+    assert len(keys) == 2
+
+
+async def test_purging_an_execution_destroys_its_key(
+    server: ServerContext, client: httpx.AsyncClient, ns: str
+) -> None:
+    source = f"""
+id: purged
+namespace: {ns}
+inputs:
+  - id: pw
+    type: SECRET
+tasks:
+  - id: log
+    type: io.kestra.plugin.core.log.Log
+    message: "{{{{ inputs.pw }}}}"
+"""
+    await _deploy(client, source)
+    execution = await _run(client, ns, "purged", {"pw": _value("gone")})
+    created = await server.db.fetchone(
+        "SELECT data FROM events WHERE stream_id = %s AND type = 'ExecutionCreated'",
+        (f"exec:{execution['id']}",),
+    )
+    assert created is not None
+    sealed = created["data"]["inputs"]
+
+    assert (await client.delete(f"/api/v1/executions/{execution['id']}")).status_code == 204
+
+    assert (
+        await server.db.fetchone(
+            "SELECT 1 AS x FROM execution_keys WHERE execution_id = %s", (execution["id"],)
+        )
+        is None
+    )
+    with pytest.raises(Exception, match="purged"):
+        await secrets.decrypt_values(server.db, execution["id"], sealed)
+
+
+async def test_a_secret_set_with_the_cli_from_stdin_is_used_by_a_flow_and_never_shown(
+    server: ServerContext, database_url: str, ns: str, master_key: str
+) -> None:
+    value = _value("cli")
+    env = {**os.environ, secrets.KEY_ENV: master_key}
+    base = ["--database-url", database_url]
+
+    def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*TIERCEL, "secrets", *args, *base],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    done = await trio.to_thread.run_sync(lambda: cli("set", ns, "FROM_CLI", stdin=value + "\n"))
+    assert done.returncode == 0, done.stderr
+    assert value not in done.stdout + done.stderr
+    listed = await trio.to_thread.run_sync(lambda: cli("list", ns))
+    assert listed.returncode == 0, listed.stderr
+    assert "FROM_CLI" in listed.stdout and value not in listed.stdout
+
+    source = f"""
+id: fromcli
+namespace: {ns}
+tasks:
+  - id: shell
+    type: io.kestra.plugin.scripts.shell.Commands
+    env:
+      V: "{{{{ secret('FROM_CLI') }}}}"
+    commands:
+      - |
+        echo "::{{\\"outputs\\": {{\\"sha\\": \\"$(printf %s "$V" | sha256sum | cut -c1-64)\\"}}}}::"
+"""
+    url = server.extra["urls"][0]
+    async with httpx.AsyncClient(base_url=url, timeout=60, auth=("admin", ADMIN_PASSWORD)) as http:
+        await _deploy(http, source)
+        execution = await _run(http, ns, "fromcli", {})
+    assert _outputs(execution, "shell")["vars"]["sha"] == _sha(value), (
+        "the final newline is dropped"
+    )
+
+    removed = await trio.to_thread.run_sync(lambda: cli("delete", ns, "FROM_CLI"))
+    assert removed.returncode == 0, removed.stderr
+    again = await trio.to_thread.run_sync(lambda: cli("delete", ns, "FROM_CLI"))
+    assert again.returncode != 0 and "no secret FROM_CLI" in again.stderr
+
+
+def test_server_local_makes_a_private_master_key_once_and_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv(secrets.KEY_ENV, raising=False)
+    monkeypatch.setattr(secrets, "_configured", None)
+    key_file = tmp_path / secrets.KEY_FILE
+
+    first = secrets.configure_master_key(None, tmp_path, generate=True)
+    key = secrets.master_key()
+    second = secrets.configure_master_key(None, tmp_path, generate=True)
+
+    assert first == second == str(key_file)
+    assert key is not None and len(key) == 32 and secrets.master_key() == key
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert str(key_file) in caplog.text  # says where it is, once
+    assert caplog.text.count("Generated the master key") == 1
+    # Another database (standalone, workers) never gets a key made up on its own.
+    monkeypatch.setattr(secrets, "_configured", None)
+    assert secrets.configure_master_key(None, tmp_path / "elsewhere", generate=False) is None
+    assert secrets.master_key() is None
