@@ -74,7 +74,13 @@ class RunContext(Protocol):
     """A private, empty directory for this attempt, deleted when it ends."""
 
     def render(self, value: Any) -> Any:
-        """Render templates inside `value` with the task's variables."""
+        """Render templates inside `value` with the task's variables (on the event loop, within
+        the limits of one render; `render_async` is preferred)."""
+        ...
+
+    async def render_async(self, value: Any) -> Any:
+        """Render templates inside `value` with the task's variables, off the event loop, so
+        that a slow template never holds up the worker's other attempts or its heartbeats."""
         ...
 
     def log(self, level: str, message: str) -> None:

@@ -158,8 +158,21 @@ class AttemptContext:
         """The secret values the task could see, masked in what it logs, returns or fails with."""
 
     def render(self, value: Any) -> Any:
-        """Render templates inside `value` with the attempt's variables."""
+        """Render templates inside `value` with the attempt's variables, here on the event loop,
+        within the limits of one render (`engine.templating`): prefer `render_async`."""
         return templating.render_value(value, self.variables)
+
+    async def render_async(self, value: Any) -> Any:
+        """Render templates inside `value` with the attempt's variables, in a worker thread:
+        however long a render takes within its limits, the worker's other attempts, its
+        heartbeats and, in a one-process server, the API go on meanwhile."""
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, str) and not templating.is_template(value):
+            return value
+        # Abandoned when the attempt is cancelled (killed, timed out): the render only reads
+        # the variables, and ends by itself within its time limit.
+        return await trio.to_thread.run_sync(self.render, value, abandon_on_cancel=True)
 
     def log(self, level: str, message: str) -> None:
         """Keep one log line (dropped when below the task's `logLevel`)."""
@@ -1212,12 +1225,16 @@ class Worker:
         files = shared.get("inputFiles")
         if isinstance(files, dict):
             variables = dict(context)
-            for relative, content in files.items():
-                target = (workdir / str(relative)).resolve()
-                if workdir.resolve() not in target.parents:
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(str(templating.render_value(content, variables)))
+
+            def lay_out(files: dict[str, Any]) -> None:  # renders: off the event loop
+                for relative, content in files.items():
+                    target = (workdir / str(relative)).resolve()
+                    if workdir.resolve() not in target.parents:
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(str(templating.render_value(content, variables)))
+
+            await trio.to_thread.run_sync(lay_out, files)
 
     async def _save_directory(
         self, attempt: _Attempt, context: dict[str, Any], workdir: Path, shared: dict[str, Any]
@@ -1243,9 +1260,10 @@ class Worker:
         prefix, _ = self._snapshot(attempt, context, shared)
         variables = dict(context)
         files: dict[str, str] = {}
-        for pattern in shared.get("outputFiles") or []:
-            glob = str(templating.render(str(pattern), variables))
-            for path in sorted(workdir.glob(glob)):
+        patterns = [str(p) for p in shared.get("outputFiles") or []]
+        globs = await trio.to_thread.run_sync(templating.render_value, patterns, variables)
+        for glob in globs:
+            for path in sorted(workdir.glob(str(glob))):
                 if path.is_file():
                     _check_inside(workdir, path)
                     name = path.relative_to(workdir).as_posix()

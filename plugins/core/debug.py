@@ -15,7 +15,7 @@ class Return(RunnableTask, kw_only=True):
     """The template to render as the output `value`."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        value = ctx.render(self.format) if self.format is not None else None
+        value = await ctx.render_async(self.format) if self.format is not None else None
         return {"value": value}
 
 
@@ -29,5 +29,5 @@ class Echo(RunnableTask, kw_only=True):
     """The log level."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        ctx.log(self.level, str(ctx.render(self.format)))
+        ctx.log(self.level, str(await ctx.render_async(self.format)))
         return {}

@@ -25,8 +25,8 @@ class Fail(RunnableTask, kw_only=True):
     """The message of the failure."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        if self.condition is None or truthy(ctx.render(self.condition)):
-            raise TaskFailure(str(ctx.render(self.errorMessage)))
+        if self.condition is None or truthy(await ctx.render_async(self.condition)):
+            raise TaskFailure(str(await ctx.render_async(self.errorMessage)))
         return {}
 
 
@@ -110,6 +110,8 @@ class Resume(RunnableTask, kw_only=True):
     """The `onResume` values."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        target = str(ctx.render(self.executionId)) if self.executionId else ctx.execution_id
-        await ctx.resume_execution(target, ctx.render(self.inputs))
+        target = (
+            str(await ctx.render_async(self.executionId)) if self.executionId else ctx.execution_id
+        )
+        await ctx.resume_execution(target, await ctx.render_async(self.inputs))
         return {}

@@ -69,20 +69,20 @@ class _Http(RunnableTask, kw_only=True):
             follow_redirects=bool(options.get("followRedirects", True)),
         )
 
-    def _request(self, ctx: RunContext, options: dict[str, Any]) -> dict[str, Any]:
-        headers = {str(k): str(v) for k, v in (ctx.render(self.headers) or {}).items()}
+    async def _request(self, ctx: RunContext, options: dict[str, Any]) -> dict[str, Any]:
+        headers = {str(k): str(v) for k, v in (await ctx.render_async(self.headers) or {}).items()}
         scheme = options.get("auth") or {}
         if str(scheme.get("type", "")).upper() == "BEARER":
             headers.setdefault("Authorization", f"Bearer {scheme.get('token', '')}")
         if self.contentType:
-            headers.setdefault("Content-Type", str(ctx.render(self.contentType)))
+            headers.setdefault("Content-Type", str(await ctx.render_async(self.contentType)))
         request: dict[str, Any] = {
-            "method": str(ctx.render(self.method)).upper(),
-            "url": str(ctx.render(self.uri)),
+            "method": str(await ctx.render_async(self.method)).upper(),
+            "url": str(await ctx.render_async(self.uri)),
             "headers": headers,
         }
         if self.formData is not None:
-            form = {str(k): str(v) for k, v in ctx.render(self.formData).items()}
+            form = {str(k): str(v) for k, v in (await ctx.render_async(self.formData)).items()}
             if (self.contentType or "").startswith("multipart/"):
                 # httpx writes the multipart content type itself, with its boundary.
                 headers.pop("Content-Type", None)
@@ -90,7 +90,7 @@ class _Http(RunnableTask, kw_only=True):
             else:
                 request["data"] = form
         elif self.body is not None:
-            body = ctx.render(self.body)
+            body = await ctx.render_async(self.body)
             if isinstance(body, dict | list):
                 request["content"] = json.dumps(body).encode()
                 headers.setdefault("Content-Type", "application/json")
@@ -138,8 +138,8 @@ class Request(_Http, kw_only=True):
     """Accepted for compatibility: the body is kept as is."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        options = ctx.render(self.options) or {}
-        request = self._request(ctx, options)
+        options = await ctx.render_async(self.options) or {}
+        request = await self._request(ctx, options)
         async with self._client(options) as client:
             try:
                 response = await client.request(**request)
@@ -165,8 +165,8 @@ class Download(_Http, kw_only=True):
     """Fail when the response has no body."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        options = ctx.render(self.options) or {}
-        request = self._request(ctx, options)
+        options = await ctx.render_async(self.options) or {}
+        request = await self._request(ctx, options)
         target = ctx.working_dir / "download"
         async with self._client(options) as client:
             try:

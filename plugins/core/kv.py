@@ -80,10 +80,10 @@ class Set(RunnableTask, kw_only=True):
         return found
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        kind = str(ctx.render(self.kvType) or "").upper()
+        kind = str(await ctx.render_async(self.kvType) or "").upper()
         if kind and kind not in KV_TYPES:
             raise TaskFailure(f"Unknown kvType '{kind}'; use one of {', '.join(KV_TYPES)}")
-        ttl = str(ctx.render(self.ttl)) if self.ttl else None
+        ttl = str(await ctx.render_async(self.ttl)) if self.ttl else None
         if ttl:
             try:
                 parse_duration(ttl)
@@ -92,7 +92,7 @@ class Set(RunnableTask, kw_only=True):
         await ctx.kv_set(
             _namespace(ctx, self.namespace),
             _user_key(ctx, self.key),
-            _typed(kind, ctx.render(self.value)),
+            _typed(kind, await ctx.render_async(self.value)),
             ttl=ttl,
             overwrite=self.overwrite,
         )
@@ -111,7 +111,7 @@ class Get(RunnableTask, kw_only=True):
     """Fail when the key does not exist or has expired."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        namespace, key = _namespace(ctx, self.namespace), str(ctx.render(self.key))
+        namespace, key = _namespace(ctx, self.namespace), str(await ctx.render_async(self.key))
         found, value = await ctx.kv_get(namespace, key)
         if not found and self.errorOnMissing:
             raise TaskFailure(
@@ -149,6 +149,6 @@ class GetKeys(RunnableTask, kw_only=True):
     """The namespace whose store to list (default: the flow's)."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        prefix = str(ctx.render(self.prefix)) if self.prefix else ""
+        prefix = str(await ctx.render_async(self.prefix)) if self.prefix else ""
         entries = await ctx.kv_entries(_namespace(ctx, self.namespace), prefix)
         return {"keys": [k for k in entries if not k.startswith(STATE_PREFIX)]}

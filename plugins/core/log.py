@@ -27,7 +27,7 @@ class Log(RunnableTask, kw_only=True):
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         messages = self.message if isinstance(self.message, list) else [self.message]
         for message in messages:
-            ctx.log(self.level, str(ctx.render(message)))
+            ctx.log(self.level, str(await ctx.render_async(message)))
         return {}
 
 
@@ -54,11 +54,13 @@ class Fetch(RunnableTask, kw_only=True):
         return []
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        execution_id = str(ctx.render(self.executionId)) if self.executionId else ctx.execution_id
-        namespace = str(ctx.render(self.namespace)) if self.namespace else ctx.namespace
-        flow_id = str(ctx.render(self.flowId)) if self.flowId else ctx.flow_id
+        execution_id = (
+            str(await ctx.render_async(self.executionId)) if self.executionId else ctx.execution_id
+        )
+        namespace = str(await ctx.render_async(self.namespace)) if self.namespace else ctx.namespace
+        flow_id = str(await ctx.render_async(self.flowId)) if self.flowId else ctx.flow_id
         minimum = _rank(self.level)
-        wanted = {str(t) for t in ctx.render(self.tasksId)}
+        wanted = {str(t) for t in await ctx.render_async(self.tasksId)}
         lines = [
             line
             for line in await ctx.read_logs(execution_id, namespace, flow_id)

@@ -15,4 +15,4 @@ class OutputValues(RunnableTask, kw_only=True):
     """The values to output (templates are rendered)."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        return {"values": ctx.render(self.values)}
+        return {"values": await ctx.render_async(self.values)}

@@ -92,7 +92,7 @@ class Set(_State, kw_only=True):
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         key = self._key(ctx)
-        update = ctx.render(self.data)
+        update = await ctx.render_async(self.data)
         found, current = await ctx.kv_get(ctx.namespace, key)
         merged = _merge(current if found and isinstance(current, dict) else {}, update)
         await ctx.kv_set(ctx.namespace, key, merged)

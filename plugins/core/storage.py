@@ -140,5 +140,5 @@ class LocalFiles(RunnableTask, kw_only=True):
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         await write_input_files(ctx, file_map(ctx, self.inputs, "inputs"))
-        patterns = [str(p) for p in ctx.render(self.outputs)]
+        patterns = [str(p) for p in await ctx.render_async(self.outputs)]
         return {"uris": await keep_files(ctx, matching_files(ctx.working_dir, patterns))}

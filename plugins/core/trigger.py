@@ -21,13 +21,13 @@ class Toggle(RunnableTask, kw_only=True):
     """The flow's id (default: this flow)."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        enabled = ctx.render(self.enabled)
+        enabled = await ctx.render_async(self.enabled)
         if isinstance(enabled, str):
             enabled = enabled.strip().lower() == "true"
         await ctx.toggle_trigger(
-            str(ctx.render(self.namespace)) if self.namespace else ctx.namespace,
-            str(ctx.render(self.flowId)) if self.flowId else ctx.flow_id,
-            str(ctx.render(self.trigger)),
+            str(await ctx.render_async(self.namespace)) if self.namespace else ctx.namespace,
+            str(await ctx.render_async(self.flowId)) if self.flowId else ctx.flow_id,
+            str(await ctx.render_async(self.trigger)),
             bool(enabled),
         )
         return {}
