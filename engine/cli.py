@@ -362,17 +362,32 @@ def sys_group() -> None:
     default=0,
     help="Verify the executions with events after this position only.",
 )
+@click.option(
+    "--chain",
+    is_flag=True,
+    help="Also recompute the hash chain of every event and report the first broken position "
+    "(a row changed, removed, inserted or reordered, even by a superuser).",
+)
+@click.option(
+    "--anchor",
+    default=None,
+    metavar="POSITION:HASH",
+    help="With --chain: a head noted from an earlier run; a log rewritten since is reported.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def sys_verify(
     database_url: str | None,
     data_dir: str | None,
     execution_id: str | None,
     since: int,
+    chain: bool,
+    anchor: str | None,
     as_json: bool,
 ) -> None:
     """Refold recorded executions through this version's code and report every one whose
     state or decisions differ from what was recorded (with the first diverging event), and
-    every execution the executor parked. Exits 1 when anything differs.
+    every execution the executor parked; with --chain, also check that no event row was
+    changed, removed or reordered. Exits 1 when anything differs.
 
     Run it before and after an upgrade: a difference means the new version would read old
     histories differently."""
@@ -381,7 +396,12 @@ def sys_verify(
     from engine.embedded import EmbeddedPostgres
     from engine.server import storage_root
     from engine.storage import LocalStorage
-    from engine.verify import verify_database
+    from engine.verify import ChainReport, verify_chain, verify_database
+
+    noted = _parse_anchor(anchor) if anchor is not None else None
+    if noted is not None and not chain:
+        raise click.UsageError("--anchor needs --chain")
+    chain_report: ChainReport | None = None
 
     url = _setting("database-url", database_url)
     folder = Path(_setting("data-dir", data_dir) or _default_data_dir())
@@ -393,6 +413,8 @@ def sys_verify(
             url = embedded.start()
         with psycopg.Connection.connect(url, autocommit=True, connect_timeout=10) as conn:
             report = verify_database(conn, execution=execution_id, since=since, storage=storage)
+            if chain:
+                chain_report = verify_chain(conn, anchor=noted)
     except TiercelError as exc:
         _fail(exc)
         return
@@ -406,7 +428,9 @@ def sys_verify(
         import msgspec
 
         payload = msgspec.to_builtins(report)
-        payload["ok"] = report.ok
+        payload["ok"] = report.ok and (chain_report is None or chain_report.ok)
+        if chain_report is not None:
+            payload["chain"] = msgspec.to_builtins(chain_report) | {"ok": chain_report.ok}
         click.echo(json.dumps(payload, indent=2))
     else:
         for f in report.findings:
@@ -430,7 +454,38 @@ def sys_verify(
         click.echo(
             f"Verified {report.executions} execution(s), {report.events} event(s): {verdict}"
         )
-    sys.exit(0 if report.ok else 1)
+        if chain_report is not None:
+            _echo_chain(chain_report)
+    sys.exit(0 if report.ok and (chain_report is None or chain_report.ok) else 1)
+
+
+def _parse_anchor(value: str) -> tuple[int, bytes]:
+    position, _, digest = value.partition(":")
+    try:
+        parsed = (int(position), bytes.fromhex(digest.removeprefix("sha256:")))
+    except ValueError:
+        parsed = (0, b"")
+    if parsed[0] <= 0 or len(parsed[1]) != 32:
+        raise click.BadParameter(
+            f"{value!r} is not POSITION:HASH (a position and the 64 hex digits of its hash, as "
+            "sys verify --chain prints the head)",
+            param_hint="--anchor",
+        )
+    return parsed
+
+
+def _echo_chain(report: Any) -> None:
+    for found in report.breaks:
+        click.echo(f"✗ chain broken at position {found.position}: {found.reason}")
+    if report.truncated:
+        click.echo("  (more breaks not listed)")
+    if report.ok:
+        click.echo(
+            f"Chain: {report.rows} row(s) intact, head {report.head}:{report.headHash} "
+            "(note it elsewhere and pass it later as --anchor)"
+        )
+    else:
+        click.echo(f"Chain: {report.rows} row(s), broken at position {report.breaks[0].position}")
 
 
 # --- flows -----------------------------------------------------------------------------------------
