@@ -30,7 +30,13 @@ from engine.executor_shell import INPUT_TYPES, recorded
 from engine.flow import Flow, Input, flow_to_dict, parse_flow
 from engine.inputs import resolve_inputs
 from engine.plugin import TERMINAL_STATES
-from engine.secrets import destroy_key, encrypt_inputs, shown
+from engine.secrets import (
+    destroy_key,
+    encrypt_inputs,
+    encrypt_secret_inputs,
+    execution_key,
+    shown,
+)
 from engine.storage import Storage, execution_prefix
 from engine.store import NO_STREAM, EventStore, StoredEvent
 
@@ -423,10 +429,15 @@ async def resume_execution(
     actor: str = "api",
     command_id: str | None = None,
 ) -> Execution:
-    """Resume a paused execution with the values its Pause tasks ask for (`onResume`)."""
+    """Resume a paused execution with the values its Pause tasks ask for (`onResume`); a
+    SECRET one is recorded encrypted with the execution's key."""
+    key = None
+    if inputs:
+        await execution_history(store, execution_id)  # no key is made for an unknown id
+        key = await execution_key(store.db, execution_id, create=True)
 
     def resume(state: Execution) -> list[ev.Event]:
-        values = _resume_values(state, inputs or {})
+        values = _resume_values(state, inputs or {}, key)
         paused = [r.id for r in state.taskruns.values() if r.state == "PAUSED"]
         return [
             ev.ExecutionResumeRequested(executionId=execution_id, inputs=values, taskRunIds=paused)
@@ -435,7 +446,9 @@ async def resume_execution(
     return await _command(store, execution_id, resume, actor=actor, command_id=command_id)
 
 
-def _resume_values(state: Execution, inputs: dict[str, Any]) -> dict[str, Any]:
+def _resume_values(
+    state: Execution, inputs: dict[str, Any], key: bytes | None = None
+) -> dict[str, Any]:
     execution_id = state.id
     if state.state != "PAUSED":
         raise Conflict(
@@ -458,7 +471,9 @@ def _resume_values(state: Execution, inputs: dict[str, Any]) -> dict[str, Any]:
                 raise InvalidRequest(
                     f"Pause task {run.taskId} has a bad onResume input: {exc}"
                 ) from None
-    return resolve_inputs(msgspec.structs.replace(flow, inputs=asked), inputs)
+    paused = msgspec.structs.replace(flow, inputs=asked)
+    values = resolve_inputs(paused, inputs)
+    return encrypt_secret_inputs(key, paused, values) if key is not None else values
 
 
 async def purge_execution(

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import threading
 import urllib.parse
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
@@ -493,10 +494,6 @@ def encrypt_value(key: bytes, value: str) -> dict[str, str]:
     return {"type": ENCRYPTED_TYPE, "value": encrypt(key, value.encode(), _VALUE_AAD)}
 
 
-def _secret_paths(flow: Flow) -> list[list[str]]:
-    return [i.id_.split(".") for i in flow.inputs if i.type == "SECRET"]
-
-
 def _replace_at(values: dict[str, Any], path: list[str], change: Callable[[Any], Any]) -> None:
     dotted = ".".join(path)
     if dotted in values:  # an id whose prefix held a plain value stays dotted (inputs.nest)
@@ -520,19 +517,31 @@ async def encrypt_inputs(
     """The resolved inputs of a new execution as its event records them: each SECRET input's
     value (and any text input equal to one of `also`, secrets a parent passed on) encrypted
     with the execution's key, made for it here. Without such a value, `values` unchanged."""
-    paths = _secret_paths(flow)
-    passed = {v for v in also if v}
-    if not paths and not passed:
-        return values
-    out: dict[str, Any] = json.loads(json.dumps(values))  # a copy to change: inputs are JSON
-    todo = list(paths)
-    if passed:
-        todo += [p for p in _text_paths(out, []) if _get(out, p) in passed and p not in todo]
-    todo = [p for p in todo if isinstance(_get(out, p), str) and _get(out, p) != ""]
+    todo = _to_encrypt(flow, values, also)
     if not todo:
         return values
     key = await execution_key(db, execution_id, create=True)
-    for path in todo:
+    return _encrypt_at(key, values, todo)
+
+
+def encrypt_secret_inputs(key: bytes, flow: Flow, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` resolved against `flow`'s inputs with each SECRET one encrypted with `key`
+    (an execution's): for values recorded after its creation, such as a resume's."""
+    todo = _to_encrypt(flow, values, ())
+    return _encrypt_at(key, values, todo) if todo else values
+
+
+def _to_encrypt(flow: Flow, values: dict[str, Any], also: Collection[str]) -> list[list[str]]:
+    passed = {v for v in also if v}
+    todo = [i.id_.split(".") for i in flow.inputs if i.type == "SECRET"]
+    if passed:
+        todo += [p for p in _text_paths(values, []) if _get(values, p) in passed and p not in todo]
+    return [p for p in todo if isinstance(_get(values, p), str) and _get(values, p) != ""]
+
+
+def _encrypt_at(key: bytes, values: dict[str, Any], paths: list[list[str]]) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(json.dumps(values))  # a copy to change: inputs are JSON
+    for path in paths:
         _replace_at(out, path, lambda v: encrypt_value(key, v) if isinstance(v, str) else v)
     return out
 
@@ -654,17 +663,25 @@ class Masker:
     def __init__(self) -> None:
         self._values: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
+        # Templates render in worker threads (secret() adds values there) while the worker
+        # masks log lines on the event loop.
+        self._lock = threading.Lock()
 
     def add(self, value: str) -> None:
         """Mask `value` (and its encodings) from now on; an empty value masks nothing."""
-        if value and value not in self._values:
-            self._values.add(value)
-            self._pattern = None
+        with self._lock:
+            if value and value not in self._values:
+                self._values.add(value)
+                self._pattern = None
 
     def __bool__(self) -> bool:
         return bool(self._values)
 
     def _compiled(self) -> re.Pattern[str]:
+        with self._lock:
+            return self._compile()
+
+    def _compile(self) -> re.Pattern[str]:
         if self._pattern is None:
             long: set[str] = set()
             short: set[str] = set()

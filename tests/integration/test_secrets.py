@@ -411,3 +411,52 @@ def test_server_local_makes_a_private_master_key_once_and_keeps_it(
     monkeypatch.setattr(secrets, "_configured", None)
     assert secrets.configure_master_key(None, tmp_path / "elsewhere", generate=False) is None
     assert secrets.master_key() is None
+
+
+async def test_a_secret_given_on_resume_is_recorded_encrypted_and_reaches_the_next_task(
+    server: ServerContext, client: httpx.AsyncClient, ns: str
+) -> None:
+    code = _value("resume")
+    source = f"""
+id: paused
+namespace: {ns}
+tasks:
+  - id: pause
+    type: io.kestra.plugin.core.flow.Pause
+    onResume:
+      - id: code
+        type: SECRET
+  - id: use
+    type: io.kestra.plugin.scripts.shell.Commands
+    env:
+      C: "{{{{ outputs.pause.onResume.code }}}}"
+    commands:
+      - echo "code $C"
+      - |
+        echo "::{{\\"outputs\\": {{\\"sha\\": \\"$(printf %s "$C" | sha256sum | cut -c1-64)\\"}}}}::"
+"""
+    await _deploy(client, source)
+    started = await client.post(f"/api/v1/executions/{ns}/paused", json={})
+    execution_id = started.json()["id"]
+    with trio.fail_after(30):
+        while (await client.get(f"/api/v1/executions/{execution_id}")).json()["state"][
+            "current"
+        ] != "PAUSED":
+            await trio.sleep(0.1)
+
+    resumed = await client.post(f"/api/v1/executions/{execution_id}/resume", json={"code": code})
+    assert resumed.status_code in (200, 204), resumed.text
+    with trio.fail_after(30):
+        while True:
+            execution = (await client.get(f"/api/v1/executions/{execution_id}")).json()
+            if execution["state"]["current"] in ("SUCCESS", "FAILED", "WARNING"):
+                break
+            await trio.sleep(0.1)
+
+    assert execution["state"]["current"] == "SUCCESS", execution
+    assert _outputs(execution, "use")["vars"]["sha"] == _sha(code)
+    assert _outputs(execution, "pause")["onResume"] == {"code": "******"}
+    logs = (await client.get(f"/api/v1/logs/{execution_id}")).json()
+    assert "code ******" in [line["message"] for line in logs]
+    for needle in _needles(code):
+        assert await _events_holding(server, needle) == []
