@@ -645,8 +645,9 @@ def _forms(value: str) -> set[str]:
         if len(line.strip()) >= SHORT:
             forms.add(line.strip())
     for raw in (data, data + b"\n"):
-        forms.add(base64.b64encode(raw).decode().rstrip("="))
-        forms.add(base64.urlsafe_b64encode(raw).decode().rstrip("="))
+        for encoded in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
+            forms.add(encoded)  # the padded form first, being longer
+            forms.add(encoded.rstrip("="))
     forms.add(data.hex())
     forms.add(data.hex().upper())
     forms.add(urllib.parse.quote(value, safe=""))

@@ -460,3 +460,54 @@ tasks:
     assert "code ******" in [line["message"] for line in logs]
     for needle in _needles(code):
         assert await _events_holding(server, needle) == []
+
+
+async def test_a_script_cannot_keep_a_link_to_the_workers_environment_as_an_output_file(
+    server: ServerContext, client: httpx.AsyncClient, ns: str
+) -> None:
+    source = f"""
+id: linked
+namespace: {ns}
+tasks:
+  - id: shell
+    type: io.kestra.plugin.scripts.shell.Commands
+    outputFiles: ["leak.txt"]
+    commands:
+      - ln -s /proc/self/environ leak.txt
+"""
+    await _deploy(client, source)
+
+    execution = await _run(client, ns, "linked", {})
+
+    assert execution["state"]["current"] == "FAILED"
+    run = next(r for r in execution["taskRunList"] if r["taskId"] == "shell")
+    assert "leads outside the working directory" in run.get("message", ""), run
+    assert _outputs(execution, "shell").get("outputFiles") is None
+
+
+def test_masking_covers_the_value_its_lines_and_the_encodings_a_script_prints() -> None:
+    masker = secrets.Masker()
+    key = "-----BEGIN KEY-----\nAbCdEf123456\n-----END KEY-----"
+    masker.add(key)
+    masker.add("s3cr3t/+?&")
+    masker.add("ab")
+    data = b"s3cr3t/+?&"
+
+    for printed in [
+        key,
+        "AbCdEf123456",  # one line of a multi-line value, as a script prints it
+        "s3cr3t/+?&",
+        base64.b64encode(data).decode(),
+        base64.b64encode(data + b"\n").decode(),  # echo "$X" | base64
+        base64.urlsafe_b64encode(data).decode(),
+        data.hex(),
+        "s3cr3t%2F%2B%3F%26",  # URL-encoded
+        json.dumps(key)[1:-1],  # inside a JSON string
+    ]:
+        assert masker.text(f"before {printed} after") == "before ****** after", printed
+    # A value this short is masked where it stands alone, not inside other words.
+    assert masker.text("ab, cab and abc; ab") == "******, cab and abc; ******"
+    assert masker.value({"k": ["s3cr3t/+?&", 1], "s3cr3t/+?&": None}) == {
+        "k": ["******", 1],
+        "******": None,
+    }
