@@ -217,3 +217,21 @@ def test_sys_verify_chain_passes_over_everything_the_suite_recorded(database_url
     result = _verify(database_url, "--since", str(row[0]))
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
     assert "row(s) intact" in result.stdout
+
+
+def test_quick_chain_bench_prints_the_append_rates_with_and_without_the_chain(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.chain import main
+
+    out = tmp_path / "chain.json"
+    assert main(["--quick", "--database-url", database_url, "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "with chain  without chain (same run)" in table
+    for figure in ("appends/s, 1 event, 1 commit each", "events/s, appends of 100", "ceiling"):
+        assert figure in table
+    results = json.loads(out.read_text())
+    for mode in ("chain", "plain"):
+        assert results["appends"][mode]["single"] > 0
+        assert results["appends"][mode]["batched"] > 0
+    assert results["verify"]["rows"] > 0
