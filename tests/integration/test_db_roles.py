@@ -181,6 +181,11 @@ def test_a_runtime_role_that_logs_in_cannot_rewrite_events_nor_switch_back(
                 conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
             conn.execute("SET ROLE NONE")
             assert conn.execute("SELECT current_user").fetchone() == (role,)
+        # A server given only the runtime login (migrations applied beforehand by the owner)
+        # starts: nothing is pending, and it stays who it is.
+        monkeypatch.delenv(RUNTIME_URL_ENV)
+        assert migrate(own) == []
+        assert runtime_url(own) == own
 
 
 def test_embedded_postgres_makes_a_runtime_role_the_engine_logs_in_as(tmp_path: Path) -> None:
