@@ -11,8 +11,8 @@ Templates come from flows, and their values from inputs and outputs: no render m
 or grow without bound. One render (with every `render()` it nests) is limited in time
 (`RENDER_TIMEOUT`), in loop iterations (`MAX_LOOP_ITERATIONS`), in what it builds (`MAX_BUILT`)
 and in the size of its output and of any one value (`MAX_TEXT`); `range`, `*`, `+`, `**`, `~`,
-`%`, the padding and joining filters and regular expressions check their own bounds before they
-compute anything. Python cannot interrupt a running thread, so the time limit is a deadline
+`%`, the padding and joining filters, regular expressions and `fromYaml` check their own bounds
+before they compute anything. Python cannot interrupt a running thread, so the time limit is a deadline
 checked where the work happens: at every loop iteration, call, filter, test, operator and piece
 of output. Past a limit, the render fails with a `TemplateError` naming the expression and the
 limit.
@@ -51,7 +51,7 @@ from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
 from jinja2.utils import _PassArg
 
-from engine import jq_sandbox
+from engine import jq_sandbox, safe_yaml
 from engine.duration import parse_duration
 from engine.errors import TemplateError
 
@@ -1564,55 +1564,15 @@ def _to_yaml(value: Any) -> str:
     return yaml.safe_dump(json.loads(to_json(value)), sort_keys=False, allow_unicode=True)
 
 
-MAX_YAML_TEXT = 1024 * 1024
-"""The longest text `fromYaml` reads (YAML is read in Python, at about a megabyte a second)."""
-MAX_YAML_ALIASES = 1000
-MAX_YAML_DEPTH = 100
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing documents that nest too deep or repeat too many aliases,
-    and keeping to the render's deadline."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.depth = 0
-        self.aliases = 0
-        self.nodes = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if isinstance(self.peek_event(), yaml.AliasEvent):  # type: ignore[no-untyped-call]
-            self.aliases += 1
-            if self.aliases > MAX_YAML_ALIASES:
-                raise TemplateError(
-                    f"fromYaml: the YAML holds more than {MAX_YAML_ALIASES} aliases (*name)"
-                )
-        self.nodes += 1
-        if not self.nodes & 255:
-            _check_time()
-        self.depth += 1
-        try:
-            if self.depth > MAX_YAML_DEPTH:
-                raise TemplateError(
-                    f"fromYaml: the YAML nests values more than {MAX_YAML_DEPTH} levels deep"
-                )
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-
 def _from_yaml(value: Any) -> Any:
+    # Read with the limits of flows (size, depth, aliases, values once aliases are expanded),
+    # so that a "billion laughs" document is refused in milliseconds.
     if not isinstance(value, str):
         return value
-    if len(value) > MAX_YAML_TEXT:
-        raise TemplateError(
-            f"fromYaml reads at most {MAX_YAML_TEXT} characters; this YAML has {len(value)}"
-        )
-    loader = _YamlLoader(value)
     try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
+        return safe_yaml.load(value)
+    except ValueError as exc:
+        raise TemplateError(f"fromYaml cannot read this YAML: {exc}") from None
 
 
 def _is_json(value: Any) -> bool:
