@@ -223,12 +223,13 @@ class AttemptContext:
         ttl: str | None = None,
         overwrite: bool = True,
     ) -> None:
-        """Set a key of a namespace's KV store."""
+        """Set a key of a namespace's KV store (the task's secret values masked: a KV value is
+        an event, kept and shown for good; secrets belong in the secret store)."""
         await kv.kv_set(
             self._store(),
             namespace,
             key,
-            value,
+            self.masker.value(value),
             ttl=parse_duration(ttl) if ttl else None,
             overwrite=overwrite,
             actor=f"task:{self.execution_id}/{self.task_id}",

@@ -156,6 +156,10 @@ tasks:
     values:
       token: "{{{{ secret('ENV_TOKEN') }}}}"
       nested: ["x", "{{{{ inputs.pw }}}}"]
+  - id: kv
+    type: io.kestra.plugin.core.kv.Set
+    key: token
+    value: "kept {{{{ secret('ENV_TOKEN') }}}}"
   - id: fail
     type: io.kestra.plugin.core.execution.Fail
     allowFailure: true
@@ -192,6 +196,10 @@ async def test_secrets_reach_scripts_but_never_events_logs_or_api_answers(
     assert {"PATH", "HOME", "TMPDIR", "WORKING_DIR", "OUTPUT_DIR", "TOKEN"} <= set(python["names"])
     # Outputs, failure messages and the SECRET input are masked where the API shows them.
     assert _outputs(execution, "output")["values"] == {"token": "******", "nested": ["x", "******"]}
+    kv = await server.db.fetchone(
+        "SELECT data FROM events WHERE stream_id = %s", (f"kv:{child}/token",)
+    )
+    assert kv is not None and kv["data"]["value"] == "kept ******"
     fail = next(r for r in execution["taskRunList"] if r["taskId"] == "fail")
     assert execution["inputs"] == {"pw": "******"}
     answer = await client.get(f"/api/v1/executions/{execution['id']}")
