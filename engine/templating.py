@@ -111,13 +111,22 @@ RENDER_TIMEOUT = _timeout_from_environment()
 class _Budget:
     """What one render, with the renders it nests, has spent of its limits."""
 
-    __slots__ = ("timeout", "deadline", "iterations", "built", "render_calls", "render_depth")
+    __slots__ = (
+        "timeout",
+        "deadline",
+        "iterations",
+        "built",
+        "spent",
+        "render_calls",
+        "render_depth",
+    )
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.iterations = 0
         self.built = 0
+        self.spent = 0
         self.render_calls = 0
         self.render_depth = 0
 
@@ -130,14 +139,17 @@ class _Budget:
             )
 
     def spend(self, size: int) -> None:
-        """Count `size` more characters (or list slots) built, and check the time."""
+        """Count `size` more characters (or list slots) built, and check the time (after
+        anything large, and every 64 small pieces: output in a loop is the hot path)."""
         self.built += size
         if self.built > MAX_BUILT:
             raise TemplateError(
                 f"the values built by one render exceed {MAX_BUILT} characters (the limit); "
                 "work on smaller values or fewer of them"
             )
-        self.check_time()
+        self.spent += 1
+        if size > 65536 or not self.spent & 63:
+            self.check_time()
 
     def iterate(self, iterable: Iterable[Any]) -> Iterator[Any]:
         """The items of `iterable`, each counted as one loop iteration."""
@@ -935,7 +947,11 @@ def to_json(value: Any) -> str:
 def _finalize(value: Any) -> Any:
     if isinstance(value, jinja2.Undefined):
         return value
-    return _spend(to_text(value))
+    text = to_text(value)
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.spend(len(text))
+    return text
 
 
 def _missing(value: Any) -> bool:
