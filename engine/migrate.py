@@ -87,8 +87,9 @@ def grant_runtime(conn: psycopg.Connection[Any]) -> str | None:
     let the connected role act as it, and grant it exactly what the engine needs; return its
     name, or None (saying why in the log) when the connected role cannot arrange it.
 
-    Safe to run again: every run grants what the tables of newer migrations need and takes
-    back any right on `events` beyond INSERT and SELECT.
+    Safe to run again: every run gives the standard rights on any table where the runtime role
+    has none, leaves the rights a migration set on purpose, and takes back any right on
+    `events` beyond INSERT and SELECT.
     """
     role = runtime_role(conn.info.dbname)
     me = conn.execute(
@@ -134,12 +135,39 @@ def grant_runtime(conn: psycopg.Connection[Any]) -> str | None:
             conn.execute(sql.SQL("GRANT {} TO {}").format(rt, sql.Identifier(user)))
         except psycopg.errors.InsufficientPrivilege as exc:
             log.warning("%s may not act as the runtime role %s: %s", user, role, exc)
+    schema = sql.Identifier(_current_schema(conn))
     with conn.transaction():
         # One transaction: no other session ever sees the runtime role with more on events.
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, rt))
+        # Tables and sequences on which it has no right at all: the first setup, or made by
+        # a role whose default privileges do not cover it. One a migration granted something
+        # on (or took something back from) is left as that migration set it.
+        for kind, name, rights in conn.execute(
+            "SELECT c.relkind, c.relname,"
+            " CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(%(role)s, c.oid,"
+            "   'USAGE, SELECT, UPDATE')"
+            " ELSE has_table_privilege(%(role)s, c.oid,"
+            "   'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') END"
+            " FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace"
+            " AND c.relkind IN ('r', 'p', 'S')"
+            " AND c.relname NOT IN ('events', 'schema_migrations')",
+            {"role": role},
+        ).fetchall():
+            if rights:
+                continue
+            template = (
+                "GRANT {rights} ON SEQUENCE {name} TO {rt}"
+                if kind == "S"
+                else ("GRANT {rights} ON TABLE {name} TO {rt}")
+            )
+            conn.execute(
+                sql.SQL(template).format(
+                    rights=_SEQUENCE_RIGHTS if kind == "S" else _TABLE_RIGHTS,
+                    name=sql.Identifier(name),
+                    rt=rt,
+                )
+            )
         for statement in (
-            "GRANT USAGE ON SCHEMA {schema} TO {rt}",
-            "GRANT {tables} ON ALL TABLES IN SCHEMA {schema} TO {rt}",
-            "GRANT {sequences} ON ALL SEQUENCES IN SCHEMA {schema} TO {rt}",
             "REVOKE ALL ON events, schema_migrations FROM {rt}",
             "GRANT SELECT, INSERT ON events TO {rt}",
             "GRANT SELECT ON schema_migrations TO {rt}",
@@ -149,10 +177,7 @@ def grant_runtime(conn: psycopg.Connection[Any]) -> str | None:
         ):
             conn.execute(
                 sql.SQL(statement).format(
-                    schema=sql.Identifier(_current_schema(conn)),
-                    rt=rt,
-                    tables=_TABLE_RIGHTS,
-                    sequences=_SEQUENCE_RIGHTS,
+                    schema=schema, rt=rt, tables=_TABLE_RIGHTS, sequences=_SEQUENCE_RIGHTS
                 )
             )
     return role

@@ -211,6 +211,13 @@ def test_tables_of_later_migrations_are_granted_to_the_runtime_role(
     )
     with fresh_database(database_url) as url:
         migrate(url, folder)
+        # A migration that means the runtime role to only add to a table of its own.
+        (folder / "1000_keep_notes.sql").write_text(
+            "CREATE TABLE notes (id bigserial PRIMARY KEY, body text NOT NULL);"
+            " DO $$ BEGIN EXECUTE format('REVOKE UPDATE, DELETE ON notes FROM %I',"
+            " 'tiercel_runtime_' || current_database()); END $$;"
+        )
+        migrate(url, folder)
         runtime = runtime_url(url)
         with connect(runtime) as conn:
             conn.execute("INSERT INTO later_things (name) VALUES ('a')")
@@ -218,6 +225,12 @@ def test_tables_of_later_migrations_are_granted_to_the_runtime_role(
             conn.execute("DELETE FROM later_things")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("DROP TABLE later_things")
+            conn.execute("INSERT INTO notes (body) VALUES ('kept')")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("DELETE FROM notes")
+        migrate(url, folder)  # a later run leaves what the migration set
+        with connect(runtime) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM notes")
         assert set(_refusals(runtime)) == ALL_REFUSED
 
 
