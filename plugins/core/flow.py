@@ -557,9 +557,9 @@ class ForEachItemSplit(RunnableTask, kw_only=True):
     """`rows` per batch (default 1), or `partitions` (a number of batches), or `bytes`."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        uri = str(ctx.render(self.items)).strip()
+        uri = str(await ctx.render_async(self.items)).strip()
         path = await ctx.get_file(uri)
-        settings = {k: ctx.render(v) for k, v in self.batch.items()}
+        settings = await ctx.render_async(dict(self.batch))
         separator = str(settings.get("separator", "\n")).encode().decode("unicode_escape")
         text = path.read_text()
         lines = [line for line in text.split(separator) if line != ""]
@@ -609,7 +609,7 @@ class ForEachItemMergeOutputs(RunnableTask, kw_only=True):
     """A template rendering the batches' results, by batch file."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        results = ctx.render(self.results)
+        results = await ctx.render_async(self.results)
         if isinstance(results, str):
             results = json.loads(results) if results.strip() else {}
         lines = [
