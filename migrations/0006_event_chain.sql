@@ -47,15 +47,24 @@ ALTER TABLE events ENABLE TRIGGER events_append_only;
 
 ALTER TABLE events ALTER COLUMN hash SET NOT NULL;
 
--- Appends are serialised by the store's advisory lock (engine/store.py, key "events"), so the
--- previous row is the last one committed. The trigger takes the same lock itself (a no-op when
--- the store holds it), so an INSERT that bypasses the store cannot fork the chain either.
+-- Appends are serialised by the store's advisory lock (engine/store.py, key "events"), taken
+-- before a position is drawn, so the previous row is the last one committed. The trigger takes
+-- the same lock itself (a no-op when the store holds it), and refuses a row whose position was
+-- drawn before a later one was written (an INSERT that bypassed the store's lock): chained
+-- behind the wrong row, it would break the chain for good. The writer retries with a new one.
 CREATE FUNCTION events_chain() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
+    last bigint;
     prev bytea;
 BEGIN
     PERFORM pg_advisory_xact_lock(111559182283891);
-    SELECT e.hash INTO prev FROM events e WHERE e.seq < NEW.seq ORDER BY e.seq DESC LIMIT 1;
+    SELECT e.seq, e.hash INTO last, prev FROM events e ORDER BY e.seq DESC LIMIT 1;
+    IF last >= NEW.seq THEN
+        RAISE EXCEPTION 'events: position % was written before position %', last, NEW.seq
+            USING ERRCODE = 'serialization_failure',
+                  HINT = 'Append through the event store, which takes the append lock before '
+                         'drawing a position; retry to draw a new one.';
+    END IF;
     NEW.hash := sha256(
         coalesce(prev, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
         || events_chain_content(NEW.seq, NEW.stream_id, NEW.version, NEW.type, NEW.data,

@@ -183,6 +183,28 @@ def test_a_log_rewritten_with_a_fresh_chain_is_caught_only_by_a_noted_anchor(
         assert "rewritten since" in result.stdout
 
 
+def test_a_row_whose_position_was_drawn_before_a_later_one_was_written_is_refused(
+    database_url: str,
+) -> None:
+    # What an INSERT that bypasses the append lock can do: draw position n, then find n + 1
+    # written first. Chained behind the wrong row it would break the chain; it is refused
+    # (as a serialization failure, which writers retry) and the chain holds.
+    with fresh_database(database_url) as url:
+        migrate(url)
+        _record(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO events (seq, stream_id, version, type, data)"
+                " VALUES (100, 'test:late', 0, 'WorkerHeartbeat', '{}')"
+            )
+            with pytest.raises(psycopg.errors.SerializationFailure, match="position 100"):
+                conn.execute(
+                    "INSERT INTO events (seq, stream_id, version, type, data)"
+                    " VALUES (50, 'test:late', 1, 'WorkerHeartbeat', '{}')"
+                )
+            assert verify_chain(conn).ok
+
+
 def test_an_anchor_that_is_not_a_position_and_hash_is_refused(database_url: str) -> None:
     result = _verify(database_url, "--anchor", "12:nothex")
     assert result.returncode == 2
