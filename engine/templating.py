@@ -12,10 +12,11 @@ or grow without bound. One render (with every `render()` it nests) is limited in
 (`RENDER_TIMEOUT`), in loop iterations (`MAX_LOOP_ITERATIONS`), in what it builds (`MAX_BUILT`)
 and in the size of its output and of any one value (`MAX_TEXT`); `range`, `*`, `+`, `**`, `~`,
 `%`, the padding and joining filters, regular expressions and `fromYaml` check their own bounds
-before they compute anything. Python cannot interrupt a running thread, so the time limit is a deadline
-checked where the work happens: at every loop iteration, call, filter, test, operator and piece
-of output. Past a limit, the render fails with a `TemplateError` naming the expression and the
-limit.
+before they compute anything. Python cannot interrupt a running thread, so the time limit is a
+deadline checked where the work happens: at every loop iteration, call, filter, test, operator
+and piece of output. Past a limit, the render fails with a `TemplateError` naming the expression
+and the limit. The callers render off the event loop (the executor's batches, workers'
+`render_async`), so that no render holds up the API or heartbeats meanwhile.
 """
 
 from __future__ import annotations
