@@ -5,6 +5,10 @@ touched, so events become visible in `seq` order and a reader that reads `seq > 
 never passes a position whose event commits later (invariant 2). Under that lock the version
 and command-id checks cannot race, so one transaction can carry the appends of many streams and
 report, for each, whether it was written, already written (same command id) or in conflict.
+Under the same lock a trigger chains each row's hash to the row before it
+(migrations/0006_event_chain.sql, checked by `tiercel sys verify --chain`). The lock is held for
+the transaction's queries only: everything costly (offloading large values, encoding JSON) is
+done before it is taken.
 """
 
 from __future__ import annotations
