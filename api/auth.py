@@ -232,6 +232,8 @@ class Guard:
         now = dt.datetime.now(dt.UTC)
         if scheme == "bearer":
             found = self.accounts.token_principal(value, now)
+            if found == "unknown token" and await self._refresh(soon=True):
+                found = self.accounts.token_principal(value, now)  # issued a moment ago
             if isinstance(found, str):
                 name = f"token:{value.strip()[4:16]}" if value.strip() else "token:?"
                 self._record(name, "bearer", refused=found)
@@ -241,6 +243,8 @@ class Guard:
         if scheme == "basic":
             username, password = _basic(value)
             user = self.accounts.users.get(username)
+            if user is None and await self._refresh(soon=True):
+                user = self.accounts.users.get(username)  # created a moment ago
             if user is None or user.revoked or not await self._password_ok(user, password):
                 reason = "revoked" if user is not None and user.revoked else "bad credentials"
                 self._record(f"user:{username[:100]}", "basic", refused=reason)
@@ -309,14 +313,19 @@ class Guard:
         exc.headers = {"WWW-Authenticate": 'Basic realm="Tiercel", charset="UTF-8"'}
         return exc
 
-    async def _refresh(self) -> None:
-        if trio.current_time() - self._refreshed < REFRESH_EVERY:
-            return
+    async def _refresh(self, soon: bool = False) -> bool:
+        """Read account changes if the last read is older than REFRESH_EVERY (or, with `soon`,
+        than a tenth of it: an unknown name or token may have been created a moment ago).
+        Whether it read."""
+        every = REFRESH_EVERY / 10 if soon else REFRESH_EVERY
+        if trio.current_time() - self._refreshed < every:
+            return False
         async with self._refresh_lock:
-            if trio.current_time() - self._refreshed < REFRESH_EVERY:
-                return
+            if trio.current_time() - self._refreshed < every:
+                return False
             self.accounts = await accounts.load(self.ctx.db, self.accounts)
             self._refreshed = trio.current_time()
+            return True
 
     async def _password_ok(self, user: accounts.User, password: str) -> bool:
         key = (user.username, hashlib.sha256(password.encode()).hexdigest())

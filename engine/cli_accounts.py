@@ -12,14 +12,12 @@ import json
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import trio
 
 from engine import accounts
-from engine.errors import TiercelError
+from engine.cli_db import run_on_database
 
 T = TypeVar("T")
 
@@ -33,36 +31,8 @@ def _actor() -> str:
 
 
 def _run(database_url: str | None, data_dir: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
-    """Run `work(store)` against the database (starting the embedded one when needed)."""
-    from engine.cli import _default_data_dir, _fail, _setting
-    from engine.db import Database
-    from engine.embedded import EmbeddedPostgres
-    from engine.migrate import migrate
-    from engine.store import EventStore
-
-    url = _setting("database-url", database_url)
-    embedded = None
-    try:
-        if not url:
-            folder = Path(_setting("data-dir", data_dir) or _default_data_dir())
-            embedded = EmbeddedPostgres(folder)
-            url = embedded.start()
-        migrate(url)
-
-        async def main() -> T:
-            db = Database(url, max_size=2)
-            try:
-                return await work(EventStore(db))
-            finally:
-                await db.close()
-
-        return trio.run(main)
-    except TiercelError as exc:
-        _fail(exc)
-        raise AssertionError("unreachable") from exc
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    """Run `work(store)` against the database (the running server's embedded one, if any)."""
+    return run_on_database(database_url, data_dir, work)
 
 
 def _password(from_stdin: bool, prompt: str = "Password") -> str:

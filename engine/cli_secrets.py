@@ -14,16 +14,15 @@ import getpass
 import json
 import socket
 import sys
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import trio
 
 from engine import secrets
-from engine.errors import DatabaseUnavailable, TiercelError
+from engine.cli_db import run_on_database
+from engine.errors import TiercelError
 
 T = TypeVar("T")
 MAX_VALUE_BYTES = 64 * 1024
@@ -68,56 +67,13 @@ def _actor() -> str:
     return f"cli:{who}@{socket.gethostname()}"
 
 
-def _running_server_url(pgdata: Path) -> str | None:
-    """The URL of the PostgreSQL a `server local` runs on `pgdata`, if one is ready."""
-    from engine.embedded import _read_postmaster_pid
-
-    info = _read_postmaster_pid(pgdata)
-    if info is None or info.status != "ready" or not info.socket_dir:
-        return None
-    host = urllib.parse.quote(info.socket_dir, safe="/")
-    return f"postgresql://postgres@/postgres?host={host}&port={info.port}"
-
-
 def _run(database_url: str | None, data_dir: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run `work(store)` against the database, with this process's master key settled."""
-    from engine.cli import _default_data_dir, _fail, _setting
-    from engine.db import Database
-    from engine.embedded import EmbeddedPostgres
-    from engine.migrate import migrate
-    from engine.store import EventStore
 
-    url = _setting("database-url", database_url)
-    folder = Path(_setting("data-dir", data_dir) or _default_data_dir())
-    embedded = None
-    try:
+    def settle(url: str | None, folder: Path) -> None:
         secrets.configure_master_key(configured_key(), folder, generate=not url)
-        if not url:
-            embedded = EmbeddedPostgres(folder)
-            try:
-                url = embedded.start()
-            except DatabaseUnavailable:
-                # A `server local` holds the data directory: use its database.
-                url = _running_server_url(embedded.pgdata)
-                embedded = None
-                if url is None:
-                    raise
-        migrate(url)
 
-        async def main() -> T:
-            db = Database(url, max_size=2)
-            try:
-                return await work(EventStore(db))
-            finally:
-                await db.close()
-
-        return trio.run(main)
-    except TiercelError as exc:
-        _fail(exc)
-        raise AssertionError("unreachable") from exc
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    return run_on_database(database_url, data_dir, work, settle)
 
 
 def _read_value() -> str:

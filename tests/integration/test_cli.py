@@ -152,6 +152,17 @@ def test_server_local_serves_stops_its_postgres_on_sigterm_and_keeps_data(tmp_pa
             auth=auth,
         )
         assert created.status_code == 200, created.text
+        # Accounts and tokens are managed on the running server's own database.
+        issued = subprocess.run(
+            [*TIERCEL, "tokens", "create", "--name", "ci", "--role", "runner",
+             "--data-dir", str(data_dir)],
+            capture_output=True, text=True, timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "TIERCEL_DATABASE_URL"},
+        )  # fmt: skip
+        assert issued.returncode == 0, issued.stderr
+        token = {"Authorization": f"Bearer {issued.stdout.strip()}"}
+        me = httpx.get(f"{base}/me", headers=token, timeout=10)
+        assert me.status_code == 200 and me.json()["role"] == "runner", me.text
         run = httpx.post(f"{base}/executions/test.cli/hello?wait=true", timeout=60, auth=auth)
         assert run.status_code == 200, run.text
         execution = run.json()
