@@ -27,6 +27,8 @@ from engine.backoff import retry
 from engine.db import Notifier
 from engine.errors import TiercelError
 from engine.execution import Execution, Recorded, decide, evolve, replay
+from engine.execution.context import attempt_definition
+from engine.handoff import Handoff
 from engine.plugin import TERMINAL_STATES
 from engine.secrets import decrypt_values, encrypt_inputs, has_encrypted, share_key
 from engine.store import (
@@ -85,9 +87,18 @@ def _correlation(state: Execution) -> str:
 class ExecutorShell:
     """Drives every execution forward; run several for availability (decisions are idempotent)."""
 
-    def __init__(self, store: EventStore, notifier: Notifier, *, cache_size: int = 20_000) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        notifier: Notifier,
+        *,
+        cache_size: int = 20_000,
+        handoff: Handoff | None = None,
+    ) -> None:
         self.store = store
         self.notifier = notifier
+        self.handoff = handoff
+        """Where attempts' definitions go for a worker in this process (none: no such worker)."""
         self.cache: OrderedDict[str, Execution] = OrderedDict()
         self.cache_size = cache_size
         self.parked: set[str] = set()
@@ -218,6 +229,8 @@ class ExecutorShell:
                 for new in decided:
                     state = evolve(state, new, e.recorded_at)
                     assert state is not None
+                    if self.handoff is not None and isinstance(new, ev.AttemptScheduled):
+                        self._hand_over(state, new)
                 decisions.append((append, state, decided, e.seq))
             self._keep(xid, state)
         return decisions, parked
@@ -359,6 +372,16 @@ class ExecutorShell:
             command_id=f"subflow:{request.childId}",
             meta=meta,
         )
+
+    def _hand_over(self, state: Execution, scheduled: ev.AttemptScheduled) -> None:
+        """Give the worker of this process what it would rebuild for `scheduled` (the state
+        is the one the attempt was scheduled from)."""
+        assert self.handoff is not None
+        try:
+            value = attempt_definition(state, scheduled.taskRunId, scheduled.attempt)
+        except Exception:  # the worker rebuilds it from the history and reports any error
+            return
+        self.handoff.offer(scheduled.executionId, scheduled.taskRunId, scheduled.attempt, value)
 
     def _keep(self, xid: str, state: Execution) -> None:
         if state.terminal:

@@ -25,6 +25,7 @@ import trio
 from engine.backoff import Backoff, describe, is_transient, retry
 from engine.db import Database, Notifier, runtime_url
 from engine.executor_shell import ExecutorShell
+from engine.handoff import Handoff
 from engine.health import Health
 from engine.migrate import migrate
 from engine.storage import LocalStorage, Storage
@@ -170,8 +171,11 @@ async def run_server(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(notifier.run)
+            # An executor and a worker in one process: the worker takes the definitions of the
+            # attempts the executor schedules instead of rebuilding them from the history.
+            handoff = Handoff() if "executor" in roles and "worker" in roles else None
             if "executor" in roles:
-                shell = ExecutorShell(store, notifier)
+                shell = ExecutorShell(store, notifier, handoff=handoff)
                 await nursery.start(supervise, "service:executor", health, shell.run)
                 await nursery.start(
                     supervise, "service:timers", health, TimerService(store, notifier).run
@@ -187,6 +191,7 @@ async def run_server(
                     heartbeat_timeout=ctx.heartbeat_timeout,
                     work_dir=(ctx.data_dir / "work") if ctx.data_dir else None,
                     storage=ctx.storage,
+                    handoff=handoff,
                 )
                 await nursery.start(supervise, "service:worker", health, worker.run)
             for role in roles:

@@ -72,6 +72,7 @@ from engine.batcher import GroupCommitter
 from engine.db import Notifier
 from engine.duration import parse_duration
 from engine.errors import InvalidRequest, TemplateError, TiercelError
+from engine.handoff import Handoff
 from engine.health import Health
 from engine.plugin import RunnableTask, TaskFailure, TaskWarning, task_type
 from engine.storage import LocalStorage, Storage, task_prefix, to_uri
@@ -432,9 +433,12 @@ class Worker:
         work_dir: Path | None = None,
         storage: Storage | None = None,
         health: Health | None = None,
+        handoff: Handoff | None = None,
     ) -> None:
         self.store = store
         self.notifier = notifier
+        self.handoff = handoff
+        """What the executor of this process hands over (attempts' definitions), if any."""
         self.id = worker_id or _new_id()
         self.slots = slots
         self.free = slots
@@ -797,6 +801,12 @@ class Worker:
         assert isinstance(scheduled, ev.AttemptScheduled)
         if scheduled.task:
             return scheduled.task, scheduled.context
+        if self.handoff is not None:
+            handed = self.handoff.take(
+                scheduled.executionId, scheduled.taskRunId, scheduled.attempt
+            )
+            if handed is not None:
+                return handed
         from engine.commands import scheduled_attempt
 
         try:
