@@ -59,8 +59,12 @@ def _default(value: Any) -> Any:
     raise TypeError(f"Cannot encode {type(value).__name__}")
 
 
+MAX_QUERY_INT = 2**63 - 1
+"""The largest integer a query parameter may hold: PostgreSQL's bigint."""
+
+
 def _int_arg(
-    name: str, default: int | None, *, minimum: int = 0, maximum: int | None = None
+    name: str, default: int | None, *, minimum: int = 0, maximum: int = MAX_QUERY_INT
 ) -> Any:
     raw = request.args.get(name)
     if raw is None or raw == "":
@@ -72,9 +76,10 @@ def _int_arg(
             f"Query parameter '{name}' must be an integer, got {raw!r}",
             [Problem(f"not an integer: {raw!r}", name)],
         ) from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise InvalidRequest(f"Query parameter '{name}' must be {bound}, got {value}")
+    if value < minimum or value > maximum:
+        raise InvalidRequest(
+            f"Query parameter '{name}' must be between {minimum} and {maximum}, got {raw!r}"
+        )
     return value
 
 
@@ -152,7 +157,8 @@ def _flow_json(record: commands.FlowRecord) -> dict[str, Any]:
 
 
 def _page() -> tuple[int, int]:
-    page = _int_arg("page", 1, minimum=1)
+    # (page - 1) * size is the query's OFFSET: a bigint too.
+    page = _int_arg("page", 1, minimum=1, maximum=MAX_QUERY_INT // MAX_PAGE_SIZE)
     size = _int_arg("size", 10, minimum=1, maximum=MAX_PAGE_SIZE)
     return page, size
 
@@ -168,6 +174,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     guard = install(app, ctx)
     # Before the guard too, which reads the execution a path names.
     app.before_request_funcs.setdefault(None, []).insert(0, bodies.refuse_nul_in_url)
+    app.after_request(bodies.drain)
     accounts_routes.register(app, guard)
     app.register_blueprint(secrets_routes.blueprint(ctx))
 

@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 
 import orjson
 import trio
-from quart import request
+from quart import Response, request
 from quart_trio.wrappers.request import TrioRequest
+from werkzeug.exceptions import HTTPException
 
 from engine.errors import InvalidRequest, Problem, TiercelError, UnsupportedMediaType
 from engine.server import ServerContext
@@ -43,12 +44,12 @@ refuse names over 255."""
 PARSERS = 2
 """Bodies parsed at once (the machine's cores); others wait their turn without blocking."""
 
-UPLOAD_ROUTES = re.compile(
-    r"^/api/v1/executions/[^/]+/[^/]+(/resume)?$|^/api/v1/executions/[^/]+/resume$"
-)
-"""Where a multipart body may carry files, and gets the upload limit."""
+UPLOAD_ROUTES = re.compile(r"^/api/v1/executions/[^/]+/[^/]+$")
+"""Where a multipart body may carry files and gets the upload limit: creating an execution
+(`{namespace}/{flowId}`) and resuming one (`{executionId}/resume`)."""
 
-_parsers: trio.CapacityLimiter | None = None
+_PARSERS: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("parsers")
+"""One limiter per trio run (a server), not one for the whole process."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,10 +157,12 @@ def too_large_message(limits: BodyLimits) -> str:
 
 async def off_loop(fn: Callable[..., T], *args: Any) -> T:
     """`fn(*args)` in a worker thread, at most PARSERS at once, so the event loop stays free."""
-    global _parsers
-    if _parsers is None:
-        _parsers = trio.CapacityLimiter(PARSERS)
-    return await trio.to_thread.run_sync(fn, *args, limiter=_parsers)
+    try:
+        limiter = _PARSERS.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(PARSERS)
+        _PARSERS.set(limiter)
+    return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
 
 
 def decode_utf8(data: bytes, what: str = "The request body") -> str:
@@ -223,9 +226,10 @@ def check_value(value: Any, what: str) -> None:
             _refuse(what, path, f"is nested more than {MAX_DEPTH} levels deep")
         if isinstance(item, dict):
             for key, child in item.items():
-                if "\x00" in key:
+                name = key if isinstance(key, str) else str(key)  # a form field may have none
+                if "\x00" in name:
                     _refuse(what, path, "has a key holding a NUL character (\\u0000)")
-                stack.append((child, depth + 1, f"{path}.{key}" if path else key))
+                stack.append((child, depth + 1, f"{path}.{name}" if path else name))
         else:
             stack.extend((child, depth + 1, f"{path}[{i}]") for i, child in enumerate(item))
 
@@ -266,6 +270,20 @@ def file_name(name: str | None, fallback: str) -> str:
     room = MAX_FILE_NAME_BYTES - len(suffix.encode("utf-8"))
     stem = encoded[:room].decode("utf-8", errors="ignore")
     return stem + suffix
+
+
+async def drain(response: Response) -> Response:
+    """Read what is left of the request's body before answering. A request answered before
+    its body was read (refused by a check, or a multipart body too broken to parse) otherwise
+    leaves the connection it came on to hang, now and then, on the next request it carries.
+    Bounded: the body is at most its limit, and Quart stops waiting after BODY_TIMEOUT."""
+    try:
+        await request.get_data(cache=False)
+    except HTTPException:
+        # Over its limit (the rest is never read) or too slow: this connection is done, and
+        # the client must be told, or it sends its next request down a dead one.
+        response.headers["Connection"] = "close"
+    return response
 
 
 def refuse_nul_in_url() -> None:

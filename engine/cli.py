@@ -218,6 +218,12 @@ def _serve(roles: tuple[str, ...], *, embedded_ok: bool, **options: Any) -> None
         "heartbeat_timeout": float(
             _setting("heartbeat-timeout", options.get("heartbeat_timeout"), 15.0)
         ),
+        # Body limits (api/bodies.py): the environment wins over these configuration keys.
+        "extra": {
+            key.replace("-", "_"): _setting(key, None)
+            for key in ("max-body-bytes", "max-upload-bytes")
+            if _setting(key, None) is not None
+        },
     }
     flows_dir = options.get("flows_dir") or _setting("flows", None)
     _secrets_cli.configure_master_key(data_dir, generate=not url)

@@ -837,8 +837,10 @@ def _check_input_semantics(inp: Input, path: str, c: _Checker) -> bool:
     if inp.validator is not None:
         try:
             re.compile(inp.validator)
-        except re.error as exc:
-            c.add(f"{path}.validator", f"Invalid regular expression {inp.validator!r}: {exc}")
+        except (re.error, RecursionError, OverflowError) as exc:
+            # Groups nested too deeply or repetitions too large are no re.error.
+            reason = exc if isinstance(exc, re.error) else "too deeply nested or too large"
+            c.add(f"{path}.validator", f"Invalid regular expression {inp.validator!r}: {reason}")
     if kind == "FILE" and inp.defaults is not None:
         c.add(f"{path}.defaults", "A FILE input cannot have defaults: a file is uploaded")
     if kind == "ARRAY" and inp.itemType is None:
