@@ -345,6 +345,9 @@ class Notifier:
         self.channel = channel
         self.health = health if health is not None else Health()
         self.generation = 0
+        self.latest = 0
+        """The highest position this process knows was committed (from notifications' payload
+        and from its own commits)."""
         self.connected = trio.Event()
         """Set while the LISTEN connection is up; replaced by a fresh event when it is lost."""
         self._changed = trio.Event()
@@ -355,6 +358,13 @@ class Notifier:
     def is_connected(self) -> bool:
         """True while the LISTEN connection is up."""
         return self.connected.is_set()
+
+    def committed(self, position: int) -> None:
+        """This process committed up to `position`: wake its consumers now (the notification
+        of that commit, when it comes back, then wakes no one)."""
+        if position > self.latest:
+            self.latest = position
+            self._wake()
 
     def _wake(self) -> None:
         self.generation += 1
@@ -431,8 +441,15 @@ class Notifier:
             if pgconn.status != psycopg.pq.ConnStatus.OK:
                 raise psycopg.OperationalError("connection closed by the server")
             woke = False
-            while pgconn.notifies() is not None:
-                woke = True
+            while (note := pgconn.notifies()) is not None:
+                try:
+                    position = int(note.extra)
+                except ValueError:  # no position given: read again to find out
+                    woke = True
+                    continue
+                if position > self.latest:
+                    self.latest = position
+                    woke = True
             if woke:
                 self._wake()
 

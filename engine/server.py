@@ -25,6 +25,7 @@ import trio
 from engine.backoff import Backoff, describe, is_transient, retry
 from engine.db import Database, Notifier, runtime_url
 from engine.executor_shell import ExecutorShell
+from engine.feed import Feed
 from engine.handoff import Handoff
 from engine.health import Health
 from engine.migrate import migrate
@@ -171,6 +172,12 @@ async def run_server(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(notifier.run)
+            # One reader of the log for every consumer of this process; its own commits wake
+            # them at once.
+            feed = Feed(store, notifier, health=health)
+            await nursery.start(feed.run)
+            store.feed = feed
+            store.committed = notifier.committed
             # An executor and a worker in one process: the worker takes the definitions of the
             # attempts the executor schedules instead of rebuilding them from the history.
             handoff = Handoff() if "executor" in roles and "worker" in roles else None

@@ -288,7 +288,9 @@ def _append_locked(
                 seqs[(stream_id, first)],
                 seqs[(stream_id, first + n - 1)],
             )
-        conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+        # The payload is the last position written, so a process that already knows it (it made
+        # the commit) need not read again when the notification comes back.
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(max(seqs.values()))))
     return [r for r in results if r is not None]
 
 
@@ -313,6 +315,11 @@ class EventStore:
     def __init__(self, db: Database, storage: Storage | None = None) -> None:
         self.db = db
         self.storage = storage
+        self.feed: Any = None
+        """The process's `engine.feed.Feed`, when one runs: subscriptions read from it."""
+        self.committed: Callable[[int], None] | None = None
+        """Told the last position of each commit this process makes (wakes its consumers at
+        once, without waiting for the notification to come back from the server)."""
 
     async def append(
         self,
@@ -341,7 +348,12 @@ class EventStore:
 
         Conflicting requests are reported and skipped; the others are written.
         """
-        return await self.db.run(lambda conn: _append_sync(conn, requests, extra, self.storage))
+        results = await self.db.run(lambda conn: _append_sync(conn, requests, extra, self.storage))
+        if self.committed is not None:
+            last = max((r.last_seq for r in results if r.last_seq is not None), default=None)
+            if last is not None:
+                self.committed(last)
+        return results
 
     async def read_all(
         self, after: int, limit: int = 1000, types: Iterable[str] | None = None

@@ -76,12 +76,20 @@ class Subscription:
         transient = Backoff()
         bug = Backoff(initial=1.0, maximum=BUG_BACKOFF_MAX)
         while True:
-            seen = self.notifier.generation
+            feed = self.store.feed
+            seen = feed.generation if feed is not None else self.notifier.generation
             try:
-                batch = await self.store.read_all(self.position, self.batch_size, self.types)
+                held = feed.after(self.position, self.types, self.batch_size) if feed else None
+                if held is None:
+                    fed = False
+                    batch = await self.store.read_all(self.position, self.batch_size, self.types)
+                    reached = batch[-1].seq if batch else self.position
+                else:
+                    fed = True
+                    batch, reached = held
                 if batch:
                     await handler(batch)
-                    self.position = batch[-1].seq
+                self.position = reached
             except Exception as exc:
                 reason = describe(exc)
                 if is_transient(exc):
@@ -118,4 +126,8 @@ class Subscription:
                 task_status.started()
                 started = True
             if len(batch) < self.batch_size:
-                await self.notifier.wait(seen, self.poll_interval)
+                if fed:
+                    assert feed is not None
+                    await feed.wait(seen, self.poll_interval)
+                else:
+                    await self.notifier.wait(seen, self.poll_interval)
