@@ -1,16 +1,92 @@
-"""The `executions` read model: one row per execution, for search and the dashboard."""
+"""The `executions` read model: one row per execution, for search and the dashboard.
+
+A batch of events is folded per execution first, then written with one INSERT for the
+executions it creates and one UPDATE for those it changes, whatever the batch holds. Each row
+remembers the position of the last event applied to it (`last_seq`): events at or below it are
+skipped, so replaying a batch, or the whole log over existing rows, gives the same rows.
+
+`search` answers the executions search of the API (migrations/0009_search_indexes.sql has the
+indexes it relies on, bench/search.py measures it at a million executions).
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import datetime as dt
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from engine import events as ev
+from engine.errors import InvalidRequest
 from engine.execution import iso
 from engine.plugin import TERMINAL_STATES
 from engine.store import StoredEvent
+
+
+@dataclass
+class _Change:
+    """What the events of one batch do to one execution's row (those it has not seen yet)."""
+
+    created: StoredEvent | None = None
+    state: str | None = None
+    end_date: dt.datetime | None = None
+    histories: list[dict[str, str]] = field(default_factory=list)
+    outputs: dict[str, Any] | None = None
+    labels: list[dict[str, str]] | None = None
+    task_runs: int = 0
+    last_seq: int = 0
+
+    def add(self, e: StoredEvent) -> None:
+        event = e.event
+        if isinstance(event, ev.ExecutionCreated):
+            self.created = e
+        elif isinstance(event, ev.ExecutionStateChanged):
+            self.state = event.state
+            self.histories.append({"state": event.state, "date": iso(e.recorded_at)})
+            if event.outputs is not None:
+                self.outputs = event.outputs
+            self.end_date = e.recorded_at if event.state in TERMINAL_STATES else None
+        elif isinstance(event, ev.ExecutionLabelsChanged):
+            self.labels = event.labels
+        elif isinstance(event, ev.TaskRunCreated):
+            # Each task run has one TaskRunCreated; the position guard keeps a replay from
+            # counting it again.
+            self.task_runs += 1
+        self.last_seq = e.seq
+
+
+_INSERT = (
+    "INSERT INTO executions (id, namespace, flow_id, flow_revision, state, histories, labels,"
+    " inputs, outputs, trigger, parent_id, original_id, task_run_count, start_date, end_date,"
+    " last_seq)"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::text[],"
+    " %s::jsonb[], %s::jsonb[], %s::jsonb[], %s::jsonb[], %s::jsonb[], %s::text[], %s::text[],"
+    " %s::int[], %s::timestamptz[], %s::timestamptz[], %s::bigint[])"
+    " ON CONFLICT (id) DO NOTHING"
+)
+
+# `state IS NULL` in a change: no state change in the batch, so the state and end date stay.
+_UPDATE = (
+    "UPDATE executions AS x SET state = coalesce(d.state, x.state),"
+    " histories = x.histories || d.histories, outputs = coalesce(d.outputs, x.outputs),"
+    " end_date = CASE WHEN d.state IS NULL THEN x.end_date ELSE d.end_date END,"
+    " labels = coalesce(d.labels, x.labels), task_run_count = x.task_run_count + d.task_runs,"
+    " last_seq = d.last_seq"
+    " FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::jsonb[], %s::timestamptz[],"
+    " %s::jsonb[], %s::int[], %s::bigint[])"
+    " AS d(id, state, histories, outputs, end_date, labels, task_runs, last_seq)"
+    # The guard also settles two projections racing on one row: the second re-reads the row
+    # the first committed and finds nothing left to apply.
+    " WHERE x.id = d.id AND x.last_seq < d.last_seq"
+)
 
 
 class ExecutionsProjection:
@@ -27,53 +103,335 @@ class ExecutionsProjection:
     tables = ("executions",)
 
     def apply(self, batch: list[StoredEvent], conn: psycopg.Connection[Any]) -> None:
+        by_execution: dict[str, list[StoredEvent]] = {}
         for e in batch:
-            event = e.event
-            if isinstance(event, ev.ExecutionCreated):
-                conn.execute(
-                    "INSERT INTO executions (id, namespace, flow_id, flow_revision, state,"
-                    " histories, labels, inputs, trigger, parent_id, original_id, start_date,"
-                    " last_seq) VALUES (%s, %s, %s, %s, 'CREATED', %s, %s, %s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (id) DO NOTHING",
-                    (
-                        event.executionId,
-                        event.namespace,
-                        event.flowId,
-                        event.flowRevision,
-                        Jsonb([{"state": "CREATED", "date": iso(e.recorded_at)}]),
-                        Jsonb(event.labels),
-                        Jsonb(event.inputs),
-                        Jsonb(event.trigger) if event.trigger else None,
-                        event.parentId,
-                        event.originalId or event.executionId,
-                        e.recorded_at,
-                        e.seq,
-                    ),
-                )
-            elif isinstance(event, ev.ExecutionStateChanged):
-                conn.execute(
-                    "UPDATE executions SET state = %s, histories = histories || %s,"
-                    " outputs = coalesce(%s, outputs), end_date = %s, last_seq = %s"
-                    " WHERE id = %s AND last_seq < %s",
-                    (
-                        event.state,
-                        Jsonb([{"state": event.state, "date": iso(e.recorded_at)}]),
-                        Jsonb(event.outputs) if event.outputs is not None else None,
-                        e.recorded_at if event.state in TERMINAL_STATES else None,
-                        e.seq,
-                        event.executionId,
-                        e.seq,
-                    ),
-                )
-            elif isinstance(event, ev.ExecutionLabelsChanged):
-                conn.execute(
-                    "UPDATE executions SET labels = %s WHERE id = %s",
-                    (Jsonb(event.labels), event.executionId),
-                )
-            elif isinstance(event, ev.ExecutionPurged):
-                conn.execute("DELETE FROM executions WHERE id = %s", (event.executionId,))
-            elif isinstance(event, ev.TaskRunCreated):
-                conn.execute(
-                    "UPDATE executions SET task_run_count = task_run_count + 1 WHERE id = %s",
-                    (event.executionId,),
-                )
+            xid = e.execution_id
+            if xid is not None and e.type in self.types:
+                by_execution.setdefault(xid, []).append(e)
+        if not by_execution:
+            return
+        seen = dict(
+            conn.execute(
+                "SELECT id, last_seq FROM executions WHERE id = ANY(%s::text[])",
+                (list(by_execution),),
+            ).fetchall()
+        )
+        purged: list[str] = []
+        created: list[_Change] = []
+        changed: list[tuple[str, _Change]] = []
+        for xid, events in by_execution.items():
+            last = seen.get(xid)
+            fresh = [e for e in events if last is None or e.seq > last]
+            ends = [i for i, e in enumerate(fresh) if isinstance(e.event, ev.ExecutionPurged)]
+            if ends:
+                purged.append(xid)
+                fresh = fresh[ends[-1] + 1 :]
+                last = None
+            if not fresh:
+                continue
+            change = _Change()
+            for e in fresh:
+                change.add(e)
+            if last is not None:
+                changed.append((xid, change))
+            elif change.created is not None:
+                created.append(change)
+            # Else the row is gone (purged): what follows its purge changes nothing.
+        if purged:
+            conn.execute("DELETE FROM executions WHERE id = ANY(%s::text[])", (purged,))
+        if created:
+            conn.execute(_INSERT, _insert_columns(created))
+        if changed:
+            conn.execute(_UPDATE, _update_columns(changed))
+
+
+def _insert_columns(changes: Sequence[_Change]) -> tuple[list[Any], ...]:
+    columns: tuple[list[Any], ...] = tuple([] for _ in range(16))
+    for c in changes:
+        assert c.created is not None
+        event = c.created.event
+        assert isinstance(event, ev.ExecutionCreated)
+        created_at = c.created.recorded_at
+        values = (
+            event.executionId,
+            event.namespace,
+            event.flowId,
+            event.flowRevision,
+            c.state or "CREATED",
+            Jsonb([{"state": "CREATED", "date": iso(created_at)}, *c.histories]),
+            Jsonb(c.labels if c.labels is not None else event.labels),
+            Jsonb(event.inputs),
+            Jsonb(c.outputs) if c.outputs is not None else None,
+            Jsonb(event.trigger) if event.trigger else None,
+            event.parentId,
+            event.originalId or event.executionId,
+            c.task_runs,
+            created_at,
+            c.end_date,
+            c.last_seq,
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    return columns
+
+
+def _update_columns(changes: Sequence[tuple[str, _Change]]) -> tuple[list[Any], ...]:
+    columns: tuple[list[Any], ...] = tuple([] for _ in range(8))
+    for xid, c in changes:
+        values = (
+            xid,
+            c.state,
+            Jsonb(c.histories),
+            Jsonb(c.outputs) if c.outputs is not None else None,
+            c.end_date,
+            Jsonb(c.labels) if c.labels is not None else None,
+            c.task_runs,
+            c.last_seq,
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    return columns
+
+
+# --- search --------------------------------------------------------------------------------
+
+COUNT_EXACT_UP_TO = 10_000
+"""Up to this many matches the total is counted; above it, it is the planner's estimate."""
+MAX_OFFSET = 100_000
+"""The deepest row a page may start at; past it, follow the `next` cursor (`after=`)."""
+PROBE_UP_TO = 2_000
+"""A label or `q=` filter matching at most this many executions is resolved to their ids."""
+
+_COLUMNS = (
+    "x.id, x.namespace, x.flow_id, x.flow_revision, x.state, x.histories, x.labels, x.inputs,"
+    " x.outputs, x.trigger, x.parent_id, x.original_id, x.task_run_count, x.start_date,"
+    " x.end_date"
+)
+_WORD = re.compile(r"[0-9A-Za-z]+")
+_WORD_PREFIX = 32
+"""The longest word prefix `search_words` holds (migrations/0009_search_indexes.sql)."""
+
+
+@dataclass
+class Search:
+    """The filters of an executions search (each one narrows it; None or empty: no filter)."""
+
+    namespace: str | None = None
+    """This namespace and those under it (`a` finds `a` and `a.b`, not `ab`)."""
+    flow_id: str | None = None
+    states: Sequence[str] = ()
+    start_date: dt.datetime | None = None
+    """Executions started at or after it."""
+    end_date: dt.datetime | None = None
+    """Executions ended at or before it (Kestra's meaning: a running one has not ended)."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Executions having every one of these labels."""
+    q: str | None = None
+    """The start of an id, or words each of which starts a word of the namespace or flow id
+    (case-insensitive; `team1.ing` finds flow `ingest` in `company.team1`)."""
+
+
+@dataclass
+class Page:
+    """One page of results, the total (estimated above `COUNT_EXACT_UP_TO`) and, when more
+    rows may follow, the cursor that continues after this page."""
+
+    rows: list[dict[str, Any]]
+    total: int
+    estimated: bool
+    next: str | None
+
+
+def condition(scope: str, scope_params: Sequence[Any], search: Search) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of `search` within the caller's `scope`."""
+    where = [scope]
+    params: list[Any] = list(scope_params)
+    if search.namespace:
+        ns = search.namespace
+        # One btree range, [ns, ns + '/'), minus the names that sort between ns and ns + '.'
+        # (ns-x, ns+x, ...): what is left is ns itself and everything under ns + '.'. The
+        # planner estimates the excluded part as tiny, so the estimate is the range's.
+        where.append(
+            "namespace >= %s AND namespace < %s AND NOT (namespace > %s AND namespace < %s)"
+        )
+        params += [ns, ns + "/", ns, ns + "."]
+    if search.flow_id:
+        where.append("flow_id = %s")
+        params.append(search.flow_id)
+    states = sorted({s.upper() for s in search.states})
+    if len(states) == 1:
+        where.append("state = %s")
+        params.append(states[0])
+    elif states:
+        where.append("state = ANY(%s::text[])")
+        params.append(states)
+    if search.start_date is not None:
+        where.append("start_date >= %s")
+        params.append(search.start_date)
+    if search.end_date is not None:
+        # An execution ends after it starts: the second bound is implied, and lets the
+        # date-ordered index start its scan at the end date instead of at the newest row.
+        where.append("end_date <= %s AND start_date <= %s")
+        params += [search.end_date, search.end_date]
+    rare, rare_params = _indexed_terms(search)
+    if rare:
+        where.append(rare)
+        params += rare_params
+    return " AND ".join(where), params
+
+
+def _indexed_terms(search: Search) -> tuple[str, list[Any]]:
+    """The label and `q=` conditions, answered by GIN indexes (and the primary key)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if search.labels:
+        pairs = [{"key": k, "value": v} for k, v in search.labels.items()]
+        where.append("label_pairs @> execution_label_pairs(%s::jsonb)")
+        params.append(orjson.dumps(pairs).decode())
+    if search.q:
+        ids = "id >= %s AND id < %s"
+        params += [search.q, search.q + "\U0010ffff"]
+        words = sorted({w.lower()[:_WORD_PREFIX] for w in _WORD.findall(search.q)})
+        if words:
+            where.append(f"(({ids}) OR search_words @> %s::text[])")
+            params.append(words)
+        else:
+            where.append(ids)
+    return " AND ".join(where), params
+
+
+def prepare(
+    conn: psycopg.Connection[Any], scope: str, scope_params: Sequence[Any], search: Search
+) -> tuple[str, list[Any]]:
+    """`condition`, with the label and `q=` filters resolved to the ids they match when those
+    are few.
+
+    The planner knows how common a label or a word is only for the 10,000 most common; for any
+    other it guesses some thousands of rows, and would then read the newest executions one by
+    one looking for a correlation id that only one of them has. Asking the GIN indexes first
+    (at most `PROBE_UP_TO` rows) turns such a filter into a list of ids the planner cannot
+    misjudge.
+    """
+    where, params = condition(scope, scope_params, search)
+    rare, rare_params = _indexed_terms(search)
+    if not rare:
+        return where, params
+    with conn.transaction():
+        # Through the indexes only: a bitmap of what they match, whatever the planner guesses.
+        conn.execute(
+            "SET LOCAL enable_seqscan = off; SET LOCAL enable_indexscan = off;"
+            " SET LOCAL enable_indexonlyscan = off"
+        )
+        found = conn.execute(
+            f"SELECT id FROM executions WHERE {rare} LIMIT %s", [*rare_params, PROBE_UP_TO + 1]
+        ).fetchall()
+    if len(found) > PROBE_UP_TO:
+        return where, params
+    return f"{where} AND id = ANY(%s::text[])", [*params, [r[0] for r in found]]
+
+
+def encode_cursor(row: dict[str, Any]) -> str:
+    """The `after=` value that continues a search after `row`."""
+    raw = orjson.dumps([row["start_date"].isoformat(), row["id"]])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    """The (start date, id) a cursor of `encode_cursor` stands for."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        start, xid = orjson.loads(raw)
+        at = dt.datetime.fromisoformat(start)
+        if not isinstance(xid, str) or at.tzinfo is None:
+            raise ValueError(cursor)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise InvalidRequest(
+            "Query parameter 'after' must be the 'next' value of a previous search answer"
+        ) from None
+    return at, xid
+
+
+def search(
+    conn: psycopg.Connection[Any],
+    scope: str,
+    scope_params: Sequence[Any],
+    filters: Search,
+    *,
+    page: int,
+    size: int,
+    after: str | None = None,
+    ascending: bool = False,
+) -> Page:
+    """A page of the executions that `filters` finds within `scope` (a condition on the rows
+    the caller may see), newest first (oldest with `ascending`).
+
+    With `after` (a `next` cursor) the page starts right after that row, found through the
+    index whatever the depth; else at row `(page - 1) * size`, at most `MAX_OFFSET`. The rows
+    skipped by an offset are read from an index alone: the page's ids are found first, then
+    only their rows are read.
+    """
+    offset = 0 if after else (page - 1) * size
+    if offset > MAX_OFFSET:
+        raise InvalidRequest(
+            f"Page {page} of size {size} starts at row {offset}; pages start at most at row "
+            f"{MAX_OFFSET}: narrow the search, or follow the 'next' cursor of each answer "
+            "with after=<next>"
+        )
+    where, params = prepare(conn, scope, scope_params, filters)
+    sql, sql_params = page_query(
+        where, params, offset=offset, size=size, after=after, ascending=ascending
+    )
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql, sql_params)
+        rows = cur.fetchall()
+    more = len(rows) > size
+    rows = rows[:size]
+    if not more and (rows or offset == 0) and not after:
+        total, estimated = offset + len(rows), False
+    else:
+        total, estimated = count(conn, where, params)
+    return Page(rows, total, estimated, encode_cursor(rows[-1]) if more else None)
+
+
+def page_query(
+    where: str,
+    params: Sequence[Any],
+    *,
+    offset: int,
+    size: int,
+    after: str | None = None,
+    ascending: bool = False,
+) -> tuple[str, list[Any]]:
+    """The SQL (and parameters) that `search` runs for a page: one row more than `size`, which
+    tells whether another page follows."""
+    order = "ASC" if ascending else "DESC"
+    keyed, keyed_params = where, list(params)
+    if after:
+        at, xid = decode_cursor(after)
+        keyed += f" AND (start_date, id) {'>' if ascending else '<'} (%s, %s)"
+        keyed_params += [at, xid]
+    sql = (
+        f"SELECT {_COLUMNS} FROM (SELECT id FROM executions WHERE {keyed}"
+        f" ORDER BY start_date {order}, id {order} LIMIT %s OFFSET %s) AS k"
+        f" JOIN executions AS x ON x.id = k.id ORDER BY x.start_date {order}, x.id {order}"
+    )
+    return sql, [*keyed_params, size + 1, offset]
+
+
+def count(
+    conn: psycopg.Connection[Any], where: str, params: Sequence[Any], table: str = "executions"
+) -> tuple[int, bool]:
+    """How many rows of `table` match `where`: counted up to `COUNT_EXACT_UP_TO`, the
+    planner's estimate above it. The second value says whether it is an estimate."""
+    limited = conn.execute(
+        f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {where} LIMIT %s) AS s",
+        [*params, COUNT_EXACT_UP_TO + 1],
+    ).fetchone()
+    n = int(limited[0]) if limited else 0
+    if n <= COUNT_EXACT_UP_TO:
+        return n, False
+    plan = conn.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {table} WHERE {where}", params)
+    row = plan.fetchone()
+    estimate = int(row[0][0]["Plan"]["Plan Rows"]) if row else 0
+    # Never below what was counted: the planner can guess low for a rare combination.
+    return max(estimate, n), True
