@@ -361,7 +361,7 @@ class _Builder:
         except yaml.MarkedYAMLError as exc:
             self.add(node, path, f"Cannot read this value: {exc.problem or exc}")
             return None
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
             # An explicit tag the text does not fit (`!!int abc`, `!!bool maybe`).
             shown = text if len(text) <= 40 else text[:40] + "..."
             self.add(node, path, f"Cannot read {shown!r} as {tag.rsplit(':', 1)[-1]}")

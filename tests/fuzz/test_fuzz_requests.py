@@ -248,6 +248,7 @@ async def test_kill_resume_and_search_answer_every_request(http: Http) -> None:
         st.tuples(st.just("search"), st.sampled_from(["/api/v1/flows/search", "/api/v1/executions/search"]), params),
         st.tuples(st.just("get"), ids, params),
         st.tuples(st.just("flow"), st.tuples(hostile_strings, hostile_strings), params),
+        st.tuples(st.just("file"), st.sampled_from(paused), st.one_of(hostile_strings, file_names)),
     )  # fmt: skip
 
     @fuzz_settings()
@@ -280,6 +281,15 @@ async def test_kill_resume_and_search_answer_every_request(http: Http) -> None:
                 response = http.request(
                     "GET", f"/api/v1/executions/{execution}{path}", params=request[2]
                 )
+        elif kind == "file":
+            # A path inside the execution's own files, so the storage itself is reached.
+            prefix = f"kestra:///{namespace.replace('.', '/')}/{flow_id}/executions/{request[1]}"
+            suffix = ["", "/metas"][len(request[2]) % 2]
+            response = http.request(
+                "GET",
+                f"/api/v1/executions/{request[1]}/file{suffix}",
+                params={"path": f"{prefix}/{request[2]}"},
+            )
         else:
             ns, fid = (_segment(p) for p in request[1])
             suffix = "/revisions" if len(request[2]) % 2 else ""

@@ -216,6 +216,19 @@ async def test_ids_over_kestra_lengths_are_refused_and_a_long_file_name_is_cut(
     assert uri.endswith(".txt") and len(uri.rsplit("/", 1)[-1].encode()) <= 200
 
 
+async def test_a_file_name_no_file_system_holds_is_not_found(client: httpx.AsyncClient) -> None:
+    namespace = _ns()
+    assert (await client.post("/api/v1/flows", content=_flow(namespace), headers=YAML)).is_success
+    created = await client.post(f"/api/v1/executions/{namespace}/f", json={})
+    execution = created.json()["id"]
+    path = f"kestra:///{namespace.replace('.', '/')}/f/executions/{execution}/{'x' * 300}"
+    for suffix in ("", "/metas"):
+        response = await client.get(
+            f"/api/v1/executions/{execution}/file{suffix}", params={"path": path}
+        )
+        assert response.status_code == 404, response.text
+
+
 async def test_a_nul_character_in_the_url_is_a_400(client: httpx.AsyncClient) -> None:
     for path in ("/api/v1/flows/search?q=%00", "/api/v1/executions/a%00b", "/api/v1/flows/a%00/b"):
         response = await client.get(path)

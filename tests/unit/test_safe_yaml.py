@@ -179,6 +179,8 @@ def test_a_list_or_mapping_as_a_key_is_refused(reader: str) -> None:
         ("a: !!binary aGVsbG8=\n", "!!binary"),
         ("a: !!int abc\n", "as int"),
         ("a: !!bool maybe\n", "as bool"),
+        ("a: !!int\n", "as int"),
+        ("a: !!float\n", "as float"),
         ("a: !!timestamp yesterday\n", "as timestamp"),
         ("a: !!float x\n", "as float"),
         ("a: !!python/object:os.system x\n", "Cannot read this value"),
