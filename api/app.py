@@ -34,6 +34,8 @@ from engine.secrets import shown
 from engine.server import ServerContext
 from engine.storage import SCHEME, Storage, execution_prefix, input_prefix, to_uri, uri_path
 from engine.store import load_checkpoint
+from projections import executions as executions_model
+from projections import logs as logs_model
 
 log = logging.getLogger(__name__)
 
@@ -290,20 +292,30 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         page, size = _page()
         allowed, params = namespace_filter()
         where = ["NOT deleted", allowed]
+
+        def like(value: str) -> str:
+            return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
         if ns := request.args.get("namespace"):
             where.append("(namespace = %s OR namespace LIKE %s)")
-            params += [ns, ns + ".%"]
+            params += [ns, like(ns) + ".%"]
         if q := request.args.get("q"):
             where.append("(flow_id ILIKE %s OR namespace ILIKE %s OR description ILIKE %s)")
-            params += [f"%{q}%"] * 3
+            params += [f"%{like(q)}%"] * 3
         for key, value in _labels_arg().items():
             where.append("labels ->> %s = %s")
             params += [key, value]
         clause = " AND ".join(where)
+        offset = (page - 1) * size
+        if offset > executions_model.MAX_OFFSET:
+            raise InvalidRequest(
+                f"Page {page} of size {size} starts at row {offset}; pages start at most at "
+                f"row {executions_model.MAX_OFFSET}: narrow the search"
+            )
         rows = await db.fetchall(
-            f"SELECT namespace, flow_id, revision, source, updated, count(*) OVER () AS total"
-            f" FROM flows WHERE {clause} ORDER BY namespace, flow_id LIMIT %s OFFSET %s",
-            [*params, size, (page - 1) * size],
+            f"SELECT namespace, flow_id, revision, source, updated FROM flows WHERE {clause}"
+            " ORDER BY namespace, flow_id LIMIT %s OFFSET %s",
+            [*params, size, offset],
         )
         records = [
             commands.FlowRecord(
@@ -312,12 +324,13 @@ def create_app(ctx: ServerContext) -> QuartTrio:
             for r in rows
         ]
         results = await _flow_answer(records)
-        total = rows[0]["total"] if rows else await _count("flows", clause, params)
-        return _json({"results": results, "total": total})
-
-    async def _count(table: str, clause: str, params: list[Any]) -> int:
-        row = await db.fetchone(f"SELECT count(*) AS n FROM {table} WHERE {clause}", params)
-        return int(row["n"]) if row else 0
+        if len(rows) < size and (rows or offset == 0):
+            total, estimated = offset + len(rows), False
+        else:
+            total, estimated = await db.run(
+                lambda conn: executions_model.count(conn, clause, params, table="flows")
+            )
+        return _json({"results": results, "total": total, "totalIsEstimate": estimated})
 
     @app.get("/api/v1/flows/<namespace>/<flow_id>")
     @access("viewer")
@@ -424,37 +437,52 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     @access("viewer")
     async def search_executions() -> Response:
         page, size = _page()
+        # Kestra's sort parameter: only the start date has an index to sort by.
+        ascending = False
+        for sort in request.args.getlist("sort"):
+            field, _, direction = sort.partition(":")
+            if field not in ("state.startDate", "startDate") or direction.lower() not in (
+                "",
+                "asc",
+                "desc",
+            ):
+                raise InvalidRequest(
+                    f"Cannot sort executions by {sort!r}: sort by state.startDate:desc "
+                    "(the default) or state.startDate:asc",
+                    [Problem("unsupported sort", "sort")],
+                )
+            ascending = direction.lower() == "asc"
         allowed, params = namespace_filter()
-        where: list[str] = [allowed]
-        if ns := request.args.get("namespace"):
-            where.append("(namespace = %s OR namespace LIKE %s)")
-            params += [ns, ns + ".%"]
-        if flow_id := request.args.get("flowId"):
-            where.append("flow_id = %s")
-            params.append(flow_id)
-        states = [s for v in request.args.getlist("state") for s in v.split(",") if s]
-        if states:
-            where.append("state = ANY(%s)")
-            params.append([s.upper() for s in states])
-        if start := _date_arg("startDate"):
-            where.append("start_date >= %s")
-            params.append(start)
-        if end := _date_arg("endDate"):
-            where.append("start_date <= %s")
-            params.append(end)
-        for key, value in _labels_arg().items():
-            where.append("labels @> %s::jsonb")
-            params.append(orjson.dumps([{"key": key, "value": value}]).decode())
-        clause = " AND ".join(where)
-        rows = await db.fetchall(
-            "SELECT id, namespace, flow_id, flow_revision, state, histories, labels, inputs,"
-            " outputs, trigger, parent_id, original_id, task_run_count, start_date, end_date,"
-            f" count(*) OVER () AS total FROM executions WHERE {clause}"
-            " ORDER BY start_date DESC, id LIMIT %s OFFSET %s",
-            [*params, size, (page - 1) * size],
+        search = executions_model.Search(
+            namespace=request.args.get("namespace") or None,
+            flow_id=request.args.get("flowId") or None,
+            states=[s for v in request.args.getlist("state") for s in v.split(",") if s],
+            start_date=_date_arg("startDate"),
+            end_date=_date_arg("endDate"),
+            labels=_labels_arg(),
+            q=request.args.get("q") or None,
         )
-        total = rows[0]["total"] if rows else await _count("executions", clause, params)
-        return _json({"results": [_execution_row(r) for r in rows], "total": total})
+        after = request.args.get("after") or None
+        found = await db.run(
+            lambda conn: executions_model.search(
+                conn,
+                allowed,
+                params,
+                search,
+                page=page,
+                size=size,
+                after=after,
+                ascending=ascending,
+            )
+        )
+        return _json(
+            {
+                "results": [_execution_row(r) for r in found.rows],
+                "total": found.total,
+                "totalIsEstimate": found.estimated,
+                "next": found.next,
+            }
+        )
 
     @app.get("/api/v1/executions/<execution_id>")
     @access("viewer")
@@ -591,25 +619,13 @@ def create_app(ctx: ServerContext) -> QuartTrio:
                 [Problem("unknown level", "minLevel")],
             )
         await _logs_caught_up(execution_id)
-        where, params = (
-            ["l.execution_id = %s", "l.level = ANY(%s)"],
-            [
-                execution_id,
-                list(LEVELS[LEVELS.index(min_level) :]),
-            ],
-        )
-        if task_run_id := request.args.get("taskRunId"):
-            where.append("l.task_run_id = %s")
-            params.append(task_run_id)
-        if task_id := request.args.get("taskId"):
-            where.append("l.task_id = %s")
-            params.append(task_id)
-        rows = await db.fetchall(
-            "SELECT l.execution_id, l.task_id, l.task_run_id, l.attempt, l.timestamp, l.level,"
-            " l.message, e.namespace, e.flow_id FROM logs l"
-            " LEFT JOIN executions e ON e.id = l.execution_id"
-            f" WHERE {' AND '.join(where)} ORDER BY l.seq, l.line",
-            params,
+        levels = list(LEVELS[LEVELS.index(min_level) :])
+        task_run_id = request.args.get("taskRunId") or None
+        task_id = request.args.get("taskId") or None
+        rows = await db.run(
+            lambda conn: logs_model.execution_lines(
+                conn, execution_id, levels, task_run_id=task_run_id, task_id=task_id
+            )
         )
         return _json(
             [
