@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,17 @@ from engine.errors import InvalidRequest
 from engine.execution import iso
 from engine.plugin import TERMINAL_STATES
 from engine.store import StoredEvent
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # an integer beyond 64 bits, which JSON allows
+        return json.dumps(value).encode()
+
+
+def _jsonb(value: Any) -> Jsonb:
+    return Jsonb(value, dumps=_dumps)
 
 
 @dataclass
@@ -67,9 +79,9 @@ _INSERT = (
     "INSERT INTO executions (id, namespace, flow_id, flow_revision, state, histories, labels,"
     " inputs, outputs, trigger, parent_id, original_id, task_run_count, start_date, end_date,"
     " last_seq)"
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::text[],"
-    " %s::jsonb[], %s::jsonb[], %s::jsonb[], %s::jsonb[], %s::jsonb[], %s::text[], %s::text[],"
-    " %s::int[], %s::timestamptz[], %s::timestamptz[], %s::bigint[])"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::int[], %b::text[],"
+    " %b::jsonb[], %b::jsonb[], %b::jsonb[], %b::jsonb[], %b::jsonb[], %b::text[], %b::text[],"
+    " %b::int[], %b::timestamptz[], %b::timestamptz[], %b::bigint[])"
     " ON CONFLICT (id) DO NOTHING"
 )
 
@@ -80,8 +92,8 @@ _UPDATE = (
     " end_date = CASE WHEN d.state IS NULL THEN x.end_date ELSE d.end_date END,"
     " labels = coalesce(d.labels, x.labels), task_run_count = x.task_run_count + d.task_runs,"
     " last_seq = d.last_seq"
-    " FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::jsonb[], %s::timestamptz[],"
-    " %s::jsonb[], %s::int[], %s::bigint[])"
+    " FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::jsonb[], %b::timestamptz[],"
+    " %b::jsonb[], %b::int[], %b::bigint[])"
     " AS d(id, state, histories, outputs, end_date, labels, task_runs, last_seq)"
     # The guard also settles two projections racing on one row: the second re-reads the row
     # the first committed and finds nothing left to apply.
@@ -112,7 +124,7 @@ class ExecutionsProjection:
             return
         seen = dict(
             conn.execute(
-                "SELECT id, last_seq FROM executions WHERE id = ANY(%s::text[])",
+                "SELECT id, last_seq FROM executions WHERE id = ANY(%b::text[])",
                 (list(by_execution),),
             ).fetchall()
         )
@@ -158,11 +170,11 @@ def _insert_columns(changes: Sequence[_Change]) -> tuple[list[Any], ...]:
             event.flowId,
             event.flowRevision,
             c.state or "CREATED",
-            Jsonb([{"state": "CREATED", "date": iso(created_at)}, *c.histories]),
-            Jsonb(c.labels if c.labels is not None else event.labels),
-            Jsonb(event.inputs),
-            Jsonb(c.outputs) if c.outputs is not None else None,
-            Jsonb(event.trigger) if event.trigger else None,
+            _jsonb([{"state": "CREATED", "date": iso(created_at)}, *c.histories]),
+            _jsonb(c.labels if c.labels is not None else event.labels),
+            _jsonb(event.inputs),
+            _jsonb(c.outputs) if c.outputs is not None else None,
+            _jsonb(event.trigger) if event.trigger else None,
             event.parentId,
             event.originalId or event.executionId,
             c.task_runs,
@@ -181,10 +193,10 @@ def _update_columns(changes: Sequence[tuple[str, _Change]]) -> tuple[list[Any], 
         values = (
             xid,
             c.state,
-            Jsonb(c.histories),
-            Jsonb(c.outputs) if c.outputs is not None else None,
+            _jsonb(c.histories),
+            _jsonb(c.outputs) if c.outputs is not None else None,
             c.end_date,
-            Jsonb(c.labels) if c.labels is not None else None,
+            _jsonb(c.labels) if c.labels is not None else None,
             c.task_runs,
             c.last_seq,
         )

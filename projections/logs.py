@@ -26,8 +26,8 @@ _INSERT = (
     " attempt, timestamp, level, message)"
     " SELECT seq, line, execution_id, namespace, flow_id, task_id, task_run_id, attempt,"
     " coalesce(ts::timestamptz, recorded_at), level, message"
-    " FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[],"
-    " %s::text[], %s::int[], %s::text[], %s::timestamptz[], %s::text[], %s::text[])"
+    " FROM unnest(%b::bigint[], %b::int[], %b::text[], %b::text[], %b::text[], %b::text[],"
+    " %b::text[], %b::int[], %b::text[], %b::timestamptz[], %b::text[], %b::text[])"
     " AS r(seq, line, execution_id, namespace, flow_id, task_id, task_run_id, attempt, ts,"
     " recorded_at, level, message)"
     " ON CONFLICT DO NOTHING"
@@ -101,7 +101,7 @@ class LogsProjection:
     def _look_up(self, wanted: set[str], conn: psycopg.Connection[Any]) -> None:
         found = conn.execute(
             "SELECT data ->> 'executionId', data ->> 'namespace', data ->> 'flowId' FROM events"
-            " WHERE stream_id = ANY(%s::text[]) AND type = 'ExecutionCreated'",
+            " WHERE stream_id = ANY(%b::text[]) AND type = 'ExecutionCreated'",
             ([ev.execution_stream(x) for x in wanted],),
         ).fetchall()
         for xid, namespace, flow_id in found:

@@ -4,11 +4,13 @@ in which order, how pages and totals behave, and that the projections are idempo
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -382,3 +384,30 @@ async def test_a_purged_execution_leaves_both_read_models_even_when_replayed(
         await _apply(db, projection, everything)
     assert await _rows(db, "executions", [spec.id]) == []
     assert await _rows(db, "logs", [spec.id]) == []
+
+
+def test_quick_search_bench_prints_every_read_beside_its_target_and_a_plan(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.search import main
+
+    out = tmp_path / "search.json"
+    assert main(["--quick", "--database-url", database_url, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for line in ("events/s through EventStore.append_many", "Projection executions caught up",
+                 "Projection logs caught up", "100-row INSERT batches", "no filter",
+                 "label correlationId", "q=<id prefix>", "logs of one execution",
+                 "Plan of the slowest", "Execution Time"):  # fmt: skip
+        assert line in printed, line
+    results = json.loads(out.read_text())
+    assert results["seed"]["executions"] == 1000 and results["seed"]["log_lines"] == 10000
+    assert results["projections"]["executions"]["events_per_s"] > 0
+    assert results["projections"]["logs"]["events"] > 0
+    reads = results["reads"]
+    assert reads["no filter"]["total"] == 1000 and not reads["no filter"]["estimated"]
+    assert reads["label correlationId"]["total"] == 1
+    assert reads["logs of one execution"]["lines"] == 10
+    for entry in reads.values():
+        for timing in (entry.get("page1"), entry.get("page100"), entry.get("logs")):
+            if timing is not None:
+                assert timing["p95_ms"] >= timing["p50_ms"] > 0

@@ -1,0 +1,558 @@
+"""Reads at scale: the executions search and the logs of an execution over 1,000,000 executions
+and 10,000,000 log lines, and how fast the projections build them.
+
+    python -m bench.search [--executions N] [--quick] [--json [FILE]] [--database-url URL]
+
+Without a URL it starts a throwaway embedded PostgreSQL; with one it creates a throwaway
+database in that cluster (the URL's role needs CREATEDB) and drops it at the end.
+
+1. Seeds the event log through the engine's own batched append path (`EventStore.append_many`,
+   as the runtime role, hash chain and all): per execution the events a one-task flow that logs
+   records (ExecutionCreated, ExecutionStateChanged RUNNING, TaskRunCreated, AttemptScheduled,
+   AttemptClaimed, AttemptLogged x2, AttemptSucceeded or AttemptFailed, TaskRunStateChanged,
+   and the final ExecutionStateChanged; 2% stay RUNNING). Executions overlap as they do in a
+   running system: each append holds the start of one wave, the work of the previous one and
+   the end of the one before. No read-model row is written directly.
+2. Starts a server with the indexer and webserver roles in this process and times the
+   projections catching up on that log, in events/s, beside the 100-row-batch INSERT ceiling
+   of the same database measured in the same run. Then VACUUM ANALYZE (what autovacuum does
+   after a bulk load anyway; done here so the figures do not depend on when it ran).
+3. Times each search over HTTP (p50/p95 of `--repeat` requests, page 1 and page 100 of 25
+   rows), and the logs of one execution, and prints EXPLAIN (ANALYZE, BUFFERS) of the SQL of
+   the slowest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import json
+import platform
+import random
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import trio
+from psycopg import sql
+
+from bench.core import ceiling
+from engine import events as ev
+from engine.db import Database, runtime_role, runtime_url
+from engine.execution import iso
+from engine.execution.ids import short_id, task_run_id
+from engine.migrate import migrate
+from engine.server import run_server
+from engine.store import Append, EventStore
+from projections import executions as read_model
+
+TARGET_MS = 200.0
+"""The p95 every search and the logs of an execution must stay under."""
+PAGE_SIZE = 25
+DEEP_PAGE = 100
+WAVE = 250
+"""Executions started per append (each append also carries the two previous waves' events)."""
+PASSWORD = "bench-search-admin"
+
+TEAMS, PROJECTS = 10, 10
+FLOWS = [
+    f"{verb}-{k}" for verb in ("ingest", "transform", "report", "sync", "cleanup") for k in (1, 2)
+]
+STATES = [
+    ("SUCCESS", 0.85),
+    ("FAILED", 0.08),
+    ("WARNING", 0.03),
+    ("KILLED", 0.02),
+    ("RUNNING", 0.02),
+]
+ENVS = [("prod", 0.6), ("staging", 0.3), ("dev", 0.1)]
+OWNERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
+
+
+# --- seeding -------------------------------------------------------------------------------------
+
+
+class Seeder:
+    """Makes the events of `count` executions, wave by wave, with a fixed random seed."""
+
+    def __init__(self, count: int, lines: int, seed: int = 7) -> None:
+        self.count = count
+        self.lines = lines
+        self.rng = random.Random(seed)
+        self.states = [s for s, _ in STATES]
+        self.state_weights = [w for _, w in STATES]
+        self.envs = [e for e, _ in ENVS]
+        self.env_weights = [w for _, w in ENVS]
+        self.ids: list[str] = []
+
+    def _start(self, i: int) -> tuple[list[Append], dict[str, Any]]:
+        rng = self.rng
+        xid = short_id("bench-search", str(i))
+        namespace = f"company.team{rng.randrange(TEAMS)}.proj{rng.randrange(PROJECTS)}"
+        flow_id = rng.choice(FLOWS)
+        state = rng.choices(self.states, self.state_weights)[0]
+        labels = [
+            {"key": "env", "value": rng.choices(self.envs, self.env_weights)[0]},
+            {"key": "owner", "value": rng.choice(OWNERS)},
+            {"key": "system.correlationId", "value": xid},
+        ]
+        task = {"id": "t1", "type": "io.kestra.plugin.core.log.Log", "message": "hello"}
+        run = task_run_id(xid, None, "t1", None)
+        self.ids.append(xid)
+        created = [
+            ev.ExecutionCreated(
+                executionId=xid,
+                namespace=namespace,
+                flowId=flow_id,
+                flowRevision=1,
+                flow={"id": flow_id, "namespace": namespace, "revision": 1, "tasks": [task]},
+                labels=labels,
+            ),
+            ev.ExecutionStateChanged(executionId=xid, state="RUNNING"),
+            ev.TaskRunCreated(executionId=xid, taskRunId=run, taskId="t1"),
+            ev.AttemptScheduled(
+                executionId=xid,
+                taskRunId=run,
+                attempt=1,
+                taskId="t1",
+                taskType=task["type"],
+                task=task,
+            ),
+        ]
+        info = {"id": xid, "run": run, "state": state}
+        return [Append(ev.execution_stream(xid), created)], info
+
+    def _work(self, info: dict[str, Any], now: str) -> list[Append]:
+        xid, run = info["id"], info["run"]
+        half = self.lines // 2
+        batches = [half, self.lines - half] if self.lines > 1 else [self.lines]
+        events: list[ev.Event] = [
+            ev.AttemptClaimed(executionId=xid, taskRunId=run, attempt=1, workerId="bench")
+        ]
+        n = 0
+        for size in batches:
+            lines = []
+            for _ in range(size):
+                level = "ERROR" if info["state"] == "FAILED" and n == self.lines - 1 else "INFO"
+                lines.append({"level": level, "message": f"line {n} of {xid}", "timestamp": now})
+                n += 1
+            events.append(
+                ev.AttemptLogged(
+                    executionId=xid, taskRunId=run, taskId="t1", attempt=1, lines=lines
+                )
+            )
+        if info["state"] == "FAILED":
+            events.append(ev.AttemptFailed(executionId=xid, taskRunId=run, attempt=1, message="no"))
+        elif info["state"] != "RUNNING":
+            events.append(ev.AttemptSucceeded(executionId=xid, taskRunId=run, attempt=1))
+        return [Append(ev.attempt_stream(xid, run, 1), events)]
+
+    def _end(self, info: dict[str, Any]) -> list[Append]:
+        if info["state"] == "RUNNING":
+            return []
+        xid, state = info["id"], info["state"]
+        task_state = "FAILED" if state in ("FAILED", "KILLED") else "SUCCESS"
+        return [
+            Append(
+                ev.execution_stream(xid),
+                [
+                    ev.TaskRunStateChanged(
+                        executionId=xid, taskRunId=info["run"], state=task_state
+                    ),
+                    ev.ExecutionStateChanged(executionId=xid, state=state),
+                ],
+            )
+        ]
+
+    def appends(self) -> Iterator[list[Append]]:
+        """One list of appends per round: wave r starts, wave r - 1 works, wave r - 2 ends."""
+        waves = (self.count + WAVE - 1) // WAVE
+        live: dict[int, list[dict[str, Any]]] = {}
+        for r in range(waves + 2):
+            now = iso(dt.datetime.now(dt.UTC))
+            batch: list[Append] = []
+            for info in live.pop(r - 2, []):
+                batch += self._end(info)
+            for info in live.get(r - 1, []):
+                batch += self._work(info, now)
+            if r < waves:
+                live[r] = []
+                for i in range(r * WAVE, min((r + 1) * WAVE, self.count)):
+                    appends, info = self._start(i)
+                    batch += appends
+                    live[r].append(info)
+            yield batch
+
+
+async def seed(url: str, count: int, lines: int) -> dict[str, Any]:
+    """Append the events of `count` executions; the append rate and the ids made."""
+    db = Database(url, max_size=2)
+    store = EventStore(db)
+    seeder = Seeder(count, lines)
+    events = 0
+    began = time.perf_counter()
+    try:
+        for batch in seeder.appends():
+            if batch:
+                await store.append_many(batch)
+                events += sum(len(a.events) for a in batch)
+    finally:
+        await db.close()
+    elapsed = time.perf_counter() - began
+    return {
+        "executions": count,
+        "events": events,
+        "log_lines": count * lines,
+        "seconds": elapsed,
+        "events_per_s": events / elapsed,
+        "ids": seeder.ids,
+    }
+
+
+# --- the projections catching up -------------------------------------------------------------
+
+
+async def catch_up(owner_url: str, ctx: Any, began: float) -> dict[str, Any]:
+    """Wait until the executions and logs projections have read every event of their types;
+    their rates in events/s from `began` (when the indexer started)."""
+    targets: dict[str, tuple[int, int]] = {}
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        for name, types in (
+            ("executions", read_model.ExecutionsProjection.types),
+            ("logs", ("AttemptLogged", "ExecutionPurged")),
+        ):
+            row = conn.execute(
+                "SELECT coalesce(max(seq), 0), count(*) FROM events WHERE type = ANY(%s)",
+                (list(types),),
+            ).fetchone()
+            assert row is not None
+            targets[name] = (int(row[0]), int(row[1]))
+    done: dict[str, float] = {}
+    while len(done) < len(targets):
+        rows = await ctx.db.fetchall(
+            "SELECT name, position FROM checkpoints WHERE name = ANY(%s)",
+            ([f"projection:{n}" for n in targets],),
+        )
+        reached = {r["name"].split(":", 1)[1]: int(r["position"]) for r in rows}
+        for name, (last, _) in targets.items():
+            if name not in done and reached.get(name, 0) >= last:
+                done[name] = time.perf_counter() - began
+        await trio.sleep(0.2)
+    return {
+        name: {
+            "events": n,
+            "seconds": done[name],
+            "events_per_s": n / done[name] if done[name] else 0.0,
+        }
+        for name, (_, n) in targets.items()
+    }
+
+
+def vacuum(owner_url: str) -> None:
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) executions")
+        conn.execute("VACUUM (ANALYZE) logs")
+
+
+# --- the reads -----------------------------------------------------------------------------------
+
+
+def searches(owner_url: str, ids: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Each filter of the search, as query parameters, with values the seeded data has."""
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT percentile_disc(0.50) WITHIN GROUP (ORDER BY start_date),"
+            " percentile_disc(0.51) WITHIN GROUP (ORDER BY start_date) FROM executions"
+        ).fetchone()
+    assert row is not None
+    start, end = row
+    some = ids[len(ids) // 3]
+    return [
+        ("no filter", {}),
+        ("namespace prefix (10%)", {"namespace": "company.team3"}),
+        ("namespace leaf (1%)", {"namespace": "company.team3.proj4"}),
+        ("namespace + flowId", {"namespace": "company.team3", "flowId": "ingest-1"}),
+        ("state FAILED", {"state": "FAILED"}),
+        ("states KILLED,RUNNING", {"state": "KILLED,RUNNING"}),
+        ("label env:dev", {"labels": "env:dev"}),
+        ("labels env:dev + owner:alice", {"labels": ["env:dev", "owner:alice"]}),
+        ("label correlationId", {"labels": f"system.correlationId:{some}"}),
+        ("date window (1%)", {"startDate": iso(start), "endDate": iso(end)}),
+        ("q=ingest", {"q": "ingest"}),
+        ("q=team3.proj4", {"q": "team3.proj4"}),
+        ("q=<id prefix>", {"q": some[:8]}),
+        ("namespace + state + label", {"namespace": "company.team3", "state": "FAILED", "labels": "env:prod"}),
+    ]  # fmt: skip
+
+
+def _percentile(values: Sequence[float], p: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p
+    low, high = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+
+
+async def _timed(http: httpx.AsyncClient, path: str, params: Any, repeat: int) -> dict[str, Any]:
+    times: list[float] = []
+    answer: Any = None
+    for i in range(repeat + 1):
+        began = time.perf_counter()
+        response = await http.get(path, params=params)
+        elapsed = (time.perf_counter() - began) * 1000
+        if response.status_code != 200:
+            raise RuntimeError(f"GET {path} {params}: {response.status_code} {response.text}")
+        if i:  # the first request warms the connection and the plan cache
+            times.append(elapsed)
+        answer = response.json()
+    return {
+        "p50_ms": _percentile(times, 0.5),
+        "p95_ms": _percentile(times, 0.95),
+        "answer": answer,
+    }
+
+
+async def measure_reads(
+    base_url: str, owner_url: str, ids: Sequence[str], repeat: int
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    async with httpx.AsyncClient(base_url=base_url, auth=("admin", PASSWORD), timeout=600) as http:
+        for name, params in searches(owner_url, ids):
+            entry: dict[str, Any] = {"params": params}
+            for label, page in (("page1", 1), ("page100", DEEP_PAGE)):
+                timed = await _timed(
+                    http,
+                    "/api/v1/executions/search",
+                    {**params, "page": page, "size": PAGE_SIZE},
+                    repeat,
+                )
+                answer = timed.pop("answer")
+                entry[label] = timed
+                entry["total"] = answer["total"]
+                entry["estimated"] = bool(answer.get("totalIsEstimate", False))
+                entry[f"{label}_rows"] = len(answer["results"])
+            results[name] = entry
+        one = ids[len(ids) // 2]
+        timed = await _timed(http, f"/api/v1/logs/{one}", {}, repeat)
+        lines = timed.pop("answer")
+        results["logs of one execution"] = {"logs": timed, "lines": len(lines), "id": one}
+    return results
+
+
+def explain(owner_url: str, params: dict[str, Any], page: int) -> str:
+    """EXPLAIN (ANALYZE, BUFFERS) of the page query the API runs for `params` (as admin)."""
+    labels: dict[str, str] = {}
+    raw_labels = params.get("labels", [])
+    for item in [raw_labels] if isinstance(raw_labels, str) else raw_labels:
+        key, _, value = item.partition(":")
+        labels[key] = value
+    states = [s for s in str(params.get("state", "")).split(",") if s]
+    search = read_model.Search(
+        namespace=params.get("namespace"),
+        flow_id=params.get("flowId"),
+        states=states,
+        start_date=dt.datetime.fromisoformat(params["startDate"].replace("Z", "+00:00"))
+        if "startDate" in params
+        else None,
+        end_date=dt.datetime.fromisoformat(params["endDate"].replace("Z", "+00:00"))
+        if "endDate" in params
+        else None,
+        labels=labels,
+        q=params.get("q"),
+    )
+    with psycopg.connect(runtime_url(owner_url), autocommit=True) as conn:
+        where, where_params = read_model.prepare(conn, "true", [], search)
+        query, query_params = read_model.page_query(
+            where, where_params, offset=(page - 1) * PAGE_SIZE, size=PAGE_SIZE
+        )
+        rows = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {query}", query_params).fetchall()
+    return "\n".join(r[0] for r in rows)
+
+
+# --- running and reporting -----------------------------------------------------------------------
+
+
+@contextmanager
+def _throwaway_database(url: str | None) -> Iterator[str]:
+    """A new database: in a temporary embedded PostgreSQL, or in the cluster of `url`."""
+    if url is None:
+        from engine.embedded import EmbeddedPostgres
+
+        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="tiercel-bench-search-")))
+        try:
+            yield embedded.start()
+        finally:
+            embedded.stop()
+        return
+    name = f"bench_search_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info["dbname"] = name
+    try:
+        yield psycopg.conninfo.make_conninfo(**info)
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(runtime_role(name)))
+            )
+
+
+async def _run(owner_url: str, executions: int, lines: int, repeat: int) -> dict[str, Any]:
+    seeded = await seed(runtime_url(owner_url), executions, lines)
+    ids = seeded.pop("ids")
+    data_dir = Path(tempfile.mkdtemp(prefix="tiercel-bench-search-data-"))
+    async with trio.open_nursery() as nursery:
+        began = time.perf_counter()
+        ctx = await nursery.start(
+            functools.partial(
+                run_server,
+                owner_url,
+                ("indexer", "webserver"),
+                host="127.0.0.1",
+                port=0,
+                data_dir=data_dir,
+                admin_password=PASSWORD,
+            )
+        )
+        projections = await catch_up(owner_url, ctx, began)
+        await trio.to_thread.run_sync(vacuum, owner_url)
+        reads = await measure_reads(ctx.extra["urls"][0], owner_url, ids, repeat)
+        nursery.cancel_scope.cancel()
+    return {"seed": seeded, "projections": projections, "reads": reads}
+
+
+def run(url: str | None, executions: int, lines: int, repeat: int, quick: bool) -> dict[str, Any]:
+    """Every figure of the bench, as a dict (see `report`)."""
+    with _throwaway_database(url) as owner_url:
+        migrate(owner_url)
+        base = ceiling(owner_url, 200 if quick else 2000, 20 if quick else 200)
+        results = trio.run(_run, owner_url, executions, lines, repeat)
+        results["ceiling"] = base
+        searched = {k: v for k, v in results["reads"].items() if "page1" in v}
+        slowest_name, slowest_page = max(
+            ((name, page) for name in searched for page in ("page1", "page100")),
+            key=lambda np: searched[np[0]][np[1]]["p95_ms"],
+        )
+        results["slowest"] = {
+            "search": slowest_name,
+            "page": slowest_page,
+            "plan": explain(
+                owner_url,
+                searched[slowest_name]["params"],
+                1 if slowest_page == "page1" else DEEP_PAGE,
+            ),
+        }
+    return results
+
+
+def report(results: dict[str, Any]) -> str:
+    """The seeding and catch-up rates beside the ceiling, then one line per read."""
+    s, p, c = results["seed"], results["projections"], results["ceiling"]
+    out = [
+        f"Seeded {s['executions']:,} executions, {s['log_lines']:,} log lines:"
+        f" {s['events']:,} events appended in {s['seconds']:.0f} s"
+        f" ({s['events_per_s']:,.0f} events/s through EventStore.append_many)",
+        f"Ceiling (same database, same run): {c['batch_rows_per_s']:,.0f} rows/s in 100-row"
+        f" INSERT batches, {c['single_row_per_s']:,.0f} single-row commits/s",
+    ]
+    for name, fig in p.items():
+        out.append(
+            f"Projection {name} caught up: {fig['events']:,} events in {fig['seconds']:.0f} s"
+            f" = {fig['events_per_s']:,.0f} events/s"
+            f" ({fig['events_per_s'] / c['batch_rows_per_s']:.2f}x the batch INSERT ceiling)"
+        )
+    out.append("")
+    header = ("read", "total", "page 1 p50/p95", f"page {DEEP_PAGE} p50/p95", "target p95")
+    rows = [header]
+    for name, entry in results["reads"].items():
+        if "logs" in entry:
+            t = entry["logs"]
+            rows.append(
+                (
+                    name,
+                    f"{entry['lines']} lines",
+                    f"{t['p50_ms']:.1f} / {t['p95_ms']:.1f} ms",
+                    "",
+                    _verdict(t["p95_ms"]),
+                )
+            )
+            continue
+        total = f"{entry['total']:,}" + (" (estimate)" if entry["estimated"] else "")
+        one, deep = entry["page1"], entry["page100"]
+        rows.append(
+            (
+                name,
+                total,
+                f"{one['p50_ms']:.1f} / {one['p95_ms']:.1f} ms",
+                f"{deep['p50_ms']:.1f} / {deep['p95_ms']:.1f} ms",
+                _verdict(max(one["p95_ms"], deep["p95_ms"])),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    out.append("  ".join(v.ljust(w) for v, w in zip(rows[0], widths, strict=True)).rstrip())
+    out.append("  ".join("-" * w for w in widths))
+    out += [
+        "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows[1:]
+    ]
+    slow = results["slowest"]
+    out += [
+        "",
+        f"Plan of the slowest: {slow['search']}, {slow['page']}"
+        f" ({urllib.parse.urlencode(results['reads'][slow['search']]['params'], doseq=True)})",
+        slow["plan"],
+    ]
+    return "\n".join(out)
+
+
+def _verdict(p95: float) -> str:
+    return f"< {TARGET_MS:.0f} ms " + ("ok" if p95 < TARGET_MS else "MISSED")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.search", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--database-url", help="create the throwaway database in this cluster")
+    parser.add_argument("--quick", action="store_true", help="1,000 executions, for a smoke test")
+    parser.add_argument(
+        "--executions", type=int, default=None, help="executions to seed (1,000,000)"
+    )
+    parser.add_argument("--log-lines", type=int, default=10, help="log lines per execution (10)")
+    parser.add_argument("--repeat", type=int, default=None, help="requests per read (20)")
+    parser.add_argument(
+        "--json", nargs="?", const="bench-search.json", metavar="FILE",
+        help="also write the results as JSON (default file: bench-search.json)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    executions = args.executions or (1_000 if args.quick else 1_000_000)
+    repeat = args.repeat or (2 if args.quick else 20)
+    results = run(args.database_url, executions, args.log_lines, repeat, args.quick)
+    results["meta"] = {
+        "quick": args.quick,
+        "executions": executions,
+        "repeat": repeat,
+        "database": "external" if args.database_url else "embedded",
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(report(results))
+    if args.json:
+        text = json.dumps(results, indent=2, default=str)
+        Path(args.json).write_text(text + "\n")
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
