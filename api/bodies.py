@@ -146,12 +146,14 @@ def too_large_message(limits: BodyLimits) -> str:
         return (
             f"The request body is too large: a multipart upload may hold at most "
             f"{human(limits.upload)}, its text fields {human(limits.body)} in all, and 1000 "
-            f"parts; send smaller files, or raise {UPLOAD_SETTING} on the server"
+            f"parts; send smaller files, or raise {UPLOAD_SETTING} (max-upload-bytes in the "
+            "configuration) on the server"
         )
     kind = "multipart text fields" if request.mimetype == "multipart/form-data" else "body"
     return (
         f"The request {kind} is too large: JSON and YAML bodies may hold at most "
-        f"{human(limits.body)}; send less, or raise {BODY_SETTING} on the server"
+        f"{human(limits.body)}; send less, or raise {BODY_SETTING} (max-body-bytes in the "
+        "configuration) on the server"
     )
 
 
