@@ -354,7 +354,7 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         start, xid = orjson.loads(raw)
         at = dt.datetime.fromisoformat(start)
-        if not isinstance(xid, str) or at.tzinfo is None:
+        if not isinstance(xid, str) or "\x00" in xid or at.tzinfo is None:
             raise ValueError(cursor)
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
         raise InvalidRequest(
