@@ -45,7 +45,7 @@ def test_quick_bench_prints_every_figure_with_its_target_and_gap(quick_run: dict
         "W3 Parallel of 10, then one Return",
         "W1: commits / notifications per execution",
         "Idle engine: commits / notifications per second",
-        "Events / event bytes per execution",
+        "W1: events / event bytes per execution",
         "W4 ForEach",
         "Ceiling: single-row INSERT",
         "Ceiling: SELECT 1 round trip",
