@@ -8,7 +8,9 @@ report, for each, whether it was written, already written (same command id) or i
 Under the same lock a trigger chains each row's hash to the row before it
 (migrations/0006_event_chain.sql, checked by `tiercel sys verify --chain`). The lock is held for
 the transaction's queries only: everything costly (offloading large values, encoding JSON) is
-done before it is taken.
+done before it is taken, and its statements go out pipelined, in two round trips (the lock with
+the checks, then the inserts with the commit), since while it is held every other append waits:
+each round trip more costs a thread's wait for the GIL too, often longer than the query.
 """
 
 from __future__ import annotations
@@ -196,37 +198,49 @@ def _append_sync(
             for r in requests
         ]
     encoded = _encode(requests)
-    with conn.transaction():
+    # Pipelined: the statements of a round trip are sent together and their results read once
+    # (a fetch sends what is queued), and whatever raises rolls the transaction back as before.
+    with conn.pipeline(), conn.transaction():
         # The statement timeout bounds the inserts that run while every other append waits;
-        # the session's lock_timeout bounds the wait for the lock itself.
+        # the session's lock_timeout bounds the wait for the lock itself. The checks are
+        # separate statements, so they see every append that committed before the lock came.
         conn.execute(
             "SELECT set_config('statement_timeout', %s, true), pg_advisory_xact_lock(%s)",
             (APPEND_STATEMENT_TIMEOUT, _APPEND_LOCK),
         )
-        results = _append_locked(conn, requests, encoded)
+        finish = _append_locked(conn, requests, encoded)
         if extra is not None:
             extra(conn)
-        return results
+    # Committed: the positions the inserts returned can be read now.
+    return finish()
 
 
 def _append_locked(
     conn: psycopg.Connection[Any], requests: Sequence[Append], encoded: Sequence[_Encoded]
-) -> list[AppendResult]:
+) -> Callable[[], list[AppendResult]]:
+    """Check and queue the inserts of `requests` (the append lock is queued before); return
+    what gives their results once the transaction's statements have run."""
     commands = [r.command_id for r in requests if r.command_id]
-    done: dict[str, tuple[str, int, int]] = {}
-    if commands:
-        for command_id, stream_id, seq, version in conn.execute(
+    streams = sorted({r.stream_id for r in requests})
+    known = (
+        conn.execute(
             "SELECT command_id, stream_id, seq, version FROM events WHERE command_id = ANY(%s)",
             (commands,),
-        ):
-            done[command_id] = (stream_id, seq, version)
-    streams = sorted({r.stream_id for r in requests})
-    current: dict[str, int] = dict.fromkeys(streams, NO_STREAM)
-    for stream_id, version in conn.execute(
+        )
+        if commands
+        else None
+    )
+    heads = conn.execute(
         "SELECT s, (SELECT max(version) FROM events WHERE stream_id = s)"
         " FROM unnest(%s::text[]) AS s",
         (streams,),
-    ):
+    )
+    # The first fetch sends the lock and both checks in one round trip.
+    done: dict[str, tuple[str, int, int]] = {}
+    for command_id, stream_id, seq, version in known.fetchall() if known is not None else []:
+        done[command_id] = (stream_id, seq, version)
+    current: dict[str, int] = dict.fromkeys(streams, NO_STREAM)
+    for stream_id, version in heads.fetchall():
         if version is not None:
             current[stream_id] = version
 
@@ -267,19 +281,23 @@ def _append_locked(
             done[req.command_id] = (req.stream_id, -1, head + 1)
         results.append(None)
 
-    if pending:
-        seqs: dict[tuple[str, int], int] = {}
-        with conn.cursor() as cur:
-            # Binary parameters: the text form of an array escapes every quote and backslash
-            # of every value, in Python, seconds for a large value while the lock is held.
-            cur.execute(
-                "INSERT INTO events (stream_id, version, type, data, meta, command_id)"
-                " SELECT * FROM unnest(%b::text[], %b::int[], %b::text[], %b::jsonb[],"
-                " %b::jsonb[], %b::text[]) RETURNING stream_id, version, seq",
-                rows,
-            )
-            for stream_id, version, seq in cur.fetchall():
-                seqs[(stream_id, version)] = seq
+    if not pending:
+        return lambda: [r for r in results if r is not None]
+    # Binary parameters: the text form of an array escapes every quote and backslash of every
+    # value, in Python, seconds for a large value while the lock is held.
+    inserted = conn.execute(
+        "INSERT INTO events (stream_id, version, type, data, meta, command_id)"
+        " SELECT * FROM unnest(%b::text[], %b::int[], %b::text[], %b::jsonb[],"
+        " %b::jsonb[], %b::text[]) RETURNING stream_id, version, seq",
+        rows,
+    )
+    # The payload is the last position written (under the lock, the highest one), so a process
+    # that already knows it (it made the commit) need not read again when the notification
+    # comes back.
+    conn.execute("SELECT pg_notify(%s, (SELECT max(seq) FROM events)::text)", (CHANNEL,))
+
+    def finish() -> list[AppendResult]:
+        seqs = {(stream_id, version): seq for stream_id, version, seq in inserted.fetchall()}
         for index, stream_id, first, n in pending:
             results[index] = AppendResult(
                 stream_id,
@@ -288,10 +306,9 @@ def _append_locked(
                 seqs[(stream_id, first)],
                 seqs[(stream_id, first + n - 1)],
             )
-        # The payload is the last position written, so a process that already knows it (it made
-        # the commit) need not read again when the notification comes back.
-        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(max(seqs.values()))))
-    return [r for r in results if r is not None]
+        return [r for r in results if r is not None]
+
+    return finish
 
 
 def _row_to_event(row: tuple[Any, ...], storage: Storage | None = None) -> StoredEvent:
