@@ -368,8 +368,9 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         inputs, uploads = await _execution_inputs_and_files()
         labels = _labels_arg()
         revision = _int_arg("revision", None, minimum=1)
-        record = await commands.get_flow(store, namespace, flow_id, revision)
-        flow = await _parse(record.source)
+        # Read and parsed once per revision, shared with the command below (which is given the
+        # revision found here, so the inputs are checked against the flow that runs).
+        record, flow = await commands.flow_to_run(store, namespace, flow_id, revision)
         key = _idempotency_key()
         if key is None:
             execution_id = commands.new_execution_id()
@@ -398,7 +399,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
                 flow_id,
                 inputs,
                 labels=labels,
-                revision=revision,
+                revision=record.revision,
                 execution_id=execution_id,
                 actor=actor(),
             )

@@ -114,3 +114,73 @@ def _fail(batch: list[_Pending], exc: BaseException) -> None:
     for p in batch:
         p.error = exc
         p.done.set()
+
+
+class CommitGroup:
+    """Group commit without a task of its own, for callers that each wait for their append
+    (requests of the API, commands of the CLI).
+
+    The caller that finds no commit in flight commits what every caller queued meanwhile, its
+    own included, in one transaction; those that queued during that commit wait for it to end
+    and the first of them commits the next batch. So an idle store commits a lone append at
+    once, and a burst of N appends costs a few commits rather than N: the callers wait in
+    memory, not each for the append lock in the database.
+
+    Unlike `GroupCommitter` it waits out nothing: each caller is waiting for its answer, so a
+    failed commit's error goes to every caller of its batch. A commit that fails for another
+    reason than the database being away is tried again append by append, so that a request
+    the store refuses fails alone.
+    """
+
+    def __init__(self, store: EventStore, *, max_batch: int = 500) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self._queue: list[_Pending] = []
+        self._lock = trio.Lock()
+
+    async def append(self, request: Append) -> AppendResult:
+        """Queue `request` and return its result once the transaction that carries it has
+        committed; raise the error of that transaction when it failed."""
+        pending = _Pending(request)
+        self._queue.append(pending)
+        try:
+            while not pending.done.is_set():
+                async with self._lock:
+                    if not pending.done.is_set():
+                        await self._commit(pending)
+        except BaseException:
+            # Cancelled before its turn came: nobody is to commit it any more.
+            if pending in self._queue:
+                self._queue.remove(pending)
+            raise
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    async def _commit(self, mine: _Pending) -> None:
+        batch = self._queue[: self.max_batch]
+        del self._queue[: len(batch)]
+        try:
+            try:
+                results = await self.store.append_many([p.request for p in batch])
+            except Exception as exc:
+                if is_transient(exc) or len(batch) == 1:
+                    _fail(batch, exc)
+                    return
+                # One of them may be what the store refuses: it fails alone.
+                for p in batch:
+                    try:
+                        [p.result] = await self.store.append_many([p.request])
+                    except Exception as alone:
+                        p.error = alone
+                    p.done.set()
+                return
+            for p, result in zip(batch, results, strict=True):
+                p.result = result
+                p.done.set()
+        except BaseException:
+            # Cancelled before its transaction began (a transaction, once begun, runs to its
+            # end): the others go back to the head of the queue, for the next caller.
+            self._queue[:0] = [p for p in batch if p is not mine and not p.done.is_set()]
+            raise

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +17,7 @@ import msgspec
 import trio
 
 from engine import events as ev
+from engine.batcher import CommitGroup
 from engine.db import Notifier
 from engine.errors import Conflict, InvalidRequest, NotFound, WrongExpectedVersion
 from engine.execution import (
@@ -38,14 +41,22 @@ from engine.secrets import (
     shown,
 )
 from engine.storage import Storage, execution_prefix
-from engine.store import NO_STREAM, EventStore, StoredEvent
+from engine.store import NO_STREAM, Append, EventStore, StoredEvent
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 def new_execution_id() -> str:
     """A random 22-character base62 id, as Kestra's."""
-    return "".join(secrets.choice(_ALPHABET) for _ in range(22))
+    # One draw from the OS for the whole id, not one per character (a burst of submissions
+    # spent more time here than in parsing its flow). 192 bits modulo 62**22 (~2**131):
+    # the bias is below 2**-60.
+    n = secrets.randbits(192)
+    out = []
+    for _ in range(22):
+        n, r = divmod(n, 62)
+        out.append(_ALPHABET[r])
+    return "".join(out)
 
 
 class FlowRecord(msgspec.Struct, frozen=True):
@@ -123,16 +134,103 @@ async def deploy_flow(
 
 async def flow_revisions(store: EventStore, namespace: str, flow_id: str) -> list[FlowRecord]:
     """Every revision of a flow, oldest first; NotFound when it never existed."""
-    revisions = _revisions(await store.read_stream(ev.flow_stream(namespace, flow_id)))
+    history = await store.read_stream(ev.flow_stream(namespace, flow_id))
+    revisions = _revisions(history)
     if not revisions:
         raise NotFound(f"Flow {namespace}.{flow_id} does not exist")
+    _flows(store).learn(namespace, flow_id, history[-1].version, revisions)
     return revisions
+
+
+class _FlowCache:
+    """The flows a store has been asked for, so that a burst of submissions reads and parses
+    each flow once.
+
+    A recorded revision never changes, so revisions are kept by (namespace, id, revision) and
+    never invalidated. Which revision is the latest is known from the version of the flow's
+    stream at the time it was read: a lookup of the latest probes that version (one index
+    probe, no event read) and reads the stream again only when it moved, so an update or a
+    deletion recorded by any process is seen by the next lookup.
+    """
+
+    SIZE = 512
+    """Revisions kept (least recently used first out); parsed flows are kept with them."""
+
+    def __init__(self) -> None:
+        self.latest: dict[tuple[str, str], tuple[int, FlowRecord]] = {}
+        self.revisions: OrderedDict[tuple[str, str, int], FlowRecord] = OrderedDict()
+        self.parsed: dict[tuple[str, str, int], tuple[Flow, dict[str, Any]]] = {}
+
+    def learn(self, namespace: str, flow_id: str, version: int, records: list[FlowRecord]) -> None:
+        """Keep what a read of the flow's stream, up to `version`, found."""
+        if not records:
+            return
+        self.latest[(namespace, flow_id)] = (version, records[-1])
+        if len(self.latest) > self.SIZE:
+            del self.latest[next(iter(self.latest))]
+        for record in records:
+            if not record.deleted:
+                self._keep((namespace, flow_id, record.revision), record)
+
+    def revision(self, namespace: str, flow_id: str, revision: int) -> FlowRecord | None:
+        """A revision read before, if any."""
+        key = (namespace, flow_id, revision)
+        record = self.revisions.get(key)
+        if record is not None:
+            self.revisions.move_to_end(key)
+        return record
+
+    def _keep(self, key: tuple[str, str, int], record: FlowRecord) -> None:
+        self.revisions[key] = record
+        self.revisions.move_to_end(key)
+        while len(self.revisions) > self.SIZE:
+            old, _ = self.revisions.popitem(last=False)
+            self.parsed.pop(old, None)
+
+
+class _Submissions:
+    """What the commands of one store share: the flows it was asked for and the commits
+    that concurrent submissions share."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.flows = _FlowCache()
+        self.commits = CommitGroup(store)
+
+
+_shared: weakref.WeakKeyDictionary[EventStore, _Submissions] = weakref.WeakKeyDictionary()
+
+
+def _submissions(store: EventStore) -> _Submissions:
+    shared = _shared.get(store)
+    if shared is None:
+        shared = _shared[store] = _Submissions(store)
+    return shared
+
+
+def _flows(store: EventStore) -> _FlowCache:
+    return _submissions(store).flows
 
 
 async def get_flow(
     store: EventStore, namespace: str, flow_id: str, revision: int | None = None
 ) -> FlowRecord:
-    """The latest (or a given) revision of a flow; NotFound when deleted or unknown."""
+    """The latest (or a given) revision of a flow; NotFound when deleted or unknown.
+
+    A revision read before is answered from memory; the latest costs one index probe of the
+    flow's stream version while it has not changed."""
+    cache = _flows(store)
+    if revision is not None:
+        record = cache.revision(namespace, flow_id, revision)
+        if record is not None:
+            return record
+    else:
+        known = cache.latest.get((namespace, flow_id))
+        if known is not None:
+            version = await store.stream_version(ev.flow_stream(namespace, flow_id))
+            if version == known[0]:
+                if known[1].deleted:
+                    raise NotFound(f"Flow {namespace}.{flow_id} was deleted")
+                return known[1]
     revisions = await flow_revisions(store, namespace, flow_id)
     if revision is None:
         latest = revisions[-1]
@@ -146,6 +244,32 @@ async def get_flow(
         f"Flow {namespace}.{flow_id} has no revision {revision}; it has "
         + ", ".join(str(r.revision) for r in revisions if not r.deleted)
     )
+
+
+async def flow_to_run(
+    store: EventStore, namespace: str, flow_id: str, revision: int | None = None
+) -> tuple[FlowRecord, Flow]:
+    """The latest (or a given) revision of a flow, parsed (once per revision and store: the
+    result is shared, do not change it); NotFound as `get_flow`."""
+    record, flow, _ = await _flow_to_run(store, namespace, flow_id, revision)
+    return record, flow
+
+
+async def _flow_to_run(
+    store: EventStore, namespace: str, flow_id: str, revision: int | None
+) -> tuple[FlowRecord, Flow, dict[str, Any]]:
+    record = await get_flow(store, namespace, flow_id, revision)
+    cache = _flows(store)
+    key = (namespace, flow_id, record.revision)
+    parsed = cache.parsed.get(key)
+    if parsed is None:
+        flow = await trio.to_thread.run_sync(parse_flow, record.source)  # off the event loop
+        # What the execution records: the flow with its revision.
+        recorded = flow_to_dict(msgspec.structs.replace(flow, revision=record.revision))
+        parsed = (flow, recorded)
+        if key in cache.revisions:  # kept as long as its revision is
+            cache.parsed[key] = parsed
+    return record, parsed[0], parsed[1]
 
 
 async def delete_flow(store: EventStore, namespace: str, flow_id: str, actor: str = "api") -> None:
@@ -199,38 +323,38 @@ async def create_execution(
     when given, e.g. because its input files were stored under it first).
 
     With a `command_id`, a retried request creates nothing new and returns the id of the
-    execution the first one created."""
-    record = await get_flow(store, namespace, flow_id, revision)
-    flow = await trio.to_thread.run_sync(parse_flow, record.source)  # off the event loop
+    execution the first one created. `WrongExpectedVersion` when an execution with the given
+    `execution_id` exists already.
+
+    The flow is read and parsed once per revision (see `get_flow`), and concurrent calls on
+    one store share their commits."""
+    record, flow, recorded = await _flow_to_run(store, namespace, flow_id, revision)
     if flow.disabled:
         raise Conflict(f"Flow {namespace}.{flow_id} is disabled: enable it to execute it")
     values = resolve_inputs(flow, inputs or {})
     execution_id = execution_id or new_execution_id()
     values = await encrypt_inputs(store.db, flow, values, execution_id)
-    result = await store.append(
-        ev.execution_stream(execution_id),
-        [
-            ev.ExecutionCreated(
-                executionId=execution_id,
-                namespace=namespace,
-                flowId=flow_id,
-                flowRevision=record.revision,
-                flow=flow_to_dict(msgspec.structs.replace(flow, revision=record.revision)),
-                inputs=values,
-                labels=merge_labels(
-                    flow,
-                    [
-                        *_label_list(labels),
-                        {"key": "system.correlationId", "value": execution_id},
-                    ],
-                ),
-                trigger=trigger,
-            )
-        ],
-        expected_version=NO_STREAM,
-        command_id=command_id,
-        meta={"actor": actor},
+    stream = ev.execution_stream(execution_id)
+    created = ev.ExecutionCreated(
+        executionId=execution_id,
+        namespace=namespace,
+        flowId=flow_id,
+        flowRevision=record.revision,
+        flow=recorded,
+        inputs=values,
+        labels=merge_labels(
+            flow,
+            [*_label_list(labels), {"key": "system.correlationId", "value": execution_id}],
+        ),
+        trigger=trigger,
     )
+    result = await _submissions(store).commits.append(
+        Append(stream, [created], NO_STREAM, command_id, {"actor": actor})
+    )
+    if result.status == "conflict":
+        raise WrongExpectedVersion(
+            f"Execution {execution_id} exists already: a new execution needs a new id"
+        )
     return result.stream_id.removeprefix("exec:")
 
 

@@ -394,6 +394,13 @@ class EventStore:
 
         return await self.db.run(q)
 
+    async def stream_version(self, stream_id: str) -> int:
+        """The last version of a stream (`NO_STREAM` when it has no event): one index probe."""
+        row = await self.db.fetchone(
+            "SELECT max(version) AS version FROM events WHERE stream_id = %s", (stream_id,)
+        )
+        return NO_STREAM if row is None or row["version"] is None else int(row["version"])
+
     async def read_stream(self, stream_id: str) -> list[StoredEvent]:
         """Every event of one stream, in version order."""
         return await self.db.run(lambda conn: read_stream_sync(conn, stream_id, self.storage))
