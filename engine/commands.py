@@ -468,7 +468,13 @@ async def load_execution(
 ) -> Execution:
     """An execution's state now, or as it stood at position `at_seq`; NotFound once purged
     (its events stay readable as the audit trail)."""
-    state = state_of(await execution_history(store, execution_id), at_seq=at_seq)
+    return _loaded(execution_id, await execution_history(store, execution_id), at_seq=at_seq)
+
+
+def _loaded(
+    execution_id: str, history: list[StoredEvent], *, at_seq: int | None = None
+) -> Execution:
+    state = state_of(history, at_seq=at_seq)
     if state.purged:
         raise NotFound(
             f"Execution {execution_id} was purged; its history is still at "
@@ -532,17 +538,95 @@ def execution_json(state: Execution) -> dict[str, Any]:
     }
 
 
+class _Waiter:
+    """One `wait_for_end` call: the execution's stream and how far it was looked at."""
+
+    __slots__ = ("stream", "version", "ended", "covered")
+
+    def __init__(self, stream: str, version: int) -> None:
+        self.stream = stream
+        self.version = version
+        """The stream's last version looked at."""
+        self.ended = False
+        """Whether the events after the previous `version` hold a terminal state change."""
+        self.covered = -1
+        """The notifier's generation when the last look that included this waiter began."""
+
+
+class _EndWatch:
+    """Looks, for every `wait_for_end` of a process at once, whether the executions waited on
+    recorded a terminal state: one indexed query per notification, however many wait."""
+
+    def __init__(self) -> None:
+        self.waiters: set[_Waiter] = set()
+        self.lock = trio.Lock()
+
+    async def look(self, store: EventStore, notifier: Notifier, waiter: _Waiter) -> None:
+        """Update `waiter` (and every other) with what was recorded up to at least the
+        notifier's current generation."""
+        wanted = notifier.generation
+        async with self.lock:
+            if waiter.covered >= wanted:
+                return  # a look that began after `wanted` was reached included it
+            began = notifier.generation
+            waiters = list(self.waiters)
+            after: dict[str, int] = {}
+            for w in waiters:
+                after[w.stream] = min(after.get(w.stream, w.version), w.version)
+            rows = await store.db.fetchall(
+                "SELECT w.stream_id, max(e.version) AS version, bool_or(e.type ="
+                " 'ExecutionStateChanged' AND e.data->>'state' = ANY(%s)) AS ended"
+                " FROM unnest(%s::text[], %s::int[]) AS w(stream_id, after)"
+                " JOIN events e ON e.stream_id = w.stream_id AND e.version > w.after"
+                " GROUP BY w.stream_id",
+                (sorted(TERMINAL_STATES), list(after), list(after.values())),
+            )
+            found = {r["stream_id"]: (int(r["version"]), bool(r["ended"])) for r in rows}
+            for w in waiters:
+                version, ended = found.get(w.stream, (w.version, False))
+                # Rows after this waiter's own version hold the terminal change only when it
+                # comes after what this waiter had seen; that is checked by folding anyway.
+                if version > w.version:
+                    w.ended = w.ended or ended
+                    w.version = version
+                w.covered = began
+
+
+_watches: weakref.WeakKeyDictionary[Notifier, _EndWatch] = weakref.WeakKeyDictionary()
+
+
 async def wait_for_end(
     store: EventStore, notifier: Notifier, execution_id: str, *, timeout: float = 300.0
 ) -> Execution:
-    """Wait until the execution is terminal (or `timeout` seconds passed) and return it."""
+    """Wait until the execution is terminal (or `timeout` seconds passed) and return it.
+
+    The execution is folded when the wait begins and once a terminal state is recorded, not on
+    every notification meanwhile: each notification costs one indexed look at the new events
+    of the streams waited on, shared by every waiter of the process."""
+    stream = ev.execution_stream(execution_id)
     with trio.move_on_after(timeout):
-        while True:
-            seen = notifier.generation
-            state = await load_execution(store, execution_id)
-            if state.terminal:
-                return state
-            await notifier.wait(seen, 1.0)
+        history = await execution_history(store, execution_id)
+        state = _loaded(execution_id, history)
+        if state.terminal:
+            return state
+        version = max((e.version for e in history if e.stream_id == stream), default=NO_STREAM)
+        watch = _watches.get(notifier)
+        if watch is None:
+            watch = _watches[notifier] = _EndWatch()
+        waiter = _Waiter(stream, version)
+        watch.waiters.add(waiter)
+        try:
+            while True:
+                seen = notifier.generation
+                await watch.look(store, notifier, waiter)
+                if waiter.ended:
+                    state = await load_execution(store, execution_id)
+                    if state.terminal:
+                        return state
+                    waiter.ended = False  # ended and started again (a restart): wait on
+                await notifier.wait(seen, 1.0)
+        finally:
+            watch.waiters.discard(waiter)
     return await load_execution(store, execution_id)
 
 
