@@ -216,16 +216,16 @@ class Meter:
         ).fetchone()
         return int(row[0]) if row else None
 
-    def clients(self) -> dict[int, str]:
-        """Client connections to the bench's database: pid to state."""
+    def clients(self) -> set[int]:
+        """The server processes of the client connections to the bench's database."""
         if self.conn is None:
-            return {}
+            return set()
         rows = self.conn.execute(
-            "SELECT pid, coalesce(state, '') FROM pg_stat_activity"
+            "SELECT pid FROM pg_stat_activity"
             " WHERE datname = %s AND backend_type = 'client backend'",
             (self.dbname,),
         ).fetchall()
-        return {int(pid): state for pid, state in rows}
+        return {int(pid) for (pid,) in rows}
 
     def close(self) -> None:
         if self.conn is not None:
@@ -267,7 +267,6 @@ class Observer:
     def __init__(self, url: str) -> None:
         self.conn = psycopg.connect(url, autocommit=True)
         self.transactions = 1  # the connection's start
-        self.pid = self.conn.info.backend_pid
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         def run() -> list[dict[str, Any]]:
@@ -352,7 +351,7 @@ async def lifetime(
     url: str, meter: Meter, quiet: float, work: Callable[[Phase], Awaitable[T]]
 ) -> tuple[T, Lifetime]:
     """Start the engine, run `work`, let it settle, stop it, and read what it all cost."""
-    before = set(meter.clients())
+    before = meter.clients()
     start_commits = meter.commits()
     listener = Listener(url)
     observer = Observer(url)
@@ -370,7 +369,7 @@ async def lifetime(
         notifications = listener.count()
     # A backend reports its counters when it exits: wait for every connection of this lifetime.
     with trio.fail_after(60):
-        while set(meter.clients()) - before:
+        while meter.clients() - before:
             await trio.sleep(0.02)
     end_commits = meter.commits()
     commits = None
@@ -577,12 +576,14 @@ async def _start_prefect(python: str | None) -> Prefect | str:
     return prefect
 
 
-async def _peer_run(prefect: Prefect | None, peers: dict[str, Any], key: str, *args: int) -> None:
+async def _peer_run(
+    prefect: Prefect | None, peers: dict[str, Any], key: str, run: Callable[[Prefect], Any]
+) -> None:
+    """Run one of the peer's workloads; a failure skips the peer, with its reason."""
     if prefect is None or "skipped" in peers:
         return
-    method = prefect.w1 if key == "w1" else prefect.w2
     try:
-        peers[key] = await trio.to_thread.run_sync(method, *args)
+        peers[key] = await trio.to_thread.run_sync(run, prefect)
     except Unavailable as exc:
         peers["skipped"] = str(exc)
 
@@ -654,7 +655,7 @@ async def _measure(
         peers = results.get("peers", {})
         if prefect is not None:
             _progress("Prefect W1")
-        await _peer_run(prefect, peers, "w1", sizes.w1_runs, sizes.w1_tasks)
+        await _peer_run(prefect, peers, "w1", lambda p: p.w1(sizes.w1_runs, sizes.w1_tasks))
 
         growth = []
         for count in sizes.w2_counts:
@@ -666,7 +667,7 @@ async def _measure(
         results["w2_growth_ratio"] = growth[-1]["executions_per_s"] / growth[0]["executions_per_s"]
         if prefect is not None:
             _progress(f"Prefect W2: {sizes.prefect_w2} one-task flow runs, 4 at a time")
-        await _peer_run(prefect, peers, "w2", sizes.prefect_w2)
+        await _peer_run(prefect, peers, "w2", lambda p: p.w2(sizes.prefect_w2))
 
         _progress(f"W3: a Parallel of {sizes.w3_width}, then one Return, x {sizes.w3_runs}")
         third, cost = await run(lambda phase: w3(phase, namespace, sizes.w3_runs, sizes.w3_width))
@@ -801,7 +802,7 @@ def _peer_lines(results: dict[str, Any]) -> list[str]:
     return [*title, *_table(header, rows)]
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
