@@ -401,6 +401,36 @@ class EventStore:
         )
         return NO_STREAM if row is None or row["version"] is None else int(row["version"])
 
+    async def read_after(
+        self, after: int, limit: int, types: Iterable[str] | None = None
+    ) -> tuple[list[StoredEvent], int]:
+        """`read_all`, and the position a reader is at once it handled what was read.
+
+        With `types`, a batch shorter than `limit` takes the reader to the head of the log as
+        the same query saw it (appends commit in position order, so every event up to it was
+        looked at): a reader of rare types then moves past everything else instead of scanning
+        it again after each notification."""
+        if types is None:
+            batch = await self.read_all(after, limit)
+            return batch, batch[-1].seq if batch else after
+        type_list = list(types)
+
+        def q(conn: psycopg.Connection[Any]) -> tuple[list[StoredEvent], int]:
+            # One statement, so the head and the rows come from one snapshot.
+            rows = conn.execute(
+                f"SELECT h.head, e.* FROM (SELECT coalesce(max(seq), 0) AS head FROM events) h"
+                f" LEFT JOIN LATERAL (SELECT {_COLUMNS} FROM events WHERE seq > %s"
+                " AND type = ANY(%s) ORDER BY seq LIMIT %s) e ON true ORDER BY e.seq",
+                (after, type_list, limit),
+            ).fetchall()
+            head = int(rows[0][0]) if rows else after
+            batch = [_row_to_event(r[1:], self.storage) for r in rows if r[1] is not None]
+            if len(batch) >= limit:
+                return batch, batch[-1].seq
+            return batch, max(after, head, batch[-1].seq if batch else after)
+
+        return await self.db.run(q)
+
     async def read_stream(self, stream_id: str) -> list[StoredEvent]:
         """Every event of one stream, in version order."""
         return await self.db.run(lambda conn: read_stream_sync(conn, stream_id, self.storage))

@@ -2,7 +2,8 @@
 
 A notification only says "read again"; a consumer always reads `seq > position` from the table,
 so a dropped notification, a reconnect or a restart loses nothing, and a slow poll covers the
-case where no notification arrives at all (invariant 3).
+case where no notification arrives at all (invariant 3). A subscription to some types only moves
+past the others as it reads (`EventStore.read_after`), so it does not scan them again.
 
 A subscription never ends on its own: when a read or its handler fails, it reports the reason
 to the process's health registry, backs off and reads again from the same position. Handlers
@@ -82,8 +83,9 @@ class Subscription:
                 held = feed.after(self.position, self.types, self.batch_size) if feed else None
                 if held is None:
                     fed = False
-                    batch = await self.store.read_all(self.position, self.batch_size, self.types)
-                    reached = batch[-1].seq if batch else self.position
+                    batch, reached = await self.store.read_after(
+                        self.position, self.batch_size, self.types
+                    )
                 else:
                     fed = True
                     batch, reached = held
