@@ -4,6 +4,10 @@ It keeps the pending timers in a table updated with its checkpoint, so a restart
 and fires each timer with a command id, so firing twice records it once. Both of its loops wait
 out database errors (reporting `timers` DOWN meanwhile) instead of ending, for the same reasons:
 a timer fired twice is recorded once, and one left unfired is found again on the next pass.
+
+Idle, it costs nothing: its subscription reads only timer events and moves past the others
+without committing anything, and the firing loop sleeps until the soonest timer is due or the
+table changes (a look every `max_wait` seconds is the fallback), firing each timer once.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ class TimerService:
         store: EventStore,
         notifier: Notifier,
         *,
-        max_wait: float = 1.0,
+        max_wait: float = 60.0,
         health: Health | None = None,
     ) -> None:
         self.store = store
@@ -44,6 +48,10 @@ class TimerService:
         self.max_wait = max_wait
         self.health = health if health is not None else notifier.health
         self._changed = trio.Event()
+        self._fired: set[tuple[str, str]] = set()
+        """Timers fired by this service whose `TimerFired` was not read back yet."""
+        self.subscription: Subscription | None = None
+        """The subscription it tracks the log with, once running."""
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Track and fire timers until cancelled; startup waits for the database."""
@@ -61,6 +69,7 @@ class TimerService:
             name=CHECKPOINT,
             health=self.health,
         )
+        self.subscription = sub
         async with trio.open_nursery() as nursery:
             await nursery.start(sub.run, self._handle)
             nursery.start_soon(self._fire_loop)
@@ -85,6 +94,9 @@ class TimerService:
                 save_checkpoint(conn, CHECKPOINT, batch[-1].seq)
 
         await self.store.db.run(apply)
+        for e in batch:
+            if isinstance(e.event, ev.TimerFired):
+                self._fired.discard((e.event.executionId, e.event.timerId))
         self._changed.set()
 
     async def _fire_loop(self) -> None:
@@ -118,7 +130,14 @@ class TimerService:
             " extract(epoch FROM fire_at - clock_timestamp()) AS wait"
             " FROM engine_timers ORDER BY fire_at LIMIT 500"
         )
-        ready = [r for r in due if r["wait"] <= 0]
+        # A timer fired before stays in the table until its `TimerFired` is read back; it is
+        # not fired again meanwhile (that would only be recorded once, after a wait for the
+        # append lock).
+        ready = [
+            r
+            for r in due
+            if r["wait"] <= 0 and (r["execution_id"], r["timer_id"]) not in self._fired
+        ]
         if ready:
             await self.store.append_many(
                 [
@@ -131,9 +150,9 @@ class TimerService:
                     for r in ready
                 ]
             )
+            self._fired.update((r["execution_id"], r["timer_id"]) for r in ready)
         waits = [float(r["wait"]) for r in due if r["wait"] > 0]
-        pause = min([self.max_wait, *waits])
-        if ready:
-            # Fired timers leave the table once their TimerFired is read back.
-            pause = min(pause, 0.05)
-        return pause
+        if ready and len(due) >= 500 and not waits:
+            return 0.0  # more may be due than one look takes
+        # Until the soonest is due; a timer scheduled or fired meanwhile wakes the loop.
+        return min([self.max_wait, *waits])
