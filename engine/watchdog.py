@@ -80,6 +80,8 @@ class Watchdog:
         """Since when (trio's clock) every check succeeded; None until one does."""
         self._postmaster: Any = None
         """The start time of the PostgreSQL those checks reached."""
+        self.subscription: Subscription | None = None
+        """The subscription it tracks the log with, once running."""
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Track attempts and look for lost workers until cancelled."""
@@ -98,19 +100,14 @@ class Watchdog:
             name=CHECKPOINT,
             health=self.health,
         )
+        self.subscription = sub
         async with trio.open_nursery() as nursery:
             await nursery.start(sub.run, self._handle)
             nursery.start_soon(self._check_loop)
             task_status.started()
 
     async def _handle(self, batch: list[StoredEvent]) -> None:
-        def apply(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction():
-                for e in batch:
-                    _apply_one(conn, e)
-                save_checkpoint(conn, CHECKPOINT, batch[-1].seq)
-
-        await self.store.db.run(apply)
+        await self.store.db.run(_tracker(batch))
 
     async def _check_loop(self) -> None:
         backoff = Backoff()
@@ -132,21 +129,31 @@ class Watchdog:
     async def check(self) -> int:
         """Declare lost the workers silent for longer than the timeout (once the watchdog has
         been checking successfully for that long itself), then abandon every tracked attempt
-        whose worker has no row; return how many were abandoned."""
+        whose worker has no row; return how many were abandoned.
+
+        One query looks for both; when it finds nothing, that is all a check costs."""
         try:
-            if await self._trusted():
+            look = await self.store.db.fetchone(
+                "SELECT pg_postmaster_start_time() AS started,"
+                " EXISTS (SELECT 1 FROM engine_workers"
+                "  WHERE last_seen < clock_timestamp() - make_interval(secs => %s)) AS stale,"
+                " EXISTS (SELECT 1 FROM engine_attempts a WHERE NOT EXISTS"
+                "  (SELECT 1 FROM engine_workers w WHERE w.worker_id = a.worker_id)) AS orphans",
+                (self.timeout,),
+            )
+            assert look is not None
+            if self._trusted(look["started"]) and look["stale"]:
                 await self.declare_lost()
-            return await self.abandon_orphans()
+                return await self.abandon_orphans()
+            return await self.abandon_orphans() if look["orphans"] else 0
         except BaseException:
             self._healthy_since = None  # whatever failed, the next success starts over
             raise
 
-    async def _trusted(self) -> bool:
+    def _trusted(self, started: Any) -> bool:
         """Whether the watchdog has been checking, without a failure and on the same
-        PostgreSQL, for at least the timeout: only then may a stale heartbeat be the worker's
-        fault rather than an outage's."""
-        row = await self.store.db.fetchone("SELECT pg_postmaster_start_time() AS started")
-        started = row["started"] if row else None
+        PostgreSQL (started at `started`), for at least the timeout: only then may a stale
+        heartbeat be the worker's fault rather than an outage's."""
         now = trio.current_time()
         if self._healthy_since is None or started != self._postmaster:
             if self._healthy_since is not None:
@@ -255,25 +262,51 @@ def _forget(ids: list[str], timeout: float) -> Callable[[psycopg.Connection[Any]
     return forget
 
 
-def _apply_one(conn: psycopg.Connection[Any], e: StoredEvent) -> None:
-    event = e.event
-    if isinstance(event, ev.AttemptClaimed):
-        conn.execute(
-            "INSERT INTO engine_attempts (stream_id, execution_id, task_run_id, attempt,"
-            " worker_id, version) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (
-                e.stream_id,
-                event.executionId,
-                event.taskRunId,
-                event.attempt,
-                event.workerId,
-                e.version,
-            ),
-        )
-    elif isinstance(event, ev.AttemptLogged):
-        conn.execute(
-            "UPDATE engine_attempts SET version = greatest(version, %s) WHERE stream_id = %s",
-            (e.version, e.stream_id),
-        )
-    else:
-        conn.execute("DELETE FROM engine_attempts WHERE stream_id = %s", (e.stream_id,))
+def _tracker(batch: list[StoredEvent]) -> Callable[[psycopg.Connection[Any]], None]:
+    """What `batch` changes in `engine_attempts`, with the checkpoint, in one transaction of
+    three statements (one round trip): the claims, then the versions of the attempts that
+    logged, then the attempts that ended. Per attempt stream a claim comes first and an end
+    last, so this order is the batch's."""
+    claims: list[tuple[str, str, str, int, str, int]] = []
+    logged: dict[str, int] = {}
+    ended: list[str] = []
+    for e in batch:
+        event = e.event
+        if isinstance(event, ev.AttemptClaimed):
+            claims.append(
+                (
+                    e.stream_id,
+                    event.executionId,
+                    event.taskRunId,
+                    event.attempt,
+                    event.workerId,
+                    e.version,
+                )
+            )
+        elif isinstance(event, ev.AttemptLogged):
+            logged[e.stream_id] = max(logged.get(e.stream_id, e.version), e.version)
+        else:
+            ended.append(e.stream_id)
+    position = batch[-1].seq
+
+    def apply(conn: psycopg.Connection[Any]) -> None:
+        with conn.pipeline(), conn.transaction():
+            if claims:
+                conn.execute(
+                    "INSERT INTO engine_attempts (stream_id, execution_id, task_run_id,"
+                    " attempt, worker_id, version) SELECT * FROM unnest(%s::text[], %s::text[],"
+                    " %s::text[], %s::int[], %s::text[], %s::int[]) ON CONFLICT DO NOTHING",
+                    [list(column) for column in zip(*claims, strict=True)],
+                )
+            if logged:
+                conn.execute(
+                    "UPDATE engine_attempts a SET version = greatest(a.version, l.version)"
+                    " FROM unnest(%s::text[], %s::int[]) AS l(stream_id, version)"
+                    " WHERE a.stream_id = l.stream_id",
+                    (list(logged), list(logged.values())),
+                )
+            if ended:
+                conn.execute("DELETE FROM engine_attempts WHERE stream_id = ANY(%s)", (ended,))
+            save_checkpoint(conn, CHECKPOINT, position)
+
+    return apply
