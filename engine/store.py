@@ -199,20 +199,40 @@ def _append_sync(
         ]
     encoded = _encode(requests)
     # Pipelined: the statements of a round trip are sent together and their results read once
-    # (a fetch sends what is queued), and whatever raises rolls the transaction back as before.
-    with conn.pipeline(), conn.transaction():
-        # The statement timeout bounds the inserts that run while every other append waits;
-        # the session's lock_timeout bounds the wait for the lock itself. The checks are
-        # separate statements, so they see every append that committed before the lock came.
-        conn.execute(
-            "SELECT set_config('statement_timeout', %s, true), pg_advisory_xact_lock(%s)",
-            (APPEND_STATEMENT_TIMEOUT, _APPEND_LOCK),
-        )
-        finish = _append_locked(conn, requests, encoded)
-        if extra is not None:
-            extra(conn)
+    # (a fetch sends what is queued, the end of the block the rest). The transaction is begun
+    # and ended by statements of the pipeline, not by `conn.transaction()`, which in a pipeline
+    # costs a round trip at each end of its own.
+    try:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            # The statement timeout bounds the inserts that run while every other append
+            # waits; the session's lock_timeout bounds the wait for the lock itself. The checks
+            # are separate statements, so they see every append committed before the lock came.
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, true), pg_advisory_xact_lock(%s)",
+                (APPEND_STATEMENT_TIMEOUT, _APPEND_LOCK),
+            )
+            finish = _append_locked(conn, requests, encoded)
+            if extra is not None:
+                extra(conn)
+            conn.execute("COMMIT")
+    except BaseException:
+        # A statement that failed left the transaction aborted, anything raised here left it
+        # open: either way nothing of it is kept.
+        _roll_back(conn)
+        raise
     # Committed: the positions the inserts returned can be read now.
     return finish()
+
+
+def _roll_back(conn: psycopg.Connection[Any]) -> None:
+    if conn.closed or conn.broken:
+        return
+    try:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+    except psycopg.Error:  # the connection is lost: the server rolls back, the pool drops it
+        pass
 
 
 def _append_locked(
