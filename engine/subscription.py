@@ -37,7 +37,10 @@ class Subscription:
 
     `name` is the component it reports as in `health` (by default the notifier's registry).
     `on_retry` is called before a failed batch is read and handled again, so a handler that
-    keeps state in memory can drop what the failed attempt may have left in it.
+    keeps state in memory can drop what the failed attempt may have left in it. `pace` is the
+    least time, in seconds, between the handling of one batch and the reading of the next: a
+    consumer that need not act at once on each event (the watchdog) then handles fewer, larger
+    batches, each in one transaction, under a stream of small commits.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class Subscription:
         name: str | None = None,
         on_retry: Callable[[], None] | None = None,
         health: Health | None = None,
+        pace: float = 0.0,
     ) -> None:
         self.store = store
         self.notifier = notifier
@@ -62,6 +66,7 @@ class Subscription:
         self.name = name or f"subscription:{self.types[0] if self.types else 'all'}"
         self.on_retry = on_retry
         self.health = health if health is not None else notifier.health
+        self.pace = pace
 
     async def run(self, handler: Handler, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Call `handler(batch)` for each batch, forever; the position advances after it returns.
@@ -127,7 +132,9 @@ class Subscription:
             if not started:
                 task_status.started()
                 started = True
-            if len(batch) < self.batch_size:
+            if batch and self.pace > 0 and len(batch) < self.batch_size:
+                await trio.sleep(self.pace)  # let the next batch gather
+            elif len(batch) < self.batch_size:
                 if fed:
                     assert feed is not None
                     await feed.wait(seen, self.poll_interval)
