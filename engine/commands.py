@@ -188,12 +188,60 @@ class _FlowCache:
             self.parsed.pop(old, None)
 
 
+class _Probe:
+    __slots__ = ("stream", "version", "done")
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        self.version = NO_STREAM
+        self.done = False
+
+
+class _FlowVersions:
+    """The versions of flow streams, for concurrent lookups of the latest revision: the
+    lookup that finds no query in flight asks for every stream queued meanwhile, in one
+    query. A lookup is only answered by a query begun after it was queued, so a submission
+    sees every flow update that committed before it began."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self._queue: list[_Probe] = []
+        self._lock = trio.Lock()
+
+    async def version(self, stream: str) -> int:
+        """The stream's last version, as a query begun after this call saw it."""
+        probe = _Probe(stream)
+        self._queue.append(probe)
+        try:
+            while not probe.done:
+                async with self._lock:
+                    if not probe.done:
+                        await self._look()
+        except BaseException:
+            if probe in self._queue:
+                self._queue.remove(probe)
+            raise
+        return probe.version
+
+    async def _look(self) -> None:
+        batch, self._queue = self._queue, []
+        try:
+            versions = await self.store.stream_versions(p.stream for p in batch)
+        except BaseException:
+            self._queue[:0] = batch  # each looks again (and hears of the failure) itself
+            raise
+        for p in batch:
+            p.version = versions[p.stream]
+            p.done = True
+
+
 class _Submissions:
-    """What the commands of one store share: the flows it was asked for and the commits
-    that concurrent submissions share."""
+    """What the commands of one store share: the flows it was asked for, the lookups of
+    their latest versions and the commits that concurrent submissions share."""
 
     def __init__(self, store: EventStore) -> None:
         self.flows = _FlowCache()
+        self.versions = _FlowVersions(store)
         self.commits = CommitGroup(store)
 
 
@@ -217,8 +265,9 @@ async def get_flow(
     """The latest (or a given) revision of a flow; NotFound when deleted or unknown.
 
     A revision read before is answered from memory; the latest costs one index probe of the
-    flow's stream version while it has not changed."""
-    cache = _flows(store)
+    flow's stream version while it has not changed (concurrent lookups share one query)."""
+    shared = _submissions(store)
+    cache = shared.flows
     if revision is not None:
         record = cache.revision(namespace, flow_id, revision)
         if record is not None:
@@ -226,7 +275,7 @@ async def get_flow(
     else:
         known = cache.latest.get((namespace, flow_id))
         if known is not None:
-            version = await store.stream_version(ev.flow_stream(namespace, flow_id))
+            version = await shared.versions.version(ev.flow_stream(namespace, flow_id))
             if version == known[0]:
                 if known[1].deleted:
                     raise NotFound(f"Flow {namespace}.{flow_id} was deleted")

@@ -414,12 +414,17 @@ class EventStore:
 
         return await self.db.run(q)
 
-    async def stream_version(self, stream_id: str) -> int:
-        """The last version of a stream (`NO_STREAM` when it has no event): one index probe."""
-        row = await self.db.fetchone(
-            "SELECT max(version) AS version FROM events WHERE stream_id = %s", (stream_id,)
+    async def stream_versions(self, stream_ids: Iterable[str]) -> dict[str, int]:
+        """The last version of each stream (`NO_STREAM` when it has no event): one index probe
+        each, in one query."""
+        streams = sorted(set(stream_ids))
+        rows = await self.db.fetchall(
+            "SELECT s AS stream_id, (SELECT max(version) FROM events WHERE stream_id = s)"
+            " AS version FROM unnest(%s::text[]) AS s",
+            (streams,),
         )
-        return NO_STREAM if row is None or row["version"] is None else int(row["version"])
+        found = {r["stream_id"]: r["version"] for r in rows}
+        return {s: NO_STREAM if found.get(s) is None else int(found[s]) for s in streams}
 
     async def read_after(
         self, after: int, limit: int, types: Iterable[str] | None = None
