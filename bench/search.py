@@ -369,9 +369,9 @@ def explain(owner_url: str, params: dict[str, Any], page: int) -> str:
         q=params.get("q"),
     )
     with psycopg.connect(runtime_url(owner_url), autocommit=True) as conn:
-        where, where_params = read_model.prepare(conn, "true", [], search)
+        where = read_model.prepare(conn, "true", [], search)
         query, query_params = read_model.page_query(
-            where, where_params, offset=(page - 1) * PAGE_SIZE, size=PAGE_SIZE
+            where, offset=(page - 1) * PAGE_SIZE, size=PAGE_SIZE
         )
         rows = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {query}", query_params).fetchall()
     return "\n".join(r[0] for r in rows)

@@ -64,18 +64,18 @@ DROP INDEX executions_start;
 DROP INDEX executions_state;
 
 -- No filter, a date window, or a filter most rows pass: read in order, check the included
--- columns, stop after the page.
+-- columns (labels too), stop after the page.
 CREATE INDEX executions_recent ON executions (start_date DESC, id DESC)
-    INCLUDE (namespace, flow_id, state, end_date);
+    INCLUDE (namespace, flow_id, state, end_date, label_pairs);
 -- A namespace prefix that few rows have: the range, then a sort of just those rows.
 CREATE INDEX executions_namespace ON executions (namespace, start_date DESC, id DESC)
     INCLUDE (flow_id, state);
 -- A flow's executions (the namespace is checked in the index).
 CREATE INDEX executions_flow ON executions (flow_id, start_date DESC, id DESC)
     INCLUDE (namespace, state);
--- One state, in order; several states are read per state and merged.
+-- One state, in order; several states are read state by state, each in order, and merged.
 CREATE INDEX executions_state ON executions (state, start_date DESC, id DESC)
-    INCLUDE (namespace, flow_id);
+    INCLUDE (namespace, flow_id, label_pairs);
 CREATE INDEX executions_labels ON executions USING gin (label_pairs);
 CREATE INDEX executions_words ON executions USING gin (search_words);
 

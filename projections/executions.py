@@ -254,7 +254,26 @@ class Page:
     next: str | None
 
 
-def condition(scope: str, scope_params: Sequence[Any], search: Search) -> tuple[str, list[Any]]:
+@dataclass
+class Where:
+    """The condition of a search, whole (`sql`, `params`), and as `arms` to read one by one
+    and merge: one per state when several states are asked for, since one index range in date
+    order per state is what keeps a deep page cheap; else the whole condition alone."""
+
+    sql: str
+    params: list[Any]
+    arms: list[tuple[str, list[Any]]]
+
+    def narrowed(self, sql: str, params: Sequence[Any]) -> Where:
+        """This condition and `sql` too, in every arm."""
+        return Where(
+            f"{self.sql} AND {sql}",
+            [*self.params, *params],
+            [(f"{a} AND {sql}", [*p, *params]) for a, p in self.arms],
+        )
+
+
+def condition(scope: str, scope_params: Sequence[Any], search: Search) -> Where:
     """The WHERE clause (and its parameters) of `search` within the caller's `scope`."""
     where = [scope]
     params: list[Any] = list(scope_params)
@@ -270,13 +289,6 @@ def condition(scope: str, scope_params: Sequence[Any], search: Search) -> tuple[
     if search.flow_id:
         where.append("flow_id = %s")
         params.append(search.flow_id)
-    states = sorted({s.upper() for s in search.states})
-    if len(states) == 1:
-        where.append("state = %s")
-        params.append(states[0])
-    elif states:
-        where.append("state = ANY(%s::text[])")
-        params.append(states)
     if search.start_date is not None:
         where.append("start_date >= %s")
         params.append(search.start_date)
@@ -289,7 +301,18 @@ def condition(scope: str, scope_params: Sequence[Any], search: Search) -> tuple[
     if rare:
         where.append(rare)
         params += rare_params
-    return " AND ".join(where), params
+    base = " AND ".join(where)
+    states = sorted({s.upper() for s in search.states})
+    if not states:
+        return Where(base, params, [(base, params)])
+    if len(states) == 1:
+        sql, all_params = f"{base} AND state = %s", [*params, states[0]]
+        return Where(sql, all_params, [(sql, all_params)])
+    return Where(
+        f"{base} AND state = ANY(%s::text[])",
+        [*params, states],
+        [(f"{base} AND state = %s", [*params, state]) for state in states],
+    )
 
 
 def _indexed_terms(search: Search) -> tuple[str, list[Any]]:
@@ -314,7 +337,7 @@ def _indexed_terms(search: Search) -> tuple[str, list[Any]]:
 
 def prepare(
     conn: psycopg.Connection[Any], scope: str, scope_params: Sequence[Any], search: Search
-) -> tuple[str, list[Any]]:
+) -> Where:
     """`condition`, with the label and `q=` filters resolved to the ids they match when those
     are few.
 
@@ -324,10 +347,10 @@ def prepare(
     (at most `PROBE_UP_TO` rows) turns such a filter into a list of ids the planner cannot
     misjudge.
     """
-    where, params = condition(scope, scope_params, search)
+    where = condition(scope, scope_params, search)
     rare, rare_params = _indexed_terms(search)
     if not rare:
-        return where, params
+        return where
     with conn.transaction():
         # Through the indexes only: a bitmap of what they match, whatever the planner guesses.
         conn.execute(
@@ -338,8 +361,8 @@ def prepare(
             f"SELECT id FROM executions WHERE {rare} LIMIT %s", [*rare_params, PROBE_UP_TO + 1]
         ).fetchall()
     if len(found) > PROBE_UP_TO:
-        return where, params
-    return f"{where} AND id = ANY(%s::text[])", [*params, [r[0] for r in found]]
+        return where
+    return where.narrowed("id = ANY(%s::text[])", [[r[0] for r in found]])
 
 
 def encode_cursor(row: dict[str, Any]) -> str:
@@ -389,10 +412,8 @@ def search(
             f"{MAX_OFFSET}: narrow the search, or follow the 'next' cursor of each answer "
             "with after=<next>"
         )
-    where, params = prepare(conn, scope, scope_params, filters)
-    sql, sql_params = page_query(
-        where, params, offset=offset, size=size, after=after, ascending=ascending
-    )
+    where = prepare(conn, scope, scope_params, filters)
+    sql, sql_params = page_query(where, offset=offset, size=size, after=after, ascending=ascending)
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(sql, sql_params)
         rows = cur.fetchall()
@@ -401,13 +422,12 @@ def search(
     if not more and (rows or offset == 0) and not after:
         total, estimated = offset + len(rows), False
     else:
-        total, estimated = count(conn, where, params)
+        total, estimated = count(conn, where.sql, where.params)
     return Page(rows, total, estimated, encode_cursor(rows[-1]) if more else None)
 
 
 def page_query(
-    where: str,
-    params: Sequence[Any],
+    where: Where,
     *,
     offset: int,
     size: int,
@@ -417,17 +437,28 @@ def page_query(
     """The SQL (and parameters) that `search` runs for a page: one row more than `size`, which
     tells whether another page follows."""
     order = "ASC" if ascending else "DESC"
-    keyed, keyed_params = where, list(params)
     if after:
         at, xid = decode_cursor(after)
-        keyed += f" AND (start_date, id) {'>' if ascending else '<'} (%s, %s)"
-        keyed_params += [at, xid]
+        where = where.narrowed(f"(start_date, id) {'>' if ascending else '<'} (%s, %s)", [at, xid])
+    sort = f"ORDER BY start_date {order}, id {order}"
+    if len(where.arms) == 1:
+        keys = f"SELECT id FROM executions WHERE {where.sql} {sort} LIMIT %s OFFSET %s"
+        params = [*where.params, size + 1, offset]
+    else:
+        # Each state's rows in date order from its index range, at most as many as the page
+        # needs, then merged: never more rows read than the deepest page asks for, per state.
+        arms = [
+            f"(SELECT id, start_date FROM executions WHERE {sql} {sort} LIMIT %s)"
+            for sql, _ in where.arms
+        ]
+        keys = f"SELECT id FROM ({' UNION ALL '.join(arms)}) AS u {sort} LIMIT %s OFFSET %s"
+        params = [p for _, arm in where.arms for p in (*arm, offset + size + 1)]
+        params += [size + 1, offset]
     sql = (
-        f"SELECT {_COLUMNS} FROM (SELECT id FROM executions WHERE {keyed}"
-        f" ORDER BY start_date {order}, id {order} LIMIT %s OFFSET %s) AS k"
-        f" JOIN executions AS x ON x.id = k.id ORDER BY x.start_date {order}, x.id {order}"
+        f"SELECT {_COLUMNS} FROM ({keys}) AS k JOIN executions AS x ON x.id = k.id"
+        f" ORDER BY x.start_date {order}, x.id {order}"
     )
-    return sql, [*keyed_params, size + 1, offset]
+    return sql, params
 
 
 def count(

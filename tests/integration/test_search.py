@@ -270,6 +270,20 @@ async def test_results_come_newest_first_and_pages_and_cursors_cover_every_row_o
         cursor = page.next
     assert walked == newest_first
 
+    # Several states are read state by state and merged: the same order, pages and cursor.
+    states = ["SUCCESS", "FAILED", "KILLED"]
+    mixed = [Spec(namespace=f"{root}-m", state=states[i % 3]) for i in range(14)]
+    await _apply(db, ExecutionsProjection(), await _record(store, mixed))
+    wanted = [s.id for s in reversed(mixed) if s.state in ("FAILED", "KILLED")]
+    two = Search(namespace=f"{root}-m", states=["killed", "FAILED"])
+    paged = [await _search(db, two, page=p, size=3) for p in range(1, 5)]
+    assert [x for p in paged for x in _ids(p)] == wanted
+    assert paged[0].total == len(wanted)
+    first = await _search(db, two, size=5)
+    rest = await _search(db, two, size=5, after=first.next)
+    assert _ids(first) + _ids(rest) == wanted and rest.next is None
+    assert _ids(await _search(db, two, size=100, ascending=True)) == list(reversed(wanted))
+
     oldest_first = await _search(db, Search(namespace=root), size=10, ascending=True)
     assert _ids(oldest_first) == [s.id for s in specs][:10]
     rest = await _search(
