@@ -30,6 +30,7 @@ import functools
 import json
 import platform
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -386,11 +387,13 @@ def _throwaway_database(url: str | None) -> Iterator[str]:
     if url is None:
         from engine.embedded import EmbeddedPostgres
 
-        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="tiercel-bench-search-")))
+        folder = Path(tempfile.mkdtemp(prefix="tiercel-bench-search-"))
+        embedded = EmbeddedPostgres(folder)
         try:
             yield embedded.start()
         finally:
             embedded.stop()
+            shutil.rmtree(folder, ignore_errors=True)  # a million executions take 13 GB
         return
     name = f"bench_search_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
@@ -410,7 +413,13 @@ def _throwaway_database(url: str | None) -> Iterator[str]:
 async def _run(owner_url: str, executions: int, lines: int, repeat: int) -> dict[str, Any]:
     seeded = await seed(runtime_url(owner_url), executions, lines)
     ids = seeded.pop("ids")
-    data_dir = Path(tempfile.mkdtemp(prefix="tiercel-bench-search-data-"))
+    with tempfile.TemporaryDirectory(prefix="tiercel-bench-search-data-") as data_dir:
+        return await _serve_and_read(owner_url, Path(data_dir), seeded, ids, repeat)
+
+
+async def _serve_and_read(
+    owner_url: str, data_dir: Path, seeded: dict[str, Any], ids: Sequence[str], repeat: int
+) -> dict[str, Any]:
     async with trio.open_nursery() as nursery:
         began = time.perf_counter()
         ctx = await nursery.start(

@@ -213,6 +213,9 @@ MAX_OFFSET = 100_000
 """The deepest row a page may start at; past it, follow the `next` cursor (`after=`)."""
 PROBE_UP_TO = 2_000
 """A label or `q=` filter matching at most this many executions is resolved to their ids."""
+PROBE_BELOW_ESTIMATE = 20_000
+"""A label or `q=` filter the planner expects to match more rows than this is not probed: it
+knows the frequency of such a common label or word, and a probe would cost a bitmap of them."""
 
 _COLUMNS = (
     "x.id, x.namespace, x.flow_id, x.flow_revision, x.state, x.histories, x.labels, x.inputs,"
@@ -220,6 +223,10 @@ _COLUMNS = (
     " x.end_date"
 )
 _WORD = re.compile(r"[0-9A-Za-z]+")
+# Every query of a search runs unprepared (`prepare=False`): psycopg prepares a statement run
+# five times, and PostgreSQL then plans it once for any parameters. A plan good for one
+# namespace or label is not for another: at a million executions such a generic plan took
+# 3 s where the plan for the values at hand takes 8 ms.
 _WORD_PREFIX = 32
 """The longest word prefix `search_words` holds (migrations/0009_search_indexes.sql)."""
 
@@ -345,11 +352,11 @@ def prepare(
     other it guesses some thousands of rows, and would then read the newest executions one by
     one looking for a correlation id that only one of them has. Asking the GIN indexes first
     (at most `PROBE_UP_TO` rows) turns such a filter into a list of ids the planner cannot
-    misjudge.
+    misjudge. A filter it expects to be common (above `PROBE_BELOW_ESTIMATE`) is left to it.
     """
     where = condition(scope, scope_params, search)
     rare, rare_params = _indexed_terms(search)
-    if not rare:
+    if not rare or _estimate(conn, rare, rare_params) > PROBE_BELOW_ESTIMATE:
         return where
     with conn.transaction():
         # Through the indexes only: a bitmap of what they match, whatever the planner guesses.
@@ -358,7 +365,9 @@ def prepare(
             " SET LOCAL enable_indexonlyscan = off"
         )
         found = conn.execute(
-            f"SELECT id FROM executions WHERE {rare} LIMIT %s", [*rare_params, PROBE_UP_TO + 1]
+            f"SELECT id FROM executions WHERE {rare} LIMIT %s",
+            [*rare_params, PROBE_UP_TO + 1],
+            prepare=False,
         ).fetchall()
     if len(found) > PROBE_UP_TO:
         return where
@@ -415,7 +424,7 @@ def search(
     where = prepare(conn, scope, scope_params, filters)
     sql, sql_params = page_query(where, offset=offset, size=size, after=after, ascending=ascending)
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(sql, sql_params)
+        cur.execute(sql, sql_params, prepare=False)
         rows = cur.fetchall()
     more = len(rows) > size
     rows = rows[:size]
@@ -469,12 +478,21 @@ def count(
     limited = conn.execute(
         f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {where} LIMIT %s) AS s",
         [*params, COUNT_EXACT_UP_TO + 1],
+        prepare=False,
     ).fetchone()
     n = int(limited[0]) if limited else 0
     if n <= COUNT_EXACT_UP_TO:
         return n, False
-    plan = conn.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {table} WHERE {where}", params)
-    row = plan.fetchone()
-    estimate = int(row[0][0]["Plan"]["Plan Rows"]) if row else 0
     # Never below what was counted: the planner can guess low for a rare combination.
-    return max(estimate, n), True
+    return max(_estimate(conn, where, params, table), n), True
+
+
+def _estimate(
+    conn: psycopg.Connection[Any], where: str, params: Sequence[Any], table: str = "executions"
+) -> int:
+    """The planner's estimate of how many rows of `table` match `where`."""
+    plan = conn.execute(
+        f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {table} WHERE {where}", params, prepare=False
+    )
+    row = plan.fetchone()
+    return int(row[0][0]["Plan"]["Plan Rows"]) if row else 0

@@ -135,5 +135,6 @@ def execution_lines(
             "SELECT execution_id, namespace, flow_id, task_id, task_run_id, attempt, timestamp,"
             f" level, message FROM logs WHERE {' AND '.join(where)} ORDER BY seq, line",
             params,
+            prepare=False,
         )
         return cur.fetchall()
