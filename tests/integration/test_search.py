@@ -8,7 +8,7 @@ import json
 import random
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +17,39 @@ import psycopg
 import pytest
 
 from engine import events as ev
-from engine.db import Database
+from engine.db import Database, runtime_role
+from engine.migrate import migrate
 from engine.store import Append, EventStore, StoredEvent
 from projections import executions as model
 from projections.executions import ExecutionsProjection, Search
 from projections.logs import LogsProjection, execution_lines
 
 LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]
+
+
+@pytest.fixture(scope="module")
+def search_database_url(database_url: str) -> Iterator[str]:
+    """A database of its own: the histories below are written by hand to shape the read models
+    (a KILLED or WARNING end with no task behind it), not decided by the engine, so they must
+    not reach the executors of other tests nor the replay check of the whole session."""
+    name = f"search_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    info["dbname"] = name
+    url = psycopg.conninfo.make_conninfo(**info)
+    migrate(url)
+    yield url
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        conn.execute(f'DROP ROLE IF EXISTS "{runtime_role(name)}"')
+
+
+@pytest.fixture
+async def db(search_database_url: str) -> AsyncIterator[Database]:
+    database = Database(search_database_url)
+    yield database
+    await database.close()
 
 
 @dataclass
