@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from engine import patterns
 from engine.duration import parse_duration
 from engine.errors import FlowValidationError, Problem
 from engine.inputs import CHOICE_TYPES, bound, choices, convert, dependency_order, is_templated
@@ -836,11 +837,9 @@ def _check_input_semantics(inp: Input, path: str, c: _Checker) -> bool:
     kind = inp.type
     if inp.validator is not None:
         try:
-            re.compile(inp.validator)
-        except (re.error, RecursionError, OverflowError) as exc:
-            # Groups nested too deeply or repetitions too large are no re.error.
-            reason = exc if isinstance(exc, re.error) else "too deeply nested or too large"
-            c.add(f"{path}.validator", f"Invalid regular expression {inp.validator!r}: {reason}")
+            patterns.compiled(inp.validator)
+        except patterns.PatternError as exc:
+            c.add(f"{path}.validator", str(exc))
     if kind == "FILE" and inp.defaults is not None:
         c.add(f"{path}.defaults", "A FILE input cannot have defaults: a file is uploaded")
     if kind == "ARRAY" and inp.itemType is None:

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from engine import safe_yaml
+from engine import patterns, safe_yaml
 from engine.duration import parse_duration
 from engine.errors import InputValidationError, Problem, TemplateError, TiercelError
 from engine.storage import SCHEME, uri_path
@@ -37,6 +37,8 @@ _FALSE = {"false", "0", "no", "off"}
 _INT = re.compile(r"^[+-]?\d+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:\S*$")
+VALIDATOR_TIMEOUT = 1.0
+"""Seconds an input's `validator` may take to match a value (see `engine.patterns`)."""
 
 
 def resolve_inputs(flow: Flow, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,7 +256,7 @@ def _string(inp: Input, raw: Any) -> str:
     """STRING, and SECRET (checked as a STRING; the execution records its value encrypted
     with a key of its own, see `engine.secrets.encrypt_inputs`)."""
     value = _text(raw)
-    if inp.validator and not re.fullmatch(inp.validator, value):
+    if inp.validator and not patterns.fullmatch(inp.validator, value, timeout=VALIDATOR_TIMEOUT):
         shown = "the value" if inp.type == "SECRET" else f"'{value}'"
         raise ValueError(f"{shown} does not match the pattern {inp.validator}")
     return value

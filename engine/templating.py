@@ -52,7 +52,7 @@ from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
 from jinja2.utils import _PassArg
 
-from engine import jq_sandbox, safe_yaml
+from engine import jq_sandbox, patterns, safe_yaml
 from engine.duration import parse_duration
 from engine.errors import TemplateError
 
@@ -1384,7 +1384,9 @@ def _regex_sub(pattern: str, replacement: str, text: str) -> str:
         return piece
 
     try:
-        return str(regex.sub(pattern, expand, text, timeout=_remaining_time()))
+        return str(patterns.compiled(pattern).sub(expand, text, timeout=_remaining_time()))
+    except patterns.PatternError as exc:
+        raise TemplateError(str(exc)) from None
     except (TimeoutError, regex.error) as exc:
         raise _regex_failure(pattern, exc) from None
 
@@ -1395,7 +1397,9 @@ def _split(value: Any, delimiter: str, limit: int | None = None) -> list[str]:
         if len(delimiter) <= 1:
             return text.split(delimiter)
         try:
-            return list(regex.split(delimiter, text, timeout=_remaining_time()))
+            return list(patterns.compiled(delimiter).split(text, timeout=_remaining_time()))
+        except patterns.PatternError as exc:
+            raise TemplateError(str(exc)) from None
         except (TimeoutError, regex.error) as exc:
             raise _regex_failure(delimiter, exc) from None
     return text.split(delimiter, limit - 1)

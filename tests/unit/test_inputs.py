@@ -255,6 +255,7 @@ def test_each_type_converts_a_good_value(definition: str, value: Any, expected: 
     ("definition", "value", "words"),
     [
         ("type: STRING\nvalidator: 'A\\d+'", "A12b", "does not match the pattern"),
+        ("type: STRING\nvalidator: '(a|aa)+$'", "a" * 60 + "!", "took over 1 s"),
         ("type: INT", True, "not an integer"),
         ("type: INT", "1.5", "not an integer"),
         ("type: INT", [1], "not an integer"),
@@ -388,6 +389,10 @@ def test_a_condition_that_cannot_be_rendered_is_reported_on_its_input() -> None:
     [
         ("  - id: x\n    type: STRING\n    validator: '[a-'", "Invalid regular expression"),
         ("  - id: x\n    type: SECRET\n    validator: '(?P<'", "Invalid regular expression"),
+        (
+            "  - id: x\n    type: STRING\n    validator: '((a{1000}){1000}){1000}'",
+            "repeats its parts more than 100,000 times",
+        ),
         ("  - id: x\n    type: NOPE", "Unknown input type 'NOPE'"),
         ("  - id: x\n    type: string", "write it in capitals: STRING"),
         ("  - id: x", "needs a `type`"),

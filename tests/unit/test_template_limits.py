@@ -97,6 +97,15 @@ def test_catastrophic_regex_stops_at_the_deadline(short_timeout: float) -> None:
     refused("{{ ('a' * 40 ~ '!') | split('(a|aa)+$') }}", "(a|aa)+$", "time limit")
 
 
+def test_a_regex_whose_counts_multiply_past_the_bound_is_refused_before_compiling() -> None:
+    # Compiled, it would take gigabytes: the `regex` engine expands counted repetitions.
+    bomb = "((a{1000}){1000}){1000}"
+    refused(f"{{{{ 'aaa' | replace('{bomb}', 'x', regexp=true) }}}}", bomb, "repeats its parts")
+    refused(f"{{{{ 'aaa' | split('{bomb}') }}}}", bomb, "repeats its parts")
+    # Syntax only `regex` knows is bounded by the product of every count in it.
+    refused("{{ 'aaa' | split('((\\p{L}{1000}){1000}){1000}') }}", "repeats its parts")
+
+
 def test_render_timeout_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIERCEL_RENDER_TIMEOUT", "2.5")
     assert templating._timeout_from_environment() == 2.5
