@@ -134,9 +134,11 @@ class _Budget:
     def check_time(self) -> None:
         """Fail once the render has run past its deadline."""
         if time.monotonic() > self.deadline:
+            # The limit is not in the message: it is the server's setting, and the message is
+            # recorded in the decision that `sys verify` replays, possibly under another setting.
             raise TemplateError(
-                f"rendering took longer than {self.timeout:g} s, the limit for one render "
-                "(TIERCEL_RENDER_TIMEOUT); make the expression do less work"
+                "rendering took longer than the time limit of one render (TIERCEL_RENDER_TIMEOUT, "
+                f"{DEFAULT_RENDER_TIMEOUT:g} s unless configured); make the expression do less work"
             )
 
     def spend(self, size: int) -> None:
@@ -1363,7 +1365,8 @@ def _regex_failure(pattern: str, exc: Exception) -> TemplateError:
     if isinstance(exc, TimeoutError):
         return TemplateError(
             f"the regular expression {_excerpt(pattern)!r} ran past the time limit of the render "
-            f"({RENDER_TIMEOUT:g} s, TIERCEL_RENDER_TIMEOUT); simplify it (nested repetitions "
+            f"(TIERCEL_RENDER_TIMEOUT, {DEFAULT_RENDER_TIMEOUT:g} s unless configured); simplify "
+            "it (nested repetitions "
             "such as '(a+)+' can take exponential time)"
         )
     return TemplateError(f"invalid regular expression {_excerpt(pattern)!r}: {exc}")

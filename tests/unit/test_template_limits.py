@@ -82,7 +82,7 @@ def test_render_past_its_deadline_fails_naming_the_time_limit(short_timeout: flo
     refused(
         "{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}"
         "{{ f(40) }}",
-        "longer than 0.3 s",
+        "longer than the time limit of one render",
         "TIERCEL_RENDER_TIMEOUT",
     )
 
@@ -121,7 +121,7 @@ def test_a_value_with_many_templates_shares_one_deadline(short_timeout: float) -
         "{{ f(14) }}"
     )
     started = time.monotonic()
-    with pytest.raises(TemplateError, match="longer than 0.3 s"):
+    with pytest.raises(TemplateError, match="longer than the time limit of one render"):
         render_value([slow] * 200, CONTEXT)
     assert time.monotonic() - started < QUICK
 
