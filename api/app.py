@@ -28,7 +28,7 @@ from engine.backoff import is_transient
 from engine.errors import InvalidRequest, NotFound, Problem, TiercelError, WrongExpectedVersion
 from engine.execution import iso
 from engine.flow import Flow, flow_to_dict, parse_flow
-from engine.inputs import resolve_inputs
+from engine.inputs import resolve_inputs_off_loop
 from engine.plugin import Task, describe, plugin_list, property_docs, schema, task_type
 from engine.secrets import shown
 from engine.server import ServerContext
@@ -387,7 +387,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
             key: to_uri(input_prefix(namespace, flow_id, execution_id, key) + "/" + name)
             for key, (name, _) in files.items()
         }
-        resolve_inputs(flow, {**inputs, **planned})
+        await resolve_inputs_off_loop(flow, {**inputs, **planned})
         if files and storage is None:
             raise InvalidRequest("This server has no internal storage for FILE inputs")
         try:

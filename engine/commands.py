@@ -31,7 +31,7 @@ from engine.execution import (
 )
 from engine.executor_shell import INPUT_TYPES, recorded
 from engine.flow import Flow, Input, flow_to_dict, parse_flow
-from engine.inputs import resolve_inputs
+from engine.inputs import resolve_inputs, resolve_inputs_off_loop
 from engine.plugin import TERMINAL_STATES
 from engine.secrets import (
     destroy_key,
@@ -380,7 +380,7 @@ async def create_execution(
     record, flow, recorded = await _flow_to_run(store, namespace, flow_id, revision)
     if flow.disabled:
         raise Conflict(f"Flow {namespace}.{flow_id} is disabled: enable it to execute it")
-    values = resolve_inputs(flow, inputs or {})
+    values = await resolve_inputs_off_loop(flow, inputs or {})
     execution_id = execution_id or new_execution_id()
     values = await encrypt_inputs(store.db, flow, values, execution_id)
     stream = ev.execution_stream(execution_id)

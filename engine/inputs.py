@@ -20,6 +20,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from engine import patterns, safe_yaml
 from engine.duration import parse_duration
 from engine.errors import InputValidationError, Problem, TemplateError, TiercelError
@@ -39,6 +41,15 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:\S*$")
 VALIDATOR_TIMEOUT = 1.0
 """Seconds an input's `validator` may take to match a value (see `engine.patterns`)."""
+
+
+async def resolve_inputs_off_loop(flow: Flow, given: Mapping[str, Any]) -> dict[str, Any]:
+    """`resolve_inputs` in a worker thread when the flow declares inputs: their conditions
+    render templates (up to the render's time limit) and their validators match patterns (up
+    to `VALIDATOR_TIMEOUT`), which must not hold up the event loop serving everyone else."""
+    if not flow.inputs:
+        return resolve_inputs(flow, given)
+    return await trio.to_thread.run_sync(resolve_inputs, flow, given)
 
 
 def resolve_inputs(flow: Flow, given: Mapping[str, Any]) -> dict[str, Any]:
