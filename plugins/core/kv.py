@@ -12,12 +12,12 @@ from plugins.core.state import STATE_PREFIX
 KV_TYPES = ("STRING", "NUMBER", "BOOLEAN", "DATETIME", "DATE", "DURATION", "JSON")
 
 
-def _namespace(ctx: RunContext, given: str | None) -> str:
-    return str(ctx.render(given)) if given else ctx.namespace
+async def _namespace(ctx: RunContext, given: str | None) -> str:
+    return str(await ctx.render_async(given)) if given else ctx.namespace
 
 
-def _user_key(ctx: RunContext, key: str) -> str:
-    rendered = str(ctx.render(key))
+async def _user_key(ctx: RunContext, key: str) -> str:
+    rendered = str(await ctx.render_async(key))
     if rendered.startswith(STATE_PREFIX):
         raise TaskFailure(
             f"KV keys starting with '{STATE_PREFIX}' hold states: use the state.* tasks for them"
@@ -90,8 +90,8 @@ class Set(RunnableTask, kw_only=True):
             except ValueError as exc:
                 raise TaskFailure(f"ttl: {exc}") from None
         await ctx.kv_set(
-            _namespace(ctx, self.namespace),
-            _user_key(ctx, self.key),
+            await _namespace(ctx, self.namespace),
+            await _user_key(ctx, self.key),
             _typed(kind, await ctx.render_async(self.value)),
             ttl=ttl,
             overwrite=self.overwrite,
@@ -111,7 +111,10 @@ class Get(RunnableTask, kw_only=True):
     """Fail when the key does not exist or has expired."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        namespace, key = _namespace(ctx, self.namespace), str(await ctx.render_async(self.key))
+        namespace, key = (
+            await _namespace(ctx, self.namespace),
+            str(await ctx.render_async(self.key)),
+        )
         found, value = await ctx.kv_get(namespace, key)
         if not found and self.errorOnMissing:
             raise TaskFailure(
@@ -132,7 +135,7 @@ class Delete(RunnableTask, kw_only=True):
     """Fail when the key does not exist."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        namespace, key = _namespace(ctx, self.namespace), _user_key(ctx, self.key)
+        namespace, key = await _namespace(ctx, self.namespace), await _user_key(ctx, self.key)
         deleted = await ctx.kv_delete(namespace, key)
         if not deleted and self.errorOnMissing:
             raise TaskFailure(f"No key '{key}' to delete in the KV store of namespace {namespace}")
@@ -150,5 +153,5 @@ class GetKeys(RunnableTask, kw_only=True):
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         prefix = str(await ctx.render_async(self.prefix)) if self.prefix else ""
-        entries = await ctx.kv_entries(_namespace(ctx, self.namespace), prefix)
+        entries = await ctx.kv_entries(await _namespace(ctx, self.namespace), prefix)
         return {"keys": [k for k in entries if not k.startswith(STATE_PREFIX)]}

@@ -51,19 +51,19 @@ class _State(RunnableTask, kw_only=True):
     """Keep one state per loop value (`{{ taskrun.value }}`); false shares one state across
     the iterations of a loop."""
 
-    def _key(self, ctx: RunContext) -> str:
-        name = _escape(str(ctx.render(self.name)))
-        if _flag(ctx.render(self.namespace)):
+    async def _key(self, ctx: RunContext) -> str:
+        name = _escape(str(await ctx.render_async(self.name)))
+        if _flag(await ctx.render_async(self.namespace)):
             key = f"{STATE_PREFIX}namespace/{name}"
         else:
             key = f"{STATE_PREFIX}flow/{_escape(ctx.flow_id)}/{name}"
         value = (ctx.variables.get("taskrun") or {}).get("value")
-        if _flag(ctx.render(self.taskrunValue)) and value is not None:
+        if _flag(await ctx.render_async(self.taskrunValue)) and value is not None:
             key += f"/{_escape(str(value))}"
         return key
 
-    def _describe(self, ctx: RunContext) -> str:
-        return f"state '{ctx.render(self.name)}' of flow {ctx.namespace}.{ctx.flow_id}"
+    async def _describe(self, ctx: RunContext) -> str:
+        return f"state '{await ctx.render_async(self.name)}' of flow {ctx.namespace}.{ctx.flow_id}"
 
 
 @register("io.kestra.plugin.core.state.Get", "io.kestra.core.tasks.states.Get")
@@ -74,9 +74,9 @@ class Get(_State, kw_only=True):
     """Fail when the state does not exist."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        found, data = await ctx.kv_get(ctx.namespace, self._key(ctx))
+        found, data = await ctx.kv_get(ctx.namespace, await self._key(ctx))
         if not found and self.errorOnMissing:
-            raise TaskFailure(f"No {self._describe(ctx)}; set it with a state.Set task first")
+            raise TaskFailure(f"No {await self._describe(ctx)}; set it with a state.Set task first")
         data = data if found and isinstance(data, dict) else {}
         return {"data": data, "count": len(data)}
 
@@ -91,7 +91,7 @@ class Set(_State, kw_only=True):
     """The values to set (keys and values are templates)."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        key = self._key(ctx)
+        key = await self._key(ctx)
         update = await ctx.render_async(self.data)
         found, current = await ctx.kv_get(ctx.namespace, key)
         merged = _merge(current if found and isinstance(current, dict) else {}, update)
@@ -107,7 +107,7 @@ class Delete(_State, kw_only=True):
     """Fail when the state does not exist."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        deleted = await ctx.kv_delete(ctx.namespace, self._key(ctx))
+        deleted = await ctx.kv_delete(ctx.namespace, await self._key(ctx))
         if not deleted and self.errorOnMissing:
-            raise TaskFailure(f"No {self._describe(ctx)} to delete")
+            raise TaskFailure(f"No {await self._describe(ctx)} to delete")
         return {"deleted": deleted}

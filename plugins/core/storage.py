@@ -26,11 +26,11 @@ def inside(root: Path, relative: str) -> Path:
     return target
 
 
-def file_map(ctx: RunContext, files: Any, field: str) -> dict[str, Any]:
+async def file_map(ctx: RunContext, files: Any, field: str) -> dict[str, Any]:
     """Render a `name → content` property: a map, or a template rendering a JSON object."""
     if files is None:
         return {}
-    rendered = ctx.render(files)
+    rendered = await ctx.render_async(files)
     if isinstance(rendered, str):
         try:
             rendered = json.loads(rendered)
@@ -139,6 +139,6 @@ class LocalFiles(RunnableTask, kw_only=True):
     (`out/*`, `**.csv`); output `uris` maps each file's relative path to its URI."""
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        await write_input_files(ctx, file_map(ctx, self.inputs, "inputs"))
+        await write_input_files(ctx, await file_map(ctx, self.inputs, "inputs"))
         patterns = [str(p) for p in await ctx.render_async(self.outputs)]
         return {"uris": await keep_files(ctx, matching_files(ctx.working_dir, patterns))}

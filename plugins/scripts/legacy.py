@@ -84,7 +84,7 @@ class Bash(RunnableTask, kw_only=True):
         paths = {name: str(path) for name, path in named.items()}
         ctx.variables.update(outputFiles=paths, temp=paths)
         ctx.variables["outputDirs"] = {name: str(path) for name, path in folders.items()}
-        await write_input_files(ctx, file_map(ctx, self.inputFiles, "inputFiles"))
+        await write_input_files(ctx, await file_map(ctx, self.inputFiles, "inputFiles"))
         head = ["set -o errexit"] if self.exitOnFailed else []
         text = "\n".join([*head, *self.lines(ctx)])
         reader = process.OutputReader(ctx)

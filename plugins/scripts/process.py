@@ -164,7 +164,7 @@ async def prepare(ctx: RunContext, input_files: Any) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     ctx.variables["workingDir"] = str(ctx.working_dir)
     ctx.variables["outputDir"] = str(output_dir)
-    await write_input_files(ctx, file_map(ctx, input_files, "inputFiles"))
+    await write_input_files(ctx, await file_map(ctx, input_files, "inputFiles"))
     return output_dir
 
 
