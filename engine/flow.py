@@ -124,6 +124,9 @@ class Input(msgspec.Struct, kw_only=True, omit_defaults=True, rename={"id_": "id
     """Whether a value (or `defaults`) is needed to start an execution."""
     defaults: Any = None
     """The value used when none is given."""
+    prefill: Any = None
+    """A value shown to the person starting the execution, which they may clear: unlike
+    `defaults` it is never used when the input is left empty."""
     validator: str | None = None
     """STRING, SECRET: a regular expression the whole value must match."""
     min: Any = None
@@ -732,8 +735,11 @@ def _label_value(value: Any) -> str:
 
 
 _INPUT_COMMON = frozenset(
-    {"id", "name", "type", "description", "displayName", "required", "defaults", "dependsOn"}
-)
+    {
+        "id", "name", "type", "description", "displayName", "required", "defaults", "prefill",
+        "dependsOn",
+    }
+)  # fmt: skip
 _INPUT_SPECIFIC: dict[str, frozenset[str]] = {
     "STRING": frozenset({"validator"}),
     "SECRET": frozenset({"validator"}),
@@ -842,6 +848,14 @@ def _check_input_semantics(inp: Input, path: str, c: _Checker) -> bool:
             c.add(f"{path}.validator", str(exc))
     if kind == "FILE" and inp.defaults is not None:
         c.add(f"{path}.defaults", "A FILE input cannot have defaults: a file is uploaded")
+    if kind == "FILE" and inp.prefill is not None:
+        c.add(f"{path}.prefill", "A FILE input cannot have a prefill: a file is uploaded")
+    if inp.prefill is not None and inp.defaults is not None:
+        c.add(
+            f"{path}.prefill",
+            f"Input '{inp.id_}' has both `defaults` and `prefill`: keep `defaults` for a value "
+            "used when the input is left empty, or `prefill` for a suggestion that may be cleared",
+        )
     if kind == "ARRAY" and inp.itemType is None:
         c.add(f"{path}.itemType", "An ARRAY input needs an `itemType`, e.g. STRING or INT")
     if inp.itemType is not None and (
@@ -877,11 +891,14 @@ def _check_input_semantics(inp: Input, path: str, c: _Checker) -> bool:
             c.add(f"{path}.dependsOn.inputs", f"Input '{inp.id_}' cannot depend on itself")
         if inp.dependsOn.condition is not None and not inp.dependsOn.condition.strip():
             c.add(f"{path}.dependsOn.condition", "The condition is empty: remove it or write one")
-    if len(c.problems) == before and inp.defaults is not None and not is_templated(inp.defaults):
-        try:
-            convert(inp, inp.defaults)
-        except ValueError as exc:
-            c.add(f"{path}.defaults", f"Input '{inp.id_}': the default is not valid: {exc}")
+    for name in ("defaults", "prefill"):
+        value = getattr(inp, name)
+        if len(c.problems) == before and value is not None and not is_templated(value):
+            try:
+                convert(inp, value)
+            except ValueError as exc:
+                what = "default" if name == "defaults" else "prefill"
+                c.add(f"{path}.{name}", f"Input '{inp.id_}': the {what} is not valid: {exc}")
     return len(c.problems) == before
 
 

@@ -109,12 +109,14 @@ def resolve_inputs(flow: Flow, given: Mapping[str, Any]) -> dict[str, Any]:
             raw = inp.defaults
         if raw is None:
             if inp.required:
-                problems.append(
-                    Problem(
-                        f"Input '{name}' is required and has no default: give it a value",
-                        f"inputs.{name}",
-                    )
+                # A prefill is only what the form showed: left empty, the input has no value.
+                missing = (
+                    f"Input '{name}' is required and was left empty (its prefill is a suggestion, "
+                    "not a default): give it a value"
+                    if inp.prefill is not None
+                    else f"Input '{name}' is required and has no default: give it a value"
                 )
+                problems.append(Problem(missing, f"inputs.{name}"))
                 failed.add(name)
             else:
                 values[name] = None

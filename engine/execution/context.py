@@ -156,6 +156,8 @@ def attempt_definition(
     if task is None:
         raise AttemptNotFound(f"Execution {state.id} runs no task {run.taskId}")
     context = build_context(state, flow, run, task)
-    context["taskrun"]["attemptsCount"] = attempt  # the attempt being run counts
+    # Kestra counts the attempts made before the one running (0 on the first try), and its
+    # documented retry examples (`if attemptsCount == 4 then succeed`) rely on it.
+    context["taskrun"]["attemptsCount"] = attempt - 1
     definition: dict[str, Any] = msgspec.to_builtins(task)
     return definition, context

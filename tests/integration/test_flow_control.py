@@ -224,7 +224,7 @@ namespace: {ns}
 tasks:
   - id: third_time
     type: io.kestra.plugin.core.debug.Return
-    format: "{{{{ taskrun.attemptsCount == 3 ? 'ok' : ko }}}}"
+    format: "{{{{ taskrun.attemptsCount == 2 ? 'ok' : ko }}}}"
     retry:
       type: constant
       interval: PT0.1S
