@@ -20,7 +20,7 @@ from quart import Response, request, send_file
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from api import accounts_routes, bodies
+from api import accounts_routes, bodies, execution_filters
 from api import secrets as secrets_routes
 from api.auth import access, actor, install, namespace_filter, public, require_namespace
 from engine import commands
@@ -107,19 +107,6 @@ def _labels_arg() -> dict[str, str]:
             )
         labels[key] = value
     return labels
-
-
-def _date_arg(name: str) -> dt.datetime | None:
-    raw = request.args.get(name)
-    if not raw:
-        return None
-    try:
-        value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidRequest(
-            f"Query parameter '{name}' must be an ISO-8601 date-time, got {raw!r}"
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 async def _yaml_body() -> str:
@@ -454,15 +441,13 @@ def create_app(ctx: ServerContext) -> QuartTrio:
                 )
             ascending = direction.lower() == "asc"
         allowed, params = namespace_filter()
-        search = executions_model.Search(
-            namespace=request.args.get("namespace") or None,
-            flow_id=request.args.get("flowId") or None,
-            states=[s for v in request.args.getlist("state") for s in v.split(",") if s],
-            start_date=_date_arg("startDate"),
-            end_date=_date_arg("endDate"),
-            labels=_labels_arg(),
-            q=request.args.get("q") or None,
+        # Both the plain parameters and Kestra's filters[field][OPERATION]=value form.
+        filters = execution_filters.read_filters(
+            request.args.items(multi=True), dt.datetime.now(dt.UTC)
         )
+        if filters.nothing:
+            return _json({"results": [], "total": 0, "totalIsEstimate": False, "next": None})
+        search = filters.search
         after = request.args.get("after") or None
         found = await db.run(
             lambda conn: executions_model.search(
@@ -821,20 +806,13 @@ def _event_data(event: Any) -> dict[str, Any]:
 
 
 def _execution_row(row: dict[str, Any]) -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "current": row["state"],
-        "histories": row["histories"],
-        "startDate": iso(row["start_date"]),
-    }
-    if row["end_date"]:
-        state["endDate"] = iso(row["end_date"])
-        state["duration"] = f"PT{(row['end_date'] - row['start_date']).total_seconds():.3f}S"
+    histories = [(h["state"], h["date"]) for h in row["histories"]]
     return {
         "id": row["id"],
         "namespace": row["namespace"],
         "flowId": row["flow_id"],
         "flowRevision": row["flow_revision"],
-        "state": state,
+        "state": commands.state_json(row["state"], histories),
         "labels": row["labels"],
         "inputs": shown(row["inputs"]),
         "outputs": shown(row["outputs"] or {}),

@@ -10,7 +10,7 @@ import datetime as dt
 import secrets
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -532,7 +532,10 @@ def _loaded(
     return state
 
 
-def _state_json(current: str, histories: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+def state_json(current: str, histories: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """A state in Kestra's shape (current, histories, startDate, and once ended endDate and
+    duration), from its (state, date) history: the one source of an execution's dates, for
+    its own answer and the search's rows alike."""
     start = histories[0][1] if histories else None
     end = histories[-1][1] if histories and current in TERMINAL_STATES else None
     out: dict[str, Any] = {
@@ -558,7 +561,7 @@ def execution_json(state: Execution) -> dict[str, Any]:
         "namespace": state.namespace,
         "flowId": state.flowId,
         "flowRevision": state.flowRevision,
-        "state": _state_json(state.state, state.histories),
+        "state": state_json(state.state, state.histories),
         "taskRunList": [
             {
                 "id": run.id,
@@ -568,7 +571,7 @@ def execution_json(state: Execution) -> dict[str, Any]:
                 "parentTaskRunId": run.parentTaskRunId,
                 "taskId": run.taskId,
                 "value": run.value,
-                "state": _state_json(run.state, run.histories),
+                "state": state_json(run.state, run.histories),
                 "outputs": shown(run.outputs or {}),
                 "attempts": [
                     {"state": {"current": a.state}, "workerId": a.workerId} for a in run.attempts

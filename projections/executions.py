@@ -28,6 +28,7 @@ from psycopg.types.json import Jsonb
 from engine import events as ev
 from engine.errors import InvalidRequest
 from engine.execution import iso
+from engine.executor_shell import recorded
 from engine.plugin import TERMINAL_STATES
 from engine.store import StoredEvent
 
@@ -48,6 +49,7 @@ class _Change:
     """What the events of one batch do to one execution's row (those it has not seen yet)."""
 
     created: StoredEvent | None = None
+    start_date: dt.datetime | None = None
     state: str | None = None
     end_date: dt.datetime | None = None
     histories: list[dict[str, str]] = field(default_factory=list)
@@ -56,16 +58,18 @@ class _Change:
     task_runs: int = 0
     last_seq: int = 0
 
-    def add(self, e: StoredEvent) -> None:
+    def add(self, e: StoredEvent, at: dt.datetime) -> None:
+        """Apply `e`, which happened at `at` (see `_times`)."""
         event = e.event
         if isinstance(event, ev.ExecutionCreated):
             self.created = e
+            self.start_date = at
         elif isinstance(event, ev.ExecutionStateChanged):
             self.state = event.state
-            self.histories.append({"state": event.state, "date": iso(e.recorded_at)})
+            self.histories.append({"state": event.state, "date": iso(at)})
             if event.outputs is not None:
                 self.outputs = event.outputs
-            self.end_date = e.recorded_at if event.state in TERMINAL_STATES else None
+            self.end_date = at if event.state in TERMINAL_STATES else None
         elif isinstance(event, ev.ExecutionLabelsChanged):
             self.labels = event.labels
         elif isinstance(event, ev.TaskRunCreated):
@@ -122,6 +126,7 @@ class ExecutionsProjection:
                 by_execution.setdefault(xid, []).append(e)
         if not by_execution:
             return
+        times = _times(by_execution, conn)
         seen = dict(
             conn.execute(
                 "SELECT id, last_seq FROM executions WHERE id = ANY(%b::text[])",
@@ -143,7 +148,7 @@ class ExecutionsProjection:
                 continue
             change = _Change()
             for e in fresh:
-                change.add(e)
+                change.add(e, times.get(e.seq, e.recorded_at))
             if last is not None:
                 changed.append((xid, change))
             elif change.created is not None:
@@ -157,13 +162,41 @@ class ExecutionsProjection:
             conn.execute(_UPDATE, _update_columns(changed))
 
 
+def _times(
+    by_execution: dict[str, list[StoredEvent]], conn: psycopg.Connection[Any]
+) -> dict[int, dt.datetime]:
+    """When each event the executor decided happened, by position: its cause's time.
+
+    The executor's replay (`engine.execution.replay`) dates a decision with the time of the
+    event it was decided for, not the moment it was appended, so `GET /executions/{id}` shows
+    those dates; the row takes the same ones, and the two agree to the millisecond.
+    """
+    causes: dict[int, int] = {}
+    for events in by_execution.values():
+        for e in events:
+            if not isinstance(e.event, ev.ExecutionCreated | ev.ExecutionStateChanged):
+                continue  # the only events whose time the row keeps
+            cause = recorded(e).decided_by
+            if cause is not None:
+                causes[e.seq] = int(cause)
+    if not causes:
+        return {}
+    found = dict(
+        conn.execute(
+            "SELECT seq, recorded_at FROM events WHERE seq = ANY(%b::bigint[])",
+            (sorted(set(causes.values())),),
+        ).fetchall()
+    )
+    return {seq: found[cause] for seq, cause in causes.items() if cause in found}
+
+
 def _insert_columns(changes: Sequence[_Change]) -> tuple[list[Any], ...]:
     columns: tuple[list[Any], ...] = tuple([] for _ in range(16))
     for c in changes:
         assert c.created is not None
         event = c.created.event
         assert isinstance(event, ev.ExecutionCreated)
-        created_at = c.created.recorded_at
+        created_at = c.start_date or c.created.recorded_at
         values = (
             event.executionId,
             event.namespace,
@@ -237,10 +270,14 @@ class Search:
 
     namespace: str | None = None
     """This namespace and those under it (`a` finds `a` and `a.b`, not `ab`)."""
+    namespace_exact: bool = False
+    """`namespace` alone, not those under it."""
     flow_id: str | None = None
     states: Sequence[str] = ()
     start_date: dt.datetime | None = None
     """Executions started at or after it."""
+    started_before: dt.datetime | None = None
+    """Executions started at or before it."""
     end_date: dt.datetime | None = None
     """Executions ended at or before it (Kestra's meaning: a running one has not ended)."""
     labels: dict[str, str] = field(default_factory=dict)
@@ -284,7 +321,10 @@ def condition(scope: str, scope_params: Sequence[Any], search: Search) -> Where:
     """The WHERE clause (and its parameters) of `search` within the caller's `scope`."""
     where = [scope]
     params: list[Any] = list(scope_params)
-    if search.namespace:
+    if search.namespace and search.namespace_exact:
+        where.append("namespace = %s")
+        params.append(search.namespace)
+    elif search.namespace:
         ns = search.namespace
         # One btree range, [ns, ns + '/'), minus the names that sort between ns and ns + '.'
         # (ns-x, ns+x, ...): what is left is ns itself and everything under ns + '.'. The
@@ -299,6 +339,9 @@ def condition(scope: str, scope_params: Sequence[Any], search: Search) -> Where:
     if search.start_date is not None:
         where.append("start_date >= %s")
         params.append(search.start_date)
+    if search.started_before is not None:
+        where.append("start_date <= %s")
+        params.append(search.started_before)
     if search.end_date is not None:
         # An execution ends after it starts: the second bound is implied, and lets the
         # date-ordered index start its scan at the end date instead of at the newest row.

@@ -1,0 +1,160 @@
+"""The API as Kestra's clients read it, through a real server: the executions search in both
+its forms (plain parameters and `filters[field][OPERATION]=value`), and the JSON shapes of
+Kestra's client models (flows, executions, task runs, attempts, log lines)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import httpx
+import trio
+
+YAML = {"Content-Type": "application/x-yaml"}
+SEARCH = "/api/v1/executions/search"
+
+
+def _ns() -> str:
+    return f"test.shapes.n{uuid.uuid4().hex[:8]}"
+
+
+def _flow(namespace: str, flow_id: str = "hello", fail: bool = False) -> str:
+    task = (
+        "  - id: boom\n    type: io.kestra.plugin.core.execution.Fail\n"
+        if fail
+        else "  - id: say\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n"
+    )
+    return f"id: {flow_id}\nnamespace: {namespace}\ntasks:\n{task}"
+
+
+async def _deploy(client: httpx.AsyncClient, source: str) -> dict[str, Any]:
+    response = await client.post("/api/v1/flows", content=source, headers=YAML)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+async def _run(client: httpx.AsyncClient, namespace: str, flow_id: str, *labels: str) -> str:
+    params: list[tuple[str, str]] = [("wait", "true"), *(("labels", label) for label in labels)]
+    response = await client.post(f"/api/v1/executions/{namespace}/{flow_id}", params=params)
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
+async def _until_indexed(client: httpx.AsyncClient, namespace: str, count: int) -> None:
+    """Wait until the search's read model holds `count` ended executions under `namespace`."""
+    with trio.fail_after(15):
+        while True:
+            answer = (
+                await client.get(
+                    SEARCH,
+                    params={"namespace": namespace, "state": ["SUCCESS", "FAILED"], "size": 100},
+                )
+            ).json()
+            if answer["total"] >= count:
+                return
+            await trio.sleep(0.05)
+
+
+async def test_search_answers_kestra_filters_form_like_the_plain_parameters(
+    client: httpx.AsyncClient,
+) -> None:
+    ns = _ns()
+    await _deploy(client, _flow(ns))
+    await _deploy(client, _flow(f"{ns}.etl", "load"))
+    await _deploy(client, _flow(ns, "broken", fail=True))
+    await _deploy(client, _flow(f"{ns}x", "hello"))
+    hello = await _run(client, ns, "hello", "env:prod", "team:a")
+    load = await _run(client, f"{ns}.etl", "load", "env:dev")
+    broken = await _run(client, ns, "broken", "env:prod")
+    await _run(client, f"{ns}x", "hello", "env:prod")
+    await _until_indexed(client, ns, 3)
+
+    async def ids(params: list[tuple[str, str]] | dict[str, str]) -> list[str]:
+        response = await client.get(SEARCH, params=params)
+        assert response.status_code == 200, response.text
+        return [e["id"] for e in response.json()["results"]]
+
+    prefix = {"filters[namespace][PREFIX]": ns}
+    assert await ids(prefix) == [broken, load, hello]
+    assert await ids({"filters[namespace][EQUALS]": ns}) == [broken, hello]
+    assert await ids({**prefix, "filters[flowId][EQUALS]": "load"}) == [load]
+    assert await ids({**prefix, "filters[state][EQUALS]": "FAILED"}) == [broken]
+    assert await ids({**prefix, "filters[state][IN]": "[FAILED,SUCCESS]"}) == [
+        broken,
+        load,
+        hello,
+    ]
+    assert await ids([*prefix.items(), ("filters[state][IN]", "failed")]) == [broken]
+    assert await ids({**prefix, "filters[state][NOT_IN]": "FAILED,KILLED"}) == [load, hello]
+    assert await ids({**prefix, "filters[state][NOT_EQUALS]": "SUCCESS"}) == [broken]
+    assert await ids({**prefix, "filters[labels][EQUALS][env]": "prod"}) == [broken, hello]
+    assert await ids(
+        {**prefix, "filters[labels][EQUALS][env]": "prod", "filters[labels][EQUALS][team]": "a"}
+    ) == [hello]
+    assert await ids({**prefix, "filters[labels][EQUALS]": "env:dev"}) == [load]
+    assert await ids({**prefix, "filters[q][EQUALS]": "etl"}) == [load]
+    assert await ids({**prefix, "filters[scope][EQUALS]": "USER"}) == [broken, load, hello]
+    # Both forms together narrow each other; filters that exclude each other find nothing.
+    assert await ids({**prefix, "state": "FAILED", "filters[labels][EQUALS][env]": "prod"}) == [
+        broken
+    ]
+    assert await ids({**prefix, "state": "FAILED", "filters[state][EQUALS]": "SUCCESS"}) == []
+
+    everything = (await client.get(SEARCH, params=prefix)).json()["results"]
+    by_id = {e["id"]: e for e in everything}
+    load_start = dt.datetime.fromisoformat(by_id[load]["state"]["startDate"])
+    load_end = dt.datetime.fromisoformat(by_id[load]["state"]["endDate"])
+    at = load_start.isoformat()
+    assert await ids({**prefix, "filters[startDate][GREATER_THAN_OR_EQUAL_TO]": at}) == [
+        broken,
+        load,
+    ]
+    assert await ids({**prefix, "filters[startDate][GREATER_THAN]": at}) == [broken]
+    assert await ids({**prefix, "filters[startDate][LESS_THAN_OR_EQUAL_TO]": at}) == [
+        load,
+        hello,
+    ]
+    assert await ids({**prefix, "filters[startDate][LESS_THAN]": at}) == [hello]
+    assert await ids(
+        {**prefix, "filters[endDate][LESS_THAN_OR_EQUAL_TO]": load_end.isoformat()}
+    ) == [load, hello]
+    assert await ids({**prefix, "filters[timeRange][EQUALS]": "PT1H"}) == [broken, load, hello]
+    assert await ids({**prefix, "timeRange": "P1D"}) == [broken, load, hello]
+
+
+async def test_search_refuses_what_it_cannot_answer_naming_it(client: httpx.AsyncClient) -> None:
+    cases = {
+        "state=DONE": ({"state": "DONE"}, "DONE"),
+        "filters[state][IN]": ({"filters[state][IN]": "SUCCESS,FINISHED"}, "FINISHED"),
+        "unknown field": ({"filters[color][EQUALS]": "red"}, "color"),
+        "unsupported operation": ({"filters[namespace][REGEX]": "a.*"}, "REGEX"),
+        "unknown operation": ({"filters[flowId][LIKE]": "a"}, "LIKE"),
+        "unknown parameter": ({"status": "FAILED"}, "status"),
+        "bad date": ({"filters[startDate][GREATER_THAN]": "yesterday"}, "yesterday"),
+        "bad duration": ({"filters[timeRange][EQUALS]": "24 hours"}, "24 hours"),
+        "grouped": ({"filters[or][0][state][EQUALS]": "FAILED"}, "grouped"),
+        "label without key": ({"filters[labels][EQUALS]": "prod"}, "key"),
+    }
+    for case, (params, named) in cases.items():
+        response = await client.get(SEARCH, params=params)
+        assert response.status_code == 400, (case, response.text)
+        assert named in response.json()["message"], (case, response.text)
+
+
+async def test_an_execution_and_its_search_row_show_the_same_dates_to_the_millisecond(
+    client: httpx.AsyncClient,
+) -> None:
+    ns = _ns()
+    source = (
+        _flow(ns) + "  - id: again\n    type: io.kestra.plugin.core.log.Log\n    message: bye\n"
+    )
+    await _deploy(client, source)
+    execution_id = await _run(client, ns, "hello")
+    await _until_indexed(client, ns, 1)
+    execution = (await client.get(f"/api/v1/executions/{execution_id}")).json()
+    row = (await client.get(SEARCH, params={"namespace": ns})).json()["results"][0]
+    assert row["id"] == execution_id
+    assert row["state"] == execution["state"]
+    assert [h["state"] for h in row["state"]["histories"]] == ["CREATED", "RUNNING", "SUCCESS"]
+    assert row["state"]["endDate"] == execution["state"]["histories"][-1]["date"]
