@@ -20,7 +20,7 @@ from quart import Response, request, send_file
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from api import accounts_routes, bodies, execution_filters
+from api import accounts_routes, bodies, execution_filters, metrics
 from api import secrets as secrets_routes
 from api.auth import access, actor, install, namespace_filter, public, require_namespace
 from engine import commands
@@ -28,6 +28,7 @@ from engine.backoff import is_transient
 from engine.errors import InvalidRequest, NotFound, Problem, TiercelError, WrongExpectedVersion
 from engine.execution import iso
 from engine.flow import Flow, flow_to_dict, parse_flow
+from engine.health import readiness as readiness_report
 from engine.inputs import resolve_inputs_off_loop
 from engine.plugin import Task, describe, plugin_list, property_docs, schema, task_type
 from engine.secrets import shown
@@ -166,6 +167,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.after_request(bodies.drain)
     accounts_routes.register(app, guard)
     app.register_blueprint(secrets_routes.blueprint(ctx))
+    metrics.register(app, ctx)
 
     @app.errorhandler(TiercelError)
     async def domain_error(exc: TiercelError) -> Response:
@@ -211,18 +213,21 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     async def health_report(starting: bool) -> tuple[bool, dict[str, Any]]:
         """Whether the process is ready, and the body that says so and why not."""
         db_up = await db.ping()
-        components: dict[str, Any] = {"db": {"status": "UP" if db_up else "DOWN"}}
-        if not db_up:
-            components["db"]["reason"] = "The database does not answer"
-        components.update({n: c.to_json() for n, c in ctx.health.components().items()})
-        down = [
-            f"{n} ({c.get('reason', 'DOWN')})"
-            for n, c in components.items()
-            if c["status"] == "DOWN"
-        ]
-        if starting and not ctx.ready.is_set():
-            down.append("server (still starting)")
-        body: dict[str, Any] = {"status": "DOWN" if down else "UP", "components": components}
+        head, checkpoints = None, None
+        if db_up:
+            try:
+                head, checkpoints = await metrics.log_positions(db)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                db_up = False
+        ready, body = readiness_report(
+            ctx.health,
+            database_up=db_up,
+            head=head,
+            started=ctx.ready.is_set() or not starting,
+            checkpoints=checkpoints,
+        )
         if db_up:
             # Executions the executor set aside: reported, not a reason to take the node out.
             parked = await db.fetchall(
@@ -231,9 +236,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
             )
             if parked:
                 body["parkedExecutions"] = parked
-        if down:
-            body["message"] = "Not ready: " + "; ".join(down)
-        return not down, body
+        return ready, body
 
     @app.get("/health")
     @public

@@ -4,6 +4,11 @@ Consumers (subscriptions, timers, the worker, the LISTEN connection) mark themse
 they back off from an error and UP once a call succeeds again, so readiness tells the truth
 during a database outage instead of answering UP while nothing moves. The registry is plain
 in-memory state shared through `ServerContext.health`; it never touches the database.
+
+Subscriptions also note the position they have read up to (`Health.progress`), so a projection's
+lag (events between its position and the head of the log) is known exactly in the process that
+runs it. `readiness` turns the registry, the database's answer and those lags into the body of
+`/health/readiness`: one entry per component, and a message naming each one that is DOWN.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 
 class Status(enum.StrEnum):
@@ -42,6 +48,7 @@ class Health:
 
     def __init__(self) -> None:
         self._components: dict[str, ComponentHealth] = {}
+        self._positions: dict[str, int] = {}
 
     def up(self, name: str) -> None:
         """Mark `name` UP; a component already UP keeps its `since`."""
@@ -61,6 +68,15 @@ class Health:
     def forget(self, name: str) -> None:
         """Drop `name` (a component that stopped on purpose no longer counts)."""
         self._components.pop(name, None)
+        self._positions.pop(name, None)
+
+    def progress(self, name: str, position: int) -> None:
+        """Note that consumer `name` has read every event up to `position`."""
+        self._positions[name] = position
+
+    def positions(self) -> dict[str, int]:
+        """The position each consumer of this process has read up to, by name."""
+        return dict(sorted(self._positions.items()))
 
     def get(self, name: str) -> ComponentHealth | None:
         """The state of `name`, or None when it never reported."""
@@ -81,3 +97,57 @@ class Health:
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._components))
+
+
+PROJECTION_PREFIX = "projection:"
+"""Health components (and checkpoints) of projections are named `projection:<name>`."""
+
+
+def readiness(
+    health: Health,
+    *,
+    database_up: bool,
+    head: int | None,
+    started: bool,
+    checkpoints: dict[str, int] | None = None,
+) -> tuple[bool, dict[str, Any]]:
+    """Whether this process is ready, and the `/health/readiness` body that says why (not).
+
+    `database_up` is whether the database answered just now, `head` the last position of the
+    log (None when unknown), `started` whether every component of the process has started, and
+    `checkpoints` the recorded position of each projection (used for the projections that run
+    in another process). Each projection's entry carries its `lag`: the events between the
+    position it has read up to and the head. The body has one entry per component and, when
+    anything is DOWN, a `message` that names each such component and why.
+    """
+    components: dict[str, dict[str, Any]] = {
+        "database": {"status": Status.UP.value}
+        if database_up
+        else {"status": Status.DOWN.value, "reason": "The database does not answer"}
+    }
+    components.update({n: c.to_json() for n, c in health.components().items()})
+    if head is not None:
+        positions = health.positions()
+        for name, position in positions.items():
+            if name.startswith(PROJECTION_PREFIX) and name in components:
+                components[name]["lag"] = max(0, head - position)
+        for name, position in (checkpoints or {}).items():
+            if name.startswith(PROJECTION_PREFIX) and name not in positions:
+                # Run by another process: its checkpoint moves only when it writes, so this
+                # lag is an upper bound.
+                components.setdefault(name, {"status": Status.UP.value, "elsewhere": True})
+                components[name]["lag"] = max(0, head - position)
+    down = [
+        f"{name} ({entry.get('reason', 'DOWN')})"
+        for name, entry in components.items()
+        if entry["status"] == Status.DOWN.value
+    ]
+    if not started:
+        down.append("server (still starting)")
+    body: dict[str, Any] = {
+        "status": Status.DOWN.value if down else Status.UP.value,
+        "components": components,
+    }
+    if down:
+        body["message"] = "Not ready: " + "; ".join(down)
+    return not down, body

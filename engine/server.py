@@ -68,6 +68,8 @@ class ServerContext:
     """The first account's password when the database has none (generated when not given)."""
     allowed_origins: tuple[str, ...] = ()
     """Origins besides the server's own from which browsers may send state-changing requests."""
+    worker: Worker | None = None
+    """The worker of this process, when it runs one (its slots are shown in the metrics)."""
 
 
 Service = Callable[..., Awaitable[None]]
@@ -200,6 +202,7 @@ async def run_server(
                     storage=ctx.storage,
                     handoff=handoff,
                 )
+                ctx.worker = worker
                 await nursery.start(supervise, "service:worker", health, worker.run)
             for role in roles:
                 if role in registered:

@@ -97,6 +97,7 @@ class Subscription:
                 if batch:
                     await handler(batch)
                 self.position = reached
+                self.health.progress(self.name, reached)
             except Exception as exc:
                 reason = describe(exc)
                 if is_transient(exc):

@@ -49,6 +49,8 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("GET", "/health", {}, "public"),
     ("GET", "/health/liveness", {}, "public"),
     ("GET", "/health/readiness", {}, "public"),
+    ("GET", "/prometheus", {}, "viewer"),
+    ("GET", "/metrics", {}, "viewer"),
     ("POST", "/api/v1/login", {"json": {}}, "public"),
     ("POST", "/api/v1/logout", {}, "public"),
     ("POST", "/api/v1/flows", {"content": "id: [", "headers": YAML}, "editor"),
