@@ -35,20 +35,46 @@ def _load_config(path: str | None) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
-        raise click.UsageError(f"Cannot read config file {path}: {exc.strerror}") from exc
+        raise click.ClickException(f"Cannot read config file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise click.UsageError(f"Config file {path} is not valid YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise click.UsageError(f"Config file {path} must be a YAML mapping")
-    tiercel = data.get("tiercel", data)
-    settings = dict(tiercel) if isinstance(tiercel, dict) else {}
-    kestra = data.get("kestra")
-    if isinstance(kestra, dict):
-        # Kestra's own keys that Tiercel honours (kestra.server.basic-auth.*).
-        settings.setdefault("kestra", kestra)
-    return settings
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "it cannot be parsed"
+        raise click.ClickException(
+            f"Config file {path} is not valid YAML{where}: {problem}"
+        ) from None
+    from engine.config import ConfigError, read_settings
+
+    try:
+        # Tiercel's keys and Kestra's (engine/config.py); a wrong type is one line naming it.
+        checked = read_settings(data, f"Config file {path}")
+    except ConfigError as exc:
+        raise click.ClickException(exc.message) from None
+    if checked.unknown:
+        log.warning(
+            "Config file %s: not read by Tiercel, ignored: %s", path, ", ".join(checked.unknown)
+        )
+    return checked.values
+
+
+def _config_server_options() -> dict[str, Any]:
+    """What the settings file gives `run_server` besides the flags: the `globals` and `envs`
+    of templates, where internal storage and task working directories live."""
+    from engine.config import ConfigError, template_variables
+    from engine.storage import LocalStorage
+
+    ctx = click.get_current_context(silent=True)
+    config = ctx.find_root().meta.get("config", {}) if ctx else {}
+    try:
+        options: dict[str, Any] = {"template_variables": template_variables(config, os.environ)}
+    except ConfigError as exc:
+        raise click.ClickException(exc.message) from None
+    # The environment wins over the file, as for every other setting.
+    if config.get("storage-dir") and not os.environ.get("TIERCEL_STORAGE_DIR"):
+        options["storage"] = LocalStorage(Path(config["storage-dir"]))
+    if config.get("tmp-dir"):
+        options["work_dir"] = Path(config["tmp-dir"])
+    return options
 
 
 def _config_callback(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -218,6 +244,7 @@ def _serve(roles: tuple[str, ...], *, embedded_ok: bool, **options: Any) -> None
         "heartbeat_timeout": float(
             _setting("heartbeat-timeout", options.get("heartbeat_timeout"), 15.0)
         ),
+        **_config_server_options(),
         # Body limits (api/bodies.py): the environment wins over these configuration keys.
         "extra": {
             key.replace("-", "_"): _setting(key, None)
@@ -411,7 +438,8 @@ def sys_verify(
 
     url = _setting("database-url", database_url)
     folder = Path(_setting("data-dir", data_dir) or _default_data_dir())
-    storage = LocalStorage(storage_root(folder))
+    configured = _config_server_options().get("storage")
+    storage = configured if configured is not None else LocalStorage(storage_root(folder))
     embedded = None
     try:
         if not url:
@@ -585,6 +613,7 @@ async def _flow_test(
     from engine.embedded import EmbeddedPostgres
     from engine.server import run_server
 
+    variables = _config_server_options()["template_variables"]  # globals and envs of the file
     with tempfile.TemporaryDirectory(prefix="tiercel-flow-test-") as tmp:
         embedded = None
         if not url:
@@ -598,6 +627,7 @@ async def _flow_test(
                         url,
                         ("executor", "worker"),
                         data_dir=Path(tmp),
+                        template_variables=variables,
                         heartbeat_interval=1.0,
                     )
                 )

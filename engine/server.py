@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from engine.backoff import Backoff, describe, is_transient, retry
+from engine.config import template_variables
 from engine.db import Database, Notifier, runtime_url
 from engine.executor_shell import ExecutorShell
 from engine.feed import Feed
@@ -68,6 +69,10 @@ class ServerContext:
     """The first account's password when the database has none (generated when not given)."""
     allowed_origins: tuple[str, ...] = ()
     """Origins besides the server's own from which browsers may send state-changing requests."""
+    template_variables: dict[str, Any] = field(default_factory=dict)
+    """The `globals` and `envs` roots workers add to what tasks render (engine/config.py)."""
+    work_dir: Path | None = None
+    """Where workers make the working directories of attempts (default `<data_dir>/work`)."""
     worker: Worker | None = None
     """The worker of this process, when it runs one (its slots are shown in the metrics)."""
 
@@ -167,6 +172,8 @@ async def run_server(
     storage = options.pop("storage", None) or LocalStorage(storage_root(options.get("data_dir")))
     store = EventStore(db, storage)
     notifier = Notifier(url, CHANNEL, health=health)
+    if not options.get("template_variables"):
+        options["template_variables"] = template_variables({}, os.environ)
     ctx = ServerContext(
         url=url, db=db, store=store, notifier=notifier, health=health, storage=storage, **options
     )
@@ -198,9 +205,10 @@ async def run_server(
                     slots=ctx.worker_slots,
                     heartbeat_interval=ctx.heartbeat_interval,
                     heartbeat_timeout=ctx.heartbeat_timeout,
-                    work_dir=(ctx.data_dir / "work") if ctx.data_dir else None,
+                    work_dir=ctx.work_dir or ((ctx.data_dir / "work") if ctx.data_dir else None),
                     storage=ctx.storage,
                     handoff=handoff,
+                    variables=ctx.template_variables,
                 )
                 ctx.worker = worker
                 await nursery.start(supervise, "service:worker", health, worker.run)

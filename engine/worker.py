@@ -57,7 +57,7 @@ import socket
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -434,8 +434,12 @@ class Worker:
         storage: Storage | None = None,
         health: Health | None = None,
         handoff: Handoff | None = None,
+        variables: Mapping[str, Any] | None = None,
     ) -> None:
         self.store = store
+        self.variables = dict(variables or {})
+        """Roots every task renders with besides its execution's (`globals`, `envs`): this
+        process's settings, never recorded, so the executor's decisions cannot depend on them."""
         self.notifier = notifier
         self.handoff = handoff
         """What the executor of this process hands over (attempts' definitions), if any."""
@@ -869,6 +873,7 @@ class Worker:
             )
         except TiercelError as exc:
             return ev.AttemptFailed(**ids, message=f"The execution's secret values: {exc.message}")
+        context = {**context, **self.variables}
         level = str(task.get("logLevel") or "TRACE")
         ctx = AttemptContext(
             attempt.scheduled,

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
 import pytest
+import yaml
 
 from engine.commands import create_execution, deploy_flow
 from engine.errors import FlowValidationError, InputValidationError
@@ -166,3 +179,150 @@ async def test_required_prefilled_input_left_empty_starts_nothing(
     record = await deploy_flow(engine.store, source)
     with pytest.raises(InputValidationError):
         await create_execution(engine.store, record.namespace, record.id, {})
+
+
+# --- a Kestra configuration file, through the real command ----------------------------------------
+
+TIERCEL = [sys.executable, "-m", "engine.cli"]
+
+CONFIGURED_FLOW = """
+id: configured
+namespace: test.config
+tasks:
+  - id: values
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{ envs.team }}/{{ globals.environment }}/{{ globals['my-var'] }}"
+  - id: file
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands:
+      - echo "{{ globals.nested.region }}" > region.txt
+    outputFiles:
+      - region.txt
+"""
+
+
+def _jdbc(url: str) -> tuple[str, str | None, str | None]:
+    """The test database as Kestra's `datasources.postgres` writes it."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"jdbc:postgresql://{host}{parts.path}?{parts.query}", parts.username, parts.password
+
+
+def _kestra_config(tmp_path: Path, database_url: str, port: int) -> Path:
+    jdbc, user, password = _jdbc(database_url)
+    config = {
+        "datasources": {"postgres": {"url": jdbc, "username": user, "password": password}},
+        "micronaut": {"server": {"port": port}},
+        "kestra": {
+            "repository": {"type": "postgres"},
+            "queue": {"type": "postgres"},
+            "url": "http://localhost:8080/",
+            "server": {"basic-auth": {"enabled": False}},
+            "storage": {"type": "local", "local": {"base-path": str(tmp_path / "storage")}},
+            "tasks": {"tmp-dir": {"path": str(tmp_path / "wd")}},
+            "variables": {
+                "env-vars-prefix": "KESTRA_",
+                "globals": {"environment": "staging", "myVar": "mine", "nested": {"region": "eu"}},
+            },
+        },
+    }
+    path = tmp_path / "application.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _env() -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TIERCEL_DATABASE_URL", "TIERCEL_STORAGE_DIR", "TIERCEL_ADMIN_PASSWORD")
+    }
+    env.update(KESTRA_TEAM="data-eng", TIERCEL_SECRET_THING="never shown")
+    return env
+
+
+def test_flow_test_renders_envs_and_globals_of_a_kestra_config(
+    tmp_path: Path, database_url: str
+) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(CONFIGURED_FLOW)
+    config = _kestra_config(tmp_path, database_url, 8080)
+    result = subprocess.run(
+        [*TIERCEL, "flow", "test", str(flow), "--config", str(config), "--json",
+         "--database-url", database_url],
+        capture_output=True, text=True, timeout=120, env=_env(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    outputs = {r["taskId"]: r["outputs"] for r in summary["taskRuns"]}
+    assert outputs["values"] == {"value": "data-eng/staging/mine"}
+    # Kestra's keys Tiercel does not read are named once; none is a traceback.
+    assert "not read by Tiercel, ignored: kestra.url" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_wrong_value_in_a_kestra_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(CONFIGURED_FLOW)
+    config = tmp_path / "bad.yml"
+    config.write_text("kestra:\n  variables:\n    globals: [not, a, mapping]\n")
+    result = subprocess.run(
+        [*TIERCEL, "flow", "test", str(flow), "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env=_env(),
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "`kestra.variables.globals` must be a mapping" in lines[0]
+
+
+def test_server_runs_on_a_kestra_application_file(tmp_path: Path, database_url: str) -> None:
+    port = _free_port()
+    config = _kestra_config(tmp_path, database_url, port)
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        # No --database-url, --port or --no-auth: all of it comes from Kestra's keys.
+        server = subprocess.Popen(
+            [*TIERCEL, "server", "standalone", "--config", str(config)],
+            env=_env(), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base[:-7]}/health/readiness", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        ns = f"test.c{uuid.uuid4().hex[:10]}"
+        source = CONFIGURED_FLOW.replace("test.config", ns)
+        created = httpx.post(
+            f"{base}/flows", content=source, headers={"Content-Type": "application/x-yaml"}
+        )
+        assert created.status_code == 200, created.text
+        run = httpx.post(f"{base}/executions/{ns}/configured?wait=true", timeout=60)
+        assert run.status_code == 200, run.text
+        execution = run.json()
+        assert execution["state"]["current"] == "SUCCESS", execution
+        outputs = {t["taskId"]: t.get("outputs") for t in execution["taskRunList"]}
+        assert outputs["values"] == {"value": "data-eng/staging/mine"}
+        # Task files live under Kestra's storage base-path, working dirs under its tmp-dir.
+        stored = list((tmp_path / "storage").rglob("region.txt"))
+        assert [p.read_text() for p in stored] == ["eu\n"]
+        assert list((tmp_path / "wd").glob("*.lock"))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    text = log.read_text()
+    assert "not read by Tiercel, ignored: kestra.url" in text
+    assert text.count("not read by Tiercel") == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
