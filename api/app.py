@@ -139,8 +139,15 @@ def _flow_json(record: commands.FlowRecord) -> dict[str, Any]:
             "revision": record.revision,
             "deleted": record.deleted,
             "source": record.source,
+            "tenantId": commands.TENANT,
         }
     )
+    # Kestra's client model: labels a list of {key, value}, `disabled` always there.
+    labels = out.get("labels")
+    out["labels"] = (
+        [{"key": k, "value": v} for k, v in labels.items()] if isinstance(labels, dict) else []
+    )
+    out["disabled"] = bool(out.get("disabled", False))
     if record.updated:
         out["updated"] = record.updated
     return out
@@ -616,22 +623,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
                 conn, execution_id, levels, task_run_id=task_run_id, task_id=task_id
             )
         )
-        return _json(
-            [
-                {
-                    "namespace": r["namespace"],
-                    "flowId": r["flow_id"],
-                    "executionId": r["execution_id"],
-                    "taskId": r["task_id"],
-                    "taskRunId": r["task_run_id"],
-                    "attemptNumber": r["attempt"],
-                    "timestamp": r["timestamp"],
-                    "level": r["level"],
-                    "message": r["message"],
-                }
-                for r in rows
-            ]
-        )
+        return _json([_log_json(r) for r in rows])
 
     async def _logs_caught_up(execution_id: str) -> None:
         """Wait (briefly) until the logs read model holds every log event of the execution."""
@@ -808,10 +800,31 @@ def _event_data(event: Any) -> dict[str, Any]:
     return {"value": data}
 
 
+def _log_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A log line in the shape of Kestra's `LogEntry`. Tiercel logs executions only (no trigger
+    logs), and records no thread; both are null, as Kestra's are where it has none."""
+    return {
+        "tenantId": commands.TENANT,
+        "namespace": row["namespace"],
+        "flowId": row["flow_id"],
+        "executionId": row["execution_id"],
+        "taskId": row["task_id"],
+        "taskRunId": row["task_run_id"],
+        "attemptNumber": row["attempt"],
+        "triggerId": None,
+        "timestamp": row["timestamp"],
+        "level": row["level"],
+        "thread": None,
+        "message": row["message"],
+        "executionKind": None,
+    }
+
+
 def _execution_row(row: dict[str, Any]) -> dict[str, Any]:
     histories = [(h["state"], h["date"]) for h in row["histories"]]
     return {
         "id": row["id"],
+        "tenantId": commands.TENANT,
         "namespace": row["namespace"],
         "flowId": row["flow_id"],
         "flowRevision": row["flow_revision"],
@@ -819,8 +832,9 @@ def _execution_row(row: dict[str, Any]) -> dict[str, Any]:
         "labels": row["labels"],
         "inputs": shown(row["inputs"]),
         "outputs": shown(row["outputs"] or {}),
-        "trigger": row["trigger"],
+        "trigger": commands.trigger_json(row["trigger"]),
         "parentId": row["parent_id"],
         "originalId": row["original_id"],
         "taskRunCount": row["task_run_count"],
+        "deleted": False,
     }

@@ -123,13 +123,18 @@ async def deploy_flow(
     revision = (latest.revision + 1) if latest else 1
     event_type = ev.FlowUpdated if latest else ev.FlowCreated
     event = event_type(namespace=flow.namespace, flowId=flow.id, revision=revision, source=source)
-    await store.append(
+    written = await store.append(
         stream,
         [event],
         expected_version=history[-1].version if history else NO_STREAM,
         meta={"actor": actor},
     )
-    return FlowRecord(flow.namespace, flow.id, revision, source, False, None)
+    # The revision's date as recorded (Kestra's `updated`), as a read of it will show it.
+    row = await store.db.fetchone(
+        "SELECT recorded_at FROM events WHERE seq = %s", (written.last_seq,)
+    )
+    updated = iso(row["recorded_at"]) if row else None
+    return FlowRecord(flow.namespace, flow.id, revision, source, False, updated)
 
 
 async def flow_revisions(store: EventStore, namespace: str, flow_id: str) -> list[FlowRecord]:
@@ -554,10 +559,24 @@ def _parse(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+TENANT = "main"
+"""The tenant every object belongs to (Tiercel has one), as Kestra's `tenantId`."""
+
+
+def trigger_json(trigger: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An execution's trigger in Kestra's shape: `id`, `type`, `variables`. A subflow's
+    trigger recorded before it carried its task's id shows `id` as null."""
+    if trigger is None:
+        return None
+    return {"id": None, "type": None, "variables": {}, **trigger}
+
+
 def execution_json(state: Execution) -> dict[str, Any]:
-    """An execution in Kestra's JSON shape."""
+    """An execution in Kestra's JSON shape (its client model `Execution`, with `TaskRun` and
+    `TaskRunAttempt`)."""
     return {
         "id": state.id,
+        "tenantId": TENANT,
         "namespace": state.namespace,
         "flowId": state.flowId,
         "flowRevision": state.flowRevision,
@@ -565,16 +584,19 @@ def execution_json(state: Execution) -> dict[str, Any]:
         "taskRunList": [
             {
                 "id": run.id,
+                "tenantId": TENANT,
                 "executionId": state.id,
                 "namespace": state.namespace,
                 "flowId": state.flowId,
                 "parentTaskRunId": run.parentTaskRunId,
                 "taskId": run.taskId,
                 "value": run.value,
+                "iteration": run.iteration,
                 "state": state_json(run.state, run.histories),
                 "outputs": shown(run.outputs or {}),
                 "attempts": [
-                    {"state": {"current": a.state}, "workerId": a.workerId} for a in run.attempts
+                    {"state": state_json(a.state, a.histories), "workerId": a.workerId}
+                    for a in run.attempts
                 ],
                 **({"message": run.message} if run.message else {}),
             }
@@ -585,7 +607,9 @@ def execution_json(state: Execution) -> dict[str, Any]:
         "labels": [{"key": k, "value": v} for k, v in state.labels],
         "parentId": state.parentId,
         "originalId": state.originalId,
-        "trigger": state.trigger,
+        "trigger": trigger_json(state.trigger),
+        "deleted": False,
+        "metadata": {"attemptNumber": state.attempt, "originalCreatedDate": state.start_date},
         **({"message": state.message} if state.message else {}),
     }
 

@@ -353,6 +353,8 @@ class ExecutorShell:
                 ],
             ),
             trigger={
+                # Kestra's trigger id for a subflow: the id of the task that started it.
+                "id": run.taskId if (run := parent.taskruns.get(request.taskRunId)) else None,
                 "type": "io.kestra.plugin.core.flow.Subflow",
                 "variables": {
                     "executionId": parent.id,

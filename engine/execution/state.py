@@ -25,6 +25,8 @@ class Attempt(msgspec.Struct, frozen=True):
 
     state: str
     workerId: str | None = None
+    histories: tuple[tuple[str, str], ...] = ()
+    """The attempt's states, each with when it entered it (ISO-8601)."""
 
 
 class TaskRun(msgspec.Struct, frozen=True):
@@ -127,11 +129,17 @@ def _run_state(run: TaskRun, new: str, at: dt.datetime, **changes: Any) -> TaskR
     return msgspec.structs.replace(run, state=new, histories=histories, **changes)
 
 
-def _set_attempt(run: TaskRun, index: int, attempt: Attempt) -> TaskRun:
+def _set_attempt(
+    run: TaskRun, index: int, state: str, worker: str | None, at: dt.datetime
+) -> TaskRun:
     attempts = list(run.attempts)
     while len(attempts) < index:
         attempts.append(Attempt("CREATED"))
-    attempts[index - 1] = attempt
+    previous = attempts[index - 1]
+    histories = previous.histories
+    if previous.state != state or not histories:
+        histories = (*histories, (state, iso(at)))
+    attempts[index - 1] = Attempt(state, worker, histories)
     return msgspec.structs.replace(run, attempts=tuple(attempts))
 
 
@@ -275,12 +283,12 @@ def _evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execut
                 )
         return changed
     if isinstance(event, ev.AttemptScheduled):
-        return _with_run(state, _set_attempt(run, event.attempt, Attempt("CREATED")))
+        return _with_run(state, _set_attempt(run, event.attempt, "CREATED", None, at))
     if isinstance(event, ev.AttemptKilled) and 0 < event.attempt <= len(run.attempts):
         # A fact about the attempt whether or not the run ended first: folds the same in
         # either order.
         run = _set_attempt(
-            run, event.attempt, Attempt("KILLED", run.attempts[event.attempt - 1].workerId)
+            run, event.attempt, "KILLED", run.attempts[event.attempt - 1].workerId, at
         )
         return _with_run(state, msgspec.structs.replace(run, message=event.reason or run.message))
     if run.state in TERMINAL_STATES:
@@ -291,16 +299,16 @@ def _evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execut
     if last.state not in ("CREATED", "RUNNING"):
         return state  # the attempt already ended: a second report changes nothing
     if isinstance(event, ev.AttemptClaimed):
-        run = _set_attempt(run, event.attempt, Attempt("RUNNING", event.workerId))
+        run = _set_attempt(run, event.attempt, "RUNNING", event.workerId, at)
         return _with_run(state, _run_state(run, "RUNNING", at))
     if isinstance(event, ev.AttemptSucceeded):
-        run = _set_attempt(run, event.attempt, Attempt(event.state, last.workerId))
+        run = _set_attempt(run, event.attempt, event.state, last.workerId, at)
         changes: dict[str, Any] = {"outputs": event.outputs}
         if event.workingDirectoryFiles:
             changes["files"] = event.workingDirectoryFiles
         return _with_run(state, msgspec.structs.replace(run, **changes))
     if isinstance(event, ev.AttemptFailed):
-        run = _set_attempt(run, event.attempt, Attempt("FAILED", last.workerId))
+        run = _set_attempt(run, event.attempt, "FAILED", last.workerId, at)
         return _with_run(
             state,
             msgspec.structs.replace(
@@ -308,7 +316,7 @@ def _evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execut
             ),
         )
     if isinstance(event, (ev.AttemptAbandoned, ev.AttemptKilled)):
-        run = _set_attempt(run, event.attempt, Attempt("KILLED", last.workerId))
+        run = _set_attempt(run, event.attempt, "KILLED", last.workerId, at)
         return _with_run(state, msgspec.structs.replace(run, message=event.reason or run.message))
     return state
 

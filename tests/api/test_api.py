@@ -132,9 +132,11 @@ async def test_flow_revisions_update_and_delete(client: httpx.AsyncClient) -> No
     changed = _parallel_flow(ns).replace("team: data", "team: ops")
     updated = await client.put(f"/api/v1/flows/{ns}/hello", content=changed, headers=YAML)
     assert updated.status_code == 200 and updated.json()["revision"] == 2
-    assert (await client.get(f"/api/v1/flows/{ns}/hello")).json()["labels"] == {"team": "ops"}
+    labels = (await client.get(f"/api/v1/flows/{ns}/hello")).json()["labels"]
+    assert labels == [{"key": "team", "value": "ops"}]
     old = (await client.get(f"/api/v1/flows/{ns}/hello?revision=1")).json()
-    assert old["labels"] == {"team": "data"} and old["source"] == _parallel_flow(ns)
+    assert old["labels"] == [{"key": "team", "value": "data"}]
+    assert old["source"] == _parallel_flow(ns)
     revisions = (await client.get(f"/api/v1/flows/{ns}/hello/revisions")).json()
     assert [r["revision"] for r in revisions] == [1, 2]
 

@@ -158,3 +158,84 @@ async def test_an_execution_and_its_search_row_show_the_same_dates_to_the_millis
     assert row["state"] == execution["state"]
     assert [h["state"] for h in row["state"]["histories"]] == ["CREATED", "RUNNING", "SUCCESS"]
     assert row["state"]["endDate"] == execution["state"]["histories"][-1]["date"]
+
+
+async def test_flows_carry_kestra_labels_list_disabled_updated_and_tenant(
+    client: httpx.AsyncClient,
+) -> None:
+    ns = _ns()
+    source = f"id: labelled\nnamespace: {ns}\nlabels:\n  team: data\n  env: prod\n" + (
+        "tasks:\n  - id: say\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n"
+    )
+    created = await _deploy(client, source)
+    assert created["labels"] == [
+        {"key": "team", "value": "data"},
+        {"key": "env", "value": "prod"},
+    ]
+    assert created["disabled"] is False and created["deleted"] is False
+    assert created["tenantId"] == "main"
+    fetched = (await client.get(f"/api/v1/flows/{ns}/labelled")).json()
+    # The POST answer's `updated` is the revision's recorded date, as a read shows it.
+    assert created["updated"] == fetched["updated"]
+    assert dt.datetime.fromisoformat(created["updated"]).tzinfo is not None
+    listed = (await client.get("/api/v1/flows/search", params={"namespace": ns})).json()
+    assert listed["results"][0]["labels"] == created["labels"]
+    assert listed["results"][0]["disabled"] is False
+
+
+async def test_execution_task_runs_attempts_and_logs_have_kestra_shapes(
+    client: httpx.AsyncClient,
+) -> None:
+    ns = _ns()
+    await _deploy(client, _flow(ns))
+    execution = (await client.get(f"/api/v1/executions/{await _run(client, ns, 'hello')}")).json()
+    assert execution["tenantId"] == "main"
+    assert execution["deleted"] is False
+    assert execution["metadata"]["attemptNumber"] == 1
+    [run] = execution["taskRunList"]
+    assert run["tenantId"] == "main"
+    assert "iteration" in run and run["iteration"] is None
+    [attempt] = run["attempts"]
+    state = attempt["state"]
+    assert state["current"] == "SUCCESS"
+    assert [h["state"] for h in state["histories"]] == ["CREATED", "RUNNING", "SUCCESS"]
+    assert state["startDate"] == state["histories"][0]["date"]
+    assert state["endDate"] == state["histories"][-1]["date"]
+    assert state["duration"].startswith("PT") and state["duration"].endswith("S")
+    # The attempt lies within its task run.
+    assert run["state"]["startDate"] <= state["startDate"] <= state["endDate"]
+    assert state["endDate"] <= run["state"]["endDate"]
+
+    with trio.fail_after(15):
+        while not (lines := (await client.get(f"/api/v1/logs/{execution['id']}")).json()):
+            await trio.sleep(0.05)
+    [line] = lines
+    assert line["tenantId"] == "main" and line["message"] == "hi"
+    assert line["taskRunId"] == run["id"] and line["attemptNumber"] == 1
+    for key in ("triggerId", "thread", "executionKind"):
+        assert key in line and line[key] is None
+
+
+async def test_a_subflow_execution_names_the_task_that_started_it_in_its_trigger(
+    client: httpx.AsyncClient,
+) -> None:
+    ns = _ns()
+    await _deploy(client, _flow(ns, "child"))
+    parent = (
+        f"id: parent\nnamespace: {ns}\ntasks:\n"
+        f"  - id: start_child\n    type: io.kestra.plugin.core.flow.Subflow\n"
+        f"    namespace: {ns}\n    flowId: child\n"
+    )
+    await _deploy(client, parent)
+    parent_id = await _run(client, ns, "parent")
+    await _until_indexed(client, ns, 2)
+    [row] = (await client.get(SEARCH, params={"namespace": ns, "flowId": "child"})).json()[
+        "results"
+    ]
+    child = (await client.get(f"/api/v1/executions/{row['id']}")).json()
+    assert child["parentId"] == parent_id
+    trigger = child["trigger"]
+    assert trigger["id"] == "start_child"
+    assert trigger["type"] == "io.kestra.plugin.core.flow.Subflow"
+    assert trigger["variables"]["executionId"] == parent_id
+    assert row["trigger"] == trigger
