@@ -353,6 +353,10 @@ class Notifier:
         self._changed = trio.Event()
         self._conn: psycopg.Connection[Any] | None = None
         self.reconnects = 0
+        self.blind = 0
+        """Counts the wake-ups that came without a position (a connection made, when the
+        notifications sent meanwhile are gone; a notification without a payload): a reader that
+        skips reading when `latest` says nothing is new must read after each of these."""
 
     @property
     def is_connected(self) -> bool:
@@ -405,6 +409,7 @@ class Notifier:
             backoff.reset()
             self.connected.set()
             self.health.up(LISTEN)
+            self.blind += 1
             self._wake()
             if not started:
                 task_status.started()
@@ -445,6 +450,7 @@ class Notifier:
                 try:
                     position = int(note.extra)
                 except ValueError:  # no position given: read again to find out
+                    self.blind += 1
                     woke = True
                     continue
                 if position > self.latest:

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 FEED = "feed"
 """The health component of the feed."""
 
+_OWN_APPEND_WAIT = 0.02
+"""How long a notification may wait for this process's appends under way to end (one append
+takes about a millisecond; past this, the feed reads the log as usual)."""
+
 
 class Feed:
     """The process's recent events, read once; see the module's description."""
@@ -60,6 +64,16 @@ class Feed:
         self._events: list[StoredEvent] = []
         self._seqs: list[int] = []
         self._changed = trio.Event()
+        self.appending = 0
+        """Appends of this process under way (see `appended`)."""
+        self._appends_done = trio.Event()
+
+    def appended(self) -> None:
+        """One append of this process ended (its events, if any, are offered next)."""
+        self.appending -= 1
+        if self.appending == 0:
+            self._appends_done.set()
+            self._appends_done = trio.Event()
 
     # --- reading the log ----------------------------------------------------------------------
 
@@ -67,8 +81,11 @@ class Feed:
         """Follow the log until cancelled; started once the head is known."""
         backoff = Backoff()
         started = False
+        look = True  # read even if the notifier knows of nothing new (a poll, a full batch)
+        blind_read = -1
         while True:
             seen = self.notifier.generation
+            blind = self.notifier.blind
             try:
                 if self.start is None:
                     self.head = await self.store.head()
@@ -76,7 +93,17 @@ class Feed:
                     if not started:
                         task_status.started()
                         started = True
-                batch = await self.store.read_all(self.head, self.batch_size)
+                # The notification of a commit of this process can come back before the
+                # append that made it returns: let its own appends end first, which offer
+                # their events. A wake-up for a commit the feed then holds needs no read.
+                if self.appending and not look and blind == blind_read:
+                    with trio.move_on_after(_OWN_APPEND_WAIT):
+                        await self._appends_done.wait()
+                if look or blind != blind_read or self.notifier.latest > self.head:
+                    batch = await self.store.read_all(self.head, self.batch_size)
+                    blind_read = blind
+                else:
+                    batch = []
             except Exception as exc:
                 # While the feed cannot read, its subscriptions simply see nothing new; they
                 # read on by themselves once they fall behind what it holds.
@@ -90,10 +117,25 @@ class Feed:
             self.health.up(FEED)
             if batch:
                 self._keep(batch)
-            if len(batch) < self.batch_size:
+            look = len(batch) >= self.batch_size
+            if not look:
                 await self.notifier.wait(seen, self.poll_interval)
+                look = self.notifier.generation <= seen  # no wake-up: poll the log
+
+    def offer(self, events: list[StoredEvent]) -> None:
+        """Events this process has just committed, in order: kept at once when they follow
+        the head directly, so its consumers need not wait for the feed to read them. No other
+        event can lie between (positions are drawn under the append lock); when some other
+        commit came first, the feed reads them all as usual."""
+        if events and self.start is not None and events[0].seq == self.head + 1:
+            self._keep(events)
 
     def _keep(self, batch: list[StoredEvent]) -> None:
+        # A read that began before an offer may return what was offered meanwhile.
+        if batch[0].seq <= self.head:
+            batch = [e for e in batch if e.seq > self.head]
+            if not batch:
+                return
         self._events.extend(batch)
         self._seqs.extend(e.seq for e in batch)
         self.head = batch[-1].seq

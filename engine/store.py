@@ -191,7 +191,10 @@ def _append_sync(
     requests: Sequence[Append],
     extra: Extra | None,
     storage: Storage | None = None,
+    echo: list[StoredEvent] | None = None,
 ) -> list[AppendResult]:
+    """Append `requests` in one transaction; with `echo`, also put there the events written,
+    as a reader of the log would read them back."""
     if storage is not None:
         requests = [
             msgspec.structs.replace(r, events=[_offload(e, storage) for e in r.events])
@@ -212,7 +215,7 @@ def _append_sync(
                 "SELECT set_config('statement_timeout', %s, true), pg_advisory_xact_lock(%s)",
                 (APPEND_STATEMENT_TIMEOUT, _APPEND_LOCK),
             )
-            finish = _append_locked(conn, requests, encoded)
+            finish = _append_locked(conn, requests, encoded, echo is not None)
             if extra is not None:
                 extra(conn)
             conn.execute("COMMIT")
@@ -222,7 +225,10 @@ def _append_sync(
         _roll_back(conn)
         raise
     # Committed: the positions the inserts returned can be read now.
-    return finish()
+    results, rows = finish()
+    if echo is not None:
+        echo.extend(sorted((_row_to_event(r, storage) for r in rows), key=lambda e: e.seq))
+    return results
 
 
 def _roll_back(conn: psycopg.Connection[Any]) -> None:
@@ -236,10 +242,14 @@ def _roll_back(conn: psycopg.Connection[Any]) -> None:
 
 
 def _append_locked(
-    conn: psycopg.Connection[Any], requests: Sequence[Append], encoded: Sequence[_Encoded]
-) -> Callable[[], list[AppendResult]]:
+    conn: psycopg.Connection[Any],
+    requests: Sequence[Append],
+    encoded: Sequence[_Encoded],
+    echo: bool = False,
+) -> Callable[[], tuple[list[AppendResult], list[tuple[Any, ...]]]]:
     """Check and queue the inserts of `requests` (the append lock is queued before); return
-    what gives their results once the transaction's statements have run."""
+    what gives their results once the transaction's statements have run, with the rows
+    written (as `_COLUMNS`) when `echo`."""
     commands = [r.command_id for r in requests if r.command_id]
     streams = sorted({r.stream_id for r in requests})
     known = (
@@ -302,13 +312,16 @@ def _append_locked(
         results.append(None)
 
     if not pending:
-        return lambda: [r for r in results if r is not None]
+        return lambda: ([r for r in results if r is not None], [])
     # Binary parameters: the text form of an array escapes every quote and backslash of every
     # value, in Python, seconds for a large value while the lock is held.
     inserted = conn.execute(
         "INSERT INTO events (stream_id, version, type, data, meta, command_id)"
         " SELECT * FROM unnest(%b::text[], %b::int[], %b::text[], %b::jsonb[],"
-        " %b::jsonb[], %b::text[]) RETURNING stream_id, version, seq",
+        " %b::jsonb[], %b::text[]) RETURNING stream_id, version, seq"
+        # The rows as a reader reads them: jsonb orders the keys of objects its own way, and
+        # the events a process hands its own consumers must be the ones a replay reads.
+        + (f", {_COLUMNS}" if echo else ""),
         rows,
     )
     # The payload is the last position written (under the lock, the highest one), so a process
@@ -316,8 +329,9 @@ def _append_locked(
     # comes back.
     conn.execute("SELECT pg_notify(%s, (SELECT max(seq) FROM events)::text)", (CHANNEL,))
 
-    def finish() -> list[AppendResult]:
-        seqs = {(stream_id, version): seq for stream_id, version, seq in inserted.fetchall()}
+    def finish() -> tuple[list[AppendResult], list[tuple[Any, ...]]]:
+        written = inserted.fetchall()
+        seqs = {(row[0], row[1]): row[2] for row in written}
         for index, stream_id, first, n in pending:
             results[index] = AppendResult(
                 stream_id,
@@ -326,7 +340,7 @@ def _append_locked(
                 seqs[(stream_id, first)],
                 seqs[(stream_id, first + n - 1)],
             )
-        return [r for r in results if r is not None]
+        return [r for r in results if r is not None], [row[3:] for row in written]
 
     return finish
 
@@ -385,7 +399,20 @@ class EventStore:
 
         Conflicting requests are reported and skipped; the others are written.
         """
-        results = await self.db.run(lambda conn: _append_sync(conn, requests, extra, self.storage))
+        feed = self.feed
+        echo: list[StoredEvent] | None = [] if feed is not None else None
+        if feed is not None:
+            feed.appending += 1
+        try:
+            results = await self.db.run(
+                lambda conn: _append_sync(conn, requests, extra, self.storage, echo)
+            )
+        finally:
+            if feed is not None:
+                feed.appended()
+        if feed is not None and echo:
+            # This process's consumers get what it wrote without reading it back.
+            feed.offer(echo)
         if self.committed is not None:
             last = max((r.last_seq for r in results if r.last_seq is not None), default=None)
             if last is not None:
