@@ -68,7 +68,7 @@ class Bash(RunnableTask, kw_only=True):
         return [str(ctx.render(c)) for c in self.commands]
 
     def python(self) -> bool:
-        """Whether `python` must be the worker's interpreter."""
+        """Whether Kestra's `kestra` module must be importable."""
         return False
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
@@ -89,11 +89,12 @@ class Bash(RunnableTask, kw_only=True):
         text = "\n".join([*head, *self.lines(ctx)])
         reader = process.OutputReader(ctx)
         try:
+            env = await process.python_environment(ctx, self.env, output_dir, python=self.python())
             code = await process.execute(
                 [self.interpreter, *self.interpreterArgs, text],
                 ctx=ctx,
                 cwd=ctx.working_dir,
-                env=process.environment(ctx, self.env, output_dir, python=self.python()),
+                env=env,
                 on_line=reader.line,
             )
             kept = dict(named)
@@ -117,7 +118,8 @@ class Python(Bash, kw_only=True):
     commands: list[str] = msgspec.field(default_factory=lambda: ["./bin/python main.py"])
     """The commands, run once the virtualenv is ready; each gets `args` appended."""
     pythonPath: str = "python"
-    """The interpreter that creates the virtualenv (`python` is the worker's)."""
+    """The interpreter that creates the virtualenv (`python` is the attempt's own, see
+    `plugins.scripts.venvs`)."""
     args: list[str] = []
     """Arguments appended to each command (templates rendered)."""
     requirements: list[str] = []

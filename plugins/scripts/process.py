@@ -16,16 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
-import hashlib
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +30,7 @@ import trio
 
 from engine.plugin import RunContext, RunnableTask, TaskFailure, TaskWarning, parse_duration
 from plugins.core.storage import file_map, keep_files, matching_files, write_input_files
+from plugins.scripts import venvs
 
 KESTRA_LIB = Path(__file__).parent / "kestra_lib"
 """Folder of the `kestra` module that Python scripts import."""
@@ -191,36 +187,21 @@ def shell_text(fail_fast: bool, before: list[str], lines: list[str]) -> str:
     return "\n".join([*head, *before, *lines]) + "\n"
 
 
-@functools.cache
-def python_bin() -> Path:
-    """A folder whose `python` and `python3` run the worker's interpreter, for PATH."""
-    digest = hashlib.sha256(sys.executable.encode()).hexdigest()[:12]
-    folder = Path(tempfile.gettempdir()) / f"tiercel-python-{os.getuid()}-{digest}"
-    folder.mkdir(mode=0o755, exist_ok=True)
-    info = folder.lstat()
-    if not folder.is_dir() or info.st_uid != os.getuid() or info.st_mode & 0o022:
-        # someone else's folder in a shared /tmp: never run what they could have written
-        folder = Path(tempfile.mkdtemp(prefix="tiercel-python-"))
-    text = f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n'
-    for name in ("python", "python3"):
-        path = folder / name
-        if not path.exists() or path.read_text() != text:
-            # written aside then renamed: several workers of one host may do this at once
-            staging = folder / f".{name}.{os.getpid()}"
-            staging.write_text(text)
-            staging.chmod(0o755)
-            staging.replace(path)
-    return folder
-
-
 def environment(
-    ctx: RunContext, env: dict[str, Any] | None, output_dir: Path, *, python: bool
+    ctx: RunContext,
+    env: dict[str, Any] | None,
+    output_dir: Path,
+    *,
+    python: bool,
+    venv: venvs.PythonEnvironment | None = None,
 ) -> dict[str, str]:
-    """The process's environment, built from nothing: a minimal PATH (with the worker's
-    Python first for Python tasks, and Kestra's `kestra` module on PYTHONPATH), HOME and
+    """The process's environment, built from nothing: a minimal PATH (with the attempt's
+    virtual environment `venv` first, so `python` and `pip` are its interpreter), HOME and
     TMPDIR in a private folder of the attempt, LANG, Kestra's WORKING_DIR and OUTPUT_DIR, the
-    worker variables its operator listed in TIERCEL_SCRIPT_ENV, then the task's `env`. The
-    worker's own variables (its database URL, the master key, `SECRET_*`) never reach it."""
+    installers' settings of the worker (`PIP_*`, `UV_*`: see `venvs.passed_variables`), the
+    worker variables its operator listed in TIERCEL_SCRIPT_ENV, Kestra's `kestra` module on
+    PYTHONPATH for Python tasks, then the task's `env`. The worker's own variables (its
+    database URL, the master key, `SECRET_*`) never reach it."""
     scratch = output_dir / SCRATCH
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
     result = {
@@ -230,18 +211,44 @@ def environment(
         "LANG": "C.UTF-8",
         "WORKING_DIR": str(ctx.working_dir),
         "OUTPUT_DIR": str(output_dir),
+        **venvs.passed_variables(),
     }
     for name in os.environ.get(PASS_ENV, "").split(","):
         name = name.strip()
         if name and name in os.environ and not name.upper().startswith(NEVER_PASSED):
             result[name] = os.environ[name]
+    if venv is not None:
+        result = venvs.activate(result, venv)
     if python:
-        result["PATH"] = os.pathsep.join([str(python_bin()), result["PATH"]])
         result["PYTHONPATH"] = str(KESTRA_LIB)
         result["PYTHONUNBUFFERED"] = "1"
     for key, value in (ctx.render(env) or {}).items():
         result[str(key)] = "" if value is None else str(value)
     return result
+
+
+async def python_environment(
+    ctx: RunContext,
+    env: dict[str, Any] | None,
+    output_dir: Path,
+    *,
+    python: bool,
+    dependencies: list[str] | None = None,
+    cache: bool = True,
+    package_manager: str = "UV",
+) -> dict[str, str]:
+    """The process's `environment`, with the attempt's own virtual environment (see `venvs`)
+    made first, `dependencies` installed."""
+    plain = environment(ctx, env, output_dir, python=python)
+    venv = await venvs.prepare(
+        ctx,
+        output_dir / SCRATCH / ".venv",
+        plain,
+        dependencies=[str(d) for d in ctx.render(dependencies or [])],
+        cache=cache,
+        package_manager=package_manager,
+    )
+    return environment(ctx, env, output_dir, python=python, venv=venv)
 
 
 async def execute(
@@ -396,11 +403,15 @@ async def run(
     *,
     python: bool = False,
     script: tuple[str, str] | None = None,
+    dependencies: list[str] | None = None,
+    cache: bool = True,
+    package_manager: str = "UV",
 ) -> dict[str, Any]:
     """Run `beforeCommands` then `lines` through the task's interpreter; outputs as Kestra's
     (`exitCode`, `vars`, `outputFiles`). `lines` are rendered once the working directory is
     ready, so they can use `{{ workingDir }}` and `{{ outputDir }}`; `script` is a (file name,
-    template) rendered into that file for them, removed afterwards."""
+    template) rendered into that file for them, removed afterwards. The process runs in a
+    virtual environment of its own, with `dependencies` installed (see `venvs`)."""
     output_dir = await prepare(ctx, task.inputFiles)
     if (task.namespaceFiles or {}).get("enabled"):
         ctx.log("WARN", "namespaceFiles are not supported: no namespace file was copied")
@@ -411,11 +422,20 @@ async def run(
         before = [str(ctx.render(b)) for b in task.beforeCommands]
         text = shell_text(task.failFast, before, [str(ctx.render(c)) for c in lines])
         reader = OutputReader(ctx)
+        process_env = await python_environment(
+            ctx,
+            task.env,
+            output_dir,
+            python=python,
+            dependencies=dependencies,
+            cache=cache,
+            package_manager=package_manager,
+        )
         code = await execute(
             [*task.interpreter, text],
             ctx=ctx,
             cwd=ctx.working_dir,
-            env=environment(ctx, task.env, output_dir, python=python),
+            env=process_env,
             on_line=reader.line,
         )
         outputs: dict[str, Any] = {"exitCode": code, "vars": reader.variables}

@@ -190,7 +190,9 @@ tasks:
     assert by_name["slept"]["type"] == "timer"
 
 
-async def test_python_commands_run_the_worker_interpreter(engine: ServerContext, ns: str) -> None:
+async def test_python_commands_run_a_virtualenv_of_the_worker_python(
+    engine: ServerContext, ns: str
+) -> None:
     run = await _run(
         engine,
         f"""
@@ -203,13 +205,19 @@ tasks:
       main.py: |
         import sys
         from kestra import Kestra
-        Kestra.outputs({{"executable": sys.executable, "args": sys.argv[1:]}})
+        Kestra.outputs({{"version": list(sys.version_info[:3]), "args": sys.argv[1:],
+                        "venv": sys.prefix != sys.base_prefix, "base": sys.base_prefix}})
     commands:
       - python main.py a "b c"
 """,
     )
     assert run.state.state == "SUCCESS", run.messages()
-    assert run.outputs("cmds")["vars"] == {"executable": sys.executable, "args": ["a", "b c"]}
+    assert run.outputs("cmds")["vars"] == {
+        "version": list(sys.version_info[:3]),
+        "args": ["a", "b c"],
+        "venv": True,
+        "base": sys.base_prefix,
+    }
 
 
 async def test_output_files_are_stored_and_readable(engine: ServerContext, ns: str) -> None:
