@@ -20,7 +20,15 @@ from quart import Response, request, send_file
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from api import accounts_routes, bodies, execution_filters, metrics
+from api import (
+    accounts_routes,
+    bodies,
+    execution_filters,
+    flows_routes,
+    kv_routes,
+    metrics,
+    tenant,
+)
 from api import secrets as secrets_routes
 from api.auth import access, actor, install, namespace_filter, public, require_namespace
 from engine import commands
@@ -42,6 +50,15 @@ log = logging.getLogger(__name__)
 
 LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 MAX_PAGE_SIZE = 1000
+MAX_WAIT_SECONDS = 86_400
+"""The longest `?wait=true&timeout=` a request may ask for."""
+ENDED_HEADER = "X-Tiercel-Execution-Ended"
+"""Says whether the execution a `?wait=true` answer shows had ended (false: it paused, or the
+wait timed out)."""
+MAX_BULK_IDS = 1000
+FOLLOW_HEARTBEAT = 15.0
+"""Seconds of quiet after which a followed execution's stream sends a comment, so proxies
+keep the connection open."""
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -174,6 +191,9 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.after_request(bodies.drain)
     accounts_routes.register(app, guard)
     app.register_blueprint(secrets_routes.blueprint(ctx))
+    app.register_blueprint(kv_routes.blueprint(ctx))
+    app.register_blueprint(flows_routes.blueprint(ctx, _flow_answer))
+    tenant.install(app)
     metrics.register(app, ctx)
 
     @app.errorhandler(TiercelError)
@@ -185,7 +205,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         message = {
-            404: f"No such endpoint: {request.method} {request.path}; see docs/api.md",
+            404: tenant.not_found_message(),
             405: f"{request.method} is not allowed on {request.path}",
             413: bodies.too_large_message(limits),
         }.get(exc.code or 500, exc.description or exc.name)
@@ -424,12 +444,19 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         return key
 
     async def _execution_answer(execution_id: str) -> Response:
-        if _bool_arg("wait"):
-            timeout = _int_arg("timeout", 3600, minimum=1)
-            state = await commands.wait_for_end(store, ctx.notifier, execution_id, timeout=timeout)
-        else:
-            state = await commands.load_execution(store, execution_id)
-        return _json(commands.execution_json(state))
+        if not _bool_arg("wait"):
+            return _json(
+                commands.execution_json(await commands.load_execution(store, execution_id))
+            )
+        # Kestra's clients wait on the request: answered once the execution ends or pauses
+        # (it waits on a person then), and after `timeout` seconds at most, with what it is.
+        timeout = _int_arg("timeout", 60, minimum=1, maximum=MAX_WAIT_SECONDS)
+        state = await commands.wait_for_end(
+            store, ctx.notifier, execution_id, timeout=timeout, until_paused=True
+        )
+        response = _json(commands.execution_json(state))
+        response.headers[ENDED_HEADER] = "true" if state.terminal else "false"
+        return response
 
     @app.get("/api/v1/executions/search")
     @access("viewer")
@@ -559,6 +586,111 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         )
         return Response("", status=204)
 
+    @app.delete("/api/v1/executions/by-ids")
+    @access("editor")
+    async def purge_executions() -> Response:
+        ids = await _id_list()
+        # Kestra's bulk delete: every execution is checked first, and none is deleted when one
+        # cannot be (unknown, or not ended); the answer lists those with why.
+        invalids = []
+        for execution_id in ids:
+            try:
+                state = await commands.load_execution(store, execution_id)
+            except NotFound:
+                invalids.append(_invalid(execution_id, "execution not found"))
+                continue
+            require_namespace(state.namespace)
+            if not state.terminal:
+                invalids.append(
+                    _invalid(
+                        execution_id,
+                        f"execution not terminated: it is {state.state}; kill it or let it end",
+                    )
+                )
+        if invalids:
+            return _json(
+                {
+                    "message": f"invalid bulk delete: {len(invalids)} of {len(ids)} executions "
+                    "cannot be deleted; nothing was deleted",
+                    "invalids": invalids,
+                    "details": [
+                        {"message": i["message"], "path": i["invalidValue"]} for i in invalids
+                    ],
+                },
+                400,
+            )
+        logs = _bool_arg("deleteLogs", default=True)
+        files = _bool_arg("deleteStorage", default=True)
+        for execution_id in ids:
+            await commands.purge_execution(
+                store, storage, execution_id, logs=logs, files=files, actor=actor()
+            )
+        return _json({"count": len(ids)})
+
+    async def _id_list() -> list[str]:
+        if (request.mimetype or "") != "application/json":
+            raise InvalidRequest(
+                "Send the execution ids as a JSON list (Content-Type: application/json): "
+                '["id", ...]'
+            )
+        data = await request.get_data()
+        ids = await bodies.off_loop(bodies.parse_json, data) if data.strip() else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+            raise InvalidRequest('The body must be a JSON list of execution ids: ["id", ...]')
+        if len(ids) > MAX_BULK_IDS:
+            raise InvalidRequest(
+                f"The body holds {len(ids)} ids; at most {MAX_BULK_IDS} executions are deleted "
+                "at once"
+            )
+        if any(len(i) > 200 for i in ids):
+            raise InvalidRequest("An execution id holds at most 200 characters")
+        return list(dict.fromkeys(ids))
+
+    @app.get("/api/v1/executions/<execution_id>/follow")
+    @access("viewer")
+    async def follow_execution(execution_id: str) -> Response:
+        changes = commands.follow_execution(
+            store, ctx.notifier, execution_id, heartbeat=FOLLOW_HEARTBEAT
+        )
+        try:
+            first = await anext(changes)  # NotFound here, before the stream begins
+        except BaseException:
+            await changes.aclose()
+            raise
+
+        async def stream() -> Any:
+            # Server-sent events as Kestra's: the execution as JSON, `id: start` first,
+            # `progress` on each change, `end` once it ended (and the stream closes).
+            sent = None
+            state = first
+            try:
+                while True:
+                    if state is None:
+                        yield b": keep-alive\n\n"
+                    else:
+                        body = commands.execution_json(state)
+                        if body != sent:
+                            if state.terminal:
+                                kind = b"end"
+                            else:
+                                kind = b"start" if sent is None else b"progress"
+                            sent = body
+                            data = orjson.dumps(
+                                body, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME
+                            )
+                            yield b"id: " + kind + b"\ndata: " + data + b"\n\n"
+                        if state.terminal:
+                            return
+                    state = await anext(changes)
+            finally:
+                await changes.aclose()
+
+        response = Response(stream(), content_type="text/event-stream")
+        response.timeout = None  # it lasts as long as the execution runs
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"
+        return response
+
     # --- plugins ------------------------------------------------------------------------------
 
     @app.get("/api/v1/plugins")
@@ -680,6 +812,11 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         return {}
 
     return app
+
+
+def _invalid(execution_id: str, message: str) -> dict[str, Any]:
+    """One entry of a bulk answer's `invalids`, as Kestra's constraint violations."""
+    return {"message": message, "invalidValue": execution_id, "path": "executionId"}
 
 
 def _documents(body: str) -> list[str]:

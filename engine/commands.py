@@ -10,7 +10,7 @@ import datetime as dt
 import secrets
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -19,7 +19,14 @@ import trio
 from engine import events as ev
 from engine.batcher import CommitGroup
 from engine.db import Notifier
-from engine.errors import Conflict, InvalidRequest, NotFound, WrongExpectedVersion
+from engine.errors import (
+    Conflict,
+    FlowValidationError,
+    InvalidRequest,
+    NotFound,
+    Problem,
+    WrongExpectedVersion,
+)
 from engine.execution import (
     Execution,
     as_of,
@@ -655,7 +662,7 @@ class _EndWatch:
                 " FROM unnest(%s::text[], %s::int[]) AS w(stream_id, after)"
                 " JOIN events e ON e.stream_id = w.stream_id AND e.version > w.after"
                 " GROUP BY w.stream_id",
-                (sorted(TERMINAL_STATES), list(after), list(after.values())),
+                (sorted(TERMINAL_STATES | {"PAUSED"}), list(after), list(after.values())),
             )
             found = {r["stream_id"]: (int(r["version"]), bool(r["ended"])) for r in rows}
             for w in waiters:
@@ -672,18 +679,28 @@ _watches: weakref.WeakKeyDictionary[Notifier, _EndWatch] = weakref.WeakKeyDictio
 
 
 async def wait_for_end(
-    store: EventStore, notifier: Notifier, execution_id: str, *, timeout: float = 300.0
+    store: EventStore,
+    notifier: Notifier,
+    execution_id: str,
+    *,
+    timeout: float = 300.0,
+    until_paused: bool = False,
 ) -> Execution:
-    """Wait until the execution is terminal (or `timeout` seconds passed) and return it.
+    """Wait until the execution is terminal (or, with `until_paused`, PAUSED), or `timeout`
+    seconds passed, and return it as it is then.
 
-    The execution is folded when the wait begins and once a terminal state is recorded, not on
-    every notification meanwhile: each notification costs one indexed look at the new events
-    of the streams waited on, shared by every waiter of the process."""
+    The execution is folded when the wait begins and once a terminal (or paused) state is
+    recorded, not on every notification meanwhile: each notification costs one indexed look at
+    the new events of the streams waited on, shared by every waiter of the process."""
     stream = ev.execution_stream(execution_id)
+
+    def done(state: Execution) -> bool:
+        return state.terminal or (until_paused and state.state == "PAUSED")
+
     with trio.move_on_after(timeout):
         history = await execution_history(store, execution_id)
         state = _loaded(execution_id, history)
-        if state.terminal:
+        if done(state):
             return state
         version = max((e.version for e in history if e.stream_id == stream), default=NO_STREAM)
         watch = _watches.get(notifier)
@@ -697,9 +714,11 @@ async def wait_for_end(
                 await watch.look(store, notifier, waiter)
                 if waiter.ended:
                     state = await load_execution(store, execution_id)
-                    if state.terminal:
+                    if done(state):
                         return state
-                    waiter.ended = False  # ended and started again (a restart): wait on
+                    # Ended and started again (a restart), or paused and resumed, or paused
+                    # while only an end is waited for: wait on.
+                    waiter.ended = False
                 await notifier.wait(seen, 1.0)
         finally:
             watch.waiters.discard(waiter)
@@ -820,3 +839,208 @@ async def trigger_enabled(store: EventStore, namespace: str, flow_id: str, trigg
     history = await store.read_stream(ev.trigger_stream(namespace, flow_id, trigger_id))
     last = history[-1].event if history else None
     return last.enabled if isinstance(last, ev.TriggerToggled) else True
+
+
+# --- a namespace's flows as a whole (the CI/CD deploy) ----------------------------------------
+
+MAX_DOCUMENTS = 1000
+"""Flows one namespace deploy or import may hold."""
+
+_AFTER_EVERY_ID = "\x7f"
+"""Sorts after every character a flow id may hold (stream ids compare bytewise)."""
+
+
+class FlowDocument(msgspec.Struct, frozen=True):
+    """One YAML document of a body that holds several flows."""
+
+    source: str
+    name: str
+    """How answers name it: `document 2`, or the file it came from."""
+    line: int = 1
+    """The line of the body (or file) where the document starts."""
+
+
+def split_documents(body: str, name: str = "document") -> list[FlowDocument]:
+    """The YAML documents of a body (flows separated by `---` lines), each with the line it
+    starts at; empty documents are skipped. One document is named `name`, several
+    `name 1`, `name 2`, ... in order."""
+    found: list[tuple[str, int]] = []
+    current: list[str] = []
+    start = 1
+    for number, line in enumerate(body.splitlines(keepends=True), start=1):
+        if line.rstrip() == "---":
+            if "".join(current).strip():
+                found.append(("".join(current), start))
+            current, start = [], number + 1
+        else:
+            current.append(line)
+    if "".join(current).strip():
+        found.append(("".join(current), start))
+    if len(found) == 1:
+        return [FlowDocument(found[0][0], name, found[0][1])]
+    return [FlowDocument(text, f"{name} {i}", line) for i, (text, line) in enumerate(found, 1)]
+
+
+def check_documents(
+    documents: list[FlowDocument], namespace: str | None = None
+) -> list[tuple[FlowDocument, Flow]]:
+    """Parse every document; `FlowValidationError` listing every problem of every document
+    (its name, and lines counted in the whole body) when any is not a valid flow, is not in
+    `namespace` (when given), or repeats another's id. Nothing is deployed here."""
+    if len(documents) > MAX_DOCUMENTS:
+        raise InvalidRequest(
+            f"The body holds {len(documents)} flows; at most {MAX_DOCUMENTS} are deployed at "
+            "once: send them in several requests"
+        )
+    parsed: list[tuple[FlowDocument, Flow]] = []
+    problems: list[Problem] = []
+    bad: list[str] = []
+    seen: dict[str, str] = {}
+    for doc in documents:
+        try:
+            flow = parse_flow(doc.source)
+        except FlowValidationError as exc:
+            bad.append(doc.name)
+            problems += [_in_document(doc, p) for p in exc.details]
+            continue
+        mine: list[Problem] = []
+        if namespace is not None and flow.namespace != namespace:
+            mine.append(
+                Problem(
+                    f"{doc.name}: flow {flow.id} is in namespace {flow.namespace}, not "
+                    f"{namespace}: a namespace deploy holds only that namespace's flows",
+                    "namespace",
+                    doc.line,
+                )
+            )
+        if flow.id in seen:
+            mine.append(
+                Problem(
+                    f"{doc.name}: flow id {flow.id} is already used by {seen[flow.id]}",
+                    "id",
+                    doc.line,
+                )
+            )
+        seen.setdefault(flow.id, doc.name)
+        if mine:
+            bad.append(doc.name)
+            problems += mine
+        else:
+            parsed.append((doc, flow))
+    if problems:
+        raise FlowValidationError(problems, ", ".join(bad) + " (nothing was deployed)")
+    return parsed
+
+
+def _in_document(doc: FlowDocument, problem: Problem) -> Problem:
+    line = problem.line + doc.line - 1 if problem.line is not None else doc.line
+    return Problem(f"{doc.name}: {problem.message}", problem.path, line, problem.column)
+
+
+async def namespace_flows(store: EventStore, namespace: str) -> list[FlowRecord]:
+    """The latest revision of every flow of `namespace` (not of the namespaces under it),
+    sorted by id. Read from the flows' streams, so a deploy that just returned is included."""
+    low = ev.flow_stream(namespace, "")
+    rows = await store.db.fetchall(
+        "SELECT DISTINCT ON (stream_id) stream_id, data::text AS data, recorded_at FROM events"
+        " WHERE stream_id >= %s AND stream_id < %s ORDER BY stream_id DESC, version DESC",
+        (low, low + _AFTER_EVERY_ID),
+    )
+    out = []
+    for row in rows:
+        event = ev.decode(row["data"])
+        if isinstance(event, ev.FlowCreated | ev.FlowUpdated) and event.namespace == namespace:
+            out.append(
+                FlowRecord(
+                    event.namespace,
+                    event.flowId,
+                    event.revision,
+                    event.source,
+                    False,
+                    iso(row["recorded_at"]),
+                )
+            )
+    return sorted(out, key=lambda r: r.id)
+
+
+async def deploy_namespace(
+    store: EventStore,
+    namespace: str,
+    documents: list[FlowDocument],
+    *,
+    delete: bool = True,
+    actor: str = "api",
+) -> tuple[list[FlowRecord], list[FlowRecord]]:
+    """Make `documents` the flows of `namespace`: every one is validated first (nothing is
+    changed when any is invalid, see `check_documents`), then each is created or updated (an
+    unchanged one keeps its revision) and, with `delete`, the namespace's flows not among them
+    are deleted. Returns (deleted, deployed)."""
+    parsed = await trio.to_thread.run_sync(check_documents, documents, namespace)
+    deployed = [await deploy_flow(store, doc.source, actor=actor) for doc, _ in parsed]
+    deleted: list[FlowRecord] = []
+    if delete:
+        keep = {flow.id for _, flow in parsed}
+        for record in await namespace_flows(store, namespace):
+            if record.id in keep:
+                continue
+            try:
+                await delete_flow(store, namespace, record.id, actor=actor)
+            except NotFound:
+                continue  # deleted meanwhile
+            deleted.append(
+                msgspec.structs.replace(record, deleted=True, revision=record.revision + 1)
+            )
+    return deleted, deployed
+
+
+def task_definition(flow: Flow, task_id: str) -> dict[str, Any]:
+    """A task of a flow (wherever it is nested) as its JSON definition; NotFound naming the
+    task when the flow has none with that id."""
+    task = flow.find_task(task_id)
+    if task is None:
+        raise NotFound(f"Flow {flow.namespace}.{flow.id} has no task '{task_id}'")
+    definition: dict[str, Any] = msgspec.to_builtins(task)
+    return definition
+
+
+# --- following an execution -------------------------------------------------------------------
+
+
+async def _execution_position(store: EventStore, execution_id: str) -> int:
+    """The position of the last event of an execution or of its attempts (0 when none)."""
+    base = ev.execution_stream(execution_id)
+    row = await store.db.fetchone(
+        "SELECT coalesce(max(seq), 0) AS last FROM events"
+        " WHERE stream_id = %s OR (stream_id > %s AND stream_id < %s)",
+        (base, base + "/", base + "0"),
+    )
+    return int(row["last"]) if row is not None else 0
+
+
+async def follow_execution(
+    store: EventStore, notifier: Notifier, execution_id: str, *, heartbeat: float = 15.0
+) -> AsyncIterator[Execution | None]:
+    """The execution now, then again each time an event of it (or of its attempts) is
+    recorded, until it is terminal: the last state yielded is the terminal one. `None` is
+    yielded after `heartbeat` seconds without a change, so the caller can keep its connection
+    alive. Woken by the notifier; each wake-up costs one indexed look at the execution's last
+    position, and the execution is folded only when it moved. NotFound before the first yield
+    when there is no such execution."""
+    position = await _execution_position(store, execution_id)
+    state = await load_execution(store, execution_id)
+    yield state
+    quiet = 0.0
+    while not state.terminal:
+        seen = notifier.generation
+        began = trio.current_time()
+        await notifier.wait(seen, min(1.0, heartbeat))
+        now = await _execution_position(store, execution_id)
+        if now == position:
+            quiet += trio.current_time() - began
+            if quiet >= heartbeat:
+                quiet = 0.0
+                yield None
+            continue
+        position, quiet = now, 0.0
+        state = await load_execution(store, execution_id)
+        yield state

@@ -307,6 +307,10 @@ class KVSet(Event, frozen=True):
     value: Any = None
     expiresAt: str | None = None
     """When the value stops being readable (ISO-8601, UTC); never when absent."""
+    kvType: str | None = None
+    """The value's Kestra type (STRING, NUMBER, BOOLEAN, DATETIME, DATE, DURATION, JSON) when
+    the writer said it; read from the value's JSON type when absent."""
+    description: str | None = None
 
 
 class KVDeleted(Event, frozen=True):

@@ -75,6 +75,14 @@ async def kv_get(store: EventStore, namespace: str, key: str) -> tuple[bool, Any
     return (True, current.value) if current is not None else (False, None)
 
 
+async def kv_entry(store: EventStore, namespace: str, key: str) -> ev.KVSet | None:
+    """The event that set a key's live value (with its type and description), or None for a
+    missing, deleted or expired key."""
+    _check(namespace, key)
+    _, last = await _last(store, ev.kv_stream(namespace, key))
+    return _live(last, _now())
+
+
 async def kv_set(
     store: EventStore,
     namespace: str,
@@ -84,8 +92,11 @@ async def kv_set(
     ttl: dt.timedelta | None = None,
     overwrite: bool = True,
     actor: str = "api",
+    kv_type: str | None = None,
+    description: str | None = None,
 ) -> None:
-    """Set a key to any JSON value, readable for `ttl` when given (forever otherwise).
+    """Set a key to any JSON value, readable for `ttl` when given (forever otherwise), with
+    its Kestra type (`kv_type`) and a `description` when given.
 
     With `overwrite=False` a key that holds a live value is left alone and `Conflict` is
     raised."""
@@ -94,7 +105,14 @@ async def kv_set(
         raise InvalidRequest(f"The ttl of KV key {key!r} must be positive, not {ttl}")
     stream = ev.kv_stream(namespace, key)
     expires = (_now() + ttl).isoformat() if ttl is not None else None
-    event = ev.KVSet(namespace=namespace, key=key, value=value, expiresAt=expires)
+    event = ev.KVSet(
+        namespace=namespace,
+        key=key,
+        value=value,
+        expiresAt=expires,
+        kvType=kv_type,
+        description=description,
+    )
     meta = {"actor": actor}
     if overwrite:
         await store.append(stream, [event], expected_version=ANY, meta=meta)
@@ -162,3 +180,34 @@ async def kv_entries(store: EventStore, namespace: str, prefix: str = "") -> dic
 async def kv_keys(store: EventStore, namespace: str, prefix: str = "") -> list[str]:
     """The live keys of a namespace that start with `prefix`, sorted."""
     return list(await kv_entries(store, namespace, prefix))
+
+
+async def kv_described(
+    store: EventStore, namespace: str
+) -> list[tuple[ev.KVSet, dt.datetime, dt.datetime]]:
+    """Every live key of a namespace with when it was set first (since it was last deleted)
+    and last: `(event, created, updated)`, sorted by key."""
+    _check_namespace(namespace)
+    low = ev.kv_stream(namespace, "")
+    rows = await store.db.fetchall(
+        "SELECT last.stream_id, last.data, last.recorded_at AS updated, ("
+        "  SELECT e.recorded_at FROM events e WHERE e.stream_id = last.stream_id"
+        "  AND e.version > coalesce((SELECT d.version FROM events d"
+        "    WHERE d.stream_id = last.stream_id AND d.type = 'KVDeleted'"
+        "    ORDER BY d.version DESC LIMIT 1), 0)"
+        "  ORDER BY e.version LIMIT 1) AS created"
+        " FROM (SELECT DISTINCT ON (stream_id) stream_id, data::text AS data, recorded_at, type"
+        "  FROM events WHERE stream_id >= %s AND stream_id < %s"
+        "  ORDER BY stream_id DESC, version DESC) AS last"
+        " WHERE last.type = 'KVSet'",
+        (low, low + _AFTER_EVERY_KEY),
+    )
+    now = _now()
+    out = []
+    for row in rows:
+        current = _live(ev.decode(row["data"]), now)
+        if current is not None:
+            updated = row["updated"]
+            created = row["created"] or updated
+            out.append((current, created, updated))
+    return sorted(out, key=lambda item: item[0].key)

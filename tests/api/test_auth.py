@@ -49,6 +49,7 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("GET", "/health", {}, "public"),
     ("GET", "/health/liveness", {}, "public"),
     ("GET", "/health/readiness", {}, "public"),
+    ("GET", "/api/v1/openapi.yml", {}, "public"),
     ("GET", "/prometheus", {}, "viewer"),
     ("GET", "/metrics", {}, "viewer"),
     ("POST", "/api/v1/login", {"json": {}}, "public"),
@@ -86,6 +87,24 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     # Users issue tokens for themselves; a token never mints tokens unless it is an admin's.
     ("POST", "/api/v1/tokens", {"json": {}}, "admin"),
     ("DELETE", "/api/v1/tokens/nope", {}, "viewer"),
+    # Kestra's routes for CI/CD and clients (tests/api/test_kestra_routes.py).
+    ("GET", f"/api/v1/flows/{NS}", {}, "viewer"),
+    ("PUT", f"/api/v1/flows/{NS}", {"content": "id: [", "headers": YAML}, "editor"),
+    ("POST", f"/api/v1/flows/{NS}", {"content": "id: [", "headers": YAML}, "editor"),
+    ("POST", "/api/v1/flows/import", {"json": {}}, "editor"),
+    ("GET", f"/api/v1/flows/{NS}/nope/tasks/nope", {}, "viewer"),
+    ("DELETE", "/api/v1/executions/by-ids", {"json": ["nope"]}, "editor"),
+    ("GET", "/api/v1/executions/nope/follow", {}, "viewer"),
+    ("GET", f"/api/v1/namespaces/{NS}/kv", {}, "viewer"),
+    ("DELETE", f"/api/v1/namespaces/{NS}/kv", {"json": {}}, "editor"),
+    ("GET", f"/api/v1/namespaces/{NS}/kv/nope", {}, "viewer"),
+    (
+        "PUT",
+        f"/api/v1/namespaces/{NS}/kv/nope",
+        {"content": "{", "headers": {"Content-Type": "application/json"}},
+        "editor",
+    ),
+    ("DELETE", f"/api/v1/namespaces/{NS}/kv/nope", {}, "editor"),
 ]
 
 
@@ -123,6 +142,11 @@ def _rule_of(path: str) -> str:
         f"/api/v1/namespaces/{NS}/secrets": "/api/v1/namespaces/<namespace>/secrets",
         "/api/v1/users/nobody-here": "/api/v1/users/<username>",
         "/api/v1/tokens/nope": "/api/v1/tokens/<token_id>",
+        f"/api/v1/flows/{NS}": "/api/v1/flows/<namespace>",
+        f"/api/v1/flows/{NS}/nope/tasks/nope": "/api/v1/flows/<namespace>/<flow_id>/tasks/<task_id>",
+        "/api/v1/executions/nope/follow": "/api/v1/executions/<execution_id>/follow",
+        f"/api/v1/namespaces/{NS}/kv": "/api/v1/namespaces/<namespace>/kv",
+        f"/api/v1/namespaces/{NS}/kv/nope": "/api/v1/namespaces/<namespace>/kv/<path:key>",
     }
     return replacements.get(path, path)
 
