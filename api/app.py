@@ -288,9 +288,14 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     @access("editor")
     async def create_flow() -> Response:
         source = await _yaml_body()
-        require_namespace((await _parse(source)).namespace)
+        warnings: list[Problem] = []
+        parsed = await bodies.off_loop(lambda: parse_flow(source, warnings=warnings))
+        require_namespace(parsed.namespace)
         record = await commands.deploy_flow(store, source, create_only=True, actor=actor())
-        return _json((await _flow_answer([record]))[0])
+        answer = (await _flow_answer([record]))[0]
+        # What the flow uses but Tiercel does not honour yet, each at its line.
+        answer["warnings"] = [str(w) for w in warnings]
+        return _json(answer)
 
     @app.post("/api/v1/flows/validate")
     @access("viewer")
@@ -839,10 +844,18 @@ def _validate_all(documents: list[str]) -> list[dict[str, Any]]:
     """The answer of `flows/validate`: one entry per document."""
     results = []
     for index, source in enumerate(documents):
-        entry: dict[str, Any] = {"index": index, "outdated": False, "deprecationPaths": []}
+        entry: dict[str, Any] = {
+            "index": index,
+            "outdated": False,
+            "deprecationPaths": [],
+            "warnings": [],
+        }
+        warnings: list[Problem] = []
         try:
-            flow = parse_flow(source)
+            flow = parse_flow(source, warnings=warnings)
             entry.update(flow=flow.id, namespace=flow.namespace)
+            # Kestra's answer lists warnings as texts; each names its line here.
+            entry["warnings"] = [str(w) for w in warnings]
         except TiercelError as exc:
             entry["constraints"] = str(exc)
             entry["details"] = [d.to_json() for d in exc.details]

@@ -540,8 +540,9 @@ def flow_validate(files: tuple[str, ...]) -> None:
 
     bad = 0
     for name in files:
+        warnings: list[Any] = []
         try:
-            parsed = parse_flow(Path(name).read_text(), origin=name)
+            parsed = parse_flow(Path(name).read_text(), origin=name, warnings=warnings)
         except FlowValidationError as exc:
             bad += 1
             click.echo(f"✗ {name}")
@@ -549,6 +550,9 @@ def flow_validate(files: tuple[str, ...]) -> None:
                 click.echo(f"  {name}:{problem}")
             continue
         click.echo(f"✓ {name} ({parsed.namespace}.{parsed.id})")
+        # Valid, but what it asks for is not all honoured: said, never silently ignored.
+        for warning in warnings:
+            click.echo(f"  warning: {name}:{warning}")
     if bad:
         click.echo(f"{bad} of {len(files)} file(s) invalid")
         sys.exit(1)

@@ -7,6 +7,8 @@ current and can be answered as of any past position.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import logging
 import secrets
 import weakref
 from collections import OrderedDict
@@ -49,6 +51,8 @@ from engine.secrets import (
 )
 from engine.storage import Storage, execution_prefix
 from engine.store import NO_STREAM, Append, EventStore, StoredEvent
+
+log = logging.getLogger(__name__)
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -109,8 +113,13 @@ async def deploy_flow(
     create_only: bool = False,
     actor: str = "api",
 ) -> FlowRecord:
-    """Validate `source` and record it as the flow's next revision (unchanged source: no-op)."""
-    flow = await trio.to_thread.run_sync(parse_flow, source)  # a large flow parses for a while
+    """Validate `source` and record it as the flow's next revision (unchanged source: no-op).
+
+    What the flow uses but Tiercel does not honour yet is logged as a warning, line by line."""
+    warnings: list[Problem] = []
+    flow = await trio.to_thread.run_sync(  # a large flow parses for a while
+        functools.partial(parse_flow, source, warnings=warnings)
+    )
     if expect is not None and (flow.namespace, flow.id) != expect:
         raise InvalidRequest(
             f"The flow's namespace and id ({flow.namespace}.{flow.id}) differ from the path "
@@ -130,6 +139,8 @@ async def deploy_flow(
     revision = (latest.revision + 1) if latest else 1
     event_type = ev.FlowUpdated if latest else ev.FlowCreated
     event = event_type(namespace=flow.namespace, flowId=flow.id, revision=revision, source=source)
+    for warning in warnings:
+        log.warning("Flow %s.%s revision %s: %s", flow.namespace, flow.id, revision, warning)
     written = await store.append(
         stream,
         [event],

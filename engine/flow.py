@@ -250,10 +250,18 @@ class _Checker:
         self.task_ids: dict[str, str] = {}
         self.defaults: list[dict[str, Any]] = []
         """The flow's `pluginDefaults`: values given to every task of a type."""
+        self.warnings: list[Problem] = []
+        """Properties accepted but not honoured (yet): the flow is valid, the user is told."""
 
     def add(self, path: str, message: str) -> None:
         line, col = self._locate(path)
         self.problems.append(Problem(message, path, line, col))
+
+    def warn(self, path: str, message: str) -> None:
+        if self.recorded:
+            return  # a recorded flow was warned about when it was saved
+        line, col = self._locate(path)
+        self.warnings.append(Problem(message, path, line, col))
 
     def _locate(self, path: str) -> tuple[int | None, int | None]:
         while path:
@@ -361,6 +369,8 @@ class _Checker:
         for field, message in task.problems():
             self.add(f"{path}.{field}" if field else path, message)
             ok = False
+        for field, message in _ignored_task_properties(raw):
+            self.warn(f"{path}.{field}", message)
         return task if ok or self.recorded else None
 
     def nested(self, raw: Any, path: str, expected: type) -> Any:
@@ -481,8 +491,14 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def parse_flow(source: str, *, origin: str | None = None) -> Flow:
-    """Parse and validate a flow's YAML; raise `FlowValidationError` listing every problem."""
+def parse_flow(
+    source: str, *, origin: str | None = None, warnings: list[Problem] | None = None
+) -> Flow:
+    """Parse and validate a flow's YAML; raise `FlowValidationError` listing every problem.
+
+    `warnings`, when given, receives the properties the flow uses that Tiercel accepts but does
+    not honour yet (an SLA, a Docker task runner, ...), each at its line: the flow is valid, and
+    nothing it asks for is silently ignored."""
     raw, marks, problems = load_yaml(source)
     checker = _Checker(marks)
     checker.problems.extend(problems)
@@ -491,7 +507,96 @@ def parse_flow(source: str, *, origin: str | None = None) -> Flow:
     flow = _check_flow(raw, checker)
     if checker.problems or flow is None:
         raise FlowValidationError(checker.problems, origin)
+    if warnings is not None:
+        warnings.extend(sorted(checker.warnings, key=lambda w: (w.line or 0, w.column or 0)))
     return flow
+
+
+PROCESS_RUNNERS = frozenset(
+    {
+        "io.kestra.plugin.core.runner.Process",
+        "io.kestra.core.models.tasks.runners.types.ProcessTaskRunner",
+    }
+)
+"""Task runner types that are what Tiercel does anyway: run the process on the worker."""
+
+
+def _ignored_task_properties(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """The properties of a task (as written, with its plugin defaults) that its type accepts
+    for compatibility but that change nothing here, as (field, message) pairs."""
+    found: list[tuple[str, str]] = []
+    runner = raw.get("taskRunner")
+    runner_type = runner.get("type") if isinstance(runner, dict) else None
+    on_process = runner_type in PROCESS_RUNNERS or str(raw.get("runner", "")).upper() == "PROCESS"
+    if runner_type is not None and not on_process:
+        found.append(
+            (
+                "taskRunner",
+                f"Task runner {runner_type} is not supported: the task runs as a process on the "
+                "worker (use io.kestra.plugin.core.runner.Process to say so)",
+            )
+        )
+    if raw.get("containerImage") and not on_process:
+        found.append(
+            (
+                "containerImage",
+                f"The container image {raw['containerImage']} is not used: the task runs as a "
+                "process on the worker, with the worker's own programs",
+            )
+        )
+    for field in ("docker", "dockerOptions"):
+        if raw.get(field) and not on_process:
+            found.append(
+                (field, f"`{field}` is not used: the task runs as a process on the worker")
+            )
+    if str(raw.get("runner", "")).upper() == "DOCKER":
+        found.append(("runner", "runner DOCKER is not supported: the task runs as a process"))
+    files = raw.get("namespaceFiles")
+    if isinstance(files, dict) and files.get("enabled", True) is not False:
+        found.append(
+            (
+                "namespaceFiles",
+                "Namespace files are not copied into the working directory yet: give the "
+                "files as `inputFiles`",
+            )
+        )
+    if str(raw.get("targetOS", "")).upper() == "WINDOWS":
+        found.append(
+            ("targetOS", "targetOS WINDOWS is not supported: commands run in a POSIX shell")
+        )
+    if raw.get("cache"):
+        found.append(("cache", "The working directory cache is not kept: it is rebuilt every time"))
+    if raw.get("scheduleDate"):
+        found.append(
+            ("scheduleDate", "`scheduleDate` is not honoured: the subflow execution starts at once")
+        )
+    if raw.get("encryptBody") is True:
+        found.append(("encryptBody", "`encryptBody` is not honoured: the body is kept as is"))
+    return found
+
+
+def _ignored_flow_properties(raw: dict[str, Any], c: _Checker) -> None:
+    """Warn about the flow-level properties that are accepted but do nothing yet."""
+    if raw.get("sla"):
+        c.warn("sla", "Flow SLAs are not checked yet: no SLA violation is raised or recorded")
+    if raw.get("concurrency"):
+        c.warn(
+            "concurrency",
+            "Flow concurrency limits are not enforced yet: every execution starts at once",
+        )
+    if raw.get("listeners"):
+        c.warn(
+            "listeners",
+            "Listeners are not run (Kestra deprecated them): use `afterExecution` or `errors`",
+        )
+    triggers = raw.get("triggers")
+    for i, trigger in enumerate(triggers if isinstance(triggers, list) else []):
+        if isinstance(trigger, dict):
+            c.warn(
+                f"triggers[{i}]",
+                f"Trigger '{trigger.get('id')}' ({trigger.get('type')}) is kept but does not "
+                "start executions yet: start them through the API or the CLI",
+            )
 
 
 def flow_from_dict(raw: dict[str, Any]) -> Flow:
@@ -529,6 +634,7 @@ def _check_flow(raw: Any, c: _Checker) -> Flow | None:
     }
     inputs = _check_inputs(raw.get("inputs"), c)
     labels = _check_labels(raw.get("labels"), c)
+    _ignored_flow_properties(raw, c)
     if isinstance(raw.get("retry"), dict) and not c.recorded:
         _check_retry(raw["retry"], "retry", c)
     listeners = raw.get("listeners")

@@ -314,11 +314,26 @@ def test_server_runs_on_a_kestra_application_file(tmp_path: Path, database_url: 
         stored = list((tmp_path / "storage").rglob("region.txt"))
         assert [p.read_text() for p in stored] == ["eu\n"]
         assert list((tmp_path / "wd").glob("*.lock"))
+
+        # A property accepted but not honoured is a warning in the answers, at its line.
+        warned = IGNORED_PROPERTIES.replace("test.warn", ns)
+        checked = httpx.post(
+            f"{base}/flows/validate", content=warned, headers={"Content-Type": "application/x-yaml"}
+        )
+        assert checked.status_code == 200, checked.text
+        [entry] = checked.json()
+        assert any(w.startswith("5:3 sla: ") for w in entry["warnings"]), entry
+        saved = httpx.post(
+            f"{base}/flows", content=warned, headers={"Content-Type": "application/x-yaml"}
+        )
+        assert saved.status_code == 200, saved.text
+        assert saved.json()["warnings"] == entry["warnings"]
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
     text = log.read_text()
     assert "not read by Tiercel, ignored: kestra.url" in text
+    assert f"Flow {ns}.ignored revision 1: 5:3 sla: Flow SLAs are not checked" in text
     assert text.count("not read by Tiercel") == 1
 
 
@@ -326,3 +341,69 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# --- nothing accepted and silently ignored ---------------------------------------------------------
+
+IGNORED_PROPERTIES = """id: ignored
+namespace: test.warn
+
+sla:
+  - id: too_long
+    type: MAX_DURATION
+    behavior: FAIL
+    duration: PT1H
+tasks:
+  - id: in_docker
+    type: io.kestra.plugin.scripts.shell.Commands
+    taskRunner:
+      type: io.kestra.plugin.scripts.runner.docker.Docker
+    containerImage: ubuntu:22.04
+    commands:
+      - echo hi
+  - id: on_process
+    type: io.kestra.plugin.scripts.shell.Commands
+    taskRunner:
+      type: io.kestra.plugin.core.runner.Process
+    containerImage: ubuntu:22.04
+    commands:
+      - echo hi
+triggers:
+  - id: nightly
+    type: io.kestra.plugin.core.trigger.Schedule
+    cron: "0 2 * * *"
+"""
+
+
+def test_properties_accepted_but_not_honoured_are_warnings_at_their_lines() -> None:
+    warnings: list = []
+    flow = parse_flow(IGNORED_PROPERTIES, warnings=warnings)
+    assert flow.id == "ignored"  # still valid
+    found = {(w.line, w.path): w.message for w in warnings}
+    assert set(found) == {
+        (5, "sla"),
+        (13, "tasks[0].taskRunner"),
+        (14, "tasks[0].containerImage"),
+        (25, "triggers[0]"),
+    }
+    assert "io.kestra.plugin.scripts.runner.docker.Docker" in found[(13, "tasks[0].taskRunner")]
+    assert "ubuntu:22.04" in found[(14, "tasks[0].containerImage")]
+    # On the process runner Kestra ignores the image too: nothing differs, nothing is said.
+    assert not any(w.path.startswith("tasks[1]") for w in warnings)
+
+
+def test_plain_flow_has_no_warnings() -> None:
+    warnings: list = []
+    parse_flow(CONFIGURED_FLOW, warnings=warnings)
+    assert warnings == []
+
+
+def test_flow_validate_prints_warnings_naming_the_line(tmp_path: Path) -> None:
+    flow = tmp_path / "ignored.yaml"
+    flow.write_text(IGNORED_PROPERTIES)
+    result = subprocess.run(
+        [*TIERCEL, "flow", "validate", str(flow)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"warning: {flow}:5:3 sla: Flow SLAs are not checked yet" in result.stdout
+    assert f"warning: {flow}:13:7 tasks[0].taskRunner" in result.stdout

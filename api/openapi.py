@@ -1,0 +1,400 @@
+"""The API's OpenAPI 3 document, served at `GET /api/v1/openapi.yml`.
+
+It is generated from what the application serves: every route of its URL map (each method,
+its path parameters, the role it declares with `@access` or that it is `@public`), and, where a
+route answers one of the shapes below, that shape's JSON schema from its msgspec struct
+(`msgspec.json.schema_components`). A route added anywhere is in the document without a
+change here; a shape of Kestra's client models is documented once, here, and a test checks
+real answers against it (tests/api/test_openapi.py).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+import yaml
+from quart import Response
+from quart_trio import QuartTrio
+from werkzeug.routing import Rule
+
+from api.auth import PUBLIC, ROLE_ATTR, SESSION_COOKIE, public
+from api.execution_filters import OPERATIONS
+from engine.commands import TENANT
+
+PATH = "/api/v1/openapi.yml"
+VERSION = "3.1.0"
+"""OpenAPI 3.1: its schemas are JSON Schema 2020-12, which msgspec generates."""
+
+
+# --- the shapes of the answers (Kestra's client models, as Tiercel fills them) -------------
+
+
+class StateHistory(msgspec.Struct, kw_only=True):
+    """A state entered, and when (ISO-8601, UTC, milliseconds)."""
+
+    state: str
+    date: str
+
+
+class State(msgspec.Struct, kw_only=True):
+    """The state of an execution, a task run or an attempt, with its history. `endDate` and
+    `duration` (ISO-8601, `PT1.234S`) once it has ended."""
+
+    current: str
+    histories: list[StateHistory]
+    startDate: str | None
+    endDate: str | None = None
+    duration: str | None = None
+
+
+class Label(msgspec.Struct, kw_only=True):
+    """A label of a flow or an execution."""
+
+    key: str
+    value: str
+
+
+class TaskRunAttempt(msgspec.Struct, kw_only=True):
+    """One try of a task run."""
+
+    state: State
+    workerId: str | None
+
+
+class TaskRun(msgspec.Struct, kw_only=True):
+    """A task run: one task of an execution (per loop value and iteration)."""
+
+    id: str
+    tenantId: str
+    executionId: str
+    namespace: str
+    flowId: str
+    taskId: str
+    parentTaskRunId: str | None
+    value: str | None
+    iteration: int | None
+    state: State
+    outputs: dict[str, Any]
+    attempts: list[TaskRunAttempt]
+    message: str | None = None
+
+
+class ExecutionTrigger(msgspec.Struct, kw_only=True):
+    """What started an execution: a trigger of its flow, or the Subflow task (its id) of a
+    parent execution."""
+
+    id: str | None
+    type: str | None
+    variables: dict[str, Any]
+
+
+class ExecutionMetadata(msgspec.Struct, kw_only=True):
+    """Which try of the flow an execution is, and when the first one was created."""
+
+    attemptNumber: int
+    originalCreatedDate: str
+
+
+class Execution(msgspec.Struct, kw_only=True):
+    """An execution with its task runs, as `GET /api/v1/executions/{id}` answers it."""
+
+    id: str
+    tenantId: str
+    namespace: str
+    flowId: str
+    flowRevision: int
+    state: State
+    taskRunList: list[TaskRun]
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    labels: list[Label]
+    parentId: str | None
+    originalId: str | None
+    trigger: ExecutionTrigger | None
+    deleted: bool
+    metadata: ExecutionMetadata
+    message: str | None = None
+
+
+class ExecutionSummary(msgspec.Struct, kw_only=True):
+    """An execution as the search lists it (its task runs counted, not listed)."""
+
+    id: str
+    tenantId: str
+    namespace: str
+    flowId: str
+    flowRevision: int
+    state: State
+    labels: list[Label]
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    trigger: ExecutionTrigger | None
+    parentId: str | None
+    originalId: str | None
+    taskRunCount: int
+    deleted: bool
+
+
+class ExecutionPage(msgspec.Struct, kw_only=True):
+    """A page of the executions search: `total` is estimated above 10,000 matches
+    (`totalIsEstimate`); `next` continues after this page (`after=<next>`)."""
+
+    results: list[ExecutionSummary]
+    total: int
+    totalIsEstimate: bool
+    next: str | None
+
+
+class FlowWithSource(msgspec.Struct, kw_only=True):
+    """A flow revision: its YAML `source` and its parsed properties (inputs, tasks, triggers,
+    ...; a flow recorded under rules since changed shows `exception` instead)."""
+
+    id: str
+    namespace: str
+    revision: int
+    tenantId: str
+    labels: list[Label]
+    disabled: bool
+    deleted: bool
+    source: str
+    updated: str | None = None
+    description: str | None = None
+    inputs: list[dict[str, Any]] = []
+    tasks: list[dict[str, Any]] = []
+    triggers: list[dict[str, Any]] = []
+    exception: str | None = None
+    warnings: list[str] | None = None
+    """In the answer of a deploy: what the flow uses that Tiercel does not honour yet."""
+
+
+class FlowPage(msgspec.Struct, kw_only=True):
+    """A page of the flows search."""
+
+    results: list[FlowWithSource]
+    total: int
+    totalIsEstimate: bool
+
+
+class LogEntry(msgspec.Struct, kw_only=True):
+    """A log line of a task run's attempt."""
+
+    tenantId: str
+    namespace: str | None
+    flowId: str | None
+    executionId: str
+    taskId: str | None
+    taskRunId: str | None
+    attemptNumber: int | None
+    triggerId: str | None
+    timestamp: str
+    level: str
+    thread: str | None
+    message: str
+    executionKind: str | None
+
+
+class ProblemDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One problem of a request: what, and where (field path, line and column)."""
+
+    message: str
+    path: str | None = None
+    line: int | None = None
+    column: int | None = None
+
+
+class ApiError(msgspec.Struct, kw_only=True):
+    """Every error answer: what is wrong and what to do, with each problem found."""
+
+    message: str
+    details: list[ProblemDetail]
+
+
+ANSWERS: dict[tuple[str, str], Any] = {
+    ("POST", "/api/v1/flows"): FlowWithSource,
+    ("GET", "/api/v1/flows/search"): FlowPage,
+    ("GET", "/api/v1/flows/{namespace}"): list[FlowWithSource],
+    ("PUT", "/api/v1/flows/{namespace}"): list[FlowWithSource],
+    ("POST", "/api/v1/flows/{namespace}"): list[FlowWithSource],
+    ("GET", "/api/v1/flows/{namespace}/{flow_id}"): FlowWithSource,
+    ("PUT", "/api/v1/flows/{namespace}/{flow_id}"): FlowWithSource,
+    ("GET", "/api/v1/flows/{namespace}/{flow_id}/revisions"): list[FlowWithSource],
+    ("POST", "/api/v1/executions/{namespace}/{flow_id}"): Execution,
+    ("GET", "/api/v1/executions/search"): ExecutionPage,
+    ("GET", "/api/v1/executions/{execution_id}"): Execution,
+    ("GET", "/api/v1/logs/{execution_id}"): list[LogEntry],
+}
+"""The routes whose answer is one of the shapes above, by method and OpenAPI path."""
+
+YAML_BODY = {"application/x-yaml": {"schema": {"type": "string", "description": "Flow YAML"}}}
+YAML_BODIES: set[tuple[str, str]] = {
+    ("POST", "/api/v1/flows"),
+    ("POST", "/api/v1/flows/validate"),
+    ("PUT", "/api/v1/flows/{namespace}"),
+    ("POST", "/api/v1/flows/{namespace}"),
+    ("PUT", "/api/v1/flows/{namespace}/{flow_id}"),
+}
+"""Routes that take a flow's YAML (several, separated by `---`, for a namespace's flows)."""
+
+_CONVERTED = re.compile(r"<(?:([a-z_]+)(?:\([^)]*\))?:)?([A-Za-z_][A-Za-z0-9_]*)>")
+
+
+def openapi_path(rule: str) -> str:
+    """A Werkzeug rule (`/flows/<namespace>/<path:key>`) as an OpenAPI path (`{key}`)."""
+    return _CONVERTED.sub(lambda m: "{" + m.group(2) + "}", rule)
+
+
+def _search_parameters() -> list[dict[str, Any]]:
+    def query(name: str, description: str, **schema: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": description,
+            "schema": schema or {"type": "string"},
+        }
+
+    filters = "; ".join(f"{f}: {', '.join(ops)}" for f, ops in OPERATIONS.items())
+    return [
+        query("page", "Page number, from 1", type="integer", minimum=1),
+        query("size", "Rows per page (at most 1000)", type="integer", minimum=1),
+        query("sort", "state.startDate:desc (default) or state.startDate:asc"),
+        query("after", "The `next` value of the previous page: continue after it"),
+        query("namespace", "This namespace and those under it"),
+        query("flowId", "The flow's id"),
+        query(
+            "state",
+            "Execution states (repeat or comma-separate for several)",
+            type="array",
+            items={"type": "string"},
+        ),
+        query("labels", "key:value (repeat: every one)", type="array", items={"type": "string"}),
+        query("startDate", "Started at or after (ISO-8601)", type="string", format="date-time"),
+        query("endDate", "Ended at or before (ISO-8601)", type="string", format="date-time"),
+        query("timeRange", "Started within this ISO-8601 duration from now (PT24H)"),
+        query("q", "The start of an id, or word prefixes of the namespace and flow id"),
+        query("scope", "USER (every Tiercel execution)"),
+        {
+            "name": "filters",
+            "in": "query",
+            "required": False,
+            "style": "deepObject",
+            "explode": True,
+            "description": (
+                "Kestra's form: filters[field][OPERATION]=value, and "
+                f"filters[labels][EQUALS][key]=value. Fields and operations: {filters}"
+            ),
+            "schema": {"type": "object", "additionalProperties": True},
+        },
+    ]
+
+
+def _operation(
+    app: QuartTrio, rule: Rule, method: str, path: str, refs: dict[Any, dict[str, Any]]
+) -> dict[str, Any]:
+    view = app.view_functions[rule.endpoint]
+    role = getattr(view, ROLE_ATTR, None)
+    doc = (view.__doc__ or "").strip().splitlines()
+    methods = (rule.methods or set()) - {"HEAD", "OPTIONS"}
+    name = rule.endpoint.replace(".", "_")
+    segments = [s for s in path.split("/") if s and not s.startswith("{")]
+    tag = segments[2] if path.startswith("/api/v1/") and len(segments) > 2 else segments[0]
+    operation: dict[str, Any] = {
+        "operationId": f"{name}_{method.lower()}" if len(methods) > 1 else name,
+        "summary": doc[0] if doc else f"{method} {path}",
+        "tags": [tag],
+        "x-tiercel-role": role,
+        "responses": {
+            "default": {
+                "description": "An error",
+                "content": {"application/json": {"schema": refs[ApiError]}},
+            }
+        },
+    }
+    answer = ANSWERS.get((method, path))
+    if answer is not None:
+        operation["responses"]["200"] = {
+            "description": "OK",
+            "content": {"application/json": {"schema": refs[answer]}},
+        }
+    else:
+        operation["responses"]["2XX"] = {"description": "OK"}
+    if role == PUBLIC:
+        operation["security"] = []
+    parameters = [
+        {"name": arg, "in": "path", "required": True, "schema": {"type": "string"}}
+        for arg in sorted(rule.arguments)
+    ]
+    if (method, path) == ("GET", "/api/v1/executions/search"):
+        parameters += _search_parameters()
+    if parameters:
+        operation["parameters"] = parameters
+    if (method, path) in YAML_BODIES:
+        operation["requestBody"] = {"required": True, "content": YAML_BODY}
+    return operation
+
+
+def document(app: QuartTrio) -> dict[str, Any]:
+    """The OpenAPI 3 document of every route `app` serves."""
+    shapes = list(dict.fromkeys([*ANSWERS.values(), ApiError]))
+    schemas, components = msgspec.json.schema_components(
+        shapes, ref_template="#/components/schemas/{name}"
+    )
+    refs = dict(zip(shapes, schemas, strict=True))
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        if rule.endpoint == "static":
+            continue
+        path = openapi_path(rule.rule)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            paths.setdefault(path, {})[method.lower()] = _operation(app, rule, method, path, refs)
+    return {
+        "openapi": VERSION,
+        "info": {
+            "title": "Tiercel API",
+            "version": "1",
+            "description": (
+                "Kestra-compatible paths: each /api/v1/... route also answers at "
+                f"/api/v1/{TENANT}/... (Kestra's tenant segment). x-tiercel-role is the least "
+                "role an operation needs."
+            ),
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"basicAuth": []}, {"bearerAuth": []}, {"sessionCookie": []}],
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "basicAuth": {"type": "http", "scheme": "basic"},
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API token (POST /api/v1/tokens)",
+                },
+                "sessionCookie": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": SESSION_COOKIE,
+                    "description": "The web UI's session (POST /api/v1/login); a state-changing "
+                    "request also sends its CSRF token in X-CSRF-Token",
+                },
+            },
+        },
+    }
+
+
+def register(app: QuartTrio) -> None:
+    """Serve the document at `PATH` (public: it describes the API, not its data)."""
+    cached: list[bytes] = []
+
+    @app.get(PATH)
+    @public
+    async def openapi_document() -> Response:
+        """The OpenAPI 3 document of this API."""
+        if not cached:
+            # Built on first use, once every module has registered its routes.
+            cached.append(
+                yaml.safe_dump(document(app), sort_keys=False, allow_unicode=True).encode()
+            )
+        return Response(cached[0], content_type="application/yaml")
