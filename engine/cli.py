@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import logging
@@ -11,7 +12,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 import trio
@@ -115,48 +116,108 @@ def _fail(exc: TiercelError) -> None:
 # --- root ------------------------------------------------------------------------------------------
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: timestamp (UTC, ISO-8601), level, logger, thread, message,
+    and the traceback as `exception` when there is one (`--log-format json`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON."""
+        line: dict[str, Any] = {
+            "timestamp": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": "WARN" if record.levelname == "WARNING" else record.levelname,
+            "logger": record.name,
+            "thread": record.threadName,
+            "message": record.getMessage().strip(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+_QUIET_LOGGERS = ("hypercorn.access", "hypercorn.error")
+"""Libraries whose INFO lines repeat what Tiercel says itself (shown with --verbose)."""
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format=TEXT_LOG_FORMAT,
+    )
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def _use_log_format(log_format: str) -> None:
+    """Write the engine's logs as text lines or as JSON lines (`--log-format`)."""
+    formatter = JsonLogFormatter() if log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)
+
+
 @click.group()
+@click.version_option(package_name="tiercel", prog_name="tiercel", message="%(prog)s %(version)s")
 @config_option
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 def main(verbose: bool) -> None:
     """Tiercel: event-sourced orchestration for data, AI and infrastructure workflows."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
+    _configure_logging(verbose)
 
 
 # --- server ----------------------------------------------------------------------------------------
 
 
-def _server_options(f: F) -> F:
+def _http_options(f: F) -> F:
     f = click.option("--port", type=int, default=None, help="HTTP port (default 8080).")(f)
     f = click.option(
         "--host",
         default=None,
         help="Address to bind (default 0.0.0.0; 127.0.0.1 with --no-auth).",
     )(f)
-    f = click.option(
+    return click.option(
         "--no-auth",
         is_flag=True,
         default=None,
         help="Serve the API without accounts, on 127.0.0.1 only: for local development.",
     )(f)
-    f = click.option(
+
+
+def _flows_option(f: F) -> F:
+    return click.option(
         "--flows",
         "flows_dir",
-        type=click.Path(file_okay=False, exists=True),
+        type=click.Path(file_okay=False),
         default=None,
-        help="Deploy every YAML flow in this folder at start.",
+        help="Deploy every flow (*.yaml, *.yml) of this folder before the server is ready; a "
+        "flow that does not validate is logged with its file and problem and left out.",
     )(f)
-    f = click.option("--worker-slots", type=int, default=None, help="Attempts run at once.")(f)
-    f = click.option(
+
+
+def _worker_slots_option(f: F) -> F:
+    return click.option(
+        "--worker-slots", type=int, default=None, help="Attempts run at once (default 16)."
+    )(f)
+
+
+def _heartbeat_option(f: F) -> F:
+    return click.option(
         "--heartbeat-timeout",
         type=float,
         default=None,
         help="Seconds without a heartbeat after which a worker is lost and its attempts run "
         "again elsewhere (default 15).",
+    )(f)
+
+
+def _log_format_option(f: F) -> F:
+    f = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default=None,
+        help="The engine's own logs as text lines (default) or as JSON lines.",
     )(f)
     return config_option(f)
 
@@ -170,12 +231,32 @@ def _database_option(f: F) -> F:
     )(f)
 
 
+def _required_database_option(f: F) -> F:
+    return click.option(
+        "--database-url",
+        envvar="TIERCEL_DATABASE_URL",
+        default=None,
+        help="URL of the PostgreSQL every process of the cluster shares (required; env "
+        "TIERCEL_DATABASE_URL).",
+    )(f)
+
+
 def _data_dir_option(f: F) -> F:
     return click.option(
         "--data-dir",
         type=click.Path(file_okay=False),
         default=None,
         help="Where the embedded PostgreSQL and files live (default: the user's data dir).",
+    )(f)
+
+
+def _storage_dir_option(f: F) -> F:
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Where internal storage (execution files) lives: the same shared folder for every "
+        "process (default: the user's data dir; TIERCEL_STORAGE_DIR wins).",
     )(f)
 
 
@@ -186,39 +267,79 @@ def server() -> None:
 
 
 @server.command("local")
-@_server_options
+@_http_options
+@_flows_option
+@_worker_slots_option
+@_heartbeat_option
 @_database_option
 @_data_dir_option
+@_log_format_option
 def server_local(**options: Any) -> None:
-    """Everything in one process, on an embedded PostgreSQL unless --database-url is given."""
+    """Everything in one process (executor, worker, projections, API), on an embedded
+    PostgreSQL that it starts in --data-dir, or on the one --database-url names."""
     _serve(("executor", "worker", "indexer", "webserver"), embedded_ok=True, **options)
 
 
 @server.command("standalone")
-@_server_options
-@_database_option
-@_data_dir_option
+@_http_options
+@_flows_option
+@_worker_slots_option
+@_heartbeat_option
+@_required_database_option
+@_storage_dir_option
+@_log_format_option
 def server_standalone(**options: Any) -> None:
-    """Everything in one process against an existing PostgreSQL (--database-url)."""
+    """Everything in one process (executor, worker, projections, API) against an existing
+    PostgreSQL: needs --database-url."""
     _serve(("executor", "worker", "indexer", "webserver"), embedded_ok=False, **options)
 
 
-def _role_command(role: str, roles: tuple[str, ...], doc: str) -> None:
-    @server.command(role, help=doc)
-    @_server_options
-    @_database_option
-    @_data_dir_option
-    def command(**options: Any) -> None:
-        _serve(roles, embedded_ok=False, **options)
+@server.command("executor")
+@_heartbeat_option
+@_required_database_option
+@_storage_dir_option
+@_log_format_option
+def server_executor(**options: Any) -> None:
+    """The executor, timers and watchdog only: needs --database-url. Run one or more; workers,
+    indexers and webservers are other processes on the same database."""
+    _serve(("executor",), embedded_ok=False, **options)
 
 
-_role_command("executor", ("executor",), "The executor, timers and watchdog only.")
-_role_command("worker", ("worker",), "A worker only.")
-_role_command("indexer", ("indexer",), "The projections (read models) only.")
-_role_command("webserver", ("webserver",), "The REST API and web UI only.")
+@server.command("worker")
+@_worker_slots_option
+@_heartbeat_option
+@_required_database_option
+@_storage_dir_option
+@_log_format_option
+def server_worker(**options: Any) -> None:
+    """A worker only: needs --database-url (the PostgreSQL the executor uses) and the same
+    internal storage folder as the other processes. Runs up to --worker-slots attempts at
+    once."""
+    _serve(("worker",), embedded_ok=False, **options)
+
+
+@server.command("indexer")
+@_required_database_option
+@_storage_dir_option
+@_log_format_option
+def server_indexer(**options: Any) -> None:
+    """The projections (the read models the API searches) only: needs --database-url."""
+    _serve(("indexer",), embedded_ok=False, **options)
+
+
+@server.command("webserver")
+@_http_options
+@_required_database_option
+@_storage_dir_option
+@_log_format_option
+def server_webserver(**options: Any) -> None:
+    """The REST API, health and metrics only: needs --database-url. Searches read the
+    projections, which an indexer process keeps up to date."""
+    _serve(("webserver",), embedded_ok=False, **options)
 
 
 def _serve(roles: tuple[str, ...], *, embedded_ok: bool, **options: Any) -> None:
+    _use_log_format(str(_setting("log-format", options.get("log_format"), "text")))
     url = _setting("database-url", options.get("database_url"))
     data_dir = Path(_setting("data-dir", options.get("data_dir")) or _default_data_dir())
     if not url and not embedded_ok:
@@ -253,6 +374,8 @@ def _serve(roles: tuple[str, ...], *, embedded_ok: bool, **options: Any) -> None
         },
     }
     flows_dir = options.get("flows_dir") or _setting("flows", None)
+    if flows_dir and not Path(flows_dir).is_dir():
+        raise click.ClickException(f"--flows {flows_dir}: no such folder")
     _secrets_cli.configure_master_key(data_dir, generate=not url)
     try:
         trio.run(functools.partial(_serve_async, roles, url, data_dir, flows_dir, settings))
@@ -311,7 +434,7 @@ async def _serve_async(
             if not url:
                 # A signal meanwhile waits in the receiver; the server is stopped below.
                 embedded = EmbeddedPostgres(data_dir)
-                log.info("Starting the embedded PostgreSQL in %s", embedded.pgdata)
+                log.debug("Starting the embedded PostgreSQL in %s", embedded.pgdata)
                 url = await trio.to_thread.run_sync(embedded.start)
             async with trio.open_nursery() as nursery:
 
@@ -323,28 +446,62 @@ async def _serve_async(
                         return
 
                 nursery.start_soon(stop_on_signal)
-                ctx = await nursery.start(functools.partial(run_server, url, roles, **settings))
-                if flows_dir:
-                    await _deploy_folder(ctx.store, Path(flows_dir))
+
+                async def deploy(ctx: Any) -> None:
+                    if flows_dir:
+                        await _deploy_folder(ctx.store, Path(flows_dir))
+
+                ctx = await nursery.start(
+                    functools.partial(run_server, url, roles, prepare=deploy, **settings)
+                )
                 if "webserver" in roles:
-                    log.info("Tiercel is up on http://localhost:%s", settings["port"])
+                    log.info("%s", _where(ctx, settings["host"]))
         finally:
             if embedded is not None:
-                was_running = bool(embedded.url)
                 await trio.to_thread.run_sync(embedded.stop)
-                if was_running:
-                    log.info("Embedded PostgreSQL stopped")
+                log.debug("Embedded PostgreSQL stopped")
+
+
+def _where(ctx: Any, host: str) -> str:
+    """The line that says where the API and its documentation are."""
+    bound = (ctx.extra.get("urls") or [f"http://{host}:{ctx.port}"])[0]
+    scheme, _, address = bound.partition("://")
+    port = address.rpartition(":")[2]
+    shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1") else host
+    base = f"{scheme}://{shown}:{port}"
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    where = f"Tiercel is up: API {base}/api/v1 (OpenAPI {base}/api/v1/openapi.yml)"
+    return where + (f", docs in {docs}" if docs.is_dir() else "")
 
 
 async def _deploy_folder(store: Any, folder: Path) -> None:
+    """Deploy every flow of `folder`; one that cannot be read or does not validate is logged on
+    one line naming its file and its problems, and the others are deployed (as Kestra's
+    `--flow-path` does)."""
     from engine.commands import deploy_flow
 
+    deployed = refused = 0
     for path in sorted([*folder.rglob("*.yaml"), *folder.rglob("*.yml")]):
         try:
-            record = await deploy_flow(store, path.read_text(), actor="cli")
-            log.info("Deployed %s.%s revision %s", record.namespace, record.id, record.revision)
+            source = path.read_text()
+            record = await deploy_flow(store, source, actor="cli")
         except FlowValidationError as exc:
-            log.error("Not deployed: %s", str(exc).replace("Invalid flow", f"Invalid flow {path}"))
+            refused += 1
+            problems = "; ".join(f"{path}:{p}" for p in exc.details) or f"{path}: {exc}"
+            log.error("Flow not deployed: %s", problems)
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            refused += 1
+            log.error("Flow not deployed: %s: cannot be read (%s)", path, exc)
+            continue
+        deployed += 1
+        log.debug("Deployed %s.%s revision %s", record.namespace, record.id, record.revision)
+    log.info(
+        "Deployed %d flow(s) from %s%s",
+        deployed,
+        folder,
+        f"; {refused} not deployed (see above)" if refused else "",
+    )
 
 
 # --- migrate ---------------------------------------------------------------------------------------
@@ -558,45 +715,135 @@ def flow_validate(files: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
-def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, str]:
-    out = {}
+LAST_LOG_LINES = 10
+"""Log lines of a failed task run that `flow test` shows (its last ones)."""
+
+
+class _CliError(Exception):
+    """A problem `flow test` reports on one line (or as the `error` of its JSON)."""
+
+    def __init__(self, message: str, error: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error = error or {"message": message, "details": []}
+
+
+def _parse_inputs(pairs: tuple[str, ...]) -> tuple[dict[str, str], dict[str, tuple[str, bytes]]]:
+    """The `--input KEY=VALUE` values, and the files of the `KEY=@PATH` ones (name, content)."""
+    values: dict[str, str] = {}
+    files: dict[str, tuple[str, bytes]] = {}
     for pair in pairs:
-        if "=" not in pair:
-            raise click.BadParameter(f"'{pair}' must be KEY=VALUE", param_hint="--input")
-        key, value = pair.split("=", 1)
-        out[key] = value
-    return out
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise _CliError(f"--input {pair!r} must be KEY=VALUE (or KEY=@FILE for a file)")
+        if value.startswith("@") and len(value) > 1:
+            path = Path(value[1:])
+            try:
+                files[key] = (path.name, path.read_bytes())
+            except OSError as exc:
+                raise _CliError(
+                    f"--input {key}: cannot read {path}: {exc.strerror or exc}"
+                ) from None
+            continue
+        values[key] = value
+    return values, files
+
+
+def _tiercel_error(exc: BaseException) -> TiercelError | None:
+    """The TiercelError `exc` is or holds (a nursery wraps what its tasks raise in a group)."""
+    if isinstance(exc, TiercelError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _tiercel_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _one_line(exc: TiercelError) -> str:
+    """A domain error on one line: its problems when it has any, else its message."""
+    details = getattr(exc, "details", None) or []
+    if details:
+        return "; ".join(getattr(p, "message", str(p)) for p in details)
+    return " ".join(str(exc).split())
 
 
 @flow.command("test")
 @config_option
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--input", "inputs", multiple=True, help="An input as KEY=VALUE (repeatable).")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An input (repeatable); KEY=@PATH gives a file to a FILE input.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--timeout", type=float, default=300.0, help="Seconds to wait for the end.")
 @_database_option
 def flow_test(
     file: str, inputs: tuple[str, ...], as_json: bool, timeout: float, database_url: str | None
 ) -> None:
-    """Run one flow to its end on a throwaway embedded database and print a summary."""
-    from engine.flow import parse_flow
+    """Run one flow to its end on a throwaway embedded database and print a summary: each
+    task run's state and outputs, and for a failed one its error and last log lines.
 
-    source = Path(file).read_text()
+    Exits 0 when the execution ends in SUCCESS or WARNING, 1 otherwise. A missing file, a bad
+    input or a bad setting is one line (or the `error` of the JSON), never a traceback."""
+    from engine.commands import new_execution_id
+    from engine.flow import parse_flow
+    from engine.inputs import resolve_inputs
+    from engine.storage import input_prefix, to_uri
+
+    def fail(problem: _CliError) -> NoReturn:
+        if as_json:
+            click.echo(json.dumps({"state": None, "error": problem.error}, indent=2))
+        else:
+            click.echo(f"Error: {problem.message}", err=True)
+        sys.exit(1)
+
     try:
-        parse_flow(source, origin=file)
+        source = Path(file).read_text()
+    except FileNotFoundError:
+        fail(_CliError(f"Flow file {file} does not exist"))
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(_CliError(f"Cannot read flow file {file}: {getattr(exc, 'strerror', None) or exc}"))
+    try:
+        flow = parse_flow(source, origin=file)
     except FlowValidationError as exc:
+        if as_json:
+            fail(_CliError(str(exc), exc.to_json()))
         click.echo(str(exc).replace("Invalid flow", f"Invalid flow {file}"))
         sys.exit(1)
-    given = _parse_inputs(inputs)
+    try:
+        given, files = _parse_inputs(inputs)
+        execution_id = new_execution_id()
+        declared = {i.id_: i for i in flow.inputs}
+        for key, value in list(given.items()):
+            inp = declared.get(key)
+            if inp is not None and inp.type == "FILE" and not value.startswith("kestra://"):
+                # Plain text for a FILE input is stored as a file, as the API does.
+                extension = inp.extension or ".txt"
+                name = key + ("" if extension.startswith(".") else ".") + extension
+                files[key] = (name, given.pop(key).encode())
+        planned = {
+            key: to_uri(input_prefix(flow.namespace, flow.id, execution_id, key) + "/" + name)
+            for key, (name, _) in files.items()
+        }
+        # Checked before any database starts: a bad input is one line and costs nothing.
+        resolve_inputs(flow, {**given, **planned})
+    except _CliError as problem:
+        fail(problem)
+    except TiercelError as exc:
+        fail(_CliError(_one_line(exc), exc.to_json()))
     logging.getLogger().setLevel(logging.WARNING)
     try:
-        summary = trio.run(_flow_test, source, given, timeout, database_url)
-    except TiercelError as exc:
-        if as_json:
-            click.echo(json.dumps({"state": None, "error": exc.to_json()}, indent=2))
-        else:
-            click.echo(str(exc))
-        sys.exit(1)
+        summary = trio.run(_flow_test, source, given, timeout, database_url, files, execution_id)
+    except Exception as exc:
+        found = _tiercel_error(exc)
+        if found is None:
+            raise
+        fail(_CliError(_one_line(found), found.to_json()))
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
@@ -605,22 +852,49 @@ def flow_test(
             value = f"[{run['value']}]" if run.get("value") is not None else ""
             outputs = json.dumps(run["outputs"]) if run["outputs"] else ""
             click.echo(f"  {run['state']:<9} {run['taskId']}{value} {outputs}".rstrip())
+            if run.get("error"):
+                click.echo(f"            error: {run['error']}")
+            for line in run.get("lastLogs", []):
+                click.echo(f"            {line['level']:<5} {line['message']}")
         if summary["outputs"]:
             click.echo("Outputs: " + json.dumps(summary["outputs"]))
     sys.exit(0 if summary["state"] in ("SUCCESS", "WARNING") else 1)
 
 
+def _migrations_key() -> str:
+    """What the template cluster's setup depends on: the migrations, by name and content."""
+    import hashlib
+
+    from engine.migrate import migrations_dir
+
+    digest = hashlib.sha256()
+    for path in sorted(migrations_dir().glob("*.sql")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 async def _flow_test(
-    source: str, inputs: dict[str, str], timeout: float, url: str | None
+    source: str,
+    inputs: dict[str, str],
+    timeout: float,
+    url: str | None,
+    files: dict[str, tuple[str, bytes]] | None = None,
+    execution_id: str | None = None,
 ) -> dict[str, Any]:
     from engine.commands import create_execution, deploy_flow, wait_for_end
-    from engine.embedded import EmbeddedPostgres
+    from engine.embedded import EmbeddedPostgres, seed_from_template
+    from engine.migrate import migrate
     from engine.server import run_server
+    from engine.storage import input_prefix
 
     variables = _config_server_options()["template_variables"]  # globals and envs of the file
     with tempfile.TemporaryDirectory(prefix="tiercel-flow-test-") as tmp:
         embedded = None
         if not url:
+            # A copy of a cluster made and migrated once: no initdb, no migrations per run.
+            await trio.to_thread.run_sync(
+                lambda: seed_from_template(Path(tmp), migrate, _migrations_key())
+            )
             embedded = EmbeddedPostgres(Path(tmp))
             url = await trio.to_thread.run_sync(embedded.start)
         try:
@@ -636,23 +910,53 @@ async def _flow_test(
                     )
                 )
                 record = await deploy_flow(ctx.store, source, actor="cli")
+                given: dict[str, Any] = dict(inputs)
+                for key, (name, data) in (files or {}).items():
+                    prefix = input_prefix(record.namespace, record.id, execution_id or "", key)
+                    given[key] = await trio.to_thread.run_sync(ctx.storage.put, prefix, name, data)
                 execution_id = await create_execution(
-                    ctx.store, record.namespace, record.id, inputs, actor="cli"
+                    ctx.store,
+                    record.namespace,
+                    record.id,
+                    given,
+                    actor="cli",
+                    execution_id=execution_id,
                 )
                 state = await wait_for_end(ctx.store, ctx.notifier, execution_id, timeout=timeout)
+                logs = _last_logs(await ctx.store.read_execution(execution_id))
                 nursery.cancel_scope.cancel()
         finally:
             if embedded is not None:
                 await trio.to_thread.run_sync(embedded.stop)
-    return {
-        "id": state.id,
-        "state": state.state,
-        "taskRuns": [
-            {"taskId": r.taskId, "value": r.value, "state": r.state, "outputs": r.outputs or {}}
-            for r in state.taskruns.values()
-        ],
-        "outputs": state.outputs or {},
-    }
+    runs = []
+    for r in state.taskruns.values():
+        run: dict[str, Any] = {
+            "taskId": r.taskId,
+            "value": r.value,
+            "state": r.state,
+            "outputs": r.outputs or {},
+        }
+        if r.state in ("FAILED", "KILLED", "WARNING"):
+            run["error"] = r.message
+            run["lastLogs"] = logs.get(r.id, [])
+        runs.append(run)
+    return {"id": state.id, "state": state.state, "taskRuns": runs, "outputs": state.outputs or {}}
+
+
+def _last_logs(events: list[Any]) -> dict[str, list[dict[str, Any]]]:
+    """The last `LAST_LOG_LINES` log lines of each task run (level and message), by its id."""
+    from engine.events import AttemptLogged
+
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for stored in events:
+        if isinstance(stored.event, AttemptLogged):
+            kept = lines.setdefault(stored.event.taskRunId, [])
+            kept.extend(
+                {"level": line.get("level", ""), "message": str(line.get("message", ""))}
+                for line in stored.event.lines
+            )
+            del kept[:-LAST_LOG_LINES]
+    return lines
 
 
 # --- plugins ---------------------------------------------------------------------------------------

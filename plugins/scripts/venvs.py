@@ -140,6 +140,23 @@ async def prepare(
     """Make the attempt's virtual environment in `folder`, with `dependencies` installed
     (in a cached layer when `cache`, else in the environment itself). `env` is the
     environment of the installer's process (the script's own, before activation)."""
+    try:
+        return await _prepare(ctx, folder, env, dependencies, cache, package_manager)
+    except OSError as exc:
+        raise TaskFailure(
+            f"The script's Python environment could not be made ({exc}): the cache folder "
+            f"{cache_dir()} must be writable (set {CACHE_ENV} to choose another)"
+        ) from exc
+
+
+async def _prepare(
+    ctx: RunContext,
+    folder: Path,
+    env: dict[str, str],
+    dependencies: list[str] | None,
+    cache: bool,
+    package_manager: str,
+) -> PythonEnvironment:
     packages = sorted({str(d).strip() for d in dependencies or [] if str(d).strip()})
     pip = await _pip_layer(ctx, env)
     bin_dirs = [folder / "bin"]
