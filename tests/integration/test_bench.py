@@ -88,3 +88,16 @@ def test_a_peer_that_cannot_run_is_skipped_with_its_reason(quick_run: dict[str, 
     results = json.loads(quick_run["stdout"])
     assert "/nonexistent/bin/python" in results["peers"]["skipped"]
     assert "Prefect 3: skipped (could not start /nonexistent/bin/python" in quick_run["table"]
+
+
+def test_trips_names_who_asks_for_each_round_trip_of_a_w1_execution(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.trips import main
+
+    assert main(["--tasks", "3", "--runs", "1", "--database-url", database_url]) == 0
+    printed = capsys.readouterr().out
+    assert "W1, 3 sequential Returns, 1 runs" in printed
+    # The executor appends its decisions and the worker claims each attempt: both are named.
+    assert "engine/executor_shell.py" in printed
+    assert "engine/worker.py:_claim" in printed
