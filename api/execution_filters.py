@@ -145,6 +145,8 @@ def _values(raw: str) -> list[str]:
 
 def _states(values: Iterable[str], path: str) -> set[str]:
     states = {v.upper() for v in values}
+    if not states:
+        raise _bad(f"{path} names no state", path)
     unknown = sorted(states - STATES)
     if unknown:
         raise _bad(

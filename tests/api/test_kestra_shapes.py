@@ -135,6 +135,7 @@ async def test_search_refuses_what_it_cannot_answer_naming_it(client: httpx.Asyn
         "bad duration": ({"filters[timeRange][EQUALS]": "24 hours"}, "24 hours"),
         "grouped": ({"filters[or][0][state][EQUALS]": "FAILED"}, "grouped"),
         "label without key": ({"filters[labels][EQUALS]": "prod"}, "key"),
+        "no state": ({"filters[state][IN]": "[]"}, "names no state"),
     }
     for case, (params, named) in cases.items():
         response = await client.get(SEARCH, params=params)
