@@ -168,6 +168,32 @@ tasks:
     assert _site_packages_listing() == before
 
 
+async def test_dependencies_without_the_cache_are_installed_in_the_attempt_itself(
+    engine: ServerContext, ns: str, registry: None, cache: Path
+) -> None:
+    run = await _run(
+        engine,
+        f"""
+id: uncached
+namespace: {ns}
+tasks:
+  - id: deps
+    type: io.kestra.plugin.scripts.python.Script
+    dependencyCacheEnabled: false
+    packageManager: PIP
+    dependencies: ["{DEPENDENCY}==0.5.1"]
+    script: |
+      import {DEPENDENCY_MODULE}, sys
+      from kestra import Kestra
+      Kestra.outputs({{"file": {DEPENDENCY_MODULE}.__file__, "prefix": sys.prefix}})
+""",
+    )
+    assert run.state.state == "SUCCESS", run.messages()
+    found = run.vars("deps")
+    assert Path(found["prefix"]) in Path(found["file"]).parents
+    assert cache not in Path(found["file"]).parents
+
+
 async def test_tasks_needing_the_same_new_dependencies_at_once_share_one_install(
     engine: ServerContext, ns: str, registry: None
 ) -> None:
@@ -200,7 +226,7 @@ tasks:
 
 
 async def test_pip_and_python_of_a_script_are_one_interpreter(
-    engine: ServerContext, ns: str, registry: None
+    engine: ServerContext, ns: str
 ) -> None:
     commands = """
       - echo "python=$(python -c 'import sys; print(sys.executable)')"
