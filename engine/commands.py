@@ -635,7 +635,7 @@ def execution_json(state: Execution) -> dict[str, Any]:
 class _Waiter:
     """One `wait_for_end` call: the execution's stream and how far it was looked at."""
 
-    __slots__ = ("stream", "version", "ended", "covered")
+    __slots__ = ("stream", "version", "ended", "covered", "position")
 
     def __init__(self, stream: str, version: int) -> None:
         self.stream = stream
@@ -645,6 +645,9 @@ class _Waiter:
         """Whether the events after the previous `version` hold a terminal state change."""
         self.covered = -1
         """The notifier's generation when the last look that included this waiter began."""
+        self.position: int | None = None
+        """The log position every event up to which was looked at (from the feed), once a
+        look at the database gave a start."""
 
 
 class _EndWatch:
@@ -664,6 +667,12 @@ class _EndWatch:
                 return  # a look that began after `wanted` was reached included it
             began = notifier.generation
             waiters = list(self.waiters)
+            feed = store.feed
+            if feed is not None and await self._look_in_feed(feed, notifier, waiters):
+                for w in waiters:
+                    w.covered = began
+                return
+            start = feed.head if feed is not None else None
             after: dict[str, int] = {}
             for w in waiters:
                 after[w.stream] = min(after.get(w.stream, w.version), w.version)
@@ -684,6 +693,37 @@ class _EndWatch:
                     w.ended = w.ended or ended
                     w.version = version
                 w.covered = began
+                w.position = start
+
+    async def _look_in_feed(self, feed: Any, notifier: Notifier, waiters: list[_Waiter]) -> bool:
+        """Look at the state changes the process's feed holds (no round trip); False when the
+        feed cannot tell (a waiter not yet started from the database, the feed behind the
+        notifications or no longer holding what is needed)."""
+        if any(w.position is None for w in waiters):
+            return False
+        with trio.move_on_after(0.5):
+            while feed.head < notifier.latest:  # another process's commit, not yet read
+                await feed.wait(feed.generation, 0.5)
+        if feed.head < notifier.latest:
+            return False
+        lowest = min(w.position for w in waiters if w.position is not None)
+        found = feed.after(lowest, ["ExecutionStateChanged"], 1_000_000)
+        if found is None:
+            return False
+        events, position = found
+        by_stream: dict[str, list[_Waiter]] = {}
+        for w in waiters:
+            by_stream.setdefault(w.stream, []).append(w)
+        targets = TERMINAL_STATES | {"PAUSED"}
+        for e in events:
+            for w in by_stream.get(e.stream_id, ()):
+                assert w.position is not None
+                if e.seq > w.position and e.version > w.version:
+                    w.version = e.version
+                    w.ended = w.ended or getattr(e.event, "state", None) in targets
+        for w in waiters:
+            w.position = position
+        return True
 
 
 _watches: weakref.WeakKeyDictionary[Notifier, _EndWatch] = weakref.WeakKeyDictionary()

@@ -8,8 +8,11 @@ import uuid
 import trio
 
 from engine import events as ev
+from engine.commands import create_execution, deploy_flow, wait_for_end
 from engine.db import Database, Notifier
+from engine.execution.state import Execution
 from engine.feed import Feed
+from engine.server import ServerContext
 from engine.store import EventStore
 
 
@@ -90,4 +93,33 @@ async def test_the_feed_holds_every_event_once_in_order_when_processes_append_to
     assert seqs == logged
     assert len([e for e in held[0] if e.stream_id.startswith(f"kv:{ns}")]) == 180
     await other_db.close()
+    await db.close()
+
+
+async def test_waiters_of_a_process_see_ends_recorded_by_another_one_through_its_feed(
+    engine: ServerContext, database_url: str, notifier: Notifier, nursery: trio.Nursery
+) -> None:
+    # This test's store, feed and notifier stand for an API process; `engine` runs the flows.
+    store, feed, db = await _start(nursery, database_url, notifier)
+    ns = f"feed{uuid.uuid4().hex[:8]}"
+    source = f"id: steps\nnamespace: {ns}\ntasks:\n" + "".join(
+        f"  - id: t{i}\n    type: io.kestra.plugin.core.debug.Return\n    format: '{i}'\n"
+        for i in range(5)
+    )
+    await deploy_flow(engine.store, source)
+    ids = [await create_execution(engine.store, ns, "steps") for _ in range(3)]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as waiting:
+            ended: list[Execution] = []
+
+            async def wait(xid: str) -> None:
+                ended.append(await wait_for_end(store, notifier, xid, timeout=30))
+
+            for xid in ids:
+                waiting.start_soon(wait, xid)
+    assert sorted(e.id for e in ended) == sorted(ids)
+    assert all(e.state == "SUCCESS" and len(e.taskruns) == 5 for e in ended)
+    # A waiter started after the end returns at once, from the fold.
+    again = await wait_for_end(store, notifier, ids[0], timeout=1)
+    assert again.state == "SUCCESS"
     await db.close()
