@@ -237,6 +237,27 @@ YAML_BODIES: set[tuple[str, str]] = {
 }
 """Routes that take a flow's YAML (several, separated by `---`, for a namespace's flows)."""
 
+_OBJECT = {"schema": {"type": "object", "additionalProperties": True}}
+OTHER_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/api/v1/executions/{namespace}/{flow_id}"): {
+        "application/json": _OBJECT,
+        "multipart/form-data": _OBJECT,
+    },
+    ("POST", "/api/v1/executions/{execution_id}/resume"): {
+        "application/json": _OBJECT,
+        "multipart/form-data": _OBJECT,
+    },
+    ("POST", "/api/v1/flows/import"): {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"fileUpload": {"type": "string", "format": "binary"}},
+            }
+        }
+    },
+}
+"""Other request bodies: an execution's inputs (by input id), a resume's values, an import."""
+
 _CONVERTED = re.compile(r"<(?:([a-z_]+)(?:\([^)]*\))?:)?([A-Za-z_][A-Za-z0-9_]*)>")
 
 
@@ -332,6 +353,8 @@ def _operation(
         operation["parameters"] = parameters
     if (method, path) in YAML_BODIES:
         operation["requestBody"] = {"required": True, "content": YAML_BODY}
+    elif (method, path) in OTHER_BODIES:
+        operation["requestBody"] = {"required": False, "content": OTHER_BODIES[(method, path)]}
     return operation
 
 
