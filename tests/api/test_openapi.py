@@ -8,12 +8,14 @@ from typing import Any
 
 import httpx
 import msgspec
+import trio
 import yaml
 
 from api import openapi
 from api.auth import PUBLIC, ROLE_ATTR
 
 YAML = {"Content-Type": "application/x-yaml"}
+SEARCH = "/api/v1/executions/search"
 
 
 async def _document(client: httpx.AsyncClient, path: str = openapi.PATH) -> dict[str, Any]:
@@ -84,7 +86,16 @@ async def test_openapi_schemas_describe_the_answers_kestra_clients_read(
     # The shapes hold every field the answers carry.
     fields = {f.encode_name for f in msgspec.structs.fields(openapi.Execution)}
     assert set(execution.json()) <= fields
-    refused = await client.get("/api/v1/executions/search", params={"state": "DONE"})
+    with trio.fail_after(15):
+        while not (found := await client.get(SEARCH, params={"namespace": ns})).json()["total"]:
+            await trio.sleep(0.05)
+    page = msgspec.convert(found.json(), openapi.ExecutionPage)
+    row_fields = {f.encode_name for f in msgspec.structs.fields(openapi.ExecutionSummary)}
+    assert all(set(row) <= row_fields for row in found.json()["results"])
+    logs = await client.get(f"/api/v1/logs/{execution.json()['id']}")
+    msgspec.convert(logs.json(), list[openapi.LogEntry])
+    assert page.total == len(page.results)
+    refused = await client.get(SEARCH, params={"state": "DONE"})
     msgspec.convert(refused.json(), openapi.ApiError)
 
 
