@@ -5,13 +5,18 @@ store, `?wait=true`, and the 404 of routes Tiercel does not serve."""
 from __future__ import annotations
 
 import io
+import shutil
 import uuid
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 import trio
+
+from tests.conftest import ADMIN_PASSWORD
 
 YAML = {"Content-Type": "application/x-yaml"}
 JSON = {"Content-Type": "application/json"}
@@ -108,6 +113,38 @@ async def test_namespace_put_deploys_a_folder_of_flows_as_a_ci_step_would(
     assert kept.status_code == 200 and [f["id"] for f in kept.json()] == ["extra"]
     listed = (await client.get(f"/api/v1/flows/{ns}")).json()
     assert [f["id"] for f in listed] == ["extra", "extract", "report"]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_a_ci_job_deploys_a_folder_of_flow_files_with_curl(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """The deploy step of a pipeline: the folder's files joined with `---`, sent with curl to
+    the tenant-prefixed path, failing the job (curl -f) on an error."""
+    ns = _ns()
+    folder = tmp_path / "flows"
+    folder.mkdir()
+    for name in ("ingest", "publish"):
+        (folder / f"{name}.yml").write_text(_flow(ns, name))
+    joined = tmp_path / "all.yml"
+    joined.write_text("\n---\n".join(f.read_text() for f in sorted(folder.glob("*.yml"))))
+    url = str(client.base_url).rstrip("/") + f"/api/v1/main/flows/{ns}"
+
+    async def deploy() -> Any:
+        return await trio.run_process(
+            ["curl", "-sSf", "-u", f"admin:{ADMIN_PASSWORD}", "-X", "PUT", url,
+             "-H", "Content-Type: application/x-yaml", "--data-binary", f"@{joined}"],
+            capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+
+    done = await deploy()
+    assert done.returncode == 0, done.stderr
+    assert [f["id"] for f in orjson.loads(done.stdout)] == ["ingest", "publish"]
+    joined.write_text(_flow(ns, "ingest") + "---\nid: [\n")
+    failed = await deploy()
+    assert failed.returncode == 22  # curl -f: the HTTP error fails the job
+    listed = (await client.get(f"/api/v1/flows/{ns}")).json()
+    assert [f["id"] for f in listed] == ["ingest", "publish"]
 
 
 async def test_namespace_put_with_a_bad_document_names_it_and_changes_nothing(
@@ -388,6 +425,24 @@ async def test_kv_values_keep_kestra_types_and_expire_with_their_ttl(
     assert deleted.status_code == 200 and deleted.json() is True
     assert (await client.delete(f"{base}/count")).json() is False
     assert (await client.get(f"/api/v1/namespaces/{ns}/kv/count")).status_code == 404
+
+
+async def test_kv_keys_set_by_the_api_are_read_by_flows_and_back(
+    client: httpx.AsyncClient,
+) -> None:
+    ns = _ns()
+    base = f"/api/v1/namespaces/{ns}/kv"
+    assert (await client.put(f"{base}/limit", content=b"7", headers=JSON)).is_success
+    flow = (
+        f"id: kv\nnamespace: {ns}\ntasks:\n"
+        "  - id: read\n    type: io.kestra.plugin.core.kv.Get\n    key: limit\n"
+        "  - id: write\n    type: io.kestra.plugin.core.kv.Set\n    key: doubled\n"
+        '    value: "{{ outputs.read.value * 2 }}"\n    kvType: NUMBER\n'
+    )
+    assert (await client.post("/api/v1/flows", content=flow, headers=YAML)).is_success
+    ran = await client.post(f"/api/v1/executions/{ns}/kv?wait=true")
+    assert ran.json()["state"]["current"] == "SUCCESS", ran.text
+    assert (await client.get(f"{base}/doubled")).json() == {"type": "NUMBER", "value": 14}
 
 
 async def test_kv_bad_values_ttls_and_keys_get_a_clear_400(client: httpx.AsyncClient) -> None:
