@@ -27,6 +27,7 @@ from api import (
     flows_routes,
     kv_routes,
     metrics,
+    openapi,
     tenant,
 )
 from api import secrets as secrets_routes
@@ -195,6 +196,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(flows_routes.blueprint(ctx, _flow_answer))
     tenant.install(app)
     metrics.register(app, ctx)
+    openapi.register(app)
 
     @app.errorhandler(TiercelError)
     async def domain_error(exc: TiercelError) -> Response:
