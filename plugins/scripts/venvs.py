@@ -158,7 +158,14 @@ async def _prepare(
     package_manager: str,
 ) -> PythonEnvironment:
     packages = sorted({str(d).strip() for d in dependencies or [] if str(d).strip()})
-    pip = await _pip_layer(ctx, env)
+    try:
+        pip = await _pip_layer(ctx, env)
+    except OSError as exc:
+        if packages:
+            raise
+        # a script that needs no package still runs, only without pip
+        ctx.log("WARN", f"pip is not available to the script: {exc}")
+        pip = None
     bin_dirs = [folder / "bin"]
     lines: list[str] = []
     if packages and cache:
@@ -168,7 +175,7 @@ async def _prepare(
         bin_dirs.append(layer / "bin")
     if pip is not None:
         lines.append(str(pip))
-    _make_venv(folder, lines, pip_commands=pip is not None)
+    _make_venv(folder, lines, pip=pip is not None)
     if packages and not cache:
         ctx.log("INFO", f"Installing {' '.join(packages)} (dependency cache disabled)")
         await _install(ctx, env, folder, packages, pip, package_manager)
@@ -179,9 +186,11 @@ def _site(venv: Path) -> Path:
     return venv / "lib" / f"python{_version()}" / "site-packages"
 
 
-def _make_venv(folder: Path, pth_lines: list[str], *, pip_commands: bool) -> None:
+def _make_venv(folder: Path, pth_lines: list[str], *, pip: bool | None) -> None:
     """Lay out a virtual environment by hand: the few files PEP 405 asks for, which is all
-    `python -m venv --without-pip` makes too, in a fraction of its time."""
+    `python -m venv --without-pip` makes too, in a fraction of its time. Its `pip` commands run
+    its own interpreter's pip (`pip` true), or say that there is none (false); a cached layer
+    (None) has none."""
     python = interpreter()
     bin_dir = folder / "bin"
     bin_dir.mkdir(parents=True)
@@ -198,12 +207,17 @@ def _make_venv(folder: Path, pth_lines: list[str], *, pip_commands: bool) -> Non
         (bin_dir / name).symlink_to(python)
     if pth_lines:
         (site / LAYERS_PTH).write_text("\n".join(pth_lines) + "\n")
-    if pip_commands:
+    if pip is None:
+        return  # a cached layer: its pip commands would be found before the attempt's own
+    if pip:
         # a shell wrapper, not a Python shebang: the folder's path may pass the kernel's limit
         text = f'#!/bin/sh\nexec {shlex.quote(str(bin_dir / "python"))} -m pip "$@"\n'
-        for name in ("pip", "pip3", f"pip{_version()}"):
-            (bin_dir / name).write_text(text)
-            (bin_dir / name).chmod(0o755)
+    else:
+        # never let `pip` fall through to another interpreter's pip further on PATH
+        text = '#!/bin/sh\necho "pip is not available to scripts on this worker" >&2\nexit 1\n'
+    for name in ("pip", "pip3", f"pip{_version()}"):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
 
 
 @contextlib.asynccontextmanager
@@ -288,7 +302,7 @@ async def _dependencies_layer(
         # Built in place, not renamed: installers write the folder's path into its commands'
         # first lines. Without the mark, whatever is there is a build that did not finish.
         shutil.rmtree(layer, ignore_errors=True)
-        _make_venv(layer, [], pip_commands=False)
+        _make_venv(layer, [], pip=None)
         ctx.log("INFO", f"Installing {' '.join(packages)} into a cached environment")
         try:
             await _install(ctx, env, layer, packages, pip, manager)
