@@ -50,7 +50,6 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("GET", "/health/liveness", {}, "public"),
     ("GET", "/health/readiness", {}, "public"),
     ("GET", "/api/v1/openapi.yml", {}, "public"),
-    ("GET", "/api/v1/openapi.yml", {}, "public"),
     ("GET", "/prometheus", {}, "viewer"),
     ("GET", "/metrics", {}, "viewer"),
     ("POST", "/api/v1/login", {"json": {}}, "public"),
