@@ -2,9 +2,10 @@
 as a whole, imports of files, and one task of a flow.
 
 - `GET /api/v1/flows/{namespace}`: the namespace's flows (a list).
-- `PUT|POST /api/v1/flows/{namespace}`: make a multi-document YAML body the namespace's flows
-  (`?delete=true`, Kestra's default, deletes the namespace's flows the body does not hold);
-  every document is validated first, and nothing changes when any is invalid.
+- `PUT|POST /api/v1/flows/{namespace}`: make a multi-document YAML body (or multipart `flows`
+  files) the namespace's flows (`?delete=true`, Kestra's default, deletes the namespace's flows
+  the body does not hold); every document is validated first, and nothing changes when any is
+  invalid.
 - `POST /api/v1/flows/import`: a `.yml`/`.yaml` file or a `.zip` of them (multipart); answers
   the names of the files (or indexes of the documents) it could not import, as Kestra does.
 - `GET /api/v1/flows/{namespace}/{id}/tasks/{taskId}`: a task's definition.
@@ -13,6 +14,7 @@ as a whole, imports of files, and one task of a flow.
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -74,7 +76,10 @@ def blueprint(ctx: ServerContext, flow_answer: FlowAnswer) -> Blueprint:
     async def deploy_namespace(namespace: str) -> Response:
         _not_reserved(namespace)
         delete = _delete_arg()
-        documents = commands.split_documents(await bodies.yaml_text())
+        if (request.mimetype or "") == "multipart/form-data":
+            documents = await _namespace_files(namespace)
+        else:
+            documents = commands.split_documents(await bodies.yaml_text())
         deleted, deployed = await commands.deploy_namespace(
             store, namespace, documents, delete=delete, actor=actor()
         )
@@ -119,6 +124,36 @@ def blueprint(ctx: ServerContext, flow_answer: FlowAnswer) -> Blueprint:
         return _answer(commands.task_definition(flow, task_id))
 
     return routes
+
+
+async def _namespace_files(namespace: str) -> list[commands.FlowDocument]:
+    """The flows of a multipart namespace deploy (Kestra's `flows` parts, one file each); with
+    `?override=true` each file's `namespace:` line is set to the path's namespace first."""
+    override = (request.args.get("override") or "false").lower()
+    if override not in ("true", "false"):
+        raise InvalidRequest(f"Query parameter 'override' must be true or false, got {override!r}")
+    files = await request.files
+    uploads = files.getlist("flows") or [files[key] for key in files]
+    if not uploads:
+        raise InvalidRequest("No flow in the request: send each flow file as a part 'flows'")
+    if len(uploads) > commands.MAX_DOCUMENTS:
+        raise InvalidRequest(f"At most {commands.MAX_DOCUMENTS} flow files are deployed at once")
+
+    def read() -> list[commands.FlowDocument]:
+        documents = []
+        for index, upload in enumerate(uploads, 1):
+            name = bodies.file_name(upload.filename, f"file {index}")
+            text = bodies.decode_utf8(upload.read(), f"The file {name}")
+            if override == "true":
+                # A function, not a template: the path's namespace is taken as it is.
+                text = _NAMESPACE_LINE.sub(lambda _: f"namespace: {namespace}", text, count=1)
+            documents += commands.split_documents(text, name)
+        return documents
+
+    return await bodies.off_loop(read)
+
+
+_NAMESPACE_LINE = re.compile(r"(?m)^namespace:.*$")
 
 
 async def _upload() -> tuple[str, bytes]:

@@ -938,6 +938,9 @@ def check_documents(
     """Parse every document; `FlowValidationError` listing every problem of every document
     (its name, and lines counted in the whole body) when any is not a valid flow, is not in
     `namespace` (when given), or repeats another's id. Nothing is deployed here."""
+    if not documents:
+        # Never read as "the namespace has no flows": that would delete every one of them.
+        raise InvalidRequest("The request holds no flow: send at least one flow's YAML")
     if len(documents) > MAX_DOCUMENTS:
         raise InvalidRequest(
             f"The body holds {len(documents)} flows; at most {MAX_DOCUMENTS} are deployed at "

@@ -147,6 +147,28 @@ async def test_a_ci_job_deploys_a_folder_of_flow_files_with_curl(
     assert [f["id"] for f in listed] == ["ingest", "publish"]
 
 
+async def test_namespace_deploy_takes_flow_files_as_multipart_parts(
+    client: httpx.AsyncClient,
+) -> None:
+    """Newer Kestra CLIs send each file as a multipart part `flows`; `override=true` moves the
+    files into the path's namespace."""
+    ns = _ns()
+    files = [
+        ("flows", ("a.yml", _flow(ns, "a").encode())),
+        ("flows", ("b.yml", _flow("somewhere.else", "b").encode())),
+    ]
+    refused = await client.post(f"/api/v1/flows/{ns}", files=files)
+    assert refused.status_code == 422 and "b.yml" in refused.json()["details"][0]["message"]
+    deployed = await client.post(f"/api/v1/flows/{ns}?override=true", files=files)
+    assert deployed.status_code == 200, deployed.text
+    assert [(f["id"], f["namespace"]) for f in deployed.json()] == [("a", ns), ("b", ns)]
+    # A request with no flow is refused: it never empties the namespace.
+    for empty in ({"files": {"flows": ("x.yml", b"")}}, {"content": b"---\n", "headers": YAML}):
+        none = await client.put(f"/api/v1/flows/{ns}", **empty)
+        assert none.status_code == 400 and "no flow" in none.json()["message"], none.text
+    assert [f["id"] for f in (await client.get(f"/api/v1/flows/{ns}")).json()] == ["a", "b"]
+
+
 async def test_namespace_put_with_a_bad_document_names_it_and_changes_nothing(
     client: httpx.AsyncClient,
 ) -> None:
