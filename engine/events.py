@@ -132,6 +132,22 @@ class ExecutionPurged(Event, frozen=True):
     files: bool = True
 
 
+class LogsPurged(Event, frozen=True):
+    """Log lines matching these filters, recorded before this event, were deleted from the logs
+    read model (a maintenance task); the events that logged them stay. An empty filter
+    matches everything."""
+
+    namespace: str | None = None
+    """The namespace, and those under it (`a.b` matches `a.b.c`), unless `flowId` is given."""
+    flowId: str | None = None
+    executionIds: list[str] = []
+    levels: list[str] = []
+    startDate: str | None = None
+    """Lines logged at or after this time (ISO-8601)."""
+    endDate: str | None = None
+    """Lines logged before this time (ISO-8601)."""
+
+
 class TaskRunRestarted(Event, frozen=True):
     """A failed flowable task run is retried: its children start over."""
 
@@ -475,6 +491,7 @@ AnyEvent = (
     | ExecutionLabelsChanged
     | TaskRunRestarted
     | ExecutionPurged
+    | LogsPurged
     | ExecutionRetried
     | ExecutionResumeRequested
     | SubflowExecutionRequested
@@ -554,6 +571,11 @@ def flow_stream(namespace: str, flow_id: str) -> str:
 def worker_stream(worker_id: str) -> str:
     """The stream of one worker."""
     return f"worker:{worker_id}"
+
+
+def purge_stream(task_run_id: str, attempt: int) -> str:
+    """The stream of what one attempt of a purge task recorded (once, however often it runs)."""
+    return f"purge:{task_run_id}/{attempt}"
 
 
 def kv_stream(namespace: str, key: str) -> str:

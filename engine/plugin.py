@@ -139,6 +139,19 @@ class RunContext(Protocol):
         """Resume a paused execution with its Pause tasks' `onResume` values."""
         ...
 
+    async def purge_executions(self, **filters: Any) -> dict[str, int]:
+        """Purge ended executions matching `filters` (see `engine.purge.purge_executions`);
+        the counts removed: executionsCount, logsCount, storagesCount, metricsCount."""
+        ...
+
+    async def purge_logs(self, **filters: Any) -> int:
+        """Delete log lines matching `filters` (see `engine.purge.purge_logs`); how many."""
+        ...
+
+    async def purge_kv(self, **filters: Any) -> int:
+        """Delete KV keys matching `filters` (see `engine.purge.purge_kv`); how many."""
+        ...
+
     async def toggle_trigger(
         self, namespace: str, flow_id: str, trigger_id: str, enabled: bool
     ) -> None:

@@ -277,6 +277,38 @@ class AttemptContext:
                     )
         return lines
 
+    async def purge_executions(self, **filters: Any) -> dict[str, int]:
+        """Purge ended executions; recorded once per attempt, whatever reruns it."""
+        from engine import purge
+
+        done = await purge.purge_executions(
+            self._store(),
+            self.storage,
+            ev.purge_stream(self.task_run_id, self.attempt),
+            actor=f"task:{self.execution_id}/{self.task_id}",
+            **filters,
+        )
+        return dict(vars(done))
+
+    async def purge_logs(self, **filters: Any) -> int:
+        """Delete log lines from the logs read model; how many it held."""
+        from engine import purge
+
+        return await purge.purge_logs(
+            self._store(),
+            ev.purge_stream(self.task_run_id, self.attempt),
+            actor=f"task:{self.execution_id}/{self.task_id}",
+            **filters,
+        )
+
+    async def purge_kv(self, **filters: Any) -> int:
+        """Delete KV keys; how many."""
+        from engine import purge
+
+        return await purge.purge_kv(
+            self._store(), actor=f"task:{self.execution_id}/{self.task_id}", **filters
+        )
+
     async def resume_execution(self, execution_id: str, inputs: dict[str, Any]) -> None:
         """Resume a paused execution."""
         from engine.commands import resume_execution

@@ -16,6 +16,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from engine import events as ev
+from engine.purge import logs_condition
 from engine.store import StoredEvent
 
 OWNERS_CACHED = 20_000
@@ -38,7 +39,7 @@ class LogsProjection:
     """Log lines, one row each, keyed by their event position and line number."""
 
     name = "logs"
-    types = ("AttemptLogged", "ExecutionPurged")
+    types = ("AttemptLogged", "ExecutionPurged", "LogsPurged")
     tables = ("logs",)
 
     def __init__(self) -> None:
@@ -55,6 +56,13 @@ class LogsProjection:
                 self._flush(rows, conn)
                 rows = tuple([] for _ in range(12))
                 conn.execute("DELETE FROM logs WHERE execution_id = %s", (event.executionId,))
+                continue
+            if isinstance(event, ev.LogsPurged):
+                self._flush(rows, conn)
+                rows = tuple([] for _ in range(12))
+                where, params = logs_condition(event)
+                # Only lines recorded before the purge: a rebuild deletes what it deleted.
+                conn.execute(f"DELETE FROM logs WHERE seq < %s AND {where}", [e.seq, *params])
                 continue
             if not isinstance(event, ev.AttemptLogged):
                 continue

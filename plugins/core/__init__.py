@@ -1,6 +1,18 @@
 """Kestra's core task types (`io.kestra.plugin.core.*`), registered on import."""
 
-from plugins.core import debug, execution, flow, http, kv, log, output, state, storage, trigger
+from plugins.core import (
+    debug,
+    execution,
+    flow,
+    http,
+    kv,
+    log,
+    output,
+    purge,
+    state,
+    storage,
+    trigger,
+)
 
 __all__ = [
     "debug",
@@ -10,6 +22,7 @@ __all__ = [
     "kv",
     "log",
     "output",
+    "purge",
     "state",
     "storage",
     "trigger",
