@@ -2,26 +2,28 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
+# setuptools explains editable installs in warnings on every install: nothing to act on.
+QUIET_PIP := PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install -q --disable-pip-version-check
 
 .PHONY: run test lint install install-test bench clean
 
 $(BIN)/python:
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	@$(PY) -m venv $(VENV)
+	@$(QUIET_PIP) --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
-	touch $@
+	@$(QUIET_PIP) -e .
+	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
-	touch $(VENV)/.installed $@
+	@$(QUIET_PIP) -e '.[test]'
+	@touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 run: install
-	$(BIN)/tiercel server local --port $(PORT)
+	@$(BIN)/tiercel server local --port $(PORT)
 
 lint: install-test
 	$(BIN)/ruff check engine projections api plugins tests bench

@@ -36,7 +36,7 @@ async def serve(ctx: ServerContext, *, task_status: Any = trio.TASK_STATUS_IGNOR
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(hypercorn_serve, app, config)
         ctx.extra["urls"] = binds
-        log.info("API listening on %s", ", ".join(binds))
+        log.debug("API listening on %s", ", ".join(binds))
         task_status.started(binds)
 
 

@@ -343,7 +343,7 @@ def _serve(roles: tuple[str, ...], *, embedded_ok: bool, **options: Any) -> None
     url = _setting("database-url", options.get("database_url"))
     data_dir = Path(_setting("data-dir", options.get("data_dir")) or _default_data_dir())
     if not url and not embedded_ok:
-        raise click.UsageError(
+        raise click.ClickException(
             "This command needs --database-url (or TIERCEL_DATABASE_URL); "
             "`tiercel server local` starts an embedded PostgreSQL instead."
         )
@@ -351,7 +351,7 @@ def _serve(roles: tuple[str, ...], *, embedded_ok: bool, **options: Any) -> None
     host = _setting("host", options.get("host"), None)
     if not auth["auth_enabled"]:
         if host not in (None, "127.0.0.1", "localhost", "::1"):
-            raise click.UsageError(
+            raise click.ClickException(
                 f"--no-auth serves without credentials, so it binds 127.0.0.1 only; "
                 f"drop --host {host} or turn authentication on"
             )

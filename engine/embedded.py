@@ -23,6 +23,11 @@ the data directory's path is too long for a Unix socket, and the service account
   runtime role of the `postgres` database (`engine.db.runtime_role`) is created here as a LOGIN
   role, so the engine's sessions log in as it and may only add to and read `events` (migrations
   grant its rights; see docs/audit-log.md).
+
+Throwaway servers (`tiercel flow test`) start from a template: `seed_from_template` makes, once,
+a cluster already set up (initdb, then the caller's setup such as migrations) in the user's cache
+directory, and copies it into each new data directory, so a throwaway server costs a copy and a
+start rather than an initdb.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import atexit
 import enum
 import fcntl
 import functools
+import hashlib
 import importlib.util
 import logging
 import os
@@ -43,6 +49,7 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -68,6 +75,60 @@ _STOP_TIMEOUT = 30
 def default_data_dir() -> Path:
     """Where `tiercel server local` keeps its data unless told otherwise."""
     return Path(platformdirs.user_data_dir("tiercel"))
+
+
+def template_cache_dir() -> Path:
+    """Where template clusters are kept (`TIERCEL_CACHE_DIR`, else the user's cache dir)."""
+    configured = os.environ.get("TIERCEL_CACHE_DIR")
+    return Path(configured) if configured else Path(platformdirs.user_cache_dir("tiercel"))
+
+
+def seed_from_template(
+    data_dir: Path,
+    setup: Callable[[str], object],
+    key: str,
+    cache_dir: Path | None = None,
+) -> None:
+    """Give the empty `data_dir` a copy of a cluster made once and set up by `setup(url)`.
+
+    The template is kept in `cache_dir` (default `template_cache_dir()`) under a name derived
+    from `key` (what `setup` does, e.g. a digest of the migrations) and the PostgreSQL binaries,
+    so a new version of either makes a new template. Concurrent callers build it once: the
+    first holds a lock while the others wait. `EmbeddedPostgres(data_dir).start()` then starts
+    the copy.
+    """
+    binaries = _binaries()
+    digest = hashlib.sha256(f"{binaries.initdb}\0{key}".encode()).hexdigest()[:16]
+    root = (cache_dir or template_cache_dir()).absolute()
+    template = root / f"cluster-{digest}"
+    if not (template / "postgres" / "PG_VERSION").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / "template.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # another process may be building it right now
+            if not (template / "postgres" / "PG_VERSION").is_file():
+                _build_template(template, setup)
+        finally:
+            os.close(fd)
+    target = Path(data_dir).absolute() / "postgres"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(template / "postgres", target, symlinks=True)
+
+
+def _build_template(template: Path, setup: Callable[[str], object]) -> None:
+    # Built beside its final place and renamed into it, so a build that dies halfway is never
+    # taken for a template.
+    staging = template.with_name(f"{template.name}.build-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    server = EmbeddedPostgres(staging)
+    try:
+        setup(server.start())
+    finally:
+        server.stop()
+    (staging / "postgres" / "log").unlink(missing_ok=True)
+    (staging / LOCK_FILE).unlink(missing_ok=True)
+    shutil.rmtree(template, ignore_errors=True)
+    staging.rename(template)
 
 
 @dataclass(frozen=True)
@@ -416,7 +477,9 @@ class EmbeddedPostgres:
                 # Left by a server that died; its owner's lock is ours now, so no other server
                 # can be starting here. PostgreSQL would refuse both files while their PID
                 # answers a signal, which a reused PID or an unreaped process still does.
-                log.info("Removing the stale postmaster.pid of PID %s in %s", info.pid, self.pgdata)
+                log.debug(
+                    "Removing the stale postmaster.pid of PID %s in %s", info.pid, self.pgdata
+                )
                 self._remove_stale_lock_files(info)
                 # Backends of a killed postmaster exit as soon as they notice; until then they
                 # hold its shared memory, and a new server would refuse to start.
@@ -435,7 +498,7 @@ class EmbeddedPostgres:
                         f"The PostgreSQL (PID {info.pid}) running on {self.pgdata} has no Unix "
                         "socket. Stop it, then start Tiercel again."
                     )
-                log.info("Adopting the PostgreSQL (PID %s) running on %s", info.pid, self.pgdata)
+                log.debug("Adopting the PostgreSQL (PID %s) running on %s", info.pid, self.pgdata)
                 return info
             # Still starting (crash recovery) or stopping: wait for it to settle.
             if time.monotonic() >= deadline:

@@ -147,12 +147,15 @@ async def run_server(
     roles: tuple[str, ...] = ALL_ROLES,
     *,
     task_status: Any = trio.TASK_STATUS_IGNORED,
+    prepare: Callable[[ServerContext], Awaitable[None]] | None = None,
     **options: Any,
 ) -> None:
     """Migrate the database, then run the components of `roles` until cancelled.
 
     Startup waits for the database with backoff instead of failing, and no component ends the
-    process on a transient database error.
+    process on a transient database error. `prepare(ctx)`, when given, runs once every
+    component has started and before the process is ready (`--flows` deploys its folder
+    there), so readiness answers UP only after it.
     """
     health = Health()
     await retry(
@@ -215,6 +218,8 @@ async def run_server(
             for role in roles:
                 if role in registered:
                     await nursery.start(supervise, f"service:{role}", health, registered[role], ctx)
+            if prepare is not None:
+                await prepare(ctx)
             ctx.ready.set()
             task_status.started(ctx)
     finally:
