@@ -527,3 +527,54 @@ async def test_kestra_routes_not_served_answer_404_naming_the_route(
     async with httpx.AsyncClient(base_url=client.base_url, timeout=30) as anonymous:
         hidden = await anonymous.post(f"/api/v1/executions/{execution_id}/restart")
         assert hidden.status_code == 401
+
+
+async def test_hostile_paths_and_bodies_get_a_json_4xx_never_a_500(
+    client: httpx.AsyncClient,
+) -> None:
+    ns = _ns()
+    assert (await client.post("/api/v1/flows", content=_flow(ns, "f"), headers=YAML)).is_success
+    requests: list[tuple[str, str, dict[str, Any]]] = []
+    for odd in ("x" * 5000, "a%2Fb", "..", "%E2%82%AC", "a b", "\\g<0>", "%ff", "main"):
+        requests += [
+            ("GET", f"/api/v1/flows/{odd}", {}),
+            ("PUT", f"/api/v1/flows/{odd}", {"content": _flow(odd, "x"), "headers": YAML}),
+            ("POST", f"/api/v1/flows/{odd}?override=true",
+             {"files": {"flows": ("a.yml", _flow("q", "x").encode())}}),
+            ("GET", f"/api/v1/flows/{ns}/f/tasks/{odd}", {}),
+            ("GET", f"/api/v1/namespaces/{odd}/kv", {}),
+            ("GET", f"/api/v1/namespaces/{ns}/kv/{odd}", {}),
+            ("PUT", f"/api/v1/namespaces/{odd}/kv/k", {"content": b"1", "headers": JSON}),
+            ("GET", f"/api/v1/executions/{odd}/follow", {}),
+            ("GET", f"/api/v1/{odd}/flows/search", {}),
+        ]  # fmt: skip
+    for body in (b"[" * 5000, b"\x00", b'"\\u0000"', b"1e999999", b"-", b"P", b"PT",
+                 b"2024-13-45", b"2024-01-01T99:99", b"P99999999999D", b"{" * 2000):  # fmt: skip
+        requests += [
+            ("PUT", f"/api/v1/namespaces/{ns}/kv/k", {"content": body, "headers": JSON}),
+            ("DELETE", "/api/v1/executions/by-ids", {"content": body, "headers": JSON}),
+            ("PUT", f"/api/v1/flows/{ns}", {"content": body, "headers": YAML}),
+            ("POST", "/api/v1/flows/import", {"files": {"fileUpload": ("a.yml", body)}}),
+            ("POST", "/api/v1/flows/import", {"files": {"fileUpload": ("a.zip", body)}}),
+        ]
+        if b"\x00" not in body:
+            requests.append(
+                ("PUT", f"/api/v1/namespaces/{ns}/kv/k",
+                 {"content": b"1", "headers": {**JSON, "ttl": body.decode()}})
+            )  # fmt: skip
+    requests += [
+        ("DELETE", "/api/v1/executions/by-ids", {"json": ["x"] * 1001}),
+        ("DELETE", "/api/v1/executions/by-ids", {"json": ["x" * 300]}),
+        ("DELETE", f"/api/v1/namespaces/{ns}/kv", {"json": {"keys": [1]}}),
+        ("DELETE", f"/api/v1/namespaces/{ns}/kv", {"json": {"keys": ["bad key!"]}}),
+        ("POST", f"/api/v1/executions/{ns}/f?wait=true&timeout=999999999999", {}),
+        ("POST", f"/api/v1/executions/{ns}/f?wait=maybe", {}),
+    ]
+    wrong = []
+    for method, path, options in requests:
+        answer = await client.request(method, path, **options)
+        if answer.status_code >= 500 or (
+            answer.status_code >= 400 and not answer.json().get("message")
+        ):
+            wrong.append((method, path[:80], answer.status_code, answer.text[:200]))
+    assert not wrong
