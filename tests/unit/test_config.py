@@ -147,3 +147,11 @@ def test_template_roots_render_globals_and_envs_only() -> None:
 def test_configured_prefix_replaces_the_default() -> None:
     variables = template_variables({"env-vars-prefix": "ENV_"}, {"ENV_A": "1", "KESTRA_B": "2"})
     assert variables["envs"] == {"a": "1"}
+
+
+def test_keys_read_elsewhere_are_not_reported_unknown() -> None:
+    settings = _read(
+        "secret-key: abc\nlog-format: json\n"
+        "kestra: {encryption: {secret-key: abc}, server: {basic-auth: {username: a, password: b}}}\n"
+    )
+    assert settings.unknown == []
