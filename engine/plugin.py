@@ -114,8 +114,10 @@ class RunContext(Protocol):
         *,
         ttl: str | None = None,
         overwrite: bool = True,
+        kv_type: str | None = None,
     ) -> None:
-        """Set a key of a namespace's KV store (`ttl` as an ISO-8601 duration)."""
+        """Set a key of a namespace's KV store (`ttl` as an ISO-8601 duration; `kv_type` the
+        Kestra type the value is shown with, when the task says it)."""
         ...
 
     async def kv_delete(self, namespace: str, key: str) -> bool:

@@ -223,6 +223,7 @@ class AttemptContext:
         *,
         ttl: str | None = None,
         overwrite: bool = True,
+        kv_type: str | None = None,
     ) -> None:
         """Set a key of a namespace's KV store (the task's secret values masked: a KV value is
         an event, kept and shown for good; secrets belong in the secret store)."""
@@ -234,6 +235,7 @@ class AttemptContext:
             ttl=parse_duration(ttl) if ttl else None,
             overwrite=overwrite,
             actor=f"task:{self.execution_id}/{self.task_id}",
+            kv_type=kv_type,
         )
 
     async def kv_delete(self, namespace: str, key: str) -> bool:

@@ -95,6 +95,7 @@ class Set(RunnableTask, kw_only=True):
             _typed(kind, await ctx.render_async(self.value)),
             ttl=ttl,
             overwrite=self.overwrite,
+            kv_type=kind or None,  # GET /api/v1/namespaces/{ns}/kv/{key} shows it
         )
         return {}
 

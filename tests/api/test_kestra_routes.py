@@ -466,6 +466,19 @@ async def test_kv_keys_set_by_the_api_are_read_by_flows_and_back(
     assert ran.json()["state"]["current"] == "SUCCESS", ran.text
     assert (await client.get(f"{base}/doubled")).json() == {"type": "NUMBER", "value": 14}
 
+    typed = (
+        f"id: typed\nnamespace: {ns}\ntasks:\n"
+        "  - id: when\n    type: io.kestra.plugin.core.kv.Set\n    key: when\n"
+        "    value: 2024-05-01T10:00:00Z\n    kvType: DATETIME\n"
+        "  - id: every\n    type: io.kestra.plugin.core.kv.Set\n    key: every\n"
+        "    value: PT5M\n    kvType: DURATION\n"
+    )
+    assert (await client.post("/api/v1/flows", content=typed, headers=YAML)).is_success
+    ran = await client.post(f"/api/v1/executions/{ns}/typed?wait=true")
+    assert ran.json()["state"]["current"] == "SUCCESS", ran.text
+    assert (await client.get(f"{base}/when")).json()["type"] == "DATETIME"
+    assert (await client.get(f"{base}/every")).json() == {"type": "DURATION", "value": "PT5M"}
+
 
 async def test_kv_bad_values_ttls_and_keys_get_a_clear_400(client: httpx.AsyncClient) -> None:
     ns = _ns()
