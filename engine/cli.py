@@ -51,7 +51,10 @@ def _load_config(path: str | None) -> dict[str, Any]:
         checked = read_settings(data, f"Config file {path}")
     except ConfigError as exc:
         raise click.ClickException(exc.message) from None
-    if checked.unknown:
+    ctx = click.get_current_context(silent=True)
+    reported = ctx.find_root().meta.setdefault("config_reported", set()) if ctx else set()
+    if checked.unknown and path not in reported:  # once, even when --config is given twice
+        reported.add(path)
         log.warning(
             "Config file %s: not read by Tiercel, ignored: %s", path, ", ".join(checked.unknown)
         )
