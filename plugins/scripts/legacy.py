@@ -63,9 +63,9 @@ class Bash(RunnableTask, kw_only=True):
                     found.append((field, f"{name!r} must be a plain relative name"))
         return found
 
-    def lines(self, ctx: RunContext) -> list[str]:
+    async def lines(self, ctx: RunContext) -> list[str]:
         """The commands to run, rendered."""
-        return [str(ctx.render(c)) for c in self.commands]
+        return [str(c) for c in await ctx.render_async(list(self.commands))]
 
     def python(self) -> bool:
         """Whether Kestra's `kestra` module must be importable."""
@@ -86,7 +86,7 @@ class Bash(RunnableTask, kw_only=True):
         ctx.variables["outputDirs"] = {name: str(path) for name, path in folders.items()}
         await write_input_files(ctx, await file_map(ctx, self.inputFiles, "inputFiles"))
         head = ["set -o errexit"] if self.exitOnFailed else []
-        text = "\n".join([*head, *self.lines(ctx)])
+        text = "\n".join([*head, *(await self.lines(ctx))])
         reader = process.OutputReader(ctx)
         try:
             env = await process.python_environment(ctx, self.env, output_dir, python=self.python())
@@ -136,14 +136,15 @@ class Python(Bash, kw_only=True):
     def python(self) -> bool:
         return True
 
-    def lines(self, ctx: RunContext) -> list[str]:
-        args = "".join(" " + str(ctx.render(a)) for a in self.args)
+    async def lines(self, ctx: RunContext) -> list[str]:
+        args = "".join(" " + str(a) for a in await ctx.render_async(list(self.args)))
         venv = f"{self.pythonPath} -m venv --system-site-packages"
         setup = [f"{venv} --without-pip . > /dev/null"]
         if self.requirements:
-            packages = " ".join(shlex.quote(str(ctx.render(r))) for r in self.requirements)
+            required = await ctx.render_async(list(self.requirements))
+            packages = " ".join(shlex.quote(str(r)) for r in required)
             setup = [
                 f"{venv} . > /dev/null",
                 f"./bin/python -m pip install --disable-pip-version-check {packages} > /dev/null",
             ]
-        return [*setup, *(line + args for line in super().lines(ctx))]
+        return [*setup, *(line + args for line in await super().lines(ctx))]

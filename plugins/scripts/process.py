@@ -222,7 +222,7 @@ def environment(
     if python:
         result["PYTHONPATH"] = str(KESTRA_LIB)
         result["PYTHONUNBUFFERED"] = "1"
-    for key, value in (ctx.render(env) or {}).items():
+    for key, value in (env or {}).items():
         result[str(key)] = "" if value is None else str(value)
     return result
 
@@ -238,13 +238,14 @@ async def python_environment(
     package_manager: str = "UV",
 ) -> dict[str, str]:
     """The process's `environment`, with the attempt's own virtual environment (see `venvs`)
-    made first, `dependencies` installed."""
+    made first, `dependencies` installed. `env` and `dependencies` are rendered here."""
+    env = await ctx.render_async(env) if env else None
     plain = environment(ctx, env, output_dir, python=python)
     venv = await venvs.prepare(
         ctx,
         output_dir / SCRATCH / ".venv",
         plain,
-        dependencies=[str(d) for d in ctx.render(dependencies or [])],
+        dependencies=[str(d) for d in await ctx.render_async(dependencies or [])],
         cache=cache,
         package_manager=package_manager,
     )
@@ -418,9 +419,10 @@ async def run(
     script_path = ctx.working_dir / script[0] if script else None
     try:
         if script_path and script:
-            script_path.write_text(str(ctx.render(script[1])))
-        before = [str(ctx.render(b)) for b in task.beforeCommands]
-        text = shell_text(task.failFast, before, [str(ctx.render(c)) for c in lines])
+            script_path.write_text(str(await ctx.render_async(script[1])))
+        before = [str(b) for b in await ctx.render_async(list(task.beforeCommands))]
+        rendered = [str(c) for c in await ctx.render_async(list(lines))]
+        text = shell_text(task.failFast, before, rendered)
         reader = OutputReader(ctx)
         process_env = await python_environment(
             ctx,
@@ -439,7 +441,8 @@ async def run(
             on_line=reader.line,
         )
         outputs: dict[str, Any] = {"exitCode": code, "vars": reader.variables}
-        files = await keep_outputs(ctx, output_dir, [str(p) for p in ctx.render(task.outputFiles)])
+        wanted = await ctx.render_async(task.outputFiles)
+        files = await keep_outputs(ctx, output_dir, [str(p) for p in wanted])
         if files or task.outputFiles:
             outputs["outputFiles"] = files
     finally:
