@@ -183,7 +183,16 @@ class TiercelProcess:
         return self.popen is not None and self.popen.poll() is None
 
     def command(self) -> list[str]:
-        """The command line of a start."""
+        """The command line of a start: each role takes only its own options."""
+        flags = supported_flags(self.role)
+        http = ["--host", "127.0.0.1", "--port", str(self.port)] if "--port" in flags else []
+        extra = self._extra_args
+        own = [
+            arg
+            for flag, value in zip(extra[::2], extra[1::2], strict=True)
+            if flag in flags
+            for arg in (flag, value)
+        ]
         return [
             *TIERCEL,
             "--config",
@@ -192,13 +201,10 @@ class TiercelProcess:
             self.role,
             "--database-url",
             self._url(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
+            *http,
             "--data-dir",
             str(self.data_dir),
-            *self._extra_args,
+            *own,
         ]
 
     def start(self) -> None:
@@ -267,22 +273,22 @@ class TiercelProcess:
         return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def _cli_flags() -> str:
-    """The help text of `tiercel server worker`, to learn which flags this version has."""
+def _cli_flags(role: str) -> str:
+    """The help text of `tiercel server <role>`, to learn which flags this version has."""
     result = subprocess.run(
-        [*TIERCEL, "server", "worker", "--help"], capture_output=True, text=True, timeout=60
+        [*TIERCEL, "server", role, "--help"], capture_output=True, text=True, timeout=60
     )
     return result.stdout
 
 
-_flags_cache: list[str] = []
+_flags_cache: dict[str, str] = {}
 
 
-def supported_flags() -> str:
-    """`tiercel server worker --help`, read once per process."""
-    if not _flags_cache:
-        _flags_cache.append(_cli_flags())
-    return _flags_cache[0]
+def supported_flags(role: str = "worker") -> str:
+    """`tiercel server <role> --help`, read once per process and role."""
+    if role not in _flags_cache:
+        _flags_cache[role] = _cli_flags(role)
+    return _flags_cache[role]
 
 
 @dataclass

@@ -72,7 +72,7 @@ def test_no_auth_binds_loopback_only_and_refuses_another_host(tmp_path: Path, da
          "--database-url", database_url, "--port", str(_free_port())],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert refused.returncode == 2 and "binds 127.0.0.1 only" in refused.stderr
+    assert refused.returncode == 1 and "binds 127.0.0.1 only" in refused.stderr
 
 
 def test_kestra_basic_auth_keys_set_the_first_account(tmp_path: Path):

@@ -415,12 +415,8 @@ async def test_script_of_a_worker_killed_with_kill_9_dies_with_it_when_no_worker
 ) -> None:
     side = tmp_path / "side"
     side.mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     command = [sys.executable, "-m", "engine.cli", "server", "worker"]
     command += ["--database-url", database_url, "--data-dir", str(tmp_path / "worker")]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERCEL_", "PG"))}
     log = tmp_path / "worker.log"
     async with trio.open_nursery() as nursery:
