@@ -138,3 +138,40 @@ async def test_a_scraper_with_a_viewer_token_sees_only_its_namespaces(
         )
     assert _value(samples, "tiercel_executions", namespace=other) is None
     assert _value(samples, "tiercel_task_run_duration_seconds_count", namespace=other) is None
+
+
+async def test_attempts_waiting_counts_what_no_worker_has_claimed(
+    database_url: str, nursery: trio.Nursery, tmp_path: Any
+) -> None:
+    from engine.server import run_server
+    from tests.conftest import ADMIN_PASSWORD
+
+    # A cluster whose workers are all away: the executor schedules, nobody claims.
+    ctx = await nursery.start(
+        lambda task_status: run_server(
+            database_url,
+            ("executor", "indexer", "webserver"),
+            host="127.0.0.1",
+            port=0,
+            data_dir=tmp_path,
+            admin_password=ADMIN_PASSWORD,
+            task_status=task_status,
+        )
+    )
+    ns = _ns()
+    async with httpx.AsyncClient(
+        base_url=ctx.extra["urls"][0], timeout=30, auth=("admin", ADMIN_PASSWORD)
+    ) as client:
+        response = await client.post("/api/v1/flows", content=_flow(ns), headers=YAML)
+        assert response.status_code == 200, response.text
+        before = await _scrape_until(client, "/metrics", lambda s: "tiercel_attempts_waiting" in s)
+        waiting = _value(before, "tiercel_attempts_waiting") or 0
+        response = await client.post(f"/api/v1/executions/{ns}/hello")
+        assert response.status_code == 200, response.text
+        samples = await _scrape_until(
+            client,
+            "/metrics",
+            lambda s: (_value(s, "tiercel_attempts_waiting") or 0) >= waiting + 1,
+        )
+        # This process runs no worker: it shows no slots of its own.
+        assert "tiercel_worker_slots" not in samples
