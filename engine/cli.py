@@ -191,17 +191,26 @@ def _http_options(f: F) -> F:
 def _flows_option(f: F) -> F:
     return click.option(
         "--flows",
+        "-f",
+        "--flow-path",
         "flows_dir",
         type=click.Path(file_okay=False),
         default=None,
         help="Deploy every flow (*.yaml, *.yml) of this folder before the server is ready; a "
-        "flow that does not validate is logged with its file and problem and left out.",
+        "flow that does not validate is logged with its file and problem and left out "
+        "(-f/--flow-path as in Kestra).",
     )(f)
 
 
 def _worker_slots_option(f: F) -> F:
     return click.option(
-        "--worker-slots", type=int, default=None, help="Attempts run at once (default 16)."
+        "--worker-slots",
+        "--worker-thread",
+        "--thread",
+        "worker_slots",
+        type=int,
+        default=None,
+        help="Attempts run at once (default 16; Kestra's --thread and --worker-thread too).",
     )(f)
 
 

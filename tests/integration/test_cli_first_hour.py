@@ -112,6 +112,7 @@ def test_each_server_command_shows_only_its_own_options_and_what_it_needs(
     for name, text in helps.items():
         assert "--log-format" in text, name
     assert "--port" in helps["local"] and "--flows" in helps["local"]
+    assert "--flow-path" in helps["standalone"] and "--thread" in helps["worker"]  # Kestra's
     assert "--port" in helps["webserver"] and "--worker-slots" not in helps["webserver"]
     for name in ("executor", "worker", "indexer"):
         assert "--port" not in helps[name] and "--no-auth" not in helps[name], name
