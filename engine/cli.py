@@ -146,10 +146,10 @@ _QUIET_LOGGERS = ("hypercorn.access", "hypercorn.error")
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format=TEXT_LOG_FORMAT,
-    )
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format=TEXT_LOG_FORMAT)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
@@ -161,7 +161,22 @@ def _use_log_format(log_format: str) -> None:
         handler.setFormatter(formatter)
 
 
-@click.group()
+class _Tiercel(click.Group):
+    """The root group: logging is set up before the command line is parsed, so what is logged
+    while it is read (a settings file's unknown keys) has the format asked for."""
+
+    def main(self, args: Any = None, *rest: Any, **options: Any) -> Any:
+        """Set up logging from the arguments, then run the command line."""
+        argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        _configure_logging("-v" in argv or "--verbose" in argv)
+        if "--log-format=json" in argv or any(
+            a == "--log-format" and b == "json" for a, b in zip(argv, argv[1:], strict=False)
+        ):
+            _use_log_format("json")
+        return super().main(args, *rest, **options)
+
+
+@click.group(cls=_Tiercel)
 @click.version_option(package_name="tiercel", prog_name="tiercel", message="%(prog)s %(version)s")
 @config_option
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")

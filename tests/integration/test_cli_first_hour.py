@@ -304,7 +304,9 @@ def test_flows_folder_is_deployed_before_readiness_and_a_bad_flow_is_one_line(
     (folder / "broken.yaml").write_text(
         "id: broken\nnamespace: test.firsthour\ntasks:\n  - id: t\n    type: nope.Task\n"
     )
-    server = start_server("--flows", str(folder), "--log-format", "json")
+    settings = tmp_path / "tiercel.yml"
+    settings.write_text("not-a-setting: 1\n")
+    server = start_server("--flows", str(folder), "--log-format", "json", "--config", str(settings))
     _ready(server)
     # Ready means deployed: the flow is there at the first answer.
     flow = httpx.get(
@@ -321,7 +323,9 @@ def test_flows_folder_is_deployed_before_readiness_and_a_bad_flow_is_one_line(
     assert missing.status_code == 404
     _stop(server)
 
-    records = [json.loads(line) for line in server.lines()]  # every line is JSON
+    # Every line is JSON, even what is logged while the command line is read.
+    records = [json.loads(line) for line in server.lines()]
+    assert "not-a-setting" in records[0]["message"] and records[0]["level"] == "WARN"
     errors = [r for r in records if r["level"] == "ERROR"]
     assert len(errors) == 1, records
     assert (
