@@ -34,6 +34,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from api.auth import access, namespace_filter, principal
+from engine.backoff import is_transient
 from engine.db import Database
 from engine.health import PROJECTION_PREFIX
 from engine.server import ServerContext
@@ -159,8 +160,10 @@ def register(app: QuartTrio, ctx: ServerContext) -> None:
         # From the head at start: what ended before is not counted again after a restart.
         try:
             await durations.catch_up(db)
-        except Exception:  # the database may be away at start; the first scrape retries
-            pass
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # The database is away at start: the first scrape starts from the head instead.
 
     async def scrape() -> Response:
         families: list[Metric] = []
