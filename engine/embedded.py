@@ -33,6 +33,7 @@ start rather than an initdb.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import enum
 import fcntl
 import functools
@@ -65,6 +66,9 @@ LOCK_FILE = "tiercel.lock"
 
 SERVICE_ACCOUNT = "tiercel-postgres"
 """The system account PostgreSQL runs as when Tiercel runs as root without user namespaces."""
+
+TEMPLATE_KEEP_SECONDS = 86400.0
+"""A template cluster unused for this long is removed when another one is built."""
 
 _PORT = 5432  # only names the socket file; the server listens on no TCP port
 _SOCKET_PATH_MAX = 107  # bytes of a Unix socket path (sun_path is 108 with its NUL)
@@ -113,6 +117,8 @@ def seed_from_template(
     target = Path(data_dir).absolute() / "postgres"
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(template / "postgres", target, symlinks=True)
+    with contextlib.suppress(OSError):
+        os.utime(template)  # in use: kept when templates of other versions are cleared
 
 
 def _build_template(template: Path, setup: Callable[[str], object]) -> None:
@@ -129,6 +135,11 @@ def _build_template(template: Path, setup: Callable[[str], object]) -> None:
     (staging / LOCK_FILE).unlink(missing_ok=True)
     shutil.rmtree(template, ignore_errors=True)
     staging.rename(template)
+    # Templates of older migrations or binaries would pile up (tens of MB each) with every
+    # upgrade; one unused for a day is removed (another version rebuilds it if it needs it).
+    for other in template.parent.glob("cluster-*"):
+        if other != template and time.time() - other.stat().st_mtime > TEMPLATE_KEEP_SECONDS:
+            shutil.rmtree(other, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -337,3 +337,23 @@ def test_flows_folder_is_deployed_before_readiness_and_a_bad_flow_is_one_line(
         for r in records
     )
     assert {"timestamp", "level", "logger", "thread", "message"} <= set(records[0])
+
+
+def test_a_template_unused_for_a_day_is_cleared_when_another_is_built(tmp_path: Path) -> None:
+    from engine.embedded import EmbeddedPostgres, seed_from_template
+
+    cache = tmp_path / "cache"
+    old, recent = cache / "cluster-0ld", cache / "cluster-recent"
+    for folder in (old, recent):
+        (folder / "postgres").mkdir(parents=True)
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    setups: list[str] = []
+    seed_from_template(tmp_path / "data", setups.append, "a key of its own", cache_dir=cache)
+    assert len(setups) == 1  # built once, by running the setup on a server of its own
+    assert not old.exists() and recent.exists()
+    server = EmbeddedPostgres(tmp_path / "data")
+    try:
+        server.start()  # the copy is a cluster that starts
+    finally:
+        server.stop()
