@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -28,7 +29,7 @@ from engine.db import Notifier
 from engine.errors import TiercelError
 from engine.execution import Execution, Recorded, decide, evolve, replay
 from engine.execution.context import attempt_definition
-from engine.handoff import Handoff
+from engine.handoff import ClaimRefused, Handoff, claim_append
 from engine.plugin import TERMINAL_STATES
 from engine.secrets import decrypt_values, encrypt_inputs, has_encrypted, share_key
 from engine.store import (
@@ -171,6 +172,12 @@ class ExecutorShell:
             appends.append(append)
             appends.extend(await self._effects(state, decided, cause))
         last = batch[-1].seq
+        if not appends and not parked:
+            # Nothing decided (its own decisions coming back, a claim): the checkpoint trails
+            # until the next decision is appended. Committing it alone would take the append
+            # lock for nothing, twice per task; reprocessing from a trailing checkpoint after a
+            # restart appends nothing twice, since each decision carries a command id.
+            return
 
         def finish(conn: psycopg.Connection[Any]) -> None:
             for xid, seq, error in parked:
@@ -181,7 +188,79 @@ class ExecutorShell:
                 )
             save_checkpoint(conn, CHECKPOINT, last)
 
-        await self.store.append_many(appends, extra=finish)
+        await self._append(appends, decisions, finish)
+
+    async def _append(
+        self,
+        appends: list[Append],
+        decisions: list[tuple[Append, Execution, list[ev.Event], int]],
+        finish: Callable[[psycopg.Connection[Any]], None],
+    ) -> None:
+        """Append the decisions, and with them the claims of the attempts they schedule for
+        the worker of this process while it has free slots (see `engine.handoff`)."""
+        claimer = self.handoff.claimer if self.handoff is not None else None
+        riding: list[tuple[ev.AttemptScheduled, str]] = []
+        if claimer is not None:
+            scheduled = [
+                e for _, _, decided, _ in decisions for e in decided
+                if isinstance(e, ev.AttemptScheduled)
+            ]  # fmt: skip
+            for event in scheduled:
+                worker_id = claimer.reserve()
+                if worker_id is None:
+                    break
+                riding.append((event, worker_id))
+        if claimer is None or not riding:
+            await self.store.append_many(appends, extra=finish)
+            return
+        checks = [claimer.claim_check(w) for w in sorted({w for _, w in riding})]
+
+        def finish_and_check(conn: psycopg.Connection[Any]) -> None:
+            finish(conn)
+            for check in checks:
+                check(conn)
+
+        written: list[StoredEvent] = []
+        claims = [claim_append(event, worker_id) for event, worker_id in riding]
+        try:
+            results = await self.store.append_many(
+                appends + claims, extra=finish_and_check, written=written
+            )
+        except ClaimRefused:
+            # The worker was declared lost: the decisions go without its claims, and the
+            # worker claims (or not) once registered again.
+            for _ in riding:
+                claimer.release()
+            await self.store.append_many(appends, extra=finish)
+            return
+        except BaseException:
+            for _ in riding:
+                claimer.release()
+            raise
+        found = {
+            (e.event.executionId, e.event.taskRunId, e.event.attempt): e
+            for e in written
+            if isinstance(e.event, ev.AttemptScheduled)
+        }
+        for (event, worker_id), result in zip(riding, results[len(appends) :], strict=True):
+            key = (event.executionId, event.taskRunId, event.attempt)
+            stored = found.get(key)
+            if stored is None and result.status == "written":
+                # Claimed along with a decision recorded before (handled again after a
+                # restart): the scheduling event is read back.
+                history = await self.store.read_execution(event.executionId)
+                stored = next(
+                    (
+                        e for e in history
+                        if isinstance(e.event, ev.AttemptScheduled)
+                        and (e.event.executionId, e.event.taskRunId, e.event.attempt) == key
+                    ),
+                    None,
+                )  # fmt: skip
+            if result.status == "written" and stored is not None:
+                claimer.start_claimed(stored, result.version, worker_id)
+            else:
+                claimer.release()
 
     def _decide(
         self, histories: dict[str, tuple[list[StoredEvent], int]], batch: list[StoredEvent]
@@ -312,7 +391,7 @@ class ExecutorShell:
     ) -> Append:
         from engine.commands import get_flow, merge_labels
         from engine.flow import flow_to_dict, parse_flow
-        from engine.inputs import resolve_inputs
+        from engine.inputs import resolve_inputs_off_loop
 
         try:
             record = await get_flow(self.store, request.namespace, request.flowId, request.revision)
@@ -321,7 +400,7 @@ class ExecutorShell:
                 raise TiercelError(f"Flow {request.namespace}.{request.flowId} is disabled")
             # Secrets the parent passes on are encrypted again, with the child's own key.
             given, passed = await decrypt_values(self.store.db, parent.id, request.inputs)
-            values = resolve_inputs(flow, given)
+            values = await resolve_inputs_off_loop(flow, given)
             values = await encrypt_inputs(self.store.db, flow, values, request.childId, also=passed)
         except TiercelError as exc:
             return Append(

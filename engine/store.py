@@ -393,14 +393,21 @@ class EventStore:
         return result
 
     async def append_many(
-        self, requests: Sequence[Append], *, extra: Extra | None = None
+        self,
+        requests: Sequence[Append],
+        *,
+        extra: Extra | None = None,
+        written: list[StoredEvent] | None = None,
     ) -> list[AppendResult]:
         """Append to many streams in one transaction; `extra(conn)` runs in it too.
 
-        Conflicting requests are reported and skipped; the others are written.
+        Conflicting requests are reported and skipped; the others are written. `written`, when
+        given, receives the events written, as a reader would read them.
         """
         feed = self.feed
-        echo: list[StoredEvent] | None = [] if feed is not None else None
+        echo: list[StoredEvent] | None = written
+        if echo is None and feed is not None:
+            echo = []
         if feed is not None:
             feed.appending += 1
         try:

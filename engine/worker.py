@@ -72,11 +72,11 @@ from engine.batcher import GroupCommitter
 from engine.db import Notifier
 from engine.duration import parse_duration
 from engine.errors import InvalidRequest, TemplateError, TiercelError
-from engine.handoff import Handoff
+from engine.handoff import ClaimRefused, Handoff, claim_append
 from engine.health import Health
 from engine.plugin import RunnableTask, TaskFailure, TaskWarning, task_type
 from engine.storage import LocalStorage, Storage, task_prefix, to_uri
-from engine.store import NO_STREAM, Append, AppendResult, EventStore, StoredEvent, save_checkpoint
+from engine.store import Append, AppendResult, EventStore, StoredEvent, save_checkpoint
 from engine.store import load_checkpoint as _load_checkpoint
 from engine.subscription import Subscription
 
@@ -564,8 +564,12 @@ class Worker:
                 )
                 # Not awaited: a backlog larger than the slots must not hold up startup.
                 nursery.start_soon(claims.run, self._handle)
+                if self.handoff is not None:
+                    self.handoff.claimer = self
                 task_status.started()
         finally:
+            if self.handoff is not None and self.handoff.claimer is self:
+                self.handoff.claimer = None
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(STOP_SECONDS) as budget:
                     await self._stop()
@@ -739,8 +743,51 @@ class Worker:
 
     # --- claims and kills ----------------------------------------------------------------------
 
+    # --- claims made by the executor of this process (engine.handoff.Claimer) ----------------
+
+    def reserve(self) -> str | None:
+        """Take a slot for an attempt the executor is about to claim for this worker."""
+        if not self._live or not self._registered or self.free <= 0:
+            return None
+        self.free -= 1
+        return self.id
+
+    def release(self) -> None:
+        """Give back a slot taken by `reserve` for a claim that was not written."""
+        self.free += 1
+        self._capacity.set()
+        self._capacity = trio.Event()
+
+    def claim_check(self, worker_id: str) -> Callable[[psycopg.Connection[Any]], None]:
+        """In the executor's transaction: refuse its claims when `worker_id` was declared
+        lost (see `_claim_check`)."""
+
+        def check(conn: psycopg.Connection[Any]) -> None:
+            if not _registered(conn, worker_id):
+                raise ClaimRefused(worker_id)
+
+        return check
+
+    def start_claimed(self, scheduled: StoredEvent, version: int, worker_id: str) -> None:
+        """Run an attempt the executor claimed for this worker, in the slot it reserved."""
+        s = scheduled.event
+        assert isinstance(s, ev.AttemptScheduled)
+        self.free += 1  # `_start` takes the slot again
+        stream = ev.attempt_stream(s.executionId, s.taskRunId, s.attempt)
+        try:
+            self._start(scheduled, AppendResult(stream, "written", version), worker_id)
+        except RuntimeError:  # the worker stopped meanwhile: the watchdog abandons the claim
+            log.warning("Worker %s stopped before it could start %s", worker_id, stream)
+
     async def _handle(self, batch: list[StoredEvent]) -> None:
-        todo = [e for e in batch if isinstance(e.event, ev.AttemptScheduled)]
+        # Attempts the executor of this process claimed for this worker are running already.
+        todo = [
+            e
+            for e in batch
+            if isinstance(e.event, ev.AttemptScheduled)
+            and ev.attempt_stream(e.event.executionId, e.event.taskRunId, e.event.attempt)
+            not in self._started
+        ]
         while todo:
             while self.free <= 0:
                 await self._capacity.wait()
@@ -1485,20 +1532,7 @@ def _boot_id() -> str:
 def _claim_request(stored: StoredEvent, worker_id: str) -> Append:
     s = stored.event
     assert isinstance(s, ev.AttemptScheduled)
-    return Append(
-        ev.attempt_stream(s.executionId, s.taskRunId, s.attempt),
-        [
-            ev.AttemptClaimed(
-                executionId=s.executionId,
-                taskRunId=s.taskRunId,
-                attempt=s.attempt,
-                workerId=worker_id,
-            )
-        ],
-        NO_STREAM,
-        f"claim:{s.executionId}:{s.taskRunId}:{s.attempt}:{worker_id}",
-        {"actor": f"worker:{worker_id}"},
-    )
+    return claim_append(s, worker_id)
 
 
 def _claim_check(worker_id: str, position: int) -> Callable[[psycopg.Connection[Any]], None]:
@@ -1508,13 +1542,15 @@ def _claim_check(worker_id: str, position: int) -> Callable[[psycopg.Connection[
 
     def check(conn: psycopg.Connection[Any]) -> None:
         save_checkpoint(conn, CHECKPOINT, position)
-        row = conn.execute(
-            "SELECT 1 FROM engine_workers WHERE worker_id = %s", (worker_id,)
-        ).fetchone()
-        if row is None:
+        if not _registered(conn, worker_id):
             raise _NotRegistered(worker_id)
 
     return check
+
+
+def _registered(conn: psycopg.Connection[Any], worker_id: str) -> bool:
+    row = conn.execute("SELECT 1 FROM engine_workers WHERE worker_id = %s", (worker_id,))
+    return row.fetchone() is not None
 
 
 def _logged(

@@ -98,6 +98,7 @@ def test_trips_names_who_asks_for_each_round_trip_of_a_w1_execution(
     assert main(["--tasks", "3", "--runs", "1", "--database-url", database_url]) == 0
     printed = capsys.readouterr().out
     assert "W1, 3 sequential Returns, 1 runs" in printed
-    # The executor appends its decisions and the worker claims each attempt: both are named.
+    # The executor appends its decisions (with the claims of its process's worker) and the
+    # worker its results: both are named.
     assert "engine/executor_shell.py" in printed
-    assert "engine/worker.py:_claim" in printed
+    assert "engine/batcher.py" in printed
