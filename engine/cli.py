@@ -293,7 +293,7 @@ def server() -> None:
     """Run Tiercel's components."""
 
 
-@server.command("local")
+@server.command("local", short_help="Everything in one process, on an embedded PostgreSQL.")
 @_http_options
 @_flows_option
 @_worker_slots_option
@@ -307,7 +307,7 @@ def server_local(**options: Any) -> None:
     _serve(("executor", "worker", "indexer", "webserver"), embedded_ok=True, **options)
 
 
-@server.command("standalone")
+@server.command("standalone", short_help="Everything in one process; needs --database-url.")
 @_http_options
 @_flows_option
 @_worker_slots_option
@@ -321,7 +321,7 @@ def server_standalone(**options: Any) -> None:
     _serve(("executor", "worker", "indexer", "webserver"), embedded_ok=False, **options)
 
 
-@server.command("executor")
+@server.command("executor", short_help="The executor only; needs --database-url.")
 @_heartbeat_option
 @_required_database_option
 @_storage_dir_option
@@ -332,7 +332,7 @@ def server_executor(**options: Any) -> None:
     _serve(("executor",), embedded_ok=False, **options)
 
 
-@server.command("worker")
+@server.command("worker", short_help="A worker only; needs --database-url.")
 @_worker_slots_option
 @_heartbeat_option
 @_required_database_option
@@ -345,7 +345,7 @@ def server_worker(**options: Any) -> None:
     _serve(("worker",), embedded_ok=False, **options)
 
 
-@server.command("indexer")
+@server.command("indexer", short_help="The projections only; needs --database-url.")
 @_required_database_option
 @_storage_dir_option
 @_log_format_option
@@ -354,7 +354,7 @@ def server_indexer(**options: Any) -> None:
     _serve(("indexer",), embedded_ok=False, **options)
 
 
-@server.command("webserver")
+@server.command("webserver", short_help="The API only; needs --database-url.")
 @_http_options
 @_required_database_option
 @_storage_dir_option
