@@ -134,6 +134,10 @@ class ExecutorShell:
         first: dict[str, int] = {}
         for e in batch:
             xid = e.execution_id
+            if e.meta.get("actor") == ACTOR:
+                # Its own decisions coming back, of an execution they may have ended (and so
+                # dropped from the cache): nothing to decide on them, nothing to load.
+                continue
             if xid and xid not in self.cache and xid not in first:
                 # A new execution starts with its creation: there is nothing to load.
                 first[xid] = -1 if isinstance(e.event, ev.ExecutionCreated) else e.seq

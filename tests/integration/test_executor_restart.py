@@ -10,7 +10,7 @@ from pathlib import Path
 
 import trio
 
-from engine.commands import create_execution, deploy_flow, wait_for_end
+from engine.commands import create_execution, deploy_flow, resume_execution, wait_for_end
 from engine.db import Database
 from engine.server import run_server
 
@@ -61,3 +61,38 @@ async def test_an_executor_restarted_behind_its_work_appends_nothing_twice(
         assert (await wait_for_end(ctx.store, ctx.notifier, later, timeout=60)).state == "SUCCESS"
         nursery.cancel_scope.cancel()
     assert await _stream_rows(db, xid, child_id) == before
+
+
+async def test_an_executor_restarted_just_before_its_own_decisions_decides_on_from_them(
+    database_url: str, db: Database, tmp_path: Path
+) -> None:
+    ns = f"test.restart{uuid.uuid4().hex[:8]}"
+    source = (
+        f"id: paused\nnamespace: {ns}\ntasks:\n"
+        "  - id: a\n    type: io.kestra.plugin.core.debug.Return\n    format: a\n"
+        "  - id: wait\n    type: io.kestra.plugin.core.flow.Pause\n"
+        "  - id: b\n    type: io.kestra.plugin.core.debug.Return\n    format: b\n"
+    )
+    start = functools.partial(run_server, database_url, ("executor", "worker"), data_dir=tmp_path)
+    async with trio.open_nursery() as nursery:
+        ctx = await nursery.start(start)
+        await deploy_flow(ctx.store, source)
+        xid = await create_execution(ctx.store, ns, "paused")
+        state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=60, until_paused=True)
+        nursery.cancel_scope.cancel()
+    assert state.state == "PAUSED"
+    rows = await db.fetchall(
+        "SELECT seq, meta->>'actor' AS actor FROM events WHERE stream_id = %s ORDER BY seq",
+        (f"exec:{xid}",),
+    )
+    # The executor's last decisions (the pause) are the first thing it handles on restart.
+    last_input = max(r["seq"] for r in rows if r["actor"] != "executor")
+    await db.execute("UPDATE checkpoints SET position = %s WHERE name = 'executor'", (last_input,))
+
+    async with trio.open_nursery() as nursery:
+        ctx = await nursery.start(start)
+        await resume_execution(ctx.store, xid)
+        state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=60)
+        nursery.cancel_scope.cancel()
+    assert state.state == "SUCCESS"
+    assert sorted(r.taskId for r in state.taskruns.values()) == ["a", "b", "wait"]
