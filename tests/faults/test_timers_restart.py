@@ -1,0 +1,129 @@
+"""Timers across a restart of every process (kill -9): a Sleep, a Pause with `delay` and a
+retry back-off each end when they were due, counted from when they began as recorded, not
+from the restart, and never early."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.faults.harness import Cluster, wait_until
+
+ROLES = ("executor", "worker", "webserver")
+WAIT = 8.0
+"""How long each timer waits. The processes are killed 2 s into it and started again at 4 s:
+a timer that started over after the restart would end at about 12 s, one that fired at once
+at about 4 s."""
+SLACK = 3.0
+"""How late a timer may end: the restarted processes catch up with the log meanwhile."""
+
+
+def _at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _dates(state: dict[str, Any]) -> dict[str, dt.datetime]:
+    """The first time each state was entered."""
+    out: dict[str, dt.datetime] = {}
+    for h in state["histories"]:
+        out.setdefault(h["state"], _at(h["date"]))
+    return out
+
+
+def _run(execution: dict[str, Any], task_id: str) -> dict[str, Any]:
+    [run] = [r for r in execution["taskRunList"] if r["taskId"] == task_id]
+    return run
+
+
+def _logs(cluster: Cluster) -> str:
+    return "\n".join(
+        f"--- {p.name}\n{p.log_tail(20)}" for p in cluster.processes.values() if p.log_path
+    )
+
+
+def _restart_everything(cluster: Cluster, down_at: float, up_at: float, since: float) -> None:
+    """kill -9 every process `down_at` seconds after `since` (monotonic), start them all again
+    at `up_at`, and wait until they are up."""
+    time.sleep(max(since + down_at - time.monotonic(), 0))
+    for name in cluster.names():
+        cluster.kill(name, restart=False)
+    time.sleep(max(since + up_at - time.monotonic(), 0))
+    for name in cluster.names():
+        cluster.start_process(name, wait=False)
+    for name in cluster.names():
+        cluster.wait_started(name)
+
+
+def _flows(ns: str, marker: Path) -> list[str]:
+    seconds = f"PT{WAIT:g}S"
+    sleep = f"""\
+id: sleeper
+namespace: {ns}
+tasks:
+  - id: nap
+    type: io.kestra.plugin.core.flow.Sleep
+    duration: {seconds}
+"""
+    pause = f"""\
+id: pauser
+namespace: {ns}
+tasks:
+  - id: hold
+    type: io.kestra.plugin.core.flow.Pause
+    delay: {seconds}
+  - id: after
+    type: io.kestra.plugin.core.log.Log
+    message: resumed
+"""
+    # The first attempt fails (and leaves the marker), the second succeeds.
+    retry = f"""\
+id: retrier
+namespace: {ns}
+tasks:
+  - id: flaky
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands:
+      - if [ -f {marker} ]; then exit 0; fi; touch {marker}; exit 1
+    retry:
+      type: constant
+      interval: {seconds}
+      maxAttempt: 2
+"""
+    return [sleep, pause, retry]
+
+
+def test_sleep_pause_delay_and_retry_back_off_end_on_time_across_a_restart_of_every_process(
+    cluster_factory: Callable[..., Cluster], ns: str
+) -> None:
+    cluster = cluster_factory(roles=ROLES)
+    marker = cluster.root / "failed-once"
+    for source in _flows(ns, marker):
+        cluster.deploy(source)
+    since = time.monotonic()
+    sleeper = cluster.create_execution(ns, "sleeper")
+    pauser = cluster.create_execution(ns, "pauser")
+    retrier = cluster.create_execution(ns, "retrier")
+    wait_until(marker.exists, 10, "the first attempt of the flaky task to fail")
+
+    _restart_everything(cluster, down_at=2.0, up_at=4.0, since=since)
+
+    states = cluster.wait_ended([sleeper, pauser, retrier], timeout=WAIT + 30)
+    assert states == dict.fromkeys([sleeper, pauser, retrier], "SUCCESS"), _logs(cluster)
+
+    nap = _dates(_run(cluster.execution(sleeper), "nap")["state"])
+    slept = (nap["SUCCESS"] - nap["CREATED"]).total_seconds()
+    assert WAIT <= slept < WAIT + SLACK, f"the Sleep took {slept:.1f}s\n{_logs(cluster)}"
+
+    hold = _dates(_run(cluster.execution(pauser), "hold")["state"])
+    held = (hold["SUCCESS"] - hold["CREATED"]).total_seconds()
+    assert WAIT <= held < WAIT + SLACK, f"the Pause held {held:.1f}s\n{_logs(cluster)}"
+
+    flaky = _run(cluster.execution(retrier), "flaky")
+    first, second = (_dates(a["state"]) for a in flaky["attempts"])
+    assert [a["state"]["current"] for a in flaky["attempts"]] == ["FAILED", "SUCCESS"]
+    backoff = (second["CREATED"] - first["FAILED"]).total_seconds()
+    assert WAIT <= backoff < WAIT + SLACK, f"the retry waited {backoff:.1f}s\n{_logs(cluster)}"
+    assert cluster.exits == []
