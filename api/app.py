@@ -39,7 +39,7 @@ from engine.execution import iso
 from engine.flow import Flow, flow_to_dict, parse_flow
 from engine.health import readiness as readiness_report
 from engine.inputs import resolve_inputs_off_loop
-from engine.plugin import Task, describe, plugin_list, property_docs, schema, task_type
+from engine.plugin import describe, plugin_list, plugin_type, property_docs, schema
 from engine.secrets import shown
 from engine.server import ServerContext
 from engine.storage import SCHEME, Storage, execution_prefix, input_prefix, to_uri, uri_path
@@ -708,10 +708,10 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     @app.get("/api/v1/plugins/<path:type_name>")
     @access("viewer")
     async def plugin_schema(type_name: str) -> Response:
-        cls = task_type(type_name)
+        cls = plugin_type(type_name)
         if cls is None:
             raise NotFound(
-                f"No task type '{type_name}': GET /api/v1/plugins lists the installed ones"
+                f"No plugin type '{type_name}': GET /api/v1/plugins lists the installed ones"
             )
         return _json({**describe(cls), "schema": _documented_schema(cls)})
 
@@ -909,7 +909,7 @@ def _attachment(name: str) -> str:
     return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{urllib.parse.quote(name)}"
 
 
-def _documented_schema(cls: type[Task]) -> dict[str, Any]:
+def _documented_schema(cls: type[Any]) -> dict[str, Any]:
     """The type's JSON schema, with the attribute docstrings of the structs it nests (child task
     lists, option objects) as their properties' descriptions too."""
     generated = schema(cls)

@@ -868,7 +868,7 @@ async def toggle_trigger(
 ) -> None:
     """Enable or disable one trigger of a flow; NotFound when the flow has no such trigger."""
     record = await get_flow(store, namespace, flow_id)
-    ids = [t.get("id") for t in parse_flow(record.source).triggers if isinstance(t, dict)]
+    ids = [t.id for t in parse_flow(record.source).triggers]
     if trigger_id not in ids:
         raise NotFound(
             f"Flow {namespace}.{flow_id} has no trigger '{trigger_id}'"

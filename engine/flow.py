@@ -20,6 +20,7 @@ from engine.errors import FlowValidationError, Problem
 from engine.inputs import CHOICE_TYPES, bound, choices, convert, dependency_order, is_templated
 from engine.plugin import FlowableTask, Task, task_type
 from engine.safe_yaml import load_with_marks
+from engine.triggers import Trigger, parse_trigger
 
 INPUT_TYPES = frozenset(
     {
@@ -184,7 +185,7 @@ class Flow(msgspec.Struct, kw_only=True, omit_defaults=True, dict=True):
     finally_: list[Task] = msgspec.field(default_factory=list, name="finally")
     afterExecution: list[Task] = []
     outputs: list[Output] = []
-    triggers: list[dict[str, Any]] = []
+    triggers: list[Trigger] = []
     pluginDefaults: list[dict[str, Any]] = []
     disabled: bool = False
     retry: dict[str, Any] | None = None
@@ -589,14 +590,6 @@ def _ignored_flow_properties(raw: dict[str, Any], c: _Checker) -> None:
             "listeners",
             "Listeners are not run (Kestra deprecated them): use `afterExecution` or `errors`",
         )
-    triggers = raw.get("triggers")
-    for i, trigger in enumerate(triggers if isinstance(triggers, list) else []):
-        if isinstance(trigger, dict):
-            c.warn(
-                f"triggers[{i}]",
-                f"Trigger '{trigger.get('id')}' ({trigger.get('type')}) is kept but does not "
-                "start executions yet: start them through the API or the CLI",
-            )
 
 
 def flow_from_dict(raw: dict[str, Any]) -> Flow:
@@ -642,12 +635,14 @@ def _check_flow(raw: Any, c: _Checker) -> Flow | None:
         if isinstance(listener, dict):
             c.tasks(listener.get("tasks"), f"listeners[{i}].tasks", required=True)
     _check_ids(raw.get("triggers"), "triggers", TRIGGER_ID, c)
+    triggers = _check_triggers(raw.get("triggers"), c)
     _check_ids(raw.get("outputs"), "outputs", OUTPUT_ID, c)
     rest = {
         k: v
         for k, v in raw.items()
         if k in _FLOW_FIELDS
-        and k not in ("tasks", "errors", "finally", "afterExecution", "inputs", "labels")
+        and k
+        not in ("tasks", "errors", "finally", "afterExecution", "inputs", "labels", "triggers")
     }
     rest.update(
         id=flow_id if isinstance(flow_id, str) else "",
@@ -677,7 +672,43 @@ def _check_flow(raw: Any, c: _Checker) -> Flow | None:
         afterExecution=branches["afterExecution"],
         inputs=inputs,
         labels=labels,
+        triggers=triggers,
     )
+
+
+def _check_triggers(raw: Any, c: _Checker) -> list[Trigger]:
+    """The flow's `triggers:` as typed structs: an unknown type or property is a problem at its
+    line. A recorded flow keeps the triggers it can still read and drops the others silently:
+    an execution never needs them, and its history must stay readable."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        if not c.recorded:
+            c.add("triggers", f"`triggers` must be a list of triggers, not {_kind(raw)}")
+        return []
+    out: list[Trigger] = []
+    found: list[tuple[str, str]] = []
+    for i, item in enumerate(raw):
+        path = f"triggers[{i}]"
+        found.clear()
+        trigger, pending = parse_trigger(item, path, lambda where, msg: found.append((where, msg)))
+        if c.recorded:
+            if trigger is not None:
+                out.append(trigger)
+            continue
+        for where, message in found:
+            if where != f"{path}.id":  # ids are checked (once) by _check_ids
+                c.add(where, message)
+        if trigger is None:
+            continue
+        if pending:
+            c.warn(
+                path,
+                f"Trigger '{trigger.id}' ({trigger.type}) is kept but does not start executions "
+                "yet: start them through the API or the CLI",
+            )
+        out.append(trigger)
+    return out
 
 
 def _check_ids(raw: Any, name: str, rule: IdRule, c: _Checker) -> None:

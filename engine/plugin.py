@@ -18,6 +18,12 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 from engine.duration import parse_duration as parse_duration  # re-exported for plugins
+from engine.triggers import Condition as Condition  # trigger types, re-exported for plugins
+from engine.triggers import ConditionContext as ConditionContext
+from engine.triggers import Trigger as Trigger
+from engine.triggers import register_condition as register_condition
+from engine.triggers import register_trigger as register_trigger
+from engine.triggers import registered_conditions, registered_triggers
 
 log = logging.getLogger(__name__)
 
@@ -341,9 +347,17 @@ def task_type(name: str) -> type[Task] | None:
     return _types.get(name)
 
 
-def canonical_name(cls: type[Task]) -> str:
-    """The Kestra type name a class was registered with."""
-    return _canonical[cls]
+def canonical_name(cls: type[Any]) -> str:
+    """The Kestra type name a class (task, trigger or condition type) was registered with."""
+    from engine import triggers
+
+    return _canonical.get(cls) or triggers.canonical_name(cls) or cls.__name__
+
+
+def plugin_type(name: str) -> type[msgspec.Struct] | None:
+    """The task, trigger or condition type registered as `name`, or None."""
+    found: type[msgspec.Struct] | None = task_type(name)
+    return found or registered_triggers().get(name) or registered_conditions().get(name)
 
 
 def property_docs(cls: type) -> dict[str, str]:
@@ -373,20 +387,35 @@ def property_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def describe(cls: type[Task]) -> dict[str, Any]:
-    """A task type for listings: its name, aliases, kind and description."""
+def describe(cls: type[Any]) -> dict[str, Any]:
+    """A plugin type for listings: its name, aliases, kind (runnable, flowable, trigger,
+    condition) and description."""
     name = canonical_name(cls)
+    names: dict[str, type[Any]] = {**registered(), **registered_triggers()}
+    names.update(registered_conditions())
+    if issubclass(cls, Trigger):
+        kind = "trigger"
+    elif issubclass(cls, Condition):
+        kind = "condition"
+    else:
+        kind = "flowable" if issubclass(cls, FlowableTask) else "runnable"
     return {
         "type": name,
-        "aliases": sorted(n for n, c in _types.items() if c is cls and n != name),
-        "kind": "flowable" if issubclass(cls, FlowableTask) else "runnable",
+        "aliases": sorted(n for n, c in names.items() if c is cls and n != name),
+        "kind": kind,
         "description": inspect_doc(cls),
     }
 
 
 def plugin_list() -> list[dict[str, Any]]:
-    """Every installed task type once (aliases listed under it), sorted by name."""
-    classes = {id(cls): cls for cls in registered().values()}
+    """Every installed task, trigger and condition type once (aliases listed under it),
+    sorted by name."""
+    everything: list[type[Any]] = [
+        *registered().values(),
+        *registered_triggers().values(),
+        *registered_conditions().values(),
+    ]
+    classes = {id(cls): cls for cls in everything}
     return sorted((describe(cls) for cls in classes.values()), key=lambda d: d["type"])
 
 
@@ -397,8 +426,9 @@ def inspect_doc(cls: type) -> str:
     return inspect.cleandoc(cls.__doc__ or "")
 
 
-def schema(cls: type[Task]) -> dict[str, Any]:
-    """The JSON schema of a task type, with each property's description."""
+def schema(cls: type[Any]) -> dict[str, Any]:
+    """The JSON schema of a task, trigger or condition type, with each property's
+    description."""
     generated: dict[str, Any] = msgspec.json.schema(cls)
     docs = property_docs(cls)
     definitions = generated.get("$defs", {})

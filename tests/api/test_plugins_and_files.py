@@ -126,7 +126,18 @@ async def test_every_plugin_is_listed_once_with_its_aliases_and_description(
     aliases = {a for p in listed for a in p["aliases"]}
     assert len(types) == len(set(types)) and not aliases & set(types)
     assert all(set(p) == {"type", "aliases", "description", "kind"} for p in listed)
-    assert all(p["kind"] in ("runnable", "flowable") and p["description"] for p in listed)
+    kinds = ("runnable", "flowable", "trigger", "condition")
+    assert all(p["kind"] in kinds and p["description"] for p in listed)
+
+
+async def test_trigger_types_are_listed_with_their_schema(client: httpx.AsyncClient) -> None:
+    listed = (await client.get("/api/v1/plugins")).json()
+    kinds = {p["type"]: p["kind"] for p in listed}
+    assert kinds["io.kestra.plugin.core.trigger.Schedule"] == "trigger"
+    assert kinds["io.kestra.plugin.core.condition.DayWeek"] == "condition"
+    detail = (await client.get("/api/v1/plugins/io.kestra.plugin.core.trigger.Schedule")).json()
+    schedule = detail["schema"]["$defs"]["Schedule"]["properties"]
+    assert "cron" in schedule and schedule["cron"].get("description")
 
 
 async def test_a_plugin_schema_is_found_by_alias_and_documents_nested_structs(

@@ -384,7 +384,6 @@ def test_properties_accepted_but_not_honoured_are_warnings_at_their_lines() -> N
         (5, "sla"),
         (13, "tasks[0].taskRunner"),
         (14, "tasks[0].containerImage"),
-        (25, "triggers[0]"),
     }
     assert "io.kestra.plugin.scripts.runner.docker.Docker" in found[(13, "tasks[0].taskRunner")]
     assert "ubuntu:22.04" in found[(14, "tasks[0].containerImage")]

@@ -1,0 +1,324 @@
+"""Trigger and condition types: what starts a flow, typed and registered like task types.
+
+A trigger type is a msgspec struct derived from `Trigger`, registered by its Kestra type name
+with `register_trigger`; a condition type derives from `Condition` and is registered with
+`register_condition`. Plugins reach both through `engine.plugin`, which lists them beside the
+task types (with their JSON schema at `/api/v1/plugins`). `parse_trigger` turns one `triggers:`
+item of a flow into its struct, reporting an unknown type or property at its path, as tasks are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+
+Report = Callable[[str, str], None]
+"""Where parsing reports a problem: (field path, message)."""
+
+
+class Condition(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Properties every condition has, whatever its type."""
+
+    type: str
+    """The condition type, e.g. `io.kestra.plugin.core.condition.Weekend`."""
+
+    __condition_fields__: ClassVar[tuple[str, ...]] = ()
+    """Fields holding nested conditions (`Not`, `Or`), parsed as conditions too."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Checks beyond property types, as (field, message) pairs; none by default."""
+        return []
+
+    def test(self, ctx: ConditionContext) -> bool:
+        """Whether the condition holds for the event being evaluated (a schedule tick, ...)."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionContext:
+    """What a condition is evaluated against."""
+
+    date: dt.datetime | None = None
+    """The tick being evaluated (aware, in the trigger's time zone), for date conditions."""
+    variables: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The variables an expression condition renders with (`trigger`, `flow`, ...)."""
+    render: Callable[[str, dict[str, Any]], Any] | None = None
+    """Renders an expression with variables (given by the shell: conditions stay pure)."""
+
+
+class Trigger(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Properties every trigger has, whatever its type (Kestra's AbstractTrigger)."""
+
+    id: str
+    """Unique identifier of the trigger within the flow."""
+    type: str
+    """The trigger type, e.g. `io.kestra.plugin.core.trigger.Schedule`."""
+    description: str | None = None
+    """Free text shown in the UI."""
+    disabled: bool = False
+    """When true the trigger starts nothing (until the flow is deployed again without it)."""
+    conditions: list[Any] = []
+    """Conditions that must all hold for the trigger to start an execution."""
+    stopAfter: list[str] | None = None
+    """Execution states after which the trigger disables itself (e.g. [FAILED])."""
+    labels: Any = None
+    """Labels added to the executions the trigger starts (a mapping or a list of {key, value})."""
+    logLevel: str | None = None
+    """Minimum level of the trigger's logs that are kept."""
+    minLogLevel: str | None = None
+    """Accepted for compatibility: the trigger's logs follow the flow's."""
+    logToFile: bool = False
+    """Accepted for compatibility: logs are always kept in the event log."""
+    workerGroup: dict[str, Any] | None = None
+    """Worker group (not supported: every scheduler evaluates every trigger)."""
+    failOnTriggerError: bool = False
+    """Accepted for compatibility: an evaluation error is logged and the trigger skipped."""
+    allowConcurrent: bool = False
+    """Accepted for compatibility."""
+
+    __condition_fields__: ClassVar[tuple[str, ...]] = ("conditions",)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Checks beyond property types, as (field, message) pairs; none by default."""
+        return []
+
+    def condition_types(self) -> frozenset[str] | None:
+        """The condition types this trigger can evaluate (None: it does not check them)."""
+        return None
+
+
+class PendingTrigger(Trigger, kw_only=True, forbid_unknown_fields=False):
+    """A Kestra trigger type this installation knows of but does not run: the flow is valid and
+    keeps it (with a warning), and the trigger starts nothing."""
+
+    def condition_types(self) -> frozenset[str] | None:
+        return None
+
+
+KESTRA_TRIGGER_TYPES = frozenset(
+    {
+        "io.kestra.plugin.core.trigger.Schedule",
+        "io.kestra.plugin.core.trigger.ScheduleOnDates",
+        "io.kestra.plugin.core.trigger.Flow",
+        "io.kestra.plugin.core.trigger.Webhook",
+        "io.kestra.plugin.core.http.Trigger",
+        "io.kestra.plugin.fs.http.Trigger",
+        "io.kestra.core.models.triggers.types.Schedule",
+        "io.kestra.core.models.triggers.types.Flow",
+        "io.kestra.core.models.triggers.types.Webhook",
+    }
+)
+"""Kestra's core trigger types: one that is not registered here is kept as a `PendingTrigger`
+(valid, with a warning) instead of being refused as unknown."""
+
+
+# --- registry --------------------------------------------------------------------------------
+
+_triggers: dict[str, type[Trigger]] = {}
+_conditions: dict[str, type[Condition]] = {}
+_canonical: dict[type, str] = {}
+
+TT = TypeVar("TT", bound=type[Trigger])
+CT = TypeVar("CT", bound=type[Condition])
+
+
+def register_trigger(name: str, *aliases: str) -> Callable[[TT], TT]:
+    """Class decorator: register a trigger type under its Kestra name and its older aliases."""
+
+    def deco(cls: TT) -> TT:
+        for n in (name, *aliases):
+            _triggers[n] = cls
+        _canonical[cls] = name
+        return cls
+
+    return deco
+
+
+def register_condition(name: str, *aliases: str) -> Callable[[CT], CT]:
+    """Class decorator: register a condition type under its Kestra name and its aliases."""
+
+    def deco(cls: CT) -> CT:
+        for n in (name, *aliases):
+            _conditions[n] = cls
+        _canonical[cls] = name
+        return cls
+
+    return deco
+
+
+def _load() -> None:
+    # The plugin interface loads the installed packages (entry points) once, for every kind.
+    from engine import plugin
+
+    plugin.registered()
+
+
+def trigger_type(name: str) -> type[Trigger] | None:
+    """The class registered for trigger type `name` (canonical or alias), or None."""
+    _load()
+    return _triggers.get(name)
+
+
+def condition_type(name: str) -> type[Condition] | None:
+    """The class registered for condition type `name` (canonical or alias), or None."""
+    _load()
+    return _conditions.get(name)
+
+
+def registered_triggers() -> dict[str, type[Trigger]]:
+    """Every registered trigger type name (aliases included) and its class."""
+    _load()
+    return dict(_triggers)
+
+
+def registered_conditions() -> dict[str, type[Condition]]:
+    """Every registered condition type name (aliases included) and its class."""
+    _load()
+    return dict(_conditions)
+
+
+def canonical_name(cls: type) -> str | None:
+    """The Kestra type name a trigger or condition class was registered with."""
+    return _canonical.get(cls)
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def _msgspec_problem(path: str, exc: msgspec.ValidationError, type_name: str) -> tuple[str, str]:
+    text = str(exc)
+    where = path
+    m = re.search(r" - at `\$(.*)`$", text)
+    if m:
+        where = path + m.group(1).replace("['", ".").replace("']", "")
+        text = text[: m.start()]
+    unknown = re.match(r"Object contains unknown field `(.+)`", text)
+    if unknown:
+        where = f"{where}.{unknown.group(1)}"
+        text = f"Unknown property `{unknown.group(1)}` for {type_name}: remove it or fix it"
+    missing = re.match(r"Object missing required field `(.+)`", text)
+    if missing:
+        where = f"{where}.{missing.group(1)}"
+        text = f"Property `{missing.group(1)}` is required for {type_name}"
+    return where, text
+
+
+def parse_condition(
+    raw: Any, path: str, report: Report, allowed: frozenset[str] | None
+) -> Condition | None:
+    """One condition as its registered struct, nested conditions included; None (reported)
+    when it cannot be read. `allowed`, when given, names the types the trigger evaluates."""
+    if not isinstance(raw, dict):
+        report(path, "A condition must be a mapping with a `type`")
+        return None
+    type_name = raw.get("type")
+    if not isinstance(type_name, str):
+        report(f"{path}.type", "Every condition needs a `type`, e.g. ...condition.Weekend")
+        return None
+    cls = condition_type(type_name)
+    if cls is None:
+        report(
+            f"{path}.type",
+            f"Unknown condition type '{type_name}': check the spelling, or list the installed "
+            "types with `tiercel plugins list`",
+        )
+        return None
+    if allowed is not None and canonical_name(cls) not in allowed:
+        report(
+            f"{path}.type",
+            f"Condition {type_name} does not apply to this trigger: use one of "
+            + ", ".join(sorted(a.rsplit(".", 1)[-1] for a in allowed)),
+        )
+        return None
+    nested_names = cls.__condition_fields__
+    # Nested lists are converted one by one below, so that each problem is found at its path.
+    plain = {k: ([] if k in nested_names else v) for k, v in raw.items()}
+    ok = True
+    nested: dict[str, list[Condition]] = {}
+    for name in nested_names:
+        if name not in raw:
+            continue
+        items = raw[name]
+        if not isinstance(items, list):
+            report(f"{path}.{name}", f"`{name}` must be a list of conditions")
+            ok = False
+            continue
+        parsed = [
+            parse_condition(c, f"{path}.{name}[{i}]", report, allowed) for i, c in enumerate(items)
+        ]
+        ok = ok and all(c is not None for c in parsed)
+        nested[name] = [c for c in parsed if c is not None]
+    try:
+        condition = msgspec.convert(plain, cls)
+    except msgspec.ValidationError as exc:
+        report(*_msgspec_problem(path, exc, type_name))
+        return None
+    if nested:
+        condition = msgspec.structs.replace(condition, **nested)
+    problems = condition.problems()
+    for field, message in problems:
+        report(f"{path}.{field}" if field else path, message)
+    return condition if ok and not problems else None
+
+
+def parse_trigger(raw: Any, path: str, report: Report) -> tuple[Trigger | None, bool]:
+    """One `triggers:` item as its registered struct, its conditions parsed too; None (each
+    problem reported at its path) when it cannot be read. The flag says whether the type is a
+    Kestra type kept without being run (`PendingTrigger`)."""
+    if not isinstance(raw, dict):
+        report(path, "A trigger must be a mapping with `id` and `type`")
+        return None, False
+    type_name = raw.get("type")
+    if not isinstance(type_name, str):
+        report(
+            f"{path}.type",
+            "Every trigger needs a `type`, e.g. io.kestra.plugin.core.trigger.Schedule",
+        )
+        return None, False
+    cls: type[Trigger] | None = trigger_type(type_name)
+    pending = False
+    if cls is None:
+        if type_name not in KESTRA_TRIGGER_TYPES:
+            report(
+                f"{path}.type",
+                f"Unknown trigger type '{type_name}': check the spelling, or list the installed "
+                "types with `tiercel plugins list`",
+            )
+            return None, False
+        cls, pending = PendingTrigger, True
+    plain = {k: ([] if k in cls.__condition_fields__ else v) for k, v in raw.items()}
+    try:
+        trigger = msgspec.convert(plain, cls)
+    except msgspec.ValidationError as exc:
+        report(*_msgspec_problem(path, exc, type_name))
+        return None, pending
+    ok = True
+    allowed = trigger.condition_types()
+    nested: dict[str, list[Any]] = {}
+    for name in cls.__condition_fields__:
+        items = raw.get(name)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            report(f"{path}.{name}", f"`{name}` must be a list of conditions")
+            ok = False
+            continue
+        if pending:
+            nested[name] = items  # kept as written: nothing evaluates them
+            continue
+        parsed = [
+            parse_condition(c, f"{path}.{name}[{i}]", report, allowed) for i, c in enumerate(items)
+        ]
+        ok = ok and all(c is not None for c in parsed)
+        nested[name] = [c for c in parsed if c is not None]
+    if nested:
+        trigger = msgspec.structs.replace(trigger, **nested)
+    for field, message in trigger.problems():
+        report(f"{path}.{field}" if field else path, message)
+        ok = False
+    return (trigger if ok else None), pending

@@ -1,0 +1,278 @@
+"""`io.kestra.plugin.core.trigger.Schedule` and the conditions a schedule evaluates.
+
+The schedule's arithmetic is pure: `next_fire(after)` and `previous_fire(before)` give the
+ticks of the cron in the trigger's time zone, as aware UTC datetimes; the scheduler
+(engine/scheduler.py) decides which of them fire.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import zoneinfo
+from typing import Any
+
+from croniter import croniter
+
+from engine.plugin import (
+    Condition,
+    ConditionContext,
+    Trigger,
+    register_condition,
+    register_trigger,
+)
+
+RECOVER_MODES = ("ALL", "LAST", "NONE")
+STATES = frozenset(
+    {
+        "CREATED",
+        "RUNNING",
+        "PAUSED",
+        "SUCCESS",
+        "WARNING",
+        "FAILED",
+        "KILLED",
+        "CANCELLED",
+        "QUEUED",
+        "RETRYING",
+        "RETRIED",
+        "KILLING",
+        "RESTARTED",
+        "SKIPPED",
+        "BREAKPOINT",
+    }
+)
+DAYS = ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY")
+DAY_IN_MONTH = ("FIRST", "SECOND", "THIRD", "FOURTH", "LAST")
+
+_CONDITION = "io.kestra.plugin.core.condition."
+_OLD_CONDITION = "io.kestra.core.models.conditions.types."
+
+
+# --- conditions --------------------------------------------------------------------------------
+
+
+def _tick_date(cond_date: str | None, ctx: ConditionContext) -> dt.date | None:
+    """The date a date condition looks at: the tick, or its own `date` expression rendered."""
+    if cond_date and cond_date.strip() not in ("{{ trigger.date }}", "{{trigger.date}}"):
+        if ctx.render is None:
+            return ctx.date.date() if ctx.date else None
+        value = str(ctx.render(cond_date, ctx.variables))
+        try:
+            return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).date()
+        except ValueError:
+            return dt.date.fromisoformat(value[:10])
+    return ctx.date.date() if ctx.date else None
+
+
+@register_condition(f"{_CONDITION}DayWeek", f"{_OLD_CONDITION}DayWeekCondition")
+class DayWeek(Condition, kw_only=True):
+    """Holds on one day of the week."""
+
+    dayOfWeek: str
+    """MONDAY ... SUNDAY."""
+    date: str | None = None
+    """The date to check (default: the tick, `{{ trigger.date }}`)."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.dayOfWeek.upper() not in DAYS:
+            return [("dayOfWeek", f"dayOfWeek must be one of {', '.join(DAYS)}")]
+        return []
+
+    def test(self, ctx: ConditionContext) -> bool:
+        day = _tick_date(self.date, ctx)
+        return day is not None and DAYS[day.weekday()] == self.dayOfWeek.upper()
+
+
+@register_condition(f"{_CONDITION}DayWeekInMonth", f"{_OLD_CONDITION}DayWeekInMonthCondition")
+class DayWeekInMonth(Condition, kw_only=True):
+    """Holds on the first, second, third, fourth or last given weekday of the month."""
+
+    dayOfWeek: str
+    """MONDAY ... SUNDAY."""
+    dayInMonth: str
+    """FIRST, SECOND, THIRD, FOURTH or LAST."""
+    date: str | None = None
+    """The date to check (default: the tick, `{{ trigger.date }}`)."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.dayOfWeek.upper() not in DAYS:
+            found.append(("dayOfWeek", f"dayOfWeek must be one of {', '.join(DAYS)}"))
+        if self.dayInMonth.upper() not in DAY_IN_MONTH:
+            found.append(("dayInMonth", f"dayInMonth must be one of {', '.join(DAY_IN_MONTH)}"))
+        return found
+
+    def test(self, ctx: ConditionContext) -> bool:
+        day = _tick_date(self.date, ctx)
+        if day is None or DAYS[day.weekday()] != self.dayOfWeek.upper():
+            return False
+        which = self.dayInMonth.upper()
+        if which == "LAST":
+            return day.day + 7 > calendar.monthrange(day.year, day.month)[1]
+        return (day.day - 1) // 7 == DAY_IN_MONTH.index(which)
+
+
+@register_condition(f"{_CONDITION}Weekend", f"{_OLD_CONDITION}WeekendCondition")
+class Weekend(Condition, kw_only=True):
+    """Holds on Saturdays and Sundays."""
+
+    date: str | None = None
+    """The date to check (default: the tick, `{{ trigger.date }}`)."""
+
+    def test(self, ctx: ConditionContext) -> bool:
+        day = _tick_date(self.date, ctx)
+        return day is not None and day.weekday() >= 5
+
+
+@register_condition(f"{_CONDITION}Not", f"{_OLD_CONDITION}NotCondition")
+class Not(Condition, kw_only=True):
+    """Holds when none of its conditions holds."""
+
+    conditions: list[Any]
+    """The conditions that must all be false."""
+
+    __condition_fields__ = ("conditions",)
+
+    def test(self, ctx: ConditionContext) -> bool:
+        return not any(c.test(ctx) for c in self.conditions)
+
+
+@register_condition(f"{_CONDITION}Or", f"{_OLD_CONDITION}OrCondition")
+class Or(Condition, kw_only=True):
+    """Holds when at least one of its conditions holds."""
+
+    conditions: list[Any]
+    """The conditions of which one must be true."""
+
+    __condition_fields__ = ("conditions",)
+
+    def test(self, ctx: ConditionContext) -> bool:
+        return any(c.test(ctx) for c in self.conditions)
+
+
+@register_condition(
+    f"{_CONDITION}Expression",
+    f"{_CONDITION}ExpressionCondition",
+    f"{_OLD_CONDITION}VariableCondition",
+)
+class Expression(Condition, kw_only=True):
+    """Holds when the expression renders true (`{{ trigger.date | date('HH') == '02' }}`)."""
+
+    expression: str
+    """The expression, rendered with the trigger's variables."""
+
+    def test(self, ctx: ConditionContext) -> bool:
+        if ctx.render is None:
+            return True
+        value = ctx.render(self.expression, ctx.variables)
+        if isinstance(value, str):
+            return value.strip().lower() == "true"
+        return bool(value)
+
+
+SCHEDULE_CONDITIONS = frozenset(
+    {
+        f"{_CONDITION}DayWeek",
+        f"{_CONDITION}DayWeekInMonth",
+        f"{_CONDITION}Weekend",
+        f"{_CONDITION}Not",
+        f"{_CONDITION}Or",
+        f"{_CONDITION}Expression",
+    }
+)
+"""The condition types a schedule evaluates (on each tick)."""
+
+
+# --- the trigger ---------------------------------------------------------------------------------
+
+
+@register_trigger(
+    "io.kestra.plugin.core.trigger.Schedule", "io.kestra.core.models.triggers.types.Schedule"
+)
+class Schedule(Trigger, kw_only=True):
+    """Start the flow on a cron schedule, in a time zone."""
+
+    cron: str
+    """A 5-field cron expression (6 fields, seconds first, with `withSeconds`), or an alias:
+    @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly."""
+    withSeconds: bool = False
+    """Whether `cron` has a leading seconds field."""
+    timezone: str = "Etc/UTC"
+    """The IANA time zone the cron is read in (e.g. Europe/Paris); DST changes fire no tick
+    twice and miss none."""
+    inputs: dict[str, Any] = {}
+    """Inputs of the executions the schedule starts (templates see `trigger.*`)."""
+    recoverMissedSchedules: str | None = None
+    """After downtime: ALL ticks missed fire (the default), only the LAST, or NONE."""
+    lateMaximumDelay: str | None = None
+    """Ticks later than this duration are skipped (ISO-8601)."""
+    backfill: dict[str, Any] | None = None
+    """Deprecated in Kestra: use POST /api/v1/triggers/backfill."""
+    scheduleConditions: list[Any] | None = None
+    """Deprecated alias of `conditions`."""
+
+    __condition_fields__ = ("conditions", "scheduleConditions")
+
+    def condition_types(self) -> frozenset[str] | None:
+        return SCHEDULE_CONDITIONS
+
+    def problems(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        try:
+            self.zone()
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            found.append(
+                ("timezone", f"Unknown time zone {self.timezone!r}: use e.g. Europe/Paris")
+            )
+        fields = 6 if self.withSeconds else 5
+        expr = self.cron.strip()
+        if expr.startswith("@"):
+            if expr.lower() not in _ALIASES:
+                found.append(
+                    ("cron", f"Unknown cron alias {expr!r}: use one of {', '.join(_ALIASES)}")
+                )
+        elif len(expr.split()) != fields:
+            hint = " (set withSeconds: true for a seconds field)" if len(expr.split()) == 6 else ""
+            found.append(("cron", f"cron {expr!r} must have {fields} fields{hint}"))
+        elif not croniter.is_valid(self._expression()):
+            found.append(("cron", f"cron {expr!r} is not a valid cron expression"))
+        if (
+            self.recoverMissedSchedules is not None
+            and self.recoverMissedSchedules.upper() not in RECOVER_MODES
+        ):
+            found.append(
+                (
+                    "recoverMissedSchedules",
+                    f"recoverMissedSchedules must be one of {', '.join(RECOVER_MODES)}",
+                )
+            )
+        for state in self.stopAfter or []:
+            if state.upper() not in STATES:
+                found.append(("stopAfter", f"Unknown state {state!r} in stopAfter"))
+        return found
+
+    def zone(self) -> zoneinfo.ZoneInfo:
+        """The schedule's time zone."""
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    def _expression(self) -> str:
+        expr = self.cron.strip()
+        if expr.startswith("@"):
+            expr = _ALIASES[expr.lower()]
+        if self.withSeconds and not self.cron.strip().startswith("@"):
+            # croniter reads seconds as a sixth, trailing field; Kestra writes them first.
+            parts = expr.split()
+            expr = " ".join([*parts[1:], parts[0]])
+        return expr
+
+
+_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
