@@ -677,6 +677,33 @@ def sys_verify(
     sys.exit(0 if report.ok and (chain_report is None or chain_report.ok) else 1)
 
 
+@sys_group.command("submit-queued")
+@config_option
+@_database_option
+@_data_dir_option
+@click.option("--namespace", default=None, help="Only the queued executions of this namespace.")
+@click.option("--flow", "flow_id", default=None, help="Only the queued executions of this flow.")
+def sys_submit_queued(
+    database_url: str | None, data_dir: str | None, namespace: str | None, flow_id: str | None
+) -> None:
+    """Start the executions queued by their flow's concurrency limit now, whatever the limit
+    (Kestra's `sys submit-queued-execution`); prints how many started."""
+    from engine.cli_db import run_on_database
+    from engine.concurrency import submit_queued
+
+    started = run_on_database(
+        database_url,
+        data_dir,
+        lambda store: submit_queued(store, namespace=namespace, flow_id=flow_id),
+    )
+    for xid in started:
+        click.echo(xid)
+    click.echo(f"Started {len(started)} queued execution(s)")
+
+
+sys_group.add_command(sys_submit_queued, "submit-queued-execution")
+
+
 def _parse_anchor(value: str) -> tuple[int, bytes]:
     position, _, digest = value.partition(":")
     try:

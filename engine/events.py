@@ -8,6 +8,7 @@ Streams:
   claimed it (and by the watchdog when that worker is lost).
 - ``worker:<workerId>``: a worker's life and heartbeats.
 - ``kv:<namespace>/<key>``: one key of a namespace's KV store.
+- ``concurrency:<namespace>/<flowId>``: the slots of a flow's concurrency limit.
 - ``secret:<namespace>/<key>``: changes to one secret of a namespace (never its value).
 - ``user:<username>``, ``token:<tokenId>``: accounts and API tokens.
 - ``login:<principal>``: logins and refused credentials.
@@ -312,6 +313,70 @@ class AttemptAbandoned(Event, frozen=True):
     reason: str
 
 
+# --- concurrency limits -------------------------------------------------------------------------
+# A flow's ledger (`concurrency_stream`) says who holds a slot and who waits; the outcome for
+# one execution is also recorded in its own stream, as an input of the executor.
+
+
+class ConcurrencySlotGranted(Event, frozen=True):
+    """The execution holds a slot of its flow's concurrency limit: it may run (in an
+    execution's stream)."""
+
+    executionId: str
+    forced: bool = False
+    """Started by hand (`sys submit-queued`), whatever the limit."""
+
+
+class ConcurrencyLimitReached(Event, frozen=True):
+    """The execution arrived while its flow's concurrency limit was reached: `behavior` says
+    what follows (QUEUE: it waits; CANCEL, FAIL: it ends so, saying `message`)."""
+
+    executionId: str
+    limit: int
+    behavior: str
+    message: str | None = None
+
+
+class ConcurrencySlotTaken(Event, frozen=True):
+    """An execution took a slot of the flow's limit (in the flow's ledger)."""
+
+    namespace: str
+    flowId: str
+    executionId: str
+    forced: bool = False
+
+
+class ConcurrencyQueued(Event, frozen=True):
+    """An execution waits for a slot, behind those queued before it (in the flow's ledger)."""
+
+    namespace: str
+    flowId: str
+    executionId: str
+    limit: int
+
+
+class ConcurrencyRefused(Event, frozen=True):
+    """An execution was refused a slot and will not run (behavior CANCEL or FAIL)."""
+
+    namespace: str
+    flowId: str
+    executionId: str
+
+
+class ConcurrencySlotReleased(Event, frozen=True):
+    """An execution that held a slot, or waited for one, ended in `state`."""
+
+    namespace: str
+    flowId: str
+    executionId: str
+    state: str
+
+
+def concurrency_stream(namespace: str, flow_id: str) -> str:
+    """The ledger of a flow's concurrency limit."""
+    return f"concurrency:{namespace}/{flow_id}"
+
+
 # --- key-value store -------------------------------------------------------------------------
 
 
@@ -508,6 +573,12 @@ AnyEvent = (
     | WorkerHeartbeat
     | WorkerStopped
     | WorkerLost
+    | ConcurrencySlotGranted
+    | ConcurrencyLimitReached
+    | ConcurrencySlotTaken
+    | ConcurrencyQueued
+    | ConcurrencyRefused
+    | ConcurrencySlotReleased
     | KVSet
     | KVDeleted
     | TriggerToggled

@@ -25,9 +25,13 @@ import trio
 
 from engine import events as ev
 from engine.backoff import retry
+from engine.concurrency import ACTOR as CONCURRENCY_ACTOR
+from engine.concurrency import LedgerMoved, Ledgers
+from engine.concurrency import check as ledger_check
 from engine.db import Notifier
 from engine.errors import TiercelError
 from engine.execution import Execution, Recorded, decide, evolve, replay
+from engine.execution.concurrency import Arrival, Change, Departure, limit_of
 from engine.execution.context import attempt_definition
 from engine.handoff import ClaimRefused, Handoff, claim_append
 from engine.plugin import TERMINAL_STATES
@@ -69,6 +73,8 @@ INPUT_TYPES = (
     "ExecutionResumeRequested",
     "SubflowExecutionRequested",
     "SubflowExecutionEnded",
+    "ConcurrencySlotGranted",
+    "ConcurrencyLimitReached",
 )
 SUBFLOW_ACTOR = "executor:subflow"
 """Who writes child executions and their results: an input to the executor, not a decision."""
@@ -105,6 +111,10 @@ class ExecutorShell:
         self.parked: set[str] = set()
         self._unreadable: dict[str, str] = {}
         """Executions whose history holds a value that internal storage could not give back."""
+        self.ledgers = Ledgers(store)
+        """The flows' concurrency ledgers, as read so far."""
+        self._changes: list[tuple[str, str, Change]] = []
+        """What the batch being decided asks of the flows' concurrency ledgers."""
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Handle events from the checkpoint on, until cancelled."""
@@ -171,12 +181,15 @@ class ExecutorShell:
         # Not abandoned on cancellation: the thread updates the cached states, which must not
         # change under a later batch; it ends within the renders' own time limits.
         decisions, parked = await trio.to_thread.run_sync(self._decide, histories, batch)
+        changes, self._changes = self._changes, []
         appends: list[Append] = []
         for append, state, decided, cause in decisions:
             appends.append(append)
             appends.extend(await self._effects(state, decided, cause))
         last = batch[-1].seq
-        if not appends and not parked:
+        meta = {"actor": CONCURRENCY_ACTOR, "causation": last}
+        ledger, commands = await self.ledgers.appends(changes, meta) if changes else ([], [])
+        if not appends and not ledger and not parked:
             # Nothing decided (its own decisions coming back, a claim): the checkpoint trails
             # until the next decision is appended. Committing it alone would take the append
             # lock for nothing, twice per task; reprocessing from a trailing checkpoint after a
@@ -192,16 +205,28 @@ class ExecutorShell:
                 )
             save_checkpoint(conn, CHECKPOINT, last)
 
-        await self._append(appends, decisions, finish)
+        for _ in range(100):
+            try:
+                await self._append([*appends, *ledger], decisions, finish, ledger_check(commands))
+                return
+            except LedgerMoved:
+                # Another writer (an executor, `sys submit-queued`) moved a ledger after it
+                # was read: nothing of the batch was written; plan the slots again.
+                ledger, commands = await self.ledgers.appends(changes, meta)
+        raise LedgerMoved("a flow's concurrency ledger kept changing; the batch is tried again")
 
     async def _append(
         self,
         appends: list[Append],
         decisions: list[tuple[Append, Execution, list[ev.Event], int]],
         finish: Callable[[psycopg.Connection[Any]], None],
+        guard: Callable[[psycopg.Connection[Any]], None] | None = None,
     ) -> None:
         """Append the decisions, and with them the claims of the attempts they schedule for
-        the worker of this process while it has free slots (see `engine.handoff`)."""
+        the worker of this process while it has free slots (see `engine.handoff`);
+        `guard` rolls it all back when a concurrency ledger moved meanwhile."""
+        if guard is not None:
+            finish = _then(finish, guard)
         claimer = self.handoff.claimer if self.handoff is not None else None
         riding: list[tuple[ev.AttemptScheduled, str]] = []
         if claimer is not None:
@@ -273,6 +298,7 @@ class ExecutorShell:
         something, its append, the state after it and what it decided (for `_effects`); and
         the executions parked on the way."""
         self._replay(histories)
+        self._changes = []
         decisions: list[tuple[Append, Execution, list[ev.Event], int]] = []
         parked: list[tuple[str, int, str]] = []
         for e in batch:
@@ -293,6 +319,8 @@ class ExecutorShell:
                 state = evolve(self.cache.get(xid), e.event, e.recorded_at)
                 if state is None:
                     continue
+                if isinstance(e.event, ev.ExecutionCreated):
+                    self._arrival(state)
                 decided = decide(state, e.event, e.recorded_at)
             except Exception as exc:  # a bug must not wedge every other execution behind it
                 # evolve and decide are total, so this is a defect: set the execution aside
@@ -312,6 +340,8 @@ class ExecutorShell:
                 for new in decided:
                     state = evolve(state, new, e.recorded_at)
                     assert state is not None
+                    if isinstance(new, ev.ExecutionStateChanged) and new.state in TERMINAL_STATES:
+                        self._departure(state)
                     if self.handoff is not None and isinstance(new, ev.AttemptScheduled):
                         self._hand_over(state, new)
                 decisions.append((append, state, decided, e.seq))
@@ -468,6 +498,21 @@ class ExecutorShell:
             return
         self.handoff.offer(scheduled.executionId, scheduled.taskRunId, scheduled.attempt, value)
 
+    def _arrival(self, state: Execution) -> None:
+        """A new execution of a flow with a concurrency limit asks its ledger for a slot."""
+        if state.definition is None:
+            return
+        limit = limit_of(state.definition.concurrency)
+        if limit is not None:
+            self._changes.append((state.namespace, state.flowId, Arrival(state.id, limit)))
+
+    def _departure(self, state: Execution) -> None:
+        """An execution of a flow with a concurrency limit ended: its ledger frees what it
+        held (in the commit that ends it)."""
+        if state.definition is None or limit_of(state.definition.concurrency) is None:
+            return
+        self._changes.append((state.namespace, state.flowId, Departure(state.id, state.state)))
+
     def _keep(self, xid: str, state: Execution) -> None:
         if state.terminal:
             self.cache.pop(xid, None)
@@ -476,3 +521,14 @@ class ExecutorShell:
         self.cache.move_to_end(xid)
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
+
+
+def _then(
+    first: Callable[[psycopg.Connection[Any]], None],
+    second: Callable[[psycopg.Connection[Any]], None],
+) -> Callable[[psycopg.Connection[Any]], None]:
+    def both(conn: psycopg.Connection[Any]) -> None:
+        first(conn)
+        second(conn)
+
+    return both

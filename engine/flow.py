@@ -577,14 +577,16 @@ def _ignored_task_properties(raw: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _ignored_flow_properties(raw: dict[str, Any], c: _Checker) -> None:
-    """Warn about the flow-level properties that are accepted but do nothing yet."""
+    """Warn about the flow-level properties that are accepted but do nothing yet (and check
+    the concurrency limit, which used to be one of them)."""
     if raw.get("sla"):
         c.warn("sla", "Flow SLAs are not checked yet: no SLA violation is raised or recorded")
-    if raw.get("concurrency"):
-        c.warn(
-            "concurrency",
-            "Flow concurrency limits are not enforced yet: every execution starts at once",
-        )
+    if not c.recorded:
+        # Imported here: the `engine.execution` package reads flows with this module.
+        from engine.execution.concurrency import limit_problems
+
+        for where, message in limit_problems(raw.get("concurrency")):
+            c.add(where, message)
     if raw.get("listeners"):
         c.warn(
             "listeners",

@@ -17,6 +17,7 @@ from typing import Any
 from engine import events as ev
 from engine import templating
 from engine.errors import TemplateError
+from engine.execution.concurrency import limit_of
 from engine.execution.context import build_context
 from engine.execution.ids import iso, parse_iso, short_id, task_run_id
 from engine.execution.retry import creates_new_execution, retry_after, retry_policy
@@ -70,6 +71,27 @@ def fail_execution(state: Execution, reason: str) -> list[ev.Event]:
     return out
 
 
+def _admission(state: Execution) -> list[ev.Event] | None:
+    """What an execution of a flow with a concurrency limit does before it holds a slot
+    (None: its flow sets no limit). The slot is given by the flow's ledger
+    (`engine.execution.concurrency`) and recorded here as an input event."""
+    if limit_of(flow_of(state).concurrency) is None:
+        return None
+    if state.kill_requested:
+        return [ev.ExecutionStateChanged(executionId=state.id, state="KILLED")]
+    if state.admission == "QUEUE" and state.state == "CREATED":
+        return [ev.ExecutionStateChanged(executionId=state.id, state="QUEUED")]
+    if state.admission in ("CANCEL", "FAIL"):
+        return [
+            ev.ExecutionStateChanged(
+                executionId=state.id,
+                state="CANCELLED" if state.admission == "CANCEL" else "FAILED",
+                message=state.admission_message,
+            )
+        ]
+    return []  # waiting for the ledger to say
+
+
 class _Step(BaseException):  # noqa: N818 - control flow, not an error
     """Raised inside the resolver once a plan step has decided something.
 
@@ -80,7 +102,11 @@ class _Step(BaseException):  # noqa: N818 - control flow, not an error
 def _plan(state: Execution, at: dt.datetime) -> list[ev.Event]:
     if state.broken:
         return fail_execution(state, state.broken)
-    if state.state == "CREATED":
+    if state.state in ("CREATED", "QUEUED") and state.admission != "granted":
+        waiting = _admission(state)
+        if waiting is not None:
+            return waiting
+    if state.state in ("CREATED", "QUEUED"):
         return [ev.ExecutionStateChanged(executionId=state.id, state="RUNNING")]
     resolver = _Resolver(state, at)
     if state.kill_requested:

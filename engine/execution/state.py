@@ -89,6 +89,11 @@ class Execution(msgspec.Struct, frozen=True):
     """Why the recorded flow cannot be run (the planner fails the execution with it)."""
     message: str | None = None
     """Why the execution ended as it did, when the engine knows more than the state says."""
+    admission: str | None = None
+    """What its flow's concurrency limit said: `granted`, or the behavior that applied when
+    the limit was reached (QUEUE, CANCEL, FAIL); None while it has not said yet."""
+    admission_message: str | None = None
+    """Why the limit refused it (CANCEL, FAIL)."""
 
     @property
     def terminal(self) -> bool:
@@ -204,6 +209,14 @@ def _evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execut
         )
     if isinstance(event, ev.ExecutionKillRequested):
         return msgspec.structs.replace(state, kill_requested=True)
+    if isinstance(event, ev.ConcurrencySlotGranted):
+        return msgspec.structs.replace(state, admission="granted")
+    if isinstance(event, ev.ConcurrencyLimitReached):
+        if state.admission is not None:
+            return state  # a queued execution stays queued until granted a slot
+        return msgspec.structs.replace(
+            state, admission=event.behavior, admission_message=event.message
+        )
     if isinstance(event, ev.ExecutionLabelsChanged):
         return msgspec.structs.replace(state, labels=_labels(event.labels))
     if isinstance(event, ev.ExecutionResumeRequested):
