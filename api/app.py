@@ -29,6 +29,7 @@ from api import (
     metrics,
     openapi,
     tenant,
+    webhooks,
 )
 from api import secrets as secrets_routes
 from api.auth import access, actor, install, namespace_filter, public, require_namespace
@@ -194,6 +195,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(secrets_routes.blueprint(ctx))
     app.register_blueprint(kv_routes.blueprint(ctx))
     app.register_blueprint(flows_routes.blueprint(ctx, _flow_answer))
+    app.register_blueprint(webhooks.blueprint(ctx))
     tenant.install(app)
     metrics.register(app, ctx)
     openapi.register(app)

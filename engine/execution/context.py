@@ -82,6 +82,12 @@ def labels_view(labels: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     return view
 
 
+def trigger_variables(trigger: dict[str, Any] | None) -> dict[str, Any]:
+    """What `{{ trigger.* }}` renders: the variables the execution's trigger recorded."""
+    variables = (trigger or {}).get("variables")
+    return dict(variables) if isinstance(variables, dict) else {}
+
+
 def build_context(
     state: Execution,
     flow: Flow,
@@ -101,7 +107,9 @@ def build_context(
         "vars": flow.variables,
         "outputs": outputs_view(state),
         "labels": labels_view(state.labels),
-        "trigger": state.trigger or {},
+        # Kestra exposes what the trigger recorded (`trigger.body`, `trigger.date`,
+        # `trigger.executionId`), not its id and type.
+        "trigger": trigger_variables(state.trigger),
     }
     if run is not None:
         context["taskrun"] = {

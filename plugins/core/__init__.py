@@ -13,6 +13,7 @@ from plugins.core import (
     state,
     storage,
     trigger,
+    webhook,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "state",
     "storage",
     "trigger",
+    "webhook",
 ]

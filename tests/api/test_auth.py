@@ -105,6 +105,10 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
         "editor",
     ),
     ("DELETE", f"/api/v1/namespaces/{NS}/kv/nope", {}, "editor"),
+    # Public with its key (api/webhooks.py): a wrong key answers 404 and starts nothing.
+    ("GET", f"/api/v1/executions/webhook/{NS}/nope/nokey", {}, "public"),
+    ("POST", f"/api/v1/executions/webhook/{NS}/nope/nokey", {"json": {}}, "public"),
+    ("PUT", f"/api/v1/executions/webhook/{NS}/nope/nokey", {"json": {}}, "public"),
 ]
 
 
@@ -147,6 +151,9 @@ def _rule_of(path: str) -> str:
         "/api/v1/executions/nope/follow": "/api/v1/executions/<execution_id>/follow",
         f"/api/v1/namespaces/{NS}/kv": "/api/v1/namespaces/<namespace>/kv",
         f"/api/v1/namespaces/{NS}/kv/nope": "/api/v1/namespaces/<namespace>/kv/<path:key>",
+        f"/api/v1/executions/webhook/{NS}/nope/nokey": (
+            "/api/v1/executions/webhook/<namespace>/<flow_id>/<key>"
+        ),
     }
     return replacements.get(path, path)
 
