@@ -32,7 +32,13 @@ from werkzeug.exceptions import MethodNotAllowed
 from api import bodies
 from api.auth import public
 from engine import commands, secrets, templating
-from engine.errors import InvalidRequest, NotFound, TemplateError, TiercelError
+from engine.errors import (
+    FlowValidationError,
+    InvalidRequest,
+    NotFound,
+    TemplateError,
+    TiercelError,
+)
 from engine.flow import Flow
 from engine.plugin import ConditionContext
 from engine.server import ServerContext
@@ -51,6 +57,7 @@ UNRECORDED_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "x-csrf-token", "x-api-key"}
 )
 """Headers that carry a caller's credentials: never written into the execution's history."""
+ENDED_HEADER = "X-Tiercel-Execution-Ended"
 NOT_FOUND = (
     "No enabled webhook answers at this URL: check the namespace, the flow id and the key "
     "(a disabled flow or trigger answers 404 too)"
@@ -249,7 +256,9 @@ def blueprint(ctx: ServerContext) -> Blueprint:
             raise _too_large(limit)
         try:
             record, flow = await commands.flow_to_run(store, namespace, flow_id)
-        except NotFound:
+        except (NotFound, FlowValidationError) as exc:
+            # A flow recorded under rules since changed cannot run either: the same answer.
+            log.info("Webhook %s.%s: %s", namespace, flow_id, exc)
             raise NotFound(NOT_FOUND) from None
         trigger = None if flow.disabled else await _matching(ctx, flow, record.revision, key)
         if trigger is None or trigger.disabled:
@@ -292,7 +301,11 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         execution = commands.execution_json(state)
         status = await bodies.off_loop(_status, trigger, execution, variables)
         if trigger.returnOutputs:
-            return _outputs_answer(trigger, execution["outputs"], status)
-        return _json(execution, status)
+            response = _outputs_answer(trigger, execution["outputs"], status)
+        else:
+            response = _json(execution, status)
+        # As `?wait=true` on the create route: whether the wait ended with the execution.
+        response.headers[ENDED_HEADER] = "true" if state.terminal else "false"
+        return response
 
     return routes

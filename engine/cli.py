@@ -396,7 +396,7 @@ def _serve(roles: tuple[str, ...], *, embedded_ok: bool, **options: Any) -> None
         # Body limits (api/bodies.py): the environment wins over these configuration keys.
         "extra": {
             key.replace("-", "_"): _setting(key, None)
-            for key in ("max-body-bytes", "max-upload-bytes")
+            for key in ("max-body-bytes", "max-upload-bytes", "max-webhook-bytes")
             if _setting(key, None) is not None
         },
     }

@@ -83,6 +83,7 @@ TIERCEL_KEYS: dict[str, _Check] = {
     "heartbeat-timeout": _NUMBER,
     "max-body-bytes": _INT,
     "max-upload-bytes": _INT,
+    "max-webhook-bytes": _INT,
     "admin-username": _TEXT,
     "admin-password": _TEXT,
     "allowed-origins": _TEXTS,

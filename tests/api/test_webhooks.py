@@ -215,6 +215,7 @@ async def test_wait_answers_once_ended_with_the_execution_or_the_flow_outputs(
     only = await anonymous.post(f"{base}/outs/{KEY}", json={"name": "Ada"})
     assert only.status_code == 200, only.text
     assert only.json() == {"greeting": "hi Ada"}
+    assert only.headers["X-Tiercel-Execution-Ended"] == "true"
 
     whole = await anonymous.post(f"{base}/whole/{KEY}", json={"name": "Bob"})
     assert whole.status_code == 200, whole.text
@@ -365,3 +366,26 @@ async def test_a_webhook_without_a_usable_key_is_refused_at_its_line(
         [problem] = answer.json()["details"]
         assert expected in problem["message"], (trigger, problem)
         assert problem["line"] == line, (trigger, problem)
+
+
+@pytest.fixture
+def small_webhook_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIERCEL_MAX_WEBHOOK_BYTES", "1KiB")
+
+
+async def test_the_webhook_limit_is_a_server_setting(
+    small_webhook_limit: None, client: httpx.AsyncClient, anonymous: httpx.AsyncClient
+) -> None:
+    ns = _ns()
+    await _deploy(client, _flow(ns, "small", _return("hi")))
+    url = f"/api/v1/executions/webhook/{ns}/small/{KEY}"
+    assert (await anonymous.post(url, json={"pad": "p" * 900})).status_code == 200
+    refused = await anonymous.post(url, json={"pad": "p" * 1100})
+    assert refused.status_code == 413
+    assert "1 KiB (1024 bytes)" in refused.json()["message"]
+    # Other bodies keep their own limit.
+    assert (
+        await client.post(
+            "/api/v1/flows/validate", content=_flow(ns, "x" * 2000, _return("hi")), headers=YAML
+        )
+    ).status_code == 200
