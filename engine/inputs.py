@@ -414,7 +414,12 @@ def _temporal(kind: str, raw: Any) -> Any:
 
 def _iso_temporal(value: dt.datetime | dt.date | dt.time) -> str:
     if isinstance(value, dt.datetime):
-        value = value.astimezone(dt.UTC)
+        try:
+            value = value.astimezone(dt.UTC)
+        except OverflowError:  # 9999-12-31T23:51:00-00:09 is past year 9999 in UTC
+            raise ValueError(
+                f"{value.isoformat()} does not exist in UTC (it falls outside years 1 to 9999)"
+            ) from None
         spec = (
             "seconds"
             if not value.microsecond

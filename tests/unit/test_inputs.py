@@ -277,6 +277,7 @@ def test_each_type_converts_a_good_value(definition: str, value: Any, expected: 
         ("type: JSON", "NaN", "not valid JSON"),
         ("type: JSON", "{'single': 'quotes'}", "not valid JSON"),
         ("type: YAML", "a: [unclosed", "not valid YAML"),
+        ("type: YAML", "9999-12-31T23:51:00-0:09", "does not exist in UTC"),
         ("type: URI", "http://exa mple.com", "not a URI"),
         ("type: EMAIL", "a@b", "not an e-mail"),
         ("type: SELECT\nvalues: [a, b]", "c", "'c' is not one of a, b"),
