@@ -8,13 +8,16 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
 import trio
 
 from engine import events as ev
 from engine.commands import create_execution, deploy_flow, kill_execution, wait_for_end
-from engine.concurrency import ledger_stream
+from engine.concurrency import LedgerMoved, Ledgers, check, ledger_stream
+from engine.execution.concurrency import Arrival, Change, Limit
 from engine.plugin import TERMINAL_STATES
 from engine.server import ServerContext
+from engine.store import NO_STREAM, EventStore
 
 TIERCEL = [sys.executable, "-m", "engine.cli"]
 BURST = 500
@@ -243,3 +246,26 @@ def test_flow_validate_names_a_bad_limit_and_an_unknown_behavior_at_their_line(
     assert done.returncode == 1
     assert ":4:" in done.stdout and "concurrency.limit" in done.stdout
     assert ":5:" in done.stdout and "Unknown concurrency behavior 'DROP'" in done.stdout
+
+
+async def test_a_ledger_that_moved_after_it_was_read_writes_nothing_and_is_planned_again(
+    store: EventStore, ns: str
+) -> None:
+    ledgers = Ledgers(store)
+    changes: list[tuple[str, str, Change]] = [(ns, "f", Arrival("x1", Limit(1)))]
+    appends, commands = await ledgers.appends(changes, {"actor": "test"})
+    # Another executor takes the only slot meanwhile.
+    await store.append(
+        ledger_stream(ns, "f"),
+        [ev.ConcurrencySlotTaken(namespace=ns, flowId="f", executionId="other")],
+        expected_version=NO_STREAM,
+    )
+    with pytest.raises(LedgerMoved):
+        await store.append_many(appends, extra=check(commands))
+    assert await store.read_stream(ev.execution_stream("x1")) == []
+    appends, commands = await ledgers.appends(changes, {"actor": "test"})
+    await store.append_many(appends, extra=check(commands))
+    [told] = [e.event for e in await store.read_stream(ev.execution_stream("x1"))]
+    assert told == ev.ConcurrencyLimitReached(executionId="x1", limit=1, behavior="QUEUE")
+    ledger = [e.type for e in await store.read_stream(ledger_stream(ns, "f"))]
+    assert ledger == ["ConcurrencySlotTaken", "ConcurrencyQueued"]
