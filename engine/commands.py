@@ -38,6 +38,7 @@ from engine.execution import (
     replay,
     short_id,
 )
+from engine.execution.concurrency import limit_of
 from engine.executor_shell import INPUT_TYPES, recorded
 from engine.flow import Flow, Input, flow_to_dict, parse_flow
 from engine.inputs import resolve_inputs, resolve_inputs_off_loop
@@ -419,6 +420,7 @@ async def create_execution(
             [*_label_list(labels), {"key": "system.correlationId", "value": execution_id}],
         ),
         trigger=trigger,
+        concurrencyLimited=limit_of(flow.concurrency) is not None,
     )
     result = await _submissions(store).commits.append(
         Append(stream, [created], NO_STREAM, command_id, {"actor": actor})

@@ -80,6 +80,9 @@ class ExecutionCreated(Event, frozen=True):
     """The Subflow task run of `parentId` that started this execution."""
     attempt: int = 1
     """Which try of the flow this is (retries with CREATE_NEW_EXECUTION count up)."""
+    concurrencyLimited: bool = False
+    """The flow's concurrency limit applies: the execution runs once the flow's ledger grants
+    it a slot (executions recorded before limits were enforced started at once)."""
 
 
 class ExecutionStateChanged(Event, frozen=True):

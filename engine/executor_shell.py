@@ -376,6 +376,7 @@ class ExecutorShell:
                                 parentTaskRunId=state.parentTaskRunId,
                                 originalId=state.originalId,
                                 attempt=event.attempt,
+                                concurrencyLimited=state.limited,
                             )
                         ],
                         NO_STREAM,
@@ -479,6 +480,7 @@ class ExecutorShell:
             parentId=parent.id,
             parentTaskRunId=request.taskRunId,
             originalId=request.childId,
+            concurrencyLimited=limit_of(flow.concurrency) is not None,
         )
         return Append(
             ev.execution_stream(request.childId),
@@ -500,7 +502,7 @@ class ExecutorShell:
 
     def _arrival(self, state: Execution) -> None:
         """A new execution of a flow with a concurrency limit asks its ledger for a slot."""
-        if state.definition is None:
+        if not state.limited or state.definition is None:
             return
         limit = limit_of(state.definition.concurrency)
         if limit is not None:
@@ -509,9 +511,8 @@ class ExecutorShell:
     def _departure(self, state: Execution) -> None:
         """An execution of a flow with a concurrency limit ended: its ledger frees what it
         held (in the commit that ends it)."""
-        if state.definition is None or limit_of(state.definition.concurrency) is None:
-            return
-        self._changes.append((state.namespace, state.flowId, Departure(state.id, state.state)))
+        if state.limited:
+            self._changes.append((state.namespace, state.flowId, Departure(state.id, state.state)))
 
     def _keep(self, xid: str, state: Execution) -> None:
         if state.terminal:

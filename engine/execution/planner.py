@@ -17,7 +17,6 @@ from typing import Any
 from engine import events as ev
 from engine import templating
 from engine.errors import TemplateError
-from engine.execution.concurrency import limit_of
 from engine.execution.context import build_context
 from engine.execution.ids import iso, parse_iso, short_id, task_run_id
 from engine.execution.retry import creates_new_execution, retry_after, retry_policy
@@ -75,7 +74,7 @@ def _admission(state: Execution) -> list[ev.Event] | None:
     """What an execution of a flow with a concurrency limit does before it holds a slot
     (None: its flow sets no limit). The slot is given by the flow's ledger
     (`engine.execution.concurrency`) and recorded here as an input event."""
-    if limit_of(flow_of(state).concurrency) is None:
+    if not state.limited:
         return None
     if state.kill_requested:
         return [ev.ExecutionStateChanged(executionId=state.id, state="KILLED")]

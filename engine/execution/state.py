@@ -89,6 +89,8 @@ class Execution(msgspec.Struct, frozen=True):
     """Why the recorded flow cannot be run (the planner fails the execution with it)."""
     message: str | None = None
     """Why the execution ended as it did, when the engine knows more than the state says."""
+    limited: bool = False
+    """Whether its flow's concurrency limit applies (recorded at its creation)."""
     admission: str | None = None
     """What its flow's concurrency limit said: `granted`, or the behavior that applied when
     the limit was reached (QUEUE, CANCEL, FAIL); None while it has not said yet."""
@@ -186,6 +188,7 @@ def _evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execut
             originalId=event.originalId or event.executionId,
             parentTaskRunId=event.parentTaskRunId,
             attempt=event.attempt,
+            limited=event.concurrencyLimited,
             state="CREATED",
             histories=(("CREATED", iso(at)),),
             taskruns={},

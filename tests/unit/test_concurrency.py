@@ -16,7 +16,8 @@ from engine.execution.concurrency import (
     limit_problems,
     plan_ledger,
 )
-from tests.unit.test_executor import Run
+from engine.flow import flow_to_dict, parse_flow
+from tests.unit.test_executor import T0, Run
 
 NS, FLOW = "company.team", "limited"
 
@@ -107,8 +108,33 @@ tasks:
 """
 
 
-def test_an_execution_waits_for_the_ledger_then_queues_and_runs_once_granted() -> None:
+class LimitedRun(Run):
+    """An execution created, as today, with its flow's concurrency limit applying."""
+
+    def __init__(self, source: str) -> None:
+        flow = parse_flow(source)
+        self.history = []
+        self.state = None
+        self.clock = T0
+        self.input(
+            ev.ExecutionCreated(
+                executionId="exec1",
+                namespace=flow.namespace,
+                flowId=flow.id,
+                flowRevision=1,
+                flow=flow_to_dict(flow),
+                concurrencyLimited=True,
+            )
+        )
+
+
+def test_an_execution_recorded_before_limits_were_enforced_still_starts_at_once() -> None:
     run = Run(LIMITED)
+    assert run.state is not None and run.state.state == "RUNNING"
+
+
+def test_an_execution_waits_for_the_ledger_then_queues_and_runs_once_granted() -> None:
+    run = LimitedRun(LIMITED)
     assert run.state is not None and run.state.state == "CREATED"
     decided = run.input(ev.ConcurrencyLimitReached(executionId="exec1", limit=1, behavior="QUEUE"))
     assert decided == [ev.ExecutionStateChanged(executionId="exec1", state="QUEUED")]
@@ -120,7 +146,7 @@ def test_an_execution_waits_for_the_ledger_then_queues_and_runs_once_granted() -
 
 
 def test_a_refused_execution_ends_cancelled_with_the_reason() -> None:
-    run = Run(LIMITED.replace("QUEUE", "CANCEL"))
+    run = LimitedRun(LIMITED.replace("QUEUE", "CANCEL"))
     decided = run.input(
         ev.ConcurrencyLimitReached(
             executionId="exec1", limit=1, behavior="CANCEL", message="at most 1"
@@ -132,7 +158,7 @@ def test_a_refused_execution_ends_cancelled_with_the_reason() -> None:
 
 
 def test_a_queued_execution_killed_ends_without_running_a_task() -> None:
-    run = Run(LIMITED)
+    run = LimitedRun(LIMITED)
     run.input(ev.ConcurrencyLimitReached(executionId="exec1", limit=1, behavior="QUEUE"))
     decided = run.input(ev.ExecutionKillRequested(executionId="exec1"))
     assert decided == [ev.ExecutionStateChanged(executionId="exec1", state="KILLED")]
