@@ -126,6 +126,39 @@ async def test_burst_never_runs_more_than_the_limit_and_starts_queued_ones_in_ar
     assert counts["ConcurrencySlotReleased"] == BURST
 
 
+async def test_subflow_executions_of_a_limited_flow_wait_for_their_slot(
+    engine: ServerContext, ns: str
+) -> None:
+    child = await deploy_flow(engine.store, _flow(ns, "child", 1, "QUEUE", LOG))
+    await deploy_flow(
+        engine.store,
+        f"""
+id: parent
+namespace: {ns}
+tasks:
+  - id: call
+    type: io.kestra.plugin.core.flow.Subflow
+    namespace: {ns}
+    flowId: {child.id}
+    wait: true
+""",
+    )
+    parents = [await create_execution(engine.store, ns, "parent", {}) for _ in range(6)]
+    for xid in parents:
+        ended = await wait_for_end(engine.store, engine.notifier, xid, timeout=60)
+        assert ended.state == "SUCCESS"
+    rows = await engine.store.db.fetchall(
+        "SELECT data->>'executionId' AS xid FROM events WHERE type = 'ExecutionCreated'"
+        " AND data->>'flowId' = 'child' AND data->>'namespace' = %s",
+        (ns,),
+    )
+    children = [r["xid"] for r in rows]
+    assert len(children) == 6
+    changes = await _states(engine, children)
+    assert _most_running(changes) == 1
+    assert [s for _, x, s in changes if s in TERMINAL_STATES] == ["SUCCESS"] * 6
+
+
 async def test_cancel_behavior_cancels_an_execution_over_the_limit_saying_why(
     engine: ServerContext, ns: str
 ) -> None:
