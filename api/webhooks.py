@@ -58,6 +58,8 @@ UNRECORDED_HEADERS = frozenset(
 )
 """Headers that carry a caller's credentials: never written into the execution's history."""
 ENDED_HEADER = "X-Tiercel-Execution-Ended"
+MAX_NUMBER = 2.0**63
+"""A JSON body holding a number this large or larger is kept as text (see `_numbers_fit`)."""
 NOT_FOUND = (
     "No enabled webhook answers at this URL: check the namespace, the flow id and the key "
     "(a disabled flow or trigger answers 404 too)"
@@ -114,9 +116,24 @@ def parse_body(data: bytes) -> Any:
             bodies.check_value(value, "The webhook's body")
         except (orjson.JSONDecodeError, InvalidRequest):
             return text  # not JSON after all, or nested too deep: the text it is
-        if isinstance(value, dict | list):
+        if isinstance(value, dict | list) and _numbers_fit(value):
             return value
     return text
+
+
+def _numbers_fit(value: Any) -> bool:
+    """Whether every number of a parsed body survives being recorded: the event log (jsonb)
+    writes a float such as 1e30 back as a 31-digit integer, which no JSON answer can carry."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and abs(item) >= MAX_NUMBER:
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 def request_headers() -> dict[str, list[str]]:

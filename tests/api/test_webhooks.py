@@ -12,6 +12,7 @@ import httpx
 import pytest
 import trio
 
+from api.webhooks import METHODS
 from engine import commands
 
 YAML = {"Content-Type": "application/x-yaml"}
@@ -389,3 +390,78 @@ async def test_the_webhook_limit_is_a_server_setting(
             "/api/v1/flows/validate", content=_flow(ns, "x" * 2000, _return("hi")), headers=YAML
         )
     ).status_code == 200
+
+
+async def test_hostile_webhook_requests_are_answered_without_a_server_error(
+    server: Any, client: httpx.AsyncClient
+) -> None:
+    """Odd bodies, content types, keys, query parameters and headers reach a webhook whose
+    condition, inputs and tasks read them: every answer is a 2xx or a 4xx, and each 200 is an
+    execution recorded with the request."""
+    import json
+    import urllib.parse
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tests.fuzz.strategies import hostile_strings, json_values
+
+    ns = _ns()
+    trigger = (
+        "    conditions:\n      - type: io.kestra.plugin.core.condition.Expression\n"
+        '        expression: "{{ trigger.parameters.skip is not defined }}"\n'
+        '    inputs:\n      raw: "{{ trigger.body }}"\n'
+    )
+    extra = "inputs:\n  - id: raw\n    type: STRING\n    required: false\n"
+    tasks = _return("{{ trigger.body | json }} {{ trigger.headers | json }} {{ inputs.raw }}")
+    await _deploy(client, _flow(ns, "hostile", tasks, trigger, extra=extra))
+    answers: dict[int, int] = {}
+    started: list[str] = []
+    bodies = st.one_of(
+        st.binary(max_size=300),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        st.sampled_from([b"[" * 5000, b'{"a": ' + b"[" * 150 + b"]" * 150 + b"}", b'"\\u0000"',
+                         b'{"a\\u0000": 1}', b"{\"n\": 123456789012345678901234567890}"]),
+    )  # fmt: skip
+    keys = st.one_of(st.just(KEY), hostile_strings.filter(lambda s: "\x00" not in s))
+    params = st.lists(st.tuples(hostile_strings, hostile_strings), max_size=3)
+    header_values = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=200)
+    content_types = st.sampled_from(
+        ["application/json", "text/plain", "application/x-www-form-urlencoded",
+         "multipart/form-data; boundary=x", "application/octet-stream", "", "text/plain; charset=latin-1"]
+    )  # fmt: skip
+
+    with httpx.Client(base_url=str(client.base_url), timeout=30) as http:
+
+        @settings(max_examples=80, deadline=None, database=None)
+        @given(st.sampled_from(METHODS), keys, bodies, params, content_types, header_values)
+        def case(
+            method: str,
+            key: str,
+            body: bytes,
+            query: list[tuple[str, str]],
+            content_type: str,
+            header: str,
+        ) -> None:
+            segment = urllib.parse.quote(key.encode("utf-8", "surrogatepass"), safe="")
+            headers = {"X-Odd": header.strip()}
+            if content_type:
+                headers["Content-Type"] = content_type
+            answer = http.request(
+                method,
+                f"/api/v1/executions/webhook/{ns}/hostile/{segment}",
+                params=[(k.encode("utf-8", "surrogatepass"), v.encode("utf-8", "surrogatepass"))
+                        for k, v in query],
+                content=body if method != "GET" else None,
+                headers=headers,
+            )  # fmt: skip
+            answers[answer.status_code] = answers.get(answer.status_code, 0) + 1
+            assert answer.status_code < 500, answer.text
+            if answer.status_code == 200:
+                started.append(answer.json()["id"])
+
+        await trio.to_thread.run_sync(case)
+    assert answers.get(200), answers
+    assert await _executions_created(server, ns) == len(started)
+    for execution_id in started[:5]:
+        assert (await _ended(client, execution_id))["state"]["current"] in ("SUCCESS", "FAILED")
