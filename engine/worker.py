@@ -83,6 +83,8 @@ from engine.subscription import Subscription
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "worker"
+TIMERS = "timers"
+"""The actor of the timer service, which fails an attempt whose `timeout` passed."""
 KILLS = "worker:kills"
 """The health component of the subscription that follows kills."""
 HEARTBEAT = "worker:heartbeat"
@@ -416,6 +418,9 @@ class _Attempt:
         """Its end is recorded (or someone else ended it): nothing left to hand back."""
         self.ran = False
         """The task has returned: what is left is recording its result."""
+        self.claimed = trio.current_time()
+        """When it was claimed (just committed): the task's `timeout` counts from there, as
+        the executor's timer of it does from the claim's recorded time."""
         self.long_lines = 0
 
     @property
@@ -490,6 +495,8 @@ class Worker:
         self._running: dict[str, _Attempt] = {}
         self._started: dict[str, None] = {}
         self._kills: dict[tuple[str, str | None], int] = {}
+        self._timed_out: dict[str, str] = {}
+        """Recent attempts the timer service failed on their timeout, by stream, with why."""
         self._live = False
         """It may run attempts: it heartbeated within `heartbeat_timeout`."""
         self._gave_up = False
@@ -549,7 +556,7 @@ class Worker:
                     self.store,
                     self.notifier,
                     position=position,
-                    types=["ExecutionKillRequested", "TaskRunStateChanged"],
+                    types=["ExecutionKillRequested", "TaskRunStateChanged", "AttemptFailed"],
                     name=KILLS,
                     health=self.health,
                 )
@@ -839,6 +846,8 @@ class Worker:
         reason = self._killed(attempt)
         if reason is not None:
             attempt.stop(ev.AttemptKilled(**attempt.ids, reason=reason))
+        elif attempt.stream in self._timed_out:
+            attempt.drop()
         elif not self._live or self.id != worker_id:
             # Claimed just as this worker lost its liveness: not to run unwatched.
             reason = f"worker {worker_id} lost its liveness as it claimed the attempt"
@@ -851,6 +860,10 @@ class Worker:
         attempts whose claim is still on its way."""
         for e in batch:
             event = e.event
+            if isinstance(event, ev.AttemptFailed):
+                if e.meta.get("actor") == TIMERS:
+                    self._follow_timeout(event)
+                continue
             if isinstance(event, ev.ExecutionKillRequested):
                 key: tuple[str, str | None] = (event.executionId, None)
             elif isinstance(event, ev.TaskRunStateChanged) and event.state == "KILLED":
@@ -864,6 +877,19 @@ class Worker:
                 reason = self._killed(attempt)
                 if reason is not None:
                     attempt.stop(ev.AttemptKilled(**attempt.ids, reason=reason))
+
+    def _follow_timeout(self, event: ev.AttemptFailed) -> None:
+        """The timer service failed an attempt whose `timeout` passed, in the attempt's
+        stream: its end is recorded, so stop the task now (rather than at the next append,
+        which would be refused) and record nothing more of it."""
+        stream = ev.attempt_stream(event.executionId, event.taskRunId, event.attempt)
+        self._timed_out[stream] = event.message
+        while len(self._timed_out) > KILL_MEMORY:
+            del self._timed_out[next(iter(self._timed_out))]
+        attempt = self._running.get(stream)
+        if attempt is not None:
+            log.info("%s: %s", stream, event.message)
+            attempt.drop()
 
     def _killed(self, attempt: _Attempt) -> str | None:
         """Why `attempt` must stop, when a kill recorded after it was scheduled covers it."""
@@ -1404,7 +1430,8 @@ class Worker:
             return ev.AttemptFailed(**ids, message=message)
         timeout = _timeout_seconds(task.timeout)
         try:
-            with trio.fail_after(timeout) if timeout else _no_limit():
+            left = None if timeout is None else timeout - (trio.current_time() - attempt.claimed)
+            with trio.fail_after(max(left, 0.0)) if left is not None else _no_limit():
                 outputs = await task.run(ctx)
         except TaskWarning as exc:
             ctx.log("WARN", str(exc))

@@ -16,6 +16,7 @@ from typing import Any
 
 from engine import events as ev
 from engine import templating
+from engine.duration import parse_duration
 from engine.errors import TemplateError
 from engine.execution.context import build_context
 from engine.execution.ids import iso, parse_iso, short_id, task_run_id
@@ -475,7 +476,47 @@ class _Resolver:
             self._succeeded(task, run, last.state)
         if last.state == "FAILED":
             self._failed_attempt(task, run)
+        if last.state in ("CREATED", "RUNNING") and task.timeout:
+            self._time_out(task, run)
         return None
+
+    def _time_out(self, task: Task, run: TaskRun) -> None:
+        """Set the timer of the task's `timeout`: when it fires, the timer service fails the
+        attempt then current, in the attempt's own stream, unless it ended first (the stream's
+        version decides which end is recorded). The deadline thus holds whatever happens to
+        the worker, and across a restart of every process. A live worker stops the task at the
+        deadline itself and records its logs and the failure; the timer, `TIMEOUT_GRACE`
+        later, is for the attempt whose worker could not.
+
+        The time counts from the claim of the attempt, as recorded. An attempt run again
+        because its worker was lost (the one before it ended KILLED) goes on with the time of
+        the attempt it replaces: a task that outlives its workers does not get a fresh timeout
+        with each of them. A retry after a failure starts a new count, as in Kestra.
+        """
+        start = _timeout_start(run)
+        if start is None:
+            return  # not claimed yet: the time has not started
+        first, claimed = start
+        try:
+            limit = self.render(task.timeout) if "{{" in str(task.timeout) else task.timeout
+            duration = parse_duration(str(limit))
+        except (ValueError, TemplateError):
+            return  # the worker fails the attempt, saying why
+        timer = timeout_timer(run.id, first, str(limit))
+        if timer in self.state.timers:
+            return
+        # Recorded even when the deadline has passed (a claim after it): the timer fires at once.
+        self.out.append(
+            ev.TimerScheduled(
+                executionId=self.state.id,
+                timerId=timer,
+                fireAt=(parse_iso(claimed) + duration + TIMEOUT_GRACE)
+                .astimezone(dt.UTC)
+                .isoformat(),
+                taskRunId=run.id,
+            )
+        )
+        raise _Step
 
     def _succeeded(self, task: Task, run: TaskRun, state: str) -> None:
         """The attempt succeeded: so does the run, as a WARNING when it took retries and the
@@ -663,6 +704,43 @@ class _Resolver:
         return ev.ExecutionStateChanged(
             executionId=self.state.id, state=final, outputs=outputs or None, message=message
         )
+
+
+TIMEOUT_PREFIX = "timeout:"
+TIMEOUT_GRACE = dt.timedelta(seconds=1)
+"""How long after a task's timeout its timer fires: enough for a live worker, which counts
+the timeout from its claim too, to stop the task and record its last logs first."""
+
+
+def timeout_timer(run_id: str, first: int, limit: str) -> str:
+    """The id of the timer of a task run's `timeout`: the run, the attempt the time counts
+    from and the limit as written (for the failure's message), read back by `parse_timeout_timer`."""
+    return f"{TIMEOUT_PREFIX}{run_id}:{first}:{limit[:64]}"
+
+
+def parse_timeout_timer(timer_id: str) -> tuple[str, int, str] | None:
+    """(run id, first attempt, limit) of a timeout timer's id; None for any other timer."""
+    if not timer_id.startswith(TIMEOUT_PREFIX):
+        return None
+    parts = timer_id[len(TIMEOUT_PREFIX) :].split(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1]), parts[2]
+
+
+def _timeout_start(run: TaskRun) -> tuple[int, str] | None:
+    """The attempt the current one's timeout counts from, and when it was claimed: the first
+    claimed attempt since the last one that ended otherwise than KILLED (a lost worker's)."""
+    first = len(run.attempts)
+    while first > 1 and run.attempts[first - 2].state == "KILLED":
+        first -= 1
+    for number in range(first, len(run.attempts) + 1):
+        claimed = next(
+            (at for state, at in run.attempts[number - 1].histories if state == "RUNNING"), None
+        )
+        if claimed is not None:
+            return number, claimed
+    return None
 
 
 def _effective(task: Task, state: str) -> str:

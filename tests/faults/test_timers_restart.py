@@ -1,6 +1,7 @@
-"""Timers across a restart of every process (kill -9): a Sleep, a Pause with `delay` and a
-retry back-off each end when they were due, counted from when they began as recorded, not
-from the restart, and never early."""
+"""Timers across a restart of every process (kill -9): a Sleep, a Pause with `delay`, a retry
+back-off and a task's `timeout` each end when they were due, counted from when they began as
+recorded, not from the restart, and never early. A task whose worker dies has its attempt run
+again within the time left of its timeout, not a fresh one."""
 
 from __future__ import annotations
 
@@ -92,10 +93,43 @@ tasks:
       interval: {seconds}
       maxAttempt: 2
 """
-    return [sleep, pause, retry]
+    return [sleep, pause, retry, _hanging(ns, "hanger")]
 
 
-def test_sleep_pause_delay_and_retry_back_off_end_on_time_across_a_restart_of_every_process(
+def _hanging(ns: str, flow_id: str) -> str:
+    """A task that would run for a minute, with a timeout of `WAIT`."""
+    return f"""\
+id: {flow_id}
+namespace: {ns}
+tasks:
+  - id: hang
+    type: io.kestra.plugin.scripts.shell.Commands
+    timeout: PT{WAIT:g}S
+    commands:
+      - sleep 60
+"""
+
+
+def _failed_by(cluster: Cluster, execution_id: str) -> list[tuple[int, str]]:
+    """(attempt, who) of each attempt's failure."""
+    return [
+        (e.attempt, e.actor.split(":")[0])
+        for e in cluster.attempt_events(execution_id)
+        if e.type == "AttemptFailed"
+    ]
+
+
+def _timed_out_after(execution: dict[str, Any]) -> float:
+    """Seconds from the claim of the hanging task's first attempt to the end of its run, once
+    checked that the run failed on its timeout."""
+    hang = _run(execution, "hang")
+    assert hang["state"]["current"] == "FAILED", hang
+    assert "Timeout" in hang.get("message", ""), hang
+    claimed = _dates(hang["attempts"][0]["state"])["RUNNING"]
+    return (_dates(hang["state"])["FAILED"] - claimed).total_seconds()
+
+
+def test_sleep_pause_delay_retry_back_off_and_timeout_end_on_time_across_a_restart_of_everything(
     cluster_factory: Callable[..., Cluster], ns: str
 ) -> None:
     cluster = cluster_factory(roles=ROLES)
@@ -106,12 +140,16 @@ def test_sleep_pause_delay_and_retry_back_off_end_on_time_across_a_restart_of_ev
     sleeper = cluster.create_execution(ns, "sleeper")
     pauser = cluster.create_execution(ns, "pauser")
     retrier = cluster.create_execution(ns, "retrier")
+    hanger = cluster.create_execution(ns, "hanger")
     wait_until(marker.exists, 10, "the first attempt of the flaky task to fail")
 
     _restart_everything(cluster, down_at=2.0, up_at=4.0, since=since)
 
-    states = cluster.wait_ended([sleeper, pauser, retrier], timeout=WAIT + 30)
-    assert states == dict.fromkeys([sleeper, pauser, retrier], "SUCCESS"), _logs(cluster)
+    states = cluster.wait_ended([sleeper, pauser, retrier, hanger], timeout=WAIT + 30)
+    assert states == {
+        **dict.fromkeys([sleeper, pauser, retrier], "SUCCESS"),
+        hanger: "FAILED",
+    }, _logs(cluster)
 
     nap = _dates(_run(cluster.execution(sleeper), "nap")["state"])
     slept = (nap["SUCCESS"] - nap["CREATED"]).total_seconds()
@@ -126,4 +164,37 @@ def test_sleep_pause_delay_and_retry_back_off_end_on_time_across_a_restart_of_ev
     assert [a["state"]["current"] for a in flaky["attempts"]] == ["FAILED", "SUCCESS"]
     backoff = (second["CREATED"] - first["FAILED"]).total_seconds()
     assert WAIT <= backoff < WAIT + SLACK, f"the retry waited {backoff:.1f}s\n{_logs(cluster)}"
+
+    # Its worker was killed too: the timeout is enforced all the same, from the recorded claim.
+    ran = _timed_out_after(cluster.execution(hanger))
+    assert WAIT <= ran < WAIT + SLACK, f"the task timed out after {ran:.1f}s\n{_logs(cluster)}"
+    # Failed by the timers: its worker, killed (and the one running it again, if it came back
+    # in time, on a fresh count of its own) could not.
+    assert [who for _, who in _failed_by(cluster, hanger)] == ["timers"], cluster.attempt_history(
+        [hanger]
+    )
+    assert cluster.exits == []
+
+
+def test_a_task_whose_worker_is_killed_times_out_on_its_first_attempts_clock(
+    cluster_factory: Callable[..., Cluster], ns: str
+) -> None:
+    cluster = cluster_factory(roles=ROLES)
+    cluster.deploy(_hanging(ns, "hanger"))
+    xid = cluster.create_execution(ns, "hanger")
+    [worker] = cluster.names("worker")
+    work = cluster.processes[worker].data_dir
+    wait_until(lambda: cluster.orphans(work), 10, "the task's script to run")
+    time.sleep(1.0)
+    cluster.kill(worker)  # and started again at once: the attempt is run again
+
+    assert cluster.wait_ended([xid], timeout=WAIT + 30) == {xid: "FAILED"}, _logs(cluster)
+    execution = cluster.execution(xid)
+    attempts = [a["state"]["current"] for a in _run(execution, "hang")["attempts"]]
+    assert attempts == ["KILLED", "FAILED"], cluster.attempt_history([xid])
+    # A fresh timeout for the second attempt would have ended it WAIT seconds after its start.
+    ran = _timed_out_after(execution)
+    assert WAIT <= ran < WAIT + SLACK, f"the task timed out after {ran:.1f}s\n{_logs(cluster)}"
+    assert _failed_by(cluster, xid) == [(2, "timers")], cluster.attempt_history([xid])
+    wait_until(lambda: not cluster.orphans(work), 5, "the timed-out script to be stopped")
     assert cluster.exits == []
