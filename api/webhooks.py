@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import hmac
 import logging
 import os
@@ -38,6 +39,7 @@ from engine.errors import (
     NotFound,
     TemplateError,
     TiercelError,
+    WrongExpectedVersion,
 )
 from engine.flow import Flow
 from engine.plugin import ConditionContext
@@ -177,13 +179,18 @@ async def _matching(ctx: ServerContext, flow: Flow, revision: int, key: str) -> 
         stored, unreadable = await secrets.namespace_values(ctx.db, flow.namespace)
         context["secret"] = secrets.lookup(flow.namespace, stored, unreadable, lambda _: None)
     keys = await bodies.off_loop(lambda: [_render_key(t, context) for t in webhooks])
-    wanted = key.encode("utf-8")
+    # Digests of equal length compared in constant time, and every key compared: the time taken
+    # tells neither how much of a key was right nor its length.
+    wanted = _digest(key)
     found = None
     for trigger, rendered in zip(webhooks, keys, strict=True):
-        # Every key is compared, so the time taken does not tell which one came close.
-        if rendered and hmac.compare_digest(rendered.encode("utf-8"), wanted) and found is None:
+        if rendered and hmac.compare_digest(_digest(rendered), wanted) and found is None:
             found = trigger
     return found
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
 def _conditions_hold(trigger: Webhook, variables: dict[str, Any]) -> bool:
@@ -258,6 +265,18 @@ def _outputs_answer(trigger: Webhook, outputs: dict[str, Any], status: int) -> R
     return _json(outputs, status)
 
 
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > 255:
+        raise InvalidRequest(
+            "The Idempotency-Key header must hold 1 to 255 bytes (a delivery id is a good key)"
+        )
+    return key
+
+
 def blueprint(ctx: ServerContext) -> Blueprint:
     """The webhook route, on `ctx`'s store."""
     routes = Blueprint("webhooks", __name__)
@@ -297,20 +316,34 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         inputs = {}
         if trigger.inputs:
             inputs = await bodies.off_loop(templating.render_value, trigger.inputs, seen)
-        execution_id = await commands.create_execution(
-            store,
-            namespace,
-            flow_id,
-            inputs,
-            labels=_labels(trigger),
-            revision=record.revision,
-            trigger={
-                "id": trigger.id,
-                "type": "io.kestra.plugin.core.trigger.Webhook",
-                "variables": variables,
-            },
-            actor=f"webhook:{trigger.id}",
-        )
+        retried = _idempotency_key()
+        if retried is None:
+            execution_id = commands.new_execution_id()
+        else:
+            # A sender retrying a delivery (same key) gets the execution the first one started.
+            execution_id = commands.idempotent_execution_id(
+                namespace, flow_id, f"webhook:{trigger.id}:{retried}"
+            )
+        try:
+            if retried is None or not await store.read_execution(execution_id):
+                await commands.create_execution(
+                    store,
+                    namespace,
+                    flow_id,
+                    inputs,
+                    labels=_labels(trigger),
+                    revision=record.revision,
+                    trigger={
+                        "id": trigger.id,
+                        "type": "io.kestra.plugin.core.trigger.Webhook",
+                        "variables": variables,
+                    },
+                    actor=f"webhook:{trigger.id}",
+                    execution_id=execution_id,
+                )
+        except WrongExpectedVersion:
+            if retried is None:
+                raise
         if not trigger.wait:
             state = await commands.load_execution(store, execution_id)
             return _json(commands.execution_json(state))

@@ -465,3 +465,20 @@ async def test_hostile_webhook_requests_are_answered_without_a_server_error(
     assert await _executions_created(server, ns) == len(started)
     for execution_id in started[:5]:
         assert (await _ended(client, execution_id))["state"]["current"] in ("SUCCESS", "FAILED")
+
+
+async def test_a_retried_delivery_with_the_same_idempotency_key_starts_one_execution(
+    server: Any, client: httpx.AsyncClient, anonymous: httpx.AsyncClient
+) -> None:
+    ns = _ns()
+    await _deploy(client, _flow(ns, "retried", _return("{{ trigger.body.n }}")))
+    url = f"/api/v1/executions/webhook/{ns}/retried/{KEY}"
+    delivery = {"Idempotency-Key": f"delivery-{uuid.uuid4().hex}"}
+    first = await anonymous.post(url, json={"n": 1}, headers=delivery)
+    again = await anonymous.post(url, json={"n": 1}, headers=delivery)
+    other = await anonymous.post(url, json={"n": 2})
+    assert first.status_code == again.status_code == other.status_code == 200
+    assert first.json()["id"] == again.json()["id"] != other.json()["id"]
+    assert await _executions_created(server, ns) == 2
+    bad = await anonymous.post(url, json={}, headers={"Idempotency-Key": "k" * 300})
+    assert bad.status_code == 400 and "Idempotency-Key" in bad.json()["message"]
