@@ -482,3 +482,17 @@ async def test_a_retried_delivery_with_the_same_idempotency_key_starts_one_execu
     assert await _executions_created(server, ns) == 2
     bad = await anonymous.post(url, json={}, headers={"Idempotency-Key": "k" * 300})
     assert bad.status_code == 400 and "Idempotency-Key" in bad.json()["message"]
+
+
+async def test_the_webhook_type_is_listed_with_its_documented_schema(
+    client: httpx.AsyncClient,
+) -> None:
+    listed = (await client.get("/api/v1/plugins")).json()
+    [entry] = [p for p in listed if p["type"] == "io.kestra.plugin.core.trigger.Webhook"]
+    assert entry["kind"] == "trigger"
+    assert "io.kestra.core.models.triggers.types.Webhook" in entry["aliases"]
+    described = (await client.get("/api/v1/plugins/io.kestra.plugin.core.trigger.Webhook")).json()
+    schema = described["schema"]
+    properties = schema.get("properties") or next(iter(schema["$defs"].values()))["properties"]
+    assert "key" in properties and "256" in properties["key"]["description"]
+    assert {"wait", "returnOutputs", "inputs", "conditions"} <= set(properties)
