@@ -1,5 +1,5 @@
-"""Timers across a restart of every process (kill -9): a Sleep, a Pause with `delay`, a retry
-back-off and a task's `timeout` each end when they were due, counted from when they began as
+"""Timers across a restart of every process (kill -9): a Sleep, a Pause with `delay` or with
+`timeout`, a retry back-off and a task's `timeout` each end when they were due, counted from when they began as
 recorded, not from the restart, and never early. A task whose worker dies has its attempt run
 again within the time left of its timeout, not a fresh one."""
 
@@ -79,6 +79,14 @@ tasks:
     type: io.kestra.plugin.core.log.Log
     message: resumed
 """
+    waiter = f"""\
+id: waiter
+namespace: {ns}
+tasks:
+  - id: wait
+    type: io.kestra.plugin.core.flow.Pause
+    timeout: {seconds}
+"""
     # The first attempt fails (and leaves the marker), the second succeeds.
     retry = f"""\
 id: retrier
@@ -93,7 +101,7 @@ tasks:
       interval: {seconds}
       maxAttempt: 2
 """
-    return [sleep, pause, retry, _hanging(ns, "hanger")]
+    return [sleep, pause, waiter, retry, _hanging(ns, "hanger")]
 
 
 def _hanging(ns: str, flow_id: str) -> str:
@@ -141,14 +149,16 @@ def test_sleep_pause_delay_retry_back_off_and_timeout_end_on_time_across_a_resta
     pauser = cluster.create_execution(ns, "pauser")
     retrier = cluster.create_execution(ns, "retrier")
     hanger = cluster.create_execution(ns, "hanger")
+    waiter = cluster.create_execution(ns, "waiter")
     wait_until(marker.exists, 10, "the first attempt of the flaky task to fail")
 
     _restart_everything(cluster, down_at=2.0, up_at=4.0, since=since)
 
-    states = cluster.wait_ended([sleeper, pauser, retrier, hanger], timeout=WAIT + 30)
+    everything = [sleeper, pauser, waiter, retrier, hanger]
+    states = cluster.wait_ended(everything, timeout=WAIT + 30)
     assert states == {
         **dict.fromkeys([sleeper, pauser, retrier], "SUCCESS"),
-        hanger: "FAILED",
+        **dict.fromkeys([waiter, hanger], "FAILED"),
     }, _logs(cluster)
 
     nap = _dates(_run(cluster.execution(sleeper), "nap")["state"])
@@ -158,6 +168,10 @@ def test_sleep_pause_delay_retry_back_off_and_timeout_end_on_time_across_a_resta
     hold = _dates(_run(cluster.execution(pauser), "hold")["state"])
     held = (hold["SUCCESS"] - hold["CREATED"]).total_seconds()
     assert WAIT <= held < WAIT + SLACK, f"the Pause held {held:.1f}s\n{_logs(cluster)}"
+
+    wait = _dates(_run(cluster.execution(waiter), "wait")["state"])
+    waited = (wait["FAILED"] - wait["CREATED"]).total_seconds()
+    assert WAIT <= waited < WAIT + SLACK, f"the Pause timed out after {waited:.1f}s"
 
     flaky = _run(cluster.execution(retrier), "flaky")
     first, second = (_dates(a["state"]) for a in flaky["attempts"])
