@@ -496,3 +496,27 @@ async def test_the_webhook_type_is_listed_with_its_documented_schema(
     properties = schema.get("properties") or next(iter(schema["$defs"].values()))["properties"]
     assert "key" in properties and "256" in properties["key"]["description"]
     assert {"wait", "returnOutputs", "inputs", "conditions"} <= set(properties)
+
+
+async def test_tasks_see_the_trigger_variables_of_a_subflow_too(client: httpx.AsyncClient) -> None:
+    """`{{ trigger.* }}` is what the trigger recorded (as in Kestra), for every trigger."""
+    ns = _ns()
+    await _deploy(
+        client, f"id: child\nnamespace: {ns}\ntasks:\n{_return('{{ trigger.executionId }}')}"
+    )
+    parent = (
+        f"id: parent\nnamespace: {ns}\ntasks:\n  - id: sub\n"
+        f"    type: io.kestra.plugin.core.flow.Subflow\n    namespace: {ns}\n    flowId: child\n"
+    )
+    await _deploy(client, parent)
+    started = await client.post(f"/api/v1/executions/{ns}/parent?wait=true", json={})
+    assert started.json()["state"]["current"] == "SUCCESS", started.text
+    found = (await client.get(f"/api/v1/executions/search?namespace={ns}&flowId=child")).json()
+    with trio.fail_after(20):
+        while not found["results"]:
+            await trio.sleep(0.1)
+            found = (
+                await client.get(f"/api/v1/executions/search?namespace={ns}&flowId=child")
+            ).json()
+    child = await _ended(client, found["results"][0]["id"])
+    assert _value(child) == started.json()["id"]
