@@ -26,6 +26,7 @@ import logging
 import os
 from typing import Any
 
+import msgspec
 import orjson
 from quart import Blueprint, Response, request
 from werkzeug.exceptions import MethodNotAllowed
@@ -226,7 +227,8 @@ def _labels(trigger: Webhook) -> list[dict[str, str]]:
 
 
 def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body, default=str), status=status, content_type="application/json")
+    # msgspec, not orjson: a recorded value may hold an integer past 64 bits.
+    return Response(msgspec.json.encode(body), status=status, content_type="application/json")
 
 
 def _task_outputs(execution: dict[str, Any]) -> dict[str, Any]:
@@ -260,7 +262,7 @@ def _outputs_answer(trigger: Webhook, outputs: dict[str, Any], status: int) -> R
         if len(values) == 1 and isinstance(values[0], str):
             text = values[0]
         else:
-            text = orjson.dumps(outputs).decode()
+            text = msgspec.json.encode(outputs).decode()
         return Response(text, status=status, content_type="text/plain; charset=utf-8")
     return _json(outputs, status)
 
