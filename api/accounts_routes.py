@@ -13,6 +13,7 @@ import orjson
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from api import bodies
 from api.auth import (
     CSRF_HEADER,
     SESSION_COOKIE,
@@ -29,7 +30,7 @@ from engine.errors import Forbidden, InvalidRequest, NotFound
 
 
 def _answer(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status=status, content_type="application/json")
+    return Response(bodies.json_bytes(body), status=status, content_type="application/json")
 
 
 async def _object() -> dict[str, Any]:

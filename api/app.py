@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import orjson
 import trio
 from quart import Response, request, send_file
 from quart_trio import QuartTrio
@@ -65,7 +64,7 @@ keep the connection open."""
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(
-        orjson.dumps(body, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME),
+        bodies.json_bytes(body, _default),
         status=status,
         content_type="application/json",
     )
@@ -146,8 +145,8 @@ async def _flow_answer(records: list[commands.FlowRecord]) -> list[dict[str, Any
 def _flow_json(record: commands.FlowRecord) -> dict[str, Any]:
     try:
         out = flow_to_dict(parse_flow(record.source))
-        orjson.dumps(out, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
-    except (TiercelError, TypeError) as exc:
+        bodies.json_bytes(out, _default)
+    except (TiercelError, TypeError, ValueError) as exc:
         # Recorded under rules since changed: shown with why it no longer validates (as Kestra
         # shows a flow with an exception) instead of failing the whole list.
         out = {"exception": str(exc) if isinstance(exc, TiercelError) else "cannot be shown"}
@@ -684,9 +683,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
                             else:
                                 kind = b"start" if sent is None else b"progress"
                             sent = body
-                            data = orjson.dumps(
-                                body, default=_default, option=orjson.OPT_PASSTHROUGH_DATETIME
-                            )
+                            data = bodies.json_bytes(body, _default)
                             yield b"id: " + kind + b"\ndata: " + data + b"\n\n"
                         if state.terminal:
                             return

@@ -14,6 +14,7 @@ PostgreSQL cannot store).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Callable
@@ -298,3 +299,17 @@ def refuse_nul_in_url() -> None:
             "The URL holds a NUL character (%00): remove it",
             [Problem("NUL character", "url")],
         )
+
+
+def json_bytes(body: Any, default: Callable[[Any], Any] | None = None) -> bytes:
+    """`body` as JSON: by orjson, or by the standard library for what orjson cannot write (an
+    integer beyond 64 bits, which JSON allows and a flow's values may hold), so that one such
+    value cannot make every answer that shows it fail. `default` writes what JSON has no type
+    for (datetimes included)."""
+    option = orjson.OPT_PASSTHROUGH_DATETIME if default is not None else 0
+    try:
+        return orjson.dumps(body, default=default, option=option)
+    except TypeError:
+        return json.dumps(
+            body, default=default, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode()

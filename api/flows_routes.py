@@ -19,7 +19,6 @@ import zipfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from quart import Blueprint, Response, request
 
 from api import bodies
@@ -42,7 +41,7 @@ RESERVED = frozenset({"search", "validate", "import", "source", "distinct-namesp
 
 
 def _answer(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status=status, content_type="application/json")
+    return Response(bodies.json_bytes(body), status=status, content_type="application/json")
 
 
 def _delete_arg() -> bool:

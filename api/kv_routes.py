@@ -43,7 +43,7 @@ _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\
 
 
 def _answer(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status=status, content_type="application/json")
+    return Response(bodies.json_bytes(body), status=status, content_type="application/json")
 
 
 def type_of(value: Any) -> str:

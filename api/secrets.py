@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from quart import Blueprint, Response, request
 
+from api import bodies
 from api.auth import access, actor
 from engine import secrets
 from engine.errors import InvalidRequest
@@ -21,7 +22,7 @@ PATH = "/api/v1/namespaces/<namespace>/secrets"
 
 
 def _answer(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status=status, content_type="application/json")
+    return Response(bodies.json_bytes(body), status=status, content_type="application/json")
 
 
 async def _body() -> dict[str, Any]:

@@ -319,3 +319,32 @@ async def test_uploads_have_their_own_limit(
         assert "TIERCEL_MAX_BODY_BYTES" in json_over.json()["message"]
         yaml_over = await http.post("/api/v1/flows", files={"f": ("f.yaml", b"x" * 200_000)})
         assert yaml_over.status_code in (413, 415)
+
+
+async def test_a_large_number_in_a_json_input_is_answered_wherever_it_shows(
+    client: httpx.AsyncClient,
+) -> None:
+    # 1e30 is stored by jsonb as an exact 31-digit integer, which is valid JSON but past what
+    # orjson writes: every answer showing it (the execution, the search, the follow stream)
+    # must still be written.
+    namespace = _ns()
+    source = _flow(namespace, extra="inputs:\n  - {id: j, type: JSON}\n")
+    assert (await client.post("/api/v1/flows", content=source, headers=YAML)).status_code == 200
+    created = await client.post(
+        f"/api/v1/executions/{namespace}/f?wait=true", content=b'{"j": {"v": 1e30}}', headers=JSON
+    )
+    assert created.status_code == 200, created.text
+    assert created.json()["inputs"]["j"]["v"] == 10**30
+    xid = created.json()["id"]
+    with trio.fail_after(10):
+        while True:
+            search = await client.get("/api/v1/executions/search", params={"namespace": namespace})
+            assert search.status_code == 200, search.text
+            if search.json()["total"] == 1 and search.json()["results"][0]["state"]["current"] in (
+                "SUCCESS",
+            ):
+                break
+            await trio.sleep(0.1)
+    assert search.json()["results"][0]["inputs"]["j"]["v"] == 10**30
+    followed = await client.get(f"/api/v1/executions/{xid}/follow")
+    assert followed.status_code == 200 and "1000000000000000000000000000000" in followed.text
