@@ -29,7 +29,7 @@ import trio
 
 from engine import events as ev
 from engine.backoff import Backoff, describe, is_transient, retry
-from engine.db import Notifier
+from engine.db import Database, Notifier
 from engine.execution.planner import parse_timeout_timer
 from engine.health import Health
 from engine.store import (
@@ -260,3 +260,28 @@ class TimerService:
             if row["last_type"] not in RERUN_ENDS:
                 return None  # it ended on its own before the timeout
         return None
+
+
+async def timeout_elapsed(db: Database, execution_id: str, run_id: str, attempt: int) -> float:
+    """Seconds, on the database's clock, since the claim the `timeout` of attempt `attempt`
+    counts from when that is an earlier attempt's: the one it runs again after a lost worker
+    (and so on back). 0 when the count starts with this attempt's own claim."""
+    if attempt <= 1:
+        return 0.0
+    prefix = ev.attempt_stream(execution_id, run_id, 0)[:-1]
+    rows = await db.fetchall(
+        "SELECT stream_id, (array_agg(type ORDER BY version DESC))[1] AS last_type,"
+        " extract(epoch FROM clock_timestamp()"
+        "  - min(recorded_at) FILTER (WHERE type = 'AttemptClaimed'))::float8 AS since"
+        " FROM events WHERE stream_id >= %s AND stream_id < %s GROUP BY stream_id",
+        (prefix, prefix[:-1] + ";"),
+    )
+    streams = {str(r["stream_id"]): r for r in rows}
+    elapsed = 0.0
+    for earlier in range(attempt - 1, 0, -1):
+        row = streams.get(prefix + str(earlier))
+        if row is None or row["last_type"] not in RERUN_ENDS:
+            break
+        if row["since"] is not None:
+            elapsed = float(row["since"])
+    return elapsed

@@ -79,6 +79,7 @@ from engine.storage import LocalStorage, Storage, task_prefix, to_uri
 from engine.store import Append, AppendResult, EventStore, StoredEvent, save_checkpoint
 from engine.store import load_checkpoint as _load_checkpoint
 from engine.subscription import Subscription
+from engine.timers import timeout_elapsed
 
 log = logging.getLogger(__name__)
 
@@ -1412,6 +1413,22 @@ class Worker:
                         lines.append({**line, "taskId": event.taskId, "taskRunId": event.taskRunId})
         return lines
 
+    async def _timeout_used(self, attempt: _Attempt) -> float:
+        """How long ago, when the attempt runs again one whose worker was lost, the claim its
+        `timeout` counts from was made (it goes on with that clock, as the executor's timer
+        of the timeout does); 0 when it counts from its own claim."""
+        s = attempt.scheduled
+        if s.attempt <= 1:
+            return 0.0
+        try:
+            return await retry(
+                lambda: timeout_elapsed(self.store.db, s.executionId, s.taskRunId, s.attempt),
+                what=f"reading when attempt {s.attempt} of {s.taskRunId} started to count",
+            )
+        except Exception:  # not worth failing the attempt for: the executor's timer holds
+            log.exception("Reading how long %s has run failed", attempt.stream)
+            return 0.0
+
     async def _execute(
         self, attempt: _Attempt, definition: dict[str, Any], ctx: AttemptContext
     ) -> ev.Event:
@@ -1429,8 +1446,13 @@ class Worker:
             ctx.log("ERROR", message)
             return ev.AttemptFailed(**ids, message=message)
         timeout = _timeout_seconds(task.timeout)
+        deadline = None
+        if timeout is not None:
+            used = await self._timeout_used(attempt)
+            # From the claim of the attempt it counts from (its own, or one it runs again).
+            deadline = trio.current_time() - used + timeout if used else attempt.claimed + timeout
         try:
-            left = None if timeout is None else timeout - (trio.current_time() - attempt.claimed)
+            left = None if deadline is None else deadline - trio.current_time()
             with trio.fail_after(max(left, 0.0)) if left is not None else _no_limit():
                 outputs = await task.run(ctx)
         except TaskWarning as exc:
