@@ -6,12 +6,13 @@ again within the time left of its timeout, not a fresh one."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.faults.harness import Cluster, wait_until
+from tests.faults.harness import TIERCEL, Cluster, wait_until
 
 ROLES = ("executor", "worker", "webserver")
 WAIT = 8.0
@@ -39,6 +40,19 @@ def _dates(state: dict[str, Any]) -> dict[str, dt.datetime]:
 def _run(execution: dict[str, Any], task_id: str) -> dict[str, Any]:
     [run] = [r for r in execution["taskRunList"] if r["taskId"] == task_id]
     return run
+
+
+def _verify(cluster: Cluster) -> None:
+    """`tiercel sys verify` over everything the cluster recorded: the timers, the timeouts and
+    the attempts run again replay to the same decisions."""
+    result = subprocess.run(
+        [*TIERCEL, "sys", "verify", "--database-url", cluster.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"TIERCEL_STORAGE_DIR": str(cluster.root / "storage"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 
 
 def _logs(cluster: Cluster) -> str:
@@ -192,6 +206,7 @@ def test_sleep_pause_delay_retry_back_off_and_timeout_end_on_time_across_a_resta
     # it again (on the first claim's clock): either way recorded once.
     assert len(_failed_by(cluster, hanger)) == 1, cluster.attempt_history([hanger])
     assert cluster.exits == []
+    _verify(cluster)
 
 
 def test_a_task_whose_worker_is_killed_times_out_on_its_first_attempts_clock(
@@ -202,7 +217,7 @@ def test_a_task_whose_worker_is_killed_times_out_on_its_first_attempts_clock(
     xid = cluster.create_execution(ns, "hanger")
     [worker] = cluster.names("worker")
     work = cluster.processes[worker].data_dir
-    wait_until(lambda: cluster.orphans(work), 10, "the task's script to run")
+    wait_until(lambda: cluster.orphans(work), 30, "the task's script to run")
     time.sleep(1.0)
     cluster.kill(worker)  # and started again at once: the attempt is run again
 
@@ -220,6 +235,7 @@ def test_a_task_whose_worker_is_killed_times_out_on_its_first_attempts_clock(
     assert [n for n, _ in _failed_by(cluster, xid)] == [2], cluster.attempt_history([xid])
     wait_until(lambda: not cluster.orphans(work), 5, "the timed-out script to be stopped")
     assert cluster.exits == []
+    _verify(cluster)
 
 
 def test_a_retry_after_a_timeout_gets_a_timeout_of_its_own(
@@ -261,3 +277,4 @@ tasks:
     ]
     assert messages.count("begun") == 2, messages
     assert sum("Timeout" in m for m in messages) == 2, messages
+    _verify(cluster)
