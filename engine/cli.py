@@ -304,7 +304,7 @@ def server() -> None:
 def server_local(**options: Any) -> None:
     """Everything in one process (executor, worker, projections, API), on an embedded
     PostgreSQL that it starts in --data-dir, or on the one --database-url names."""
-    _serve(("executor", "worker", "indexer", "webserver"), embedded_ok=True, **options)
+    _serve(("executor", "worker", "scheduler", "indexer", "webserver"), embedded_ok=True, **options)
 
 
 @server.command("standalone", short_help="Everything in one process; needs --database-url.")
@@ -318,7 +318,9 @@ def server_local(**options: Any) -> None:
 def server_standalone(**options: Any) -> None:
     """Everything in one process (executor, worker, projections, API) against an existing
     PostgreSQL: needs --database-url."""
-    _serve(("executor", "worker", "indexer", "webserver"), embedded_ok=False, **options)
+    _serve(
+        ("executor", "worker", "scheduler", "indexer", "webserver"), embedded_ok=False, **options
+    )
 
 
 @server.command("executor", short_help="The executor only; needs --database-url.")
@@ -343,6 +345,16 @@ def server_worker(**options: Any) -> None:
     internal storage folder as the other processes. Runs up to --worker-slots attempts at
     once."""
     _serve(("worker",), embedded_ok=False, **options)
+
+
+@server.command("scheduler", short_help="The scheduler only; needs --database-url.")
+@_required_database_option
+@_storage_dir_option
+@_log_format_option
+def server_scheduler(**options: Any) -> None:
+    """The scheduler only (fires the ticks of the flows' Schedule triggers): needs
+    --database-url. Several may run against one database: each tick fires once."""
+    _serve(("scheduler",), embedded_ok=False, **options)
 
 
 @server.command("indexer", short_help="The projections only; needs --database-url.")

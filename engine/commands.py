@@ -890,8 +890,8 @@ async def toggle_trigger(
 async def trigger_enabled(store: EventStore, namespace: str, flow_id: str, trigger_id: str) -> bool:
     """Whether a trigger is enabled (its last toggle; enabled when never toggled)."""
     history = await store.read_stream(ev.trigger_stream(namespace, flow_id, trigger_id))
-    last = history[-1].event if history else None
-    return last.enabled if isinstance(last, ev.TriggerToggled) else True
+    toggles = [e.event for e in history if isinstance(e.event, ev.TriggerToggled)]
+    return toggles[-1].enabled if toggles else True
 
 
 # --- a namespace's flows as a whole (the CI/CD deploy) ----------------------------------------

@@ -12,6 +12,7 @@ Streams:
 - ``secret:<namespace>/<key>``: changes to one secret of a namespace (never its value).
 - ``user:<username>``, ``token:<tokenId>``: accounts and API tokens.
 - ``login:<principal>``: logins and refused credentials.
+- ``trigger:<namespace>/<flowId>/<triggerId>``: a trigger's state (toggles, fired ticks).
 """
 
 from __future__ import annotations
@@ -414,6 +415,41 @@ class TriggerToggled(Event, frozen=True):
     flowId: str
     triggerId: str
     enabled: bool
+    reason: str | None = None
+    """Why, when the scheduler disabled it (`stopAfter`); absent when a person toggled it."""
+
+
+class TriggerFired(Event, frozen=True):
+    """A tick of a trigger fired: the scheduler that appended this (at the trigger stream's
+    expected version, so only one scheduler can) created `executionId` in the same commit."""
+
+    namespace: str
+    flowId: str
+    triggerId: str
+    date: str
+    """The tick (ISO-8601, in the trigger's time zone)."""
+    next: str | None = None
+    """The tick after it, as the scheduler computed it then."""
+    executionId: str | None = None
+    """The execution started; absent when none could be (see `error`)."""
+    error: str | None = None
+    """Why no execution was started for this tick (bad inputs, a template that failed)."""
+    backfill: bool = False
+    """Whether the tick was fired by a backfill rather than on time."""
+
+
+class TriggerSkipped(Event, frozen=True):
+    """Ticks of a trigger up to `date` were passed over without starting executions (missed
+    while no scheduler ran, with `recoverMissedSchedules` LAST or NONE)."""
+
+    namespace: str
+    flowId: str
+    triggerId: str
+    date: str
+    """The last tick passed over (ISO-8601, in the trigger's time zone)."""
+    count: int = 1
+    """How many ticks were passed over."""
+    reason: str | None = None
 
 
 def trigger_stream(namespace: str, flow_id: str, trigger_id: str) -> str:
@@ -585,6 +621,8 @@ AnyEvent = (
     | KVSet
     | KVDeleted
     | TriggerToggled
+    | TriggerFired
+    | TriggerSkipped
     | SecretSet
     | SecretDeleted
     | UserCreated

@@ -20,6 +20,7 @@ import msgspec
 from engine.duration import parse_duration as parse_duration  # re-exported for plugins
 from engine.triggers import Condition as Condition  # trigger types, re-exported for plugins
 from engine.triggers import ConditionContext as ConditionContext
+from engine.triggers import ScheduledTrigger as ScheduledTrigger
 from engine.triggers import Trigger as Trigger
 from engine.triggers import register_condition as register_condition
 from engine.triggers import register_trigger as register_trigger

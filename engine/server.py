@@ -1,8 +1,8 @@
 """Runs Tiercel's components in one process, by role, against one database.
 
-The engine's own components (executor, timers, watchdog, worker) are started here. Components
-that live in outer packages (the web server, the projections) register themselves in the
-`tiercel.services` entry-point group, so the engine starts them without importing them.
+The engine's own components (executor, timers, watchdog, scheduler, worker) are started here.
+Components that live in outer packages (the web server, the projections) register themselves in
+the `tiercel.services` entry-point group, so the engine starts them without importing them.
 
 A process outlives its database: startup waits for PostgreSQL (logging what it waits for),
 each component backs off and resumes on its own when the database goes away, and as a last
@@ -30,6 +30,7 @@ from engine.feed import Feed
 from engine.handoff import Handoff
 from engine.health import Health
 from engine.migrate import migrate
+from engine.scheduler import Scheduler
 from engine.storage import LocalStorage, Storage
 from engine.store import CHANNEL, EventStore
 from engine.timers import TimerService
@@ -201,6 +202,9 @@ async def run_server(
                 )
                 watchdog = Watchdog(store, notifier, timeout=ctx.heartbeat_timeout)
                 await nursery.start(supervise, "service:watchdog", health, watchdog.run)
+            if "scheduler" in roles:
+                scheduler = Scheduler(store, notifier, health=health)
+                await nursery.start(supervise, "service:scheduler", health, scheduler.run)
             if "worker" in roles:
                 worker = Worker(
                     store,

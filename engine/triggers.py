@@ -92,6 +92,36 @@ class Trigger(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_def
         return None
 
 
+class ScheduledTrigger(Trigger, kw_only=True):
+    """A trigger that fires at ticks of a calendar (the scheduler evaluates it): its type says
+    when the ticks are; the scheduler decides which fire, records them and starts the
+    executions."""
+
+    def next_fire(self, after: dt.datetime) -> dt.datetime | None:
+        """The first tick strictly after `after`, aware; None when there is none."""
+        raise NotImplementedError
+
+    def previous_fire(self, before: dt.datetime) -> dt.datetime | None:
+        """The last tick strictly before `before`, aware; None when there is none."""
+        raise NotImplementedError
+
+    def local(self, instant: dt.datetime) -> dt.datetime:
+        """`instant` as the trigger shows its dates (in its time zone)."""
+        return instant
+
+    def recover_mode(self) -> str:
+        """What to do with ticks missed while no scheduler ran: ALL, LAST or NONE."""
+        return "ALL"
+
+    def late_limit(self) -> dt.timedelta | None:
+        """Ticks later than this are passed over (None: no limit)."""
+        return None
+
+    def execution_inputs(self) -> dict[str, Any]:
+        """The inputs of the executions it starts, as written (templates see `trigger.*`)."""
+        return {}
+
+
 class PendingTrigger(Trigger, kw_only=True, forbid_unknown_fields=False):
     """A Kestra trigger type this installation knows of but does not run: the flow is valid and
     keeps it (with a warning), and the trigger starts nothing."""

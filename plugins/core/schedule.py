@@ -17,7 +17,8 @@ from croniter import croniter
 from engine.plugin import (
     Condition,
     ConditionContext,
-    Trigger,
+    ScheduledTrigger,
+    parse_duration,
     register_condition,
     register_trigger,
 )
@@ -190,7 +191,7 @@ SCHEDULE_CONDITIONS = frozenset(
 @register_trigger(
     "io.kestra.plugin.core.trigger.Schedule", "io.kestra.core.models.triggers.types.Schedule"
 )
-class Schedule(Trigger, kw_only=True):
+class Schedule(ScheduledTrigger, kw_only=True):
     """Start the flow on a cron schedule, in a time zone."""
 
     cron: str
@@ -247,10 +248,89 @@ class Schedule(Trigger, kw_only=True):
                     f"recoverMissedSchedules must be one of {', '.join(RECOVER_MODES)}",
                 )
             )
+        if self.lateMaximumDelay is not None:
+            try:
+                parse_duration(self.lateMaximumDelay)
+            except (ValueError, TypeError):
+                found.append(
+                    ("lateMaximumDelay", "lateMaximumDelay must be an ISO-8601 duration (PT1H)")
+                )
         for state in self.stopAfter or []:
             if state.upper() not in STATES:
                 found.append(("stopAfter", f"Unknown state {state!r} in stopAfter"))
         return found
+
+    def next_fire(self, after: dt.datetime) -> dt.datetime | None:
+        """The first tick strictly after `after` (aware), as an aware UTC datetime; None
+        when the cron never fires again.
+
+        The cron is read in wall-clock time of `timezone`. A wall time skipped by a DST
+        change (02:30 on a spring-forward night) fires once, shifted forward by the gap
+        (03:30); a wall time that occurs twice (fall-back) fires on its first occurrence only,
+        unless the cron fires every hour (hour field `*`), which then fires in both hours, as
+        the day really has them. So no tick fires twice, and none is missed."""
+        zone = self.zone()
+        after = after.astimezone(dt.UTC)
+        margin = _transition_margin(zone, after)
+        start = after.astimezone(zone).replace(tzinfo=None, fold=0) - margin
+        it = croniter(self._expression(), start, ret_type=dt.datetime)
+        every_hour = self._every_hour()
+        best: dt.datetime | None = None
+        for _ in range(_SEARCH_LIMIT):
+            naive = it.get_next(dt.datetime)
+            if best is not None and naive > _wall(best, zone) + margin:
+                break  # no later wall time can fire earlier, even across the change
+            for instant in _instants(naive, zone, every_hour):
+                if instant > after and (best is None or instant < best):
+                    best = instant
+            if best is not None and not margin:
+                break
+        return best
+
+    def previous_fire(self, before: dt.datetime) -> dt.datetime | None:
+        """The last tick strictly before `before` (aware), as an aware UTC datetime (the
+        same reading of DST changes as `next_fire`); None when there is none."""
+        zone = self.zone()
+        before = before.astimezone(dt.UTC)
+        margin = _transition_margin(zone, before)
+        start = before.astimezone(zone).replace(tzinfo=None, fold=0) + margin + _SECOND
+        it = croniter(self._expression(), start, ret_type=dt.datetime)
+        every_hour = self._every_hour()
+        best: dt.datetime | None = None
+        for _ in range(_SEARCH_LIMIT):
+            naive = it.get_prev(dt.datetime)
+            if best is not None and naive < _wall(best, zone) - margin:
+                break
+            for instant in _instants(naive, zone, every_hour):
+                if instant < before and (best is None or instant > best):
+                    best = instant
+            if best is not None and not margin:
+                break
+        return best
+
+    def local(self, instant: dt.datetime) -> dt.datetime:
+        """`instant` in the schedule's time zone."""
+        return instant.astimezone(self.zone())
+
+    def recover_mode(self) -> str:
+        """ALL (Kestra's default), LAST or NONE."""
+        return (self.recoverMissedSchedules or "ALL").upper()
+
+    def late_limit(self) -> dt.timedelta | None:
+        """`lateMaximumDelay` as a duration."""
+        return parse_duration(self.lateMaximumDelay) if self.lateMaximumDelay else None
+
+    def execution_inputs(self) -> dict[str, Any]:
+        """The `inputs` given to each execution."""
+        return self.inputs
+
+    def _every_hour(self) -> bool:
+        expr = self.cron.strip()
+        if expr.startswith("@"):
+            return expr.lower() == "@hourly"
+        parts = expr.split()
+        hour = parts[2] if self.withSeconds else parts[1]
+        return hour in ("*", "*/1")
 
     def zone(self) -> zoneinfo.ZoneInfo:
         """The schedule's time zone."""
@@ -276,3 +356,43 @@ _ALIASES = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
+
+_SEARCH_LIMIT = 100_000
+"""Ticks looked at before concluding a cron never fires (a `30 0 30 2 *` never does)."""
+_SECOND = dt.timedelta(seconds=1)
+
+
+def _transition_margin(zone: zoneinfo.ZoneInfo, at: dt.datetime) -> dt.timedelta:
+    """How far before (or after) `at` in wall time the search for ticks must start so that a
+    DST change near `at` is seen: the size of the change when one is within three hours, else
+    nothing (a per-second cron is then not walked for hours for nothing)."""
+    window = dt.timedelta(hours=3)
+    low, high = at - window, at + window
+    before, after = low.astimezone(zone).utcoffset(), high.astimezone(zone).utcoffset()
+    if before is None or after is None or before == after:
+        return dt.timedelta(0)
+    while high - low > _SECOND:  # the instant of the change, to the second
+        middle = low + (high - low) / 2
+        if middle.astimezone(zone).utcoffset() == before:
+            low = middle
+        else:
+            high = middle
+    change = abs(after - before) + _SECOND
+    return change if abs(at - high) <= change else dt.timedelta(0)
+
+
+def _wall(instant: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
+    return instant.astimezone(zone).replace(tzinfo=None, fold=0)
+
+
+def _instants(naive: dt.datetime, zone: zoneinfo.ZoneInfo, every_hour: bool) -> list[dt.datetime]:
+    """The UTC instants at which wall time `naive` of `zone` fires (see `Schedule.next_fire`)."""
+    first = naive.replace(tzinfo=zone, fold=0).astimezone(dt.UTC)
+    second = naive.replace(tzinfo=zone, fold=1).astimezone(dt.UTC)
+    if first == second:
+        return [first]
+    if first.astimezone(zone).replace(tzinfo=None) != naive:
+        # A wall time skipped by the change: fold 0 reads it with the offset before the gap,
+        # which is the same wall time shifted forward by the gap.
+        return [first]
+    return [first, second] if every_hour else [first]

@@ -1,0 +1,283 @@
+"""The scheduler against a real PostgreSQL and a real engine: Schedule triggers start
+executions, once per tick even with two schedulers, and not at all when disabled."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import plugins.core  # noqa: F401  (registers the Schedule trigger)
+from engine import events as ev
+from engine.commands import (
+    delete_flow,
+    deploy_flow,
+    toggle_trigger,
+    trigger_enabled,
+    wait_for_end,
+)
+from engine.scheduler import Scheduler
+from engine.server import ServerContext, run_server
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"test.sched{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def engine(database_url: str, tmp_path: Path) -> AsyncIterator[ServerContext]:
+    async with trio.open_nursery() as nursery:
+        ctx = await nursery.start(
+            functools.partial(
+                run_server,
+                database_url,
+                ("executor", "worker"),
+                data_dir=tmp_path,
+                heartbeat_interval=0.5,
+            )
+        )
+        yield ctx
+        nursery.cancel_scope.cancel()
+
+
+def _flow(ns: str, trigger: str, *, flow_id: str = "scheduled", tasks: str | None = None) -> str:
+    body = tasks or (
+        "  - id: log\n"
+        "    type: io.kestra.plugin.core.log.Log\n"
+        "    message: 'tick {{ trigger.date }}'\n"
+    )
+    return f"id: {flow_id}\nnamespace: {ns}\ntasks:\n{body}triggers:\n{trigger}"
+
+
+PER_SECOND = (
+    "  - id: every-second\n"
+    "    type: io.kestra.plugin.core.trigger.Schedule\n"
+    "    withSeconds: true\n"
+    '    cron: "* * * * * *"\n'
+)
+
+
+async def _fired(
+    ctx: ServerContext, ns: str, flow_id: str, trigger_id: str
+) -> list[ev.TriggerFired]:
+    history = await ctx.store.read_stream(ev.trigger_stream(ns, flow_id, trigger_id))
+    return [e.event for e in history if isinstance(e.event, ev.TriggerFired)]
+
+
+async def _created(ctx: ServerContext, ns: str, flow_id: str) -> list[dict[str, Any]]:
+    rows = await ctx.store.db.fetchall(
+        "SELECT data FROM events WHERE type = 'ExecutionCreated'"
+        " AND data->>'namespace' = %s AND data->>'flowId' = %s ORDER BY seq",
+        (ns, flow_id),
+    )
+    return [r["data"] for r in rows]
+
+
+async def _run_scheduler(nursery: trio.Nursery, ctx: ServerContext, ns: str) -> Scheduler:
+    scheduler = Scheduler(ctx.store, ctx.notifier, namespace=ns, health=ctx.health)
+    await nursery.start(scheduler.run)
+    return scheduler
+
+
+async def test_schedule_starts_executions_that_see_the_trigger_dates(
+    engine: ServerContext, ns: str
+) -> None:
+    source = _flow(
+        ns,
+        PER_SECOND + "    inputs:\n      when: '{{ trigger.date }}'\n"
+        "    labels:\n      team: data\n",
+    ).replace(
+        "tasks:\n",
+        "labels:\n  owner: ops\ninputs:\n  - id: when\n    type: STRING\ntasks:\n",
+    )
+    await deploy_flow(engine.store, source)
+    try:
+        async with trio.open_nursery() as nursery:
+            await _run_scheduler(nursery, engine, ns)
+            with trio.fail_after(20):
+                while len(await _created(engine, ns, "scheduled")) < 2:
+                    await trio.sleep(0.2)
+            nursery.cancel_scope.cancel()
+    finally:
+        await delete_flow(engine.store, ns, "scheduled")
+    created = (await _created(engine, ns, "scheduled"))[0]
+    trigger = created["trigger"]
+    assert trigger["id"] == "every-second"
+    assert trigger["type"] == "io.kestra.plugin.core.trigger.Schedule"
+    variables = trigger["variables"]
+    date = dt.datetime.fromisoformat(variables["date"])
+    assert dt.datetime.fromisoformat(variables["next"]) - date == dt.timedelta(seconds=1)
+    assert date - dt.datetime.fromisoformat(variables["previous"]) == dt.timedelta(seconds=1)
+    assert created["inputs"]["when"] == variables["date"]
+    labels = {label["key"]: label["value"] for label in created["labels"]}
+    assert labels["owner"] == "ops" and labels["team"] == "data"
+    assert labels["system.correlationId"] == created["executionId"]
+    state = await wait_for_end(engine.store, engine.notifier, created["executionId"], timeout=30)
+    assert state.state == "SUCCESS"
+    fired = await _fired(engine, ns, "scheduled", "every-second")
+    assert fired[0].executionId == created["executionId"] and fired[0].date == variables["date"]
+
+
+async def test_two_schedulers_fire_each_second_once_without_gaps(
+    database_url: str, tmp_path: Path, ns: str
+) -> None:
+    async with trio.open_nursery() as nursery:
+        first = await nursery.start(
+            functools.partial(
+                run_server, database_url, ("executor", "worker"), data_dir=tmp_path / "a"
+            )
+        )
+        second = await nursery.start(
+            functools.partial(run_server, database_url, (), data_dir=tmp_path / "b")
+        )
+        await deploy_flow(first.store, _flow(ns, PER_SECOND))
+        try:
+            await _run_scheduler(nursery, first, ns)
+            await _run_scheduler(nursery, second, ns)
+            await trio.sleep(12)
+        finally:
+            await delete_flow(first.store, ns, "scheduled")
+        await trio.sleep(1.5)  # a pass under way when the flow was deleted ends
+        fired = await _fired(first, ns, "scheduled", "every-second")
+        created = await _created(first, ns, "scheduled")
+        nursery.cancel_scope.cancel()
+    dates = [dt.datetime.fromisoformat(f.date) for f in fired]
+    assert len(dates) >= 10
+    assert len(set(dates)) == len(dates)
+    assert all(b - a == dt.timedelta(seconds=1) for a, b in zip(dates, dates[1:], strict=False))
+    assert sorted(c["executionId"] for c in created) == sorted(f.executionId for f in fired)
+    assert len({c["trigger"]["variables"]["date"] for c in created}) == len(created)
+
+
+async def test_a_disabled_trigger_fires_nothing(engine: ServerContext, ns: str) -> None:
+    await deploy_flow(engine.store, _flow(ns, PER_SECOND + "    disabled: true\n"))
+    await deploy_flow(engine.store, _flow(ns, PER_SECOND, flow_id="toggled"))
+    await toggle_trigger(engine.store, ns, "toggled", "every-second", False)
+    try:
+        async with trio.open_nursery() as nursery:
+            await _run_scheduler(nursery, engine, ns)
+            await trio.sleep(3)
+            nursery.cancel_scope.cancel()
+    finally:
+        await delete_flow(engine.store, ns, "scheduled")
+        await delete_flow(engine.store, ns, "toggled")
+    assert await _created(engine, ns, "scheduled") == []
+    assert await _created(engine, ns, "toggled") == []
+    assert await trigger_enabled(engine.store, ns, "toggled", "every-second") is False
+
+
+@pytest.mark.parametrize(
+    ("mode", "fired", "skipped"), [("ALL", 12, 0), ("LAST", 1, 11), ("NONE", 0, 12)]
+)
+async def test_missed_schedules_are_recovered_as_recover_missed_schedules_says(
+    engine: ServerContext, ns: str, mode: str, fired: int, skipped: int
+) -> None:
+    trigger = (
+        "  - id: five\n"
+        "    type: io.kestra.plugin.core.trigger.Schedule\n"
+        '    cron: "*/5 * * * *"\n'
+        f"    recoverMissedSchedules: {mode}\n"
+    )
+    await deploy_flow(engine.store, _flow(ns, trigger))
+    try:
+        row = await engine.store.db.fetchone(
+            "SELECT recorded_at FROM events WHERE stream_id = %s ORDER BY version DESC LIMIT 1",
+            (ev.flow_stream(ns, "scheduled"),),
+        )
+        assert row is not None
+        deployed = row["recorded_at"]
+        # The scheduler comes back after an hour and some: twelve 5-minute ticks were missed,
+        # the last one two minutes ago.
+        first_tick = deployed.replace(second=0, microsecond=0) + dt.timedelta(
+            minutes=5 - deployed.minute % 5
+        )
+        now = first_tick + dt.timedelta(minutes=55 + 2)
+        scheduler = Scheduler(engine.store, engine.notifier, namespace=ns, clock=lambda: now)
+        await scheduler.run_once()
+        await scheduler.run_once()  # nothing more: the missed ticks are settled
+    finally:
+        await delete_flow(engine.store, ns, "scheduled")
+    history = await engine.store.read_stream(ev.trigger_stream(ns, "scheduled", "five"))
+    fired_events = [e.event for e in history if isinstance(e.event, ev.TriggerFired)]
+    skips = [e.event for e in history if isinstance(e.event, ev.TriggerSkipped)]
+    assert len(fired_events) == fired
+    assert sum(s.count for s in skips) == skipped
+    assert len(await _created(engine, ns, "scheduled")) == fired
+    if mode == "LAST":
+        last = dt.datetime.fromisoformat(fired_events[0].date)
+        assert last == first_tick + dt.timedelta(minutes=55)
+
+
+async def test_stop_after_disables_the_trigger_once_an_execution_fails(
+    engine: ServerContext, ns: str
+) -> None:
+    tasks = "  - id: boom\n    type: io.kestra.plugin.core.execution.Fail\n"
+    await deploy_flow(
+        engine.store, _flow(ns, PER_SECOND + "    stopAfter: [FAILED]\n", tasks=tasks)
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            await _run_scheduler(nursery, engine, ns)
+            with trio.fail_after(30):
+                while await trigger_enabled(engine.store, ns, "scheduled", "every-second"):
+                    await trio.sleep(0.2)
+            count = len(await _fired(engine, ns, "scheduled", "every-second"))
+            await trio.sleep(2.5)
+            assert len(await _fired(engine, ns, "scheduled", "every-second")) == count
+            nursery.cancel_scope.cancel()
+    finally:
+        await delete_flow(engine.store, ns, "scheduled")
+    history = await engine.store.read_stream(ev.trigger_stream(ns, "scheduled", "every-second"))
+    toggles = [e.event for e in history if isinstance(e.event, ev.TriggerToggled)]
+    assert toggles[-1].enabled is False and "FAILED" in (toggles[-1].reason or "")
+
+
+async def test_a_bad_trigger_does_not_stop_the_others(engine: ServerContext, ns: str) -> None:
+    # The input is required and its value fails to render: that tick records why, and the
+    # other flow's schedule goes on.
+    bad = _flow(
+        ns,
+        PER_SECOND + "    inputs:\n      n: '{{ nothing.here }}'\n",
+        flow_id="bad",
+    ).replace("tasks:\n", "inputs:\n  - id: n\n    type: INT\ntasks:\n")
+    await deploy_flow(engine.store, bad)
+    await deploy_flow(engine.store, _flow(ns, PER_SECOND, flow_id="good"))
+    try:
+        async with trio.open_nursery() as nursery:
+            await _run_scheduler(nursery, engine, ns)
+            with trio.fail_after(20):
+                while len(await _created(engine, ns, "good")) < 2:
+                    await trio.sleep(0.2)
+            nursery.cancel_scope.cancel()
+    finally:
+        await delete_flow(engine.store, ns, "bad")
+        await delete_flow(engine.store, ns, "good")
+    assert await _created(engine, ns, "bad") == []
+    fired = await _fired(engine, ns, "bad", "every-second")
+    assert fired and fired[0].executionId is None and "nothing" in (fired[0].error or "")
+
+
+async def test_server_scheduler_role_fires_a_schedule(
+    database_url: str, tmp_path: Path, ns: str
+) -> None:
+    async with trio.open_nursery() as nursery:
+        ctx = await nursery.start(
+            functools.partial(
+                run_server, database_url, ("executor", "worker", "scheduler"), data_dir=tmp_path
+            )
+        )
+        await deploy_flow(ctx.store, _flow(ns, PER_SECOND))
+        try:
+            with trio.fail_after(20):
+                while not await _created(ctx, ns, "scheduled"):
+                    await trio.sleep(0.2)
+        finally:
+            await delete_flow(ctx.store, ns, "scheduled")
+        nursery.cancel_scope.cancel()
