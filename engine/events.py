@@ -242,10 +242,13 @@ class TimerScheduled(Event, frozen=True):
 
 
 class TimerFired(Event, frozen=True):
-    """A scheduled timer came due."""
+    """A scheduled timer came due, or, with `attemptEnded`, has nothing left to do."""
 
     executionId: str
     timerId: str
+    attemptEnded: bool = False
+    """Recorded by the executor for the timer of a task's `timeout` once the attempt it timed
+    ended (on its own, or failed by the timeout): nothing is left for it to fire."""
 
 
 # --- attempts (written by workers) --------------------------------------------------------------

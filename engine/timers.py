@@ -11,8 +11,10 @@ attempt's own stream at the version it read, so that of the worker's end and the
 exactly one is recorded (the worker's later append conflicts and is dropped, as after an
 abandonment). The executor then retries or fails the task run as for any failed attempt. The
 decision stays with the executor (the deadline, recorded as a timer); only its carrying out
-needs the attempt stream, which the executor does not write. Such a timer records no
-`TimerFired`: the failure is the fact, and most attempts end before their timeout anyway.
+needs the attempt stream, which the executor does not write. This service records no
+`TimerFired` for such a timer (the failure is the fact); the executor records one, with
+`attemptEnded`, once the attempt ends, which drops the timer here: most attempts end long
+before their timeout, and their timers are not kept pending until then.
 
 Idle, it costs nothing: its subscription reads only timer events and moves past the others
 without committing anything, and the firing loop sleeps until the soonest timer is due or the

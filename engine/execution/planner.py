@@ -472,6 +472,8 @@ class _Resolver:
         if last is None or last.state == "KILLED":  # never scheduled, or its worker was lost
             self._schedule(task, run, len(run.attempts) + 1)
             raise _Step
+        if last.state in ("SUCCESS", "WARNING", "FAILED"):
+            self._timeout_over(run)
         if last.state in ("SUCCESS", "WARNING"):
             self._succeeded(task, run, last.state)
         if last.state == "FAILED":
@@ -515,6 +517,20 @@ class _Resolver:
                 .isoformat(),
                 taskRunId=run.id,
             )
+        )
+        raise _Step
+
+    def _timeout_over(self, run: TaskRun) -> None:
+        """The attempt ended: its timeout's timer, if still pending, has nothing left to do.
+        Saying so has the timer service drop it now rather than at its time (a task that ends
+        in a second would otherwise keep an hour's timeout pending for the hour)."""
+        prefix = f"{TIMEOUT_PREFIX}{run.id}:"
+        pending = sorted(t for t in self.state.timers if t.startswith(prefix))
+        pending = [t for t in pending if t not in self.state.fired]
+        if not pending:
+            return
+        self.out.extend(
+            ev.TimerFired(executionId=self.state.id, timerId=t, attemptEnded=True) for t in pending
         )
         raise _Step
 

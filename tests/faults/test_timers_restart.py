@@ -277,4 +277,17 @@ tasks:
     ]
     assert messages.count("begun") == 2, messages
     assert sum("Timeout" in m for m in messages) == 2, messages
+    # Each attempt ended before its timer: the timers are over without firing, not left
+    # pending until their time.
+    over = cluster.query(
+        "SELECT count(*) FROM events WHERE stream_id = %s AND type = 'TimerFired'"
+        " AND (data->>'attemptEnded')::boolean",
+        (f"exec:{xid}",),
+    )
+    assert over == [(2,)]
+    wait_until(
+        lambda: not cluster.query("SELECT 1 FROM engine_timers WHERE execution_id = %s", (xid,)),
+        10,
+        "the timers of the ended attempts to be dropped",
+    )
     _verify(cluster)
