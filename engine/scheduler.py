@@ -30,7 +30,7 @@ import trio
 from engine import events as ev
 from engine.backoff import Backoff, describe, is_transient
 from engine.db import Notifier
-from engine.errors import FlowValidationError, TiercelError
+from engine.errors import TiercelError
 from engine.execution import short_id
 from engine.flow import Flow, flow_to_dict, parse_flow
 from engine.health import Health
@@ -241,10 +241,10 @@ class Scheduler:
                 self.states.pop(stream, None)  # read again next pass
                 soonest = now
                 continue
-            except (psycopg.OperationalError, psycopg.InterfaceError):
-                raise
-            except Exception as exc:  # one bad trigger must not stop the others
-                self._report(stream, exc)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise  # the database is away: the whole pass is retried
+                self._report(stream, exc)  # one bad trigger must not stop the others
                 continue
             if upcoming is not None:
                 soonest = min(soonest, upcoming)
@@ -290,17 +290,20 @@ class Scheduler:
                 continue
             try:
                 flow = await trio.to_thread.run_sync(parse_flow, event.source)
-            except FlowValidationError as exc:
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
                 flow = None
                 marker = (key[0], key[1], event.revision)
                 if marker not in self._broken:
                     self._broken.add(marker)
+                    details = getattr(exc, "details", None)
                     log.error(
                         "Flow %s.%s revision %s no longer validates; its triggers are skipped: %s",
                         key[0],
                         key[1],
                         event.revision,
-                        "; ".join(str(p) for p in exc.details),
+                        "; ".join(str(p) for p in details) if details else describe(exc),
                     )
             self.flows[key] = FlowEntry(key[0], key[1], event.revision, stored.recorded_at, flow)
 
@@ -471,9 +474,9 @@ class Scheduler:
         )
         try:
             created = await self._execution(entry, flow, trigger, execution_id, variables)
-        except (psycopg.OperationalError, psycopg.InterfaceError):
-            raise
         except (TiercelError, ValueError, TypeError) as exc:
+            if is_transient(exc):
+                raise
             reason = describe(exc)
             log.warning(
                 "Trigger %s: no execution for tick %s: %s",
