@@ -281,3 +281,48 @@ async def test_server_scheduler_role_fires_a_schedule(
         finally:
             await delete_flow(ctx.store, ns, "scheduled")
         nursery.cancel_scope.cancel()
+
+
+async def test_scheduler_fires_the_ticks_missed_while_postgres_was_down(tmp_path: Path) -> None:
+    # A PostgreSQL of this test's own, stopped for a few seconds under a running scheduler.
+    from engine.embedded import EmbeddedPostgres
+
+    embedded = EmbeddedPostgres(tmp_path / "pg")
+    url = embedded.start()
+    ns = f"test.outage{uuid.uuid4().hex[:8]}"
+    try:
+        async with trio.open_nursery() as nursery:
+            ctx = await nursery.start(
+                functools.partial(run_server, url, ("scheduler",), data_dir=tmp_path / "s")
+            )
+            await deploy_flow(ctx.store, _flow(ns, PER_SECOND))
+            with trio.fail_after(20):
+                while len(await _fired(ctx, ns, "scheduled", "every-second")) < 2:
+                    await trio.sleep(0.2)
+            await trio.to_thread.run_sync(embedded.stop)
+            await trio.sleep(3)
+            assert url == await trio.to_thread.run_sync(embedded.start)
+            with trio.fail_after(60):
+                while True:
+                    try:
+                        fired = await _fired(ctx, ns, "scheduled", "every-second")
+                    except Exception:
+                        fired = []
+                    if fired and _parse(fired[-1].date) > _utcnow() - dt.timedelta(seconds=2):
+                        break
+                    await trio.sleep(0.3)
+            await delete_flow(ctx.store, ns, "scheduled")
+            nursery.cancel_scope.cancel()
+    finally:
+        await trio.to_thread.run_sync(embedded.stop)
+    dates = [_parse(f.date) for f in fired]
+    assert len(dates) >= 5 and len(set(dates)) == len(dates)
+    assert all(b - a == dt.timedelta(seconds=1) for a, b in zip(dates, dates[1:], strict=False))
+
+
+def _parse(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
