@@ -39,6 +39,7 @@ from engine.execution import (
     short_id,
 )
 from engine.execution.concurrency import limit_of
+from engine.execution.planner import RULES
 from engine.executor_shell import INPUT_TYPES, recorded
 from engine.flow import Flow, Input, flow_to_dict, parse_flow
 from engine.inputs import resolve_inputs, resolve_inputs_off_loop
@@ -421,6 +422,7 @@ async def create_execution(
         ),
         trigger=trigger,
         concurrencyLimited=limit_of(flow.concurrency) is not None,
+        rules=RULES,
     )
     result = await _submissions(store).commits.append(
         Append(stream, [created], NO_STREAM, command_id, {"actor": actor})

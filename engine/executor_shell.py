@@ -33,6 +33,7 @@ from engine.errors import TiercelError
 from engine.execution import Execution, Recorded, decide, evolve, replay
 from engine.execution.concurrency import Arrival, Change, Departure, limit_of
 from engine.execution.context import attempt_definition
+from engine.execution.planner import RULES
 from engine.handoff import ClaimRefused, Handoff, claim_append
 from engine.plugin import TERMINAL_STATES
 from engine.secrets import decrypt_values, encrypt_inputs, has_encrypted, share_key
@@ -377,6 +378,7 @@ class ExecutorShell:
                                 originalId=state.originalId,
                                 attempt=event.attempt,
                                 concurrencyLimited=state.limited,
+                                rules=RULES,
                             )
                         ],
                         NO_STREAM,
@@ -481,6 +483,7 @@ class ExecutorShell:
             parentTaskRunId=request.taskRunId,
             originalId=request.childId,
             concurrencyLimited=limit_of(flow.concurrency) is not None,
+            rules=RULES,
         )
         return Append(
             ev.execution_stream(request.childId),

@@ -495,6 +495,8 @@ class _Resolver:
         the attempt it replaces: a task that outlives its workers does not get a fresh timeout
         with each of them. A retry after a failure starts a new count, as in Kestra.
         """
+        if self.state.rules < 1:
+            return  # created before timeouts had timers: its worker alone counted the time
         start = _timeout_start(run)
         if start is None:
             return  # not claimed yet: the time has not started
@@ -723,6 +725,11 @@ class _Resolver:
 
 
 TIMEOUT_PREFIX = "timeout:"
+RULES = 1
+"""The edition of the decision rules new executions are created under (recorded in
+`ExecutionCreated.rules`). 1: a task's `timeout` is a timer (before, only its worker counted it).
+Raise it with each change of a rule that would decide a recorded history differently."""
+
 TIMEOUT_GRACE = dt.timedelta(seconds=1)
 """How long after a task's timeout its timer fires: enough for a live worker, which counts
 the timeout from its claim too, to stop the task and record its last logs first."""

@@ -91,6 +91,8 @@ class Execution(msgspec.Struct, frozen=True):
     """Why the execution ended as it did, when the engine knows more than the state says."""
     limited: bool = False
     """Whether its flow's concurrency limit applies (recorded at its creation)."""
+    rules: int = 0
+    """The edition of the decision rules it was created under (see `ExecutionCreated.rules`)."""
     admission: str | None = None
     """What its flow's concurrency limit said: `granted`, or the behavior that applied when
     the limit was reached (QUEUE, CANCEL, FAIL); None while it has not said yet."""
@@ -189,6 +191,7 @@ def _evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execut
             parentTaskRunId=event.parentTaskRunId,
             attempt=event.attempt,
             limited=event.concurrencyLimited,
+            rules=event.rules,
             state="CREATED",
             histories=(("CREATED", iso(at)),),
             taskruns={},
