@@ -28,6 +28,7 @@ from api import (
     metrics,
     openapi,
     tenant,
+    triggers,
     webhooks,
 )
 from api import secrets as secrets_routes
@@ -195,6 +196,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(kv_routes.blueprint(ctx))
     app.register_blueprint(flows_routes.blueprint(ctx, _flow_answer))
     app.register_blueprint(webhooks.blueprint(ctx))
+    app.register_blueprint(triggers.blueprint(ctx))
     tenant.install(app)
     metrics.register(app, ctx)
     openapi.register(app)

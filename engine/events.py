@@ -84,10 +84,6 @@ class ExecutionCreated(Event, frozen=True):
     concurrencyLimited: bool = False
     """The flow's concurrency limit applies: the execution runs once the flow's ledger grants
     it a slot (executions recorded before limits were enforced started at once)."""
-    rules: int = 0
-    """The edition of the executor's decision rules the execution was created under
-    (`engine.execution.planner.RULES`): where a rule changed, an execution recorded before
-    keeps being decided, and replayed by `sys verify`, as it was."""
 
 
 class ExecutionStateChanged(Event, frozen=True):
@@ -459,6 +455,51 @@ class TriggerSkipped(Event, frozen=True):
     reason: str | None = None
 
 
+class BackfillStarted(Event, frozen=True):
+    """A backfill of a scheduled trigger was asked for: one execution per tick from `start`
+    (included) to `end` (excluded), fired by the scheduler at its own pace."""
+
+    namespace: str
+    flowId: str
+    triggerId: str
+    backfillId: str
+    start: str
+    end: str
+    total: int
+    """How many ticks the backfill fires."""
+    inputs: dict[str, Any] = {}
+    labels: list[dict[str, str]] = []
+
+
+class BackfillPaused(Event, frozen=True):
+    """The running backfill of a trigger was paused: no tick of it fires until it resumes."""
+
+    namespace: str
+    flowId: str
+    triggerId: str
+    backfillId: str
+
+
+class BackfillResumed(Event, frozen=True):
+    """A paused backfill goes on."""
+
+    namespace: str
+    flowId: str
+    triggerId: str
+    backfillId: str
+
+
+class BackfillEnded(Event, frozen=True):
+    """A backfill fired its last tick (or was cancelled)."""
+
+    namespace: str
+    flowId: str
+    triggerId: str
+    backfillId: str
+    fired: int
+    cancelled: bool = False
+
+
 def trigger_stream(namespace: str, flow_id: str, trigger_id: str) -> str:
     """The stream of one trigger's state changes."""
     return f"trigger:{namespace}/{flow_id}/{trigger_id}"
@@ -630,6 +671,10 @@ AnyEvent = (
     | TriggerToggled
     | TriggerFired
     | TriggerSkipped
+    | BackfillStarted
+    | BackfillPaused
+    | BackfillResumed
+    | BackfillEnded
     | SecretSet
     | SecretDeleted
     | UserCreated

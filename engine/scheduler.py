@@ -30,14 +30,16 @@ import trio
 from engine import events as ev
 from engine.backoff import Backoff, describe, is_transient
 from engine.db import Notifier
-from engine.errors import TiercelError
+from engine.errors import Conflict, InvalidRequest, NotFound, TiercelError, WrongExpectedVersion
 from engine.execution import short_id
+from engine.execution.concurrency import limit_of
+from engine.execution.planner import RULES
 from engine.flow import Flow, flow_to_dict, parse_flow
 from engine.health import Health
 from engine.inputs import resolve_inputs_off_loop
 from engine.plugin import TERMINAL_STATES
 from engine.secrets import encrypt_inputs
-from engine.store import NO_STREAM, Append, EventStore, StoredEvent
+from engine.store import NO_STREAM, Append, AppendResult, EventStore, StoredEvent
 from engine.templating import render_typed, render_value
 from engine.triggers import ConditionContext, ScheduledTrigger
 
@@ -51,6 +53,11 @@ MAX_TICKS_PER_PASS = 200
 """Ticks of one trigger fired in one pass at most (a long catch-up goes on in the next)."""
 MAX_TICKS_LOOKED_AT = 100_000
 """Ticks of one trigger evaluated in one pass at most (conditions that hold rarely)."""
+BACKFILL_BATCH = 10
+"""Ticks of one backfill fired in one pass at most."""
+BACKFILL_PACE = dt.timedelta(seconds=0.25)
+"""The pause between two batches of a backfill: at most 40 of its executions a second, so
+that live ticks and other executions keep their share."""
 _FLOW_TYPES = ("FlowCreated", "FlowUpdated", "FlowDeleted")
 
 
@@ -84,6 +91,42 @@ class TriggerState:
     """The last tick fired or passed over."""
     watched: list[str] = dataclasses.field(default_factory=list)
     """Executions it started since it was last enabled (for `stopAfter`)."""
+    backfill: BackfillState | None = None
+    """Its latest backfill, running, paused or ended."""
+
+
+@dataclasses.dataclass
+class BackfillState:
+    """A backfill as its events tell it."""
+
+    id: str
+    start: dt.datetime
+    end: dt.datetime
+    total: int
+    inputs: dict[str, Any]
+    labels: list[dict[str, str]]
+    paused: bool = False
+    ended: bool = False
+    cancelled: bool = False
+    cursor: dt.datetime | None = None
+    """The last tick it fired."""
+    fired: int = 0
+
+    def json(self, trigger: ScheduledTrigger | None) -> dict[str, Any]:
+        """Kestra's `backfill` object of a trigger, with its progress."""
+        shown = trigger.local if trigger is not None else (lambda at: at)
+        return {
+            "start": shown(self.start).isoformat(),
+            "end": shown(self.end).isoformat(),
+            "currentDate": shown(self.cursor).isoformat() if self.cursor else None,
+            "paused": self.paused,
+            "inputs": self.inputs,
+            "labels": self.labels,
+            "total": self.total,
+            "fired": self.fired,
+            "ended": self.ended,
+            "cancelled": self.cancelled,
+        }
 
 
 def fold(history: list[StoredEvent]) -> TriggerState:
@@ -97,12 +140,32 @@ def fold(history: list[StoredEvent]) -> TriggerState:
             if event.enabled:
                 state.enabled_at = stored.recorded_at
                 state.watched = []
+        elif isinstance(event, ev.TriggerFired) and event.backfill:
+            if state.backfill is not None:
+                state.backfill.cursor = _parse(event.date)
+                state.backfill.fired += 1
         elif isinstance(event, ev.TriggerFired):
             state.last = _parse(event.date)
             if event.executionId:
                 state.watched = [*state.watched[-49:], event.executionId]
         elif isinstance(event, ev.TriggerSkipped):
             state.last = _parse(event.date)
+        elif isinstance(event, ev.BackfillStarted):
+            state.backfill = BackfillState(
+                event.backfillId,
+                _parse(event.start),
+                _parse(event.end),
+                event.total,
+                dict(event.inputs),
+                list(event.labels),
+            )
+        elif state.backfill is not None and isinstance(event, ev.BackfillPaused):
+            state.backfill.paused = True
+        elif state.backfill is not None and isinstance(event, ev.BackfillResumed):
+            state.backfill.paused = False
+        elif state.backfill is not None and isinstance(event, ev.BackfillEnded):
+            state.backfill.ended = True
+            state.backfill.cancelled = event.cancelled
     return state
 
 
@@ -110,9 +173,59 @@ def _parse(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def execution_id_for(stream: str, tick: dt.datetime) -> str:
-    """The id of the execution a tick starts: the same tick always gives the same id."""
-    return short_id("trigger", stream, tick.astimezone(dt.UTC).isoformat())
+def execution_id_for(stream: str, tick: dt.datetime, backfill: str | None = None) -> str:
+    """The id of the execution a tick starts: the same tick always gives the same id (and the
+    same tick of one backfill another one)."""
+    at = tick.astimezone(dt.UTC).isoformat()
+    return (
+        short_id("backfill", backfill, stream, at) if backfill else short_id("trigger", stream, at)
+    )
+
+
+def tick_variables(trigger: ScheduledTrigger, tick: dt.datetime) -> dict[str, Any]:
+    """What `{{ trigger.* }}` holds for a tick: its date, the next and the previous one."""
+    following = trigger.next_fire(tick)
+    before = trigger.previous_fire(tick)
+    return {
+        "date": trigger.local(tick).isoformat(),
+        "next": trigger.local(following).isoformat() if following else None,
+        "previous": trigger.local(before).isoformat() if before else None,
+    }
+
+
+def holds(namespace: str, flow_id: str, trigger: ScheduledTrigger, tick: dt.datetime) -> bool:
+    """Whether every condition of the trigger holds on `tick`."""
+    if not trigger.conditions:
+        return True
+    variables = {
+        "trigger": tick_variables(trigger, tick),
+        "flow": {"id": flow_id, "namespace": namespace},
+    }
+    ctx = ConditionContext(
+        date=trigger.local(tick), variables=variables, render=lambda e, v: render_typed(e, v)
+    )
+    return all(condition.test(ctx) for condition in trigger.conditions)
+
+
+def render_inputs(
+    trigger: ScheduledTrigger,
+    namespace: str,
+    flow_id: str,
+    revision: int,
+    execution_id: str,
+    variables: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A tick's execution inputs as given (before the flow checks them): the trigger's
+    `inputs` (with a backfill's on top), rendered with `trigger.*`."""
+    context = {
+        "trigger": variables,
+        "flow": {"id": flow_id, "namespace": namespace, "revision": revision},
+        "execution": {"id": execution_id},
+    }
+    given = {**trigger.execution_inputs(), **(extra or {})}
+    rendered: dict[str, Any] = render_value(given, context)
+    return rendered
 
 
 @dataclasses.dataclass
@@ -248,6 +361,20 @@ class Scheduler:
                 continue
             if upcoming is not None:
                 soonest = min(soonest, upcoming)
+        for stream, entry, trigger in active:
+            state = self.states.get(stream, TriggerState())
+            try:
+                more = await self._backfill(stream, entry, trigger, state)
+            except _Unowned:
+                self.states.pop(stream, None)
+                continue
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                self._report(stream, exc)
+                continue
+            if more:
+                soonest = min(soonest, now + BACKFILL_PACE)
         return max((soonest - self.clock()).total_seconds(), 0.0)
 
     def _mine(self, namespace: str) -> bool:
@@ -348,34 +475,18 @@ class Scheduler:
             base = state.enabled_at
         cursor = self._cursors.get(stream)
         evaluated_from = max(base, cursor) if cursor is not None else base
-        decided = plan(trigger, evaluated_from, now, lambda tick: self._holds(entry, trigger, tick))
+        decided = plan(
+            trigger,
+            evaluated_from,
+            now,
+            lambda tick: holds(entry.namespace, entry.flow_id, trigger, tick),
+        )
         if decided.skipped or decided.fire:
             await self._append(stream, entry, trigger, state, decided, now)
         if decided.cursor is not None:
             self._cursors[stream] = decided.cursor
         self._failing.pop(stream, None)
         return trigger.next_fire(decided.cursor or evaluated_from)
-
-    def _variables(self, trigger: ScheduledTrigger, tick: dt.datetime) -> dict[str, Any]:
-        following = trigger.next_fire(tick)
-        before = trigger.previous_fire(tick)
-        return {
-            "date": trigger.local(tick).isoformat(),
-            "next": trigger.local(following).isoformat() if following else None,
-            "previous": trigger.local(before).isoformat() if before else None,
-        }
-
-    def _holds(self, entry: FlowEntry, trigger: ScheduledTrigger, tick: dt.datetime) -> bool:
-        if not trigger.conditions:
-            return True
-        variables = {
-            "trigger": self._variables(trigger, tick),
-            "flow": {"id": entry.flow_id, "namespace": entry.namespace},
-        }
-        ctx = ConditionContext(
-            date=trigger.local(tick), variables=variables, render=lambda e, v: render_typed(e, v)
-        )
-        return all(condition.test(ctx) for condition in trigger.conditions)
 
     async def _append(
         self,
@@ -399,14 +510,38 @@ class Scheduler:
                     f"{trigger.recover_mode()})",
                 )
             )
+        items: list[tuple[list[ev.Event], str, ev.ExecutionCreated | None]] = []
+        for i, tick in enumerate(decided.fire):
+            fired, created = await self._fire(stream, entry, trigger, tick)
+            events: list[ev.Event] = [*head, fired] if i == 0 else [fired]
+            items.append((events, f"trigger-fire:{stream}:{_utc(tick)}", created))
+        if not decided.fire:
+            items.append((head, f"trigger-skip:{stream}:{_utc(decided.skipped[-1])}", None))
+        results = await self._commit(stream, state, items)
+        state.last = decided.fire[-1] if decided.fire else decided.skipped[-1]
+        started = [r.stream_id.removeprefix("exec:") for r in results if r.stream_id != stream]
+        state.watched = [*state.watched, *started][-50:]
+        if decided.fire:
+            log.info(
+                "Trigger %s fired %d tick(s), the last %s",
+                stream.removeprefix("trigger:"),
+                len(decided.fire),
+                trigger.local(decided.fire[-1]).isoformat(),
+            )
+
+    async def _commit(
+        self,
+        stream: str,
+        state: TriggerState,
+        items: list[tuple[list[ev.Event], str, ev.ExecutionCreated | None]],
+    ) -> list[AppendResult]:
+        """Append each item's trigger events (at the versions that follow the state's) and its
+        execution, in one transaction; `_Unowned` when the trigger stream moved meanwhile."""
         requests: list[Append] = []
         mine: list[str] = []
         version = state.version
         meta = {"actor": ACTOR}
-        for i, tick in enumerate(decided.fire):
-            fired, created = await self._fire(stream, entry, trigger, tick)
-            events: list[ev.Event] = [*head, fired] if i == 0 else [fired]
-            command = f"trigger-fire:{stream}:{tick.astimezone(dt.UTC).isoformat()}"
+        for events, command, created in items:
             requests.append(Append(stream, events, version, command, meta))
             mine.append(command)
             version += len(events)
@@ -420,10 +555,6 @@ class Scheduler:
                         meta,
                     )
                 )
-        if not decided.fire:
-            command = f"trigger-skip:{stream}:{decided.skipped[-1].astimezone(dt.UTC).isoformat()}"
-            requests.append(Append(stream, head, version, command, meta))
-            mine.append(command)
         first = state.version + 1
 
         def owned(conn: psycopg.Connection[Any]) -> None:
@@ -444,26 +575,64 @@ class Scheduler:
         for result in results:
             if result.stream_id == stream:
                 state.version = max(state.version, result.version)
-        state.last = decided.fire[-1] if decided.fire else decided.skipped[-1]
-        started = [r.stream_id.removeprefix("exec:") for r in results if r.stream_id != stream]
-        state.watched = [*state.watched, *started][-50:]
-        if decided.fire:
-            log.info(
-                "Trigger %s fired %d tick(s), the last %s",
-                stream.removeprefix("trigger:"),
-                len(decided.fire),
-                trigger.local(decided.fire[-1]).isoformat(),
+        return results
+
+    async def _backfill(
+        self, stream: str, entry: FlowEntry, trigger: ScheduledTrigger, state: TriggerState
+    ) -> bool:
+        """Fire the next ticks of the trigger's running backfill, a few per pass so that live
+        work keeps its share; whether more remain."""
+        backfill = state.backfill
+        if backfill is None or backfill.ended or backfill.paused:
+            return False
+        after = backfill.cursor or (backfill.start - dt.timedelta(microseconds=1))
+        ticks: list[dt.datetime] = []
+        tick = trigger.next_fire(after)
+        looked = 0
+        while tick is not None and tick < backfill.end and len(ticks) < BACKFILL_BATCH:
+            looked += 1
+            if holds(entry.namespace, entry.flow_id, trigger, tick):
+                ticks.append(tick)
+            elif looked > MAX_TICKS_LOOKED_AT:
+                break
+            tick = trigger.next_fire(tick)
+        done = tick is None or tick >= backfill.end
+        items: list[tuple[list[ev.Event], str, ev.ExecutionCreated | None]] = []
+        for at in ticks:
+            fired, created = await self._fire(stream, entry, trigger, at, backfill)
+            items.append(([fired], f"backfill-fire:{backfill.id}:{_utc(at)}", created))
+        if done:
+            ended = ev.BackfillEnded(
+                namespace=entry.namespace,
+                flowId=entry.flow_id,
+                triggerId=trigger.id,
+                backfillId=backfill.id,
+                fired=backfill.fired + len(ticks),
             )
+            items.append(([ended], f"backfill-end:{backfill.id}", None))
+        if not items:
+            return False
+        await self._commit(stream, state, items)
+        if ticks:
+            backfill.cursor = ticks[-1]
+            backfill.fired += len(ticks)
+        backfill.ended = done
+        return not done
 
     async def _fire(
-        self, stream: str, entry: FlowEntry, trigger: ScheduledTrigger, tick: dt.datetime
+        self,
+        stream: str,
+        entry: FlowEntry,
+        trigger: ScheduledTrigger,
+        tick: dt.datetime,
+        backfill: BackfillState | None = None,
     ) -> tuple[ev.TriggerFired, ev.ExecutionCreated | None]:
         """The tick's event and the execution it starts (None, with the reason recorded on the
         tick, when the execution cannot be made: its inputs fail, say)."""
         flow = entry.flow
         assert flow is not None
-        variables = self._variables(trigger, tick)
-        execution_id = execution_id_for(stream, tick)
+        variables = tick_variables(trigger, tick)
+        execution_id = execution_id_for(stream, tick, backfill.id if backfill else None)
         fired = ev.TriggerFired(
             namespace=entry.namespace,
             flowId=entry.flow_id,
@@ -471,9 +640,10 @@ class Scheduler:
             date=variables["date"],
             next=variables["next"],
             executionId=execution_id,
+            backfill=backfill is not None,
         )
         try:
-            created = await self._execution(entry, flow, trigger, execution_id, variables)
+            created = await self._execution(entry, flow, trigger, execution_id, variables, backfill)
         except (TiercelError, ValueError, TypeError) as exc:
             if is_transient(exc):
                 raise
@@ -494,19 +664,25 @@ class Scheduler:
         trigger: ScheduledTrigger,
         execution_id: str,
         variables: dict[str, Any],
+        backfill: BackfillState | None = None,
     ) -> ev.ExecutionCreated:
-        context = {
-            "trigger": variables,
-            "flow": {"id": entry.flow_id, "namespace": entry.namespace, "revision": entry.revision},
-            "execution": {"id": execution_id},
-        }
-        given = render_value(dict(trigger.execution_inputs()), context)
+        given = render_inputs(
+            trigger,
+            entry.namespace,
+            entry.flow_id,
+            entry.revision,
+            execution_id,
+            variables,
+            backfill.inputs if backfill else None,
+        )
         values = await resolve_inputs_off_loop(flow, given)
         values = await encrypt_inputs(self.store.db, flow, values, execution_id)
         if entry.recorded is None:
             entry.recorded = flow_to_dict(msgspec.structs.replace(flow, revision=entry.revision))
         labels = dict(flow.labels)
         labels.update(_labels(trigger.labels))
+        if backfill is not None:
+            labels.update(_labels(backfill.labels))
         labels["system.correlationId"] = execution_id
         return ev.ExecutionCreated(
             executionId=execution_id,
@@ -517,6 +693,8 @@ class Scheduler:
             inputs=values,
             labels=[{"key": k, "value": v} for k, v in labels.items()],
             trigger={"id": trigger.id, "type": trigger.type, "variables": variables},
+            concurrencyLimited=limit_of(flow.concurrency) is not None,
+            rules=RULES,
         )
 
     # --- stopAfter -----------------------------------------------------------------------------
@@ -563,6 +741,10 @@ class Scheduler:
                 log.info("Trigger %s disabled: %s", stream, toggled.reason)
 
 
+def _utc(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).isoformat()
+
+
 def _labels(given: Any) -> dict[str, str]:
     if isinstance(given, dict):
         return {str(k): str(v) for k, v in given.items()}
@@ -573,3 +755,162 @@ def _labels(given: Any) -> dict[str, str]:
             if isinstance(item, dict) and "key" in item
         }
     return {}
+
+
+# --- backfills and trigger state, as commands (the API's) ----------------------------------------
+
+MAX_BACKFILL_TICKS = 100_000
+"""Ticks one backfill may fire at most."""
+
+
+async def _scheduled(
+    store: EventStore, namespace: str, flow_id: str, trigger_id: str
+) -> tuple[int, Flow, ScheduledTrigger]:
+    from engine.commands import flow_to_run
+
+    record, flow = await flow_to_run(store, namespace, flow_id)
+    ids = [t.id for t in flow.triggers]
+    trigger = next((t for t in flow.triggers if t.id == trigger_id), None)
+    if trigger is None:
+        raise NotFound(
+            f"Flow {namespace}.{flow_id} has no trigger '{trigger_id}'"
+            + (f"; it has {', '.join(ids)}" if ids else "; it has no triggers")
+        )
+    if not isinstance(trigger, ScheduledTrigger):
+        raise InvalidRequest(
+            f"Trigger '{trigger_id}' of {namespace}.{flow_id} is a {trigger.type}: only "
+            "scheduled triggers (Schedule) have ticks to backfill"
+        )
+    return record.revision, flow, trigger
+
+
+async def start_backfill(
+    store: EventStore,
+    namespace: str,
+    flow_id: str,
+    trigger_id: str,
+    *,
+    start: dt.datetime,
+    end: dt.datetime | None = None,
+    inputs: dict[str, Any] | None = None,
+    labels: list[dict[str, str]] | None = None,
+    actor: str = "api",
+) -> dict[str, Any]:
+    """Ask for one execution per tick of a scheduled trigger from `start` (included) to `end`
+    (excluded; now by default), fired by the scheduler at its pace; return the trigger's
+    state. `InvalidRequest` for an empty or too long range or inputs the flow refuses,
+    `Conflict` while another backfill of the trigger has not ended."""
+    revision, flow, trigger = await _scheduled(store, namespace, flow_id, trigger_id)
+    end = end or dt.datetime.now(dt.UTC)
+    if start.tzinfo is None or end.tzinfo is None:
+        raise InvalidRequest("`start` and `end` need a time zone offset (2024-01-01T00:00:00Z)")
+    if end <= start:
+        raise InvalidRequest(f"The backfill's end ({end.isoformat()}) must come after its start")
+    ticks: list[dt.datetime] = []
+    tick = trigger.next_fire(start - dt.timedelta(microseconds=1))
+    while tick is not None and tick < end and len(ticks) <= MAX_BACKFILL_TICKS:
+        if holds(namespace, flow_id, trigger, tick):
+            ticks.append(tick)
+        tick = trigger.next_fire(tick)
+    if not ticks:
+        raise InvalidRequest(
+            f"Trigger '{trigger_id}' has no tick between {start.isoformat()} and "
+            f"{end.isoformat()}: nothing to backfill"
+        )
+    if len(ticks) > MAX_BACKFILL_TICKS:
+        raise InvalidRequest(
+            f"The backfill would start more than {MAX_BACKFILL_TICKS} executions: "
+            "split it into shorter ranges"
+        )
+    stream = ev.trigger_stream(namespace, flow_id, trigger_id)
+    history = await store.read_stream(stream)
+    state = fold(history)
+    running = state.backfill
+    if running is not None and not running.ended:
+        raise Conflict(
+            f"Trigger '{trigger_id}' has a backfill that has not ended ({running.fired} of "
+            f"{running.total} fired{', paused' if running.paused else ''}): wait for it"
+        )
+    backfill_id = short_id("backfill", stream, str(state.version), _utc(start), _utc(end))
+    # The inputs are checked once now, on the first tick: a backfill the flow refuses is
+    # refused here rather than recorded tick after tick.
+    first = ticks[0]
+    execution_id = execution_id_for(stream, first, backfill_id)
+    given = render_inputs(
+        trigger, namespace, flow_id, revision, execution_id, tick_variables(trigger, first), inputs
+    )
+    await resolve_inputs_off_loop(flow, given)
+    started = ev.BackfillStarted(
+        namespace=namespace,
+        flowId=flow_id,
+        triggerId=trigger_id,
+        backfillId=backfill_id,
+        start=trigger.local(start).isoformat(),
+        end=trigger.local(end).isoformat(),
+        total=len(ticks),
+        inputs=dict(inputs or {}),
+        labels=list(labels or []),
+    )
+    try:
+        await store.append(stream, [started], expected_version=state.version, meta={"actor": actor})
+    except WrongExpectedVersion:
+        raise Conflict(
+            f"Trigger '{trigger_id}' changed while the backfill was being asked for: try again"
+        ) from None
+    return await trigger_status(store, namespace, flow_id, trigger_id)
+
+
+async def pause_backfill(
+    store: EventStore,
+    namespace: str,
+    flow_id: str,
+    trigger_id: str,
+    paused: bool,
+    *,
+    actor: str = "api",
+) -> dict[str, Any]:
+    """Pause (or resume) the trigger's running backfill; return the trigger's state.
+    `NotFound` when it has no backfill that has not ended."""
+    await _scheduled(store, namespace, flow_id, trigger_id)
+    stream = ev.trigger_stream(namespace, flow_id, trigger_id)
+    for _ in range(20):
+        state = fold(await store.read_stream(stream))
+        backfill = state.backfill
+        if backfill is None or backfill.ended:
+            raise NotFound(
+                f"Trigger '{trigger_id}' of {namespace}.{flow_id} has no running backfill"
+            )
+        if backfill.paused == paused:
+            break
+        kind = ev.BackfillPaused if paused else ev.BackfillResumed
+        event = kind(
+            namespace=namespace, flowId=flow_id, triggerId=trigger_id, backfillId=backfill.id
+        )
+        try:
+            await store.append(
+                stream, [event], expected_version=state.version, meta={"actor": actor}
+            )
+        except WrongExpectedVersion:
+            continue  # the scheduler fired a tick meanwhile
+        break
+    return await trigger_status(store, namespace, flow_id, trigger_id)
+
+
+async def trigger_status(
+    store: EventStore, namespace: str, flow_id: str, trigger_id: str
+) -> dict[str, Any]:
+    """A trigger's state in the shape of Kestra's trigger context: its last tick, its next
+    one, whether it is disabled, and its backfill with its progress."""
+    _, _, trigger = await _scheduled(store, namespace, flow_id, trigger_id)
+    state = fold(await store.read_stream(ev.trigger_stream(namespace, flow_id, trigger_id)))
+    following = trigger.next_fire(state.last or dt.datetime.now(dt.UTC))
+    return {
+        "namespace": namespace,
+        "flowId": flow_id,
+        "triggerId": trigger_id,
+        "type": trigger.type,
+        "date": trigger.local(state.last).isoformat() if state.last else None,
+        "nextExecutionDate": trigger.local(following).isoformat() if following else None,
+        "disabled": trigger.disabled or not state.enabled,
+        "backfill": state.backfill.json(trigger) if state.backfill else None,
+    }

@@ -109,6 +109,16 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("GET", f"/api/v1/executions/webhook/{NS}/nope/nokey", {}, "public"),
     ("POST", f"/api/v1/executions/webhook/{NS}/nope/nokey", {"json": {}}, "public"),
     ("PUT", f"/api/v1/executions/webhook/{NS}/nope/nokey", {"json": {}}, "public"),
+    # Triggers' state and backfills (api/triggers.py).
+    ("GET", f"/api/v1/triggers/{NS}/nope/nope", {}, "viewer"),
+    (
+        "POST",
+        "/api/v1/triggers/backfill",
+        {"json": {"namespace": NS, "flowId": "nope", "triggerId": "nope"}},
+        "editor",
+    ),
+    ("PUT", "/api/v1/triggers/backfill/pause", {"json": {"namespace": NS}}, "editor"),
+    ("PUT", "/api/v1/triggers/backfill/unpause", {"json": {"namespace": NS}}, "editor"),
 ]
 
 
@@ -151,6 +161,7 @@ def _rule_of(path: str) -> str:
         "/api/v1/executions/nope/follow": "/api/v1/executions/<execution_id>/follow",
         f"/api/v1/namespaces/{NS}/kv": "/api/v1/namespaces/<namespace>/kv",
         f"/api/v1/namespaces/{NS}/kv/nope": "/api/v1/namespaces/<namespace>/kv/<path:key>",
+        f"/api/v1/triggers/{NS}/nope/nope": "/api/v1/triggers/<namespace>/<flow_id>/<trigger_id>",
         f"/api/v1/executions/webhook/{NS}/nope/nokey": (
             "/api/v1/executions/webhook/<namespace>/<flow_id>/<key>"
         ),

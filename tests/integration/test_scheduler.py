@@ -326,3 +326,130 @@ def _parse(text: str) -> dt.datetime:
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+FIVE_MINUTES = (
+    "  - id: five\n"
+    "    type: io.kestra.plugin.core.trigger.Schedule\n"
+    '    cron: "*/5 * * * *"\n'
+    "    inputs:\n"
+    "      day: '{{ trigger.date }}'\n"
+)
+WITH_INPUTS = "inputs:\n  - id: day\n    type: STRING\n  - id: source\n    type: STRING\n    defaults: live\ntasks:\n"
+
+
+async def _backfilled(ctx: ServerContext, ns: str) -> list[dict[str, Any]]:
+    return [
+        c
+        for c in await _created(ctx, ns, "scheduled")
+        if any(label["key"] == "backfill" for label in c["labels"])
+    ]
+
+
+async def test_a_backfill_of_one_day_of_a_five_minute_schedule_starts_288_executions(
+    engine: ServerContext, ns: str
+) -> None:
+    from engine.scheduler import start_backfill, trigger_status
+
+    await deploy_flow(engine.store, _flow(ns, FIVE_MINUTES).replace("tasks:\n", WITH_INPUTS))
+    day = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    status = await start_backfill(
+        engine.store,
+        ns,
+        "scheduled",
+        "five",
+        start=day,
+        end=day + dt.timedelta(days=1),
+        inputs={"source": "backfill"},
+        labels=[{"key": "backfill", "value": "january"}],
+    )
+    assert status["backfill"]["total"] == 288 and status["backfill"]["fired"] == 0
+    progress = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await _run_scheduler(nursery, engine, ns)
+            with trio.fail_after(120):
+                while not status["backfill"]["ended"]:
+                    await trio.sleep(0.5)
+                    status = await trigger_status(engine.store, ns, "scheduled", "five")
+                    progress.append(status["backfill"]["fired"])
+            nursery.cancel_scope.cancel()
+    finally:
+        await delete_flow(engine.store, ns, "scheduled")
+    assert status["backfill"]["fired"] == 288
+    assert progress == sorted(progress) and len(set(progress)) > 2  # seen to grow, in steps
+    created = await _backfilled(engine, ns)
+    assert len(created) == 288
+    days = sorted(c["inputs"]["day"] for c in created)
+    assert days[0] == day.isoformat() and len(set(days)) == 288
+    assert all(c["inputs"]["source"] == "backfill" for c in created)
+    assert all(c["trigger"]["id"] == "five" for c in created)
+
+
+async def test_a_paused_backfill_fires_nothing_until_it_is_resumed(
+    engine: ServerContext, ns: str
+) -> None:
+    from engine.scheduler import pause_backfill, start_backfill
+
+    await deploy_flow(engine.store, _flow(ns, FIVE_MINUTES).replace("tasks:\n", WITH_INPUTS))
+    day = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    scheduler = Scheduler(engine.store, engine.notifier, namespace=ns)
+    try:
+        await start_backfill(
+            engine.store,
+            ns,
+            "scheduled",
+            "five",
+            start=day,
+            end=day + dt.timedelta(hours=5),
+            labels=[{"key": "backfill", "value": "x"}],
+        )
+        await scheduler.run_once()
+        first = len(await _backfilled(engine, ns))
+        assert 0 < first < 60
+        paused = await pause_backfill(engine.store, ns, "scheduled", "five", True)
+        assert paused["backfill"]["paused"] is True
+        for _ in range(3):
+            await scheduler.run_once()
+        assert len(await _backfilled(engine, ns)) == first
+        await pause_backfill(engine.store, ns, "scheduled", "five", False)
+        for _ in range(20):
+            await scheduler.run_once()
+    finally:
+        await delete_flow(engine.store, ns, "scheduled")
+    assert len(await _backfilled(engine, ns)) == 60
+
+
+async def test_backfill_requests_that_cannot_be_carried_out_are_refused(
+    engine: ServerContext, ns: str
+) -> None:
+    from engine.errors import Conflict, InputValidationError, InvalidRequest, NotFound
+    from engine.scheduler import start_backfill
+
+    await deploy_flow(engine.store, _flow(ns, FIVE_MINUTES).replace("tasks:\n", WITH_INPUTS))
+    day = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    later = day + dt.timedelta(hours=1)
+    try:
+        with pytest.raises(InvalidRequest, match="must come after"):
+            await start_backfill(engine.store, ns, "scheduled", "five", start=later, end=day)
+        with pytest.raises(NotFound, match="no trigger 'nope'"):
+            await start_backfill(engine.store, ns, "scheduled", "nope", start=day, end=later)
+        with pytest.raises(InvalidRequest, match="more than"):
+            await start_backfill(
+                engine.store, ns, "scheduled", "five", start=day, end=day.replace(year=2030)
+            )
+        with pytest.raises((InputValidationError, InvalidRequest)):
+            await start_backfill(
+                engine.store,
+                ns,
+                "scheduled",
+                "five",
+                start=day,
+                end=later,
+                inputs={"unknown": {"x": 1}, "day": ["not", "text"]},
+            )
+        await start_backfill(engine.store, ns, "scheduled", "five", start=day, end=later)
+        with pytest.raises(Conflict, match="has not ended"):
+            await start_backfill(engine.store, ns, "scheduled", "five", start=day, end=later)
+    finally:
+        await delete_flow(engine.store, ns, "scheduled")
