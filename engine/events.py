@@ -84,6 +84,10 @@ class ExecutionCreated(Event, frozen=True):
     concurrencyLimited: bool = False
     """The flow's concurrency limit applies: the execution runs once the flow's ledger grants
     it a slot (executions recorded before limits were enforced started at once)."""
+    rules: int = 0
+    """The edition of the executor's decision rules the execution was created under
+    (`engine.execution.planner.RULES`): where a rule changed, an execution recorded before
+    keeps being decided, and replayed by `sys verify`, as it was."""
 
 
 class ExecutionStateChanged(Event, frozen=True):
