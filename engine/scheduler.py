@@ -310,6 +310,10 @@ class Scheduler:
         """Flow revisions already reported as unreadable (reported once)."""
         self._failing: dict[str, str] = {}
         """Per trigger stream: the last error reported (reported once until it changes)."""
+        self.fired = 0
+        """Ticks this scheduler fired (live ones)."""
+        self.lost = 0
+        """Appends refused because another scheduler had moved the trigger's stream first."""
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Fire due ticks until cancelled; database errors are waited out."""
@@ -351,6 +355,7 @@ class Scheduler:
             try:
                 upcoming = await self._evaluate(stream, entry, trigger, state, now)
             except _Unowned:
+                self.lost += 1
                 self.states.pop(stream, None)  # read again next pass
                 soonest = now
                 continue
@@ -519,6 +524,12 @@ class Scheduler:
             items.append((head, f"trigger-skip:{stream}:{_utc(decided.skipped[-1])}", None))
         results = await self._commit(stream, state, items)
         state.last = decided.fire[-1] if decided.fire else decided.skipped[-1]
+        # A tick another scheduler fired first is answered `duplicate` (same command id): it
+        # is in the store once, and counted here as lost, not fired.
+        mine = [r for r in results if r.stream_id == stream][: len(decided.fire)]
+        written = sum(1 for r in mine if r.status == "written")
+        self.fired += written
+        self.lost += len(mine) - written
         started = [r.stream_id.removeprefix("exec:") for r in results if r.stream_id != stream]
         state.watched = [*state.watched, *started][-50:]
         if decided.fire:

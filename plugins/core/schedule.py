@@ -66,7 +66,9 @@ def _tick_date(cond_date: str | None, ctx: ConditionContext) -> dt.date | None:
     return ctx.date.date() if ctx.date else None
 
 
-@register_condition(f"{_CONDITION}DayWeek", f"{_OLD_CONDITION}DayWeekCondition")
+@register_condition(
+    f"{_CONDITION}DayWeek", f"{_CONDITION}DayWeekCondition", f"{_OLD_CONDITION}DayWeekCondition"
+)
 class DayWeek(Condition, kw_only=True):
     """Holds on one day of the week."""
 
@@ -85,7 +87,11 @@ class DayWeek(Condition, kw_only=True):
         return day is not None and DAYS[day.weekday()] == self.dayOfWeek.upper()
 
 
-@register_condition(f"{_CONDITION}DayWeekInMonth", f"{_OLD_CONDITION}DayWeekInMonthCondition")
+@register_condition(
+    f"{_CONDITION}DayWeekInMonth",
+    f"{_CONDITION}DayWeekInMonthCondition",
+    f"{_OLD_CONDITION}DayWeekInMonthCondition",
+)
 class DayWeekInMonth(Condition, kw_only=True):
     """Holds on the first, second, third, fourth or last given weekday of the month."""
 
@@ -114,7 +120,9 @@ class DayWeekInMonth(Condition, kw_only=True):
         return (day.day - 1) // 7 == DAY_IN_MONTH.index(which)
 
 
-@register_condition(f"{_CONDITION}Weekend", f"{_OLD_CONDITION}WeekendCondition")
+@register_condition(
+    f"{_CONDITION}Weekend", f"{_CONDITION}WeekendCondition", f"{_OLD_CONDITION}WeekendCondition"
+)
 class Weekend(Condition, kw_only=True):
     """Holds on Saturdays and Sundays."""
 
@@ -126,7 +134,9 @@ class Weekend(Condition, kw_only=True):
         return day is not None and day.weekday() >= 5
 
 
-@register_condition(f"{_CONDITION}Not", f"{_OLD_CONDITION}NotCondition")
+@register_condition(
+    f"{_CONDITION}Not", f"{_CONDITION}NotCondition", f"{_OLD_CONDITION}NotCondition"
+)
 class Not(Condition, kw_only=True):
     """Holds when none of its conditions holds."""
 
@@ -139,7 +149,7 @@ class Not(Condition, kw_only=True):
         return not any(c.test(ctx) for c in self.conditions)
 
 
-@register_condition(f"{_CONDITION}Or", f"{_OLD_CONDITION}OrCondition")
+@register_condition(f"{_CONDITION}Or", f"{_CONDITION}OrCondition", f"{_OLD_CONDITION}OrCondition")
 class Or(Condition, kw_only=True):
     """Holds when at least one of its conditions holds."""
 
