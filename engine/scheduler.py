@@ -89,6 +89,9 @@ class TriggerState:
     """When it was last enabled by a toggle (ticks before are not owed)."""
     last: dt.datetime | None = None
     """The last tick fired or passed over."""
+    expected: dt.datetime | None = None
+    """The tick after `last` as the schedule then said (when the schedule is changed, the
+    ticks it would have had before the change are not owed)."""
     watched: list[str] = dataclasses.field(default_factory=list)
     """Executions it started since it was last enabled (for `stopAfter`)."""
     backfill: BackfillState | None = None
@@ -146,10 +149,12 @@ def fold(history: list[StoredEvent]) -> TriggerState:
                 state.backfill.fired += 1
         elif isinstance(event, ev.TriggerFired):
             state.last = _parse(event.date)
+            state.expected = _parse(event.next) if event.next else None
             if event.executionId:
                 state.watched = [*state.watched[-49:], event.executionId]
         elif isinstance(event, ev.TriggerSkipped):
             state.last = _parse(event.date)
+            state.expected = None
         elif isinstance(event, ev.BackfillStarted):
             state.backfill = BackfillState(
                 event.backfillId,
@@ -478,6 +483,15 @@ class Scheduler:
         base = state.last if state.last is not None else entry.deployed_at
         if state.enabled_at is not None and state.enabled_at > base:
             base = state.enabled_at
+        if (
+            state.last is not None
+            and state.expected is not None
+            and trigger.next_fire(state.last) != state.expected
+            and entry.deployed_at > base
+        ):
+            # The schedule changed since its last tick (a new cron, another time zone): the
+            # new one owes ticks from the revision that changed it, as a new trigger would.
+            base = entry.deployed_at
         cursor = self._cursors.get(stream)
         evaluated_from = max(base, cursor) if cursor is not None else base
         decided = plan(
@@ -524,6 +538,7 @@ class Scheduler:
             items.append((head, f"trigger-skip:{stream}:{_utc(decided.skipped[-1])}", None))
         results = await self._commit(stream, state, items)
         state.last = decided.fire[-1] if decided.fire else decided.skipped[-1]
+        state.expected = trigger.next_fire(state.last) if decided.fire else None
         # A tick another scheduler fired first is answered `duplicate` (same command id): it
         # is in the store once, and counted here as lost, not fired.
         mine = [r for r in results if r.stream_id == stream][: len(decided.fire)]

@@ -163,16 +163,22 @@ async def test_a_disabled_trigger_fires_nothing(engine: ServerContext, ns: str) 
     await deploy_flow(engine.store, _flow(ns, PER_SECOND + "    disabled: true\n"))
     await deploy_flow(engine.store, _flow(ns, PER_SECOND, flow_id="toggled"))
     await toggle_trigger(engine.store, ns, "toggled", "every-second", False)
+    off = _flow(ns, PER_SECOND, flow_id="switched-off").replace(
+        "tasks:\n", "disabled: true\ntasks:\n"
+    )
+    await deploy_flow(engine.store, off)
+    await deploy_flow(engine.store, _flow(ns, PER_SECOND, flow_id="deleted"))
+    await delete_flow(engine.store, ns, "deleted")
     try:
         async with trio.open_nursery() as nursery:
             await _run_scheduler(nursery, engine, ns)
             await trio.sleep(3)
             nursery.cancel_scope.cancel()
     finally:
-        await delete_flow(engine.store, ns, "scheduled")
-        await delete_flow(engine.store, ns, "toggled")
-    assert await _created(engine, ns, "scheduled") == []
-    assert await _created(engine, ns, "toggled") == []
+        for flow_id in ("scheduled", "toggled", "switched-off"):
+            await delete_flow(engine.store, ns, flow_id)
+    for flow_id in ("scheduled", "toggled", "switched-off", "deleted"):
+        assert await _created(engine, ns, flow_id) == [], flow_id
     assert await trigger_enabled(engine.store, ns, "toggled", "every-second") is False
 
 
