@@ -25,6 +25,7 @@ from api import (
     execution_filters,
     flows_routes,
     kv_routes,
+    logs_routes,
     metrics,
     openapi,
     tenant,
@@ -44,13 +45,10 @@ from engine.plugin import describe, plugin_list, plugin_type, property_docs, sch
 from engine.secrets import shown
 from engine.server import ServerContext
 from engine.storage import SCHEME, Storage, execution_prefix, input_prefix, to_uri, uri_path
-from engine.store import load_checkpoint
 from projections import executions as executions_model
-from projections import logs as logs_model
 
 log = logging.getLogger(__name__)
 
-LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 MAX_PAGE_SIZE = 1000
 MAX_WAIT_SECONDS = 86_400
 """The longest `?wait=true&timeout=` a request may ask for."""
@@ -197,6 +195,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(flows_routes.blueprint(ctx, _flow_answer))
     app.register_blueprint(webhooks.blueprint(ctx))
     app.register_blueprint(triggers.blueprint(ctx))
+    app.register_blueprint(logs_routes.blueprint(ctx))
     tenant.install(app)
     metrics.register(app, ctx)
     openapi.register(app)
@@ -741,48 +740,6 @@ def create_app(ctx: ServerContext) -> QuartTrio:
         )
         return _json({"id": execution_id, "message": "Kill requested"}, 202)
 
-    # --- logs -------------------------------------------------------------------------------
-
-    @app.get("/api/v1/logs/<execution_id>")
-    @access("viewer")
-    async def execution_logs(execution_id: str) -> Response:
-        min_level = (request.args.get("minLevel") or "TRACE").upper()
-        if min_level == "WARNING":
-            min_level = "WARN"
-        if min_level not in LEVELS:
-            raise InvalidRequest(
-                f"minLevel must be one of {', '.join(LEVELS)}, got {min_level!r}",
-                [Problem("unknown level", "minLevel")],
-            )
-        await _logs_caught_up(execution_id)
-        levels = list(LEVELS[LEVELS.index(min_level) :])
-        task_run_id = request.args.get("taskRunId") or None
-        task_id = request.args.get("taskId") or None
-        rows = await db.run(
-            lambda conn: logs_model.execution_lines(
-                conn, execution_id, levels, task_run_id=task_run_id, task_id=task_id
-            )
-        )
-        return _json([_log_json(r) for r in rows])
-
-    async def _logs_caught_up(execution_id: str) -> None:
-        """Wait (briefly) until the logs read model holds every log event of the execution."""
-        base = f"exec:{execution_id}"
-        if not await db.fetchone("SELECT 1 FROM events WHERE stream_id = %s LIMIT 1", (base,)):
-            raise NotFound(f"Execution {execution_id} does not exist")
-        last = await db.fetchone(
-            "SELECT max(seq) AS last FROM events WHERE stream_id > %s AND stream_id < %s"
-            " AND type = 'AttemptLogged'",
-            (base + "/", base + "0"),
-        )
-        wanted = int(last["last"]) if last and last["last"] is not None else 0
-        with trio.move_on_after(5.0):
-            while True:
-                seen = ctx.notifier.generation
-                if await load_checkpoint(db, "projection:logs") >= wanted:
-                    return
-                await ctx.notifier.wait(seen, 0.2)
-
     async def _execution_inputs() -> dict[str, Any]:
         inputs, uploads = await _execution_inputs_and_files()
         for key, (_, data) in uploads.items():
@@ -951,26 +908,6 @@ def _event_data(event: Any) -> dict[str, Any]:
         data.pop("type", None)
         return data
     return {"value": data}
-
-
-def _log_json(row: dict[str, Any]) -> dict[str, Any]:
-    """A log line in the shape of Kestra's `LogEntry`. Tiercel logs executions only (no trigger
-    logs), and records no thread; both are null, as Kestra's are where it has none."""
-    return {
-        "tenantId": commands.TENANT,
-        "namespace": row["namespace"],
-        "flowId": row["flow_id"],
-        "executionId": row["execution_id"],
-        "taskId": row["task_id"],
-        "taskRunId": row["task_run_id"],
-        "attemptNumber": row["attempt"],
-        "triggerId": None,
-        "timestamp": row["timestamp"],
-        "level": row["level"],
-        "thread": None,
-        "message": row["message"],
-        "executionKind": None,
-    }
 
 
 def _execution_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -55,7 +55,6 @@ UNSERVED: list[tuple[frozenset[str], re.Pattern[str], str]] = [
         ("DELETE", f"flows/delete/({_BULK})", "flows/delete/\\1"),
         ("POST", f"flows/(disable|enable)/({_BULK})", "flows/\\1/\\2"),
         ("POST", "flows/validate/(task|trigger)", "flows/validate/\\1"),
-        ("GET", "logs/search", "logs/search"),
         ("GET", f"namespaces/{_ID}/kv/inheritance", "namespaces/{namespace}/kv/inheritance"),
     ]
 ]

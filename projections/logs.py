@@ -8,8 +8,10 @@ in a small cache: the executions read model may lag behind this one, the event n
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -18,6 +20,15 @@ from psycopg.rows import dict_row
 from engine import events as ev
 from engine.purge import logs_condition
 from engine.store import StoredEvent
+
+LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
+"""Log levels from the least to the most severe: a minimum level keeps it and those after it."""
+
+TEXT_MATCH = (
+    "log_search_vector(message, execution_id, task_id, task_run_id, namespace, flow_id)"
+    " @@ log_search_query(%s)"
+)
+"""The full-text condition, written as the GIN index `logs_text` is (migrations/0011)."""
 
 OWNERS_CACHED = 20_000
 """Executions whose namespace and flow id the projection keeps in memory."""
@@ -127,9 +138,10 @@ def execution_lines(
     *,
     task_run_id: str | None = None,
     task_id: str | None = None,
+    attempt: int | None = None,
 ) -> list[dict[str, Any]]:
     """The log lines of one execution at `levels`, in the order they were logged (optionally
-    of one task run or one task only)."""
+    of one task run, one task or one attempt number only)."""
     where = ["execution_id = %s", "level = ANY(%s::text[])"]
     params: list[Any] = [execution_id, list(levels)]
     if task_run_id is not None:
@@ -138,11 +150,164 @@ def execution_lines(
     if task_id is not None:
         where.append("task_id = %s")
         params.append(task_id)
+    if attempt is not None:
+        where.append("attempt = %s")
+        params.append(attempt)
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "SELECT execution_id, namespace, flow_id, task_id, task_run_id, attempt, timestamp,"
             f" level, message FROM logs WHERE {' AND '.join(where)} ORDER BY seq, line",
             params,
+            prepare=False,
+        )
+        return cur.fetchall()
+
+
+def levels_from(min_level: str) -> list[str]:
+    """The levels at or above `min_level` (one of `LEVELS`)."""
+    return list(LEVELS[LEVELS.index(min_level) :])
+
+
+@dataclass
+class LogSearch:
+    """What a search of log lines asks for; every filter given applies."""
+
+    namespace: str | None = None
+    namespace_exact: bool = False
+    flow_id: str | None = None
+    execution_id: str | None = None
+    task_id: str | None = None
+    task_run_id: str | None = None
+    attempt: int | None = None
+    trigger_id: str | None = None
+    min_level: str | None = None
+    start: dt.datetime | None = None
+    """At or after this time."""
+    end: dt.datetime | None = None
+    """At or before this time."""
+    q: str | None = None
+
+    def where(self, scope: str = "true", scope_params: Sequence[Any] = ()) -> tuple[str, list[Any]]:
+        """The SQL condition (and its parameters) of the search, within `scope` (the
+        principal's namespaces)."""
+        parts = [scope]
+        params: list[Any] = list(scope_params)
+        if self.trigger_id is not None:
+            # Tiercel records no trigger logs: no line belongs to a trigger.
+            parts.append("false")
+        if self.namespace is not None:
+            if self.namespace_exact:
+                parts.append("namespace = %s")
+                params.append(self.namespace)
+            else:
+                # The namespace and those under it, as a byte range ('.' < '/'), which the
+                # C-collated index answers.
+                parts.append("(namespace = %s OR (namespace > %s AND namespace < %s))")
+                params += [self.namespace, self.namespace + ".", self.namespace + "/"]
+        for column, value in (
+            ("flow_id", self.flow_id),
+            ("execution_id", self.execution_id),
+            ("task_id", self.task_id),
+            ("task_run_id", self.task_run_id),
+            ("attempt", self.attempt),
+        ):
+            if value is not None:
+                parts.append(f"{column} = %s")
+                params.append(value)
+        if self.min_level is not None and self.min_level != LEVELS[0]:
+            parts.append("level = ANY(%s::text[])")
+            params.append(levels_from(self.min_level))
+        if self.start is not None:
+            parts.append("timestamp >= %s")
+            params.append(self.start)
+        if self.end is not None:
+            parts.append("timestamp <= %s")
+            params.append(self.end)
+        if self.q is not None:
+            parts.append(TEXT_MATCH)
+            params.append(self.q)
+        return " AND ".join(parts), params
+
+
+_LINE_COLUMNS = (
+    "execution_id, namespace, flow_id, task_id, task_run_id, attempt, timestamp, level, message"
+)
+
+
+def search(
+    conn: psycopg.Connection[Any],
+    where: str,
+    params: Sequence[Any],
+    *,
+    offset: int,
+    limit: int,
+    ascending: bool = False,
+) -> list[dict[str, Any]]:
+    """A page of the lines matching `where`, newest first (oldest first if `ascending`)."""
+    order = "ASC" if ascending else "DESC"
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"SELECT {_LINE_COLUMNS} FROM logs WHERE {where}"
+            f" ORDER BY timestamp {order}, seq {order}, line {order} OFFSET %s LIMIT %s",
+            [*params, offset, limit],
+            prepare=False,
+        )
+        return cur.fetchall()
+
+
+def time_span(
+    conn: psycopg.Connection[Any], where: str, params: Sequence[Any]
+) -> tuple[dt.datetime, dt.datetime] | None:
+    """The first and last timestamps of the lines matching `where` (None when none does)."""
+    first = conn.execute(
+        f"SELECT timestamp FROM logs WHERE {where} ORDER BY timestamp LIMIT 1",
+        params,
+        prepare=False,
+    ).fetchone()
+    last = conn.execute(
+        f"SELECT timestamp FROM logs WHERE {where} ORDER BY timestamp DESC LIMIT 1",
+        params,
+        prepare=False,
+    ).fetchone()
+    if first is None or last is None:
+        return None
+    return first[0], last[0]
+
+
+def histogram(
+    conn: psycopg.Connection[Any],
+    where: str,
+    params: Sequence[Any],
+    *,
+    bucket: dt.timedelta,
+    origin: dt.datetime,
+) -> list[tuple[dt.datetime, str, int]]:
+    """How many lines matching `where` each level has in each bucket of `bucket` length,
+    buckets counted from `origin`: (bucket start, level, count) rows."""
+    rows = conn.execute(
+        "SELECT date_bin(%s::interval, timestamp, %s::timestamptz) AS bucket, level, count(*)"
+        f" FROM logs WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2",
+        [bucket, origin, *params],
+        prepare=False,
+    ).fetchall()
+    return [(r[0], str(r[1]), int(r[2])) for r in rows]
+
+
+def lines_after(
+    conn: psycopg.Connection[Any],
+    execution_id: str,
+    levels: Sequence[str],
+    after: tuple[int, int],
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Up to `limit` lines of one execution at `levels`, logged after the (seq, line) position
+    `after`, in order, each with its position (`seq`, `line`)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"SELECT seq, line, {_LINE_COLUMNS} FROM logs WHERE execution_id = %s"
+            " AND (seq, line) > (%s, %s) AND level = ANY(%s::text[])"
+            " ORDER BY seq, line LIMIT %s",
+            [execution_id, after[0], after[1], list(levels), limit],
             prepare=False,
         )
         return cur.fetchall()

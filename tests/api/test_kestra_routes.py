@@ -528,7 +528,6 @@ async def test_kestra_routes_not_served_answer_404_naming_the_route(
         ("POST", "/api/v1/executions/restart/by-ids", "POST /api/v1/executions/restart/by-ids"),
         ("DELETE", "/api/v1/executions/by-query", "DELETE /api/v1/executions/by-query"),
         ("GET", "/api/v1/flows/distinct-namespaces", "GET /api/v1/flows/distinct-namespaces"),
-        ("GET", "/api/v1/logs/search", "GET /api/v1/logs/search"),
         ("GET", "/api/v1/nothing/here", "GET /api/v1/nothing/here"),
         ("GET", "/api/v1/main/nothing", "GET /api/v1/main/nothing"),
     ):  # fmt: skip
