@@ -28,6 +28,7 @@ from api import (
     logs_routes,
     metrics,
     openapi,
+    projections_routes,
     tenant,
     triggers,
     webhooks,
@@ -196,6 +197,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(webhooks.blueprint(ctx))
     app.register_blueprint(triggers.blueprint(ctx))
     app.register_blueprint(logs_routes.blueprint(ctx))
+    app.register_blueprint(projections_routes.blueprint(ctx))
     tenant.install(app)
     metrics.register(app, ctx)
     openapi.register(app)

@@ -716,6 +716,56 @@ def sys_submit_queued(
 sys_group.add_command(sys_submit_queued, "submit-queued-execution")
 
 
+@sys_group.command("reindex")
+@config_option
+@_database_option
+@_data_dir_option
+@click.option(
+    "--projection",
+    default=None,
+    metavar="NAME",
+    help="Rebuild this projection only (flows, executions, logs); default: all of them.",
+)
+def sys_reindex(database_url: str | None, data_dir: str | None, projection: str | None) -> None:
+    """Rebuild read models from position 0 into new tables while the system runs, and swap
+    them in once caught up (projections/reindex.py); a progress bar goes to stderr. Connect
+    as the owner of the tables (as for `migrate`): it creates and renames tables."""
+    import importlib.metadata
+
+    from engine.cli_db import running_server_url
+    from engine.embedded import EmbeddedPostgres
+    from engine.server import storage_root
+    from engine.storage import LocalStorage
+
+    url = _setting("database-url", database_url)
+    folder = Path(_setting("data-dir", data_dir) or _default_data_dir())
+    configured = _config_server_options().get("storage")
+    storage = configured if configured is not None else LocalStorage(storage_root(folder))
+    # Registered by the projections package (the engine does not import it).
+    (entry,) = importlib.metadata.entry_points(group="tiercel.commands", name="reindex")
+    embedded = None
+    try:
+        if not url:
+            embedded = EmbeddedPostgres(folder)
+            try:
+                url = embedded.start()
+            except TiercelError:
+                url, embedded = running_server_url(embedded.pgdata), None  # a server holds it
+                if url is None:
+                    raise
+        rebuilt = entry.load()(url, storage, projection)
+    except TiercelError as exc:
+        _fail(exc)
+        return
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--projection") from exc
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    for r in rebuilt:
+        click.echo(f"Rebuilt {r.projection} up to position {r.position} in {r.seconds:.1f}s")
+
+
 def _parse_anchor(value: str) -> tuple[int, bytes]:
     position, _, digest = value.partition(":")
     try:

@@ -3,6 +3,13 @@
 A projection waits out database outages: its startup retries loading the checkpoint, and its
 subscription retries a failed batch from the same position, reporting `projection:<name>` DOWN
 in the process's health registry meanwhile.
+
+The checkpoint row in the database, not the position in memory, says what is applied: each
+batch locks it first and applies only the events after it. A batch read again (after a failure
+whose commit did succeed), a second process running the same projection, or a rebuild swapped
+in by `sys reindex` (projections/reindex.py, which moves the checkpoint) then never applies an
+event twice. Between batches the checkpoint also follows the position the subscription reached
+through events of other types, so the lag shown at `GET /api/v1/projections` is the real one.
 """
 
 from __future__ import annotations
@@ -16,6 +23,9 @@ from engine.backoff import retry
 from engine.db import Notifier
 from engine.store import EventStore, StoredEvent, load_checkpoint, save_checkpoint
 from engine.subscription import Subscription
+
+POSITION_EVERY = 1.0
+"""Seconds between two records of the position a projection reached through other events."""
 
 
 class Projection(Protocol):
@@ -49,13 +59,37 @@ async def run_projection(
     async def handle(batch: list[StoredEvent]) -> None:
         def work(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
-                projection.apply(batch, conn)
-                save_checkpoint(conn, name, batch[-1].seq)
+                row = conn.execute(
+                    "SELECT position FROM checkpoints WHERE name = %s FOR UPDATE", (name,)
+                ).fetchone()
+                done = int(row[0]) if row else 0
+                fresh = [e for e in batch if e.seq > done]
+                if fresh:
+                    projection.apply(fresh, conn)
+                    save_checkpoint(conn, name, fresh[-1].seq)
 
         await store.db.run(work)
 
     sub = Subscription(store, notifier, position=position, types=projection.types, name=name)
-    await sub.run(handle, task_status=task_status)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_follow_position, store, name, sub, position)
+        await sub.run(handle, task_status=task_status)
+
+
+async def _follow_position(store: EventStore, name: str, sub: Subscription, saved: int) -> None:
+    """Record, every `POSITION_EVERY` seconds, the position `sub` reached past events of other
+    types: every event of the projection's types up to it is applied (the subscription moves
+    only after its handler committed), so this never claims more than was done."""
+    while True:
+        await trio.sleep(POSITION_EVERY)
+        reached = sub.position
+        if reached <= saved:
+            continue
+        try:
+            await store.db.run(lambda conn, at=reached: save_checkpoint(conn, name, at))
+        except Exception:  # the subscription reports database trouble; try again later
+            continue
+        saved = reached
 
 
 def all_projections() -> list[Projection]:

@@ -123,6 +123,8 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ),
     ("PUT", "/api/v1/triggers/backfill/pause", {"json": {"namespace": NS}}, "editor"),
     ("PUT", "/api/v1/triggers/backfill/unpause", {"json": {"namespace": NS}}, "editor"),
+    # Where each read model stands in the log (api/projections_routes.py).
+    ("GET", "/api/v1/projections", {}, "viewer"),
 ]
 
 
