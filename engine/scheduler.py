@@ -51,7 +51,7 @@ GRACE = dt.timedelta(seconds=60)
 """A tick due less than this long ago is on time, not missed (a slow pass, a short outage)."""
 MAX_TICKS_PER_PASS = 200
 """Ticks of one trigger fired in one pass at most (a long catch-up goes on in the next)."""
-MAX_TICKS_LOOKED_AT = 100_000
+MAX_TICKS_LOOKED_AT = 10_000
 """Ticks of one trigger evaluated in one pass at most (conditions that hold rarely)."""
 BACKFILL_BATCH = 10
 """Ticks of one backfill fired in one pass at most."""
@@ -241,6 +241,8 @@ class Plan:
     fire: list[dt.datetime]
     cursor: dt.datetime | None
     """Ticks up to here were evaluated (conditions that did not hold included)."""
+    dropped: int = 0
+    """Missed ticks passed over besides `skipped` (counted, not listed)."""
 
 
 def plan(
@@ -257,7 +259,7 @@ def plan(
     late = trigger.late_limit()
     due: list[dt.datetime] = []
     tick = trigger.next_fire(base)
-    looked = 0
+    looked = dropped = 0
     cursor: dt.datetime | None = None
     while tick is not None and tick <= now and looked < MAX_TICKS_LOOKED_AT:
         looked += 1
@@ -268,7 +270,10 @@ def plan(
         tick = trigger.next_fire(tick)
         if mode != "ALL" and len(due) > 2 * MAX_TICKS_PER_PASS:
             # Only the latest missed ones can fire: keep the count, not every tick.
+            dropped += len(due) - MAX_TICKS_PER_PASS
             due = due[-MAX_TICKS_PER_PASS:]
+    # Whether every due tick was looked at (else the next pass goes on from `cursor`).
+    complete = tick is None or tick > now
     skipped: list[dt.datetime] = []
     fire: list[dt.datetime] = []
     for tick in due:
@@ -279,12 +284,12 @@ def plan(
             fire.append(tick)
         else:
             skipped.append(tick)
-    if mode == "LAST" and skipped and not any(now - t <= GRACE for t in fire):
+    if mode == "LAST" and complete and skipped:
         last = skipped[-1]
         if late is None or now - last <= late:
             skipped, fire = skipped[:-1], [last, *fire]
     kept = [t for t in fire if holds(t)]
-    return Plan(skipped, kept, cursor)
+    return Plan(skipped, kept, cursor, dropped)
 
 
 class Scheduler:
@@ -524,7 +529,7 @@ class Scheduler:
                     flowId=entry.flow_id,
                     triggerId=trigger.id,
                     date=trigger.local(decided.skipped[-1]).isoformat(),
-                    count=len(decided.skipped),
+                    count=len(decided.skipped) + decided.dropped,
                     reason=f"missed while no scheduler ran (recoverMissedSchedules "
                     f"{trigger.recover_mode()})",
                 )
@@ -832,12 +837,18 @@ async def start_backfill(
         raise InvalidRequest("`start` and `end` need a time zone offset (2024-01-01T00:00:00Z)")
     if end <= start:
         raise InvalidRequest(f"The backfill's end ({end.isoformat()}) must come after its start")
-    ticks: list[dt.datetime] = []
-    tick = trigger.next_fire(start - dt.timedelta(microseconds=1))
-    while tick is not None and tick < end and len(ticks) <= MAX_BACKFILL_TICKS:
-        if holds(namespace, flow_id, trigger, tick):
-            ticks.append(tick)
-        tick = trigger.next_fire(tick)
+
+    def count() -> list[dt.datetime]:
+        found: list[dt.datetime] = []
+        tick = trigger.next_fire(start - dt.timedelta(microseconds=1))
+        while tick is not None and tick < end and len(found) <= MAX_BACKFILL_TICKS:
+            if holds(namespace, flow_id, trigger, tick):
+                found.append(tick)
+            tick = trigger.next_fire(tick)
+        return found
+
+    # A long range of a fine cron takes seconds to walk: not on the event loop.
+    ticks = await trio.to_thread.run_sync(count)
     if not ticks:
         raise InvalidRequest(
             f"Trigger '{trigger_id}' has no tick between {start.isoformat()} and "

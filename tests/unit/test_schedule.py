@@ -244,3 +244,26 @@ def test_ticks_whose_conditions_fail_are_not_fired() -> None:
         lambda tick: tick.weekday() < 5,
     )
     assert [t.day for t in decided.fire] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(("mode", "fired"), [("LAST", 1), ("NONE", 0)])
+def test_hours_missed_by_a_per_second_schedule_fire_only_what_the_mode_says(
+    mode: str, fired: int
+) -> None:
+    schedule = _schedule("* * * * * *", withSeconds=True, recoverMissedSchedules=mode)
+    now = _at(12) + dt.timedelta(minutes=30, seconds=0.5)
+    base = now - dt.timedelta(hours=2)
+    fires: list[dt.datetime] = []
+    passed = 0
+    for _ in range(100):  # one pass after another, as the scheduler goes on from its cursor
+        decided = plan(schedule, base, now, lambda tick: True)
+        fires += decided.fire
+        passed += len(decided.skipped) + decided.dropped
+        if decided.cursor is None:
+            break
+        base = decided.cursor
+    on_time = 60  # the last minute's ticks are on time, not missed: they fire
+    assert len(fires) == fired + on_time
+    assert passed + len(fires) == 7200
+    if mode == "LAST":
+        assert fires[0] == now - dt.timedelta(seconds=60.5)
