@@ -181,6 +181,7 @@ def _create_tables(
                     new, old
                 )
             )
+            _copy_settings(conn, live, table)
             _copy_grants(conn, live, table)
             for index in _indexes(conn, live, table):
                 if index.definition.startswith(("ALTER", "CREATE UNIQUE")):
@@ -225,6 +226,28 @@ def _create_indexes(conn: psycopg.Connection[Any], indexes: Sequence[_Index]) ->
         conn.execute(index.definition)
     for table in dict.fromkeys(i.table for i in indexes):
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(REBUILD_SCHEMA, table)))
+
+
+def _copy_settings(conn: psycopg.Connection[Any], live: str, table: str) -> None:
+    """What `LIKE` leaves out: the table's storage parameters and each column's statistics
+    target (migrations raise it where the planner needs finer statistics)."""
+    old = sql.Identifier(live, table).as_string(conn)
+    new = sql.Identifier(REBUILD_SCHEMA, table)
+    row = conn.execute(
+        "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", (old,)
+    ).fetchone()
+    if row and row[0]:
+        conn.execute(sql.SQL("ALTER TABLE {} SET ({})").format(new, sql.SQL(", ".join(row[0]))))
+    for column, target in conn.execute(
+        "SELECT attname, attstattarget FROM pg_attribute WHERE attrelid = %s::regclass"
+        " AND attnum > 0 AND NOT attisdropped AND attstattarget >= 0",
+        (old,),
+    ).fetchall():
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STATISTICS {}").format(
+                new, sql.Identifier(column), sql.Literal(int(target))
+            )
+        )
 
 
 def _copy_grants(conn: psycopg.Connection[Any], live: str, table: str) -> None:

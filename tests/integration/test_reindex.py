@@ -113,12 +113,22 @@ async def _snapshot(db: Database, ns: str, ids: list[str]) -> dict[str, list[dic
     }
 
 
-async def _indexes(db: Database) -> list[tuple[str, str]]:
-    rows = await db.fetchall(
-        "SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
-        " AND tablename IN ('flows', 'executions', 'logs') ORDER BY indexname"
+async def _definitions(db: Database) -> list[Any]:
+    """The read-model tables' indexes, columns (with their statistics targets) and rights."""
+    indexes = await db.fetchall(
+        "SELECT tablename, indexname, indexdef FROM pg_indexes"
+        " WHERE schemaname = current_schema() AND tablename IN ('flows', 'executions', 'logs')"
+        " ORDER BY indexname"
     )
-    return [(r["tablename"], r["indexdef"]) for r in rows]
+    columns = await db.fetchall(
+        "SELECT c.relname, a.attname, a.atttypid, a.attcollation, a.attnotnull,"
+        " a.attstattarget, a.attgenerated, c.relacl::text"
+        " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+        " WHERE c.relnamespace = current_schema()::regnamespace"
+        " AND c.relname IN ('flows', 'executions', 'logs') AND a.attnum > 0"
+        " ORDER BY c.relname, a.attnum"
+    )
+    return [*indexes, *columns]
 
 
 async def _table_ids(db: Database) -> dict[str, int]:
@@ -144,7 +154,7 @@ async def test_reindex_rebuilds_every_read_model_with_the_same_rows_while_the_se
     assert len(before["executions"]) == 5 and len(before["flows"]) == 3
     assert {r["state"] for r in before["executions"]} == {"SUCCESS", "FAILED"}
     assert any(r["message"] == "resumed" for r in before["logs"])
-    indexes = await _indexes(owner)
+    definitions = await _definitions(owner)
     tables = await _table_ids(owner)
 
     seen: list[tuple[str, int, int]] = []
@@ -159,7 +169,8 @@ async def test_reindex_rebuilds_every_read_model_with_the_same_rows_while_the_se
     # Every column of every row equal, the bookkeeping ones too (`last_seq`, the positions of
     # the log lines, the generated search columns): no column legitimately differs.
     assert await _snapshot(owner, ns, ids) == before
-    assert await _indexes(owner) == indexes  # the same indexes, under the same names
+    # The same indexes under the same names, columns, statistics targets and rights.
+    assert await _definitions(owner) == definitions
     assert set((await _table_ids(owner)).values()).isdisjoint(tables.values())  # new tables
     for name in ("flows", "executions", "logs"):
         last = [s for s in seen if s[0] == name][-1]
