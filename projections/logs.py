@@ -234,6 +234,16 @@ _LINE_COLUMNS = (
 )
 
 
+def page_sql(where: str, *, ascending: bool = False) -> str:
+    """The query of a page of lines matching `where`; its parameters are `where`'s, then the
+    offset and the limit."""
+    order = "ASC" if ascending else "DESC"
+    return (
+        f"SELECT {_LINE_COLUMNS} FROM logs WHERE {where}"
+        f" ORDER BY timestamp {order}, seq {order}, line {order} OFFSET %s LIMIT %s"
+    )
+
+
 def search(
     conn: psycopg.Connection[Any],
     where: str,
@@ -244,14 +254,9 @@ def search(
     ascending: bool = False,
 ) -> list[dict[str, Any]]:
     """A page of the lines matching `where`, newest first (oldest first if `ascending`)."""
-    order = "ASC" if ascending else "DESC"
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            f"SELECT {_LINE_COLUMNS} FROM logs WHERE {where}"
-            f" ORDER BY timestamp {order}, seq {order}, line {order} OFFSET %s LIMIT %s",
-            [*params, offset, limit],
-            prepare=False,
-        )
+        # Unprepared: a generic plan cannot know how common a word or a namespace is.
+        cur.execute(page_sql(where, ascending=ascending), [*params, offset, limit], prepare=False)
         return cur.fetchall()
 
 
@@ -274,6 +279,15 @@ def time_span(
     return first[0], last[0]
 
 
+def histogram_sql(where: str) -> str:
+    """The query of a histogram of the lines matching `where`; its parameters are the bucket
+    size and origin, then `where`'s."""
+    return (
+        "SELECT date_bin(%s::interval, timestamp, %s::timestamptz) AS bucket, level, count(*)"
+        f" FROM logs WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+
+
 def histogram(
     conn: psycopg.Connection[Any],
     where: str,
@@ -284,12 +298,7 @@ def histogram(
 ) -> list[tuple[dt.datetime, str, int]]:
     """How many lines matching `where` each level has in each bucket of `bucket` length,
     buckets counted from `origin`: (bucket start, level, count) rows."""
-    rows = conn.execute(
-        "SELECT date_bin(%s::interval, timestamp, %s::timestamptz) AS bucket, level, count(*)"
-        f" FROM logs WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2",
-        [bucket, origin, *params],
-        prepare=False,
-    ).fetchall()
+    rows = conn.execute(histogram_sql(where), [bucket, origin, *params], prepare=False).fetchall()
     return [(r[0], str(r[1]), int(r[2])) for r in rows]
 
 

@@ -157,6 +157,9 @@ async def test_log_search_filters_by_level_namespace_flow_execution_task_time_an
         r["timestamp"] for r in everything["results"]
     )
     assert (await _search(client, namespace=ns, size=4, page=3))["results"] == []
+    # Under the tenant prefix Kestra's clients send.
+    tenant = await client.get("/api/v1/main/logs/search", params={"namespace": ns, "size": 100})
+    assert tenant.json() == everything
 
 
 async def test_bad_log_search_parameters_get_a_400_naming_them(
