@@ -325,6 +325,9 @@ def _swap(
         # Searches wait from here to the commit: a few batches at most.
         conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(tables))
         _use_rebuild_tables(conn, live)
+        # The head before the last reads: appends commit in position order, so they see every
+        # event up to it (one read after them could see a head whose events they missed).
+        head = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
         while True:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM events WHERE seq > %s AND type = ANY(%s)"
@@ -337,7 +340,6 @@ def _swap(
                 position = batch[-1].seq
             if len(batch) < batch_size:
                 break
-        head = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
         # Every event of its types up to `position` is applied; the others up to the head
         # change nothing.
         position = max(position, int(head[0]) if head else 0)
