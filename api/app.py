@@ -30,6 +30,7 @@ from api import (
     openapi,
     projections_routes,
     tenant,
+    topology_routes,
     triggers,
     webhooks,
 )
@@ -198,6 +199,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(triggers.blueprint(ctx))
     app.register_blueprint(logs_routes.blueprint(ctx))
     app.register_blueprint(projections_routes.blueprint(ctx))
+    app.register_blueprint(topology_routes.blueprint(ctx))
     tenant.install(app)
     metrics.register(app, ctx)
     openapi.register(app)

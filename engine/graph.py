@@ -251,6 +251,12 @@ class _Builder:
         return bool(placed)
 
 
+def _declared(trigger: Any) -> Any:
+    # A Kestra trigger type Tiercel keeps without running it shows its properties as written.
+    written = getattr(trigger, "written", None)
+    return written if isinstance(written, dict) else msgspec.to_builtins(trigger)
+
+
 def flow_graph(flow: Flow) -> dict[str, Any]:
     """The task graph of `flow` as Kestra's FlowGraph (see the module's description): tasks,
     then `finally` and `afterExecution`, with `errors` from the start; a cluster per flowable
@@ -283,7 +289,7 @@ def flow_graph(flow: Flow) -> dict[str, Any]:
         triggers.end = b.marker(triggers, "end", None)
         for trigger in flow.triggers:
             uid = f"{triggers.uid}.{trigger.id}"
-            declaration = msgspec.to_builtins(trigger)
+            declaration = _declared(trigger)
             b.nodes.append(
                 {
                     "uid": uid,
@@ -437,7 +443,7 @@ def flow_links(flow: Flow, document: Mapping[str, Any] | None = None) -> FlowLin
         if isinstance(t, dict)
     }
     listens = tuple(
-        _trigger_requirements(trigger, by_id.get(trigger.id))
+        _trigger_requirements(trigger, by_id.get(trigger.id) or _declared(trigger))
         for trigger in flow.triggers
         if trigger.type in FLOW_TRIGGER_TYPES
     )

@@ -57,3 +57,24 @@ def _summary(source: str) -> tuple[str | None, dict[str, Any]]:
         return None, {}
     labels = raw.get("labels") if isinstance(raw.get("labels"), dict) else {}
     return raw.get("description"), {str(k): str(v) for k, v in (labels or {}).items()}
+
+
+LINK_HINTS = ("%flowId%", "%.Flow%")
+"""What the source of a flow naming other flows holds: a Subflow or ForEachItem task needs a
+`flowId`, a Flow trigger's type ends in `.Flow`. Other sources are not sent to be parsed."""
+
+
+def latest_for_links(
+    conn: psycopg.Connection[Any], where: str, params: list[Any], limit: int
+) -> list[tuple[str, str, int, str | None]]:
+    """The latest revision of every flow `where` keeps (a condition on `namespace`), at most
+    `limit`, by namespace and id: (namespace, id, revision, source), the source only when it
+    may name other flows (`LINK_HINTS`)."""
+    rows = conn.execute(
+        "SELECT namespace, flow_id, revision,"
+        " CASE WHEN source LIKE %s OR source LIKE %s THEN source END"
+        f" FROM flows WHERE NOT deleted AND {where} ORDER BY namespace, flow_id LIMIT %s",
+        [*LINK_HINTS, *params, limit],
+        prepare=False,
+    ).fetchall()
+    return [(r[0], r[1], int(r[2]), r[3]) for r in rows]

@@ -125,6 +125,11 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("PUT", "/api/v1/triggers/backfill/unpause", {"json": {"namespace": NS}}, "editor"),
     # Where each read model stands in the log (api/projections_routes.py).
     ("GET", "/api/v1/projections", {}, "viewer"),
+    # Task graphs and dependencies between flows (api/topology_routes.py).
+    ("GET", f"/api/v1/flows/{NS}/nope/graph", {}, "viewer"),
+    ("POST", "/api/v1/flows/graph", {"content": "id: [", "headers": YAML}, "viewer"),
+    ("GET", f"/api/v1/flows/{NS}/nope/dependencies", {}, "viewer"),
+    ("GET", f"/api/v1/namespaces/{NS}/dependencies", {}, "viewer"),
 ]
 
 
@@ -148,6 +153,11 @@ async def test_every_route_is_in_the_role_table_and_declares_its_access(server: 
 def _rule_of(path: str) -> str:
     replacements = {
         f"/api/v1/flows/{NS}/nope/revisions": "/api/v1/flows/<namespace>/<flow_id>/revisions",
+        f"/api/v1/flows/{NS}/nope/graph": "/api/v1/flows/<namespace>/<flow_id>/graph",
+        f"/api/v1/flows/{NS}/nope/dependencies": (
+            "/api/v1/flows/<namespace>/<flow_id>/dependencies"
+        ),
+        f"/api/v1/namespaces/{NS}/dependencies": "/api/v1/namespaces/<namespace>/dependencies",
         f"/api/v1/flows/{NS}/nope": "/api/v1/flows/<namespace>/<flow_id>",
         f"/api/v1/executions/{NS}/nope": "/api/v1/executions/<namespace>/<flow_id>",
         "/api/v1/executions/nope/events": "/api/v1/executions/<execution_id>/events",
