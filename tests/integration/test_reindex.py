@@ -251,8 +251,10 @@ async def test_searches_answer_during_a_reindex_and_a_cancelled_one_leaves_the_l
     assert row is not None and row["t"] is None
     assert not await owner.fetchall("SELECT 1 FROM checkpoints WHERE name LIKE 'rebuild:%'")
 
-    # A later reindex works, and searches keep answering all along, through the swap.
+    # A later reindex works while executions run and searches keep answering, through the
+    # swap: never an error, never fewer executions than a moment before.
     totals: list[int] = []
+    more: list[str] = []
     async with trio.open_nursery() as nursery:
         finished = trio.Event()
 
@@ -261,11 +263,25 @@ async def test_searches_answer_during_a_reindex_and_a_cancelled_one_leaves_the_l
                 totals.append(await _search(http, ns))
                 await trio.sleep(0.01)
 
+        async def keep_running() -> None:
+            for _ in range(3):
+                more.append(await create_execution(ctx.store, ns, "hello", {}))
+                await trio.sleep(0.02)
+
         nursery.start_soon(keep_searching)
-        await rebuild.reindex(owner, executions, storage=ctx.storage, batch_size=500)
+        nursery.start_soon(keep_running)
+        await rebuild.reindex(owner, executions, storage=ctx.storage, batch_size=20)
         finished.set()
-    assert totals and set(totals) == {5}
-    assert await _snapshot(owner, ns, ids) == before
+    assert totals and totals == sorted(totals) and set(totals) <= {5, 6, 7, 8}
+    for xid in more:
+        await wait_for_end(ctx.store, ctx.notifier, xid, timeout=60)
+    await _caught_up(http, await ctx.store.head())
+    assert await _search(http, ns) == 8
+    # What the rebuild and the live projection made together is what a rebuild alone makes.
+    after = await _snapshot(owner, ns, [*ids, *more])
+    await rebuild.reindex(owner, executions, storage=ctx.storage)
+    assert await _snapshot(owner, ns, [*ids, *more]) == after
+    assert [r for r in after["executions"] if r["id"] in ids] == before["executions"]
 
 
 async def test_sys_reindex_command_rebuilds_a_projection_with_a_progress_bar(
