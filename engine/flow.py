@@ -20,7 +20,7 @@ from engine.errors import FlowValidationError, Problem
 from engine.inputs import CHOICE_TYPES, bound, choices, convert, dependency_order, is_templated
 from engine.plugin import FlowableTask, Task, task_type
 from engine.safe_yaml import load_with_marks
-from engine.triggers import Trigger, parse_trigger
+from engine.triggers import PendingTrigger, Trigger, parse_trigger
 
 INPUT_TYPES = frozenset(
     {
@@ -1071,4 +1071,7 @@ def _check_input_relations(inputs: list[Input], paths: dict[str, str], c: _Check
 def flow_to_dict(flow: Flow) -> dict[str, Any]:
     """The flow as plain data (what an execution records)."""
     out: dict[str, Any] = msgspec.to_builtins(flow)
+    for i, trigger in enumerate(flow.triggers):
+        if isinstance(trigger, PendingTrigger):
+            out["triggers"][i] = msgspec.to_builtins(trigger.written)
     return out

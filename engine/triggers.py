@@ -122,9 +122,16 @@ class ScheduledTrigger(Trigger, kw_only=True):
         return {}
 
 
-class PendingTrigger(Trigger, kw_only=True, forbid_unknown_fields=False):
+class PendingTrigger(Trigger, kw_only=True, forbid_unknown_fields=False, dict=True):
     """A Kestra trigger type this installation knows of but does not run: the flow is valid and
-    keeps it (with a warning), and the trigger starts nothing."""
+    keeps it (with a warning), and the trigger starts nothing. Its properties as written are
+    kept (`written`) so that the flow is shown with them."""
+
+    @property
+    def written(self) -> dict[str, Any]:
+        """The trigger's properties as the flow wrote them."""
+        found: dict[str, Any] = self.__dict__.get("_written") or msgspec.to_builtins(self)
+        return found
 
     def condition_types(self) -> frozenset[str] | None:
         return None
@@ -321,6 +328,7 @@ def parse_trigger(raw: Any, path: str, report: Report) -> tuple[Trigger | None, 
             )
             return None, False
         cls, pending = PendingTrigger, True
+        # Kept as written: a type known but not run here is shown with all its properties.
     plain = {k: ([] if k in cls.__condition_fields__ else v) for k, v in raw.items()}
     try:
         trigger = msgspec.convert(plain, cls)
@@ -348,6 +356,8 @@ def parse_trigger(raw: Any, path: str, report: Report) -> tuple[Trigger | None, 
         nested[name] = [c for c in parsed if c is not None]
     if nested:
         trigger = msgspec.structs.replace(trigger, **nested)
+    if isinstance(trigger, PendingTrigger):
+        trigger.__dict__["_written"] = dict(raw)
     for field, message in trigger.problems():
         report(f"{path}.{field}" if field else path, message)
         ok = False
