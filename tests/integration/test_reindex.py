@@ -312,3 +312,28 @@ async def test_sys_reindex_command_rebuilds_a_projection_with_a_progress_bar(
     )
     assert unknown.returncode == 2
     assert "Unknown projection 'nope'; known: executions, flows, logs" in unknown.stderr.decode()
+
+
+async def test_reindex_after_a_killed_one_drops_its_leftovers_and_swaps_in(
+    owner: Database,
+) -> None:
+    logs = [p for p in all_projections() if p.name == "logs"]
+    # What a `sys reindex` killed midway leaves: its half-filled tables and its checkpoint.
+    live = await owner.run(rebuild._live_schema)
+    await owner.run(lambda conn: rebuild._create_tables(conn, logs[0], live))
+    await owner.execute(
+        "INSERT INTO tiercel_rebuild.logs (seq, line, execution_id, timestamp, level, message)"
+        " VALUES (-1, 0, 'left-over', now(), 'INFO', 'from the killed rebuild')"
+    )
+    await owner.execute(
+        "INSERT INTO checkpoints (name, position) VALUES ('rebuild:logs', 1)"
+        " ON CONFLICT (name) DO UPDATE SET position = 1"
+    )
+
+    await rebuild.reindex(owner, logs)
+
+    assert not await owner.fetchall("SELECT 1 FROM logs WHERE execution_id = 'left-over'")
+    assert not await owner.fetchall("SELECT 1 FROM checkpoints WHERE name LIKE 'rebuild:%'")
+    assert not await owner.fetchall(
+        "SELECT 1 FROM pg_namespace WHERE nspname = 'tiercel_rebuild'"
+    )  # the rebuild's schema too
