@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from engine.errors import TiercelError
 from engine.flow import parse_flow
 from engine.graph import (
     FlowKey,
@@ -374,3 +377,58 @@ def test_flow_trigger_without_flow_conditions_listens_to_every_flow() -> None:
         ("child", "listener"),
         ("lonely", "listener"),
     }
+
+
+# --- Kestra's own flows ------------------------------------------------------------------------
+
+# Node, edge and cluster counts Kestra's FlowGraphTest expects of its test flows.
+KESTRA_COUNTS = {
+    "return.yaml": (5, 4, 0),
+    "sequential.yaml": (19, 18, 3),
+    "errors.yaml": (17, 17, 4),
+    "parallel.yaml": (12, 16, 1),
+    "parallel-nested.yaml": (19, 23, 3),
+    "switch.yaml": (17, 20, 3),
+    "each-parallel-nested.yaml": (11, 10, 2),
+    "all-flowable.yaml": (38, 42, 7),
+    "dag.yaml": (11, 13, 1),
+    "trigger-flow-listener.yaml": (6, 5, 1),
+    "trigger-flow-listener-no-inputs.yaml": (7, 7, 1),
+    "task-flow.yaml": (6, 5, 1),
+}
+
+
+def _corpus_graph(flows: Path, name: str) -> dict[str, Any]:
+    graph = flow_graph(parse_flow((flows / "valids" / name).read_text()))
+    _check_shape(graph)
+    return graph
+
+
+@pytest.mark.parametrize("name", sorted(KESTRA_COUNTS))
+def test_kestra_test_flows_have_the_graph_kestra_draws(kestra_flows: Path, name: str) -> None:
+    graph = _corpus_graph(kestra_flows, name)
+    counts = (len(graph["nodes"]), len(graph["edges"]), len(graph["clusters"]))
+    assert counts == KESTRA_COUNTS[name]
+
+
+def test_kestra_errors_and_switch_relations(kestra_flows: Path) -> None:
+    errors = _corpus_graph(kestra_flows, "errors.yaml")
+    start = next(n["uid"] for n in errors["nodes"] if n["uid"].startswith("root.root-"))
+    assert _edge(errors, start, "root.t2")["relationType"] == "ERROR"
+    assert _edge(errors, start, "root.failed")["relationType"] is None
+    switch = _corpus_graph(kestra_flows, "switch.yaml")
+    seq = "root.parent-seq"
+    assert _edge(switch, seq, f"{seq}.t1") == {"relationType": "CHOICE", "value": "FIRST"}
+    assert _edge(switch, seq, f"{seq}.default") == {"relationType": "CHOICE", "value": "defaults"}
+
+
+def test_every_valid_kestra_flow_has_a_well_formed_graph(kestra_flows: Path) -> None:
+    checked = 0
+    for path in sorted((kestra_flows / "valids").rglob("*.y*ml")):
+        try:
+            flow = parse_flow(path.read_text())
+        except TiercelError:
+            continue  # a flow Tiercel refuses (tests/conformance says which and why)
+        _check_shape(flow_graph(flow))
+        checked += 1
+    assert checked > 100
