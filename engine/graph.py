@@ -64,6 +64,21 @@ class _Cluster:
         self.end = ""
 
 
+def _task_json(task: Task) -> dict[str, Any]:
+    """The task as JSON, without its child tasks: they are nodes of their own, and repeating
+    them in every enclosing task's node would make the graph grow with the square of the
+    flow's depth."""
+    out: dict[str, Any] = msgspec.to_builtins(task)
+    if isinstance(task, FlowableTask):
+        names = {f.name: f.encode_name for f in msgspec.structs.fields(task)}
+        for field in (
+            *getattr(task, "__child_fields__", ()),
+            *getattr(task, "__nested_fields__", ()),
+        ):
+            out.pop(names.get(field, field), None)
+    return out
+
+
 class _Builder:
     def __init__(self, reserved: set[str]) -> None:
         self.reserved = reserved
@@ -103,17 +118,17 @@ class _Builder:
         self, cluster: _Cluster, task: Task, relation: str | None, branch: str | None, uid: str
     ) -> dict[str, Any]:
         subflow = canonical_name(type(task)) == _FLOW + "Subflow"
-        node = {
+        node: dict[str, Any] = {
             "uid": uid,
             "type": HIERARCHIES + ("SubflowGraphTask" if subflow else "GraphTask"),
-            "task": msgspec.to_builtins(task),
+            "task": _task_json(task),
             "taskRun": None,
             "values": None,
             "relationType": relation,
             "branchType": branch,
         }
         self.nodes.append(node)
-        cluster.members.append(node["uid"])
+        cluster.members.append(uid)
         return node
 
     def element(

@@ -129,6 +129,10 @@ def test_if_has_a_then_and_an_else_choice() -> None:
         "value": "else",
     }
     assert _edge(graph, "root.check.yes1", "root.check.yes2")["relationType"] == "SEQUENTIAL"
+    # The If's own node shows its properties; its tasks are nodes of their own.
+    check = next(n for n in graph["nodes"] if n["uid"] == "root.check")
+    assert check["task"]["condition"] == "{{ true }}"
+    assert not {"then", "else", "errors"} & set(check["task"])
 
 
 def test_switch_has_one_choice_per_case_and_defaults() -> None:
