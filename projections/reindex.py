@@ -39,6 +39,7 @@ import trio
 from psycopg import sql
 
 from engine.db import Database
+from engine.errors import Forbidden
 from engine.health import PROJECTION_PREFIX
 from engine.storage import Storage
 from engine.store import _COLUMNS, EventStore, StoredEvent, _row_to_event, save_checkpoint
@@ -393,7 +394,13 @@ def command(url: str, storage: Storage | None, projection: str | None) -> list[R
         finally:
             await db.close()
 
-    return trio.run(main)
+    try:
+        return trio.run(main)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise Forbidden(
+            f"This role may not create or replace the read-model tables ({exc}); connect as "
+            "their owner, the role `tiercel migrate` runs as"
+        ) from exc
 
 
 # --- progress bar ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from engine.commands import create_execution, deploy_flow, resume_execution, wait_for_end
-from engine.db import Database
+from engine.db import Database, runtime_url
 from engine.server import ServerContext, run_server
 from projections import reindex as rebuild
 from projections.runner import all_projections
@@ -312,6 +312,18 @@ async def test_sys_reindex_command_rebuilds_a_projection_with_a_progress_bar(
     )
     assert unknown.returncode == 2
     assert "Unknown projection 'nope'; known: executions, flows, logs" in unknown.stderr.decode()
+
+    # The engine's runtime role may not create tables: told to connect as the owner.
+    refused = await trio.run_process(
+        [*tiercel, "--projection", "flows", "--database-url", runtime_url(database_url)],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert refused.returncode == 1
+    message = refused.stderr.decode()
+    assert "may not create or replace the read-model tables" in message
+    assert "Traceback" not in message
 
 
 async def test_reindex_after_a_killed_one_drops_its_leftovers_and_swaps_in(
