@@ -531,18 +531,21 @@ def flow_dependencies(
     """The dependencies of `flow`, as Kestra's `GET /flows/{namespace}/{id}/dependencies`:
     the flows leading to it (and, unless `destination_only`, the flows it leads to); with
     `expand_all`, theirs too, recursively."""
-    edges = list(edges)
+    touching: dict[FlowKey, list[Dependency]] = {}
+    for e in edges:
+        touching.setdefault(e.destination, []).append(e)
+        if not destination_only:
+            touching.setdefault(e.source, []).append(e)
     chosen: set[Dependency] = set()
     seen, todo = {flow}, [flow]
     while todo:
         current = todo.pop()
-        for e in edges:
-            if e.destination == current or (not destination_only and e.source == current):
-                chosen.add(e)
-                other = e.source if e.destination == current else e.destination
-                if expand_all and other not in seen:
-                    seen.add(other)
-                    todo.append(other)
+        for e in touching.get(current, ()):
+            chosen.add(e)
+            other = e.source if e.destination == current else e.destination
+            if expand_all and other not in seen:
+                seen.add(other)
+                todo.append(other)
     return topology_json(sorted(chosen), tenant=tenant)
 
 
