@@ -26,7 +26,7 @@ from quart import Blueprint, Response, request
 from api import bodies
 from api.auth import access, namespace_filter
 from engine import commands, graph, safe_yaml
-from engine.errors import InvalidRequest, NotFound, TiercelError
+from engine.errors import InvalidRequest, TiercelError
 from engine.flow import flow_from_dict, parse_flow
 from engine.graph import FlowKey, FlowLinks
 from engine.server import ServerContext
@@ -137,7 +137,9 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         flows, edges, partial = await dependencies()
         focus = FlowKey(namespace, flow_id)
         if focus not in flows and not partial:
-            raise NotFound(f"Flow {namespace}.{flow_id} does not exist")
+            # The read model may not hold a flow deployed a moment ago: its stream says
+            # whether it exists (NotFound when it does not, or was deleted).
+            await commands.get_flow(store, namespace, flow_id)
         body = graph.flow_dependencies(
             edges,
             focus,
