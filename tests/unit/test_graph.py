@@ -436,3 +436,10 @@ def test_every_valid_kestra_flow_has_a_well_formed_graph(kestra_flows: Path) -> 
         _check_shape(flow_graph(flow))
         checked += 1
     assert checked > 100
+
+
+def test_flow_trigger_preconditions_are_read_from_the_parsed_flow_alone() -> None:
+    assert flow_links(parse_flow(WATCHER)) == _links(WATCHER)[1]
+    graph = _graph("tasks:\n" + WATCHER.split("tasks:\n", 1)[1])
+    trigger = next(n for n in graph["nodes"] if n["type"].endswith(".GraphTrigger"))
+    assert trigger["triggerDeclaration"]["preconditions"]["flows"][0]["flowId"] == "batch"
