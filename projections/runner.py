@@ -49,8 +49,18 @@ async def run_projection(
 ) -> None:
     """Keep `projection` up to date until cancelled."""
     name = f"projection:{projection.name}"
+
+    async def start() -> int:
+        # The row each batch locks first: made before any batch, so even the first batches of
+        # two runners starting together are serialised by it.
+        await store.db.execute(
+            "INSERT INTO checkpoints (name, position) VALUES (%s, 0) ON CONFLICT DO NOTHING",
+            (name,),
+        )
+        return await load_checkpoint(store.db, name)
+
     position = await retry(
-        lambda: load_checkpoint(store.db, name),
+        start,
         what=f"loading checkpoint {name}",
         health=notifier.health,
         component=name,

@@ -15,8 +15,9 @@ import trio
 from engine.commands import create_execution, deploy_flow, resume_execution, wait_for_end
 from engine.db import Database, runtime_url
 from engine.server import ServerContext, run_server
+from engine.store import load_checkpoint
 from projections import reindex as rebuild
-from projections.runner import all_projections
+from projections.runner import all_projections, run_projection
 from tests.conftest import ADMIN_PASSWORD
 
 T = TypeVar("T")
@@ -349,3 +350,45 @@ async def test_reindex_after_a_killed_one_drops_its_leftovers_and_swaps_in(
     assert not await owner.fetchall(
         "SELECT 1 FROM pg_namespace WHERE nspname = 'tiercel_rebuild'"
     )  # the rebuild's schema too
+
+
+class _Recording:
+    """A projection that records which events it was given, in memory."""
+
+    types = ("FlowCreated",)
+    tables: tuple[str, ...] = ()
+
+    def __init__(self, name: str, applied: list[int]) -> None:
+        self.name = name
+        self.applied = applied
+
+    def apply(self, batch: list[Any], conn: Any) -> None:
+        self.applied.extend(e.seq for e in batch)
+
+
+async def test_two_runners_of_one_projection_apply_each_event_once(
+    store: Any, notifier: Any, owner: Database, ns: str
+) -> None:
+    name = f"test-{ns.rsplit('.', 1)[-1]}"
+    applied: list[int] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):  # as two indexer processes would
+                await nursery.start(run_projection, _Recording(name, applied), store, notifier)
+            for i in range(5):
+                await deploy_flow(
+                    store,
+                    f"id: f{i}\nnamespace: {ns}\ntasks:\n"
+                    "  - id: t\n    type: io.kestra.plugin.core.debug.Return\n    format: x\n",
+                )
+            head = await store.head()
+            with trio.fail_after(30):
+                while await load_checkpoint(store.db, f"projection:{name}") < head:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    finally:
+        await owner.execute("DELETE FROM checkpoints WHERE name = %s", (f"projection:{name}",))
+    created = await owner.fetchall(
+        "SELECT seq FROM events WHERE type = 'FlowCreated' AND seq <= %s ORDER BY seq", (head,)
+    )
+    assert sorted(applied) == [r["seq"] for r in created]  # every one, none twice
