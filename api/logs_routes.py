@@ -355,10 +355,6 @@ def blueprint(ctx: ServerContext) -> Blueprint:
     routes = Blueprint("logs", __name__)
     db, store = ctx.db, ctx.store
 
-    def scoped(search: LogSearch) -> tuple[str, list[Any]]:
-        scope, scope_params = namespace_filter()
-        return search.where(scope, scope_params)
-
     @routes.get("/api/v1/logs/search")
     @access("viewer")
     async def search_logs() -> Response:
@@ -378,9 +374,10 @@ def blueprint(ctx: ServerContext) -> Blueprint:
             )
         if nothing:
             return _answer({"results": [], "total": 0, "totalIsEstimate": False})
-        where, params = scoped(search)
+        scope = namespace_filter()
 
         def read(conn: Any) -> tuple[list[dict[str, Any]], int, bool]:
+            where, params = search.condition(conn, *scope)
             rows = logs_model.search(
                 conn, where, params, offset=offset, limit=size, ascending=sort != "timestamp:desc"
             )
@@ -401,28 +398,31 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         args = [(k, v) for k, v in request.args.items(multi=True) if k not in ("page", "size")]
         now = dt.datetime.now(dt.UTC)
         search, nothing = read_search(args, now)
-        where, params = scoped(search)
-        start, end = search.start, search.end
-        if start is None or end is None:
-            # An open side of the range ends at the first (or last) matching line.
-            span = (
-                None if nothing else await db.run(lambda c: logs_model.time_span(c, where, params))
+        scope = namespace_filter()
+
+        def count(
+            conn: Any,
+        ) -> tuple[dt.datetime, dt.datetime, dt.timedelta, list[tuple[dt.datetime, str, int]]]:
+            start, end = search.start, search.end
+            where, params = search.condition(conn, *scope) if not nothing else ("false", [])
+            if start is None or end is None:
+                # An open side of the range ends at the first (or last) matching line.
+                span = logs_model.time_span(conn, where, params) if not nothing else None
+                if start is None:
+                    start = span[0] if span else (end or now) - dt.timedelta(days=1)
+                if end is None:
+                    end = max(now, span[1]) if span else now
+            end = max(start, end)
+            size = bucket_for(end - start)
+            rows = (
+                []
+                if nothing
+                else logs_model.histogram(conn, where, params, bucket=size, origin=ORIGIN)
             )
-            if start is None:
-                start = span[0] if span else (end or now) - dt.timedelta(days=1)
-            if end is None:
-                end = max(now, span[1]) if span else now
-        if end < start:
-            end = start
-        size = bucket_for(end - start)
+            return start, end, size, rows
+
+        start, end, size, rows = await db.run(count)
         first = ORIGIN + (start - ORIGIN) // size * size
-        rows = (
-            []
-            if nothing
-            else await db.run(
-                lambda c: logs_model.histogram(c, where, params, bucket=size, origin=ORIGIN)
-            )
-        )
         buckets: dict[dt.datetime, dict[str, int]] = {}
         at = first
         while at <= end:

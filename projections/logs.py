@@ -187,9 +187,11 @@ class LogSearch:
     """At or before this time."""
     q: str | None = None
 
-    def where(self, scope: str = "true", scope_params: Sequence[Any] = ()) -> tuple[str, list[Any]]:
+    def where(
+        self, scope: str = "true", scope_params: Sequence[Any] = (), *, text: bool = True
+    ) -> tuple[str, list[Any]]:
         """The SQL condition (and its parameters) of the search, within `scope` (the
-        principal's namespaces)."""
+        principal's namespaces); without its full-text part when not `text`."""
         parts = [scope]
         params: list[Any] = list(scope_params)
         if self.trigger_id is not None:
@@ -223,10 +225,67 @@ class LogSearch:
         if self.end is not None:
             parts.append("timestamp <= %s")
             params.append(self.end)
-        if self.q is not None:
+        if self.q is not None and text:
             parts.append(TEXT_MATCH)
             params.append(self.q)
         return " AND ".join(parts), params
+
+    def condition(
+        self, conn: psycopg.Connection[Any], scope: str = "true", scope_params: Sequence[Any] = ()
+    ) -> tuple[str, list[Any]]:
+        """`where`, with a full-text query that matches few lines resolved to their positions
+        first (see `rare_matches`)."""
+        if self.q is not None:
+            keys = rare_matches(conn, self.q)
+            if keys is not None:
+                where, params = self.where(scope, scope_params, text=False)
+                if not keys:
+                    return "false", []
+                positions = (
+                    "(seq, line) IN (SELECT s, l FROM unnest(%s::bigint[], %s::int[]) AS k(s, l))"
+                )
+                return (
+                    f"{positions} AND {where}",
+                    [[k[0] for k in keys], [k[1] for k in keys], *params],
+                )
+        return self.where(scope, scope_params)
+
+
+PROBE_UP_TO = 2_000
+"""A full-text query matching at most this many lines is resolved to their positions."""
+RARE_SHARE = 0.05
+"""A full-text query the planner expects to match at most this share of the lines is probed."""
+
+
+def rare_matches(conn: psycopg.Connection[Any], q: str) -> list[tuple[int, int]] | None:
+    """The positions of the lines `q` matches, when it matches few (at most `PROBE_UP_TO`);
+    None when it matches more, or when the planner expects it to match many.
+
+    A page is the newest lines first, so for a word most lines have the planner rightly reads
+    them in date order until the page is full. For a word that a few lines have (an id), that
+    order would read every line: the planner cannot tell such a word from one it has no
+    statistics for (a prefix of a rare word is estimated as matching 2% of the lines), so the
+    GIN index is asked first, alone, and the page is made of the lines it names."""
+    plan = conn.execute(
+        f"EXPLAIN (FORMAT JSON) SELECT 1 FROM logs WHERE {TEXT_MATCH}", [q], prepare=False
+    ).fetchone()
+    expected = float(plan[0][0]["Plan"]["Plan Rows"]) if plan else 0.0
+    size = conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'logs'::regclass").fetchone()
+    lines = float(size[0]) if size else -1.0
+    if lines > 0 and expected > RARE_SHARE * lines:
+        return None
+    with conn.transaction():
+        # The bitmap of the GIN index, never a scan of the table checking every line.
+        conn.execute("SET LOCAL enable_seqscan = off")
+        conn.execute("SET LOCAL enable_indexscan = off")
+        rows = conn.execute(
+            f"SELECT seq, line FROM logs WHERE {TEXT_MATCH} LIMIT %s",
+            [q, PROBE_UP_TO + 1],
+            prepare=False,
+        ).fetchall()
+    if len(rows) > PROBE_UP_TO:
+        return None
+    return [(int(r[0]), int(r[1])) for r in rows]
 
 
 _LINE_COLUMNS = (
