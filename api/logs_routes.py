@@ -42,7 +42,6 @@ from engine.errors import InvalidRequest, NotFound, Problem
 from engine.execution import iso
 from engine.server import ServerContext
 from engine.store import load_checkpoint
-from projections import executions as executions_model
 from projections import logs as logs_model
 from projections.logs import LEVELS, LogSearch
 
@@ -377,13 +376,19 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         scope = namespace_filter()
 
         def read(conn: Any) -> tuple[list[dict[str, Any]], int, bool]:
-            where, params = search.condition(conn, *scope)
+            where, params, in_order = search.condition(conn, *scope)
             rows = logs_model.search(
-                conn, where, params, offset=offset, limit=size, ascending=sort != "timestamp:desc"
+                conn,
+                where,
+                params,
+                offset=offset,
+                limit=size,
+                ascending=sort != "timestamp:desc",
+                in_order=in_order,
             )
             if len(rows) < size and (rows or offset == 0):
                 return rows, offset + len(rows), False
-            total, estimated = executions_model.count(conn, where, params, table="logs")
+            total, estimated = logs_model.count(conn, where, params, in_order=in_order)
             return rows, total, estimated
 
         rows, total, estimated = await db.run(read)
@@ -404,7 +409,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
             conn: Any,
         ) -> tuple[dt.datetime, dt.datetime, dt.timedelta, list[tuple[dt.datetime, str, int]]]:
             start, end = search.start, search.end
-            where, params = search.condition(conn, *scope) if not nothing else ("false", [])
+            where, params, _ = search.condition(conn, *scope) if not nothing else ("false", [], 0)
             if start is None or end is None:
                 # An open side of the range ends at the first (or last) matching line.
                 span = logs_model.time_span(conn, where, params) if not nothing else None

@@ -45,3 +45,6 @@ CREATE INDEX logs_namespace ON logs (namespace, timestamp DESC, seq DESC, line D
     INCLUDE (flow_id, level);
 CREATE INDEX logs_flow ON logs (flow_id, timestamp DESC, seq DESC, line DESC)
     INCLUDE (namespace, level);
+-- A minimum level that few lines reach (WARN, ERROR): those lines only, in order.
+CREATE INDEX logs_level ON logs (level, timestamp DESC, seq DESC, line DESC)
+    INCLUDE (namespace, flow_id);

@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 from engine import events as ev
 from engine.purge import logs_condition
 from engine.store import StoredEvent
+from projections import executions as executions_model
 
 LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 """Log levels from the least to the most severe: a minimum level keeps it and those after it."""
@@ -232,40 +233,49 @@ class LogSearch:
 
     def condition(
         self, conn: psycopg.Connection[Any], scope: str = "true", scope_params: Sequence[Any] = ()
-    ) -> tuple[str, list[Any]]:
+    ) -> tuple[str, list[Any], bool]:
         """`where`, with a full-text query that matches few lines resolved to their positions
-        first (see `rare_matches`)."""
+        first (see `rare_matches`); and whether a page is best read in date order (the query
+        matches many lines, though the planner expects few)."""
         if self.q is not None:
             keys = rare_matches(conn, self.q)
+            if keys is MANY:
+                where, params = self.where(scope, scope_params)
+                return where, params, True
             if keys is not None:
                 where, params = self.where(scope, scope_params, text=False)
                 if not keys:
-                    return "false", []
+                    return "false", [], False
                 positions = (
                     "(seq, line) IN (SELECT s, l FROM unnest(%s::bigint[], %s::int[]) AS k(s, l))"
                 )
                 return (
                     f"{positions} AND {where}",
                     [[k[0] for k in keys], [k[1] for k in keys], *params],
+                    False,
                 )
-        return self.where(scope, scope_params)
+        where, params = self.where(scope, scope_params)
+        return where, params, False
 
 
-PROBE_UP_TO = 2_000
+PROBE_UP_TO = 20_000
 """A full-text query matching at most this many lines is resolved to their positions."""
 RARE_SHARE = 0.05
 """A full-text query the planner expects to match at most this share of the lines is probed."""
+MANY: list[tuple[int, int]] = []
+"""What `rare_matches` answers for a query it probed and found to match many lines."""
 
 
 def rare_matches(conn: psycopg.Connection[Any], q: str) -> list[tuple[int, int]] | None:
     """The positions of the lines `q` matches, when it matches few (at most `PROBE_UP_TO`);
-    None when it matches more, or when the planner expects it to match many.
+    `MANY` when it matches more; None when the planner rightly expects it to match many.
 
-    A page is the newest lines first, so for a word most lines have the planner rightly reads
-    them in date order until the page is full. For a word that a few lines have (an id), that
-    order would read every line: the planner cannot tell such a word from one it has no
-    statistics for (a prefix of a rare word is estimated as matching 2% of the lines), so the
-    GIN index is asked first, alone, and the page is made of the lines it names."""
+    A page is the newest lines first, so for a word most lines have, the planner reads them in
+    date order until the page is full. For a word that a few lines have (an id) that order
+    would read every line, and the planner cannot tell such a word from one it has no
+    statistics for (a prefix of a rare word is estimated at 2% of the lines, two words at their
+    product): so the GIN index is asked first, alone, and the page is made of the lines it
+    names; or, when they are many after all, read in date order."""
     plan = conn.execute(
         f"EXPLAIN (FORMAT JSON) SELECT 1 FROM logs WHERE {TEXT_MATCH}", [q], prepare=False
     ).fetchone()
@@ -284,7 +294,7 @@ def rare_matches(conn: psycopg.Connection[Any], q: str) -> list[tuple[int, int]]
             prepare=False,
         ).fetchall()
     if len(rows) > PROBE_UP_TO:
-        return None
+        return MANY
     return [(int(r[0]), int(r[1])) for r in rows]
 
 
@@ -311,12 +321,31 @@ def search(
     offset: int,
     limit: int,
     ascending: bool = False,
+    in_order: bool = False,
 ) -> list[dict[str, Any]]:
-    """A page of the lines matching `where`, newest first (oldest first if `ascending`)."""
-    with conn.cursor(row_factory=dict_row) as cur:
+    """A page of the lines matching `where`, newest first (oldest first if `ascending`); read
+    in date order through an index if `in_order` (see `LogSearch.condition`)."""
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        if in_order:
+            cur.execute("SET LOCAL enable_bitmapscan = off")
+            cur.execute("SET LOCAL enable_seqscan = off")
         # Unprepared: a generic plan cannot know how common a word or a namespace is.
         cur.execute(page_sql(where, ascending=ascending), [*params, offset, limit], prepare=False)
         return cur.fetchall()
+
+
+def count(
+    conn: psycopg.Connection[Any], where: str, params: Sequence[Any], *, in_order: bool = False
+) -> tuple[int, bool]:
+    """How many lines match `where` (counted up to `COUNT_EXACT_UP_TO`, estimated above) and
+    whether that is an estimate. A full-text query that matches many lines though the planner
+    expects few (`in_order`) is counted from the GIN index's bitmap, never by checking lines
+    one by one."""
+    with conn.transaction():
+        if in_order:
+            conn.execute("SET LOCAL enable_seqscan = off")
+            conn.execute("SET LOCAL enable_indexscan = off")
+        return executions_model.count(conn, where, params, table="logs")
 
 
 def time_span(
