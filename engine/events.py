@@ -445,6 +445,17 @@ class TriggerFired(Event, frozen=True):
     """Whether the tick was fired by a backfill rather than on time."""
 
 
+class TriggerPolled(Event, frozen=True):
+    """A polling trigger's poll at `date` was taken by one scheduler (appended at the trigger
+    stream's expected version before the poll runs, so no other scheduler makes it)."""
+
+    namespace: str
+    flowId: str
+    triggerId: str
+    date: str
+    """When the poll was made (ISO-8601, UTC)."""
+
+
 class TriggerSkipped(Event, frozen=True):
     """Ticks of a trigger up to `date` were passed over without starting executions (missed
     while no scheduler ran, with `recoverMissedSchedules` LAST or NONE)."""
@@ -675,6 +686,7 @@ AnyEvent = (
     | TriggerToggled
     | TriggerFired
     | TriggerSkipped
+    | TriggerPolled
     | BackfillStarted
     | BackfillPaused
     | BackfillResumed

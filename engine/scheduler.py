@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -41,7 +41,7 @@ from engine.plugin import TERMINAL_STATES
 from engine.secrets import encrypt_inputs
 from engine.store import NO_STREAM, Append, AppendResult, EventStore, StoredEvent
 from engine.templating import render_typed, render_value
-from engine.triggers import ConditionContext, ScheduledTrigger
+from engine.triggers import ConditionContext, PollContext, PollingTrigger, ScheduledTrigger, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ class TriggerState:
     """Executions it started since it was last enabled (for `stopAfter`)."""
     backfill: BackfillState | None = None
     """Its latest backfill, running, paused or ended."""
+    polled: dt.datetime | None = None
+    """When a polling trigger last polled (the next poll is due `interval` after)."""
 
 
 @dataclasses.dataclass
@@ -155,6 +157,8 @@ def fold(history: list[StoredEvent]) -> TriggerState:
         elif isinstance(event, ev.TriggerSkipped):
             state.last = _parse(event.date)
             state.expected = None
+        elif isinstance(event, ev.TriggerPolled):
+            state.polled = _parse(event.date)
         elif isinstance(event, ev.BackfillStarted):
             state.backfill = BackfillState(
                 event.backfillId,
@@ -390,6 +394,7 @@ class Scheduler:
                 continue
             if more:
                 soonest = min(soonest, now + BACKFILL_PACE)
+        soonest = await self._polls(now, soonest)
         return max((soonest - self.clock()).total_seconds(), 0.0)
 
     def _mine(self, namespace: str) -> bool:
@@ -730,7 +735,7 @@ class Scheduler:
 
     # --- stopAfter -----------------------------------------------------------------------------
 
-    async def _stop_after(self, active: list[tuple[str, FlowEntry, ScheduledTrigger]]) -> None:
+    async def _stop_after(self, active: Sequence[tuple[str, FlowEntry, Trigger]]) -> None:
         """Disable each trigger one of whose executions ended in a state of its `stopAfter`."""
         watched = {
             stream: (entry, trigger, self.states[stream])
@@ -770,6 +775,150 @@ class Scheduler:
             self.states.pop(stream, None)  # read again next pass
             if results and results[0].status == "written":
                 log.info("Trigger %s disabled: %s", stream, toggled.reason)
+
+    # --- polling triggers (an HTTP endpoint, ...) ----------------------------------------------
+
+    async def _polls(self, now: dt.datetime, soonest: dt.datetime) -> dt.datetime:
+        """Poll every enabled polling trigger whose `interval` has passed since its last poll
+        (all at once, each in a worker thread); return when the next poll is due (or `soonest`
+        when sooner)."""
+        polling: list[tuple[str, FlowEntry, Trigger]] = []
+        for entry in self.flows.values():
+            flow = entry.flow
+            if flow is None or flow.disabled or not self._mine(entry.namespace):
+                continue
+            for trigger in flow.triggers:
+                if isinstance(trigger, PollingTrigger) and not trigger.disabled:
+                    stream = ev.trigger_stream(entry.namespace, entry.flow_id, trigger.id)
+                    polling.append((stream, entry, trigger))
+        if not polling:
+            return soonest
+        await self._refresh_states([stream for stream, _, _ in polling])
+        await self._stop_after(polling)
+        due: list[tuple[str, FlowEntry, PollingTrigger, TriggerState]] = []
+        for stream, entry, trigger in polling:
+            assert isinstance(trigger, PollingTrigger)
+            state = self.states.get(stream, TriggerState())
+            if not state.enabled:
+                continue
+            every = trigger.poll_interval()
+            # The first poll is made at once; the next ones `interval` after the last, whichever
+            # scheduler made it.
+            at = state.polled + every if state.polled is not None else now
+            if at > now:
+                soonest = min(soonest, at)
+                continue
+            due.append((stream, entry, trigger, state))
+            soonest = min(soonest, now + every)
+        if due:
+            async with trio.open_nursery() as nursery:
+                for stream, entry, trigger, state in due:
+                    nursery.start_soon(self._poll, stream, entry, trigger, state, now)
+        return soonest
+
+    async def _poll(
+        self,
+        stream: str,
+        entry: FlowEntry,
+        trigger: PollingTrigger,
+        state: TriggerState,
+        now: dt.datetime,
+    ) -> None:
+        """Take one poll (its record appended at the stream's expected version: when another
+        scheduler took it first, nothing is done), make it, and when it answers, record the
+        fire and its execution in one commit."""
+        date = _utc(now)
+        claim = ev.TriggerPolled(
+            namespace=entry.namespace, flowId=entry.flow_id, triggerId=trigger.id, date=date
+        )
+        try:
+            taken = await self.store.append(
+                stream, [claim], expected_version=state.version, meta={"actor": ACTOR}
+            )
+        except WrongExpectedVersion:
+            self.lost += 1
+            self.states.pop(stream, None)  # read again next pass
+            return
+        state.version = taken.version
+        state.polled = now
+        variables = {
+            "flow": {"id": entry.flow_id, "namespace": entry.namespace},
+            "trigger": {"date": date},
+        }
+        ctx = PollContext(variables=variables, render=render_typed)
+        try:
+            with trio.fail_after(trigger.poll_timeout()):
+                found = await trio.to_thread.run_sync(trigger.poll, ctx, abandon_on_cancel=True)
+            if found is None:
+                self._failing.pop(stream, None)
+                return
+            await self._poll_fire(stream, entry, trigger, state, date, found)
+        except _Unowned:
+            self.lost += 1
+            self.states.pop(stream, None)
+        except trio.TooSlowError:
+            self._report(stream, TimeoutError(f"the poll took over {trigger.poll_timeout()}s"))
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            self._report(stream, exc)  # the next poll comes at its interval
+        else:
+            self._failing.pop(stream, None)
+
+    async def _poll_fire(
+        self,
+        stream: str,
+        entry: FlowEntry,
+        trigger: PollingTrigger,
+        state: TriggerState,
+        date: str,
+        found: dict[str, Any],
+    ) -> None:
+        flow = entry.flow
+        assert flow is not None
+        execution_id = short_id("poll", stream, date)
+        variables = {**found, "date": date}
+        fired = ev.TriggerFired(
+            namespace=entry.namespace,
+            flowId=entry.flow_id,
+            triggerId=trigger.id,
+            date=date,
+            executionId=execution_id,
+        )
+        created: ev.ExecutionCreated | None = None
+        try:
+            values = await resolve_inputs_off_loop(flow, {})
+            values = await encrypt_inputs(self.store.db, flow, values, execution_id)
+            if entry.recorded is None:
+                entry.recorded = flow_to_dict(
+                    msgspec.structs.replace(flow, revision=entry.revision)
+                )
+            labels = {**flow.labels, **_labels(trigger.labels)}
+            labels["system.correlationId"] = execution_id
+            created = ev.ExecutionCreated(
+                executionId=execution_id,
+                namespace=entry.namespace,
+                flowId=entry.flow_id,
+                flowRevision=entry.revision,
+                flow=entry.recorded,
+                inputs=values,
+                labels=[{"key": k, "value": v} for k, v in labels.items()],
+                trigger={"id": trigger.id, "type": trigger.type, "variables": variables},
+                concurrencyLimited=limit_of(flow.concurrency) is not None,
+                rules=RULES,
+            )
+        except (TiercelError, ValueError, TypeError) as exc:
+            if is_transient(exc):
+                raise
+            reason = describe(exc)
+            fired = msgspec.structs.replace(fired, executionId=None, error=reason[:2000])
+        await self._commit(stream, state, [([fired], f"trigger-poll:{stream}:{date}", created)])
+        if created is not None:
+            self.fired += 1
+            state.watched = [*state.watched, execution_id][-50:]
+            log.info(
+                "Trigger %s fired: execution %s", stream.removeprefix("trigger:"), execution_id
+            )
 
 
 def _utc(at: dt.datetime) -> str:

@@ -122,6 +122,55 @@ class ScheduledTrigger(Trigger, kw_only=True):
         return {}
 
 
+@dataclasses.dataclass(frozen=True)
+class PollContext:
+    """What a polling trigger looks with."""
+
+    variables: dict[str, Any]
+    """The variables its properties render with (`flow`, `trigger.date` of the poll)."""
+    render: Callable[[Any, dict[str, Any]], Any]
+    """Renders a property (a template, or a mapping or list of them) with variables (given by
+    the shell: triggers stay free of the template engine)."""
+
+
+class PollingTrigger(Trigger, kw_only=True):
+    """A trigger that looks at another system every `interval` (the scheduler evaluates it):
+    each poll is recorded in the trigger's stream before it runs, so that one scheduler only
+    makes it, and it fires when `poll` answers variables."""
+
+    interval: str = "PT60S"
+    """How long between two polls (ISO-8601 duration, at least one second)."""
+
+    def poll_interval(self) -> dt.timedelta:
+        """`interval` as a duration (one minute when it cannot be read; `problems` says so)."""
+        from engine.duration import parse_duration
+
+        try:
+            return max(parse_duration(self.interval), dt.timedelta(seconds=1))
+        except ValueError:
+            return dt.timedelta(seconds=60)
+
+    def poll_timeout(self) -> float:
+        """Seconds one poll may take at most (the scheduler abandons it after)."""
+        return 30.0
+
+    def problems(self) -> list[tuple[str, str]]:
+        from engine.duration import parse_duration
+
+        try:
+            every = parse_duration(self.interval)
+        except ValueError as exc:
+            return [("interval", str(exc))]
+        if every < dt.timedelta(seconds=1):
+            return [("interval", f"`interval` {self.interval} is under a second: poll less often")]
+        return []
+
+    def poll(self, ctx: PollContext) -> dict[str, Any] | None:
+        """Look once; the variables of the execution to start (its `trigger.*`), or None when
+        there is nothing to start. Blocking: the scheduler calls it in a worker thread."""
+        raise NotImplementedError
+
+
 class PendingTrigger(Trigger, kw_only=True, forbid_unknown_fields=False, dict=True):
     """A Kestra trigger type this installation knows of but does not run: the flow is valid and
     keeps it (with a warning), and the trigger starts nothing. Its properties as written are
