@@ -470,6 +470,24 @@ class TriggerSkipped(Event, frozen=True):
     reason: str | None = None
 
 
+class TriggerConditionMet(Event, frozen=True):
+    """One condition of a Flow trigger's `MultipleCondition` (or one entry of its
+    `preconditions`) was met by an execution that ended; the trigger fires once every condition
+    is met within its time window."""
+
+    namespace: str
+    flowId: str
+    triggerId: str
+    condition: str
+    """The MultipleCondition's (or the preconditions') id."""
+    key: str
+    """Which of its conditions was met (its key, or the upstream flow / `where` id)."""
+    executionId: str
+    """The execution that met it."""
+    date: str
+    """When that execution ended (ISO-8601, UTC): the window is judged from it."""
+
+
 class BackfillStarted(Event, frozen=True):
     """A backfill of a scheduled trigger was asked for: one execution per tick from `start`
     (included) to `end` (excluded), fired by the scheduler at its own pace."""
@@ -687,6 +705,7 @@ AnyEvent = (
     | TriggerFired
     | TriggerSkipped
     | TriggerPolled
+    | TriggerConditionMet
     | BackfillStarted
     | BackfillPaused
     | BackfillResumed

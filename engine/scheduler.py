@@ -41,7 +41,15 @@ from engine.plugin import TERMINAL_STATES
 from engine.secrets import encrypt_inputs
 from engine.store import NO_STREAM, Append, AppendResult, EventStore, StoredEvent
 from engine.templating import render_typed, render_value
-from engine.triggers import ConditionContext, PollContext, PollingTrigger, ScheduledTrigger, Trigger
+from engine.triggers import (
+    ConditionContext,
+    ConditionGroup,
+    ExecutionTrigger,
+    PollContext,
+    PollingTrigger,
+    ScheduledTrigger,
+    Trigger,
+)
 
 log = logging.getLogger(__name__)
 
@@ -328,9 +336,17 @@ class Scheduler:
         """Ticks this scheduler fired (live ones)."""
         self.lost = 0
         """Appends refused because another scheduler had moved the trigger's stream first."""
+        self.flow_triggers = FlowTriggers(self, notifier)
+        """The section that starts flows when other executions end (Flow triggers)."""
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Fire due ticks until cancelled; database errors are waited out."""
+        """Fire due ticks and Flow triggers until cancelled; database errors are waited out."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.flow_triggers.run)
+            await nursery.start(self._run_ticks)
+            task_status.started()
+
+    async def _run_ticks(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         transient = Backoff()
         bug = Backoff(initial=1.0, maximum=30.0)
@@ -1100,3 +1116,331 @@ async def trigger_status(
         "disabled": trigger.disabled or not state.enabled,
         "backfill": state.backfill.json(trigger) if state.backfill else None,
     }
+
+
+# --- Flow triggers: executions that end start other flows ---------------------------------------
+
+FLOW_TRIGGERS = "scheduler:flow-triggers"
+"""The checkpoint (and health component) of the Flow trigger subscription."""
+MAX_FLOW_TRIGGER_TRIES = 20
+"""Appends to one trigger stream retried at most, when another scheduler moved it meanwhile."""
+
+
+@dataclasses.dataclass
+class GroupedState:
+    """A Flow trigger's stream folded: whether it is enabled, and which grouped conditions
+    were met (since it last fired, for groups that reset)."""
+
+    version: int = NO_STREAM
+    enabled: bool = True
+    met: list[ev.TriggerConditionMet] = dataclasses.field(default_factory=list)
+    """Conditions met since the trigger last fired."""
+    kept: list[ev.TriggerConditionMet] = dataclasses.field(default_factory=list)
+    """Every condition met (for groups that do not reset)."""
+    handled: set[str] = dataclasses.field(default_factory=set)
+    """Ended executions already recorded in the stream (each is judged once)."""
+
+
+def fold_grouped(history: list[StoredEvent]) -> GroupedState:
+    """A Flow trigger's state from its stream."""
+    state = GroupedState()
+    for stored in history:
+        state.version = stored.version
+        event = stored.event
+        if isinstance(event, ev.TriggerToggled):
+            state.enabled = event.enabled
+        elif isinstance(event, ev.TriggerConditionMet):
+            state.met.append(event)
+            state.kept = [*state.kept[-999:], event]
+            state.handled.add(event.executionId)
+        elif isinstance(event, ev.TriggerFired):
+            state.met = []
+    return state
+
+
+def groups_met(
+    groups: list[ConditionGroup], state: GroupedState, new: list[ev.TriggerConditionMet]
+) -> bool:
+    """Whether every key of every group was met within the window of the latest condition
+    met (`new`, all of the same ended execution)."""
+    at = _parse(new[0].date)
+    for group in groups:
+        bounds = group.window.bounds(at)
+        if bounds is None:
+            return False
+        start, end = bounds
+        seen = [*(state.met if group.reset else state.kept), *new]
+        keys = {m.key for m in seen if m.condition == group.id and start <= _parse(m.date) <= end}
+        if not set(group.keys) <= keys:
+            return False
+    return True
+
+
+class FlowTriggers:
+    """Starts the flows whose Flow triggers an ended execution satisfies (a section of the
+    scheduler, with a subscription of its own to `ExecutionStateChanged`).
+
+    The started execution's id is derived from the ended execution and the trigger, and its
+    stream must not exist yet: each pair starts at most one execution, whatever the number of
+    schedulers and restarts. The conditions of a `MultipleCondition` (or `preconditions`) that
+    an execution meets are recorded in the trigger's stream (`TriggerConditionMet`), at its
+    expected version; the event that completes the group appends `TriggerFired` with them and
+    the execution in the same commit.
+    """
+
+    def __init__(self, scheduler: Scheduler, notifier: Notifier | None) -> None:
+        self.scheduler = scheduler
+        self.store = scheduler.store
+        self.notifier = notifier
+        self.name = FLOW_TRIGGERS + (f":{scheduler.namespace}" if scheduler.namespace else "")
+        self.started = 0
+        """Executions this scheduler started through Flow triggers."""
+        self._cache: Scheduler | None = None
+        """The latest revision of every flow, kept apart from the tick loop's (each refreshes
+        its own, at its own pace, without waiting on the other)."""
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow ended executions until cancelled (needs a notifier)."""
+        from engine.subscription import Subscription
+
+        if self.notifier is None:
+            task_status.started()
+            return
+        position = await self._position()
+        sub = Subscription(
+            self.store,
+            self.notifier,
+            position=position,
+            types=["ExecutionStateChanged"],
+            name=self.name,
+            health=self.scheduler.health,
+        )
+        await sub.run(self.handle, task_status=task_status)
+
+    async def _position(self) -> int:
+        row = await self.store.db.fetchone(
+            "SELECT position FROM checkpoints WHERE name = %s", (self.name,)
+        )
+        if row is not None:
+            return int(row["position"])
+        # A first start judges the executions that end from now on, not the whole history.
+        head = await self.store.db.fetchone("SELECT coalesce(max(seq), 0) AS seq FROM events")
+        position = int(head["seq"]) if head else 0
+        await self._save(position)
+        return position
+
+    async def _save(self, position: int) -> None:
+        await self.store.db.execute(
+            "INSERT INTO checkpoints (name, position) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE"
+            " SET position = greatest(checkpoints.position, EXCLUDED.position), updated_at = now()",
+            (self.name, position),
+        )
+
+    def _triggers(self) -> list[tuple[FlowEntry, ExecutionTrigger]]:
+        found = []
+        assert self._cache is not None
+        for entry in self._cache.flows.values():
+            flow = entry.flow
+            if flow is None or flow.disabled or not self.scheduler._mine(entry.namespace):
+                continue
+            for trigger in flow.triggers:
+                if isinstance(trigger, ExecutionTrigger) and not trigger.disabled:
+                    found.append((entry, trigger))
+        return found
+
+    async def handle(self, batch: list[StoredEvent]) -> None:
+        """Judge every execution of the batch that ended against every Flow trigger."""
+        ended = [
+            s
+            for s in batch
+            if isinstance(s.event, ev.ExecutionStateChanged) and s.event.state in TERMINAL_STATES
+        ]
+        if ended:
+            if self._cache is None:
+                self._cache = Scheduler(
+                    self.store,
+                    None,
+                    health=self.scheduler.health,
+                    namespace=self.scheduler.namespace,
+                )
+            await self._cache._refresh_flows()
+            triggers = self._triggers()
+            if triggers:
+                await self._judge(ended, triggers)
+        await self._save(batch[-1].seq)
+
+    async def _judge(
+        self, ended: list[StoredEvent], triggers: list[tuple[FlowEntry, ExecutionTrigger]]
+    ) -> None:
+        ids = [s.event.executionId for s in ended if isinstance(s.event, ev.ExecutionStateChanged)]
+        rows = await self.store.db.fetchall(
+            "SELECT stream_id, data FROM events WHERE stream_id = ANY(%s)"
+            " AND type = 'ExecutionCreated'",
+            ([ev.execution_stream(i) for i in ids],),
+        )
+        created = {r["stream_id"].removeprefix("exec:"): r["data"] for r in rows}
+        for stored in ended:
+            event = stored.event
+            assert isinstance(event, ev.ExecutionStateChanged)
+            upstream = created.get(event.executionId)
+            if upstream is None:
+                continue
+            for entry, trigger in triggers:
+                if (entry.namespace, entry.flow_id) == (upstream["namespace"], upstream["flowId"]):
+                    continue  # a flow is not started by its own executions (no loop)
+                stream = ev.trigger_stream(entry.namespace, entry.flow_id, trigger.id)
+                try:
+                    await self._one(stream, entry, trigger, stored, event, upstream)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise  # the database is away: the batch is handled again
+                    self.scheduler._report(stream, exc)  # one bad trigger never stops others
+
+    async def _one(
+        self,
+        stream: str,
+        entry: FlowEntry,
+        trigger: ExecutionTrigger,
+        stored: StoredEvent,
+        event: ev.ExecutionStateChanged,
+        upstream: dict[str, Any],
+    ) -> None:
+        labels = _labels(upstream.get("labels"))
+        variables = {
+            "executionId": event.executionId,
+            "namespace": upstream["namespace"],
+            "flowId": upstream["flowId"],
+            "flowRevision": upstream.get("flowRevision"),
+            "state": event.state,
+            "outputs": event.outputs or {},
+        }
+        ctx = ConditionContext(
+            date=stored.recorded_at,
+            variables={
+                "trigger": variables,
+                "labels": labels,
+                "flow": {"id": entry.flow_id, "namespace": entry.namespace},
+            },
+            render=lambda e, v: render_typed(e, v),
+        )
+        if not trigger.accepts(ctx):
+            return
+        groups = trigger.groups()
+        execution_id = short_id("flow-trigger", stream, event.executionId)
+        correlation = labels.get("system.correlationId", event.executionId)
+        if not groups:
+            state = fold_grouped(await self.store.read_stream(stream))
+            if not state.enabled:
+                return
+            new = await self._execution(entry, trigger, execution_id, variables, correlation)
+            results = await self.store.append_many([self._create(new)])
+            self._count(results)
+            return
+        date = _utc(stored.recorded_at)
+        met = [
+            ev.TriggerConditionMet(
+                namespace=entry.namespace,
+                flowId=entry.flow_id,
+                triggerId=trigger.id,
+                condition=group.id,
+                key=key,
+                executionId=event.executionId,
+                date=date,
+            )
+            for group in groups
+            for key, test in group.keys.items()
+            if test(ctx)
+        ]
+        if not met:
+            return
+        for _ in range(MAX_FLOW_TRIGGER_TRIES):
+            state = fold_grouped(await self.store.read_stream(stream))
+            if not state.enabled or event.executionId in state.handled:
+                return  # judged already (by another scheduler, or before a restart)
+            events: list[ev.Event] = list(met)
+            requests = []
+            if groups_met(groups, state, met):
+                new = await self._execution(entry, trigger, execution_id, variables, correlation)
+                events.append(
+                    ev.TriggerFired(
+                        namespace=entry.namespace,
+                        flowId=entry.flow_id,
+                        triggerId=trigger.id,
+                        date=date,
+                        executionId=execution_id,
+                    )
+                )
+                requests.append(self._create(new))
+            command = f"flow-trigger:{stream}:{event.executionId}"
+            requests.insert(0, Append(stream, events, state.version, command, {"actor": ACTOR}))
+
+            def owned(
+                conn: psycopg.Connection[Any], version: int = state.version, command: str = command
+            ) -> None:
+                # In the append's transaction: the conditions and the firing landed where they
+                # were decided, or nothing is kept (no execution without its trigger events).
+                conn.execute(
+                    "SELECT 1 / (SELECT count(*) FROM events WHERE stream_id = %s"
+                    " AND version > %s AND command_id = %s)",
+                    (stream, version, command),
+                )
+
+            try:
+                results = await self.store.append_many(requests, extra=owned)
+            except psycopg.errors.DivisionByZero:
+                self.scheduler.lost += 1
+                continue  # another scheduler moved the stream: judge again on its state
+            self._count(results[1:])
+            return
+        raise Conflict(f"Trigger {stream} kept moving: execution {event.executionId} not judged")
+
+    def _count(self, results: list[AppendResult]) -> None:
+        written = sum(1 for r in results if r.status == "written")
+        self.started += written
+        self.scheduler.fired += written
+
+    @staticmethod
+    def _create(created: ev.ExecutionCreated) -> Append:
+        return Append(
+            ev.execution_stream(created.executionId),
+            [created],
+            NO_STREAM,
+            f"trigger-exec:{created.executionId}",
+            {"actor": ACTOR},
+        )
+
+    async def _execution(
+        self,
+        entry: FlowEntry,
+        trigger: ExecutionTrigger,
+        execution_id: str,
+        variables: dict[str, Any],
+        correlation: str,
+    ) -> ev.ExecutionCreated:
+        flow = entry.flow
+        assert flow is not None
+        context = {
+            "trigger": variables,
+            "flow": {"id": entry.flow_id, "namespace": entry.namespace, "revision": entry.revision},
+            "execution": {"id": execution_id},
+        }
+        given: dict[str, Any] = render_value(trigger.execution_inputs(), context)
+        values = await resolve_inputs_off_loop(flow, given)
+        values = await encrypt_inputs(self.store.db, flow, values, execution_id)
+        if entry.recorded is None:
+            entry.recorded = flow_to_dict(msgspec.structs.replace(flow, revision=entry.revision))
+        labels = dict(flow.labels)
+        labels.update(_labels(trigger.labels))
+        labels["system.correlationId"] = correlation
+        return ev.ExecutionCreated(
+            executionId=execution_id,
+            namespace=entry.namespace,
+            flowId=entry.flow_id,
+            flowRevision=entry.revision,
+            flow=entry.recorded,
+            inputs=values,
+            labels=[{"key": k, "value": v} for k, v in labels.items()],
+            trigger={"id": trigger.id, "type": trigger.type, "variables": variables},
+            concurrencyLimited=limit_of(flow.concurrency) is not None,
+            rules=RULES,
+        )

@@ -123,6 +123,74 @@ class ScheduledTrigger(Trigger, kw_only=True):
 
 
 @dataclasses.dataclass(frozen=True)
+class TimeWindow:
+    """Kestra's `timeWindow` of a MultipleCondition or of `preconditions`: within which span
+    every condition must have been met."""
+
+    type: str = "DURATION_WINDOW"
+    """DURATION_WINDOW (fixed windows of `window`, from midnight UTC shifted by `advance`),
+    SLIDING_WINDOW (the last `window`), DAILY_TIME_WINDOW (between `start` and `end` each day,
+    UTC) or DAILY_TIME_DEADLINE (from midnight UTC to `deadline` each day)."""
+    window: dt.timedelta = dt.timedelta(days=1)
+    advance: dt.timedelta = dt.timedelta(0)
+    start: dt.time | None = None
+    end: dt.time | None = None
+    deadline: dt.time | None = None
+
+    def bounds(self, at: dt.datetime) -> tuple[dt.datetime, dt.datetime] | None:
+        """The window `at` (aware) falls in, as [start, end]; None when `at` is in none (after
+        a daily deadline, outside a daily time window)."""
+        at = at.astimezone(dt.UTC)
+        midnight = at.replace(hour=0, minute=0, second=0, microsecond=0)
+        if self.type == "SLIDING_WINDOW":
+            return at - self.window, at
+        if self.type == "DAILY_TIME_WINDOW":
+            start = dt.datetime.combine(at.date(), self.start or dt.time(0), dt.UTC)
+            end = dt.datetime.combine(at.date(), self.end or dt.time.max, dt.UTC)
+            return (start, end) if start <= at <= end else None
+        if self.type == "DAILY_TIME_DEADLINE":
+            end = dt.datetime.combine(at.date(), self.deadline or dt.time.max, dt.UTC)
+            return (midnight, end) if at <= end else None
+        base = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + self.advance
+        size = self.window if self.window > dt.timedelta(0) else dt.timedelta(days=1)
+        start = base + ((at - base) // size) * size
+        return start, start + size
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionGroup:
+    """Conditions that must all be met, each by some ended execution, within one time window
+    (a `MultipleCondition`, or a Flow trigger's `preconditions`)."""
+
+    id: str
+    keys: dict[str, Callable[[ConditionContext], bool]]
+    """Each condition by its key: whether an ended execution meets it."""
+    window: TimeWindow = TimeWindow()
+    reset: bool = True
+    """Whether the conditions met are forgotten once the group fires (`resetOnSuccess`)."""
+
+
+class ExecutionTrigger(Trigger, kw_only=True):
+    """A trigger that fires when other executions end (Kestra's Flow trigger): the scheduler
+    feeds it every execution that ends, as a `ConditionContext` whose variables hold `trigger`
+    (the ended execution, as the started one will see it), `labels` and `flow`."""
+
+    def accepts(self, ctx: ConditionContext) -> bool:
+        """Whether the ended execution passes the trigger's plain conditions (every one but
+        the grouped ones)."""
+        raise NotImplementedError
+
+    def groups(self) -> list[ConditionGroup]:
+        """The condition groups that must also be met within a window (none: it fires on
+        every execution it accepts)."""
+        return []
+
+    def execution_inputs(self) -> dict[str, Any]:
+        """The inputs of the executions it starts, as written (templates see `trigger.*`)."""
+        return {}
+
+
+@dataclasses.dataclass(frozen=True)
 class PollContext:
     """What a polling trigger looks with."""
 

@@ -269,15 +269,16 @@ def test_hours_missed_by_a_per_second_schedule_fire_only_what_the_mode_says(
         assert fires[0] == now - dt.timedelta(seconds=60.5)
 
 
-def test_a_kestra_trigger_type_not_run_here_is_kept_with_its_properties() -> None:
+def test_a_flow_trigger_is_kept_with_its_properties_and_runs_without_a_warning() -> None:
     warnings: list[Any] = []
     flow = parse_flow(
         FLOW + "  - id: listen\n    type: io.kestra.plugin.core.trigger.Flow\n"
         "    states: [SUCCESS]\n    conditions:\n"
-        "      - type: io.kestra.plugin.core.condition.ExecutionFlow\n        flowId: up\n",
+        "      - type: io.kestra.plugin.core.condition.ExecutionFlow\n"
+        "        namespace: up.ns\n        flowId: up\n",
         warnings=warnings,
     )
     shown = flow_to_dict(flow)["triggers"][0]
     assert shown["states"] == ["SUCCESS"] and shown["conditions"][0]["flowId"] == "up"
     assert flow_to_dict(flow_from_dict(flow_to_dict(flow)))["triggers"][0] == shown
-    assert "does not start executions yet" in warnings[0].message
+    assert warnings == []

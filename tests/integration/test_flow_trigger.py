@@ -1,0 +1,264 @@
+"""Flow triggers against a real PostgreSQL, a real engine and the scheduler: executions that
+end start other flows, once per ended execution, as the conditions say."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+import plugins.core  # noqa: F401  (registers the Flow trigger and its conditions)
+from engine import events as ev
+from engine.commands import create_execution, deploy_flow, wait_for_end
+from engine.scheduler import Scheduler
+from engine.server import ServerContext
+
+UPSTREAM = """\
+id: {flow_id}
+namespace: {ns}
+inputs:
+  - id: fail
+    type: BOOLEAN
+    defaults: false
+tasks:
+  - id: compute
+    type: io.kestra.plugin.core.debug.Return
+    format: "computed by {{{{ execution.id }}}}"
+  - id: maybe_fail
+    type: io.kestra.plugin.core.execution.Fail
+    condition: "{{{{ inputs.fail }}}}"
+outputs:
+  - id: result
+    type: STRING
+    value: "{{{{ outputs.compute.value }}}}"
+"""
+
+
+def _listener(ns: str, flow_id: str, trigger: str) -> str:
+    return (
+        f"id: {flow_id}\nnamespace: {ns}\n"
+        "inputs:\n  - id: got\n    type: STRING\n    defaults: none\n"
+        "tasks:\n"
+        "  - id: log\n    type: io.kestra.plugin.core.log.Log\n"
+        "    message: 'after {{ trigger.executionId }} of {{ trigger.flowId }}'\n"
+        f"triggers:\n{trigger}"
+    )
+
+
+async def _created(ctx: ServerContext, ns: str, flow_id: str) -> list[dict[str, Any]]:
+    rows = await ctx.store.db.fetchall(
+        "SELECT data FROM events WHERE type = 'ExecutionCreated'"
+        " AND data->>'namespace' = %s AND data->>'flowId' = %s ORDER BY seq",
+        (ns, flow_id),
+    )
+    return [r["data"] for r in rows]
+
+
+async def _run(
+    ctx: ServerContext, ns: str, flow_id: str, *, fail: bool = False, labels: Any = None
+) -> str:
+    xid = await create_execution(ctx.store, ns, flow_id, {"fail": fail}, labels=labels)
+    state = await wait_for_end(ctx.store, ctx.notifier, xid, timeout=30)
+    assert state.state == ("FAILED" if fail else "SUCCESS")
+    return xid
+
+
+async def _until(ctx: ServerContext, ns: str, flow_id: str, count: int) -> list[dict[str, Any]]:
+    with trio.fail_after(15):
+        while len(found := await _created(ctx, ns, flow_id)) < count:
+            await trio.sleep(0.1)
+    return found
+
+
+async def _judge_again(ctx: ServerContext, ns: str, execution_ids: list[str]) -> int:
+    """What a scheduler restarted from an old checkpoint starts when it reads again the ends of
+    executions already judged."""
+    again = Scheduler(ctx.store, ctx.notifier, namespace=ns, health=ctx.health)
+    for xid in execution_ids:
+        history = await ctx.store.read_stream(ev.execution_stream(xid))
+        await again.flow_triggers.handle(history)
+    return again.flow_triggers.started
+
+
+async def _scheduler(nursery: trio.Nursery, ctx: ServerContext, ns: str) -> Scheduler:
+    scheduler = Scheduler(ctx.store, ctx.notifier, namespace=ns, health=ctx.health)
+    await nursery.start(scheduler.run)
+    return scheduler
+
+
+ON_A_SUCCESS = """\
+  - id: on_a
+    type: io.kestra.plugin.core.trigger.Flow
+    inputs:
+      got: "{{{{ trigger.outputs.result }}}}"
+    labels:
+      chained: "yes"
+    conditions:
+      - type: io.kestra.plugin.core.condition.ExecutionStatus
+        in: [SUCCESS]
+      - type: io.kestra.plugin.core.condition.ExecutionFlow
+        namespace: {ns}
+        flowId: a
+"""
+
+
+async def test_a_successful_execution_starts_the_listening_flow_once_with_its_outputs(
+    engine: ServerContext, ns: str
+) -> None:
+    await deploy_flow(engine.store, UPSTREAM.format(flow_id="a", ns=ns))
+    await deploy_flow(engine.store, _listener(ns, "b", ON_A_SUCCESS.format(ns=ns)))
+    async with trio.open_nursery() as nursery:
+        await _scheduler(nursery, engine, ns)
+        first = await _run(engine, ns, "a")
+        failed = await _run(engine, ns, "a", fail=True)
+        second = await _run(engine, ns, "a")
+        started = await _until(engine, ns, "b", 2)
+        await trio.sleep(1.0)  # anything more would have been started by now
+        nursery.cancel_scope.cancel()
+    started = await _created(engine, ns, "b")
+    assert [s["trigger"]["variables"]["executionId"] for s in started] == [first, second]
+    assert failed not in {s["trigger"]["variables"]["executionId"] for s in started}
+    trigger = started[0]["trigger"]
+    assert trigger["id"] == "on_a" and trigger["type"] == "io.kestra.plugin.core.trigger.Flow"
+    variables = trigger["variables"]
+    assert variables["namespace"] == ns and variables["flowId"] == "a"
+    assert variables["state"] == "SUCCESS"
+    assert variables["outputs"] == {"result": f"computed by {first}"}
+    assert started[0]["inputs"]["got"] == f"computed by {first}"
+    labels = {label["key"]: label["value"] for label in started[0]["labels"]}
+    assert labels["chained"] == "yes" and labels["system.correlationId"] == first
+    assert await _judge_again(engine, ns, [first, failed, second]) == 0
+    assert len(await _created(engine, ns, "b")) == 2
+    state = await wait_for_end(engine.store, engine.notifier, started[0]["executionId"], timeout=30)
+    assert state.state == "SUCCESS"
+    logs = await engine.store.db.fetchall(
+        "SELECT data::text AS message FROM events WHERE type = 'AttemptLogged'"
+        " AND stream_id LIKE %s",
+        (f"exec:{started[0]['executionId']}/%",),
+    )
+    assert any(f"after {first} of a" in (r["message"] or "") for r in logs), logs
+
+
+async def test_namespace_and_label_conditions_pick_the_executions_that_start_a_flow(
+    engine: ServerContext, ns: str
+) -> None:
+    child = f"{ns}.child"
+    await deploy_flow(engine.store, UPSTREAM.format(flow_id="up", ns=child))
+    await deploy_flow(engine.store, UPSTREAM.format(flow_id="other", ns=f"x{ns}"))
+    trigger = (
+        "  - id: data_team\n    type: io.kestra.plugin.core.trigger.Flow\n"
+        "    conditions:\n"
+        "      - type: io.kestra.plugin.core.condition.ExecutionNamespace\n"
+        f"        namespace: {ns}\n        comparison: PREFIX\n"
+        "      - type: io.kestra.plugin.core.condition.ExecutionLabels\n"
+        "        labels:\n          team: data\n"
+    )
+    await deploy_flow(engine.store, _listener(ns, "listener", trigger))
+    async with trio.open_nursery() as nursery:
+        await _scheduler(nursery, engine, ns)
+        wanted = await _run(engine, child, "up", labels={"team": "data"})
+        await _run(engine, child, "up", labels={"team": "web"})
+        await _run(engine, child, "up")
+        await _run(engine, f"x{ns}", "other", labels={"team": "data"})
+        await _until(engine, ns, "listener", 1)
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    started = await _created(engine, ns, "listener")
+    assert [s["trigger"]["variables"]["executionId"] for s in started] == [wanted]
+
+
+MULTIPLE = """\
+  - id: both
+    type: io.kestra.plugin.core.trigger.Flow
+    conditions:
+      - type: io.kestra.plugin.core.condition.ExecutionStatus
+        in: [SUCCESS]
+      - id: upstreams
+        type: io.kestra.plugin.core.condition.MultipleCondition
+        timeWindow:
+          type: SLIDING_WINDOW
+          window: PT1H
+        conditions:
+          first:
+            type: io.kestra.plugin.core.condition.ExecutionFlow
+            namespace: {ns}
+            flowId: up1
+          second:
+            type: io.kestra.plugin.core.condition.ExecutionFlow
+            namespace: {ns}
+            flowId: up2
+"""
+PRECONDITIONS = """\
+  - id: both_pre
+    type: io.kestra.plugin.core.trigger.Flow
+    preconditions:
+      id: upstreams
+      timeWindow:
+        type: DURATION_WINDOW
+        window: P1D
+      flows:
+        - namespace: {ns}
+          flowId: up1
+          states: [SUCCESS]
+        - namespace: {ns}
+          flowId: up2
+          states: [SUCCESS]
+"""
+
+
+async def test_a_multiple_condition_fires_once_when_both_upstream_flows_succeeded(
+    engine: ServerContext, ns: str
+) -> None:
+    for flow_id in ("up1", "up2"):
+        await deploy_flow(engine.store, UPSTREAM.format(flow_id=flow_id, ns=ns))
+    await deploy_flow(engine.store, _listener(ns, "joined", MULTIPLE.format(ns=ns)))
+    await deploy_flow(engine.store, _listener(ns, "joined_pre", PRECONDITIONS.format(ns=ns)))
+    async with trio.open_nursery() as nursery:
+        await _scheduler(nursery, engine, ns)
+        await _run(engine, ns, "up1")
+        await _run(engine, ns, "up1")
+        await _run(engine, ns, "up2", fail=True)  # a failure meets no condition
+        await trio.sleep(1.0)
+        assert await _created(engine, ns, "joined") == []
+        assert await _created(engine, ns, "joined_pre") == []
+        last = await _run(engine, ns, "up2")
+        await _until(engine, ns, "joined", 1)
+        await _until(engine, ns, "joined_pre", 1)
+        after = await _run(engine, ns, "up1")  # the conditions were reset: alone, nothing
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    assert await _judge_again(engine, ns, [last, after]) == 0
+    for flow_id in ("joined", "joined_pre"):
+        started = await _created(engine, ns, flow_id)
+        assert len(started) == 1, flow_id
+        assert started[0]["trigger"]["variables"]["executionId"] == last
+    history = await engine.store.read_stream(ev.trigger_stream(ns, "joined", "both"))
+    met = [e.event for e in history if isinstance(e.event, ev.TriggerConditionMet)]
+    assert [m.key for m in met] == ["first", "first", "second", "first"]
+    assert sum(isinstance(e.event, ev.TriggerFired) for e in history) == 1
+
+
+async def test_two_schedulers_start_the_listening_flow_once_per_execution(
+    engine: ServerContext, ns: str
+) -> None:
+    for flow_id in ("up1", "up2"):
+        await deploy_flow(engine.store, UPSTREAM.format(flow_id=flow_id, ns=ns))
+    await deploy_flow(engine.store, UPSTREAM.format(flow_id="a", ns=ns))
+    await deploy_flow(engine.store, _listener(ns, "b", ON_A_SUCCESS.format(ns=ns)))
+    await deploy_flow(engine.store, _listener(ns, "joined", MULTIPLE.format(ns=ns)))
+    async with trio.open_nursery() as nursery:
+        one = await _scheduler(nursery, engine, ns)
+        two = await _scheduler(nursery, engine, ns)
+        ran = []
+        async with trio.open_nursery() as runs:
+            for flow_id in ("a", "a", "a", "up1", "up2"):
+                runs.start_soon(_run, engine, ns, flow_id)
+        ran = await _until(engine, ns, "b", 3)
+        await _until(engine, ns, "joined", 1)
+        await trio.sleep(1.5)
+        nursery.cancel_scope.cancel()
+    started = await _created(engine, ns, "b")
+    assert len(started) == 3 == len(ran)
+    assert len({s["trigger"]["variables"]["executionId"] for s in started}) == 3
+    assert len(await _created(engine, ns, "joined")) == 1
+    assert one.flow_triggers.started + two.flow_triggers.started == 4
