@@ -3,15 +3,20 @@ end start other flows, once per ended execution, as the conditions say."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+import pytest
 import trio
 
 import plugins.core  # noqa: F401  (registers the Flow trigger and its conditions)
 from engine import events as ev
 from engine.commands import create_execution, deploy_flow, wait_for_end
+from engine.errors import FlowValidationError
+from engine.flow import parse_flow
 from engine.scheduler import Scheduler
 from engine.server import ServerContext
+from engine.triggers import ConditionContext, TimeWindow
 
 UPSTREAM = """\
 id: {flow_id}
@@ -262,3 +267,74 @@ async def test_two_schedulers_start_the_listening_flow_once_per_execution(
     assert len({s["trigger"]["variables"]["executionId"] for s in started}) == 3
     assert len(await _created(engine, ns, "joined")) == 1
     assert one.flow_triggers.started + two.flow_triggers.started == 4
+
+
+# --- the trigger's parts alone (no database) ---------------------------------------------------
+
+
+def _trigger(body: str) -> Any:
+    return parse_flow(_listener("t.ns", "listener", body)).triggers[0]
+
+
+def _ended(namespace: str, flow_id: str, state: str = "SUCCESS", **labels: str) -> Any:
+    variables = {"executionId": "x", "namespace": namespace, "flowId": flow_id, "state": state}
+    return ConditionContext(variables={"trigger": variables, "labels": labels})
+
+
+def test_time_windows_bound_the_executions_that_complete_a_set() -> None:
+    at = dt.datetime(2024, 5, 3, 13, 30, tzinfo=dt.UTC)
+    day = TimeWindow()
+    midnight = at.replace(hour=0, minute=0)
+    assert day.bounds(at) == (midnight, midnight + dt.timedelta(days=1))
+    shifted = TimeWindow(window=dt.timedelta(hours=6), advance=dt.timedelta(hours=1))
+    assert shifted.bounds(at) == (at.replace(hour=13, minute=0), at.replace(hour=19, minute=0))
+    sliding = TimeWindow("SLIDING_WINDOW", dt.timedelta(hours=2))
+    assert sliding.bounds(at) == (at - dt.timedelta(hours=2), at)
+    daily = TimeWindow("DAILY_TIME_WINDOW", start=dt.time(9), end=dt.time(12))
+    assert daily.bounds(at) is None
+    assert daily.bounds(at.replace(hour=10)) == (
+        at.replace(hour=9, minute=0),
+        at.replace(hour=12, minute=0),
+    )
+    deadline = TimeWindow("DAILY_TIME_DEADLINE", deadline=dt.time(14))
+    assert deadline.bounds(at) == (at.replace(hour=0, minute=0), at.replace(hour=14, minute=0))
+    assert deadline.bounds(at.replace(hour=15)) is None
+
+
+def test_where_filters_of_preconditions_pick_executions_as_kestra_reads_them() -> None:
+    trigger = _trigger(
+        "  - id: alert\n    type: io.kestra.plugin.core.trigger.Flow\n"
+        "    preconditions:\n      id: failures\n      where:\n"
+        "        - id: company_failures\n          filters:\n"
+        "            - field: NAMESPACE\n              type: STARTS_WITH\n              value: company\n"
+        "            - field: STATE\n              type: IN\n              values: [FAILED, WARNING]\n"
+    )
+    (group,) = trigger.groups()
+    (test,) = group.keys.values()
+    assert test(_ended("company.team", "a", "FAILED"))
+    assert not test(_ended("company.team", "a", "SUCCESS"))
+    assert not test(_ended("other.team", "a", "FAILED"))
+
+
+def test_conditions_are_checked_when_the_flow_is_saved() -> None:
+    with pytest.raises(FlowValidationError) as bad_state:
+        _trigger(
+            "  - id: t\n    type: io.kestra.plugin.core.trigger.Flow\n    conditions:\n"
+            "      - type: io.kestra.plugin.core.condition.ExecutionStatus\n        in: [DONE]\n"
+        )
+    assert "DONE" in str(bad_state.value)
+    with pytest.raises(FlowValidationError) as bad_nested:
+        _trigger(
+            "  - id: t\n    type: io.kestra.plugin.core.trigger.Flow\n    conditions:\n"
+            "      - id: m\n        type: io.kestra.plugin.core.condition.MultipleCondition\n"
+            "        conditions:\n          a:\n            type: io.kestra.plugin.core.condition.Nope\n"
+        )
+    assert "conditions.a.type" in str(bad_nested.value)
+    status = _trigger(
+        "  - id: t\n    type: io.kestra.plugin.core.trigger.Flow\n    states: [FAILED]\n"
+        "    conditions:\n      - type: io.kestra.plugin.core.condition.ExecutionLabels\n"
+        "        labels:\n          - key: team\n            value: data\n"
+    )
+    assert status.accepts(_ended("a", "b", "FAILED", team="data"))
+    assert not status.accepts(_ended("a", "b", "SUCCESS", team="data"))
+    assert not status.accepts(_ended("a", "b", "FAILED", team="web"))
