@@ -10,8 +10,17 @@
 - `GET /api/v1/triggers/{namespace}/{flowId}/{triggerId}`: the trigger's state: its last tick
   (`date`), `nextExecutionDate`, `disabled`, and its backfill with its progress (`total`,
   `fired`, `currentDate`, `paused`, `ended`).
+- `GET /api/v1/triggers/search` (`namespace` prefix, `flowId`, `q`, `page`, `size`, `sort`):
+  every trigger of the latest revision of every deployed flow, as Kestra pages them:
+  `{"results": [{"abstractTrigger": ..., "triggerContext": ...}], "total": n}`.
+- `PUT /api/v1/triggers/{namespace}/{flowId}/{triggerId}` (body `{"disabled": true}`) and
+  Kestra's `PUT /api/v1/triggers` (body: the trigger context with `disabled`): disable or
+  enable a trigger (`TriggerToggled`, with who asked).
+- `POST /api/v1/triggers/{namespace}/{flowId}/{triggerId}/unlock`: end a backfill left running
+  or paused, which holds the trigger (no other backfill can start) — see docs/triggers.md.
 
-Starting or pausing a backfill needs the editor role in the flow's namespace; reading, viewer.
+Starting or pausing a backfill, toggling and unlocking need the editor role in the flow's
+namespace; reading and searching, viewer (a search shows the caller's namespaces only).
 """
 
 from __future__ import annotations
@@ -19,13 +28,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from quart import Blueprint, Response
+import msgspec
+import trio
+from quart import Blueprint, Response, request
 
 from api import bodies
-from api.auth import access, actor, require_namespace
-from engine import scheduler
-from engine.errors import InvalidRequest
+from api.auth import access, actor, namespace_filter, require_namespace
+from engine import commands, scheduler
+from engine import events as ev
+from engine.errors import Conflict, InvalidRequest, NotFound, TiercelError, WrongExpectedVersion
+from engine.flow import Flow
 from engine.server import ServerContext
+from engine.store import EventStore
+from engine.triggers import PendingTrigger, PollingTrigger, ScheduledTrigger, Trigger
 
 EXAMPLE = (
     '{"namespace": "company.team", "flowId": "nightly", "triggerId": "schedule", '
@@ -136,4 +151,243 @@ def blueprint(ctx: ServerContext) -> Blueprint:
     async def trigger_state(namespace: str, flow_id: str, trigger_id: str) -> Response:
         return _answer(await scheduler.trigger_status(store, namespace, flow_id, trigger_id))
 
+    @routes.get("/api/v1/triggers/search")
+    @access("viewer")
+    async def search_triggers() -> Response:
+        """Search triggers: each trigger of each deployed flow's latest revision, with its
+        state (last date, next date, disabled, backfill), paged as Kestra pages them."""
+        args = request.args
+        page = _positive(args.get("page"), "page", 1)
+        size = min(_positive(args.get("size"), "size", 10), MAX_PAGE_SIZE)
+        field, descending = _sort(args.get("sort"))
+        prefix = args.get("namespace") or None
+        flow_id = args.get("flowId") or None
+        q = (args.get("q") or "").strip().lower()
+        found = [
+            (flow, trigger)
+            for flow in await _deployed(store, prefix, flow_id)
+            for trigger in flow.triggers
+            if not q or any(q in text.lower() for text in (trigger.id, flow.id, flow.namespace))
+        ]
+        if field in STATE_SORTS:
+            rows = [await _row(store, flow, trigger) for flow, trigger in found]
+            rows.sort(
+                key=lambda r: (r["triggerContext"][field] is None, r["triggerContext"][field] or "")
+            )
+            if descending:
+                rows.reverse()
+            shown = rows[(page - 1) * size : page * size]
+        else:
+            found.sort(
+                key=lambda ft: {
+                    "namespace": (ft[0].namespace, ft[0].id, ft[1].id),
+                    "flowId": (ft[0].id, ft[0].namespace, ft[1].id),
+                    "triggerId": (ft[1].id, ft[0].namespace, ft[0].id),
+                }[field],
+                reverse=descending,
+            )
+            shown = [
+                await _row(store, flow, trigger)
+                for flow, trigger in found[(page - 1) * size : page * size]
+            ]
+        return _answer({"results": shown, "total": len(found)})
+
+    @routes.put("/api/v1/triggers/<namespace>/<flow_id>/<trigger_id>")
+    @access("editor")
+    async def set_trigger_disabled(namespace: str, flow_id: str, trigger_id: str) -> Response:
+        """Disable or enable a trigger: body `{"disabled": true}` (or `{"enabled": false}`)."""
+        require_namespace(namespace, "editor")
+        body = await bodies.json_object('{"disabled": true}')
+        return _answer(await _toggle(store, namespace, flow_id, trigger_id, body))
+
+    @routes.put("/api/v1/triggers")
+    @access("editor")
+    async def update_trigger() -> Response:
+        """Kestra's update of a trigger: body `{namespace, flowId, triggerId, disabled}`."""
+        body = await bodies.json_object(
+            '{"namespace": "company.team", "flowId": "nightly", "triggerId": "schedule", '
+            '"disabled": true}'
+        )
+        namespace, flow_id, trigger_id = _target(body)
+        return _answer(await _toggle(store, namespace, flow_id, trigger_id, body))
+
+    @routes.post("/api/v1/triggers/<namespace>/<flow_id>/<trigger_id>/unlock")
+    @access("editor")
+    async def unlock_trigger(namespace: str, flow_id: str, trigger_id: str) -> Response:
+        """Unlock a trigger: end its backfill left running or paused (409 when none)."""
+        require_namespace(namespace, "editor")
+        flow, trigger = await _trigger_of(store, namespace, flow_id, trigger_id)
+        stream = ev.trigger_stream(namespace, flow_id, trigger_id)
+        for _ in range(20):
+            state = scheduler.fold(await store.read_stream(stream))
+            backfill = state.backfill
+            if backfill is None or backfill.ended:
+                raise Conflict(
+                    f"Trigger '{trigger_id}' of {namespace}.{flow_id} is not locked: it has no "
+                    "backfill left running or paused"
+                )
+            ended = ev.BackfillEnded(
+                namespace=namespace,
+                flowId=flow_id,
+                triggerId=trigger_id,
+                backfillId=backfill.id,
+                fired=backfill.fired,
+                cancelled=True,
+            )
+            try:
+                await store.append(
+                    stream, [ended], expected_version=state.version, meta={"actor": actor()}
+                )
+            except WrongExpectedVersion:
+                continue  # the scheduler fired a tick of it meanwhile
+            break
+        else:
+            raise Conflict(f"Trigger '{trigger_id}' keeps changing: try again")
+        return _answer((await _row(store, flow, trigger))["triggerContext"])
+
     return routes
+
+
+MAX_PAGE_SIZE = 1000
+STATE_SORTS = ("date", "nextExecutionDate")
+SORTS = ("namespace", "flowId", "triggerId", *STATE_SORTS)
+
+
+def _positive(value: str | None, name: str, default: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise InvalidRequest(f"`{name}` must be a whole number of at least 1, not {value[:40]!r}")
+    return number
+
+
+def _sort(value: str | None) -> tuple[str, bool]:
+    """Kestra's `sort=field:asc|desc` (triggerId ascending by default)."""
+    if not value:
+        return "triggerId", False
+    field, _, order = value.partition(":")
+    if field not in SORTS or order.lower() not in ("", "asc", "desc"):
+        raise InvalidRequest(
+            f"`sort` {value[:60]!r} is not one of {', '.join(SORTS)}, followed by :asc or :desc"
+        )
+    return field, order.lower() == "desc"
+
+
+async def _deployed(store: EventStore, prefix: str | None, flow_id: str | None) -> list[Flow]:
+    """The latest revision of every deployed flow that has triggers, in the caller's
+    namespaces (and under `prefix`, of id `flow_id`, when given), parsed; a revision that no
+    longer parses is left out (its triggers do not run)."""
+    scope, params = namespace_filter("namespace")
+    conditions = [scope]
+    if prefix is not None:
+        conditions.append("(namespace = %s OR starts_with(namespace, %s))")
+        params += [prefix, prefix + "."]
+    if flow_id is not None:
+        conditions.append("flow_id = %s")
+        params.append(flow_id)
+    rows = await store.db.fetchall(
+        "SELECT namespace, flow_id FROM ("
+        " SELECT DISTINCT ON (stream_id) type, data->>'namespace' AS namespace,"
+        " data->>'flowId' AS flow_id, data->>'source' AS source FROM events"
+        " WHERE stream_id LIKE 'flow:%%'"
+        " AND type IN ('FlowCreated', 'FlowUpdated', 'FlowDeleted')"
+        " ORDER BY stream_id, version DESC) latest"
+        " WHERE type <> 'FlowDeleted' AND source LIKE '%%triggers%%' AND "
+        + " AND ".join(conditions),
+        tuple(params),
+    )
+    flows = []
+    for row in rows:
+        try:
+            record, flow = await commands.flow_to_run(store, row["namespace"], row["flow_id"])
+        except (TiercelError, ValueError):
+            continue
+        flows.append(msgspec.structs.replace(flow, revision=record.revision))
+    return flows
+
+
+async def _trigger_of(
+    store: EventStore, namespace: str, flow_id: str, trigger_id: str
+) -> tuple[Flow, Trigger]:
+    record, flow = await commands.flow_to_run(store, namespace, flow_id)
+    flow = msgspec.structs.replace(flow, revision=record.revision)
+    trigger = next((t for t in flow.triggers if t.id == trigger_id), None)
+    if trigger is None:
+        ids = [t.id for t in flow.triggers]
+        raise NotFound(
+            f"Flow {namespace}.{flow_id} has no trigger '{trigger_id}'"
+            + (f"; it has {', '.join(ids)}" if ids else "; it has no triggers")
+        )
+    return flow, trigger
+
+
+async def _toggle(
+    store: EventStore, namespace: str, flow_id: str, trigger_id: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    disabled = body.get("disabled")
+    if disabled is None and isinstance(body.get("enabled"), bool):
+        disabled = not body["enabled"]
+    if not isinstance(disabled, bool):
+        raise InvalidRequest('`disabled` is required, true or false: e.g. {"disabled": true}')
+    flow, trigger = await _trigger_of(store, namespace, flow_id, trigger_id)
+    # Asking for the state it already has records nothing: enabling an enabled trigger again
+    # would move the instant it owes ticks from.
+    if await commands.trigger_enabled(store, namespace, flow_id, trigger_id) == disabled:
+        await commands.toggle_trigger(
+            store, namespace, flow_id, trigger_id, not disabled, actor=actor()
+        )
+    context: dict[str, Any] = (await _row(store, flow, trigger))["triggerContext"]
+    return context
+
+
+def _written(trigger: Trigger) -> dict[str, Any]:
+    if isinstance(trigger, PendingTrigger):
+        return dict(trigger.written)
+    found: dict[str, Any] = msgspec.to_builtins(trigger)
+    return found
+
+
+async def _row(store: EventStore, flow: Flow, trigger: Trigger) -> dict[str, Any]:
+    """One trigger as Kestra's search answers it: the trigger as written, and its context
+    (state) folded from its stream."""
+    stream = ev.trigger_stream(flow.namespace, flow.id, trigger.id)
+    history = await store.read_stream(stream)
+    state = await trio.to_thread.run_sync(scheduler.fold, history)
+    now = dt.datetime.now(dt.UTC)
+    date: str | None = None
+    following: str | None = None
+    if isinstance(trigger, ScheduledTrigger):
+        date = trigger.local(state.last).isoformat() if state.last else None
+        upcoming = trigger.next_fire(state.last or now)
+        following = trigger.local(upcoming).isoformat() if upcoming else None
+    elif isinstance(trigger, PollingTrigger):
+        date = state.polled.isoformat() if state.polled else None
+        following = max(now, (state.polled or now) + trigger.poll_interval()).isoformat()
+    elif state.last is not None:
+        date = state.last.isoformat()
+    backfill = state.backfill
+    updated = history[-1].recorded_at.isoformat() if history else None
+    return {
+        "abstractTrigger": _written(trigger),
+        "triggerContext": {
+            "tenantId": "main",
+            "namespace": flow.namespace,
+            "flowId": flow.id,
+            "flowRevision": flow.revision,
+            "triggerId": trigger.id,
+            "type": trigger.type,
+            "date": date,
+            "nextExecutionDate": following,
+            "updatedDate": updated,
+            "disabled": trigger.disabled or flow.disabled or not state.enabled,
+            "stopAfter": trigger.stopAfter,
+            "backfill": backfill.json(trigger if isinstance(trigger, ScheduledTrigger) else None)
+            if backfill
+            else None,
+            "locked": backfill is not None and not backfill.ended,
+        },
+    }

@@ -123,6 +123,10 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ),
     ("PUT", "/api/v1/triggers/backfill/pause", {"json": {"namespace": NS}}, "editor"),
     ("PUT", "/api/v1/triggers/backfill/unpause", {"json": {"namespace": NS}}, "editor"),
+    ("GET", "/api/v1/triggers/search", {}, "viewer"),
+    ("PUT", f"/api/v1/triggers/{NS}/nope/nope", {"json": {"disabled": True}}, "editor"),
+    ("PUT", "/api/v1/triggers", {"json": {"namespace": NS}}, "editor"),
+    ("POST", f"/api/v1/triggers/{NS}/nope/nope/unlock", {}, "editor"),
     # Where each read model stands in the log (api/projections_routes.py).
     ("GET", "/api/v1/projections", {}, "viewer"),
     # Task graphs and dependencies between flows (api/topology_routes.py).
@@ -180,6 +184,9 @@ def _rule_of(path: str) -> str:
         f"/api/v1/namespaces/{NS}/kv": "/api/v1/namespaces/<namespace>/kv",
         f"/api/v1/namespaces/{NS}/kv/nope": "/api/v1/namespaces/<namespace>/kv/<path:key>",
         f"/api/v1/triggers/{NS}/nope/nope": "/api/v1/triggers/<namespace>/<flow_id>/<trigger_id>",
+        f"/api/v1/triggers/{NS}/nope/nope/unlock": (
+            "/api/v1/triggers/<namespace>/<flow_id>/<trigger_id>/unlock"
+        ),
         f"/api/v1/executions/webhook/{NS}/nope/nokey": (
             "/api/v1/executions/webhook/<namespace>/<flow_id>/<key>"
         ),
