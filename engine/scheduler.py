@@ -39,7 +39,7 @@ from engine.health import Health
 from engine.inputs import resolve_inputs_off_loop
 from engine.plugin import TERMINAL_STATES
 from engine.secrets import encrypt_inputs
-from engine.store import NO_STREAM, Append, AppendResult, EventStore, StoredEvent
+from engine.store import ANY, NO_STREAM, Append, AppendResult, EventStore, StoredEvent
 from engine.templating import render_typed, render_value
 from engine.triggers import (
     ConditionContext,
@@ -1285,6 +1285,7 @@ class FlowTriggers:
             upstream = created.get(event.executionId)
             if upstream is None:
                 continue
+            await self._stop_after(upstream, event, triggers)
             for entry, trigger in triggers:
                 if (entry.namespace, entry.flow_id) == (upstream["namespace"], upstream["flowId"]):
                     continue  # a flow is not started by its own executions (no loop)
@@ -1295,6 +1296,37 @@ class FlowTriggers:
                     if is_transient(exc):
                         raise  # the database is away: the batch is handled again
                     self.scheduler._report(stream, exc)  # one bad trigger never stops others
+
+    async def _stop_after(
+        self,
+        upstream: dict[str, Any],
+        event: ev.ExecutionStateChanged,
+        triggers: list[tuple[FlowEntry, ExecutionTrigger]],
+    ) -> None:
+        """Disable the Flow trigger that started this execution when it ended in a state of
+        the trigger's `stopAfter`."""
+        started_by = upstream.get("trigger") or {}
+        for entry, trigger in triggers:
+            if (
+                (entry.namespace, entry.flow_id) != (upstream["namespace"], upstream["flowId"])
+                or trigger.id != started_by.get("id")
+                or event.state not in {s.upper() for s in trigger.stopAfter or []}
+            ):
+                continue
+            stream = ev.trigger_stream(entry.namespace, entry.flow_id, trigger.id)
+            toggled = ev.TriggerToggled(
+                namespace=entry.namespace,
+                flowId=entry.flow_id,
+                triggerId=trigger.id,
+                enabled=False,
+                reason=f"stopAfter: execution {event.executionId} ended in {event.state}",
+            )
+            # Once per execution: a restart reading it again adds nothing.
+            command = f"stop-after:{stream}:{event.executionId}"
+            await self.store.append_many(
+                [Append(stream, [toggled], ANY, command, {"actor": ACTOR})]
+            )
+            log.info("Trigger %s disabled: %s", stream.removeprefix("trigger:"), toggled.reason)
 
     async def _one(
         self,

@@ -11,7 +11,7 @@ import trio
 
 import plugins.core  # noqa: F401  (registers the Flow trigger and its conditions)
 from engine import events as ev
-from engine.commands import create_execution, deploy_flow, wait_for_end
+from engine.commands import create_execution, deploy_flow, trigger_enabled, wait_for_end
 from engine.errors import FlowValidationError
 from engine.flow import parse_flow
 from engine.scheduler import Scheduler
@@ -170,6 +170,34 @@ async def test_namespace_and_label_conditions_pick_the_executions_that_start_a_f
         nursery.cancel_scope.cancel()
     started = await _created(engine, ns, "listener")
     assert [s["trigger"]["variables"]["executionId"] for s in started] == [wanted]
+
+
+async def test_stop_after_disables_the_trigger_once_a_started_execution_failed(
+    engine: ServerContext, ns: str
+) -> None:
+    await deploy_flow(engine.store, UPSTREAM.format(flow_id="a", ns=ns))
+    failing = (
+        f"id: fragile\nnamespace: {ns}\ntasks:\n"
+        "  - id: boom\n    type: io.kestra.plugin.core.execution.Fail\n"
+        "triggers:\n  - id: on_a\n    type: io.kestra.plugin.core.trigger.Flow\n"
+        "    stopAfter: [FAILED]\n    states: [SUCCESS]\n"
+    )
+    await deploy_flow(engine.store, failing)
+    async with trio.open_nursery() as nursery:
+        await _scheduler(nursery, engine, ns)
+        await _run(engine, ns, "a")
+        (started,) = await _until(engine, ns, "fragile", 1)
+        state = await wait_for_end(
+            engine.store, engine.notifier, started["executionId"], timeout=30
+        )
+        assert state.state == "FAILED"
+        with trio.fail_after(10):
+            while await trigger_enabled(engine.store, ns, "fragile", "on_a"):
+                await trio.sleep(0.1)
+        await _run(engine, ns, "a")
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    assert len(await _created(engine, ns, "fragile")) == 1
 
 
 MULTIPLE = """\
