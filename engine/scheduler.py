@@ -865,7 +865,7 @@ class Scheduler:
         try:
             with trio.fail_after(trigger.poll_timeout()):
                 found = await trio.to_thread.run_sync(trigger.poll, ctx, abandon_on_cancel=True)
-            if found is None:
+            if found is None or not self._poll_holds(entry, trigger, now, found):
                 self._failing.pop(stream, None)
                 return
             await self._poll_fire(stream, entry, trigger, state, date, found)
@@ -880,6 +880,25 @@ class Scheduler:
             self._report(stream, exc)  # the next poll comes at its interval
         else:
             self._failing.pop(stream, None)
+
+    def _poll_holds(
+        self, entry: FlowEntry, trigger: PollingTrigger, now: dt.datetime, found: dict[str, Any]
+    ) -> bool:
+        """Whether every condition of the trigger holds for a poll that matched; one that
+        cannot be evaluated does not."""
+        if not trigger.conditions:
+            return True
+        variables = {
+            "trigger": {**found, "date": _utc(now)},
+            "flow": {"id": entry.flow_id, "namespace": entry.namespace},
+        }
+        ctx = ConditionContext(date=now, variables=variables, render=render_typed)
+        try:
+            return all(condition.test(ctx) for condition in trigger.conditions)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            return False
 
     async def _poll_fire(
         self,

@@ -19,6 +19,7 @@ import httpx
 from engine.duration import parse_duration
 from engine.plugin import register_trigger
 from engine.triggers import PollContext, PollingTrigger
+from plugins.core.schedule import SCHEDULE_CONDITIONS
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 DEFAULT_CONDITION = "{{ response.statusCode < 400 }}"
@@ -59,6 +60,10 @@ class HttpTrigger(PollingTrigger, kw_only=True):
     """`insecureTrustAllCertificates: true` skips the server certificate's checks."""
     encryptBody: bool = False
     """Accepted for compatibility: the body is recorded as the execution's trigger."""
+
+    def condition_types(self) -> frozenset[str] | None:
+        # Those judged on the poll's date or variables (an ended execution is for Flow triggers).
+        return SCHEDULE_CONDITIONS
 
     def problems(self) -> list[tuple[str, str]]:
         found = super().problems()

@@ -215,3 +215,27 @@ async def test_two_schedulers_poll_once_per_interval(
     gaps = [b - a for a, b in zip(polls, polls[1:], strict=False)]
     assert all(gap >= dt.timedelta(seconds=2) for gap in gaps), gaps
     assert await _created(engine, ns) == []
+
+
+async def test_a_matching_response_whose_conditions_do_not_hold_starts_nothing(
+    engine: ServerContext, ns: str, endpoint: Endpoint
+) -> None:
+    endpoint.body = json.dumps({"price": 99}).encode()
+    source = _flow(
+        ns,
+        endpoint.url,
+        "    conditions:\n"
+        "      - type: io.kestra.plugin.core.condition.Expression\n"
+        '        expression: "{{ trigger.code == 201 }}"\n',
+    )
+    await deploy_flow(engine.store, source)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(Scheduler(engine.store, engine.notifier, namespace=ns).run)
+            with trio.fail_after(15):
+                while len(endpoint.hits) < 2:
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+    finally:
+        await delete_flow(engine.store, ns, "watcher")
+    assert await _created(engine, ns) == []
