@@ -185,6 +185,10 @@ class ExecutionTrigger(Trigger, kw_only=True):
         every execution it accepts)."""
         return []
 
+    def states_watched(self) -> frozenset[str]:
+        """States besides the terminal ones that it starts on (RUNNING, PAUSED, ...)."""
+        return frozenset()
+
     def execution_inputs(self) -> dict[str, Any]:
         """The inputs of the executions it starts, as written (templates see `trigger.*`)."""
         return {}

@@ -444,5 +444,8 @@ class FlowTrigger(ExecutionTrigger, kw_only=True):
             found.append(ConditionGroup(str(pre.get("id") or "preconditions"), keys, window, reset))
         return found
 
+    def states_watched(self) -> frozenset[str]:
+        return frozenset(s.upper() for s in self.states or [])
+
     def execution_inputs(self) -> dict[str, Any]:
         return dict(self.inputs)

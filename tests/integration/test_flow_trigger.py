@@ -43,6 +43,7 @@ def _listener(ns: str, flow_id: str, trigger: str) -> str:
     return (
         f"id: {flow_id}\nnamespace: {ns}\n"
         "inputs:\n  - id: got\n    type: STRING\n    defaults: none\n"
+        "  - id: task\n    type: STRING\n    defaults: none\n"
         "tasks:\n"
         "  - id: log\n    type: io.kestra.plugin.core.log.Log\n"
         "    message: 'after {{ trigger.executionId }} of {{ trigger.flowId }}'\n"
@@ -96,6 +97,7 @@ ON_A_SUCCESS = """\
     type: io.kestra.plugin.core.trigger.Flow
     inputs:
       got: "{{{{ trigger.outputs.result }}}}"
+      task: "{{{{ outputs.compute.value }}}} in {{{{ execution.id }}}}"
     labels:
       chained: "yes"
     conditions:
@@ -130,6 +132,8 @@ async def test_a_successful_execution_starts_the_listening_flow_once_with_its_ou
     assert variables["state"] == "SUCCESS"
     assert variables["outputs"] == {"result": f"computed by {first}"}
     assert started[0]["inputs"]["got"] == f"computed by {first}"
+    # As in Kestra, `inputs` render in the ended execution's context (its task outputs).
+    assert started[0]["inputs"]["task"] == f"computed by {first} in {first}"
     labels = {label["key"]: label["value"] for label in started[0]["labels"]}
     assert labels["chained"] == "yes" and labels["system.correlationId"] == first
     assert await _judge_again(engine, ns, [first, failed, second]) == 0
@@ -198,6 +202,25 @@ async def test_stop_after_disables_the_trigger_once_a_started_execution_failed(
         await trio.sleep(1.0)
         nursery.cancel_scope.cancel()
     assert len(await _created(engine, ns, "fragile")) == 1
+
+
+async def test_states_may_name_a_state_an_execution_passes_through(
+    engine: ServerContext, ns: str
+) -> None:
+    await deploy_flow(engine.store, UPSTREAM.format(flow_id="a", ns=ns))
+    trigger = (
+        "  - id: watch\n    type: io.kestra.plugin.core.trigger.Flow\n"
+        "    states: [RUNNING, SUCCESS]\n"
+    )
+    await deploy_flow(engine.store, _listener(ns, "watcher", trigger))
+    async with trio.open_nursery() as nursery:
+        await _scheduler(nursery, engine, ns)
+        await _run(engine, ns, "a")
+        await _until(engine, ns, "watcher", 2)
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    started = await _created(engine, ns, "watcher")
+    assert [s["trigger"]["variables"]["state"] for s in started] == ["RUNNING", "SUCCESS"]
 
 
 MULTIPLE = """\
