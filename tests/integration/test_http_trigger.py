@@ -33,11 +33,13 @@ class Endpoint:
         self.status = 200
         self.body: bytes = b"{}"
         self.hits: list[float] = []
+        self.delay = 0.0
         endpoint = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 endpoint.hits.append(time.monotonic())
+                time.sleep(endpoint.delay)
                 self.send_response(endpoint.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("X-Stock", "low")
@@ -239,3 +241,31 @@ async def test_a_matching_response_whose_conditions_do_not_hold_starts_nothing(
     finally:
         await delete_flow(engine.store, ns, "watcher")
     assert await _created(engine, ns) == []
+
+
+async def test_a_slow_endpoint_does_not_hold_the_ticks_of_other_triggers(
+    engine: ServerContext, ns: str, endpoint: Endpoint
+) -> None:
+    endpoint.delay = 6.0
+    await deploy_flow(engine.store, _flow(ns, endpoint.url))
+    ticking = (
+        f"id: ticking\nnamespace: {ns}\ntasks:\n"
+        "  - id: log\n    type: io.kestra.plugin.core.log.Log\n    message: tick\n"
+        "triggers:\n  - id: tick\n    type: io.kestra.plugin.core.trigger.Schedule\n"
+        '    withSeconds: true\n    cron: "* * * * * *"\n'
+    )
+    await deploy_flow(engine.store, ticking)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(Scheduler(engine.store, engine.notifier, namespace=ns).run)
+            with trio.fail_after(10):
+                while not endpoint.hits:
+                    await trio.sleep(0.1)
+            await trio.sleep(3.5)
+            # The poll still waits on its answer; the per-second schedule went on meanwhile.
+            started = [c for c in await _created(engine, ns) if c["flowId"] == "ticking"]
+            nursery.cancel_scope.cancel()
+    finally:
+        await delete_flow(engine.store, ns, "watcher")
+        await delete_flow(engine.store, ns, "ticking")
+    assert len(started) >= 3, started
