@@ -1297,13 +1297,10 @@ class FlowTriggers:
         return found
 
     async def handle(self, batch: list[StoredEvent]) -> None:
-        """Judge every execution of the batch that ended against every Flow trigger."""
-        ended = [
-            s
-            for s in batch
-            if isinstance(s.event, ev.ExecutionStateChanged) and s.event.state in TERMINAL_STATES
-        ]
-        if ended:
+        """Judge every execution of the batch that ended (or reached a state a trigger's
+        `states` names, RUNNING or PAUSED) against every Flow trigger."""
+        changes = [s for s in batch if isinstance(s.event, ev.ExecutionStateChanged)]
+        if changes:
             if self._cache is None:
                 self._cache = Scheduler(
                     self.store,
@@ -1313,7 +1310,13 @@ class FlowTriggers:
                 )
             await self._cache._refresh_flows()
             triggers = self._triggers()
-            if triggers:
+            watched = set(TERMINAL_STATES).union(*(t.states_watched() for _, t in triggers))
+            ended = [
+                s
+                for s in changes
+                if isinstance(s.event, ev.ExecutionStateChanged) and s.event.state in watched
+            ]
+            if triggers and ended:
                 await self._judge(ended, triggers)
         await self._save(batch[-1].seq)
 
@@ -1403,10 +1406,16 @@ class FlowTriggers:
             },
             render=lambda e, v: render_typed(e, v),
         )
+        terminal = event.state in TERMINAL_STATES
+        if not terminal and event.state not in trigger.states_watched():
+            return
         if not trigger.accepts(ctx):
             return
-        groups = trigger.groups()
-        execution_id = short_id("flow-trigger", stream, event.executionId)
+        # Only ended executions count towards a window.
+        groups = trigger.groups() if terminal else []
+        # An execution starts a trigger once when it ends (and once per other state named).
+        at_state = () if terminal else (event.state,)
+        execution_id = short_id("flow-trigger", stream, event.executionId, *at_state)
         correlation = labels.get("system.correlationId", event.executionId)
         if not groups:
             state = fold_grouped(await self.store.read_stream(stream))
@@ -1489,6 +1498,25 @@ class FlowTriggers:
             {"actor": ACTOR},
         )
 
+    async def _upstream_context(self, variables: dict[str, Any]) -> dict[str, Any]:
+        """What a Flow trigger's `inputs` render with, as in Kestra: the ended execution's
+        context (its task `outputs`, `execution`, `flow`, `labels`) and `trigger`."""
+        from engine.commands import load_execution
+        from engine.execution.context import labels_view, outputs_view
+
+        upstream = await load_execution(self.store, variables["executionId"])
+        return {
+            "trigger": variables,
+            "outputs": outputs_view(upstream),
+            "labels": labels_view(upstream.labels),
+            "flow": {
+                "id": variables["flowId"],
+                "namespace": variables["namespace"],
+                "revision": variables["flowRevision"],
+            },
+            "execution": {"id": variables["executionId"], "state": variables["state"]},
+        }
+
     async def _execution(
         self,
         entry: FlowEntry,
@@ -1499,12 +1527,10 @@ class FlowTriggers:
     ) -> ev.ExecutionCreated:
         flow = entry.flow
         assert flow is not None
-        context = {
-            "trigger": variables,
-            "flow": {"id": entry.flow_id, "namespace": entry.namespace, "revision": entry.revision},
-            "execution": {"id": execution_id},
-        }
-        given: dict[str, Any] = render_value(trigger.execution_inputs(), context)
+        written = trigger.execution_inputs()
+        given: dict[str, Any] = {}
+        if written:
+            given = render_value(written, await self._upstream_context(variables))
         values = await resolve_inputs_off_loop(flow, given)
         values = await encrypt_inputs(self.store.db, flow, values, execution_id)
         if entry.recorded is None:
