@@ -376,7 +376,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         scope = namespace_filter()
 
         def read(conn: Any) -> tuple[list[dict[str, Any]], int, bool]:
-            where, params, in_order = search.condition(conn, *scope)
+            where, params, reading = search.condition(conn, *scope)
             rows = logs_model.search(
                 conn,
                 where,
@@ -384,11 +384,11 @@ def blueprint(ctx: ServerContext) -> Blueprint:
                 offset=offset,
                 limit=size,
                 ascending=sort != "timestamp:desc",
-                in_order=in_order,
+                reading=reading,
             )
             if len(rows) < size and (rows or offset == 0):
                 return rows, offset + len(rows), False
-            total, estimated = logs_model.count(conn, where, params, in_order=in_order)
+            total, estimated = logs_model.count(conn, where, params, reading=reading)
             return rows, total, estimated
 
         rows, total, estimated = await db.run(read)
@@ -409,7 +409,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
             conn: Any,
         ) -> tuple[dt.datetime, dt.datetime, dt.timedelta, list[tuple[dt.datetime, str, int]]]:
             start, end = search.start, search.end
-            where, params, _ = search.condition(conn, *scope) if not nothing else ("false", [], 0)
+            where, params, _ = search.condition(conn, *scope) if not nothing else ("false", [], "")
             if start is None or end is None:
                 # An open side of the range ends at the first (or last) matching line.
                 span = logs_model.time_span(conn, where, params) if not nothing else None

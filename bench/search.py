@@ -20,6 +20,8 @@ database in that cluster (the URL's role needs CREATEDB) and drops it at the end
 3. Times each search over HTTP (p50/p95 of `--repeat` requests, page 1 and page 100 of 25
    rows), and the logs of one execution, and prints EXPLAIN (ANALYZE, BUFFERS) of the SQL of
    the slowest.
+4. Times the logs search (full text, level, namespace, flow; page 1 of 25 lines) and the logs
+   histogram over 30 days, and prints the plan of the slowest of those too.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from engine.migrate import migrate
 from engine.server import run_server
 from engine.store import Append, EventStore
 from projections import executions as read_model
+from projections import logs as logs_model
 
 TARGET_MS = 200.0
 """The p95 every search and the logs of an execution must stay under."""
@@ -295,6 +298,29 @@ def searches(owner_url: str, ids: Sequence[str]) -> list[tuple[str, dict[str, An
     ]  # fmt: skip
 
 
+LOG_SEARCH = "/api/v1/logs/search"
+LOG_HISTOGRAM = "/api/v1/logs/histogram"
+
+
+def log_reads(ids: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    """Each read of the logs read model timed, as (name, path, query parameters)."""
+    some = ids[len(ids) // 3]
+    month = {"timeRange": "P30D"}
+    return [
+        ("logs: no filter", LOG_SEARCH, {}),
+        ("logs: q=<execution id> (10 lines)", LOG_SEARCH, {"q": some}),
+        ("logs: q=line (every line)", LOG_SEARCH, {"q": "line"}),
+        ("logs: q=line 7 (10%)", LOG_SEARCH, {"q": "line 7"}),
+        ("logs: minLevel ERROR (1%)", LOG_SEARCH, {"minLevel": "ERROR"}),
+        ("logs: namespace leaf + ERROR", LOG_SEARCH, {"namespace": "company.team3.proj4", "minLevel": "ERROR"}),
+        ("logs: namespace + flowId, 1 day", LOG_SEARCH, {"namespace": "company.team3", "flowId": "ingest-1", "timeRange": "P1D"}),
+        ("histogram: q=<execution id>", LOG_HISTOGRAM, {"q": some, **month}),
+        ("histogram: namespace leaf (1%)", LOG_HISTOGRAM, {"namespace": "company.team3.proj4", **month}),
+        ("histogram: minLevel ERROR (1%)", LOG_HISTOGRAM, {"minLevel": "ERROR", **month}),
+        ("histogram: every line", LOG_HISTOGRAM, month),
+    ]  # fmt: skip
+
+
 def _percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     k = (len(ordered) - 1) * p
@@ -345,6 +371,16 @@ async def measure_reads(
         timed = await _timed(http, f"/api/v1/logs/{one}", {}, repeat)
         lines = timed.pop("answer")
         results["logs of one execution"] = {"logs": timed, "lines": len(lines), "id": one}
+        for name, path, params in log_reads(ids):
+            asked = {**params, "size": PAGE_SIZE} if path == LOG_SEARCH else params
+            timed = await _timed(http, path, asked, repeat)
+            answer = timed.pop("answer")
+            results[name] = {
+                "logs": timed,
+                "lines": answer["total"],
+                "path": path,
+                "params": params,
+            }
     return results
 
 
@@ -375,6 +411,26 @@ def explain(owner_url: str, params: dict[str, Any], page: int) -> str:
             where, offset=(page - 1) * PAGE_SIZE, size=PAGE_SIZE
         )
         rows = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {query}", query_params).fetchall()
+    return "\n".join(r[0] for r in rows)
+
+
+def explain_logs(owner_url: str, path: str, params: dict[str, Any]) -> str:
+    """EXPLAIN (ANALYZE, BUFFERS) of the query the API runs for a logs read (as admin)."""
+    from api.logs_routes import ORIGIN, bucket_for, read_search
+
+    now = dt.datetime.now(dt.UTC)
+    search, _ = read_search(params.items(), now)
+    with psycopg.connect(runtime_url(owner_url), autocommit=True) as conn:
+        where, where_params, reading = search.condition(conn)
+        if reading != logs_model.PLANNED and path == LOG_SEARCH:  # as logs_model.search reads it
+            conn.execute("SET enable_bitmapscan = off")
+            conn.execute("SET enable_seqscan = off")
+        if path == LOG_SEARCH:
+            query, values = logs_model.page_sql(where), [*where_params, 0, PAGE_SIZE]
+        else:
+            bucket = bucket_for(now - (search.start or now))
+            query, values = logs_model.histogram_sql(where), [bucket, ORIGIN, *where_params]
+        rows = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {query}", values).fetchall()
     return "\n".join(r[0] for r in rows)
 
 
@@ -447,6 +503,14 @@ def run(url: str | None, executions: int, lines: int, repeat: int, quick: bool) 
         base = ceiling(owner_url, 200 if quick else 2000, 20 if quick else 200)
         results = trio.run(_run, owner_url, executions, lines, repeat)
         results["ceiling"] = base
+        logged = {k: v for k, v in results["reads"].items() if "path" in v}
+        slowest_log = max(logged, key=lambda name: logged[name]["logs"]["p95_ms"])
+        results["slowest_logs"] = {
+            "read": slowest_log,
+            "plan": explain_logs(
+                owner_url, logged[slowest_log]["path"], logged[slowest_log]["params"]
+            ),
+        }
         searched = {k: v for k, v in results["reads"].items() if "page1" in v}
         slowest_name, slowest_page = max(
             ((name, page) for name in searched for page in ("page1", "page100")),
@@ -489,7 +553,7 @@ def report(results: dict[str, Any]) -> str:
             rows.append(
                 (
                     name,
-                    f"{entry['lines']} lines",
+                    f"{entry['lines']:,} lines",
                     f"{t['p50_ms']:.1f} / {t['p95_ms']:.1f} ms",
                     "",
                     _verdict(t["p95_ms"]),
@@ -520,6 +584,15 @@ def report(results: dict[str, Any]) -> str:
         f" ({urllib.parse.urlencode(results['reads'][slow['search']]['params'], doseq=True)})",
         slow["plan"],
     ]
+    slow_logs = results.get("slowest_logs")
+    if slow_logs:
+        entry = results["reads"][slow_logs["read"]]
+        out += [
+            "",
+            f"Plan of the slowest logs read: {slow_logs['read']}"
+            f" ({entry['path']}?{urllib.parse.urlencode(entry['params'])})",
+            slow_logs["plan"],
+        ]
     return "\n".join(out)
 
 

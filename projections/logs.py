@@ -233,57 +233,66 @@ class LogSearch:
 
     def condition(
         self, conn: psycopg.Connection[Any], scope: str = "true", scope_params: Sequence[Any] = ()
-    ) -> tuple[str, list[Any], bool]:
+    ) -> tuple[str, list[Any], str]:
         """`where`, with a full-text query that matches few lines resolved to their positions
-        first (see `rare_matches`); and whether a page is best read in date order (the query
-        matches many lines, though the planner expects few)."""
+        first, and how to read it (`PLANNED`, `MANY` or `COMMON`: see `text_matches`)."""
         if self.q is not None:
-            keys = rare_matches(conn, self.q)
-            if keys is MANY:
-                where, params = self.where(scope, scope_params)
-                return where, params, True
-            if keys is not None:
+            found = text_matches(conn, self.q)
+            if isinstance(found, list):
                 where, params = self.where(scope, scope_params, text=False)
-                if not keys:
-                    return "false", [], False
+                if not found:
+                    return "false", [], PLANNED
                 positions = (
                     "(seq, line) IN (SELECT s, l FROM unnest(%s::bigint[], %s::int[]) AS k(s, l))"
                 )
                 return (
                     f"{positions} AND {where}",
-                    [[k[0] for k in keys], [k[1] for k in keys], *params],
-                    False,
+                    [[k[0] for k in found], [k[1] for k in found], *params],
+                    PLANNED,
                 )
+            where, params = self.where(scope, scope_params)
+            return where, params, found
         where, params = self.where(scope, scope_params)
-        return where, params, False
+        return where, params, PLANNED
 
 
 PROBE_UP_TO = 20_000
 """A full-text query matching at most this many lines is resolved to their positions."""
-RARE_SHARE = 0.05
-"""A full-text query the planner expects to match at most this share of the lines is probed."""
-MANY: list[tuple[int, int]] = []
-"""What `rare_matches` answers for a query it probed and found to match many lines."""
+COMMON_SHARE = 0.05
+"""A full-text query whose words the planner knows to be in more than this share of the lines
+is common: its pages are read in date order."""
+PLANNED = "planned"
+"""Read as the planner chooses."""
+MANY = "many"
+"""Matches more than `PROBE_UP_TO` lines: pages in date order, counted from the GIN index."""
+COMMON = "common"
+"""Its words are in many lines: pages in date order, counted from the GIN index."""
 
 
-def rare_matches(conn: psycopg.Connection[Any], q: str) -> list[tuple[int, int]] | None:
-    """The positions of the lines `q` matches, when it matches few (at most `PROBE_UP_TO`);
-    `MANY` when it matches more; None when the planner rightly expects it to match many.
+def text_matches(conn: psycopg.Connection[Any], q: str) -> list[tuple[int, int]] | str:
+    """The positions of the lines `q` matches when they are few (at most `PROBE_UP_TO`), or how
+    to read its matches: `COMMON` or `MANY`.
 
-    A page is the newest lines first, so for a word most lines have, the planner reads them in
-    date order until the page is full. For a word that a few lines have (an id) that order
-    would read every line, and the planner cannot tell such a word from one it has no
-    statistics for (a prefix of a rare word is estimated at 2% of the lines, two words at their
-    product): so the GIN index is asked first, alone, and the page is made of the lines it
-    names; or, when they are many after all, read in date order."""
+    A page is the newest lines first. For words most lines have, reading lines in date order
+    fills a page at once; for a word a few lines have (an id) that order would read every line.
+    The planner cannot tell them apart: it estimates any word prefix at 2% of the lines (and two
+    at the product of their shares), so it would sort every line holding a common word, and walk
+    every line looking for a rare one. So: the words as whole words, which the statistics of the
+    expression index know, say whether `q` is common; if not, the GIN index is asked first,
+    alone, and the page is made of the lines it names, or read in date order when they are many
+    after all."""
     plan = conn.execute(
-        f"EXPLAIN (FORMAT JSON) SELECT 1 FROM logs WHERE {TEXT_MATCH}", [q], prepare=False
+        "EXPLAIN (FORMAT JSON) SELECT 1 FROM logs WHERE log_search_vector(message, execution_id,"
+        " task_id, task_run_id, namespace, flow_id)"
+        " @@ replace(log_search_query(%s)::text, ':*', '')::tsquery",
+        [q],
+        prepare=False,
     ).fetchone()
     expected = float(plan[0][0]["Plan"]["Plan Rows"]) if plan else 0.0
     size = conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'logs'::regclass").fetchone()
     lines = float(size[0]) if size else -1.0
-    if lines > 0 and expected > RARE_SHARE * lines:
-        return None
+    if lines > 0 and expected > COMMON_SHARE * lines:
+        return COMMON
     with conn.transaction():
         # The bitmap of the GIN index, never a scan of the table checking every line.
         conn.execute("SET LOCAL enable_seqscan = off")
@@ -301,6 +310,11 @@ def rare_matches(conn: psycopg.Connection[Any], q: str) -> list[tuple[int, int]]
 _LINE_COLUMNS = (
     "execution_id, namespace, flow_id, task_id, task_run_id, attempt, timestamp, level, message"
 )
+
+
+def _read_in_order(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SET LOCAL enable_bitmapscan = off")
+    conn.execute("SET LOCAL enable_seqscan = off")
 
 
 def page_sql(where: str, *, ascending: bool = False) -> str:
@@ -321,28 +335,26 @@ def search(
     offset: int,
     limit: int,
     ascending: bool = False,
-    in_order: bool = False,
+    reading: str = PLANNED,
 ) -> list[dict[str, Any]]:
-    """A page of the lines matching `where`, newest first (oldest first if `ascending`); read
-    in date order through an index if `in_order` (see `LogSearch.condition`)."""
+    """A page of the lines matching `where`, newest first (oldest first if `ascending`), read
+    as `reading` says (see `LogSearch.condition`)."""
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        if in_order:
-            cur.execute("SET LOCAL enable_bitmapscan = off")
-            cur.execute("SET LOCAL enable_seqscan = off")
+        if reading != PLANNED:
+            _read_in_order(conn)
         # Unprepared: a generic plan cannot know how common a word or a namespace is.
         cur.execute(page_sql(where, ascending=ascending), [*params, offset, limit], prepare=False)
         return cur.fetchall()
 
 
 def count(
-    conn: psycopg.Connection[Any], where: str, params: Sequence[Any], *, in_order: bool = False
+    conn: psycopg.Connection[Any], where: str, params: Sequence[Any], *, reading: str = PLANNED
 ) -> tuple[int, bool]:
     """How many lines match `where` (counted up to `COUNT_EXACT_UP_TO`, estimated above) and
-    whether that is an estimate. A full-text query that matches many lines though the planner
-    expects few (`in_order`) is counted from the GIN index's bitmap, never by checking lines
-    one by one."""
+    whether that is an estimate. A `MANY` or `COMMON` full-text query is counted from the GIN
+    index's bitmap (which needs no line checked again), never by checking lines one by one."""
     with conn.transaction():
-        if in_order:
+        if reading != PLANNED:
             conn.execute("SET LOCAL enable_seqscan = off")
             conn.execute("SET LOCAL enable_indexscan = off")
         return executions_model.count(conn, where, params, table="logs")
