@@ -10,6 +10,8 @@
 - `GET /api/v1/triggers/{namespace}/{flowId}/{triggerId}`: the trigger's state: its last tick
   (`date`), `nextExecutionDate`, `disabled`, and its backfill with its progress (`total`,
   `fired`, `currentDate`, `paused`, `ended`).
+- `GET /api/v1/triggers/{namespace}/{flowId}`: every trigger of the flow, as the search shows
+  them.
 - `GET /api/v1/triggers/search` (`namespace` prefix, `flowId`, `q`, `page`, `size`, `sort`):
   every trigger of the latest revision of every deployed flow, as Kestra pages them:
   `{"results": [{"abstractTrigger": ..., "triggerContext": ...}], "total": n}`.
@@ -149,7 +151,20 @@ def blueprint(ctx: ServerContext) -> Blueprint:
     @routes.get("/api/v1/triggers/<namespace>/<flow_id>/<trigger_id>")
     @access("viewer")
     async def trigger_state(namespace: str, flow_id: str, trigger_id: str) -> Response:
-        return _answer(await scheduler.trigger_status(store, namespace, flow_id, trigger_id))
+        flow, trigger = await _trigger_of(store, namespace, flow_id, trigger_id)
+        if isinstance(trigger, ScheduledTrigger):
+            return _answer(await scheduler.trigger_status(store, namespace, flow_id, trigger_id))
+        # Other types have no ticks nor backfills: their context as the search shows it.
+        return _answer((await _row(store, flow, trigger))["triggerContext"])
+
+    @routes.get("/api/v1/triggers/<namespace>/<flow_id>")
+    @access("viewer")
+    async def flow_triggers(namespace: str, flow_id: str) -> Response:
+        """Every trigger of a flow's latest revision with its state (Kestra's page shape)."""
+        record, flow = await commands.flow_to_run(store, namespace, flow_id)
+        flow = msgspec.structs.replace(flow, revision=record.revision)
+        rows = [await _row(store, flow, trigger) for trigger in flow.triggers]
+        return _answer({"results": rows, "total": len(rows)})
 
     @routes.get("/api/v1/triggers/search")
     @access("viewer")

@@ -124,6 +124,7 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("PUT", "/api/v1/triggers/backfill/pause", {"json": {"namespace": NS}}, "editor"),
     ("PUT", "/api/v1/triggers/backfill/unpause", {"json": {"namespace": NS}}, "editor"),
     ("GET", "/api/v1/triggers/search", {}, "viewer"),
+    ("GET", f"/api/v1/triggers/{NS}/nope", {}, "viewer"),
     ("PUT", f"/api/v1/triggers/{NS}/nope/nope", {"json": {"disabled": True}}, "editor"),
     ("PUT", "/api/v1/triggers", {"json": {"namespace": NS}}, "editor"),
     ("POST", f"/api/v1/triggers/{NS}/nope/nope/unlock", {}, "editor"),
@@ -184,6 +185,7 @@ def _rule_of(path: str) -> str:
         f"/api/v1/namespaces/{NS}/kv": "/api/v1/namespaces/<namespace>/kv",
         f"/api/v1/namespaces/{NS}/kv/nope": "/api/v1/namespaces/<namespace>/kv/<path:key>",
         f"/api/v1/triggers/{NS}/nope/nope": "/api/v1/triggers/<namespace>/<flow_id>/<trigger_id>",
+        f"/api/v1/triggers/{NS}/nope": "/api/v1/triggers/<namespace>/<flow_id>",
         f"/api/v1/triggers/{NS}/nope/nope/unlock": (
             "/api/v1/triggers/<namespace>/<flow_id>/<trigger_id>/unlock"
         ),

@@ -70,7 +70,11 @@ async def test_search_lists_each_trigger_with_its_state_filtered_sorted_and_page
 ) -> None:
     ns = _ns()
     await _deploy(client, _flow(ns, "reports", NIGHTLY + HOOK))
-    await _deploy(client, _flow(f"{ns}.sub", "watch", POLL))
+    watch = await client.post(
+        "/api/v1/flows", content=_flow(f"{ns}.sub", "watch", POLL), headers=YAML
+    )
+    assert watch.status_code == 200, watch.text
+    assert not watch.json().get("warnings")  # the HTTP trigger runs: nothing to warn about
     await _deploy(client, _flow(_ns(), "elsewhere", NIGHTLY))  # another namespace
     deleted = _flow(ns, "gone", NIGHTLY)
     await _deploy(client, deleted)
@@ -93,6 +97,17 @@ async def test_search_lists_each_trigger_with_its_state_filtered_sorted_and_page
     assert rows["poll"]["triggerContext"]["namespace"] == f"{ns}.sub"
 
     assert (await _search(client, namespace=ns, flowId="watch"))["total"] == 1
+    tenant = await client.get("/api/v1/main/triggers/search", params={"namespace": ns})
+    assert tenant.status_code == 200 and tenant.json()["total"] == 3
+    of_flow = await client.get(f"/api/v1/triggers/{ns}/reports")
+    assert of_flow.status_code == 200
+    assert [r["triggerContext"]["triggerId"] for r in of_flow.json()["results"]] == [
+        "nightly",
+        "hook",
+    ]
+    polling = await client.get(f"/api/v1/triggers/{ns}.sub/watch/poll")
+    assert polling.status_code == 200 and polling.json()["disabled"] is True
+    assert polling.json()["type"] == "io.kestra.plugin.core.http.Trigger"
     by_q = await _search(client, namespace=ns, q="HOO")
     assert [r["triggerContext"]["triggerId"] for r in by_q["results"]] == ["hook"]
     paged = await _search(client, namespace=ns, size=2, page=2, sort="triggerId:desc")
