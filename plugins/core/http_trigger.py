@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 import httpx
 
@@ -45,13 +45,16 @@ class HttpTrigger(PollingTrigger, kw_only=True):
     """The request body: text, or a mapping or list sent as JSON."""
     contentType: str | None = None
     """The request body's content type."""
+    formData: dict[str, Any] | None = None
+    """Form fields, sent url-encoded instead of `body`."""
     headers: dict[str, Any] = {}
     """Request headers (templates rendered)."""
     params: dict[str, Any] = {}
     """Query parameters added to the URL (a value may be a list)."""
     responseCondition: str = DEFAULT_CONDITION
     """When to start the flow: a template rendered with `response.statusCode`, `response.body`
-    (text: `json(response.body).price` reads JSON) and `response.headers`; true starts it."""
+    (text: `json(response.body).price` reads JSON) and `response.headers`; any value but false,
+    0, null or empty starts it."""
     options: dict[str, Any] = {}
     """`connectTimeout` and `readTimeout` (ISO-8601 durations, 10 s and 30 s by default, at most
     one minute), `followRedirects` (true), `basicAuthUser`/`basicAuthPassword`, or `auth`:
@@ -111,7 +114,11 @@ class HttpTrigger(PollingTrigger, kw_only=True):
         if self.contentType:
             headers.setdefault("Content-Type", str(ctx.render(self.contentType, variables)))
         content: bytes | None = None
-        if self.body is not None:
+        if self.formData is not None:
+            form = {str(k): str(v) for k, v in (ctx.render(self.formData, variables) or {}).items()}
+            content = urlencode(form).encode()
+            headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        elif self.body is not None:
             body = ctx.render(self.body, variables)
             if isinstance(body, dict | list):
                 content = json.dumps(body).encode()
@@ -150,8 +157,18 @@ class HttpTrigger(PollingTrigger, kw_only=True):
             raise PollFailed(f"{method} {uri}: {exc or type(exc).__name__}") from None
         seen = {"statusCode": code, "body": text, "headers": answered}
         verdict = ctx.render(self.responseCondition, {**variables, "response": seen})
-        if isinstance(verdict, str):
-            verdict = verdict.strip().lower() == "true"
-        if verdict is not True:
+        if not _truthy(verdict):
             return None
         return {"uri": uri, "code": code, "headers": answered, "body": text}
+
+
+def _truthy(value: Any) -> bool:
+    """Kestra's coercion of a rendered condition: false, 0, -0, null and '' are false (as
+    their text is), everything else true."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "0", "-0", "0.0", "null")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value != 0
+    return value is not None
