@@ -31,7 +31,6 @@ import datetime as dt
 from typing import Any
 
 import msgspec
-import trio
 from quart import Blueprint, Response, request
 
 from api import bodies
@@ -359,6 +358,76 @@ async def _toggle(
     return context
 
 
+async def _state(
+    store: EventStore, stream: str
+) -> tuple[scheduler.TriggerState, dt.datetime | None]:
+    """What `scheduler.fold` tells of a trigger's stream, from the latest event of each kind
+    (a per-second schedule's stream holds a tick a second: a search does not read them all),
+    and when the stream last changed."""
+    rows = await store.db.fetchall(
+        "SELECT DISTINCT ON (type, backfill) type, backfill, version, recorded_at, data FROM"
+        " (SELECT type, coalesce(data->>'backfill', 'false') AS backfill, version, recorded_at,"
+        " data FROM events WHERE stream_id = %s) s ORDER BY type, backfill, version DESC",
+        (stream,),
+    )
+    state = scheduler.TriggerState()
+    if not rows:
+        return state, None
+    latest = {(r["type"], r["backfill"]): r for r in rows}
+    state.version = max(r["version"] for r in rows)
+    updated: dt.datetime = max(r["recorded_at"] for r in rows)
+    toggled = latest.get(("TriggerToggled", "false"))
+    if toggled is not None:
+        state.enabled = bool(toggled["data"].get("enabled"))
+    ticks = [latest.get(("TriggerFired", "false")), latest.get(("TriggerSkipped", "false"))]
+    last = max((r for r in ticks if r is not None), key=lambda r: r["version"], default=None)
+    if last is not None:
+        state.last = scheduler._parse(last["data"]["date"])
+    polled = latest.get(("TriggerPolled", "false"))
+    if polled is not None:
+        state.polled = scheduler._parse(polled["data"]["date"])
+    started = latest.get(("BackfillStarted", "false"))
+    if started is not None:
+        data = started["data"]
+        backfill = scheduler.BackfillState(
+            data["backfillId"],
+            scheduler._parse(data["start"]),
+            scheduler._parse(data["end"]),
+            int(data["total"]),
+            dict(data.get("inputs") or {}),
+            list(data.get("labels") or []),
+        )
+        since = started["version"]
+
+        def after(kind: str) -> dict[str, Any] | None:
+            row = latest.get((kind, "false"))
+            return row if row is not None and row["version"] > since else None
+
+        paused, resumed, ended = (
+            after("BackfillPaused"),
+            after("BackfillResumed"),
+            after("BackfillEnded"),
+        )
+        backfill.paused = paused is not None and (
+            resumed is None or resumed["version"] < paused["version"]
+        )
+        if ended is not None:
+            backfill.ended = True
+            backfill.cancelled = bool(ended["data"].get("cancelled"))
+        fired = await store.db.fetchone(
+            "SELECT count(*) AS n, max(version) AS last FROM events WHERE stream_id = %s"
+            " AND version > %s AND type = 'TriggerFired' AND data->>'backfill' = 'true'",
+            (stream, since),
+        )
+        if fired is not None and fired["n"]:
+            backfill.fired = int(fired["n"])
+            cursor = latest.get(("TriggerFired", "true"))
+            if cursor is not None:
+                backfill.cursor = scheduler._parse(cursor["data"]["date"])
+        state.backfill = backfill
+    return state, updated
+
+
 def _written(trigger: Trigger) -> dict[str, Any]:
     if isinstance(trigger, PendingTrigger):
         return dict(trigger.written)
@@ -370,8 +439,7 @@ async def _row(store: EventStore, flow: Flow, trigger: Trigger) -> dict[str, Any
     """One trigger as Kestra's search answers it: the trigger as written, and its context
     (state) folded from its stream."""
     stream = ev.trigger_stream(flow.namespace, flow.id, trigger.id)
-    history = await store.read_stream(stream)
-    state = await trio.to_thread.run_sync(scheduler.fold, history)
+    state, updated = await _state(store, stream)
     now = dt.datetime.now(dt.UTC)
     date: str | None = None
     following: str | None = None
@@ -385,7 +453,6 @@ async def _row(store: EventStore, flow: Flow, trigger: Trigger) -> dict[str, Any
     elif state.last is not None:
         date = state.last.isoformat()
     backfill = state.backfill
-    updated = history[-1].recorded_at.isoformat() if history else None
     return {
         "abstractTrigger": _written(trigger),
         "triggerContext": {
@@ -397,7 +464,7 @@ async def _row(store: EventStore, flow: Flow, trigger: Trigger) -> dict[str, Any
             "type": trigger.type,
             "date": date,
             "nextExecutionDate": following,
-            "updatedDate": updated,
+            "updatedDate": updated.isoformat() if updated else None,
             "disabled": trigger.disabled or flow.disabled or not state.enabled,
             "stopAfter": trigger.stopAfter,
             "backfill": backfill.json(trigger if isinstance(trigger, ScheduledTrigger) else None)

@@ -194,7 +194,22 @@ async def _toggle_and_watch(client: httpx.AsyncClient, ns: str) -> None:
     with trio.fail_after(15):
         while await _executions(client, ns) <= settled:
             await trio.sleep(0.2)
+    # The search reads the latest event of each kind; it agrees with the whole stream folded.
+    target = {"namespace": ns, "flowId": "ticking", "triggerId": "tick"}
+    span = {"start": "2024-01-01T00:00:00Z", "end": "2024-01-01T00:00:05Z"}
+    started = await client.post("/api/v1/triggers/backfill", json={**target, "backfill": span})
+    assert started.status_code == 200, started.text
+    with trio.fail_after(15):
+        while not (await client.get(f"/api/v1/triggers/{ns}/ticking/tick")).json()["backfill"][
+            "ended"
+        ]:
+            await trio.sleep(0.2)
     await client.put(f"/api/v1/triggers/{ns}/ticking/tick", json={"disabled": True})
+    folded = (await client.get(f"/api/v1/triggers/{ns}/ticking/tick")).json()
+    context = (await _search(client, namespace=ns))["results"][0]["triggerContext"]
+    assert context["backfill"] == folded["backfill"] and folded["backfill"]["fired"] == 5
+    assert context["date"] == folded["date"] is not None
+    assert context["disabled"] is folded["disabled"] is True
     assert (await client.delete(f"/api/v1/flows/{ns}/ticking")).status_code == 204
 
     bad = await client.put(f"/api/v1/triggers/{ns}/nightly/nope", json={"disabled": True})
