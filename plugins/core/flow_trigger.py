@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -235,7 +236,9 @@ class MultipleCondition(Condition, kw_only=True):
 
     def group(self) -> ConditionGroup:
         """The group the scheduler records and fires."""
-        keys = {k: c.test for k, c in self.conditions.items() if isinstance(c, Condition)}
+        keys: dict[str, Callable[[ConditionContext], bool]] = {
+            k: c.test for k, c in self.conditions.items() if isinstance(c, Condition)
+        }
         return ConditionGroup(self.id, keys, self.time_window(), self.resetOnSuccess)
 
     def test(self, ctx: ConditionContext) -> bool:
