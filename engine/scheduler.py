@@ -728,26 +728,15 @@ class Scheduler:
             variables,
             backfill.inputs if backfill else None,
         )
-        values = await resolve_inputs_off_loop(flow, given)
-        values = await encrypt_inputs(self.store.db, flow, values, execution_id)
-        if entry.recorded is None:
-            entry.recorded = flow_to_dict(msgspec.structs.replace(flow, revision=entry.revision))
-        labels = dict(flow.labels)
-        labels.update(_labels(trigger.labels))
-        if backfill is not None:
-            labels.update(_labels(backfill.labels))
-        labels["system.correlationId"] = execution_id
-        return ev.ExecutionCreated(
-            executionId=execution_id,
-            namespace=entry.namespace,
-            flowId=entry.flow_id,
-            flowRevision=entry.revision,
-            flow=entry.recorded,
-            inputs=values,
-            labels=[{"key": k, "value": v} for k, v in labels.items()],
-            trigger={"id": trigger.id, "type": trigger.type, "variables": variables},
-            concurrencyLimited=limit_of(flow.concurrency) is not None,
-            rules=RULES,
+        return await trigger_execution(
+            self.store,
+            entry,
+            flow,
+            trigger,
+            execution_id,
+            variables,
+            given,
+            backfill_labels=backfill.labels if backfill is not None else None,
         )
 
     # --- stopAfter -----------------------------------------------------------------------------
@@ -951,25 +940,8 @@ class Scheduler:
         )
         created: ev.ExecutionCreated | None = None
         try:
-            values = await resolve_inputs_off_loop(flow, {})
-            values = await encrypt_inputs(self.store.db, flow, values, execution_id)
-            if entry.recorded is None:
-                entry.recorded = flow_to_dict(
-                    msgspec.structs.replace(flow, revision=entry.revision)
-                )
-            labels = {**flow.labels, **_labels(trigger.labels)}
-            labels["system.correlationId"] = execution_id
-            created = ev.ExecutionCreated(
-                executionId=execution_id,
-                namespace=entry.namespace,
-                flowId=entry.flow_id,
-                flowRevision=entry.revision,
-                flow=entry.recorded,
-                inputs=values,
-                labels=[{"key": k, "value": v} for k, v in labels.items()],
-                trigger={"id": trigger.id, "type": trigger.type, "variables": variables},
-                concurrencyLimited=limit_of(flow.concurrency) is not None,
-                rules=RULES,
+            created = await trigger_execution(
+                self.store, entry, flow, trigger, execution_id, variables, {}
             )
         except (TiercelError, ValueError, TypeError) as exc:
             if is_transient(exc):
@@ -987,6 +959,43 @@ class Scheduler:
 
 def _utc(at: dt.datetime) -> str:
     return at.astimezone(dt.UTC).isoformat()
+
+
+async def trigger_execution(
+    store: EventStore,
+    entry: FlowEntry,
+    flow: Flow,
+    trigger: Trigger,
+    execution_id: str,
+    variables: dict[str, Any],
+    given: dict[str, Any],
+    correlation: str | None = None,
+    *,
+    backfill_labels: Any = None,
+) -> ev.ExecutionCreated:
+    """The creation of an execution a trigger starts: its inputs checked and encrypted, the
+    labels of the flow, the trigger (and backfill) and the correlation id (its own id unless
+    given), and Kestra's trigger shape with `variables`."""
+    values = await resolve_inputs_off_loop(flow, given)
+    values = await encrypt_inputs(store.db, flow, values, execution_id)
+    if entry.recorded is None:
+        entry.recorded = flow_to_dict(msgspec.structs.replace(flow, revision=entry.revision))
+    labels = {**flow.labels, **_labels(trigger.labels)}
+    if backfill_labels is not None:
+        labels.update(_labels(backfill_labels))
+    labels["system.correlationId"] = correlation or execution_id
+    return ev.ExecutionCreated(
+        executionId=execution_id,
+        namespace=entry.namespace,
+        flowId=entry.flow_id,
+        flowRevision=entry.revision,
+        flow=entry.recorded,
+        inputs=values,
+        labels=[{"key": k, "value": v} for k, v in labels.items()],
+        trigger={"id": trigger.id, "type": trigger.type, "variables": variables},
+        concurrencyLimited=limit_of(flow.concurrency) is not None,
+        rules=RULES,
+    )
 
 
 def _labels(given: Any) -> dict[str, str]:
@@ -1531,22 +1540,6 @@ class FlowTriggers:
         given: dict[str, Any] = {}
         if written:
             given = render_value(written, await self._upstream_context(variables))
-        values = await resolve_inputs_off_loop(flow, given)
-        values = await encrypt_inputs(self.store.db, flow, values, execution_id)
-        if entry.recorded is None:
-            entry.recorded = flow_to_dict(msgspec.structs.replace(flow, revision=entry.revision))
-        labels = dict(flow.labels)
-        labels.update(_labels(trigger.labels))
-        labels["system.correlationId"] = correlation
-        return ev.ExecutionCreated(
-            executionId=execution_id,
-            namespace=entry.namespace,
-            flowId=entry.flow_id,
-            flowRevision=entry.revision,
-            flow=entry.recorded,
-            inputs=values,
-            labels=[{"key": k, "value": v} for k, v in labels.items()],
-            trigger={"id": trigger.id, "type": trigger.type, "variables": variables},
-            concurrencyLimited=limit_of(flow.concurrency) is not None,
-            rules=RULES,
+        return await trigger_execution(
+            self.store, entry, flow, trigger, execution_id, variables, given, correlation
         )
