@@ -6,14 +6,11 @@ even with two schedulers."""
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import http.server
 import json
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,7 +20,7 @@ import plugins.core  # noqa: F401  (registers the HTTP trigger)
 from engine import events as ev
 from engine.commands import delete_flow, deploy_flow, wait_for_end
 from engine.scheduler import Scheduler
-from engine.server import ServerContext, run_server
+from engine.server import ServerContext
 
 
 class Endpoint:
@@ -66,27 +63,6 @@ class Endpoint:
 def endpoint() -> Iterator[Endpoint]:
     with Endpoint() as found:
         yield found
-
-
-@pytest.fixture
-def ns() -> str:
-    return f"test.poll{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def engine(database_url: str, tmp_path: Path) -> AsyncIterator[ServerContext]:
-    async with trio.open_nursery() as nursery:
-        ctx = await nursery.start(
-            functools.partial(
-                run_server,
-                database_url,
-                ("executor", "worker"),
-                data_dir=tmp_path,
-                heartbeat_interval=0.5,
-            )
-        )
-        yield ctx
-        nursery.cancel_scope.cancel()
 
 
 def _flow(ns: str, uri: str, extra: str = "") -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +23,6 @@ from engine.commands import (
 )
 from engine.scheduler import Scheduler
 from engine.server import ServerContext, run_server
-
-
-@pytest.fixture
-def ns() -> str:
-    return f"test.sched{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def engine(database_url: str, tmp_path: Path) -> AsyncIterator[ServerContext]:
-    async with trio.open_nursery() as nursery:
-        ctx = await nursery.start(
-            functools.partial(
-                run_server,
-                database_url,
-                ("executor", "worker"),
-                data_dir=tmp_path,
-                heartbeat_interval=0.5,
-            )
-        )
-        yield ctx
-        nursery.cancel_scope.cancel()
 
 
 def _flow(ns: str, trigger: str, *, flow_id: str = "scheduled", tasks: str | None = None) -> str:
