@@ -492,6 +492,79 @@ async def kill_execution(
     await _command(store, execution_id, _kill, actor=actor, command_id=command_id)
 
 
+# --- actions on one execution: replay, restart, pause, labels, a task run's state ------------
+
+
+async def replay_execution(
+    store: EventStore,
+    execution_id: str,
+    *,
+    task_run_id: str | None = None,
+    revision: int | None = None,
+    actor: str,
+    reason: str | None = None,
+    command_id: str | None = None,
+) -> str:
+    """Start a new execution from an ended one's history: the task runs before `task_run_id`
+    are kept with their outputs, that one and everything after it run again (from the start
+    when no task run is given), on the flow's `revision` when given. Returns the new
+    execution's id; the origin lists it among its replays."""
+    raise NotImplementedError
+
+
+async def restart_execution(
+    store: EventStore,
+    execution_id: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+    command_id: str | None = None,
+) -> None:
+    """Run the failed and killed task runs of a FAILED or KILLED execution again, as new
+    attempts in the same execution."""
+    raise NotImplementedError
+
+
+async def pause_execution(
+    store: EventStore,
+    execution_id: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+    command_id: str | None = None,
+) -> None:
+    """Pause a running execution: no new task run starts until it is resumed."""
+    raise NotImplementedError
+
+
+async def set_labels(
+    store: EventStore,
+    execution_id: str,
+    labels: list[dict[str, str]],
+    *,
+    actor: str,
+    reason: str | None = None,
+    command_id: str | None = None,
+) -> None:
+    """Set an execution's labels (Kestra's list of {key, value}); system labels stay."""
+    raise NotImplementedError
+
+
+async def change_task_run_state(
+    store: EventStore,
+    execution_id: str,
+    task_run_id: str,
+    state: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+    command_id: str | None = None,
+) -> None:
+    """Change a task run's state by hand (Kestra's "change status"), so that the execution
+    goes on or ends from there."""
+    raise NotImplementedError
+
+
 async def execution_history(store: EventStore, execution_id: str) -> list[StoredEvent]:
     """Every event of an execution and its attempts; NotFound when there are none."""
     history = await store.read_execution(execution_id)
