@@ -13,6 +13,7 @@ Streams:
 - ``user:<username>``, ``token:<tokenId>``: accounts and API tokens.
 - ``login:<principal>``: logins and refused credentials.
 - ``trigger:<namespace>/<flowId>/<triggerId>``: a trigger's state (toggles, fired ticks).
+- ``bulk:<jobId>``: a bulk operation on executions (its selection, progress and outcomes).
 """
 
 from __future__ import annotations
@@ -664,6 +665,80 @@ class WorkerLost(Event, frozen=True):
     workerId: str
 
 
+# --- bulk operations -----------------------------------------------------------------------------
+
+
+class BulkJobSubmitted(Event, frozen=True):
+    """A bulk operation on executions was asked for; its items follow in `BulkItemsSelected`
+    events of the same append (in chunks, so that no event is large)."""
+
+    jobId: str
+    action: str
+    """replay, restart, kill, delete, labels or state."""
+    selection: dict[str, Any]
+    """How the items were chosen, as asked (`ids`, or `query` / `filters`)."""
+    total: int
+    """How many items the selection resolved to (those in `skipped` excluded)."""
+    params: dict[str, Any] = {}
+    """What the action takes (labels, state, ...)."""
+    requestId: str | None = None
+    chunkSize: int = 100
+    rate: float = 0.0
+    """Items per second at most (0: the runner's default)."""
+    skipped: dict[str, str] = {}
+    """Items of the selection refused at submission (not found, out of the caller's
+    namespaces), with why."""
+
+
+class BulkItemsSelected(Event, frozen=True):
+    """One chunk of a bulk job's items, in the order they are worked."""
+
+    jobId: str
+    chunk: int
+    itemIds: list[str]
+
+
+class BulkItemsDone(Event, frozen=True):
+    """What became of the items of one chunk: `ok` maps an item to what it gave (a replay's
+    new execution id, or empty), `failed` to why it failed."""
+
+    jobId: str
+    chunk: int
+    ok: dict[str, str] = {}
+    failed: dict[str, str] = {}
+
+
+class BulkJobPaused(Event, frozen=True):
+    """Work on a bulk job stopped until it is resumed."""
+
+    jobId: str
+
+
+class BulkJobResumed(Event, frozen=True):
+    """Work on a paused or cancelled bulk job goes on from where it stopped."""
+
+    jobId: str
+
+
+class BulkJobCancelled(Event, frozen=True):
+    """Work on a bulk job stopped for good unless it is resumed; what is done stays done."""
+
+    jobId: str
+
+
+class BulkJobEnded(Event, frozen=True):
+    """Every item of a bulk job was worked."""
+
+    jobId: str
+    done: int
+    failed: int
+
+
+def bulk_stream(job_id: str) -> str:
+    """The stream of one bulk job."""
+    return f"bulk:{job_id}"
+
+
 AnyEvent = (
     FlowCreated
     | FlowUpdated
@@ -719,6 +794,13 @@ AnyEvent = (
     | TokenRevoked
     | LoginSucceeded
     | LoginRefused
+    | BulkJobSubmitted
+    | BulkItemsSelected
+    | BulkItemsDone
+    | BulkJobPaused
+    | BulkJobResumed
+    | BulkJobCancelled
+    | BulkJobEnded
 )
 
 LARGE_VALUES: dict[type[Event], tuple[str, ...]] = {
