@@ -14,6 +14,7 @@ Streams:
 - ``login:<principal>``: logins and refused credentials.
 - ``trigger:<namespace>/<flowId>/<triggerId>``: a trigger's state (toggles, fired ticks).
 - ``bulk:<jobId>``: a bulk operation on executions (its selection, progress and outcomes).
+- ``dashboard:<dashboardId>``: a custom dashboard's YAML source, each save and its deletion.
 """
 
 from __future__ import annotations
@@ -739,6 +740,36 @@ def bulk_stream(job_id: str) -> str:
     return f"bulk:{job_id}"
 
 
+# --- dashboards ----------------------------------------------------------------------------------
+
+
+class DashboardCreated(Event, frozen=True):
+    """A custom dashboard was saved for the first time (or again after its deletion)."""
+
+    dashboardId: str
+    title: str
+    source: str
+
+
+class DashboardUpdated(Event, frozen=True):
+    """A custom dashboard's YAML source was replaced."""
+
+    dashboardId: str
+    title: str
+    source: str
+
+
+class DashboardDeleted(Event, frozen=True):
+    """A custom dashboard was deleted; its earlier sources stay in its stream."""
+
+    dashboardId: str
+
+
+def dashboard_stream(dashboard_id: str) -> str:
+    """The stream of one custom dashboard."""
+    return f"dashboard:{dashboard_id}"
+
+
 AnyEvent = (
     FlowCreated
     | FlowUpdated
@@ -801,6 +832,9 @@ AnyEvent = (
     | BulkJobResumed
     | BulkJobCancelled
     | BulkJobEnded
+    | DashboardCreated
+    | DashboardUpdated
+    | DashboardDeleted
 )
 
 LARGE_VALUES: dict[type[Event], tuple[str, ...]] = {
