@@ -16,30 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from engine.errors import InvalidRequest, Problem
-from projections.executions import Search
-
-STATES = frozenset(
-    {
-        "CREATED",
-        "QUEUED",
-        "RUNNING",
-        "PAUSED",
-        "RESTARTED",
-        "KILLING",
-        "SUCCESS",
-        "WARNING",
-        "FAILED",
-        "KILLED",
-        "CANCELLED",
-        "SKIPPED",
-        "RETRYING",
-        "RETRIED",
-        "BREAKPOINT",
-        "SUBMITTED",
-        "RESUBMITTED",
-    }
-)
-"""Kestra's execution states: a search for any other is a mistake."""
+from projections.executions import STATES, Search, parse_date, parse_duration, parse_states
 
 PARAMETERS = (
     "page",
@@ -95,9 +72,6 @@ KESTRA_OPERATIONS = frozenset(
 )
 
 _FILTER = re.compile(r"filters\[([^\[\]]*)\]\[([^\[\]]*)\](?:\[(.*)\])?")
-_DURATION = re.compile(
-    r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?", re.IGNORECASE
-)
 _MS = dt.timedelta(milliseconds=1)
 _LAST_OF_MS = dt.timedelta(microseconds=999)
 
@@ -117,22 +91,11 @@ def _bad(message: str, path: str) -> InvalidRequest:
 
 
 def _date(value: str, path: str) -> dt.datetime:
-    try:
-        at = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise _bad(f"{path} must be an ISO-8601 date-time, got {value!r}", path) from None
-    at = at if at.tzinfo else at.replace(tzinfo=dt.UTC)
-    # Dates are compared as the API shows them, to the millisecond (the database holds
-    # microseconds): `<= t` keeps an execution shown at t, `> t` leaves it out.
-    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+    return parse_date(value, path)
 
 
 def _duration(value: str, path: str) -> dt.timedelta:
-    match = _DURATION.fullmatch(value.strip())
-    if not match or not any(match.groups()):
-        raise _bad(f"{path} must be an ISO-8601 duration such as PT24H or P7D, got {value!r}", path)
-    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    return dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    return parse_duration(value, path)
 
 
 def _values(raw: str) -> list[str]:
@@ -144,17 +107,7 @@ def _values(raw: str) -> list[str]:
 
 
 def _states(values: Iterable[str], path: str) -> set[str]:
-    states = {v.upper() for v in values}
-    if not states:
-        raise _bad(f"{path} names no state", path)
-    unknown = sorted(states - STATES)
-    if unknown:
-        raise _bad(
-            f"Unknown execution state {', '.join(unknown)} in {path}; the states are "
-            f"{', '.join(sorted(STATES))}",
-            path,
-        )
-    return states
+    return parse_states(list(values), path)
 
 
 class _Reader:

@@ -16,6 +16,7 @@ import binascii
 import datetime as dt
 import json
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from engine import events as ev
-from engine.errors import InvalidRequest
+from engine.errors import InvalidRequest, Problem
 from engine.execution import iso
 from engine.executor_shell import recorded
 from engine.plugin import TERMINAL_STATES
@@ -264,6 +265,75 @@ _WORD_PREFIX = 32
 """The longest word prefix `search_words` holds (migrations/0009_search_indexes.sql)."""
 
 
+STATES = frozenset(
+    {
+        "CREATED",
+        "QUEUED",
+        "RUNNING",
+        "PAUSED",
+        "RESTARTED",
+        "KILLING",
+        "SUCCESS",
+        "WARNING",
+        "FAILED",
+        "KILLED",
+        "CANCELLED",
+        "SKIPPED",
+        "RETRYING",
+        "RETRIED",
+        "BREAKPOINT",
+        "SUBMITTED",
+        "RESUBMITTED",
+    }
+)
+"""Kestra's execution states: a search for any other is a mistake."""
+
+_DURATION = re.compile(
+    r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?", re.IGNORECASE
+)
+
+
+def parse_date(value: str, what: str) -> dt.datetime:
+    """An ISO-8601 date-time (UTC when it names no offset), to the millisecond, as the API
+    shows dates; `what` names the input in the error."""
+    try:
+        at = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise _bad(f"{what} must be an ISO-8601 date-time, got {value!r}", what) from None
+    at = at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+    # Dates are compared as the API shows them, to the millisecond (the database holds
+    # microseconds): `<= t` keeps an execution shown at t, `> t` leaves it out.
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+
+def parse_duration(value: str, what: str) -> dt.timedelta:
+    """An ISO-8601 duration of days, hours, minutes and seconds (PT15M, PT1H, P1D, P1DT2H)."""
+    match = _DURATION.fullmatch(value.strip())
+    if not match or not any(match.groups()):
+        raise _bad(f"{what} must be an ISO-8601 duration such as PT24H or P7D, got {value!r}", what)
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+def parse_states(values: Sequence[str], what: str) -> set[str]:
+    """Execution state names (any case), each one of `STATES`."""
+    states = {v.upper() for v in values}
+    if not states:
+        raise _bad(f"{what} names no state", what)
+    unknown = sorted(states - STATES)
+    if unknown:
+        raise _bad(
+            f"Unknown execution state {', '.join(unknown)} in {what}; the states are "
+            f"{', '.join(sorted(STATES))}",
+            what,
+        )
+    return states
+
+
+def _bad(message: str, path: str) -> InvalidRequest:
+    return InvalidRequest(message, [Problem(message, path)])
+
+
 @dataclass
 class Search:
     """The filters of an executions search (each one narrows it; None or empty: no filter)."""
@@ -285,6 +355,165 @@ class Search:
     q: str | None = None
     """The start of an id, or words each of which starts a word of the namespace or flow id
     (case-insensitive; `team1.ing` finds flow `ingest` in `company.team1`)."""
+    trigger_types: Sequence[str] = ()
+    """Executions started by a trigger of one of these types (`trigger.type`, e.g.
+    io.kestra.plugin.core.trigger.Schedule, or io.kestra.plugin.core.flow.Subflow)."""
+    trigger_types_excluded: Sequence[str] = ()
+    """Executions not started by a trigger of one of these types (a manual one has none)."""
+    trigger_ids: Sequence[str] = ()
+    """Executions started by a trigger of one of these ids (`trigger.id`)."""
+    trigger_execution_id: str | None = None
+    """Executions started from this execution (`trigger.variables.executionId`: its subflows,
+    and those its end started through a Flow trigger)."""
+    parent_id: str | None = None
+    """Subflow executions of this parent execution (`parentId`)."""
+    child: bool | None = None
+    """Kestra's childFilter: True, only subflow executions (CHILD); False, only others (MAIN)."""
+    any_of: list[Search] = field(default_factory=list)
+    """Condition groups joined by OR: an execution matches one of them (and every filter
+    above). Each group is a search of its own (its filters AND); groups do not nest."""
+
+
+def parse_query(text: str, *, now: dt.datetime | None = None) -> Search:
+    """The search a query written as the CLI takes it asks for.
+
+    A query is terms separated by spaces; a term is `field:value` (quote a value holding spaces
+    as in a shell: `q:"my flow"`). Terms of different fields all apply (AND); terms repeated:
+
+    - `state:FAILED` (also `state:FAILED,KILLED`): the current state; several `state:` terms
+      mean any of them. Unknown states are refused.
+    - `namespace:company.team`: that namespace and those under it; `namespace=company.team`
+      (with `=`) that namespace alone.
+    - `flowId:my-flow`; `labels:key:value` (also `label:`), several: every one of them.
+    - `q:text`: the start of an execution id, or words starting words of namespace/flow id.
+      A bare word (no `field:`) is a `q:` word too; bare words join into one text.
+    - `startDate:2026-01-01T00:00:00Z` started at or after; `startedBefore:...` at or before;
+      `endDate:...` ended at or before (ISO-8601, UTC when no offset is given).
+    - `timeRange:P1D` (PT15M, PT1H, P7D, ...): started within that long before `now`
+      (default: the current time).
+    - `trigger:io.kestra.plugin.core.trigger.Schedule` (also `triggerType:`): the type of the
+      trigger that started it, several: any of them; `-trigger:TYPE` excludes a type.
+    - `triggerId:daily`: the trigger's id, several: any of them.
+    - `triggerExecutionId:ID`: started from execution ID (its subflows, Flow triggers).
+    - `parentId:ID`: subflow executions of ID; `childFilter:CHILD` / `childFilter:MAIN`:
+      only subflow executions / only the others.
+
+    Field names are case-insensitive. A term with an unknown field, no value, or a bad value
+    raises `InvalidRequest` naming the term. The result is what
+    `search`/`prepare` take (the same `Search` as `GET /api/v1/executions/search` builds).
+    """
+    try:
+        terms = shlex.split(text)
+    except ValueError as exc:
+        raise _bad(f"Query {text!r} cannot be read: {exc}", "query") from None
+    out = Search()
+    states: set[str] = set()
+    words: list[str] = []
+    labels: dict[str, str] = {}
+    types: list[str] = []
+    excluded: list[str] = []
+    trigger_ids: list[str] = []
+    at_now = now or dt.datetime.now(dt.UTC)
+    for term in terms:
+        exact = False
+        name, sep, value = term.partition(":")
+        if "=" in name or (not sep and "=" in term):
+            name, sep, value = term.partition("=")
+            exact = True
+        if not sep:
+            words.append(term)
+            continue
+        key = name.lower()
+        if key not in _QUERY_FIELDS or (exact and key != "namespace"):
+            raise _bad(
+                f"Unknown field {name!r} in query term {term!r}; the fields are "
+                f"{', '.join(sorted(set(_QUERY_FIELDS.values())))} (field:value)",
+                term,
+            )
+        if value == "":
+            raise _bad(f"Query term {term!r} has no value", term)
+        key = _QUERY_FIELDS[key]
+        if key == "state":
+            states |= parse_states([v for v in value.split(",") if v], term)
+        elif key == "namespace":
+            if out.namespace is not None and (out.namespace, out.namespace_exact) != (
+                value,
+                exact,
+            ):
+                raise _bad(f"Query term {term!r} is a second namespace: give one", term)
+            out.namespace, out.namespace_exact = value, exact
+        elif key == "flowId":
+            if out.flow_id is not None and out.flow_id != value:
+                raise _bad(f"Query term {term!r} is a second flowId: give one", term)
+            out.flow_id = value
+        elif key == "labels":
+            label, has, label_value = value.partition(":")
+            if not has or not label:
+                raise _bad(f"Query term {term!r} must be labels:key:value", term)
+            if labels.get(label, label_value) != label_value:
+                raise _bad(f"Query term {term!r} asks label {label} for a second value", term)
+            labels[label] = label_value
+        elif key == "q":
+            words.append(value)
+        elif key == "startDate":
+            at = parse_date(value, term)
+            out.start_date = at if out.start_date is None else max(out.start_date, at)
+        elif key == "startedBefore":
+            at = parse_date(value, term) + _LAST_OF_MS
+            out.started_before = at if out.started_before is None else min(out.started_before, at)
+        elif key == "endDate":
+            at = parse_date(value, term) + _LAST_OF_MS
+            out.end_date = at if out.end_date is None else min(out.end_date, at)
+        elif key == "timeRange":
+            at = at_now - parse_duration(value, term)
+            out.start_date = at if out.start_date is None else max(out.start_date, at)
+        elif key == "trigger":
+            types.append(value)
+        elif key == "-trigger":
+            excluded.append(value)
+        elif key == "triggerId":
+            trigger_ids.append(value)
+        elif key == "triggerExecutionId":
+            if out.trigger_execution_id not in (None, value):
+                raise _bad(f"Query term {term!r} is a second triggerExecutionId", term)
+            out.trigger_execution_id = value
+        elif key == "parentId":
+            if out.parent_id not in (None, value):
+                raise _bad(f"Query term {term!r} is a second parentId", term)
+            out.parent_id = value
+        elif key == "childFilter":
+            if value.upper() not in ("CHILD", "MAIN"):
+                raise _bad(f"Query term {term!r}: childFilter is CHILD or MAIN", term)
+            out.child = value.upper() == "CHILD"
+    out.states = sorted(states)
+    out.labels = labels
+    out.q = " ".join(words) or None
+    out.trigger_types = types
+    out.trigger_types_excluded = excluded
+    out.trigger_ids = trigger_ids
+    return out
+
+
+_QUERY_FIELDS = {
+    "state": "state",
+    "namespace": "namespace",
+    "flowid": "flowId",
+    "labels": "labels",
+    "label": "labels",
+    "q": "q",
+    "startdate": "startDate",
+    "startedbefore": "startedBefore",
+    "enddate": "endDate",
+    "timerange": "timeRange",
+    "trigger": "trigger",
+    "triggertype": "trigger",
+    "-trigger": "-trigger",
+    "triggerid": "triggerId",
+    "triggerexecutionid": "triggerExecutionId",
+    "parentid": "parentId",
+    "childfilter": "childFilter",
+}
+_LAST_OF_MS = dt.timedelta(microseconds=999)
 
 
 @dataclass
@@ -307,6 +536,8 @@ class Where:
     sql: str
     params: list[Any]
     arms: list[tuple[str, list[Any]]]
+    distinct: bool = False
+    """The arms may find one row twice (condition groups): merge them without duplicates."""
 
     def narrowed(self, sql: str, params: Sequence[Any]) -> Where:
         """This condition and `sql` too, in every arm."""
@@ -314,13 +545,68 @@ class Where:
             f"{self.sql} AND {sql}",
             [*self.params, *params],
             [(f"{a} AND {sql}", [*p, *params]) for a, p in self.arms],
+            self.distinct,
         )
 
 
 def condition(scope: str, scope_params: Sequence[Any], search: Search) -> Where:
     """The WHERE clause (and its parameters) of `search` within the caller's `scope`."""
-    where = [scope]
-    params: list[Any] = list(scope_params)
+    where, params = _terms(search)
+    where.insert(0, scope)
+    params[:0] = scope_params
+    rare, rare_params = _indexed_terms(search)
+    if rare:
+        where.append(rare)
+        params += rare_params
+    base = " AND ".join(where)
+    states = sorted({s.upper() for s in search.states})
+    if search.any_of:
+        # One arm per group, each read in order from the index its filters have, then merged
+        # without duplicates (an execution may match several groups).
+        groups = [_group(g) for g in search.any_of]
+        if len(states) == 1:
+            base, params = f"{base} AND state = %s", [*params, states[0]]
+        elif states:
+            base, params = f"{base} AND state = ANY(%s::text[])", [*params, states]
+        whole = " OR ".join(f"({sql})" for sql, _ in groups)
+        return Where(
+            f"{base} AND ({whole})",
+            [*params, *(p for _, group in groups for p in group)],
+            [(f"{base} AND {sql}", [*params, *group]) for sql, group in groups],
+            distinct=len(groups) > 1,
+        )
+    if not states:
+        return Where(base, params, [(base, params)])
+    if len(states) == 1:
+        sql, all_params = f"{base} AND state = %s", [*params, states[0]]
+        return Where(sql, all_params, [(sql, all_params)])
+    return Where(
+        f"{base} AND state = ANY(%s::text[])",
+        [*params, states],
+        [(f"{base} AND state = %s", [*params, state]) for state in states],
+    )
+
+
+def _group(search: Search) -> tuple[str, list[Any]]:
+    """One condition group of `any_of`: all its filters, as one parenthesised condition."""
+    if search.any_of:
+        raise _bad("Condition groups do not nest: give each group plain filters", "filters")
+    where, params = _terms(search)
+    rare, rare_params = _indexed_terms(search)
+    if rare:
+        where.append(rare)
+        params += rare_params
+    states = sorted({s.upper() for s in search.states})
+    if states:
+        where.append("state = ANY(%s::text[])")
+        params.append(states)
+    return "(" + (" AND ".join(where) or "true") + ")", params
+
+
+def _terms(search: Search) -> tuple[list[str], list[Any]]:
+    """The btree-served conditions of `search` (all but states, labels and `q=`)."""
+    where: list[str] = []
+    params: list[Any] = []
     if search.namespace and search.namespace_exact:
         where.append("namespace = %s")
         params.append(search.namespace)
@@ -347,22 +633,31 @@ def condition(scope: str, scope_params: Sequence[Any], search: Search) -> Where:
         # date-ordered index start its scan at the end date instead of at the newest row.
         where.append("end_date <= %s AND start_date <= %s")
         params += [search.end_date, search.end_date]
-    rare, rare_params = _indexed_terms(search)
-    if rare:
-        where.append(rare)
-        params += rare_params
-    base = " AND ".join(where)
-    states = sorted({s.upper() for s in search.states})
-    if not states:
-        return Where(base, params, [(base, params)])
-    if len(states) == 1:
-        sql, all_params = f"{base} AND state = %s", [*params, states[0]]
-        return Where(sql, all_params, [(sql, all_params)])
-    return Where(
-        f"{base} AND state = ANY(%s::text[])",
-        [*params, states],
-        [(f"{base} AND state = %s", [*params, state]) for state in states],
-    )
+    # The trigger and parent filters below are written as the expressions of the indexes of
+    # migrations/0012_execution_groups.sql.
+    if search.trigger_types:
+        types = sorted(set(search.trigger_types))
+        if len(types) == 1:
+            where.append("(trigger ->> 'type') = %s")
+            params.append(types[0])
+        else:
+            where.append("(trigger ->> 'type') = ANY(%s::text[])")
+            params.append(types)
+    if search.trigger_types_excluded:
+        where.append("coalesce(trigger ->> 'type', '') <> ALL(%s::text[])")
+        params.append(sorted(set(search.trigger_types_excluded)))
+    if search.trigger_ids:
+        where.append("(trigger ->> 'id') = ANY(%s::text[])")
+        params.append(sorted(set(search.trigger_ids)))
+    if search.trigger_execution_id is not None:
+        where.append("(trigger -> 'variables' ->> 'executionId') = %s")
+        params.append(search.trigger_execution_id)
+    if search.parent_id is not None:
+        where.append("parent_id = %s")
+        params.append(search.parent_id)
+    if search.child is not None:
+        where.append("parent_id IS NOT NULL" if search.child else "parent_id IS NULL")
+    return where, params
 
 
 def _indexed_terms(search: Search) -> tuple[str, list[Any]]:
@@ -503,7 +798,8 @@ def page_query(
             f"(SELECT id, start_date FROM executions WHERE {sql} {sort} LIMIT %s)"
             for sql, _ in where.arms
         ]
-        keys = f"SELECT id FROM ({' UNION ALL '.join(arms)}) AS u {sort} LIMIT %s OFFSET %s"
+        union = " UNION " if where.distinct else " UNION ALL "
+        keys = f"SELECT id FROM ({union.join(arms)}) AS u {sort} LIMIT %s OFFSET %s"
         params = [p for _, arm in where.arms for p in (*arm, offset + size + 1)]
         params += [size + 1, offset]
     sql = (
