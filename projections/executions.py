@@ -107,7 +107,9 @@ _UPDATE = (
 
 
 class ExecutionsProjection:
-    """Each execution's summary: state and its history, labels, inputs, outputs, dates."""
+    """Each execution's summary: state and its history, labels, inputs, outputs, dates; and
+    the rollups `execution_stats` and `execution_durations` (counts and durations per hour of
+    start, namespace, flow and current state), kept in the same transaction."""
 
     name = "executions"
     types = (
@@ -117,7 +119,7 @@ class ExecutionsProjection:
         "ExecutionLabelsChanged",
         "ExecutionPurged",
     )
-    tables = ("executions",)
+    tables = ("executions", "execution_stats", "execution_durations")
 
     def apply(self, batch: list[StoredEvent], conn: psycopg.Connection[Any]) -> None:
         by_execution: dict[str, list[StoredEvent]] = {}
@@ -128,12 +130,8 @@ class ExecutionsProjection:
         if not by_execution:
             return
         times = _times(by_execution, conn)
-        seen = dict(
-            conn.execute(
-                "SELECT id, last_seq FROM executions WHERE id = ANY(%b::text[])",
-                (list(by_execution),),
-            ).fetchall()
-        )
+        before = _rollup_keys(conn, list(by_execution))
+        seen = {xid: row[0] for xid, row in before.items()}
         purged: list[str] = []
         created: list[_Change] = []
         changed: list[tuple[str, _Change]] = []
@@ -161,6 +159,143 @@ class ExecutionsProjection:
             conn.execute(_INSERT, _insert_columns(created))
         if changed:
             conn.execute(_UPDATE, _update_columns(changed))
+        touched = [
+            *purged,
+            *(c.created.event.executionId for c in created if c.created),
+            *(x for x, _ in changed),
+        ]
+        if touched:
+            after = _rollup_keys(conn, touched)
+            _update_rollups(conn, {x: before[x] for x in touched if x in before}, after)
+
+
+# --- rollups --------------------------------------------------------------------------------
+
+DURATION_BOUNDS_MS = (
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+)
+"""The upper bounds, in milliseconds, of the duration classes of `execution_durations` (its
+`le` is the bound in seconds; a duration above the last is in the class 'Infinity')."""
+
+_RollupRow = tuple[int, str, str, str, dt.datetime, dt.datetime | None]
+"""last_seq, namespace, flow_id, state, start_date, end_date of an execution's row."""
+
+
+def _rollup_keys(conn: psycopg.Connection[Any], ids: list[str]) -> dict[str, _RollupRow]:
+    rows = conn.execute(
+        "SELECT id, last_seq, namespace, flow_id, state, start_date, end_date FROM executions"
+        " WHERE id = ANY(%b::text[])",
+        (ids,),
+    ).fetchall()
+    return {r[0]: tuple(r[1:]) for r in rows}  # type: ignore[misc]
+
+
+def bucket_of(at: dt.datetime) -> dt.datetime:
+    """The hour (UTC) an execution started at `at` is counted in."""
+    return at.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def duration_class(ms: int) -> float:
+    """The `le` of `execution_durations` for a duration of `ms` milliseconds."""
+    for bound in DURATION_BOUNDS_MS:
+        if ms <= bound:
+            return bound / 1000
+    return float("inf")
+
+
+def _update_rollups(
+    conn: psycopg.Connection[Any],
+    before: dict[str, _RollupRow],
+    after: dict[str, _RollupRow],
+) -> None:
+    """Move each touched execution out of the rollup rows it counted in and into those it
+    counts in now, in the projection's transaction: the rows' own position guard makes this
+    happen once per event, so a replay changes nothing."""
+    counts: dict[tuple[Any, ...], int] = {}
+    durations: dict[tuple[Any, ...], list[int]] = {}
+
+    def add(row: _RollupRow, sign: int) -> None:
+        _, ns, flow, state, start, end = row
+        key = (bucket_of(start), ns, flow, state)
+        counts[key] = counts.get(key, 0) + sign
+        if end is not None:
+            ms = (end - start) // dt.timedelta(milliseconds=1)
+            d = durations.setdefault((*key, duration_class(ms)), [0, 0])
+            d[0] += sign
+            d[1] += sign * ms
+
+    for row in before.values():
+        add(row, -1)
+    for row in after.values():
+        add(row, +1)
+    stats = sorted((k, [n]) for k, n in counts.items() if n)
+    _upsert(conn, "execution_stats", ("bucket", "namespace", "flow_id", "state"), stats)
+    moved = sorted((k, v) for k, v in durations.items() if v != [0, 0])
+    _upsert(conn, "execution_durations", ("bucket", "namespace", "flow_id", "state", "le"), moved)
+
+
+_TYPES = {
+    "bucket": "timestamptz",
+    "namespace": "text",
+    "flow_id": "text",
+    "state": "text",
+    "le": "float8",
+}
+
+
+def _upsert(
+    conn: psycopg.Connection[Any],
+    table: str,
+    keys: tuple[str, ...],
+    deltas: list[tuple[tuple[Any, ...], list[int]]],
+) -> None:
+    """Add `deltas` (key, [count, sum_ms too for durations]) to `table`'s rows, then drop
+    the rows left counting nothing (a rebuilt table has none)."""
+    if not deltas:
+        return
+    sums = ["count", "sum_ms"][: len(deltas[0][1])]
+    columns: list[list[Any]] = [[] for _ in range(len(keys) + len(sums))]
+    for key, values in deltas:
+        for column, value in zip(columns, (*key, *values), strict=True):
+            column.append(value)
+    names = ", ".join((*keys, *sums))
+    arrays = ", ".join([f"%b::{_TYPES[k]}[]" for k in keys] + ["%b::bigint[]" for _ in sums])
+    updates = ", ".join(f"{c} = s.{c} + excluded.{c}" for c in sums)
+    emptied = conn.execute(
+        f"INSERT INTO {table} AS s ({names}) SELECT * FROM unnest({arrays})"
+        f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+        f" RETURNING {', '.join(keys)}, count",
+        columns,
+    ).fetchall()
+    gone = [r[:-1] for r in emptied if r[-1] == 0]
+    if gone:
+        key_arrays = ", ".join(f"%b::{_TYPES[k]}[]" for k in keys)
+        conn.execute(
+            f"DELETE FROM {table} WHERE ({', '.join(keys)}) IN"
+            f" (SELECT * FROM unnest({key_arrays}))",
+            [list(c) for c in zip(*gone, strict=True)],
+        )
 
 
 def _times(

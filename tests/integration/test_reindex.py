@@ -111,6 +111,14 @@ async def _snapshot(db: Database, ns: str, ids: list[str]) -> dict[str, list[dic
         "logs": await db.fetchall(
             "SELECT * FROM logs WHERE execution_id = ANY(%s) ORDER BY seq, line", (ids,)
         ),
+        # The executions projection's rollups (counts and durations per hour and state).
+        "execution_stats": await db.fetchall(
+            "SELECT * FROM execution_stats WHERE namespace = %s ORDER BY 1, 2, 3, 4", (ns,)
+        ),
+        "execution_durations": await db.fetchall(
+            "SELECT * FROM execution_durations WHERE namespace = %s ORDER BY 1, 2, 3, 4, 5",
+            (ns,),
+        ),
     }
 
 
@@ -153,6 +161,8 @@ async def test_reindex_rebuilds_every_read_model_with_the_same_rows_while_the_se
         assert e["status"] in ("UP_TO_DATE", "CATCHING_UP")
     before = await _snapshot(owner, ns, ids)
     assert len(before["executions"]) == 5 and len(before["flows"]) == 3
+    assert sum(r["count"] for r in before["execution_stats"]) == 5
+    assert sum(r["count"] for r in before["execution_durations"]) == 5
     assert {r["state"] for r in before["executions"]} == {"SUCCESS", "FAILED"}
     assert any(r["message"] == "resumed" for r in before["logs"])
     definitions = await _definitions(owner)
