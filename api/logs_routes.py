@@ -419,11 +419,14 @@ def blueprint(ctx: ServerContext) -> Blueprint:
                     end = max(now, span[1]) if span else now
             end = max(start, end)
             size = bucket_for(end - start)
-            rows = (
-                []
-                if nothing
-                else logs_model.histogram(conn, where, params, bucket=size, origin=ORIGIN)
+            if nothing:
+                return start, end, size, []
+            # The counts kept per minute and hour when the filters allow, the lines otherwise.
+            rows = logs_model.counted_histogram(
+                conn, search, *scope, start=start, end=end, bucket=size, origin=ORIGIN
             )
+            if rows is None:
+                rows = logs_model.histogram(conn, where, params, bucket=size, origin=ORIGIN)
             return start, end, size, rows
 
         start, end, size, rows = await db.run(count)

@@ -46,13 +46,59 @@ _INSERT = (
     " ON CONFLICT DO NOTHING"
 )
 
+COUNT_ORIGIN = "2001-01-01T00:00:00Z"
+"""Minutes and hours of the counts are binned from this instant (a Monday, midnight UTC): the
+same whatever the session's time zone, and the histogram's buckets start on them."""
+
+_PER_MINUTE = (
+    "SELECT date_bin('1 minute', timestamp, '" + COUNT_ORIGIN + "') AS minute,"
+    " coalesce(namespace, '') AS namespace, coalesce(flow_id, '') AS flow_id, level,"
+    " count(*) AS n FROM {lines} GROUP BY 1, 2, 3, 4"
+)
+_PER_HOUR = (
+    "SELECT date_bin('1 hour', timestamp, '" + COUNT_ORIGIN + "') AS hour,"
+    " coalesce(namespace, '') AS namespace, level, count(*) AS n FROM {lines} GROUP BY 1, 2, 3"
+)
+_LINE_KEYS = "timestamp, namespace, flow_id, level"
+
+_ADD = (
+    f"WITH added AS ({_INSERT} RETURNING {_LINE_KEYS}),"
+    " per_minute AS (INSERT INTO log_counts AS c (minute, namespace, flow_id, level, count)"
+    f" {_PER_MINUTE.format(lines='added')}"
+    " ON CONFLICT (minute, namespace, flow_id, level) DO UPDATE SET count = c.count + excluded.count)"
+    " INSERT INTO log_counts_hourly AS c (hour, namespace, level, count)"
+    f" {_PER_HOUR.format(lines='added')}"
+    " ON CONFLICT (hour, namespace, level) DO UPDATE SET count = c.count + excluded.count"
+)
+"""The lines of a batch, and their counts added for the lines actually inserted (a line
+already there, from an event applied before, is not counted again)."""
+
+
+def _delete(where: str) -> str:
+    """The statement deleting the lines matching `where` and taking them off the counts; it
+    returns the keys of the counts it brought to zero, as ('minute' | 'hour', time, namespace,
+    flow_id, level)."""
+    return (
+        f"WITH gone AS (DELETE FROM logs WHERE {where} RETURNING {_LINE_KEYS}),"
+        " per_minute AS (UPDATE log_counts AS c SET count = c.count - g.n"
+        f" FROM ({_PER_MINUTE.format(lines='gone')}) AS g"
+        " WHERE c.minute = g.minute AND c.namespace = g.namespace AND c.flow_id = g.flow_id"
+        " AND c.level = g.level RETURNING c.minute, c.namespace, c.flow_id, c.level, c.count),"
+        " per_hour AS (UPDATE log_counts_hourly AS c SET count = c.count - g.n"
+        f" FROM ({_PER_HOUR.format(lines='gone')}) AS g"
+        " WHERE c.hour = g.hour AND c.namespace = g.namespace AND c.level = g.level"
+        " RETURNING c.hour, c.namespace, c.level, c.count)"
+        " SELECT 'minute', minute, namespace, flow_id, level FROM per_minute WHERE count <= 0"
+        " UNION ALL SELECT 'hour', hour, namespace, '', level FROM per_hour WHERE count <= 0"
+    )
+
 
 class LogsProjection:
     """Log lines, one row each, keyed by their event position and line number."""
 
     name = "logs"
     types = ("AttemptLogged", "ExecutionPurged", "LogsPurged")
-    tables = ("logs",)
+    tables = ("logs", "log_counts", "log_counts_hourly")
 
     def __init__(self) -> None:
         self._owners: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
@@ -67,14 +113,14 @@ class LogsProjection:
                 # stay.
                 self._flush(rows, conn)
                 rows = tuple([] for _ in range(12))
-                conn.execute("DELETE FROM logs WHERE execution_id = %s", (event.executionId,))
+                _purge(conn, "execution_id = %s", [event.executionId])
                 continue
             if isinstance(event, ev.LogsPurged):
                 self._flush(rows, conn)
                 rows = tuple([] for _ in range(12))
                 where, params = logs_condition(event)
                 # Only lines recorded before the purge: a rebuild deletes what it deleted.
-                conn.execute(f"DELETE FROM logs WHERE seq < %s AND {where}", [e.seq, *params])
+                _purge(conn, f"seq < %s AND {where}", [e.seq, *params])
                 continue
             if not isinstance(event, ev.AttemptLogged):
                 continue
@@ -129,7 +175,32 @@ class LogsProjection:
 
     def _flush(self, rows: tuple[list[Any], ...], conn: psycopg.Connection[Any]) -> None:
         if rows[0]:
-            conn.execute(_INSERT, rows)
+            conn.execute(_ADD, rows)
+
+
+def _purge(conn: psycopg.Connection[Any], where: str, params: Sequence[Any]) -> None:
+    """Delete the lines matching `where` and take them off the counts, dropping the counts
+    that reach zero (a rebuild, which never counted those lines, has no such row)."""
+    emptied = conn.execute(_delete(where), params).fetchall()
+    for table, column, grain in (
+        ("log_counts", "minute", "minute"),
+        ("log_counts_hourly", "hour", "hour"),
+    ):
+        keys = [r[1:] for r in emptied if r[0] == grain]
+        if not keys:
+            continue
+        flow = "c.flow_id = k.f AND " if table == "log_counts" else ""
+        conn.execute(
+            f"DELETE FROM {table} AS c USING unnest(%s::timestamptz[], %s::text[], %s::text[],"
+            f" %s::text[]) AS k(t, ns, f, lv) WHERE c.{column} = k.t AND c.namespace = k.ns"
+            f" AND {flow}c.level = k.lv AND c.count <= 0",
+            [
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [k[2] for k in keys],
+                [k[3] for k in keys],
+            ],
+        )
 
 
 def execution_lines(
@@ -399,6 +470,120 @@ def histogram(
     """How many lines matching `where` each level has in each bucket of `bucket` length,
     buckets counted from `origin`: (bucket start, level, count) rows."""
     rows = conn.execute(histogram_sql(where), [bucket, origin, *params], prepare=False).fetchall()
+    return [(r[0], str(r[1]), int(r[2])) for r in rows]
+
+
+_MINUTE = dt.timedelta(minutes=1)
+_HOUR = dt.timedelta(hours=1)
+_COUNT_ORIGIN = dt.datetime(2001, 1, 1, tzinfo=dt.UTC)
+
+
+def _floor(at: dt.datetime, grain: dt.timedelta) -> dt.datetime:
+    return _COUNT_ORIGIN + (at - _COUNT_ORIGIN) // grain * grain
+
+
+def counted_histogram_sql(
+    search: LogSearch,
+    scope: str,
+    scope_params: Sequence[Any],
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    bucket: dt.timedelta,
+    origin: dt.datetime,
+) -> tuple[str, list[Any]] | None:
+    """The histogram of `search` between `start` and `end` (both included, and covering every
+    line it matches) read from the counts where it can, as (query, parameters) giving (bucket,
+    level, count) rows; None when the counts cannot answer it (full text, an execution, a task
+    or a trigger filter, buckets that are not whole minutes).
+
+    The whole hours (or minutes) inside the range come from `log_counts_hourly` (or
+    `log_counts`, with a flow filter or buckets shorter than an hour); the part of an hour
+    (minute) at each end from the lines themselves, so the total still equals the search's.
+    One statement: one snapshot of the lines and their counts."""
+    if (
+        search.q is not None
+        or search.execution_id is not None
+        or search.task_id is not None
+        or search.task_run_id is not None
+        or search.attempt is not None
+        or search.trigger_id is not None
+        or bucket < _MINUTE
+        or bucket % _MINUTE
+        or (origin - _COUNT_ORIGIN) % _MINUTE
+    ):
+        return None
+    hourly = search.flow_id is None and not bucket % _HOUR and not (origin - _COUNT_ORIGIN) % _HOUR
+    grain = _HOUR if hourly else _MINUTE
+    first = _floor(start, grain)
+    if first < start:
+        first += grain
+    last = _floor(end, grain)  # lines from `last` to `end` are read one by one
+    if first >= last:
+        return None
+    table, column = ("log_counts_hourly", "hour") if hourly else ("log_counts", "minute")
+    parts = [scope, f"{column} >= %s", f"{column} < %s"]
+    params: list[Any] = [*scope_params, first, last]
+    if search.namespace is not None:
+        if search.namespace_exact:
+            parts.append("namespace = %s")
+            params.append(search.namespace)
+        else:
+            parts.append("(namespace = %s OR (namespace > %s AND namespace < %s))")
+            params += [search.namespace, search.namespace + ".", search.namespace + "/"]
+    if search.flow_id is not None:
+        parts.append("flow_id = %s")
+        params.append(search.flow_id)
+    if search.min_level is not None and search.min_level != LEVELS[0]:
+        parts.append("level = ANY(%s::text[])")
+        params.append(levels_from(search.min_level))
+    where, where_params = search.where(scope, scope_params)
+    query = (
+        "SELECT bucket, level, sum(n)::bigint FROM ("
+        f" SELECT date_bin(%s::interval, {column}, %s::timestamptz) AS bucket, level, count AS n"
+        f" FROM {table} WHERE {' AND '.join(parts)}"
+        " UNION ALL SELECT date_bin(%s::interval, timestamp, %s::timestamptz), level, 1"
+        f" FROM logs WHERE {where} AND timestamp >= %s AND timestamp < %s"
+        " UNION ALL SELECT date_bin(%s::interval, timestamp, %s::timestamptz), level, 1"
+        f" FROM logs WHERE {where} AND timestamp >= %s AND timestamp <= %s"
+        ") AS counted GROUP BY 1, 2 HAVING sum(n) > 0 ORDER BY 1, 2"
+    )
+    return query, [
+        bucket,
+        origin,
+        *params,
+        bucket,
+        origin,
+        *where_params,
+        start,
+        first,
+        bucket,
+        origin,
+        *where_params,
+        last,
+        end,
+    ]
+
+
+def counted_histogram(
+    conn: psycopg.Connection[Any],
+    search: LogSearch,
+    scope: str,
+    scope_params: Sequence[Any],
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    bucket: dt.timedelta,
+    origin: dt.datetime,
+) -> list[tuple[dt.datetime, str, int]] | None:
+    """`histogram` of `search` read from the counts (see `counted_histogram_sql`), or None
+    when they cannot answer it."""
+    found = counted_histogram_sql(
+        search, scope, scope_params, start=start, end=end, bucket=bucket, origin=origin
+    )
+    if found is None:
+        return None
+    rows = conn.execute(found[0], found[1], prepare=False).fetchall()
     return [(r[0], str(r[1]), int(r[2])) for r in rows]
 
 

@@ -4,6 +4,7 @@ logged, and downloading them."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -252,6 +253,96 @@ async def test_histogram_counts_each_level_per_bucket_and_adds_up_to_the_search(
         },
     )
     assert week.json()["interval"] == "PT3H" and week.json()["total"] == 0
+
+
+def _around_now(before: dt.timedelta, after: dt.timedelta) -> dict[str, str]:
+    now = dt.datetime.now(dt.UTC)
+    return {
+        "startDate": (now - before).isoformat().replace("+00:00", "Z"),
+        "endDate": (now + after).isoformat().replace("+00:00", "Z"),
+    }
+
+
+async def _histogram_matches_search(client: httpx.AsyncClient, params: dict[str, Any]) -> int:
+    histogram = (await client.get("/api/v1/logs/histogram", params=params)).json()
+    total = (await _search(client, **params))["total"]
+    assert histogram["total"] == total, (params, histogram)
+    assert sum(b["total"] for b in histogram["buckets"]) == total
+    assert all(
+        b["total"] == sum(b["counts"].values()) > 0 or not b["counts"] for b in histogram["buckets"]
+    )
+    return int(total)
+
+
+async def test_histogram_over_days_counts_every_line_and_follows_purges(
+    client: httpx.AsyncClient,
+) -> None:
+    # Ranges ending after now: the minutes (2 hours: 1-minute buckets) and hours (7 days:
+    # 3-hour buckets) holding this test's lines are inside the range, where the histogram
+    # reads the counts kept per minute and per hour rather than the lines.
+    ns = _ns()
+    await _deploy(client, _levels_flow(ns, "purged"))
+    await _deploy(client, _script_flow(f"{ns}.etl", ["echo kept one", "echo kept two"]))
+    first = await _run(client, ns, "levels")
+    await _run(client, ns, "levels")
+    await _run(client, f"{ns}.etl", "script")
+    with trio.fail_after(15):
+        while (await _search(client, namespace=ns))["total"] < 10:
+            await trio.sleep(0.05)
+
+    hours, days = (
+        _around_now(dt.timedelta(hours=1), dt.timedelta(hours=1)),
+        _around_now(dt.timedelta(days=6), dt.timedelta(days=1)),
+    )
+    filters: list[dict[str, Any]] = [
+        {"namespace": ns},
+        {"namespace": ns, "minLevel": "WARN"},
+        {"filters[namespace][EQUALS]": ns},
+        {"namespace": ns, "flowId": "script"},
+        {"namespace": ns, "taskId": "disk"},  # not counted: read from the lines
+    ]
+    expected = [10, 4, 8, 2, 2]
+    for span in (hours, days):
+        for params, n in zip(filters, expected, strict=True):
+            assert await _histogram_matches_search(client, {**params, **span}) == n
+    week = (await client.get("/api/v1/logs/histogram", params={"namespace": ns, **days})).json()
+    assert week["interval"] == "PT3H"
+    by_level: dict[str, int] = {}
+    for bucket in week["buckets"]:
+        for level, n in bucket["counts"].items():
+            by_level[level] = by_level.get(level, 0) + n
+    assert by_level == {"DEBUG": 2, "INFO": 4, "WARN": 2, "ERROR": 2}
+
+    # An execution purged with its logs, then the WARN and ERROR lines purged by a task:
+    # the histogram follows, at every range, and still adds up to the search.
+    assert (await client.delete(f"/api/v1/executions/{first}")).status_code == 204
+    purger = (
+        f"id: purger\nnamespace: {ns}ops\ntasks:\n  - id: purge\n"
+        f"    type: io.kestra.plugin.core.log.PurgeLogs\n    namespace: {ns}\n"
+        "    endDate: \"{{ now() | dateAdd(1, 'HOURS') }}\"\n    logLevels: [WARN, ERROR]\n"
+    )
+    await _deploy(client, purger)
+    await _run(client, f"{ns}ops", "purger")
+    with trio.fail_after(15):
+        while (await _search(client, namespace=ns))["total"] != 4:
+            await trio.sleep(0.05)
+    for span in (hours, days, {}):
+        assert await _histogram_matches_search(client, {"namespace": ns, **span}) == 4
+        assert (
+            await _histogram_matches_search(client, {"namespace": ns, "minLevel": "WARN", **span})
+            == 0
+        )
+        assert (
+            await _histogram_matches_search(client, {"namespace": ns, "flowId": "levels", **span})
+            == 2
+        )
+    token = await _token(client, "viewer", [f"{ns}.etl"])
+    async with httpx.AsyncClient(
+        base_url=client.base_url, headers=_bearer(token), timeout=60
+    ) as viewer:
+        for span in (hours, days):
+            seen = await viewer.get("/api/v1/logs/histogram", params={"namespace": ns, **span})
+            assert seen.json()["total"] == 2
 
 
 async def test_scoped_token_searches_and_follows_only_its_namespaces(

@@ -119,6 +119,13 @@ async def _snapshot(db: Database, ns: str, ids: list[str]) -> dict[str, list[dic
             "SELECT * FROM execution_durations WHERE namespace = %s ORDER BY 1, 2, 3, 4, 5",
             (ns,),
         ),
+        # The logs projection's counts per minute and per hour (the histogram's).
+        "log_counts": await db.fetchall(
+            "SELECT * FROM log_counts WHERE namespace = %s ORDER BY 1, 2, 3, 4", (ns,)
+        ),
+        "log_counts_hourly": await db.fetchall(
+            "SELECT * FROM log_counts_hourly WHERE namespace = %s ORDER BY 1, 2, 3", (ns,)
+        ),
     }
 
 
