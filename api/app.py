@@ -475,21 +475,8 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     @access("viewer")
     async def search_executions() -> Response:
         page, size = _page()
-        # Kestra's sort parameter: only the start date has an index to sort by.
-        ascending = False
-        for sort in request.args.getlist("sort"):
-            field, _, direction = sort.partition(":")
-            if field not in ("state.startDate", "startDate") or direction.lower() not in (
-                "",
-                "asc",
-                "desc",
-            ):
-                raise InvalidRequest(
-                    f"Cannot sort executions by {sort!r}: sort by state.startDate:desc "
-                    "(the default) or state.startDate:asc",
-                    [Problem("unsupported sort", "sort")],
-                )
-            ascending = direction.lower() == "asc"
+        # Kestra's sort parameter, `field:asc|desc`, on one column (executions_model.SORTS).
+        sort_by, ascending = execution_filters.read_sort(request.args.getlist("sort"))
         allowed, params = namespace_filter()
         # Both the plain parameters and Kestra's filters[field][OPERATION]=value form.
         filters = execution_filters.read_filters(
@@ -509,6 +496,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
                 size=size,
                 after=after,
                 ascending=ascending,
+                sort=sort_by,
             )
         )
         return _json(

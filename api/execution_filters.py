@@ -6,6 +6,11 @@ Two forms say the same thing: the plain parameters (`namespace=`, `state=`, `lab
 `projections.executions.Search`, whose SQL stays index lookups; a field or an operation it
 cannot answer that way is refused with a 400 that names it, as is an unknown parameter or
 state, never answered with a page the filter was silently left out of.
+
+Condition groups (Kestra's filter builder, issue #16433): `filters[or][N][field][OPERATION]`
+puts a filter in group N; the groups are joined by OR, and every filter outside them (a quick
+interval `timeRange`, say) applies to all of them: `timeRange AND (group 0 OR group 1)`. The
+filters of one group all apply (AND). `filters[and][N][...]` filters are plain AND filters.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from engine.errors import InvalidRequest, Problem
-from projections.executions import STATES, Search, parse_date, parse_duration, parse_states
+from projections.executions import (
+    SORTS,
+    STATES,
+    Search,
+    parse_date,
+    parse_duration,
+    parse_states,
+)
 
 PARAMETERS = (
     "page",
@@ -32,6 +44,11 @@ PARAMETERS = (
     "timeRange",
     "q",
     "scope",
+    "triggerId",
+    "trigger",
+    "triggerExecutionId",
+    "parentId",
+    "childFilter",
 )
 """The plain query parameters of the search (besides `filters[...]`)."""
 
@@ -50,6 +67,11 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "timeRange": ("EQUALS",),
     "q": ("EQUALS",),
     "scope": ("EQUALS", "IN"),
+    "triggerId": ("EQUALS", "IN"),
+    "trigger": ("EQUALS", "NOT_EQUALS", "IN", "NOT_IN"),
+    "triggerExecutionId": ("EQUALS",),
+    "parentId": ("EQUALS",),
+    "childFilter": ("EQUALS",),
 }
 """Each field of `filters[field][OPERATION]` and the operations answered on it."""
 
@@ -72,6 +94,7 @@ KESTRA_OPERATIONS = frozenset(
 )
 
 _FILTER = re.compile(r"filters\[([^\[\]]*)\]\[([^\[\]]*)\](?:\[(.*)\])?")
+_GROUP = re.compile(r"filters\[(or|and)\]\[(\d{1,3})\](\[.*)", re.IGNORECASE)
 _MS = dt.timedelta(milliseconds=1)
 _LAST_OF_MS = dt.timedelta(microseconds=999)
 
@@ -84,6 +107,34 @@ class Filters:
     nothing: bool = False
     """The filters exclude each other (two different flows, disjoint states): no execution
     can match, and none is looked for."""
+
+
+SORT_ALIASES = {
+    "startDate": "state.startDate",
+    "endDate": "state.endDate",
+    "duration": "state.duration",
+    "state": "state.current",
+}
+"""Shorter names the sort parameter also takes."""
+
+
+def read_sort(values: list[str]) -> tuple[str, bool]:
+    """Kestra's `sort=field:asc|desc` (one field; desc when no direction is given) as the
+    key of `projections.executions.SORTS` and whether it is ascending."""
+    given = [v for v in values if v]
+    if not given:
+        return "state.startDate", False
+    if len(set(given)) > 1:
+        raise _bad(f"Sort by one column, got {', '.join(given)}", "sort")
+    name, _, direction = given[0].rpartition(":") if ":" in given[0] else (given[0], "", "desc")
+    name = SORT_ALIASES.get(name, name)
+    if name not in SORTS or direction.lower() not in ("asc", "desc"):
+        raise _bad(
+            f"Cannot sort executions by {given[0]!r}: write field:asc or field:desc with field "
+            f"one of {', '.join(SORTS)}",
+            "sort",
+        )
+    return name, direction.lower() == "asc"
 
 
 def _bad(message: str, path: str) -> InvalidRequest:
@@ -168,6 +219,55 @@ class _Reader:
             raise _bad(f"{path} is a second text search: give one q", path)
         s.q = value
 
+    def trigger_types(self, types: list[str], excluded: bool) -> None:
+        s = self.out.search
+        if excluded:
+            s.trigger_types_excluded = sorted({*s.trigger_types_excluded, *types})
+        elif s.trigger_types:
+            left = sorted(set(s.trigger_types) & set(types))
+            self.out.nothing = self.out.nothing or not left
+            s.trigger_types = left
+        else:
+            s.trigger_types = sorted(set(types))
+
+    def trigger_ids(self, ids: list[str]) -> None:
+        s = self.out.search
+        left = sorted(set(ids) & set(s.trigger_ids)) if s.trigger_ids else sorted(set(ids))
+        self.out.nothing = self.out.nothing or not left
+        s.trigger_ids = left
+
+    def trigger_execution(self, value: str) -> None:
+        s = self.out.search
+        if s.trigger_execution_id not in (None, value):
+            self.out.nothing = True
+        s.trigger_execution_id = value
+
+    def parent(self, value: str) -> None:
+        s = self.out.search
+        if s.parent_id not in (None, value):
+            self.out.nothing = True
+        s.parent_id = value
+
+    def child(self, value: str, path: str) -> None:
+        kind = value.upper()
+        if kind not in ("CHILD", "MAIN", "ALL"):
+            raise _bad(f"{path} must be CHILD, MAIN or ALL, got {value!r}", path)
+        if kind == "ALL":
+            return
+        s = self.out.search
+        wanted = kind == "CHILD"
+        if s.child is not None and s.child != wanted:
+            self.out.nothing = True
+        s.child = wanted
+
+    def finish(self) -> Filters:
+        """The filters read, their states settled (plain `state=` repeats are one list)."""
+        if self.plain_states:
+            self.states(self.plain_states)
+        if self.states_left is not None:
+            self.out.search.states = sorted(self.states_left)
+        return self.out
+
     def scope(self, values: list[str], path: str) -> None:
         scopes = {v.upper() for v in values}
         if scopes - {"USER", "SYSTEM"}:
@@ -180,22 +280,31 @@ class _Reader:
 def read_filters(args: Iterable[tuple[str, str]], now: dt.datetime) -> Filters:
     """The search that the query string `args` (name, value pairs, repeats kept) asks for."""
     reader = _Reader()
+    groups: dict[int, _Reader] = {}
     for name, value in args:
-        if name.startswith("filters["):
+        group = _GROUP.fullmatch(name)
+        if group is not None:
+            joined, index, rest = group.group(1).lower(), int(group.group(2)), group.group(3)
+            # An AND group adds its filters to all the others: it is the search's own.
+            target = reader if joined == "and" else groups.setdefault(index, _Reader())
+            _kestra_filter(target, "filters" + rest, value, now, shown=name)
+        elif name.startswith("filters["):
             _kestra_filter(reader, name, value, now)
         elif name in PARAMETERS:
             _plain(reader, name, value, now)
         else:
             raise _bad(
                 f"Unknown query parameter {name!r} for the executions search; it takes "
-                f"{', '.join(PARAMETERS)} and filters[field][OPERATION]=value",
+                f"{', '.join(PARAMETERS)}, filters[field][OPERATION]=value and condition "
+                "groups filters[or][N][field][OPERATION]=value",
                 name,
             )
-    if reader.plain_states:
-        reader.states(reader.plain_states)
-    out = reader.out
-    if reader.states_left is not None:
-        out.search.states = sorted(reader.states_left)
+    out = reader.finish()
+    if groups:
+        # A group no execution can match drops out of the OR; if none is left, nothing can.
+        alive = [g.finish() for _, g in sorted(groups.items())]
+        out.search.any_of = [g.search for g in alive if not g.nothing]
+        out.nothing = out.nothing or not out.search.any_of
     return out
 
 
@@ -224,21 +333,37 @@ def _plain(reader: _Reader, name: str, value: str, now: dt.datetime) -> None:
         reader.query(value, name)
     elif name == "scope":
         reader.scope(_values(value), name)
+    elif name == "triggerId":
+        reader.trigger_ids(_values(value))
+    elif name == "trigger":
+        reader.trigger_types(_values(value), excluded=False)
+    elif name == "triggerExecutionId":
+        reader.trigger_execution(value)
+    elif name == "parentId":
+        reader.parent(value)
+    elif name == "childFilter":
+        reader.child(value, name)
 
 
-def _kestra_filter(reader: _Reader, name: str, value: str, now: dt.datetime) -> None:
+def _kestra_filter(
+    reader: _Reader, name: str, value: str, now: dt.datetime, shown: str | None = None
+) -> None:
+    """Read one `filters[field][OPERATION](...)` parameter (`shown`: its name as given, when
+    it stood in a condition group)."""
     match = _FILTER.fullmatch(name)
+    name = shown or name
     if match is None:
         raise _bad(
             f"Query parameter {name!r} is not a filter: write filters[field][OPERATION]=value "
-            "(filters[labels][EQUALS][key]=value for a label)",
+            "(filters[labels][EQUALS][key]=value for a label), or "
+            "filters[or][N][field][OPERATION]=value in a condition group",
             name,
         )
     fieldname, operation, sub = match.group(1), match.group(2).upper(), match.group(3)
     if fieldname.lower() in ("and", "or"):
         raise _bad(
-            f"{name}: grouped filters (filters[{fieldname}][N]...) are not supported; "
-            "the filters of a search all apply (AND)",
+            f"{name}: condition groups do not nest; write filters[{fieldname.lower()}][N]"
+            "[field][OPERATION]=value with N a group number",
             name,
         )
     if fieldname not in OPERATIONS:
@@ -297,3 +422,14 @@ def _kestra_filter(reader: _Reader, name: str, value: str, now: dt.datetime) -> 
         reader.query(value, name)
     elif fieldname == "scope":
         reader.scope(_values(value), name)
+    elif fieldname == "triggerId":
+        reader.trigger_ids(_values(value) if operation == "IN" else [value])
+    elif fieldname == "trigger":
+        types = _values(value) if operation in ("IN", "NOT_IN") else [value]
+        reader.trigger_types(types, excluded=operation in ("NOT_EQUALS", "NOT_IN"))
+    elif fieldname == "triggerExecutionId":
+        reader.trigger_execution(value)
+    elif fieldname == "parentId":
+        reader.parent(value)
+    elif fieldname == "childFilter":
+        reader.child(value, name)

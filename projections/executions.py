@@ -868,6 +868,39 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     return at, xid
 
 
+SORTS = {
+    "id": "id",
+    "namespace": "namespace",
+    "flowId": "flow_id",
+    "state.current": "state",
+    "state.startDate": "start_date",
+    "state.endDate": "end_date",
+    "state.duration": "end_date - start_date",
+    "flowRevision": "flow_revision",
+    "taskRunCount": "task_run_count",
+}
+"""The columns a search sorts by (Kestra's names) and their SQL. A running execution has no
+end date nor duration: it sorts after the ended ones in ascending order, before them in
+descending order."""
+
+
+def _order(sort: str, ascending: bool) -> list[tuple[str, str]]:
+    """The ORDER BY terms of a sort: the column, then start date and id, so that every row
+    has one place and paging is stable. Ties of namespace, flow id or state come newest first
+    in ascending order, as the indexes (column, start_date DESC, id DESC) hold them, and the
+    whole order is reversed in descending order (the same index read backwards)."""
+    first = "ASC" if ascending else "DESC"
+    then = "DESC" if ascending else "ASC"
+    if sort not in SORTS:
+        raise _bad(f"Cannot sort executions by {sort!r}; sort by one of {', '.join(SORTS)}", "sort")
+    column = SORTS[sort]
+    if column == "start_date":
+        return [("start_date", first), ("id", first)]
+    if column == "id":
+        return [("id", first)]
+    return [(column, first), ("start_date", then), ("id", then)]
+
+
 def search(
     conn: psycopg.Connection[Any],
     scope: str,
@@ -878,15 +911,24 @@ def search(
     size: int,
     after: str | None = None,
     ascending: bool = False,
+    sort: str = "state.startDate",
 ) -> Page:
     """A page of the executions that `filters` finds within `scope` (a condition on the rows
-    the caller may see), newest first (oldest with `ascending`).
+    the caller may see), sorted by `sort` (a key of `SORTS`; by default the start date),
+    newest or largest first (smallest first with `ascending`).
 
-    With `after` (a `next` cursor) the page starts right after that row, found through the
-    index whatever the depth; else at row `(page - 1) * size`, at most `MAX_OFFSET`. The rows
-    skipped by an offset are read from an index alone: the page's ids are found first, then
-    only their rows are read.
+    With `after` (a `next` cursor, given for the start-date order) the page starts right after
+    that row, found through the index whatever the depth; else at row `(page - 1) * size`, at
+    most `MAX_OFFSET`. The rows skipped by an offset are read from an index alone: the page's
+    ids are found first, then only their rows are read.
     """
+    by_start = SORTS.get(sort) == "start_date"
+    if after and not by_start:
+        raise _bad(
+            "Query parameter 'after' continues a search sorted by start date; with another "
+            "sort, ask for the next page",
+            "after",
+        )
     offset = 0 if after else (page - 1) * size
     if offset > MAX_OFFSET:
         raise InvalidRequest(
@@ -895,7 +937,9 @@ def search(
             "with after=<next>"
         )
     where = prepare(conn, scope, scope_params, filters)
-    sql, sql_params = page_query(where, offset=offset, size=size, after=after, ascending=ascending)
+    sql, sql_params = page_query(
+        where, offset=offset, size=size, after=after, ascending=ascending, sort=sort
+    )
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(sql, sql_params, prepare=False)
         rows = cur.fetchall()
@@ -905,7 +949,8 @@ def search(
         total, estimated = offset + len(rows), False
     else:
         total, estimated = count(conn, where.sql, where.params)
-    return Page(rows, total, estimated, encode_cursor(rows[-1]) if more else None)
+    cursor = encode_cursor(rows[-1]) if more and by_start else None
+    return Page(rows, total, estimated, cursor)
 
 
 def page_query(
@@ -915,31 +960,36 @@ def page_query(
     size: int,
     after: str | None = None,
     ascending: bool = False,
+    sort: str = "state.startDate",
 ) -> tuple[str, list[Any]]:
     """The SQL (and parameters) that `search` runs for a page: one row more than `size`, which
     tells whether another page follows."""
-    order = "ASC" if ascending else "DESC"
     if after:
         at, xid = decode_cursor(after)
         where = where.narrowed(f"(start_date, id) {'>' if ascending else '<'} (%s, %s)", [at, xid])
-    sort = f"ORDER BY start_date {order}, id {order}"
+    order = _order(sort, ascending)
+    keys_of = ", ".join(f"{expr} AS k{i}" for i, (expr, _) in enumerate(order))
+    by_keys = "ORDER BY " + ", ".join(f"k{i} {d}" for i, (_, d) in enumerate(order))
     if len(where.arms) == 1:
-        keys = f"SELECT id FROM executions WHERE {where.sql} {sort} LIMIT %s OFFSET %s"
+        keys = (
+            f"SELECT id, {keys_of} FROM executions WHERE {where.sql} {by_keys} LIMIT %s OFFSET %s"
+        )
         params = [*where.params, size + 1, offset]
     else:
-        # Each state's rows in date order from its index range, at most as many as the page
-        # needs, then merged: never more rows read than the deepest page asks for, per state.
+        # Each arm's rows (a state's, a condition group's) in order from its index range, at
+        # most as many as the page needs, then merged: never more rows read than the deepest
+        # page asks for, per arm.
         arms = [
-            f"(SELECT id, start_date FROM executions WHERE {sql} {sort} LIMIT %s)"
+            f"(SELECT id, {keys_of} FROM executions WHERE {sql} {by_keys} LIMIT %s)"
             for sql, _ in where.arms
         ]
         union = " UNION " if where.distinct else " UNION ALL "
-        keys = f"SELECT id FROM ({union.join(arms)}) AS u {sort} LIMIT %s OFFSET %s"
+        keys = f"SELECT * FROM ({union.join(arms)}) AS u {by_keys} LIMIT %s OFFSET %s"
         params = [p for _, arm in where.arms for p in (*arm, offset + size + 1)]
         params += [size + 1, offset]
+    outer = ", ".join(f"k.k{i} {d}" for i, (_, d) in enumerate(order))
     sql = (
-        f"SELECT {_COLUMNS} FROM ({keys}) AS k JOIN executions AS x ON x.id = k.id"
-        f" ORDER BY x.start_date {order}, x.id {order}"
+        f"SELECT {_COLUMNS} FROM ({keys}) AS k JOIN executions AS x ON x.id = k.id ORDER BY {outer}"
     )
     return sql, params
 

@@ -133,7 +133,7 @@ async def test_search_refuses_what_it_cannot_answer_naming_it(client: httpx.Asyn
         "unknown parameter": ({"status": "FAILED"}, "status"),
         "bad date": ({"filters[startDate][GREATER_THAN]": "yesterday"}, "yesterday"),
         "bad duration": ({"filters[timeRange][EQUALS]": "24 hours"}, "24 hours"),
-        "grouped": ({"filters[or][0][state][EQUALS]": "FAILED"}, "grouped"),
+        "nested group": ({"filters[or][0][or][1][state][EQUALS]": "FAILED"}, "do not nest"),
         "label without key": ({"filters[labels][EQUALS]": "prod"}, "key"),
         "no state": ({"filters[state][IN]": "[]"}, "names no state"),
     }

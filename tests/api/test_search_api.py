@@ -115,7 +115,7 @@ async def test_bad_search_parameters_are_refused_with_a_message(
     client: httpx.AsyncClient,
 ) -> None:
     for params, word in (
-        ({"sort": "namespace:asc"}, "state.startDate"),
+        ({"sort": "labels:asc"}, "state.startDate"),
         ({"after": "garbage"}, "after"),
         ({"page": "100000", "size": "100"}, "after="),
         ({"startDate": "yesterday"}, "startDate"),
