@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 from api import (
     accounts_routes,
     bodies,
+    bulk_routes,
     execution_filters,
     flows_routes,
     kv_routes,
@@ -200,6 +201,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(logs_routes.blueprint(ctx))
     app.register_blueprint(projections_routes.blueprint(ctx))
     app.register_blueprint(topology_routes.blueprint(ctx))
+    app.register_blueprint(bulk_routes.blueprint(ctx))
     tenant.install(app)
     metrics.register(app, ctx)
     openapi.register(app)

@@ -36,18 +36,23 @@ _BULK = r"(?:by-ids|by-query)"
 _EXECUTION_ACTIONS = (
     "restart|replay|replay-with-inputs|pause|labels|force-run|unqueue|change-status"
 )
-_BULK_EXECUTION_ACTIONS = "restart|replay|pause|resume|labels|force-run|unqueue|change-status|kill"
+# restart, replay, labels and kill by-ids/by-query are bulk jobs (api/bulk_routes.py).
+_BULK_EXECUTION_ACTIONS = "pause|resume|force-run|unqueue|change-status"
 
 UNSERVED: list[tuple[frozenset[str], re.Pattern[str], str]] = [
     (frozenset(methods.split()), re.compile(f"^/api/v1/{pattern}$"), template)
     for methods, pattern, template in [
-        ("POST", f"executions/{_ID}/({_EXECUTION_ACTIONS})", "executions/{executionId}/\\1"),
+        # executions/bulk/<action> is a bulk operation (api/bulk_routes.py), not an id.
+        (
+            "POST",
+            f"executions/(?!bulk/){_ID}/({_EXECUTION_ACTIONS})",
+            "executions/{executionId}/\\1",
+        ),
         (
             "POST DELETE",
             f"executions/({_BULK_EXECUTION_ACTIONS})/({_BULK})",
             "executions/\\1/\\2",
         ),
-        ("DELETE", "executions/by-query", "executions/by-query"),
         ("POST", "executions/latest", "executions/latest"),
         ("GET", "flows/(source|distinct-namespaces)", "flows/\\1"),
         ("POST PUT", "flows/bulk", "flows/bulk"),

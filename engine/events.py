@@ -689,6 +689,8 @@ class BulkJobSubmitted(Event, frozen=True):
     skipped: dict[str, str] = {}
     """Items of the selection refused at submission (not found, out of the caller's
     namespaces), with why."""
+    namespaces: list[str] = []
+    """The namespaces of the items: who may see and steer the job must reach all of them."""
 
 
 class BulkItemsSelected(Event, frozen=True):

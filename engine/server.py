@@ -24,6 +24,7 @@ import trio
 
 from engine.backoff import Backoff, describe, is_transient, retry
 from engine.config import template_variables
+from engine.bulk import BulkRunner
 from engine.db import Database, Notifier, runtime_url
 from engine.executor_shell import ExecutorShell
 from engine.feed import Feed
@@ -202,6 +203,9 @@ async def run_server(
                 )
                 watchdog = Watchdog(store, notifier, timeout=ctx.heartbeat_timeout)
                 await nursery.start(supervise, "service:watchdog", health, watchdog.run)
+                # Bulk operations on executions (engine/bulk.py) run beside the executor.
+                bulk = BulkRunner(store, storage=storage)
+                await nursery.start(supervise, "service:bulk", health, bulk.run)
             if "scheduler" in roles:
                 scheduler = Scheduler(store, notifier, health=health)
                 await nursery.start(supervise, "service:scheduler", health, scheduler.run)

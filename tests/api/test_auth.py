@@ -135,6 +135,23 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("POST", "/api/v1/flows/graph", {"content": "id: [", "headers": YAML}, "viewer"),
     ("GET", f"/api/v1/flows/{NS}/nope/dependencies", {}, "viewer"),
     ("GET", f"/api/v1/namespaces/{NS}/dependencies", {}, "viewer"),
+    # Bulk operations on executions (api/bulk_routes.py): bodies that choose nothing.
+    ("POST", "/api/v1/executions/bulk/replay", {"json": {}}, "runner"),
+    ("GET", "/api/v1/bulk", {}, "viewer"),
+    ("GET", "/api/v1/bulk/nope", {}, "viewer"),
+    ("GET", "/api/v1/bulk/nope/follow", {}, "viewer"),
+    ("POST", "/api/v1/bulk/nope/pause", {}, "runner"),
+    ("POST", "/api/v1/bulk/nope/resume", {}, "runner"),
+    ("POST", "/api/v1/bulk/nope/cancel", {}, "runner"),
+    ("POST", "/api/v1/executions/replay/by-ids", {"json": {}}, "runner"),
+    ("POST", "/api/v1/executions/replay/by-query", {"params": {"state": "NOPE"}}, "runner"),
+    ("POST", "/api/v1/executions/restart/by-ids", {"json": {}}, "runner"),
+    ("POST", "/api/v1/executions/restart/by-query", {"params": {"state": "NOPE"}}, "runner"),
+    ("DELETE", "/api/v1/executions/kill/by-ids", {"json": {}}, "runner"),
+    ("DELETE", "/api/v1/executions/kill/by-query", {"params": {"state": "NOPE"}}, "runner"),
+    ("POST", "/api/v1/executions/labels/by-ids", {"json": {}}, "runner"),
+    ("POST", "/api/v1/executions/labels/by-query", {"json": {}}, "runner"),
+    ("DELETE", "/api/v1/executions/by-query", {"params": {"state": "NOPE"}}, "editor"),
 ]
 
 
@@ -163,6 +180,12 @@ def _rule_of(path: str) -> str:
             "/api/v1/flows/<namespace>/<flow_id>/dependencies"
         ),
         f"/api/v1/namespaces/{NS}/dependencies": "/api/v1/namespaces/<namespace>/dependencies",
+        "/api/v1/executions/bulk/replay": "/api/v1/executions/bulk/<action>",
+        "/api/v1/bulk/nope": "/api/v1/bulk/<job_id>",
+        "/api/v1/bulk/nope/follow": "/api/v1/bulk/<job_id>/follow",
+        "/api/v1/bulk/nope/pause": "/api/v1/bulk/<job_id>/pause",
+        "/api/v1/bulk/nope/resume": "/api/v1/bulk/<job_id>/resume",
+        "/api/v1/bulk/nope/cancel": "/api/v1/bulk/<job_id>/cancel",
         f"/api/v1/flows/{NS}/nope": "/api/v1/flows/<namespace>/<flow_id>",
         f"/api/v1/executions/{NS}/nope": "/api/v1/executions/<namespace>/<flow_id>",
         "/api/v1/executions/nope/events": "/api/v1/executions/<execution_id>/events",
