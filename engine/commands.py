@@ -38,6 +38,13 @@ from engine.execution import (
     replay,
     short_id,
 )
+from engine.execution.actions import (
+    FORCEABLE_STATES,
+    force_plan,
+    labels_with,
+    replayed_runs,
+    restart_plan,
+)
 from engine.execution.concurrency import limit_of
 from engine.execution.planner import RULES
 from engine.executor_shell import INPUT_TYPES, recorded
@@ -49,6 +56,7 @@ from engine.secrets import (
     encrypt_inputs,
     encrypt_secret_inputs,
     execution_key,
+    share_key,
     shown,
 )
 from engine.storage import Storage, execution_prefix
@@ -447,6 +455,7 @@ async def _command(
     *,
     actor: str,
     command_id: str | None = None,
+    reason: str | None = None,
 ) -> Execution:
     """Run a user command through the decider at the stream's expected version: load the
     execution, let `decide_command` check and decide, append at the version it was decided
@@ -470,7 +479,7 @@ async def _command(
                 decided,
                 expected_version=version,
                 command_id=command_id,
-                meta={"actor": actor},
+                meta=_meta(actor, reason),
             )
         except WrongExpectedVersion:
             continue
@@ -507,9 +516,93 @@ async def replay_execution(
 ) -> str:
     """Start a new execution from an ended one's history: the task runs before `task_run_id`
     are kept with their outputs, that one and everything after it run again (from the start
-    when no task run is given), on the flow's `revision` when given. Returns the new
-    execution's id; the origin lists it among its replays."""
-    raise NotImplementedError
+    when no task run is given), on the flow's `revision` when given (else the revision the
+    execution ran). Returns the new execution's id; the origin lists it among its replays,
+    recorded in the same commit. A retried `command_id` answers the first replay's id."""
+    stream = ev.execution_stream(execution_id)
+    new_id = short_id("replay", execution_id, command_id) if command_id else new_execution_id()
+    done = f"replay:{new_id}"
+    if await store.db.fetchone("SELECT 1 AS done FROM events WHERE command_id = %s", (done,)):
+        return new_id  # a retried request: it was carried out already
+    for _ in range(20):
+        history = await execution_history(store, execution_id)
+        state = state_of(history)
+        if state.purged:
+            raise NotFound(f"Execution {execution_id} was purged")
+        if not state.terminal:
+            raise Conflict(
+                f"Execution {execution_id} is {state.state}: only an ended execution can be "
+                "replayed; kill it or let it end first"
+            )
+        if task_run_id is not None and task_run_id not in state.taskruns:
+            raise NotFound(
+                f"Execution {execution_id} has no task run {task_run_id}: its task runs are in "
+                f"GET /api/v1/executions/{execution_id} (taskRunList)"
+            )
+        if revision is None:
+            flow_dict, flow_revision = state.flow, state.flowRevision
+            limited = state.limited
+        else:
+            record, flow, flow_dict = await _flow_to_run(
+                store, state.namespace, state.flowId, revision
+            )
+            flow_revision, limited = record.revision, limit_of(flow.concurrency) is not None
+        kept = replayed_runs(state, task_run_id, new_id)
+        created = ev.ExecutionCreated(
+            executionId=new_id,
+            namespace=state.namespace,
+            flowId=state.flowId,
+            flowRevision=flow_revision,
+            flow=flow_dict,
+            inputs=state.inputs,
+            labels=labels_with(state.labels, "system.replay", "true"),
+            trigger=state.trigger,
+            originalId=state.originalId or state.id,
+            concurrencyLimited=limited,
+            rules=RULES,
+            replayOf=execution_id,
+            replayTaskRunId=task_run_id,
+            taskRuns=[msgspec.to_builtins(k) for k in kept],
+        )
+        replayed = ev.ExecutionReplayed(
+            executionId=execution_id,
+            newExecutionId=new_id,
+            taskRunId=task_run_id,
+            revision=revision,
+            reason=reason,
+        )
+        # The replay reads the values encrypted for its origin (the same recorded inputs).
+        await share_key(store.db, execution_id, new_id)
+        version = max((e.version for e in history if e.stream_id == stream), default=NO_STREAM)
+        meta = _meta(actor, reason)
+        try:
+            await store.append_many(
+                [
+                    Append(stream, [replayed], version, done, meta),
+                    Append(ev.execution_stream(new_id), [created], NO_STREAM, f"{done}:new", meta),
+                ],
+                extra=_written(done),
+            )
+        except WrongExpectedVersion:
+            continue
+        return new_id
+    raise Conflict(f"Execution {execution_id} is changing too fast; try again")
+
+
+def _written(command_id: str) -> Callable[[Any], None]:
+    """A check, inside the appending transaction, that the append of `command_id` was made
+    (or had been): else the stream moved, and the whole transaction is rolled back."""
+
+    def check(conn: Any) -> None:
+        row = conn.execute("SELECT 1 FROM events WHERE command_id = %s", (command_id,)).fetchone()
+        if row is None:
+            raise WrongExpectedVersion("the execution changed meanwhile")
+
+    return check
+
+
+def _meta(actor: str, reason: str | None) -> dict[str, Any]:
+    return {"actor": actor, **({"reason": reason} if reason else {})}
 
 
 async def restart_execution(
@@ -521,8 +614,32 @@ async def restart_execution(
     command_id: str | None = None,
 ) -> None:
     """Run the failed and killed task runs of a FAILED or KILLED execution again, as new
-    attempts in the same execution."""
-    raise NotImplementedError
+    attempts in the same execution (state RESTARTED, then RUNNING); their flowable parents go
+    on, and its errors, finally and afterExecution branches run again as the new outcome
+    calls for them. Labelled `system.restarted: true`, as Kestra does."""
+
+    def restart(state: Execution) -> list[ev.Event]:
+        if state.state not in ("FAILED", "KILLED"):
+            raise Conflict(
+                f"Execution {execution_id} is {state.state}: only a FAILED or KILLED execution "
+                "can be restarted (replay it to run it again from a task)"
+            )
+        plan = restart_plan(state)
+        return [
+            ev.ExecutionRestarted(
+                executionId=execution_id,
+                taskRunIds=plan.run,
+                reopened=plan.reopened,
+                removed=plan.removed,
+                reason=reason,
+            ),
+            ev.ExecutionLabelsChanged(
+                executionId=execution_id,
+                labels=labels_with(state.labels, "system.restarted", "true"),
+            ),
+        ]
+
+    await _command(store, execution_id, restart, actor=actor, command_id=command_id, reason=reason)
 
 
 async def pause_execution(
@@ -533,8 +650,19 @@ async def pause_execution(
     reason: str | None = None,
     command_id: str | None = None,
 ) -> None:
-    """Pause a running execution: no new task run starts until it is resumed."""
-    raise NotImplementedError
+    """Pause a running execution: no new task run starts (attempts already running end as
+    they would) until it is resumed (`resume_execution`); it is PAUSED meanwhile."""
+
+    def pause(state: Execution) -> list[ev.Event]:
+        if state.hold is not None or state.state != "RUNNING":
+            raise Conflict(
+                f"Execution {execution_id} is {state.state}"
+                + (" and paused already" if state.hold == "pause" else "")
+                + ": only a RUNNING execution can be paused"
+            )
+        return [ev.ExecutionPauseRequested(executionId=execution_id, reason=reason)]
+
+    await _command(store, execution_id, pause, actor=actor, command_id=command_id, reason=reason)
 
 
 async def set_labels(
@@ -546,8 +674,30 @@ async def set_labels(
     reason: str | None = None,
     command_id: str | None = None,
 ) -> None:
-    """Set an execution's labels (Kestra's list of {key, value}); system labels stay."""
-    raise NotImplementedError
+    """Set the labels of an ended execution (Kestra's list of {key, value}, replacing those
+    it had); its `system.` labels stay and cannot be set this way."""
+    given: dict[str, str] = {}
+    for i, item in enumerate(labels):
+        if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+            raise InvalidRequest(f"Label {i + 1} must be an object {{key, value}} of strings")
+        key, value = item["key"].strip(), item.get("value")
+        if not key or not isinstance(value, str):
+            raise InvalidRequest(f"Label {i + 1} needs a non-empty key and a string value")
+        if key.startswith("system."):
+            raise InvalidRequest(f"Label {key}: system labels are set by Tiercel, not by hand")
+        given[key] = value
+
+    def relabel(state: Execution) -> list[ev.Event]:
+        if not state.terminal:
+            raise Conflict(
+                f"Execution {execution_id} is {state.state}: the labels of an execution are set "
+                "once it has ended (while it runs, a Labels task sets them)"
+            )
+        kept = [(k, v) for k, v in state.labels if k.startswith("system.")]
+        merged = [{"key": k, "value": v} for k, v in [*kept, *given.items()]]
+        return [ev.ExecutionLabelsChanged(executionId=execution_id, labels=merged)]
+
+    await _command(store, execution_id, relabel, actor=actor, command_id=command_id, reason=reason)
 
 
 async def change_task_run_state(
@@ -560,9 +710,39 @@ async def change_task_run_state(
     reason: str | None = None,
     command_id: str | None = None,
 ) -> None:
-    """Change a task run's state by hand (Kestra's "change status"), so that the execution
-    goes on or ends from there."""
-    raise NotImplementedError
+    """Set an ended task run's state by hand (Kestra's "change status": SUCCESS, WARNING or
+    FAILED), so that the execution goes on or ends from there: its ended parents run again,
+    and an ended execution is RESTARTED and runs on."""
+    wanted = state.strip().upper() if isinstance(state, str) else ""
+    if wanted not in FORCEABLE_STATES:
+        raise InvalidRequest(
+            f"A task run's state can be set to {', '.join(FORCEABLE_STATES)}, not {state!r}"
+        )
+
+    def force(current: Execution) -> list[ev.Event]:
+        run = current.taskruns.get(task_run_id)
+        if run is None:
+            raise NotFound(f"Execution {execution_id} has no task run {task_run_id}")
+        if run.state not in TERMINAL_STATES:
+            raise Conflict(
+                f"Task run {task_run_id} ({run.taskId}) is {run.state}: only an ended task run's "
+                "state can be changed (kill the execution to stop it)"
+            )
+        if run.state == wanted:
+            raise Conflict(f"Task run {task_run_id} ({run.taskId}) is {wanted} already")
+        plan = force_plan(current, task_run_id)
+        return [
+            ev.TaskRunStateForced(
+                executionId=execution_id,
+                taskRunId=task_run_id,
+                state=wanted,
+                reopened=plan.reopened,
+                removed=plan.removed,
+                reason=reason,
+            )
+        ]
+
+    await _command(store, execution_id, force, actor=actor, command_id=command_id, reason=reason)
 
 
 async def execution_history(store: EventStore, execution_id: str) -> list[StoredEvent]:
@@ -702,6 +882,8 @@ def execution_json(state: Execution) -> dict[str, Any]:
         "labels": [{"key": k, "value": v} for k, v in state.labels],
         "parentId": state.parentId,
         "originalId": state.originalId,
+        "replayOf": state.replayOf,
+        "replays": list(state.replays),
         "trigger": trigger_json(state.trigger),
         "deleted": False,
         "metadata": {"attemptNumber": state.attempt, "originalCreatedDate": state.start_date},
@@ -868,6 +1050,12 @@ async def resume_execution(
         key = await execution_key(store.db, execution_id, create=True)
 
     def resume(state: Execution) -> list[ev.Event]:
+        if state.hold == "pause":  # paused by hand: it runs on (its Pause tasks ask nothing)
+            return [ev.ExecutionResumeRequested(executionId=execution_id)]
+        if state.hold == "resume":
+            raise Conflict(
+                f"Execution {execution_id} is already being resumed: wait until it runs again"
+            )
         values = _resume_values(state, inputs or {}, key)
         paused = [r.id for r in state.taskruns.values() if r.state == "PAUSED"]
         return [

@@ -90,6 +90,16 @@ class ExecutionCreated(Event, frozen=True):
     """The edition of the executor's decision rules the execution was created under
     (`engine.execution.planner.RULES`): where a rule changed, an execution recorded before
     keeps being decided, and replayed by `sys verify`, as it was."""
+    replayOf: str | None = None
+    """The execution this one replays (`POST /api/v1/executions/{id}/replay`)."""
+    replayTaskRunId: str | None = None
+    """The task run of `replayOf` the replay runs again from (none: from the start)."""
+    taskRuns: list[dict[str, Any]] = []
+    """The task runs of `replayOf` a replay keeps, as they ended there (each a
+    `ReplayedTaskRun`, with ids derived for this execution): the execution starts from them,
+    as if it had run them itself."""
+    taskRunsUri: str | None = None
+    """Where the value above is kept when it was too large for an event (it is then empty)."""
 
 
 class ExecutionStateChanged(Event, frozen=True):
@@ -772,6 +782,85 @@ def dashboard_stream(dashboard_id: str) -> str:
     return f"dashboard:{dashboard_id}"
 
 
+# --- actions on one execution: replay, restart, pause, a task run's state --------------------
+# Commands of users (and bulk jobs), recorded in the execution's stream as inputs of the
+# executor, which decides what follows from them.
+
+
+class ReplayedAttempt(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One attempt of a task run a replay keeps."""
+
+    state: str
+    workerId: str | None = None
+    histories: list[tuple[str, str]] = []
+
+
+class ReplayedTaskRun(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A task run a replay keeps from the execution it replays, as it stood there (an item
+    of `ExecutionCreated.taskRuns`)."""
+
+    id: str
+    taskId: str
+    parentTaskRunId: str | None = None
+    value: str | None = None
+    iteration: int | None = None
+    state: str
+    histories: list[tuple[str, str]] = []
+    """Its states with their dates, as recorded in the original execution."""
+    outputs: dict[str, Any] | None = None
+    attempts: list[ReplayedAttempt] = []
+    message: str | None = None
+    restarts: int = 0
+    files: dict[str, str] = {}
+    subflow: list[str] = []
+    """The child execution of a Subflow task run (id, and its state once ended)."""
+    subflowOutputs: dict[str, Any] | None = None
+
+
+class ExecutionReplayed(Event, frozen=True):
+    """Someone replayed this ended execution as `newExecutionId` (from `taskRunId`, on
+    `revision`, when given)."""
+
+    executionId: str
+    newExecutionId: str
+    taskRunId: str | None = None
+    revision: int | None = None
+    reason: str | None = None
+
+
+class ExecutionRestarted(Event, frozen=True):
+    """Someone restarted this ended execution: `taskRunIds` run again (a runnable one as a new
+    attempt), their flowable parents `reopened` go on, and the task runs `removed` (of the
+    errors, finally and afterExecution branches, run for the outcome that is undone) are set
+    aside, to run again if the new outcome calls for them."""
+
+    executionId: str
+    taskRunIds: list[str]
+    reopened: list[str] = []
+    removed: list[str] = []
+    reason: str | None = None
+
+
+class TaskRunStateForced(Event, frozen=True):
+    """Someone set an ended task run's state by hand (Kestra's "change status"): the execution
+    goes on from there (`reopened` and `removed` as in `ExecutionRestarted`; an ended execution
+    runs again)."""
+
+    executionId: str
+    taskRunId: str
+    state: str
+    reopened: list[str] = []
+    removed: list[str] = []
+    reason: str | None = None
+
+
+class ExecutionPauseRequested(Event, frozen=True):
+    """Someone paused the running execution: no task run starts until it is resumed."""
+
+    executionId: str
+    reason: str | None = None
+
+
 AnyEvent = (
     FlowCreated
     | FlowUpdated
@@ -837,10 +926,14 @@ AnyEvent = (
     | DashboardCreated
     | DashboardUpdated
     | DashboardDeleted
+    | ExecutionReplayed
+    | ExecutionRestarted
+    | TaskRunStateForced
+    | ExecutionPauseRequested
 )
 
 LARGE_VALUES: dict[type[Event], tuple[str, ...]] = {
-    ExecutionCreated: ("flow", "inputs"),
+    ExecutionCreated: ("flow", "inputs", "taskRuns"),
     ExecutionStateChanged: ("outputs",),
     TaskRunStateChanged: ("outputs",),
     SubflowExecutionRequested: ("inputs",),

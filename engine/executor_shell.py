@@ -76,6 +76,10 @@ INPUT_TYPES = (
     "SubflowExecutionEnded",
     "ConcurrencySlotGranted",
     "ConcurrencyLimitReached",
+    "ExecutionReplayed",
+    "ExecutionRestarted",
+    "TaskRunStateForced",
+    "ExecutionPauseRequested",
 )
 SUBFLOW_ACTOR = "executor:subflow"
 """Who writes child executions and their results: an input to the executor, not a decision."""

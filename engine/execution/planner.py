@@ -108,9 +108,19 @@ def _plan(state: Execution, at: dt.datetime) -> list[ev.Event]:
             return waiting
     if state.state in ("CREATED", "QUEUED"):
         return [ev.ExecutionStateChanged(executionId=state.id, state="RUNNING")]
+    if state.state == "RESTARTED":  # run again by hand: it goes on from where it ended
+        return [ev.ExecutionStateChanged(executionId=state.id, state="RUNNING")]
     resolver = _Resolver(state, at)
     if state.kill_requested:
         return resolver.kill()
+    if state.hold == "pause":
+        # Paused by hand: nothing starts, nothing is decided (what ends meanwhile is taken
+        # into account when it is resumed, since the plan is made from the whole state).
+        if state.state != "PAUSED":
+            return [ev.ExecutionStateChanged(executionId=state.id, state="PAUSED")]
+        return []
+    if state.hold == "resume" and state.state == "PAUSED":
+        return [ev.ExecutionStateChanged(executionId=state.id, state="RUNNING")]
     if state.resume_inputs is not None:
         resumed = resolver.resume(state.resume_inputs)
         if resumed:
@@ -344,7 +354,9 @@ class _Resolver:
                 ev.SubflowExecutionRequested(
                     executionId=self.state.id,
                     taskRunId=run.id,
-                    childId=short_id(self.state.id, run.id, "subflow"),
+                    childId=short_id(self.state.id, run.id, "subflow")
+                    if not run.reruns  # run again by hand: a new child
+                    else short_id(self.state.id, run.id, "subflow", str(run.reruns)),
                     namespace=namespace,
                     flowId=flow_id,
                     revision=revision,
@@ -469,6 +481,9 @@ class _Resolver:
                 raise _Step
             return None
         last = run.attempts[-1] if run.attempts else None
+        if run.state == "RESTARTED" and last is not None and last.state in TERMINAL_STATES:
+            self._schedule(task, run, len(run.attempts) + 1)  # restarted by hand
+            raise _Step
         if last is None or last.state == "KILLED":  # never scheduled, or its worker was lost
             self._schedule(task, run, len(run.attempts) + 1)
             raise _Step
@@ -603,7 +618,11 @@ class _Resolver:
 
     def _create(self, task: Task, value: str | None) -> None:
         parent = self.current.id if self.current else None
-        run_id = task_run_id(self.state.id, parent, task.id, value, self._iteration)
+        # Task runs created after the execution was run again by hand (a restart) have ids of
+        # their own, distinct from those of the runs it set aside.
+        generation = self.state.generation
+        execution = self.state.id if not generation else f"{self.state.id}/{generation}"
+        run_id = task_run_id(execution, parent, task.id, value, self._iteration)
         created = ev.TaskRunCreated(
             executionId=self.state.id,
             taskRunId=run_id,

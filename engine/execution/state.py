@@ -46,6 +46,8 @@ class TaskRun(msgspec.Struct, frozen=True):
     """How many times a flowable task run started its children over (its retries)."""
     files: dict[str, str] = {}
     """WorkingDirectory output files reported by this run's attempt."""
+    reruns: int = 0
+    """How many times a person ran it again (a restart, a change of state)."""
 
 
 class Execution(msgspec.Struct, frozen=True):
@@ -98,6 +100,16 @@ class Execution(msgspec.Struct, frozen=True):
     the limit was reached (QUEUE, CANCEL, FAIL); None while it has not said yet."""
     admission_message: str | None = None
     """Why the limit refused it (CANCEL, FAIL)."""
+    replayOf: str | None = None
+    """The execution this one replays."""
+    replays: tuple[str, ...] = ()
+    """The executions that replay this one, oldest first."""
+    generation: int = 0
+    """How many times a person made the ended execution run again (restart, change of a task
+    run's state): task runs created since have ids of their own generation."""
+    hold: str | None = None
+    """A pause by hand: `pause` while it holds (no task run starts), `resume` once resumed
+    and until the execution runs again."""
 
     @property
     def terminal(self) -> bool:
@@ -160,6 +172,88 @@ def _labels(items: Iterable[Any]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _replayed(
+    items: Iterable[dict[str, Any]],
+) -> list[tuple[TaskRun, tuple[tuple[str, ...], dict[str, Any] | None]]]:
+    """The task runs a replay keeps, each with its Subflow child (id, state) and outputs."""
+    out = []
+    for item in items:
+        kept = msgspec.convert(item, ev.ReplayedTaskRun)
+        run = TaskRun(
+            id=kept.id,
+            taskId=kept.taskId,
+            parentTaskRunId=kept.parentTaskRunId,
+            value=kept.value,
+            state=kept.state,
+            histories=tuple((s, d) for s, d in kept.histories),
+            outputs=kept.outputs,
+            attempts=tuple(
+                Attempt(a.state, a.workerId, tuple((s, d) for s, d in a.histories))
+                for a in kept.attempts
+            ),
+            message=kept.message,
+            iteration=kept.iteration,
+            restarts=kept.restarts,
+            files=dict(kept.files),
+        )
+        out.append((run, (tuple(kept.subflow), kept.subflowOutputs)))
+    return out
+
+
+def _run_again(
+    state: Execution,
+    run_ids: Iterable[str],
+    forced: str | None,
+    reopened: Iterable[str],
+    removed: Iterable[str],
+    at: dt.datetime,
+) -> Execution:
+    """Task runs made to run again by hand: each of `run_ids` is RESTARTED (or, when `forced`,
+    ends in that state), the flowable parents `reopened` run again, the runs `removed` are
+    forgotten; an ended execution is RESTARTED, in a new generation of task run ids."""
+    runs = dict(state.taskruns)
+    subflows = dict(state.subflows)
+    subflow_outputs = dict(state.subflow_outputs)
+    for run_id in removed:
+        runs.pop(run_id, None)
+        subflows.pop(run_id, None)
+        subflow_outputs.pop(run_id, None)
+    for run_id in run_ids:
+        run = runs.get(run_id)
+        if run is None:
+            continue
+        if forced is None:
+            # Its Subflow child, if any, is asked for again (a new child).
+            subflows.pop(run_id, None)
+            subflow_outputs.pop(run_id, None)
+            run = msgspec.structs.replace(run, reruns=run.reruns + 1, message=None)
+            runs[run_id] = _run_state(run, "RESTARTED", at)
+        else:
+            if run.attempts:
+                last = run.attempts[-1]
+                run = _set_attempt(run, len(run.attempts), forced, last.workerId, at)
+            runs[run_id] = _run_state(run, forced, at, reruns=run.reruns + 1)
+    for run_id in reopened:
+        run = runs.get(run_id)
+        if run is not None and run.state != "RUNNING":
+            runs[run_id] = _run_state(run, "RUNNING", at, message=None)
+    changed = msgspec.structs.replace(
+        state, taskruns=runs, subflows=subflows, subflow_outputs=subflow_outputs
+    )
+    if not state.terminal:
+        return changed
+    return msgspec.structs.replace(
+        changed,
+        state="RESTARTED",
+        histories=(*state.histories, ("RESTARTED", iso(at))),
+        message=None,
+        outputs=None,
+        kill_requested=False,
+        hold=None,
+        generation=state.generation + 1,
+    )
+
+
 def evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execution | None:
     """The execution's state after `event`, recorded at `at`.
 
@@ -177,6 +271,7 @@ def _evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execut
         if state is not None:
             return state
         definition, broken = _pinned_flow(event.flow)
+        kept = _replayed(event.taskRuns)
         return Execution(
             id=event.executionId,
             namespace=event.namespace,
@@ -194,9 +289,12 @@ def _evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execut
             rules=event.rules,
             state="CREATED",
             histories=(("CREATED", iso(at)),),
-            taskruns={},
+            taskruns={r.id: r for r, _ in kept},
+            subflows={r.id: child for r, (child, _) in kept if child},
+            subflow_outputs={r.id: ended for r, (_, ended) in kept if ended is not None},
             definition=definition,
             broken=broken,
+            replayOf=event.replayOf,
         )
     if state is None:
         return None
@@ -212,6 +310,7 @@ def _evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execut
             message=event.message or state.message,
             resume_inputs=None if resumed else state.resume_inputs,
             resume_runs=frozenset() if resumed else state.resume_runs,
+            hold=None if resumed and state.hold == "resume" else state.hold,
         )
     if isinstance(event, ev.ExecutionKillRequested):
         return msgspec.structs.replace(state, kill_requested=True)
@@ -226,6 +325,10 @@ def _evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execut
     if isinstance(event, ev.ExecutionLabelsChanged):
         return msgspec.structs.replace(state, labels=_labels(event.labels))
     if isinstance(event, ev.ExecutionResumeRequested):
+        if state.hold == "pause":
+            # Paused by hand: the planner lets it run again (a Pause task cannot have paused
+            # it meanwhile, since nothing starts while it holds).
+            return msgspec.structs.replace(state, hold="resume")
         if state.resume_inputs is not None:
             return state  # one request at a time: it resumes the pauses it was made for
         paused = {r.id for r in state.taskruns.values() if r.state == "PAUSED"}
@@ -238,6 +341,18 @@ def _evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execut
         )
     if isinstance(event, ev.ExecutionPurged):
         return msgspec.structs.replace(state, purged=True)
+    if isinstance(event, ev.ExecutionReplayed):
+        return msgspec.structs.replace(state, replays=(*state.replays, event.newExecutionId))
+    if isinstance(event, ev.ExecutionPauseRequested):
+        if state.terminal or state.hold is not None:
+            return state
+        return msgspec.structs.replace(state, hold="pause")
+    if isinstance(event, ev.ExecutionRestarted):
+        return _run_again(state, event.taskRunIds, None, event.reopened, event.removed, at)
+    if isinstance(event, ev.TaskRunStateForced):
+        if event.taskRunId not in state.taskruns:
+            return state
+        return _run_again(state, [event.taskRunId], event.state, event.reopened, event.removed, at)
     if isinstance(event, ev.ExecutionRetried):
         return msgspec.structs.replace(state, retried_as=event.newExecutionId)
     if isinstance(event, ev.SubflowExecutionRequested):
