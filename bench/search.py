@@ -67,6 +67,14 @@ WAVE = 250
 """Executions started per append (each append also carries the two previous waves' events)."""
 PASSWORD = "bench-search-admin"
 
+LOG_DAYS = 30
+"""The log lines' timestamps span this many days up to now."""
+GRAPH_FLOWS = 300
+"""Flows deployed with subflow and flow-trigger dependencies, for the namespace graph."""
+GRAPH_NAMESPACE = "company.graph"
+METRICS_IN_ATTEMPTS = "metrics" in ev.AttemptSucceeded.__struct_fields__
+"""Attempts report task metrics (a counter `rows` and a timer `load`) when the events take them."""
+
 TEAMS, PROJECTS = 10, 10
 FLOWS = [
     f"{verb}-{k}" for verb in ("ingest", "transform", "report", "sync", "cleanup") for k in (1, 2)
@@ -88,9 +96,10 @@ OWNERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "i
 class Seeder:
     """Makes the events of `count` executions, wave by wave, with a fixed random seed."""
 
-    def __init__(self, count: int, lines: int, seed: int = 7) -> None:
+    def __init__(self, count: int, lines: int, seed: int = 7, days: int = LOG_DAYS) -> None:
         self.count = count
         self.lines = lines
+        self.days = days
         self.rng = random.Random(seed)
         self.states = [s for s, _ in STATES]
         self.state_weights = [w for _, w in STATES]
@@ -104,8 +113,9 @@ class Seeder:
         namespace = f"company.team{rng.randrange(TEAMS)}.proj{rng.randrange(PROJECTS)}"
         flow_id = rng.choice(FLOWS)
         state = rng.choices(self.states, self.state_weights)[0]
+        env = rng.choices(self.envs, self.env_weights)[0]
         labels = [
-            {"key": "env", "value": rng.choices(self.envs, self.env_weights)[0]},
+            {"key": "env", "value": env},
             {"key": "owner", "value": rng.choice(OWNERS)},
             {"key": "system.correlationId", "value": xid},
         ]
@@ -132,7 +142,7 @@ class Seeder:
                 task=task,
             ),
         ]
-        info = {"id": xid, "run": run, "state": state}
+        info = {"id": xid, "run": run, "state": state, "env": env, "i": i}
         return [Append(ev.execution_stream(xid), created)], info
 
     def _work(self, info: dict[str, Any], now: str) -> list[Append]:
@@ -154,10 +164,20 @@ class Seeder:
                     executionId=xid, taskRunId=run, taskId="t1", attempt=1, lines=lines
                 )
             )
+        metrics: dict[str, Any] = {}
+        if METRICS_IN_ATTEMPTS:
+            metrics["metrics"] = [
+                {"name": "rows", "type": "counter", "value": float(info["i"] % 1000),
+                 "tags": {"env": info["env"]}},
+                {"name": "load", "type": "timer", "value": float(50 + info["i"] % 950),
+                 "tags": {"env": info["env"]}},
+            ]  # fmt: skip
         if info["state"] == "FAILED":
-            events.append(ev.AttemptFailed(executionId=xid, taskRunId=run, attempt=1, message="no"))
+            events.append(
+                ev.AttemptFailed(executionId=xid, taskRunId=run, attempt=1, message="no", **metrics)
+            )
         elif info["state"] != "RUNNING":
-            events.append(ev.AttemptSucceeded(executionId=xid, taskRunId=run, attempt=1))
+            events.append(ev.AttemptSucceeded(executionId=xid, taskRunId=run, attempt=1, **metrics))
         return [Append(ev.attempt_stream(xid, run, 1), events)]
 
     def _end(self, info: dict[str, Any]) -> list[Append]:
@@ -181,8 +201,13 @@ class Seeder:
         """One list of appends per round: wave r starts, wave r - 1 works, wave r - 2 ends."""
         waves = (self.count + WAVE - 1) // WAVE
         live: dict[int, list[dict[str, Any]]] = {}
+        # The lines are dated over the last `days` days, oldest first (the events themselves
+        # are recorded now); the first two hours are left out, so that a histogram of the
+        # last `days` days, asked for later in the run, still holds every line.
+        span = dt.timedelta(days=self.days) - dt.timedelta(hours=2)
+        first = dt.datetime.now(dt.UTC) - span
         for r in range(waves + 2):
-            now = iso(dt.datetime.now(dt.UTC))
+            now = iso(first + span * (r / (waves + 2)))
             batch: list[Append] = []
             for info in live.pop(r - 2, []):
                 batch += self._end(info)
@@ -222,18 +247,57 @@ async def seed(url: str, count: int, lines: int) -> dict[str, Any]:
     }
 
 
+def graph_flow(i: int, flows: int) -> str:
+    """Flow `i` of the dependency graph: it calls the next flow as a subflow (in the next
+    namespace), and one in three is started by the end of the flow before it (a Flow
+    trigger)."""
+    ns = GRAPH_NAMESPACE
+    after = (i + 1) % flows
+    source = (
+        f"id: flow-{i}\nnamespace: {ns}\ntasks:\n"
+        "  - id: call\n    type: io.kestra.plugin.core.flow.Subflow\n"
+        f"    namespace: {ns}\n    flowId: flow-{after}\n"
+    )
+    if i % 3 == 0 and i > 0:
+        before = i - 1
+        source += (
+            "triggers:\n  - id: after\n    type: io.kestra.plugin.core.trigger.Flow\n"
+            "    conditions:\n      - type: io.kestra.plugin.core.condition.ExecutionFlow\n"
+            f"        namespace: {ns}\n"
+            f"        flowId: flow-{before}\n"
+        )
+    return source
+
+
+async def seed_flows(url: str, flows: int) -> float:
+    """Deploy the flows of the dependency graph as the API does; the seconds it took."""
+    from engine.commands import deploy_flow
+
+    db = Database(url, max_size=2)
+    began = time.perf_counter()
+    try:
+        store = EventStore(db)
+        for i in reversed(range(flows)):  # each subflow exists before its caller
+            await deploy_flow(store, graph_flow(i, flows), actor="bench")
+    finally:
+        await db.close()
+    return time.perf_counter() - began
+
+
 # --- the projections catching up -------------------------------------------------------------
 
 
 async def catch_up(owner_url: str, ctx: Any, began: float) -> dict[str, Any]:
-    """Wait until the executions and logs projections have read every event of their types;
-    their rates in events/s from `began` (when the indexer started)."""
+    """Wait until every projection has read every event of its types; their rates in
+    events/s from `began` (when the indexer started)."""
+    from projections.runner import all_projections
+
     targets: dict[str, tuple[int, int]] = {}
     with psycopg.connect(owner_url, autocommit=True) as conn:
-        for name, types in (
-            ("executions", read_model.ExecutionsProjection.types),
-            ("logs", ("AttemptLogged", "ExecutionPurged")),
-        ):
+        for projection in all_projections():
+            name, types = projection.name, getattr(projection, "types", None)
+            if not types:
+                continue
             row = conn.execute(
                 "SELECT coalesce(max(seq), 0), count(*) FROM events WHERE type = ANY(%s)",
                 (list(types),),
@@ -262,9 +326,13 @@ async def catch_up(owner_url: str, ctx: Any, began: float) -> dict[str, Any]:
 
 
 def vacuum(owner_url: str) -> None:
+    """VACUUM (ANALYZE) of every read-model table."""
+    from projections.runner import all_projections
+
     with psycopg.connect(owner_url, autocommit=True) as conn:
-        conn.execute("VACUUM (ANALYZE) executions")
-        conn.execute("VACUUM (ANALYZE) logs")
+        for projection in all_projections():
+            for table in projection.tables:
+                conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(table)))
 
 
 # --- the reads -----------------------------------------------------------------------------------
@@ -321,6 +389,108 @@ def log_reads(ids: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
     ]  # fmt: skip
 
 
+DASHBOARD = """\
+id: bench
+title: Bench
+timeWindow:
+  default: P30D
+  max: P365D
+charts:
+  - id: per_state
+    type: io.kestra.plugin.core.dashboard.chart.TimeSeries
+    chartOptions:
+      displayName: Executions per state
+      column: date
+    data:
+      type: io.kestra.plugin.core.dashboard.data.Executions
+      columns:
+        date:
+          field: START_DATE
+        state:
+          field: STATE
+        total:
+          agg: COUNT
+  - id: ratio
+    type: io.kestra.plugin.core.dashboard.chart.KPI
+    chartOptions:
+      displayName: Success ratio
+      numberType: PERCENTAGE
+    data:
+      type: io.kestra.plugin.core.dashboard.data.ExecutionsKPI
+      columns:
+        field: ID
+        agg: COUNT
+      numerator:
+        - type: IN
+          field: STATE
+          values: [SUCCESS]
+  - id: logs_per_level
+    type: io.kestra.plugin.core.dashboard.chart.Bar
+    chartOptions:
+      displayName: Log lines per level
+      column: level
+    data:
+      type: io.kestra.plugin.core.dashboard.data.Logs
+      columns:
+        level:
+          field: LEVEL
+        total:
+          agg: COUNT
+  - id: rows_per_flow
+    type: io.kestra.plugin.core.dashboard.chart.Table
+    chartOptions:
+      displayName: Rows per flow
+    data:
+      type: io.kestra.plugin.core.dashboard.data.Metrics
+      columns:
+        flow:
+          field: FLOW_ID
+        rows:
+          field: VALUE
+          agg: SUM
+      where:
+        - field: NAME
+          type: EQUAL_TO
+          value: rows
+"""
+"""The custom dashboard whose charts are timed (created through the API first)."""
+CHARTS = "/api/v1/dashboards/bench/charts"
+
+
+def other_reads(ids: Sequence[str]) -> list[tuple[str, str, str, dict[str, Any], Any]]:
+    """The other reads of the query API timed, as (name, method, path, query parameters,
+    JSON body); a route this build lacks (404) is reported as absent."""
+    now = dt.datetime.now(dt.UTC)
+    month = {
+        "startDate": iso(now - dt.timedelta(days=LOG_DAYS)),
+        "endDate": iso(now),
+    }
+    some = ids[len(ids) // 3]
+    search = "/api/v1/executions/search"
+    flow = "company.team3.proj4/ingest-1"
+    return [
+        ("executions: OR group + P1D", "GET", search, {"filters[or][0][state][EQUALS]": "FAILED", "filters[or][1][labels][EQUALS][env]": "dev", "timeRange": "P1D", "size": PAGE_SIZE}, None),
+        ("executions: sort duration desc", "GET", search, {"sort": "state.duration:desc", "size": PAGE_SIZE}, None),
+        ("executions: namespace + sort end", "GET", search, {"namespace": "company.team3", "sort": "state.endDate:desc", "size": PAGE_SIZE}, None),
+        ("executions: parentId", "GET", search, {"filters[parentId][EQUALS]": some, "size": PAGE_SIZE}, None),
+        ("executions: stats daily, 30 days", "GET", "/api/v1/executions/stats/daily", month, None),
+        ("executions: stats daily, namespace", "GET", "/api/v1/executions/stats/daily", {"namespace": "company.team3", **month}, None),
+        ("metrics: flow counter sum, 30 days", "GET", f"/api/v1/metrics/aggregates/{flow}/rows", {"aggregation": "sum", **month}, None),
+        ("metrics: task timer avg, 30 days", "GET", f"/api/v1/metrics/aggregates/{flow}/t1/load", {"aggregation": "avg", **month}, None),
+        ("metrics: task duration max, 30 days", "GET", f"/api/v1/metrics/aggregates/{flow}/t1/duration", {"aggregation": "max", **month}, None),
+        ("metrics: counter sum, tag env:dev", "GET", f"/api/v1/metrics/aggregates/{flow}/rows", {"aggregation": "sum", "tags": "env:dev", **month}, None),
+        ("executions: Kestra daily stats (POST)", "POST", "/api/v1/stats/executions/daily", None, month),
+        ("dashboard: default stats, 30 days", "GET", "/api/v1/dashboards/default/stats", {"timeRange": "P30D"}, None),
+        ("dashboard: default stats, namespace", "GET", "/api/v1/dashboards/default/stats", {"timeRange": "P30D", "namespace": "company.team3"}, None),
+        ("chart: executions per state per day", "POST", f"{CHARTS}/per_state", None, month),
+        ("chart: KPI success ratio", "POST", f"{CHARTS}/ratio", None, month),
+        ("chart: log lines per level", "POST", f"{CHARTS}/logs_per_level", None, month),
+        ("chart: metric rows sum per flow", "POST", f"{CHARTS}/rows_per_flow", None, month),
+        ("namespace graph: every flow of company.graph", "GET", f"/api/v1/namespaces/{GRAPH_NAMESPACE}/dependencies", {}, None),
+        ("flow dependencies: expandAll", "GET", f"/api/v1/flows/{GRAPH_NAMESPACE}/flow-3/dependencies", {"expandAll": "true"}, None),
+    ]  # fmt: skip
+
+
 def _percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     k = (len(ordered) - 1) * p
@@ -328,12 +498,27 @@ def _percentile(values: Sequence[float], p: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
 
 
-async def _timed(http: httpx.AsyncClient, path: str, params: Any, repeat: int) -> dict[str, Any]:
+class Absent(Exception):
+    """The route answers 404 or 405 to its first request: not in this build."""
+
+
+async def _timed(
+    http: httpx.AsyncClient,
+    path: str,
+    params: Any,
+    repeat: int,
+    *,
+    method: str = "GET",
+    body: Any = None,
+    optional: bool = False,
+) -> dict[str, Any]:
     times: list[float] = []
     answer: Any = None
     for i in range(repeat + 1):
         began = time.perf_counter()
-        response = await http.get(path, params=params)
+        response = await http.request(method, path, params=params, json=body)
+        if optional and i == 0 and response.status_code in (404, 405):
+            raise Absent(f"{method} {path}: {response.status_code}")
         elapsed = (time.perf_counter() - began) * 1000
         if response.status_code != 200:
             raise RuntimeError(f"GET {path} {params}: {response.status_code} {response.text}")
@@ -381,7 +566,39 @@ async def measure_reads(
                 "path": path,
                 "params": params,
             }
+        made = await http.post(
+            "/api/v1/dashboards", content=DASHBOARD, headers={"Content-Type": "application/x-yaml"}
+        )
+        if made.status_code != 200:
+            results["dashboard: created"] = {"failed": f"{made.status_code} {made.text[:200]}"}
+        for name, method, path, params, body in other_reads(ids):
+            entry = {"method": method, "path": path, "params": params, "body": body}
+            try:
+                timed = await _timed(
+                    http, path, params, repeat, method=method, body=body, optional=True
+                )
+            except Absent as absent:
+                results[name] = {**entry, "absent": str(absent)}
+                continue
+            except RuntimeError as failed:
+                results[name] = {**entry, "failed": str(failed)[:300]}
+                continue
+            entry["size"] = _size(timed.pop("answer"))
+            results[name] = {**entry, "other": timed}
     return results
+
+
+def _size(answer: Any) -> str:
+    """What an answer holds, in a few words, for the table."""
+    if isinstance(answer, dict):
+        for key in ("total", "nodes", "aggregations", "results", "data", "buckets"):
+            if key in answer:
+                value = answer[key]
+                return f"{value:,}" if isinstance(value, int) else f"{len(value):,} {key}"
+        return f"{len(answer)} keys"
+    if isinstance(answer, list):
+        return f"{len(answer):,} items"
+    return type(answer).__name__
 
 
 def explain(owner_url: str, params: dict[str, Any], page: int) -> str:
@@ -428,8 +645,14 @@ def explain_logs(owner_url: str, path: str, params: dict[str, Any]) -> str:
         if path == LOG_SEARCH:
             query, values = logs_model.page_sql(where), [*where_params, 0, PAGE_SIZE]
         else:
-            bucket = bucket_for(now - (search.start or now))
+            start, end = search.start or now, search.end or now
+            bucket = bucket_for(end - start)
             query, values = logs_model.histogram_sql(where), [bucket, ORIGIN, *where_params]
+            counted = logs_model.counted_histogram_sql(
+                search, "true", [], start=start, end=end, bucket=bucket, origin=ORIGIN
+            )
+            if counted is not None:  # as the route reads it
+                query, values = counted
         rows = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {query}", values).fetchall()
     return "\n".join(r[0] for r in rows)
 
@@ -466,8 +689,12 @@ def _throwaway_database(url: str | None) -> Iterator[str]:
             )
 
 
-async def _run(owner_url: str, executions: int, lines: int, repeat: int) -> dict[str, Any]:
+async def _run(
+    owner_url: str, executions: int, lines: int, repeat: int, flows: int
+) -> dict[str, Any]:
     seeded = await seed(runtime_url(owner_url), executions, lines)
+    seeded["flows"] = flows
+    seeded["flows_seconds"] = await seed_flows(runtime_url(owner_url), flows)
     ids = seeded.pop("ids")
     with tempfile.TemporaryDirectory(prefix="tiercel-bench-search-data-") as data_dir:
         return await _serve_and_read(owner_url, Path(data_dir), seeded, ids, repeat)
@@ -492,8 +719,26 @@ async def _serve_and_read(
         projections = await catch_up(owner_url, ctx, began)
         await trio.to_thread.run_sync(vacuum, owner_url)
         reads = await measure_reads(ctx.extra["urls"][0], owner_url, ids, repeat)
+        rebuilt = await time_reindex(owner_url, ctx)
         nursery.cancel_scope.cancel()
-    return {"seed": seeded, "projections": projections, "reads": reads}
+    return {"seed": seeded, "projections": projections, "reads": reads, "reindex": rebuilt}
+
+
+async def time_reindex(owner_url: str, ctx: Any) -> dict[str, Any]:
+    """`sys reindex` of every projection while the server runs: seconds per projection."""
+    from projections import reindex as rebuild
+    from projections.runner import all_projections
+
+    db = Database(owner_url, max_size=2)
+    began = time.perf_counter()
+    try:
+        done = await rebuild.reindex(db, all_projections(), storage=ctx.storage)
+    finally:
+        await db.close()
+    return {
+        "seconds": time.perf_counter() - began,
+        "projections": {r.projection: r.seconds for r in done},
+    }
 
 
 def run(url: str | None, executions: int, lines: int, repeat: int, quick: bool) -> dict[str, Any]:
@@ -501,9 +746,10 @@ def run(url: str | None, executions: int, lines: int, repeat: int, quick: bool) 
     with _throwaway_database(url) as owner_url:
         migrate(owner_url)
         base = ceiling(owner_url, 200 if quick else 2000, 20 if quick else 200)
-        results = trio.run(_run, owner_url, executions, lines, repeat)
+        flows = 30 if quick else GRAPH_FLOWS
+        results = trio.run(_run, owner_url, executions, lines, repeat, flows)
         results["ceiling"] = base
-        logged = {k: v for k, v in results["reads"].items() if "path" in v}
+        logged = {k: v for k, v in results["reads"].items() if "logs" in v and "path" in v}
         slowest_log = max(logged, key=lambda name: logged[name]["logs"]["p95_ms"])
         results["slowest_logs"] = {
             "read": slowest_log,
@@ -525,7 +771,58 @@ def run(url: str | None, executions: int, lines: int, repeat: int, quick: bool) 
                 1 if slowest_page == "page1" else DEEP_PAGE,
             ),
         }
+        others = {k: v for k, v in results["reads"].items() if "other" in v}
+        if others:
+            slowest_other = max(others, key=lambda name: others[name]["other"]["p95_ms"])
+            results["slowest_other"] = {
+                "read": slowest_other,
+                "plan": explain_other(owner_url, others[slowest_other]),
+            }
     return results
+
+
+class _Recorder:
+    """A connection that records the statements run on it (and runs them)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+        self.statements: list[tuple[Any, Any]] = []
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        self.statements.append((query, params))
+        return self._conn.execute(query, params, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def explain_other(owner_url: str, entry: dict[str, Any]) -> str:
+    """EXPLAIN (ANALYZE, BUFFERS) of the slowest statement a metrics aggregate runs (the
+    statements of the other routes are not reproduced here)."""
+    path: str = entry["path"]
+    if not path.startswith("/api/v1/metrics/aggregates/"):
+        return f"(plan not reproduced for {path})"
+    from projections import metrics as metrics_model
+
+    parts = path.removeprefix("/api/v1/metrics/aggregates/").split("/")
+    namespace, flow_id, metric = parts[0], parts[1], parts[-1]
+    task_id = parts[2] if len(parts) == 4 else None
+    params = entry["params"]
+    start = dt.datetime.fromisoformat(params["startDate"].replace("Z", "+00:00"))
+    end = dt.datetime.fromisoformat(params["endDate"].replace("Z", "+00:00"))
+    tags = [tuple(t.split(":", 1)) for t in [params["tags"]]] if "tags" in params else []
+    with psycopg.connect(runtime_url(owner_url), autocommit=True) as conn:
+        recorder = _Recorder(conn)
+        metrics_model.aggregate(
+            recorder,  # type: ignore[arg-type]
+            namespace, flow_id, metric, start, end, task_id=task_id, tags=tags,
+        )  # fmt: skip
+        plans = []
+        for query, values in recorder.statements:
+            text = query.as_string(conn) if isinstance(query, sql.Composable) else str(query)
+            rows = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {text}", values).fetchall()
+            plans.append("\n".join(r[0] for r in rows))
+    return "\n\n".join(plans) or "(no statement)"
 
 
 def report(results: dict[str, Any]) -> str:
@@ -538,6 +835,20 @@ def report(results: dict[str, Any]) -> str:
         f"Ceiling (same database, same run): {c['batch_rows_per_s']:,.0f} rows/s in 100-row"
         f" INSERT batches, {c['single_row_per_s']:,.0f} single-row commits/s",
     ]
+    if p:
+        slowest = max(fig["seconds"] for fig in p.values())
+        events = sum(fig["events"] for fig in p.values())
+        out.append(
+            f"Every projection caught up ({len(p)} running together): {events:,} events applied"
+            f" in {slowest:.0f} s = {events / slowest if slowest else 0:,.0f} events/s"
+            f" ({events / slowest / c['batch_rows_per_s'] if slowest else 0:.2f}x the batch"
+            " INSERT ceiling)"
+        )
+    if "flows" in s:
+        out.append(
+            f"Deployed {s['flows']:,} flows with subflow and Flow-trigger dependencies"
+            f" in {s['flows_seconds']:.1f} s (commands.deploy_flow)"
+        )
     for name, fig in p.items():
         out.append(
             f"Projection {name} caught up: {fig['events']:,} events in {fig['seconds']:.0f} s"
@@ -548,6 +859,22 @@ def report(results: dict[str, Any]) -> str:
     header = ("read", "total", "page 1 p50/p95", f"page {DEEP_PAGE} p50/p95", "target p95")
     rows = [header]
     for name, entry in results["reads"].items():
+        if "absent" in entry or "failed" in entry:
+            why = "absent in this build" if "absent" in entry else "failed: " + entry["failed"]
+            rows.append((name, why[:60], "", "", "not timed"))
+            continue
+        if "other" in entry:
+            t = entry["other"]
+            rows.append(
+                (
+                    name,
+                    entry["size"],
+                    f"{t['p50_ms']:.1f} / {t['p95_ms']:.1f} ms",
+                    "",
+                    _verdict(t["p95_ms"]),
+                )
+            )
+            continue
         if "logs" in entry:
             t = entry["logs"]
             rows.append(
@@ -577,6 +904,10 @@ def report(results: dict[str, Any]) -> str:
     out += [
         "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows[1:]
     ]
+    rebuilt = results.get("reindex")
+    if rebuilt:
+        each = ", ".join(f"{n} {sec:.0f} s" for n, sec in rebuilt["projections"].items())
+        out += ["", f"sys reindex of every projection: {rebuilt['seconds']:.0f} s ({each})"]
     slow = results["slowest"]
     out += [
         "",
@@ -592,6 +923,15 @@ def report(results: dict[str, Any]) -> str:
             f"Plan of the slowest logs read: {slow_logs['read']}"
             f" ({entry['path']}?{urllib.parse.urlencode(entry['params'])})",
             slow_logs["plan"],
+        ]
+    slow_other = results.get("slowest_other")
+    if slow_other:
+        entry = results["reads"][slow_other["read"]]
+        out += [
+            "",
+            f"Plan of the slowest other read: {slow_other['read']} ({entry['method']}"
+            f" {entry['path']}?{urllib.parse.urlencode(entry['params'] or {})})",
+            slow_other["plan"],
         ]
     return "\n".join(out)
 
@@ -609,7 +949,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--executions", type=int, default=None, help="executions to seed (1,000,000)"
     )
-    parser.add_argument("--log-lines", type=int, default=10, help="log lines per execution (10)")
+    parser.add_argument(
+        "--log-lines", type=int, default=None, metavar="N",
+        help="log lines in all, spread evenly over the executions (10 per execution)",
+    )  # fmt: skip
     parser.add_argument("--repeat", type=int, default=None, help="requests per read (20)")
     parser.add_argument(
         "--json", nargs="?", const="bench-search.json", metavar="FILE",
@@ -618,7 +961,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     executions = args.executions or (1_000 if args.quick else 1_000_000)
     repeat = args.repeat or (2 if args.quick else 20)
-    results = run(args.database_url, executions, args.log_lines, repeat, args.quick)
+    per_execution = max(1, round((args.log_lines or 10 * executions) / executions))
+    results = run(args.database_url, executions, per_execution, repeat, args.quick)
     results["meta"] = {
         "quick": args.quick,
         "executions": executions,

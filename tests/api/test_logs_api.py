@@ -275,7 +275,7 @@ async def _histogram_matches_search(client: httpx.AsyncClient, params: dict[str,
 
 
 async def test_histogram_over_days_counts_every_line_and_follows_purges(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, server: Any
 ) -> None:
     # Ranges ending after now: the minutes (2 hours: 1-minute buckets) and hours (7 days:
     # 3-hour buckets) holding this test's lines are inside the range, where the histogram
@@ -336,6 +336,15 @@ async def test_histogram_over_days_counts_every_line_and_follows_purges(
             await _histogram_matches_search(client, {"namespace": ns, "flowId": "levels", **span})
             == 2
         )
+    # A count the purges brought to zero is gone, as a rebuild (which never counted those
+    # lines) would not have it.
+    for table in ("log_counts", "log_counts_hourly"):
+        row = await server.db.fetchone(
+            f"SELECT count(*) FILTER (WHERE count <= 0) AS empty, sum(count) AS lines"
+            f" FROM {table} WHERE namespace = %s OR namespace LIKE %s",
+            (ns, f"{ns}.%"),
+        )
+        assert row == {"empty": 0, "lines": 4}, table
     token = await _token(client, "viewer", [f"{ns}.etl"])
     async with httpx.AsyncClient(
         base_url=client.base_url, headers=_bearer(token), timeout=60

@@ -102,3 +102,37 @@ def test_trips_names_who_asks_for_each_round_trip_of_a_w1_execution(
     # worker its results: both are named.
     assert "engine/executor_shell.py" in printed
     assert "engine/batcher.py" in printed
+
+
+def test_quick_search_bench_times_every_query_of_the_read_models_and_a_reindex(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.search import main
+
+    out = tmp_path / "search.json"
+    code = main(
+        ["--quick", "--executions", "400", "--log-lines", "2000", "--repeat", "1",
+         "--database-url", database_url, "--json", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    for line in ("Every projection caught up", "Projection logs caught up",
+                 "100-row INSERT batches", "histogram: every line", "logs: q=line (every line)",
+                 "metrics: flow counter sum, 30 days", "dashboard: default stats, 30 days",
+                 "namespace graph: every flow of company.graph", "sys reindex of every projection",
+                 "Plan of the slowest logs read"):  # fmt: skip
+        assert line in printed, line
+    results = json.loads(out.read_text())
+    assert results["seed"]["log_lines"] == 2000 and results["seed"]["flows"] == 30
+    reads = results["reads"]
+    # The lines are dated over the last 30 days: the month's histogram counts every one.
+    assert reads["histogram: every line"]["lines"] == 2000
+    assert reads["logs: q=line (every line)"]["lines"] == 2000
+    for name in (
+        "metrics: flow counter sum, 30 days",
+        "namespace graph: every flow of company.graph",
+    ):
+        assert reads[name]["other"]["p95_ms"] >= reads[name]["other"]["p50_ms"] > 0, name
+    assert reads["namespace graph: every flow of company.graph"]["size"] == "30 nodes"
+    rebuilt = results["reindex"]["projections"]
+    assert {"flows", "executions", "logs"} <= set(rebuilt) and results["reindex"]["seconds"] > 0
