@@ -103,8 +103,10 @@ def principal() -> Principal:
 
 
 def actor() -> str:
-    """The current principal as events' metadata names it."""
-    return principal().actor
+    """The current principal as events' metadata names it (`anonymous` when the server runs
+    without authentication)."""
+    who = principal()
+    return "anonymous" if who.kind == "anonymous" else who.actor
 
 
 def require_namespace(namespace: str, role: str | None = None) -> None:

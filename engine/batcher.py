@@ -15,8 +15,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
 import trio
 
+from engine import audit
 from engine.backoff import Backoff, describe, is_transient
 from engine.health import Health
 from engine.store import Append, AppendResult, EventStore
@@ -32,6 +34,14 @@ class _Pending:
         self.done = trio.Event()
         self.result: AppendResult | None = None
         self.error: BaseException | None = None
+
+
+def _with_request_meta(request: Append) -> Append:
+    """`request` with what the caller's API request adds to its meta (engine/audit.py): the
+    task that commits it may be another's."""
+    if not audit.current():
+        return request
+    return msgspec.structs.replace(request, meta=audit.merged(request.meta))
 
 
 class GroupCommitter:
@@ -61,7 +71,7 @@ class GroupCommitter:
         With a command id, a database outage only delays the result; without one, a
         transient error is raised to the caller.
         """
-        pending = _Pending(request)
+        pending = _Pending(_with_request_meta(request))
         self._queue.append(pending)
         self._wake.set()
         await pending.done.wait()
@@ -141,7 +151,9 @@ class CommitGroup:
     async def append(self, request: Append) -> AppendResult:
         """Queue `request` and return its result once the transaction that carries it has
         committed; raise the error of that transaction when it failed."""
-        pending = _Pending(request)
+        # Another caller may commit it: what this caller's API request adds to its meta is
+        # added now, and the commit runs without any (engine/audit.py).
+        pending = _Pending(_with_request_meta(request))
         self._queue.append(pending)
         try:
             while not pending.done.is_set():
@@ -159,6 +171,14 @@ class CommitGroup:
         return pending.result
 
     async def _commit(self, mine: _Pending) -> None:
+        # The requests carry their own callers' request meta already (see `append`).
+        token = audit.request_meta.set({})
+        try:
+            await self._commit_batch(mine)
+        finally:
+            audit.request_meta.reset(token)
+
+    async def _commit_batch(self, mine: _Pending) -> None:
         batch = self._queue[: self.max_batch]
         del self._queue[: len(batch)]
         try:

@@ -25,6 +25,7 @@ import msgspec
 import psycopg
 from psycopg.types.json import Jsonb
 
+from engine import audit
 from engine import events as ev
 from engine.db import APPEND_STATEMENT_TIMEOUT, Database
 from engine.errors import TiercelError, WrongExpectedVersion
@@ -404,6 +405,9 @@ class EventStore:
         Conflicting requests are reported and skipped; the others are written. `written`, when
         given, receives the events written, as a reader would read them.
         """
+        if audit.current():
+            # Made while an API request is handled: the client's address and reason go with it.
+            requests = [msgspec.structs.replace(r, meta=audit.merged(r.meta)) for r in requests]
         feed = self.feed
         echo: list[StoredEvent] | None = written
         if echo is None and feed is not None:
