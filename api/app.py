@@ -24,6 +24,7 @@ from api import (
     bodies,
     bulk_routes,
     execution_filters,
+    execution_stats_routes,
     flows_routes,
     kv_routes,
     logs_routes,
@@ -199,6 +200,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(webhooks.blueprint(ctx))
     app.register_blueprint(triggers.blueprint(ctx))
     app.register_blueprint(logs_routes.blueprint(ctx))
+    app.register_blueprint(execution_stats_routes.blueprint(ctx))
     app.register_blueprint(projections_routes.blueprint(ctx))
     app.register_blueprint(topology_routes.blueprint(ctx))
     app.register_blueprint(bulk_routes.blueprint(ctx))

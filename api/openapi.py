@@ -280,7 +280,12 @@ def _search_parameters() -> list[dict[str, Any]]:
     return [
         query("page", "Page number, from 1", type="integer", minimum=1),
         query("size", "Rows per page (at most 1000)", type="integer", minimum=1),
-        query("sort", "state.startDate:desc (default) or state.startDate:asc"),
+        query(
+            "sort",
+            "field:asc|desc, field one of id, namespace, flowId, state.current, "
+            "state.startDate (default, desc), state.endDate, state.duration, flowRevision, "
+            "taskRunCount",
+        ),
         query("after", "The `next` value of the previous page: continue after it"),
         query("namespace", "This namespace and those under it"),
         query("flowId", "The flow's id"),
@@ -296,6 +301,11 @@ def _search_parameters() -> list[dict[str, Any]]:
         query("timeRange", "Started within this ISO-8601 duration from now (PT24H)"),
         query("q", "The start of an id, or word prefixes of the namespace and flow id"),
         query("scope", "USER (every Tiercel execution)"),
+        query("trigger", "Trigger types (io.kestra.plugin.core.trigger.Schedule, ...)"),
+        query("triggerId", "Trigger ids"),
+        query("triggerExecutionId", "Executions started from this execution"),
+        query("parentId", "Subflow executions of this execution"),
+        query("childFilter", "CHILD (subflow executions only) or MAIN (the others)"),
         {
             "name": "filters",
             "in": "query",
@@ -304,7 +314,9 @@ def _search_parameters() -> list[dict[str, Any]]:
             "explode": True,
             "description": (
                 "Kestra's form: filters[field][OPERATION]=value, and "
-                f"filters[labels][EQUALS][key]=value. Fields and operations: {filters}"
+                f"filters[labels][EQUALS][key]=value. Fields and operations: {filters}. "
+                "Condition groups: filters[or][N][field][OPERATION]=value puts a filter in "
+                "group N; groups join by OR, every filter outside them applies to all"
             ),
             "schema": {"type": "object", "additionalProperties": True},
         },

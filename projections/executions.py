@@ -1020,3 +1020,82 @@ def _estimate(
     )
     row = plan.fetchone()
     return int(row[0][0]["Plan"]["Plan Rows"]) if row else 0
+
+
+# --- statistics --------------------------------------------------------------------------------
+
+MAX_STAT_BUCKETS = 24 * 366
+"""The most buckets one statistics answer holds (a year of hours, or of days)."""
+
+
+@dataclass
+class StatsQuery:
+    """What `daily_stats` counts: executions started in [start, end), grouped by `unit`."""
+
+    start: dt.datetime
+    end: dt.datetime
+    unit: str = "day"
+    """day or hour (UTC)."""
+    namespace: str | None = None
+    """This namespace and those under it."""
+    flow_id: str | None = None
+    states: Sequence[str] = ()
+
+
+def daily_stats(
+    conn: psycopg.Connection[Any], scope: str, scope_params: Sequence[Any], query: StatsQuery
+) -> list[dict[str, Any]]:
+    """Per bucket (every one of the range, empty ones too): the executions by current state
+    and the durations of the ended ones, read from the rollups `execution_stats` and
+    `execution_durations`, within the caller's `scope` (a condition on `namespace`).
+
+    Each entry: `startDate` (the bucket), `groupBy`, `executionCounts` (every state, 0 when
+    none), `duration` (`count` of ended executions, `sum` and `avg` in seconds; the rollups
+    keep duration classes, not each duration, so there is no exact min or max).
+    """
+    where = [scope, "bucket >= %s", "bucket < %s"]
+    params: list[Any] = [*scope_params, query.start, query.end]
+    if query.namespace:
+        where.append("(namespace = %s OR (namespace >= %s AND namespace < %s))")
+        params += [query.namespace, query.namespace + ".", query.namespace + "/"]
+    if query.flow_id:
+        where.append("flow_id = %s")
+        params.append(query.flow_id)
+    if query.states:
+        where.append("state = ANY(%s::text[])")
+        params.append(sorted({s.upper() for s in query.states}))
+    cond = " AND ".join(where)
+    unit = "hour" if query.unit == "hour" else "day"
+    group = f"date_trunc('{unit}', bucket AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    counts = conn.execute(
+        f"SELECT {group} AS b, state, sum(count)::bigint FROM execution_stats WHERE {cond}"
+        " GROUP BY 1, 2",
+        params,
+        prepare=False,
+    ).fetchall()
+    durations = conn.execute(
+        f"SELECT {group} AS b, sum(count)::bigint, sum(sum_ms)::bigint FROM execution_durations"
+        f" WHERE {cond} GROUP BY 1",
+        params,
+        prepare=False,
+    ).fetchall()
+    step = dt.timedelta(hours=1) if unit == "hour" else dt.timedelta(days=1)
+    out: dict[dt.datetime, dict[str, Any]] = {}
+    at = query.start
+    while at < query.end:
+        out[at] = {
+            "startDate": iso(at),
+            "groupBy": unit,
+            "executionCounts": dict.fromkeys(sorted(STATES), 0),
+            "duration": {"count": 0, "sum": 0.0, "avg": None, "min": None, "max": None},
+        }
+        at += step
+    for bucket, state, n in counts:
+        entry = out.get(bucket)
+        if entry is not None:
+            entry["executionCounts"][state] = int(n)
+    for bucket, n, ms in durations:
+        entry = out.get(bucket)
+        if entry is not None and n:
+            entry["duration"].update(count=int(n), sum=ms / 1000, avg=ms / 1000 / n)
+    return list(out.values())

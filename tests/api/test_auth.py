@@ -77,6 +77,9 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("GET", "/api/v1/logs/histogram", {}, "viewer"),
     ("GET", "/api/v1/logs/nope/follow", {}, "viewer"),
     ("GET", "/api/v1/logs/nope/download", {}, "viewer"),
+    # Execution statistics from the executions projection's rollups.
+    ("GET", "/api/v1/executions/stats/daily", {}, "viewer"),
+    ("POST", "/api/v1/stats/executions/daily", {"json": {}}, "viewer"),
     ("GET", f"/api/v1/namespaces/{NS}/secrets", {}, "viewer"),
     ("GET", f"/api/v1/namespaces/{NS}/secrets/nope", {}, "viewer"),
     ("PUT", f"/api/v1/namespaces/{NS}/secrets", {"json": {}}, "editor"),
