@@ -29,6 +29,7 @@ from api import (
     kv_routes,
     logs_routes,
     metrics,
+    metrics_routes,
     openapi,
     projections_routes,
     tenant,
@@ -200,6 +201,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(webhooks.blueprint(ctx))
     app.register_blueprint(triggers.blueprint(ctx))
     app.register_blueprint(logs_routes.blueprint(ctx))
+    app.register_blueprint(metrics_routes.blueprint(ctx))
     app.register_blueprint(execution_stats_routes.blueprint(ctx))
     app.register_blueprint(projections_routes.blueprint(ctx))
     app.register_blueprint(topology_routes.blueprint(ctx))

@@ -195,6 +195,46 @@ class LogEntry(msgspec.Struct, kw_only=True):
     executionKind: str | None
 
 
+class MetricEntry(msgspec.Struct, kw_only=True):
+    """A metric point of a task run (or, for `execution.duration`, of the execution): a
+    counter as reported, a timer in milliseconds."""
+
+    tenantId: str
+    namespace: str | None
+    flowId: str | None
+    taskId: str | None
+    executionId: str
+    taskRunId: str | None
+    type: str
+    name: str
+    value: float
+    timestamp: str
+    tags: dict[str, str]
+    deleted: bool
+
+
+class MetricPage(msgspec.Struct, kw_only=True):
+    """A page of an execution's metric points."""
+
+    results: list[MetricEntry]
+    total: int
+
+
+class MetricAggregation(msgspec.Struct, kw_only=True):
+    """A metric aggregated over one time bucket (null: no point to take a min, max or avg of)."""
+
+    name: str
+    value: float | None
+    date: str
+
+
+class MetricAggregations(msgspec.Struct, kw_only=True):
+    """A metric per time bucket: `groupBy` is the bucket (minute, hour, day, week, month)."""
+
+    groupBy: str
+    aggregations: list[MetricAggregation]
+
+
 class ProblemDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One problem of a request: what, and where (field path, line and column)."""
 
@@ -224,6 +264,15 @@ ANSWERS: dict[tuple[str, str], Any] = {
     ("GET", "/api/v1/executions/search"): ExecutionPage,
     ("GET", "/api/v1/executions/{execution_id}"): Execution,
     ("GET", "/api/v1/logs/{execution_id}"): list[LogEntry],
+    ("GET", "/api/v1/metrics/{execution_id}"): MetricPage,
+    ("GET", "/api/v1/metrics/names/{namespace}/{flow_id}"): list[str],
+    ("GET", "/api/v1/metrics/names/{namespace}/{flow_id}/{task_id}"): list[str],
+    ("GET", "/api/v1/metrics/tasks/{namespace}/{flow_id}"): list[str],
+    ("GET", "/api/v1/metrics/aggregates/{namespace}/{flow_id}/{metric}"): MetricAggregations,
+    (
+        "GET",
+        "/api/v1/metrics/aggregates/{namespace}/{flow_id}/{task_id}/{metric}",
+    ): MetricAggregations,
 }
 """The routes whose answer is one of the shapes above, by method and OpenAPI path."""
 

@@ -107,8 +107,9 @@ def all_projections() -> list[Projection]:
     from projections.executions import ExecutionsProjection
     from projections.flows import FlowsProjection
     from projections.logs import LogsProjection
+    from projections.metrics import MetricsProjection
 
-    return [FlowsProjection(), ExecutionsProjection(), LogsProjection()]
+    return [FlowsProjection(), ExecutionsProjection(), LogsProjection(), MetricsProjection()]
 
 
 async def serve(ctx: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -138,6 +138,13 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("POST", "/api/v1/flows/graph", {"content": "id: [", "headers": YAML}, "viewer"),
     ("GET", f"/api/v1/flows/{NS}/nope/dependencies", {}, "viewer"),
     ("GET", f"/api/v1/namespaces/{NS}/dependencies", {}, "viewer"),
+    # The metrics read model (api/metrics_routes.py).
+    ("GET", "/api/v1/metrics/nope", {}, "viewer"),
+    ("GET", f"/api/v1/metrics/names/{NS}/nope", {}, "viewer"),
+    ("GET", f"/api/v1/metrics/names/{NS}/nope/nope", {}, "viewer"),
+    ("GET", f"/api/v1/metrics/tasks/{NS}/nope", {}, "viewer"),
+    ("GET", f"/api/v1/metrics/aggregates/{NS}/nope/nope", {}, "viewer"),
+    ("GET", f"/api/v1/metrics/aggregates/{NS}/nope/nope/nope", {}, "viewer"),
     # Bulk operations on executions (api/bulk_routes.py): bodies that choose nothing.
     ("POST", "/api/v1/executions/bulk/replay", {"json": {}}, "runner"),
     ("GET", "/api/v1/bulk", {}, "viewer"),
@@ -183,6 +190,18 @@ def _rule_of(path: str) -> str:
             "/api/v1/flows/<namespace>/<flow_id>/dependencies"
         ),
         f"/api/v1/namespaces/{NS}/dependencies": "/api/v1/namespaces/<namespace>/dependencies",
+        "/api/v1/metrics/nope": "/api/v1/metrics/<execution_id>",
+        f"/api/v1/metrics/names/{NS}/nope": "/api/v1/metrics/names/<namespace>/<flow_id>",
+        f"/api/v1/metrics/names/{NS}/nope/nope": (
+            "/api/v1/metrics/names/<namespace>/<flow_id>/<task_id>"
+        ),
+        f"/api/v1/metrics/tasks/{NS}/nope": "/api/v1/metrics/tasks/<namespace>/<flow_id>",
+        f"/api/v1/metrics/aggregates/{NS}/nope/nope": (
+            "/api/v1/metrics/aggregates/<namespace>/<flow_id>/<metric>"
+        ),
+        f"/api/v1/metrics/aggregates/{NS}/nope/nope/nope": (
+            "/api/v1/metrics/aggregates/<namespace>/<flow_id>/<task_id>/<metric>"
+        ),
         "/api/v1/executions/bulk/replay": "/api/v1/executions/bulk/<action>",
         "/api/v1/bulk/nope": "/api/v1/bulk/<job_id>",
         "/api/v1/bulk/nope/follow": "/api/v1/bulk/<job_id>/follow",

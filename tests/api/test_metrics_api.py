@@ -1,0 +1,359 @@
+"""The metrics read model through a real server, as Kestra's clients call it: the metrics a
+script reports through `::{"metrics": [...]}::` and the built-in durations, per execution with
+each filter, the names and tasks of a flow, and aggregates per time bucket; a batch applied
+twice and a rebuild from position 0 give the same rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import trio
+
+from api import openapi
+from engine.db import Database
+from projections import reindex as rebuild
+from projections.metrics import MetricsProjection
+from tests.api.test_auth import _bearer, _token
+
+YAML = {"Content-Type": "application/x-yaml"}
+
+
+def _ns() -> str:
+    return f"test.metrics.n{uuid.uuid4().hex[:8]}"
+
+
+def _flow(namespace: str) -> str:
+    # A Python script reports through Kestra's library and the raw protocol, a shell script
+    # through the raw protocol: counters and timers (seconds), with tags.
+    return f"""
+id: etl
+namespace: {namespace}
+tasks:
+  - id: extract
+    type: io.kestra.plugin.scripts.python.Script
+    script: |
+      import json
+      from kestra import Kestra
+      Kestra.counter("rows", 3, {{"table": "users"}})
+      print('::' + json.dumps({{"metrics": [
+          {{"name": "load", "type": "timer", "value": 1.5, "tags": {{"table": "users"}}}}
+      ]}}) + '::')
+  - id: load
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands:
+      - echo '::{{"metrics":[{{"name":"rows","type":"counter","value":2,"tags":{{"table":"orders"}}}},{{"name":"load","type":"timer","value":0.25,"tags":{{"table":"orders"}}}}]}}::'
+"""
+
+
+@pytest.fixture
+async def ran(client: httpx.AsyncClient) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
+    """A namespace, and an ended execution of its `etl` flow (as GET /executions/{id})."""
+    ns = _ns()
+    deployed = await client.post("/api/v1/flows", content=_flow(ns), headers=YAML)
+    assert deployed.is_success, deployed.text
+    answer = await client.post(f"/api/v1/executions/{ns}/etl?wait=true")
+    assert answer.is_success, answer.text
+    xid = answer.json()["id"]
+    execution = (await client.get(f"/api/v1/executions/{xid}")).json()
+    assert execution["state"]["current"] == "SUCCESS", execution
+    await _points(client, xid)  # which waits for the read model to hold them
+    yield ns, xid, execution
+
+
+async def _points(client: httpx.AsyncClient, xid: str, **params: Any) -> dict[str, Any]:
+    answer = await client.get(f"/api/v1/metrics/{xid}", params={"size": 100, **params})
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def _ms(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _seconds(duration: str) -> float:
+    assert duration.startswith("PT") and duration.endswith("S")
+    return float(duration[2:-1])
+
+
+async def test_script_metrics_and_built_in_durations_are_listed_per_execution(
+    client: httpx.AsyncClient, ran: tuple[str, str, dict[str, Any]]
+) -> None:
+    ns, xid, execution = ran
+    page = await _points(client, xid)
+    assert page["total"] == len(page["results"]) == 7
+    msgspec.convert(page, openapi.MetricPage)  # the shape the OpenAPI document gives
+    reported = {
+        (p["taskId"], p["name"], p["type"], p["value"], tuple(sorted(p["tags"].items())))
+        for p in page["results"]
+        if p["name"] not in ("duration", "execution.duration")
+    }
+    # Timers in milliseconds, as Kestra's are.
+    assert reported == {
+        ("extract", "rows", "counter", 3.0, (("table", "users"),)),
+        ("extract", "load", "timer", 1500.0, (("table", "users"),)),
+        ("load", "rows", "counter", 2.0, (("table", "orders"),)),
+        ("load", "load", "timer", 250.0, (("table", "orders"),)),
+    }
+    runs = {r["taskId"]: r for r in execution["taskRunList"]}
+    for p in page["results"]:
+        assert p["namespace"] == ns and p["flowId"] == "etl" and p["executionId"] == xid
+        assert p["tenantId"] == "main" and p["deleted"] is False
+        if p["taskId"] is not None:
+            assert p["taskRunId"] == runs[p["taskId"]]["id"]
+
+    # A task's duration: from the claim (RUNNING) to the attempt's end.
+    durations = {p["taskId"]: p for p in page["results"] if p["name"] == "duration"}
+    assert set(durations) == {"extract", "load"}
+    for task_id, point in durations.items():
+        assert point["type"] == "timer" and point["tags"] == {"state": "SUCCESS"}
+        histories = runs[task_id]["attempts"][0]["state"]["histories"]
+        dates = {h["state"]: _ms(h["date"]) for h in histories}
+        expected = (dates["SUCCESS"] - dates["RUNNING"]) / dt.timedelta(milliseconds=1)
+        assert point["value"] == expected > 0
+    # The execution's duration: the one GET /executions/{id} shows, to the millisecond.
+    (whole,) = [p for p in page["results"] if p["name"] == "execution.duration"]
+    assert whole["taskId"] is None and whole["taskRunId"] is None
+    assert whole["tags"] == {"state": "SUCCESS"}
+    assert whole["value"] == round(_seconds(execution["state"]["duration"]) * 1000)
+    assert whole["timestamp"] == execution["state"]["endDate"]
+
+
+async def test_execution_metrics_filter_by_task_task_run_and_tags_and_page_and_sort(
+    client: httpx.AsyncClient, ran: tuple[str, str, dict[str, Any]]
+) -> None:
+    ns, xid, execution = ran
+    load_run = next(r["id"] for r in execution["taskRunList"] if r["taskId"] == "load")
+
+    by_task = await _points(client, xid, taskId="extract")
+    assert {p["name"] for p in by_task["results"]} == {"rows", "load", "duration"}
+    assert by_task["total"] == 3
+    by_run = await _points(client, xid, taskRunId=load_run)
+    assert {p["taskId"] for p in by_run["results"]} == {"load"} and by_run["total"] == 3
+    tagged = await _points(client, xid, tags="table:orders")
+    assert {(p["name"], p["value"]) for p in tagged["results"]} == {("rows", 2.0), ("load", 250.0)}
+    both = await _points(client, xid, tags=["table:orders", "state:SUCCESS"])
+    assert both["total"] == 0
+    assert (await _points(client, xid, tags="state:SUCCESS"))["total"] == 3
+
+    ordered = await _points(client, xid, sort="value:desc")
+    values = [p["value"] for p in ordered["results"]]
+    assert values == sorted(values, reverse=True)
+    named = await _points(client, xid, sort=["name:asc", "value:asc"])
+    keys = [(p["name"], p["value"]) for p in named["results"]]
+    assert keys == sorted(keys)
+
+    first = await _points(client, xid, page=1, size=3, sort="value:asc")
+    second = await _points(client, xid, page=2, size=3, sort="value:asc")
+    last = await _points(client, xid, page=3, size=3, sort="value:asc")
+    assert first["total"] == second["total"] == last["total"] == 7
+    assert [len(p["results"]) for p in (first, second, last)] == [3, 3, 1]
+    paged = [p["value"] for page in (first, second, last) for p in page["results"]]
+    assert paged == sorted(values)
+
+    for params, wrong in (
+        ({"sort": "colour:asc"}, "sort"),
+        ({"sort": "value:up"}, "sort"),
+        ({"tags": "no-colon"}, "tags"),
+        ({"size": "0"}, "size"),
+        ({"page": "x"}, "page"),
+        ({"level": "INFO"}, "level"),
+    ):
+        answer = await client.get(f"/api/v1/metrics/{xid}", params=params)
+        assert answer.status_code == 400, (params, answer.text)
+        assert wrong in answer.json()["message"]
+    missing = await client.get("/api/v1/metrics/no-such-execution")
+    assert missing.status_code == 404 and "no-such-execution" in missing.json()["message"]
+
+
+async def test_names_and_tasks_of_a_flow_with_metrics(
+    client: httpx.AsyncClient, ran: tuple[str, str, dict[str, Any]]
+) -> None:
+    ns, _, _ = ran
+    names = await client.get(f"/api/v1/metrics/names/{ns}/etl")
+    assert names.json() == ["duration", "execution.duration", "load", "rows"]
+    task = await client.get(f"/api/v1/metrics/names/{ns}/etl/load")
+    assert task.json() == ["duration", "load", "rows"]
+    tasks = await client.get(f"/api/v1/metrics/tasks/{ns}/etl")
+    assert tasks.json() == ["extract", "load"]
+    # Unknown flows and tasks have none; the answer is an empty list, as Kestra's.
+    assert (await client.get(f"/api/v1/metrics/names/{ns}/nope")).json() == []
+    assert (await client.get(f"/api/v1/metrics/names/{ns}/etl/nope")).json() == []
+    assert (await client.get(f"/api/v1/metrics/tasks/{ns}/nope")).json() == []
+    # Under Kestra's tenant segment too.
+    assert (await client.get(f"/api/v1/main/metrics/tasks/{ns}/etl")).json() == tasks.json()
+
+
+def _values(answer: httpx.Response) -> list[float]:
+    assert answer.status_code == 200, answer.text
+    return [a["value"] for a in answer.json()["aggregations"] if a["value"]]
+
+
+async def test_aggregates_per_bucket_with_each_aggregation_range_and_tag_filter(
+    client: httpx.AsyncClient, ran: tuple[str, str, dict[str, Any]]
+) -> None:
+    ns, xid, _ = ran
+    base = f"/api/v1/metrics/aggregates/{ns}/etl"
+    # A second run: two points of each series.
+    again = await client.post(f"/api/v1/executions/{ns}/etl?wait=true")
+    assert again.json()["state"]["current"] == "SUCCESS"
+    await _points(client, again.json()["id"])  # its points are in the read model
+    now = dt.datetime.now(dt.UTC)
+
+    def iso(at: dt.datetime) -> str:
+        return at.isoformat().replace("+00:00", "Z")
+
+    # Days: read from the hourly rollup (the points are in a whole hour of the range).
+    days = {
+        "startDate": iso(now - dt.timedelta(days=2)),
+        "endDate": iso(now + dt.timedelta(days=2)),
+    }
+    answer = await client.get(f"{base}/rows", params=days)
+    body = answer.json()
+    assert body["groupBy"] == "day" and len(body["aggregations"]) == 5
+    msgspec.convert(body, openapi.MetricAggregations)
+    assert all(a["name"] == "rows" for a in body["aggregations"])
+    assert _values(answer) == [10.0]  # (3 + 2) twice
+    expected = {"sum": 10.0, "count": 4.0, "avg": 2.5, "min": 2.0, "max": 3.0}
+    for how, value in expected.items():
+        found = await client.get(f"{base}/rows", params={**days, "aggregation": how.upper()})
+        assert _values(found) == [value], how
+    # Empty buckets: 0 for a sum or a count, null for the others.
+    empty = (await client.get(f"{base}/rows", params={**days, "aggregation": "max"})).json()
+    assert [a["value"] for a in empty["aggregations"]].count(None) == 4
+    # A task's, and the tag filters.
+    assert _values(await client.get(f"{base}/load/rows", params=days)) == [4.0]
+    tagged = await client.get(f"{base}/rows", params={**days, "tags": "table:users"})
+    assert _values(tagged) == [6.0]
+    timers = await client.get(
+        f"{base}/load", params={**days, "aggregation": "avg", "tags": "table:orders"}
+    )
+    assert _values(timers) == [250.0]
+    assert _values(await client.get(f"{base}/rows", params={**days, "tags": "table:none"})) == []
+    # The built-in durations aggregate like any timer.
+    runs = await client.get(f"{base}/execution.duration", params={**days, "aggregation": "count"})
+    assert _values(runs) == [2.0]
+
+    # Minutes up to six hours (from the points), hours up to a day (the partial hours at the
+    # ends of the range from the points too), then weeks, months.
+    minutes = await client.get(
+        f"{base}/rows",
+        params={"startDate": iso(now - dt.timedelta(hours=1)), "endDate": iso(now)},
+    )
+    assert minutes.json()["groupBy"] == "minute" and len(minutes.json()["aggregations"]) in (61, 62)
+    assert sum(_values(minutes)) == 10.0
+    hours = await client.get(
+        f"{base}/rows",
+        params={"startDate": iso(now - dt.timedelta(hours=12)), "endDate": iso(now)},
+    )
+    assert hours.json()["groupBy"] == "hour" and sum(_values(hours)) == 10.0
+    weeks = await client.get(
+        f"{base}/rows",
+        params={"startDate": iso(now - dt.timedelta(days=200)), "endDate": iso(now)},
+    )
+    assert weeks.json()["groupBy"] == "week" and sum(_values(weeks)) == 10.0
+    months = await client.get(
+        f"{base}/rows",
+        params={"startDate": iso(now - dt.timedelta(days=400)), "endDate": iso(now)},
+    )
+    assert months.json()["groupBy"] == "month" and sum(_values(months)) == 10.0
+    # The default range: the last 30 days, by the day.
+    default = await client.get(f"{base}/rows")
+    assert default.json()["groupBy"] == "day" and sum(_values(default)) == 10.0
+    before = await client.get(
+        f"{base}/rows",
+        params={
+            "startDate": iso(now - dt.timedelta(days=9)),
+            "endDate": iso(now - dt.timedelta(days=8)),
+        },
+    )
+    assert _values(before) == []
+
+    for params, wrong in (
+        ({"aggregation": "median"}, "aggregation"),
+        ({"startDate": "yesterday"}, "startDate"),
+        ({"startDate": iso(now), "endDate": iso(now - dt.timedelta(hours=1))}, "startDate"),
+        ({"startDate": "0001-01-01T00:00:00Z"}, "startDate"),
+        ({"tags": ":x"}, "tags"),
+        ({"size": "10"}, "size"),
+    ):
+        answer = await client.get(f"{base}/rows", params=params)
+        assert answer.status_code == 400, (params, answer.text)
+        assert wrong in answer.json()["message"]
+
+
+async def test_a_namespace_scoped_token_reads_only_its_namespaces_metrics(
+    client: httpx.AsyncClient, ran: tuple[str, str, dict[str, Any]]
+) -> None:
+    ns, xid, _ = ran
+    other = await _token(client, "viewer", [_ns()])
+    mine = await _token(client, "viewer", [ns])
+    async with httpx.AsyncClient(base_url=client.base_url, timeout=30) as anonymous:
+        for path in (
+            f"/api/v1/metrics/{xid}",
+            f"/api/v1/metrics/names/{ns}/etl",
+            f"/api/v1/metrics/names/{ns}/etl/load",
+            f"/api/v1/metrics/tasks/{ns}/etl",
+            f"/api/v1/metrics/aggregates/{ns}/etl/rows",
+            f"/api/v1/metrics/aggregates/{ns}/etl/load/rows",
+        ):
+            refused = await anonymous.get(path, headers=_bearer(other))
+            assert refused.status_code == 403 and ns in refused.json()["message"], path
+            allowed = await anonymous.get(path, headers=_bearer(mine))
+            assert allowed.status_code == 200, (path, allowed.text)
+
+
+async def _rows(db: Database, ns: str) -> dict[str, list[dict[str, Any]]]:
+    return {
+        "metrics": await db.fetchall(
+            "SELECT * FROM metrics WHERE namespace = %s ORDER BY seq, idx", (ns,)
+        ),
+        "metric_buckets": await db.fetchall(
+            "SELECT * FROM metric_buckets WHERE namespace = %s"
+            " ORDER BY flow_id, name, bucket, task_id, type, tags::text",
+            (ns,),
+        ),
+    }
+
+
+async def test_a_batch_applied_twice_and_a_rebuild_from_zero_give_the_same_rows(
+    server: Any,
+    client: httpx.AsyncClient,
+    database_url: str,
+    ran: tuple[str, str, dict[str, Any]],
+) -> None:
+    ns, xid, _ = ran
+    await _points(client, xid)
+    before = await _rows(server.db, ns)
+    assert len(before["metrics"]) == 7
+    assert sum(r["count"] for r in before["metric_buckets"]) == 7
+
+    events = [
+        e for e in await server.store.read_execution(xid) if e.type in MetricsProjection.types
+    ]
+    projection = MetricsProjection()
+
+    def apply(conn: Any) -> None:
+        with conn.transaction():
+            projection.apply(events, conn)
+
+    for _ in range(2):
+        await server.db.run(apply)
+        assert await _rows(server.db, ns) == before
+
+    owner = Database(database_url, max_size=2)
+    try:
+        with trio.fail_after(120):
+            done = await rebuild.reindex(owner, [MetricsProjection()], storage=server.storage)
+        assert [r.projection for r in done] == ["metrics"]
+        assert await _rows(owner, ns) == before
+    finally:
+        await owner.close()
+    # The live projection carries on over the rebuilt tables.
+    again = await client.post(f"/api/v1/executions/{ns}/etl?wait=true")
+    assert (await _points(client, again.json()["id"]))["total"] == 7
