@@ -1,0 +1,192 @@
+"""The executions search's row is the execution: for every field both show, a search row and
+`GET /api/v1/executions/{id}` agree, whatever the execution went through (success, failure,
+retries, pause and resume, subflows, labels set while running, outputs, kill), at its end and
+while it runs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from engine.server import ServerContext, run_server
+from tests.conftest import ADMIN_PASSWORD
+
+YAML = {"Content-Type": "application/x-yaml"}
+SHARED = (
+    "id",
+    "namespace",
+    "flowId",
+    "flowRevision",
+    "state",
+    "labels",
+    "inputs",
+    "outputs",
+    "trigger",
+    "parentId",
+    "originalId",
+)
+"""The fields of an execution a search row shows too (and `taskRunCount`, the length of the
+execution's `taskRunList`)."""
+
+
+@pytest.fixture
+async def api(
+    database_url: str, nursery: trio.Nursery, tmp_path: Path
+) -> AsyncIterator[tuple[ServerContext, httpx.AsyncClient]]:
+    ctx = await nursery.start(
+        lambda task_status: run_server(
+            database_url,
+            host="127.0.0.1",
+            port=0,
+            data_dir=tmp_path,
+            heartbeat_interval=0.5,
+            admin_password=ADMIN_PASSWORD,
+            task_status=task_status,
+        )
+    )
+    url = ctx.extra["urls"][0]
+    async with httpx.AsyncClient(base_url=url, timeout=60, auth=("admin", ADMIN_PASSWORD)) as http:
+        yield ctx, http
+
+
+def _log(task_id: str, message: str = "hi") -> str:
+    return f"  - id: {task_id}\n    type: io.kestra.plugin.core.log.Log\n    message: {message}\n"
+
+
+def _flows(ns: str) -> dict[str, str]:
+    return {
+        "ok": f"id: ok\nnamespace: {ns}\ninputs:\n  - id: who\n    type: STRING\n"
+        "    defaults: world\ntasks:\n"
+        "  - id: hello\n    type: io.kestra.plugin.core.debug.Return\n"
+        "    format: hello {{ inputs.who }}\n"
+        "outputs:\n  - id: greeting\n    type: STRING\n"
+        "    value: '{{ outputs.hello.value }}'\n",
+        "broken": f"id: broken\nnamespace: {ns}\ntasks:\n{_log('before')}"
+        "  - id: boom\n    type: io.kestra.plugin.core.execution.Fail\n",
+        "retried": f"id: retried\nnamespace: {ns}\ntasks:\n"
+        "  - id: flaky\n    type: io.kestra.plugin.core.log.Log\n"
+        "    message: \"{{ taskrun.attemptsCount == 2 ? 'ok' : ko }}\"\n"
+        "    retry:\n      type: constant\n      interval: PT0.1S\n      maxAttempt: 4\n"
+        "      maxDuration: PT15S\n",
+        "gate": f"id: gate\nnamespace: {ns}\ntasks:\n{_log('a')}"
+        "  - id: wait\n    type: io.kestra.plugin.core.flow.Pause\n"
+        "  - id: nap\n    type: io.kestra.plugin.core.flow.Sleep\n    duration: PT0.2S\n",
+        "parent": f"id: parent\nnamespace: {ns}\ntasks:\n"
+        f"  - id: call\n    type: io.kestra.plugin.core.flow.Subflow\n    namespace: {ns}\n"
+        "    flowId: ok\n    inputs:\n      who: parent\n"
+        "  - id: each\n    type: io.kestra.plugin.core.flow.ForEach\n    values: [1, 2]\n"
+        "    tasks:\n      - id: inner\n        type: io.kestra.plugin.core.log.Log\n"
+        '        message: "{{ taskrun.value }}"\n',
+        "labelled": f"id: labelled\nnamespace: {ns}\nlabels:\n  team: data\ntasks:\n"
+        "  - id: tag\n    type: io.kestra.plugin.core.execution.Labels\n"
+        "    labels:\n      stage: tagged\n      team: ops\n",
+        "long": f"id: long\nnamespace: {ns}\ntasks:\n{_log('first')}"
+        "  - id: wait\n    type: io.kestra.plugin.core.flow.Pause\n"
+        "  - id: nap\n    type: io.kestra.plugin.core.flow.Sleep\n    duration: PT60S\n",
+    }
+
+
+async def _state(http: httpx.AsyncClient, xid: str, *wanted: str) -> dict[str, Any]:
+    with trio.fail_after(60):
+        while True:
+            body = (await http.get(f"/api/v1/executions/{xid}")).json()
+            if body["state"]["current"] in wanted:
+                return dict(body)
+            await trio.sleep(0.05)
+
+
+async def _start(http: httpx.AsyncClient, ns: str, flow_id: str, wait: bool = True) -> str:
+    query = "?wait=true&labels=run:row" if wait else "?labels=run:row"
+    answer = await http.post(f"/api/v1/executions/{ns}/{flow_id}{query}")
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["id"])
+
+
+async def _caught_up(ctx: ServerContext, http: httpx.AsyncClient) -> None:
+    head = await ctx.store.head()
+    with trio.fail_after(30):
+        while True:
+            entries = (await http.get("/api/v1/projections")).json()
+            if all(e["position"] >= head for e in entries if e["name"] == "executions"):
+                return
+            await trio.sleep(0.05)
+
+
+async def _assert_rows_are_the_executions(
+    ctx: ServerContext, http: httpx.AsyncClient, ns: str, ids: list[str]
+) -> list[dict[str, Any]]:
+    await _caught_up(ctx, http)
+    answer = await http.get("/api/v1/executions/search", params={"namespace": ns, "size": 100})
+    rows = {r["id"]: r for r in answer.json()["results"]}
+    assert set(ids) <= set(rows)
+    executions = []
+    for xid in sorted(rows):
+        execution = (await http.get(f"/api/v1/executions/{xid}")).json()
+        row = rows[xid]
+        for name in SHARED:
+            assert row[name] == execution[name], (xid, execution["flowId"], name)
+        assert row["taskRunCount"] == len(execution["taskRunList"]), xid
+        executions.append(execution)
+    return executions
+
+
+async def test_every_search_row_shows_what_get_execution_shows(
+    api: tuple[ServerContext, httpx.AsyncClient], ns: str
+) -> None:
+    ctx, http = api
+    for source in _flows(ns).values():
+        deployed = await http.post("/api/v1/flows", content=source, headers=YAML)
+        assert deployed.status_code == 200, deployed.text
+    ids = [await _start(http, ns, f) for f in ("ok", "broken", "retried", "parent", "labelled")]
+
+    # Paused, compared while paused, then resumed and compared at its end.
+    gate = await _start(http, ns, "gate", wait=False)
+    await _state(http, gate, "PAUSED")
+    await _assert_rows_are_the_executions(ctx, http, ns, [gate])
+    assert (await http.post(f"/api/v1/executions/{gate}/resume", json={})).status_code == 204
+    await _state(http, gate, "SUCCESS")
+
+    # Resumed into a long sleep: the row shows it running (not paused), then killed.
+    long = await _start(http, ns, "long", wait=False)
+    await _state(http, long, "PAUSED")
+    assert (await http.post(f"/api/v1/executions/{long}/resume", json={})).status_code == 204
+    with trio.fail_after(30):
+        while True:
+            body = await _state(http, long, "RUNNING")
+            runs = {r["taskId"]: r["state"]["current"] for r in body["taskRunList"]}
+            if runs.get("nap") == "RUNNING":
+                break
+            await trio.sleep(0.05)
+    running = await _assert_rows_are_the_executions(ctx, http, ns, [long])
+    assert {e["id"]: e["state"]["current"] for e in running}[long] == "RUNNING"
+    assert (await http.delete(f"/api/v1/executions/{long}/kill")).status_code == 202
+    await _state(http, long, "KILLED")
+
+    executions = await _assert_rows_are_the_executions(ctx, http, ns, [*ids, gate, long])
+    by_flow: dict[str, list[dict[str, Any]]] = {}
+    for e in executions:
+        by_flow.setdefault(e["flowId"], []).append(e)
+    # The history the comparison covered is the varied one it should be.
+    assert {f: [e["state"]["current"] for e in es] for f, es in by_flow.items()} == {
+        "ok": ["SUCCESS", "SUCCESS"],
+        "broken": ["FAILED"],
+        "retried": ["SUCCESS"],
+        "parent": ["SUCCESS"],
+        "gate": ["SUCCESS"],
+        "labelled": ["SUCCESS"],
+        "long": ["KILLED"],
+    }
+    [retried] = by_flow["retried"]
+    assert len(retried["taskRunList"][0]["attempts"]) >= 2  # failed, then succeeded
+    child = next(e for e in by_flow["ok"] if e["parentId"])
+    assert child["trigger"]["type"] == "io.kestra.plugin.core.flow.Subflow"
+    assert child["outputs"] == {"greeting": "hello parent"}
+    [labelled] = by_flow["labelled"]
+    assert {lb["key"]: lb["value"] for lb in labelled["labels"]}["stage"] == "tagged"
+    [gated] = by_flow["gate"]
+    assert [h["state"] for h in gated["state"]["histories"]].count("PAUSED") == 1
