@@ -126,6 +126,8 @@ async def _snapshot(db: Database, ns: str, ids: list[str]) -> dict[str, list[dic
         "log_counts_hourly": await db.fetchall(
             "SELECT * FROM log_counts_hourly WHERE namespace = %s ORDER BY 1, 2, 3", (ns,)
         ),
+        # The audit trail's commands (projections/audit.py).
+        "audit": await db.fetchall("SELECT * FROM audit WHERE namespace = %s ORDER BY seq", (ns,)),
     }
 
 
@@ -162,12 +164,13 @@ async def test_reindex_rebuilds_every_read_model_with_the_same_rows_while_the_se
     ids = await _history(ctx, ns)
     head = await ctx.store.head()
     entries = await _caught_up(http, head)
-    assert {e["name"] for e in entries} == {"flows", "executions", "logs"}
+    assert {e["name"] for e in entries} == {p.name for p in all_projections()}
     for e in entries:
         assert e["head"] >= head and e["lag"] == e["head"] - e["position"] >= 0
         assert e["status"] in ("UP_TO_DATE", "CATCHING_UP")
     before = await _snapshot(owner, ns, ids)
     assert len(before["executions"]) == 5 and len(before["flows"]) == 3
+    assert {r["kind"] for r in before["audit"]} >= {"flow", "execution"}
     assert sum(r["count"] for r in before["execution_stats"]) == 5
     assert sum(r["count"] for r in before["execution_durations"]) == 5
     assert {r["state"] for r in before["executions"]} == {"SUCCESS", "FAILED"}
@@ -183,7 +186,7 @@ async def test_reindex_rebuilds_every_read_model_with_the_same_rows_while_the_se
         on_progress=lambda p: seen.append((p.projection, p.done, p.total)),
     )
 
-    assert [r.projection for r in done] == ["flows", "executions", "logs"]
+    assert [r.projection for r in done] == [p.name for p in all_projections()]
     # Every column of every row equal, the bookkeeping ones too (`last_seq`, the positions of
     # the log lines, the generated search columns): no column legitimately differs.
     assert await _snapshot(owner, ns, ids) == before
@@ -329,7 +332,8 @@ async def test_sys_reindex_command_rebuilds_a_projection_with_a_progress_bar(
         check=False,
     )
     assert unknown.returncode == 2
-    assert "Unknown projection 'nope'; known: executions, flows, logs" in unknown.stderr.decode()
+    known = ", ".join(sorted(p.name for p in all_projections()))
+    assert f"Unknown projection 'nope'; known: {known}" in unknown.stderr.decode()
 
     # The engine's runtime role may not create tables: told to connect as the owner.
     refused = await trio.run_process(
