@@ -37,6 +37,7 @@ from api import (
     triggers,
     webhooks,
 )
+from api import execution_actions
 from api import secrets as secrets_routes
 from api.auth import access, actor, install, namespace_filter, public, require_namespace
 from engine import commands
@@ -206,6 +207,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(projections_routes.blueprint(ctx))
     app.register_blueprint(topology_routes.blueprint(ctx))
     app.register_blueprint(bulk_routes.blueprint(ctx))
+    app.register_blueprint(execution_actions.blueprint(ctx))
     tenant.install(app)
     metrics.register(app, ctx)
     openapi.register(app)

@@ -116,6 +116,10 @@ class Execution(msgspec.Struct, kw_only=True):
     deleted: bool
     metadata: ExecutionMetadata
     message: str | None = None
+    replayOf: str | None = None
+    """The execution this one replays (POST .../replay)."""
+    replays: list[str] = []
+    """The executions that replay this one, oldest first."""
 
 
 class ExecutionSummary(msgspec.Struct, kw_only=True):
@@ -263,6 +267,10 @@ ANSWERS: dict[tuple[str, str], Any] = {
     ("POST", "/api/v1/executions/{namespace}/{flow_id}"): Execution,
     ("GET", "/api/v1/executions/search"): ExecutionPage,
     ("GET", "/api/v1/executions/{execution_id}"): Execution,
+    ("POST", "/api/v1/executions/{execution_id}/replay"): Execution,
+    ("POST", "/api/v1/executions/{execution_id}/restart"): Execution,
+    ("POST", "/api/v1/executions/{execution_id}/state"): Execution,
+    ("POST", "/api/v1/executions/{execution_id}/labels"): Execution,
     ("GET", "/api/v1/logs/{execution_id}"): list[LogEntry],
     ("GET", "/api/v1/metrics/{execution_id}"): MetricPage,
     ("GET", "/api/v1/metrics/names/{namespace}/{flow_id}"): list[str],
@@ -296,6 +304,31 @@ OTHER_BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "application/json": _OBJECT,
         "multipart/form-data": _OBJECT,
     },
+    ("POST", "/api/v1/executions/{execution_id}/state"): {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["taskRunId", "state"],
+                "properties": {
+                    "taskRunId": {"type": "string"},
+                    "state": {"type": "string", "enum": ["SUCCESS", "WARNING", "FAILED"]},
+                    "reason": {"type": "string"},
+                },
+            }
+        }
+    },
+    ("POST", "/api/v1/executions/{execution_id}/labels"): {
+        "application/json": {
+            "schema": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["key", "value"],
+                    "properties": {"key": {"type": "string"}, "value": {"type": "string"}},
+                },
+            }
+        }
+    },
     ("POST", "/api/v1/flows/import"): {
         "multipart/form-data": {
             "schema": {
@@ -306,6 +339,30 @@ OTHER_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     },
 }
 """Other request bodies: an execution's inputs (by input id), a resume's values, an import."""
+
+
+def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+_REASON = _query("reason", "Why, recorded with the action in the execution's history")
+QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("POST", "/api/v1/executions/{execution_id}/replay"): [
+        _query("taskRunId", "Run again from this task run (from the start when absent)"),
+        _query("revision", "Run this revision of the flow", type="integer", minimum=1),
+        _REASON,
+    ],
+    ("POST", "/api/v1/executions/{execution_id}/restart"): [_REASON],
+    ("POST", "/api/v1/executions/{execution_id}/pause"): [_REASON],
+    ("POST", "/api/v1/executions/{execution_id}/labels"): [_REASON],
+}
+"""Query parameters of routes other than the search (whose are `_search_parameters`)."""
 
 _CONVERTED = re.compile(r"<(?:([a-z_]+)(?:\([^)]*\))?:)?([A-Za-z_][A-Za-z0-9_]*)>")
 
@@ -410,6 +467,7 @@ def _operation(
     ]
     if (method, path) == ("GET", "/api/v1/executions/search"):
         parameters += _search_parameters()
+    parameters += QUERY_PARAMETERS.get((method, path), [])
     if parameters:
         operation["parameters"] = parameters
     if (method, path) in YAML_BODIES:

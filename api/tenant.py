@@ -33,9 +33,8 @@ ORIGINAL_PATH = "tiercel.original_path"
 
 _ID = r"[^/]+"
 _BULK = r"(?:by-ids|by-query)"
-_EXECUTION_ACTIONS = (
-    "restart|replay|replay-with-inputs|pause|labels|force-run|unqueue|change-status"
-)
+# restart, replay, pause, state and labels of one execution: api/execution_actions.py.
+_EXECUTION_ACTIONS = "replay-with-inputs|force-run|unqueue|change-status"
 # restart, replay, labels and kill by-ids/by-query are bulk jobs (api/bulk_routes.py).
 _BULK_EXECUTION_ACTIONS = "pause|resume|force-run|unqueue|change-status"
 

@@ -521,10 +521,10 @@ async def test_kestra_routes_not_served_answer_404_naming_the_route(
     assert (await client.post("/api/v1/flows", content=_flow(ns, "quick"), headers=YAML)).is_success
     execution_id = (await client.post(f"/api/v1/executions/{ns}/quick?wait=true")).json()["id"]
     for method, path, named in (
-        ("POST", f"/api/v1/executions/{execution_id}/restart",
-         "POST /api/v1/executions/{executionId}/restart"),
-        ("POST", f"/api/v1/main/executions/{execution_id}/replay",
-         "POST /api/v1/executions/{executionId}/replay"),
+        ("POST", f"/api/v1/executions/{execution_id}/replay-with-inputs",
+         "POST /api/v1/executions/{executionId}/replay-with-inputs"),
+        ("POST", f"/api/v1/main/executions/{execution_id}/force-run",
+         "POST /api/v1/executions/{executionId}/force-run"),
         ("POST", "/api/v1/executions/pause/by-ids", "POST /api/v1/executions/pause/by-ids"),
         ("POST", "/api/v1/executions/unqueue/by-query",
          "POST /api/v1/executions/unqueue/by-query"),
