@@ -43,6 +43,7 @@ from engine.backoff import Backoff, describe, is_transient
 from engine.db import connect
 from engine.errors import Conflict, InvalidRequest, NotFound, TiercelError
 from engine.execution import iso, short_id
+from engine.execution.actions import FORCEABLE_STATES
 from engine.plugin import TERMINAL_STATES
 from engine.storage import Storage
 from engine.store import ANY, NO_STREAM, Append, EventStore, StoredEvent
@@ -68,7 +69,7 @@ CONCURRENCY = 4
 """Items of a chunk worked at once (their commands wait on the database, not the CPU)."""
 POLL_SECONDS = 0.5
 """How often an idle runner looks for jobs to work, and a busy one for a pause or cancel."""
-STATE_CHANGES = ("SUCCESS", "FAILED", "WARNING", "KILLED", "CANCELLED", "SKIPPED")
+STATE_CHANGES = FORCEABLE_STATES
 """The states the `state` action may give a task run."""
 _BULK_PREFIX = "bulk:"
 _LOCK_SPACE = b"tiercel-bulk"
@@ -225,6 +226,9 @@ def check_params(action: str, params: dict[str, Any]) -> dict[str, Any]:
                     )
         if not pairs or any(not p["key"] for p in pairs):
             raise InvalidRequest("The labels action needs labels: [{key, value}, ...]")
+        for p in pairs:
+            if p["key"].startswith("system."):
+                raise InvalidRequest(f"Label {p['key']}: system labels are set by Tiercel")
         out["labels"] = pairs
     elif action == "state":
         state = params.get("state")
@@ -655,7 +659,8 @@ async def apply(store: EventStore, storage: Storage | None, job: BulkJob, item: 
         if await _done(store, command_id):
             return ""
         state = await commands.load_execution(store, item)
-        merged = dict(state.labels)
+        # Added to those it has; its system labels are kept by `set_labels` itself.
+        merged = {k: v for k, v in state.labels if not k.startswith("system.")}
         merged.update({p["key"]: p["value"] for p in job.params["labels"]})
         await commands.set_labels(
             store,

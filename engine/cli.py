@@ -19,6 +19,7 @@ import trio
 import yaml
 
 from engine import cli_accounts as _accounts_cli
+from engine import cli_executions as _executions_cli
 from engine import cli_secrets as _secrets_cli
 from engine.errors import FlowValidationError, TiercelError
 
@@ -1104,6 +1105,7 @@ def plugins_list(as_json: bool) -> None:
 
 _accounts_cli.register(main)
 _secrets_cli.register(main)
+_executions_cli.register(main)
 
 if __name__ == "__main__":
     main()

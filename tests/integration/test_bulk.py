@@ -229,3 +229,188 @@ async def test_bulk_refuses_bad_requests_with_a_message(client: httpx.AsyncClien
         assert answer.status_code == 400, (action, body, answer.text)
         assert words in answer.json()["message"], answer.text
     assert (await client.get("/api/v1/bulk/nope")).status_code == 404
+
+
+async def _replays_per_origin(ctx: ServerContext, origins: list[str]) -> dict[str, int]:
+    rows = await ctx.db.fetchall(
+        "SELECT stream_id, count(*) AS n FROM events WHERE type = 'ExecutionReplayed'"
+        " AND stream_id = ANY(%s) GROUP BY stream_id",
+        ([ev.execution_stream(o) for o in origins],),
+    )
+    found = {r["stream_id"][len("exec:") :]: int(r["n"]) for r in rows}
+    return {o: found.get(o, 0) for o in origins}
+
+
+async def test_bulk_replay_of_500_by_query_dry_run_cancel_resume_replays_each_once(
+    server: ServerContext, client: httpx.AsyncClient
+) -> None:
+    ns = _ns()
+    await deploy_flow(server.store, _failing(ns))
+    origins = await _start(server, ns, "broken", 500)
+    await _wait_rows(client, {"namespace": ns, "state": "FAILED"}, 500)
+    query = f"state:FAILED namespace:{ns}"
+
+    dry = await client.post("/api/v1/executions/bulk/replay", json={"query": query, "dryRun": True})
+    assert dry.status_code == 200 and dry.json()["count"] == 500
+    assert set((await _replays_per_origin(server, origins)).values()) == {0}
+
+    request = {"query": query, "requestId": f"replay-{ns}", "ratePerSecond": 250}
+    submitted = await client.post("/api/v1/executions/bulk/replay", json=request)
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    assert submitted.json()["total"] == 500
+    await _wait_job(client, job_id, lambda j: j["done"] >= 250)
+    cancelled = await client.post(f"/api/v1/bulk/{job_id}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "CANCELLED"
+    # The runner stops within an item or so; then nothing moves.
+    await trio.sleep(1.0)
+    stopped = (await client.get(f"/api/v1/bulk/{job_id}")).json()
+    await trio.sleep(1.0)
+    still = (await client.get(f"/api/v1/bulk/{job_id}")).json()
+    assert still["done"] == stopped["done"] and 250 <= stopped["done"] < 500, stopped
+    assert sum((await _replays_per_origin(server, origins)).values()) == stopped["done"]
+    assert {i["outcome"] for i in still["items"]} == {"SUCCESS", "NOT_DONE"}
+    refused = await client.post(f"/api/v1/bulk/{job_id}/cancel")
+    assert refused.status_code == 409 and "CANCELLED" in refused.json()["message"]
+
+    # The same request again is the same job, whose selection stays what it was.
+    again = await client.post("/api/v1/executions/bulk/replay", json=request)
+    assert again.status_code == 200 and again.json()["id"] == job_id
+
+    assert (await client.post(f"/api/v1/bulk/{job_id}/resume")).json()["state"] == "RUNNING"
+    ended = await _wait_job(client, job_id, lambda j: j["state"] == "SUCCESS")
+    assert ended["done"] == 500 and ended["failed"] == 0
+    assert set((await _replays_per_origin(server, origins)).values()) == {1}
+    report = {i["id"]: i for i in ended["items"]}
+    assert set(report) == set(origins)
+    created = await _replay_origins(server, [r["result"] for r in report.values()])
+    assert created == {report[o]["result"]: o for o in origins}
+    listed = (await client.get("/api/v1/bulk")).json()["results"]
+    assert job_id in [j["id"] for j in listed]
+
+
+async def _replay_origins(ctx: ServerContext, new_ids: list[str]) -> dict[str, str]:
+    """Each new execution's id and the execution it replays, from its ExecutionCreated."""
+    rows = await ctx.db.fetchall(
+        "SELECT data->>'executionId' AS id, data->>'replayOf' AS origin FROM events"
+        " WHERE type = 'ExecutionCreated' AND stream_id = ANY(%s)",
+        ([ev.execution_stream(i) for i in new_ids],),
+    )
+    return {r["id"]: r["origin"] for r in rows}
+
+
+def test_bulk_replay_resumes_without_doubles_after_its_process_is_killed_9(tmp_path: Any) -> None:
+    """The executor process (which runs bulk jobs) is killed -9 in the middle of a chunk: some
+    items of that chunk were replayed, none of them recorded in the job. Started again, it
+    works the chunk again, and no execution is replayed twice."""
+    from tests.faults.harness import Cluster, keep_requested, wait_until
+
+    ns = _ns()
+    with Cluster.in_temp_dir(
+        roles=("executor", "worker", "indexer", "webserver"), keep_root=keep_requested()
+    ) as cluster:
+        cluster.deploy(_failing(ns))
+        origins = [cluster.create_execution(ns, "broken") for _ in range(200)]
+        http = cluster.http
+
+        def failed() -> bool:
+            found = http.get(
+                "/api/v1/executions/search", params={"namespace": ns, "state": "FAILED"}
+            )
+            return bool(found.json()["total"] == 200)
+
+        wait_until(failed, 60, "200 failed executions")
+        submitted = http.post(
+            "/api/v1/executions/bulk/replay",
+            json={"query": f"state:FAILED namespace:{ns}", "ratePerSecond": 100},
+        )
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+
+        def job() -> dict[str, Any]:
+            return dict(http.get(f"/api/v1/bulk/{job_id}").json())
+
+        def replays() -> int:
+            [(n,)] = cluster.query(
+                "SELECT count(*) FROM events WHERE type = 'ExecutionReplayed'"
+                " AND stream_id = ANY(%s)",
+                ([ev.execution_stream(o) for o in origins],),
+            )
+            return int(n)
+
+        wait_until(lambda: job()["done"] >= 100, 60, "the first chunk to be recorded")
+        wait_until(lambda: replays() >= job()["done"] + 20, 30, "the second chunk to start")
+        cluster.kill("executor", restart=False)
+        recorded, replayed = job()["done"], replays()
+        assert recorded < replayed < 200, (recorded, replayed)  # killed in the middle of a chunk
+        cluster.start_process("executor")
+        wait_until(lambda: job()["state"] == "SUCCESS", 60, "the job to end")
+        ended = job()
+        assert ended["done"] == 200 and ended["failed"] == 0, ended
+        per_origin = dict(
+            cluster.query(
+                "SELECT stream_id, count(*) FROM events WHERE type = 'ExecutionReplayed'"
+                " AND stream_id = ANY(%s) GROUP BY stream_id",
+                ([ev.execution_stream(o) for o in origins],),
+            )
+        )
+        assert len(per_origin) == 200 and set(per_origin.values()) == {1}
+
+
+async def _cli(server: ServerContext, *args: str) -> tuple[int, str, str]:
+    import os
+    import sys
+
+    env = {
+        **os.environ,
+        "TIERCEL_SERVER": server.extra["urls"][0],
+        "TIERCEL_USER": "admin",
+        "TIERCEL_PASSWORD": ADMIN_PASSWORD,
+    }
+    done = await trio.run_process(
+        [sys.executable, "-m", "engine.cli", "executions", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env=env,
+    )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def test_cli_dry_run_then_labels_with_progress_and_kestra_labels_path(
+    server: ServerContext, client: httpx.AsyncClient
+) -> None:
+    ns = _ns()
+    await deploy_flow(server.store, _quick(ns))
+    ids = await _start(server, ns, "quick", 6)
+    await _wait_rows(client, {"namespace": ns, "state": "SUCCESS"}, 6)
+
+    code, out, err = await _cli(
+        server, "labels", "--query", f"namespace:{ns}", "--label", "team:data", "--dry-run"
+    )
+    assert code == 0, err
+    assert "6 executions would be chosen" in out and "Nothing was changed" in out
+    assert (await client.get("/api/v1/executions/search", params={"labels": "team:data",
+            "namespace": ns})).json()["total"] == 0  # fmt: skip
+
+    code, out, err = await _cli(
+        server, "labels", "--ids", ",".join(ids[:4]), "--label", "team:data", "--wait"
+    )
+    assert code == 0, err
+    assert "SUCCESS, 4/4 done, 0 failed" in out, out
+    assert "labels " in err  # the progress bar's label (the bar itself is drawn on terminals)
+    await _wait_rows(client, {"labels": "team:data", "namespace": ns}, 4)
+
+    # Kestra's body for labels by ids; the labels are added to those the execution has.
+    kestra = await client.post(
+        "/api/v1/executions/labels/by-ids",
+        json={"executionsId": ids[:2], "executionLabels": [{"key": "env", "value": "prod"}]},
+    )
+    assert kestra.status_code == 202 and kestra.json()["count"] == 2, kestra.text
+    await _wait_job(client, kestra.json()["jobId"], lambda j: j["state"] == "SUCCESS")
+    labelled = (await client.get(f"/api/v1/executions/{ids[0]}")).json()["labels"]
+    assert {"key": "team", "value": "data"} in labelled
+    assert {"key": "env", "value": "prod"} in labelled
+
+    code, out, err = await _cli(server, "kill", "--query", "state:NOPE")
+    assert code == 1 and "NOPE" in err
