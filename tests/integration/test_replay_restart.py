@@ -5,6 +5,7 @@ every history they write refolds exactly (`sys verify`)."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import trio
@@ -406,3 +407,84 @@ async def test_a_retried_replay_request_makes_one_replay(engine: ServerContext, 
     assert first == again
     assert (await load_execution(engine.store, origin.id)).replays == (first,)
     await wait_for_end(engine.store, engine.notifier, first, timeout=60)
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie waiting for its parent does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+async def test_kill_stops_the_scripts_of_parallel_foreach_and_subflow_children(
+    engine: ServerContext, ns: str, tmp_path: Path
+) -> None:
+    def script(name: str) -> str:
+        return (
+            "        type: io.kestra.plugin.scripts.shell.Commands\n"
+            "        commands:\n"
+            f'          - sleep 60 & echo $! > "{tmp_path}/{name}"; wait\n'
+        )
+
+    child = f"id: child\nnamespace: {ns}\ntasks:\n  - id: deep\n" + script("sub").replace(
+        "        ", "    ", 3
+    )
+    parent = f"""
+id: parent
+namespace: {ns}
+tasks:
+  - id: side
+    type: io.kestra.plugin.core.flow.Parallel
+    tasks:
+      - id: p1
+{script("p1")}      - id: p2
+{script("p2")}      - id: each
+        type: io.kestra.plugin.core.flow.ForEach
+        values: ["a", "b"]
+        concurrencyLimit: 0
+        tasks:
+          - id: item
+            type: io.kestra.plugin.scripts.shell.Commands
+            commands:
+              - sleep 60 & echo $! > "{tmp_path}/item-{{{{ taskrun.value }}}}"; wait
+      - id: sub
+        type: io.kestra.plugin.core.flow.Subflow
+        namespace: {ns}
+        flowId: child
+  - id: never
+    type: io.kestra.plugin.core.debug.Return
+    format: never
+"""
+    await deploy_flow(engine.store, child)
+    await deploy_flow(engine.store, parent)
+    xid = await create_execution(engine.store, ns, "parent", {})
+    names = ["p1", "p2", "item-a", "item-b", "sub"]
+
+    def pids() -> dict[str, int]:
+        found = {}
+        for name in names:
+            text = (tmp_path / name).read_text().strip() if (tmp_path / name).exists() else ""
+            if text.isdigit():
+                found[name] = int(text)
+        return found
+
+    with trio.fail_after(60):
+        while len(pids()) < len(names):
+            await trio.sleep(0.1)
+    running = pids()
+    assert all(_alive(pid) for pid in running.values())
+    await kill_execution(engine.store, xid, actor="ivy")
+    with trio.fail_after(10):
+        while any(_alive(pid) for pid in running.values()):
+            await trio.sleep(0.1)
+    state = await wait_for_end(engine.store, engine.notifier, xid, timeout=30)
+    assert state.state == "KILLED"
+    assert not any(r.taskId == "never" for r in state.taskruns.values())
+    assert {r.state for r in state.taskruns.values()} == {"KILLED"}
+    [child_id] = [c[0] for c in state.subflows.values()]
+    assert (await wait_for_end(engine.store, engine.notifier, child_id, timeout=30)).state == (
+        "KILLED"
+    )
+    await _verified(engine, xid)
