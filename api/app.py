@@ -38,6 +38,7 @@ from api import (
     webhooks,
 )
 from api import execution_actions
+from api import dashboards_routes
 from api import secrets as secrets_routes
 from api.auth import access, actor, install, namespace_filter, public, require_namespace
 from engine import commands
@@ -207,6 +208,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(projections_routes.blueprint(ctx))
     app.register_blueprint(topology_routes.blueprint(ctx))
     app.register_blueprint(bulk_routes.blueprint(ctx))
+    app.register_blueprint(dashboards_routes.blueprint(ctx))
     app.register_blueprint(execution_actions.blueprint(ctx))
     tenant.install(app)
     metrics.register(app, ctx)

@@ -502,10 +502,12 @@ def aggregate(
             f" WHERE {condition} AND bucket >= %s AND bucket < %s"
             " UNION ALL"
             " SELECT timestamp, 1, value, value, value FROM metrics"
-            f" WHERE {condition} AND ((timestamp >= %s AND timestamp < %s)"
-            " OR (timestamp >= %s AND timestamp <= %s))"
+            f" WHERE {condition} AND timestamp >= %s AND timestamp < %s"
+            " UNION ALL"
+            " SELECT timestamp, 1, value, value, value FROM metrics"
+            f" WHERE {condition} AND timestamp >= %s AND timestamp <= %s"
             ") AS p GROUP BY 1 ORDER BY 1",
-            [group, *series, first, last, *series, start, first, max(last, start), end],
+            [group, *series, first, last, *series, start, first, *series, last, end],
         ).fetchall()
     return group, [(r[0], int(r[1]), float(r[2]), float(r[3]), float(r[4])) for r in rows]
 

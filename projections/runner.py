@@ -104,12 +104,19 @@ async def _follow_position(store: EventStore, name: str, sub: Subscription, save
 
 def all_projections() -> list[Projection]:
     """Every projection of the platform."""
+    from projections.dashboards import DashboardsProjection
     from projections.executions import ExecutionsProjection
     from projections.flows import FlowsProjection
     from projections.logs import LogsProjection
     from projections.metrics import MetricsProjection
 
-    return [FlowsProjection(), ExecutionsProjection(), LogsProjection(), MetricsProjection()]
+    return [
+        FlowsProjection(),
+        ExecutionsProjection(),
+        LogsProjection(),
+        MetricsProjection(),
+        DashboardsProjection(),
+    ]
 
 
 async def serve(ctx: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

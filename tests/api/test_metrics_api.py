@@ -357,3 +357,121 @@ async def test_a_batch_applied_twice_and_a_rebuild_from_zero_give_the_same_rows(
     # The live projection carries on over the rebuilt tables.
     again = await client.post(f"/api/v1/executions/{ns}/etl?wait=true")
     assert (await _points(client, again.json()["id"]))["total"] == 7
+
+
+class _RolledBack(Exception):
+    """Ends a test's transaction: what it wrote is never seen by another test."""
+
+
+async def test_aggregates_from_the_hourly_rollup_equal_those_of_every_point(
+    db: Database,
+) -> None:
+    ns = _ns()
+    origin = dt.datetime(2024, 3, 1, 5, 17, 3, tzinfo=dt.UTC)
+    # 3 days of points, every 7 minutes and 13 seconds, in two tagged series of two tasks.
+    points = []
+    at, i = origin, 0
+    while at < origin + dt.timedelta(days=3):
+        task = "a" if i % 3 else "b"
+        points.append((task, float(i % 17), {"env": "dev" if i % 2 else "prod"}, at))
+        at += dt.timedelta(minutes=7, seconds=13)
+        i += 1
+    ranges = [
+        (origin, origin + dt.timedelta(hours=2, minutes=5)),  # minutes
+        (origin + dt.timedelta(minutes=31), origin + dt.timedelta(hours=20, minutes=1)),  # hours
+        (origin - dt.timedelta(hours=3), origin + dt.timedelta(days=2, hours=7)),  # days
+        (origin + dt.timedelta(hours=1), origin + dt.timedelta(hours=1, days=190)),  # weeks
+        (origin - dt.timedelta(days=200), origin + dt.timedelta(days=200)),  # months
+        (
+            dt.datetime(2024, 3, 2, 0, 0, tzinfo=dt.UTC),
+            dt.datetime(2024, 3, 3, 0, 0, tzinfo=dt.UTC),
+        ),
+    ]
+    filters: list[tuple[str | None, list[tuple[str, str]]]] = [
+        (None, []),
+        ("a", []),
+        (None, [("env", "dev")]),
+        ("b", [("env", "prod")]),
+    ]
+
+    def check(conn: Any) -> None:
+        from projections import metrics as model
+
+        groups = []
+        with conn.transaction():
+            rows = model._Rows()
+            for n, (task, value, tags, at) in enumerate(points):
+                rows.add(
+                    n, 0, "x", ns, "flow", task, f"run{n}", 1, "rows", "counter", value,
+                    model._jsonb(tags), at,
+                )  # fmt: skip
+            # Far beyond any real position: these rows cannot meet another test's.
+            rows.columns[0][:] = [2**60 + n for n in rows.columns[0]]
+            conn.execute(model._INSERT, rows.columns)
+            for start, end in ranges:
+                for task_id, tags in filters:
+                    group, found = model.aggregate(
+                        conn, ns, "flow", "rows", start, end, task_id=task_id, tags=tags
+                    )
+                    groups.append(group)
+                    expected: dict[dt.datetime, list[float]] = {}
+                    for task, value, point_tags, at in points:
+                        if not start <= at <= end or (task_id and task != task_id):
+                            continue
+                        if any(point_tags.get(k) != v for k, v in tags):
+                            continue
+                        key = model.bucket_starts(group, at, at)[0]
+                        expected.setdefault(key, []).append(value)
+                    assert {b for b, *_ in found} <= set(model.bucket_starts(group, start, end))
+                    assert {b: (n, s, lo, hi) for b, n, s, lo, hi in found} == {
+                        b: (len(v), sum(v), min(v), max(v)) for b, v in expected.items()
+                    }, (start, end, task_id, tags)
+            raise _RolledBack(groups)
+
+    with pytest.raises(_RolledBack) as raised:
+        await db.run(check)
+    assert set(raised.value.args[0]) == {"minute", "hour", "day", "week", "month"}
+
+
+async def test_a_metric_that_is_not_one_is_skipped_and_the_rest_are_kept(
+    db: Database,
+) -> None:
+    from engine import events as ev
+    from engine.store import StoredEvent
+
+    seq = 2**60 + 10**9
+    now = dt.datetime.now(dt.UTC)
+    event = ev.AttemptSucceeded(
+        executionId="no-such-execution",
+        taskRunId="run",
+        attempt=1,
+        metrics=[
+            {"name": "gauge", "type": "gauge", "value": 1},
+            {"name": "nan", "type": "counter", "value": float("nan")},
+            {"name": "text", "type": "counter", "value": "3"},
+            {"type": "counter", "value": 3},
+            {"name": "huge", "type": "counter", "value": 10**400},
+            {"name": "kept", "type": "timer", "value": 0.0015, "tags": ["not", "a", "dict"]},
+            {"name": "tagged", "value": 2, "tags": {"n": 1}},
+        ],
+    )
+    stored = StoredEvent(
+        seq, "exec:no-such-execution/a:run:1", 1, "AttemptSucceeded", event, {}, now
+    )
+
+    def apply(conn: Any) -> list[tuple[Any, ...]]:
+        with conn.transaction():
+            MetricsProjection().apply([stored], conn)
+            found = conn.execute(
+                "SELECT idx, name, type, value, tags FROM metrics WHERE seq = %s ORDER BY idx",
+                (seq,),
+            ).fetchall()
+            raise _RolledBack(found)
+
+    with pytest.raises(_RolledBack) as raised:
+        await db.run(apply)
+    # No claim recorded: no built-in duration either.
+    assert raised.value.args[0] == [
+        (5, "kept", "timer", 2.0, {}),
+        (6, "tagged", "counter", 2.0, {"n": "1"}),
+    ]
