@@ -291,6 +291,9 @@ YAML_BODIES: set[tuple[str, str]] = {
     ("PUT", "/api/v1/flows/{namespace}"),
     ("POST", "/api/v1/flows/{namespace}"),
     ("PUT", "/api/v1/flows/{namespace}/{flow_id}"),
+    ("POST", "/api/v1/dashboards"),
+    ("POST", "/api/v1/dashboards/validate"),
+    ("PUT", "/api/v1/dashboards/{dashboard_id}"),
 }
 """Routes that take a flow's YAML (several, separated by `---`, for a namespace's flows)."""
 
@@ -325,6 +328,27 @@ OTHER_BODIES: dict[tuple[str, str], dict[str, Any]] = {
                     "type": "object",
                     "required": ["key", "value"],
                     "properties": {"key": {"type": "string"}, "value": {"type": "string"}},
+                },
+            }
+        }
+    },
+    ("POST", "/api/v1/dashboards/{dashboard_id}/charts/{chart_id}"): {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "description": "startDate, endDate, timeRange, page, pageSize and filters "
+                "([{field, operation, value}]) narrowing the chart (docs/dashboards.md)",
+                "additionalProperties": True,
+            }
+        }
+    },
+    ("POST", "/api/v1/dashboards/charts/preview"): {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "chart": {"type": "string", "description": "The chart's YAML"},
+                    "globalFilter": {"type": "object", "additionalProperties": True},
                 },
             }
         }

@@ -144,6 +144,16 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("POST", "/api/v1/flows/graph", {"content": "id: [", "headers": YAML}, "viewer"),
     ("GET", f"/api/v1/flows/{NS}/nope/dependencies", {}, "viewer"),
     ("GET", f"/api/v1/namespaces/{NS}/dependencies", {}, "viewer"),
+    # Dashboards (api/dashboards_routes.py): YAML refused, or dashboards that do not exist.
+    ("GET", "/api/v1/dashboards/default/stats", {}, "viewer"),
+    ("GET", "/api/v1/dashboards", {}, "viewer"),
+    ("POST", "/api/v1/dashboards", {"content": "id: [", "headers": YAML}, "editor"),
+    ("POST", "/api/v1/dashboards/validate", {"content": "id: [", "headers": YAML}, "viewer"),
+    ("GET", "/api/v1/dashboards/nope", {}, "viewer"),
+    ("PUT", "/api/v1/dashboards/nope", {"content": "title: x\n", "headers": YAML}, "editor"),
+    ("DELETE", "/api/v1/dashboards/nope", {}, "editor"),
+    ("POST", "/api/v1/dashboards/nope/charts/nope", {"json": {}}, "viewer"),
+    ("POST", "/api/v1/dashboards/charts/preview", {"json": {}}, "viewer"),
     # The metrics read model (api/metrics_routes.py).
     ("GET", "/api/v1/metrics/nope", {}, "viewer"),
     ("GET", f"/api/v1/metrics/names/{NS}/nope", {}, "viewer"),
@@ -196,6 +206,10 @@ def _rule_of(path: str) -> str:
             "/api/v1/flows/<namespace>/<flow_id>/dependencies"
         ),
         f"/api/v1/namespaces/{NS}/dependencies": "/api/v1/namespaces/<namespace>/dependencies",
+        "/api/v1/dashboards/nope": "/api/v1/dashboards/<dashboard_id>",
+        "/api/v1/dashboards/nope/charts/nope": (
+            "/api/v1/dashboards/<dashboard_id>/charts/<chart_id>"
+        ),
         "/api/v1/metrics/nope": "/api/v1/metrics/<execution_id>",
         f"/api/v1/metrics/names/{NS}/nope": "/api/v1/metrics/names/<namespace>/<flow_id>",
         f"/api/v1/metrics/names/{NS}/nope/nope": (

@@ -1,0 +1,692 @@
+"""The dashboard read models: the `dashboards` table (custom dashboards, for listing), the
+queries of their charts, and the default dashboard's statistics.
+
+A chart's query is compiled from a checked chart (engine/dashboards.py) into one parameterized
+SELECT over the executions, logs or metrics read model. Every SQL fragment comes from the closed
+lists below (`SOURCES`, `AGGREGATES`, the operations); every value a dashboard or a request
+holds is a parameter. The caller's namespace scope (api/auth.py `namespace_filter`) is ANDed
+to every query, and so are the filters a request adds: a request can narrow a chart's `where`,
+never replace it (Kestra issue #16812 came from replacing it).
+
+The default dashboard reads the hourly rollups the executions projection keeps
+(`execution_stats`, `execution_durations`, migrations/0012): counts per state per time bucket,
+per namespace and flow, in one query with grouping sets, so "All" and the per-state counts come
+from the same rows of the same snapshot and always add up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+
+from engine import events as ev
+from engine.dashboards import (
+    DATE,
+    FIELDS,
+    LABELS,
+    LEVELS,
+    Chart,
+    Condition,
+    Data,
+    parse_date,
+)
+from engine.errors import TiercelError
+from engine.execution import iso
+from engine.store import StoredEvent
+from projections import executions as executions_model
+
+STATEMENT_TIMEOUT = "30s"
+"""The longest a chart's query may run (a REGEX over millions of log lines, say)."""
+MAX_ROWS = 10_000
+"""Rows one chart answers at most (a page of a table, or every group of a chart)."""
+
+
+class SourceUnavailable(TiercelError):
+    """A chart reads a read model this database does not have (yet)."""
+
+    status = 503
+
+
+# --- the dashboards table ---------------------------------------------------------------------
+
+
+class DashboardsProjection:
+    """The latest source of each custom dashboard (deleted ones stay, marked)."""
+
+    name = "dashboards"
+    types = ("DashboardCreated", "DashboardUpdated", "DashboardDeleted")
+    tables = ("dashboards",)
+
+    def apply(self, batch: list[StoredEvent], conn: psycopg.Connection[Any]) -> None:
+        for e in batch:
+            event = e.event
+            actor = e.meta.get("actor")
+            if isinstance(event, ev.DashboardCreated | ev.DashboardUpdated):
+                created = isinstance(event, ev.DashboardCreated)
+                conn.execute(
+                    "INSERT INTO dashboards (id, title, source, deleted, created, updated,"
+                    " updated_by, last_seq) VALUES (%s, %s, %s, false, %s, %s, %s, %s)"
+                    " ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title,"
+                    " source = EXCLUDED.source, deleted = false,"
+                    " created = CASE WHEN %s THEN EXCLUDED.created ELSE dashboards.created END,"
+                    " updated = EXCLUDED.updated, updated_by = EXCLUDED.updated_by,"
+                    " last_seq = EXCLUDED.last_seq"
+                    # Applied once: a replayed event finds the row past it.
+                    " WHERE dashboards.last_seq < EXCLUDED.last_seq",
+                    (
+                        event.dashboardId,
+                        event.title,
+                        event.source,
+                        e.recorded_at,
+                        e.recorded_at,
+                        actor,
+                        e.seq,
+                        created,
+                    ),
+                )
+            elif isinstance(event, ev.DashboardDeleted):
+                conn.execute(
+                    "UPDATE dashboards SET deleted = true, updated = %s, updated_by = %s,"
+                    " last_seq = %s WHERE id = %s AND last_seq < %s",
+                    (e.recorded_at, actor, e.seq, event.dashboardId, e.seq),
+                )
+
+
+SORTS = {"title": "lower(title)", "id": "id", "updated": "updated", "created": "created"}
+"""What `GET /api/v1/dashboards?sort=` sorts by."""
+
+
+def list_dashboards(
+    conn: psycopg.Connection[Any],
+    *,
+    q: str | None,
+    page: int,
+    size: int,
+    sort: str = "title",
+    descending: bool = False,
+) -> tuple[list[dict[str, Any]], int]:
+    """A page of the dashboards not deleted (`q`: words of the title or id), and how many."""
+    where, params = "NOT deleted", []
+    if q:
+        like = "%" + _escape_like(q.lower()) + "%"
+        where += " AND (lower(title) LIKE %s OR lower(id) LIKE %s)"
+        params += [like, like]
+    order = SORTS[sort] + (" DESC" if descending else "")
+    rows = conn.execute(
+        "SELECT id, title, source, created, updated, updated_by, count(*) OVER () AS total"
+        f" FROM dashboards WHERE {where} ORDER BY {order}, id LIMIT %s OFFSET %s",
+        [*params, size, (page - 1) * size],
+    ).fetchall()
+    total = int(rows[0][6]) if rows else 0
+    if not rows and page > 1:
+        counted = conn.execute(f"SELECT count(*) FROM dashboards WHERE {where}", params)
+        total = int((counted.fetchone() or (0,))[0])
+    found = [
+        {
+            "id": r[0],
+            "title": r[1],
+            "sourceCode": r[2],
+            "created": iso(r[3]),
+            "updated": iso(r[4]),
+            "updatedBy": r[5],
+        }
+        for r in rows
+    ]
+    return found, total
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# --- chart queries -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """A read model a chart can read: its table, the date its time range applies to, and the
+    SQL of each field (written here, never taken from a request)."""
+
+    table: str
+    date: str
+    fields: dict[str, str]
+    labels: bool = False
+
+
+SOURCES: dict[str, Source] = {
+    "executions": Source(
+        table="executions",
+        date="start_date",
+        fields={
+            "ID": "id",
+            "NAMESPACE": "namespace",
+            "FLOW_ID": "flow_id",
+            "FLOW_REVISION": "flow_revision",
+            "STATE": "state",
+            "DURATION": "extract(epoch FROM end_date - start_date)::double precision",
+            "START_DATE": "start_date",
+            "END_DATE": "end_date",
+            "TRIGGER_EXECUTION_ID": "coalesce(parent_id, trigger -> 'variables' ->> 'executionId')",
+        },
+        labels=True,
+    ),
+    "logs": Source(
+        table="logs",
+        date="timestamp",
+        fields={
+            "NAMESPACE": "namespace",
+            "FLOW_ID": "flow_id",
+            "TASK_ID": "task_id",
+            "EXECUTION_ID": "execution_id",
+            "TASK_RUN_ID": "task_run_id",
+            "DATE": "timestamp",
+            "LEVEL": "level",
+            "MESSAGE": "message",
+        },
+    ),
+    "metrics": Source(
+        table="metrics",
+        date="timestamp",
+        fields={
+            "NAMESPACE": "namespace",
+            "FLOW_ID": "flow_id",
+            "TASK_ID": "task_id",
+            "EXECUTION_ID": "execution_id",
+            "TASK_RUN_ID": "task_run_id",
+            "TYPE": "type",
+            "NAME": "name",
+            "VALUE": "value",
+            "DATE": "timestamp",
+        },
+    ),
+}
+AGGREGATES = {"COUNT": "count", "SUM": "sum", "AVG": "avg", "MIN": "min", "MAX": "max"}
+_LABEL_VALUE = (
+    "(SELECT l ->> 'value' FROM jsonb_array_elements("
+    "CASE jsonb_typeof(labels) WHEN 'array' THEN labels ELSE '[]'::jsonb END) AS l"
+    " WHERE l ->> 'key' = %s LIMIT 1)"
+)
+_LABEL_PAIR = "label_pairs @> ARRAY[jsonb_build_array(%s::text, %s::text)::text]"
+"""A label's key and value, as `execution_label_pairs` (migrations/0009) lists them: the GIN
+index on `label_pairs` answers it."""
+
+UNITS = (
+    (dt.timedelta(hours=1), "minute"),
+    (dt.timedelta(days=2), "hour"),
+    (dt.timedelta(days=120), "day"),
+    (dt.timedelta(days=500), "week"),
+)
+"""The time bucket a date column is grouped by, from the range shown: the first whose range
+reaches it (a month beyond)."""
+INTERVALS = {"minute": "PT1M", "hour": "PT1H", "day": "P1D", "week": "P7D", "month": "P1M"}
+
+
+def bucket_unit(span: dt.timedelta, smallest: str = "minute") -> str:
+    """The `date_trunc` unit for a range of `span` (never below `smallest`)."""
+    order = [u for _, u in UNITS] + ["month"]
+    unit = next((u for limit, u in UNITS if span <= limit), "month")
+    return order[max(order.index(unit), order.index(smallest))]
+
+
+@dataclass
+class Query:
+    """A chart's query: its SQL, parameters, and what each selected column is."""
+
+    sql: str
+    params: list[Any]
+    names: list[str]
+    dates: set[int] = field(default_factory=set)
+    unit: str = "day"
+
+
+def _field(source: Source, name: str | None, label_key: str | None) -> tuple[str, list[Any]]:
+    if name == "LABELS":
+        return _LABEL_VALUE, [label_key]
+    return source.fields[name or ""], []
+
+
+def _condition(source: Source, c: Condition, kinds: dict[str, str]) -> tuple[str, list[Any]]:
+    """A checked filter as SQL over `source` and its parameters."""
+    if c.type == "OR":
+        parts = [_condition(source, inner, kinds) for inner in c.anyOf]
+        return "(" + " OR ".join(p[0] for p in parts) + ")", [x for p in parts for x in p[1]]
+    kind = kinds.get(c.field or "")
+    if kind == LABELS and c.type in ("EQUAL_TO", "NOT_EQUAL_TO"):
+        pair = (_LABEL_PAIR, [c.labelKey, str(c.value)])
+        return pair if c.type == "EQUAL_TO" else (f"NOT ({pair[0]})", pair[1])
+    expr, params = _field(source, c.field, c.labelKey)
+    value = _typed(c.value, kind)
+    if c.type == "EQUAL_TO":
+        return f"{expr} = %s", [*params, value]
+    if c.type == "NOT_EQUAL_TO":
+        return f"{expr} <> %s", [*params, value]
+    if c.type in ("IN", "NOT_IN"):
+        values = [_typed(v, kind) for v in c.values]
+        cast = {DATE: "timestamptz[]", "number": "double precision[]"}.get(kind or "", "text[]")
+        op = "= ANY" if c.type == "IN" else "<> ALL"
+        return f"{expr} {op}(%s::{cast})", [*params, values]
+    comparisons = {
+        "GREATER_THAN": ">",
+        "GREATER_THAN_OR_EQUAL_TO": ">=",
+        "LESS_THAN": "<",
+        "LESS_THAN_OR_EQUAL_TO": "<=",
+    }
+    if c.type in comparisons:
+        return f"{expr} {comparisons[c.type]} %s", [*params, value]
+    if c.type == "STARTS_WITH":
+        return f"{expr} LIKE %s", [*params, _escape_like(str(value)) + "%"]
+    if c.type == "ENDS_WITH":
+        return f"{expr} LIKE %s", [*params, "%" + _escape_like(str(value))]
+    if c.type == "CONTAINS":
+        return f"{expr} LIKE %s", [*params, "%" + _escape_like(str(value)) + "%"]
+    if c.type == "REGEX":
+        return f"{expr} ~ %s", [*params, str(value)]
+    if c.type == "IS_NULL":
+        return f"{expr} IS NULL", params
+    if c.type == "IS_NOT_NULL":
+        return f"{expr} IS NOT NULL", params
+    raise AssertionError(f"unchecked filter type {c.type}")  # engine/dashboards.py checks it
+
+
+def _typed(value: Any, kind: str | None) -> Any:
+    if kind == DATE and value is not None:
+        return parse_date(value)
+    if kind == "number" and value is not None:
+        return float(value)
+    return value
+
+
+def _where(
+    data: Data,
+    source: Source,
+    start: dt.datetime,
+    end: dt.datetime,
+    scope: tuple[str, list[Any]],
+    extra: list[Condition],
+) -> tuple[list[str], list[Any]]:
+    kinds = FIELDS[data.source]
+    parts = [f"{source.date} >= %s", f"{source.date} <= %s", scope[0]]
+    params: list[Any] = [start, end, *scope[1]]
+    for c in [*data.where, *extra]:
+        sql, p = _condition(source, c, kinds)
+        parts.append(sql)
+        params += p
+    return parts, params
+
+
+def chart_query(
+    data: Data,
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    scope: tuple[str, list[Any]],
+    extra: list[Condition],
+    page: int,
+    size: int,
+) -> Query:
+    """The SELECT of a (non-KPI) chart's rows over [start, end]: one row per group of its
+    columns without agg (a date column grouped by the bucket the range calls for), or, with no
+    aggregation at all, the rows themselves, newest first; `count(*) OVER ()` their number."""
+    source = SOURCES[data.source]
+    kinds = FIELDS[data.source]
+    unit = bucket_unit(end - start)
+    grouped = any(c.agg for c in data.columns)
+    select: list[str] = []
+    params: list[Any] = []
+    dims: list[int] = []
+    dates: set[int] = set()
+    for i, c in enumerate(data.columns, 1):
+        if c.agg is None:
+            expr, p = _field(source, c.field, c.labelKey)
+            if kinds.get(c.field or "") == DATE:
+                dates.add(i - 1)
+                if grouped:
+                    expr, p = f"date_trunc(%s, {expr}, 'UTC')", [unit, *p]
+            dims.append(i)
+        elif c.field is None:
+            expr, p = "count(*)", []
+        else:
+            inner, p = _field(source, c.field, c.labelKey)
+            expr = f"{AGGREGATES[c.agg]}({inner})"
+        select.append(f"{expr} AS c{i}")
+        params += p
+    where, where_params = _where(data, source, start, end, scope, extra)
+    sql = f"SELECT {', '.join(select)}, count(*) OVER () FROM {source.table}"
+    sql += " WHERE " + " AND ".join(where)
+    params += where_params
+    if grouped and dims:
+        sql += " GROUP BY " + ", ".join(str(i) for i in dims)
+    names = [c.name for c in data.columns]
+    order = [f"{names.index(o.column) + 1} {o.order} NULLS LAST" for o in data.orderBy]
+    if not order:
+        if grouped:
+            order = [f"{i} ASC NULLS LAST" for i in dims]
+        else:
+            first_date = min(dates, default=None)
+            order = [f"{first_date + 1} DESC"] if first_date is not None else ["1 ASC"]
+    if order:
+        sql += " ORDER BY " + ", ".join(order)
+    sql += " LIMIT %s OFFSET %s"
+    params += [size, (page - 1) * size]
+    return Query(sql=sql, params=params, names=names, dates=dates, unit=unit)
+
+
+def _ready(conn: psycopg.Connection[Any], source: str) -> None:
+    table = SOURCES[source].table
+    if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,):
+        raise SourceUnavailable(
+            f"This server has no {source} read model yet (table {table}): charts over "
+            f"{source} answer once its migration is applied (tiercel db migrate)"
+        )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return iso(value)
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def run_chart(
+    conn: psycopg.Connection[Any],
+    chart: Chart,
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    scope: tuple[str, list[Any]],
+    extra: list[Condition],
+    page: int,
+    size: int,
+) -> dict[str, Any]:
+    """A chart's rows as Kestra's PagedResults: `{results: [{column: value}], total}`; a KPI
+    answers one row `{value, numerator, total}`."""
+    data = chart.data
+    assert data is not None
+    _ready(conn, data.source)
+    with conn.transaction():
+        conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
+        if data.kpi:
+            return _run_kpi(conn, chart, data, start, end, scope, extra)
+        query = chart_query(
+            data, start=start, end=end, scope=scope, extra=extra, page=page, size=size
+        )
+        rows = conn.execute(query.sql, query.params, prepare=False).fetchall()
+    total = int(rows[0][-1]) if rows else 0
+    results = [
+        {name: _plain(value) for name, value in zip(query.names, row[:-1], strict=True)}
+        for row in rows
+    ]
+    return {"results": results, "total": total, "interval": INTERVALS[query.unit]}
+
+
+def _run_kpi(
+    conn: psycopg.Connection[Any],
+    chart: Chart,
+    data: Data,
+    start: dt.datetime,
+    end: dt.datetime,
+    scope: tuple[str, list[Any]],
+    extra: list[Condition],
+) -> dict[str, Any]:
+    source = SOURCES[data.source]
+    column = data.columns[0]
+    if column.field is None:
+        expr, params = "count(*)", list[Any]()
+    else:
+        inner, params = _field(source, column.field, column.labelKey)
+        expr = f"{AGGREGATES[column.agg or 'COUNT']}({inner})"
+    where, where_params = _where(data, source, start, end, scope, extra)
+    numerator_sql, numerator_params = "true", []
+    if data.numerator:
+        parts = [_condition(source, c, FIELDS[data.source]) for c in data.numerator]
+        numerator_sql = " AND ".join(p[0] for p in parts)
+        numerator_params = [x for p in parts for x in p[1]]
+    sql = (
+        f"SELECT {expr} FILTER (WHERE {numerator_sql}), {expr} FROM {source.table}"
+        " WHERE " + " AND ".join(where)
+    )
+    row = conn.execute(
+        sql, [*params, *numerator_params, *params, *where_params], prepare=False
+    ).fetchone()
+    numerator, total = (_plain(row[0]), _plain(row[1])) if row else (None, None)
+    percentage = str(chart.options.get("numberType", "")).upper() == "PERCENTAGE"
+    value: Any = total
+    if data.numerator:
+        value = numerator
+        if percentage:
+            value = 100.0 * numerator / total if numerator is not None and total else None
+    return {
+        "results": [{"value": value, "numerator": numerator, "total": total}],
+        "total": 1,
+    }
+
+
+def flow_description(conn: psycopg.Connection[Any], namespace: str, flow_id: str) -> str | None:
+    """A deployed flow's description (for a Markdown chart's FlowDescription), or None when
+    the flow is not deployed."""
+    row = conn.execute(
+        "SELECT coalesce(description, '') FROM flows WHERE namespace = %s AND flow_id = %s"
+        " AND NOT deleted",
+        (namespace, flow_id),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+# --- the default dashboard ---------------------------------------------------------------------
+
+
+@dataclass
+class StatsFilter:
+    """What the default dashboard shows: a range of whole hours and optional filters."""
+
+    start: dt.datetime
+    end: dt.datetime
+    """Exclusive."""
+    namespace: str | None = None
+    """This namespace and those under it."""
+    flow_id: str | None = None
+    states: list[str] = field(default_factory=list)
+    failures: int = 10
+    """How many of the latest failed executions to list."""
+
+
+PERCENTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
+TOP_FLOWS = 1000
+"""Flows the per-flow breakdown lists at most (those with the most executions)."""
+
+
+def _stats_where(f: StatsFilter, scope: tuple[str, list[Any]], date: str) -> tuple[str, list[Any]]:
+    parts = [f"{date} >= %s", f"{date} < %s", scope[0]]
+    params: list[Any] = [f.start, f.end, *scope[1]]
+    if f.namespace:
+        parts.append("(namespace = %s OR namespace LIKE %s)")
+        params += [f.namespace, _escape_like(f.namespace) + ".%"]
+    if f.flow_id:
+        parts.append("flow_id = %s")
+        params.append(f.flow_id)
+    if f.states:
+        parts.append("state = ANY(%s::text[])")
+        params.append(list(f.states))
+    return " AND ".join(parts), params
+
+
+def default_stats(
+    conn: psycopg.Connection[Any], f: StatsFilter, scope: tuple[str, list[Any]]
+) -> dict[str, Any]:
+    """The default dashboard's figures, all read in one snapshot (see the module's
+    description); `scope` is the caller's namespace condition on `namespace`."""
+    for table in ("execution_stats", "execution_durations"):
+        if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,):
+            raise SourceUnavailable(
+                f"This server has no {table} rollup yet: the default dashboard answers once "
+                "migration 0012 is applied (tiercel db migrate)"
+            )
+    unit = bucket_unit(f.end - f.start, smallest="hour")
+    where, params = _stats_where(f, scope, "bucket")
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
+        series = conn.execute(
+            "SELECT date_trunc(%s, bucket, 'UTC') AS b, state, coalesce(sum(count), 0)::bigint,"
+            " grouping(state) FROM execution_stats WHERE "
+            + where
+            + " GROUP BY GROUPING SETS ((1, state), (1)) ORDER BY 1, 2",
+            [unit, *params],
+        ).fetchall()
+        groups = conn.execute(
+            "SELECT namespace, flow_id, state, coalesce(sum(count), 0)::bigint,"
+            " grouping(namespace), grouping(flow_id), grouping(state)"
+            " FROM execution_stats WHERE "
+            + where
+            + " GROUP BY GROUPING SETS ((namespace, flow_id, state), (namespace, flow_id),"
+            " (namespace, state), (namespace), (state), ())",
+            params,
+        ).fetchall()
+        durations = conn.execute(
+            "SELECT le, coalesce(sum(count), 0)::bigint, sum(sum) FROM execution_durations WHERE "
+            + where
+            + " GROUP BY le ORDER BY le",
+            params,
+        ).fetchall()
+        failures: list[tuple[Any, ...]] = []
+        if f.failures and (not f.states or "FAILED" in f.states):
+            x_where, x_params = _stats_where(
+                StatsFilter(f.start, f.end, f.namespace, f.flow_id, ["FAILED"]),
+                scope,
+                "start_date",
+            )
+            failures = conn.execute(
+                "SELECT id, namespace, flow_id, state, start_date, end_date FROM executions"
+                f" WHERE {x_where} ORDER BY start_date DESC, id DESC LIMIT %s",
+                [*x_params, f.failures],
+            ).fetchall()
+    return _stats_answer(f, unit, series, groups, durations, failures)
+
+
+def _stats_answer(
+    f: StatsFilter,
+    unit: str,
+    series: list[tuple[Any, ...]],
+    groups: list[tuple[Any, ...]],
+    durations: list[tuple[Any, ...]],
+    failures: list[tuple[Any, ...]],
+) -> dict[str, Any]:
+    buckets: dict[dt.datetime, dict[str, Any]] = {}
+    for at, state, count, all_states in series:
+        bucket = buckets.setdefault(at, {"date": iso(at), "counts": {}, "total": 0})
+        if all_states:
+            bucket["total"] = int(count)
+        else:
+            bucket["counts"][state] = int(count)
+    states: dict[str, int] = {}
+    total = 0
+    namespaces: dict[str, dict[str, Any]] = {}
+    flows: dict[tuple[str, str], dict[str, Any]] = {}
+    for namespace, flow_id, state, count, g_ns, g_flow, g_state in groups:
+        count = int(count)
+        if g_ns and g_flow and g_state:
+            total = count
+        elif g_ns and g_flow:
+            states[state] = count
+        elif g_flow:
+            row = namespaces.setdefault(namespace, {"namespace": namespace, "counts": {}})
+            if g_state:
+                row["total"] = count
+            else:
+                row["counts"][state] = count
+        else:
+            key = (namespace, flow_id)
+            row = flows.setdefault(key, {"namespace": namespace, "flowId": flow_id, "counts": {}})
+            if g_state:
+                row["total"] = count
+            else:
+                row["counts"][state] = count
+    for row in [*namespaces.values(), *flows.values()]:
+        row["successRatio"] = _ratio(row["counts"].get("SUCCESS", 0), row.get("total", 0))
+    by_size = sorted(
+        flows.values(), key=lambda r: (-r.get("total", 0), r["namespace"], r["flowId"])
+    )
+    return {
+        "startDate": iso(f.start),
+        "endDate": iso(f.end),
+        "interval": INTERVALS[unit],
+        "total": total,
+        "states": dict(sorted(states.items())),
+        "successRatio": _ratio(states.get("SUCCESS", 0), total),
+        "buckets": list(buckets.values()),
+        "namespaces": sorted(namespaces.values(), key=lambda r: r["namespace"]),
+        "flows": by_size[:TOP_FLOWS],
+        "flowsTruncated": len(by_size) > TOP_FLOWS,
+        "durations": _percentiles(durations),
+        "latestFailures": [
+            {
+                "id": r[0],
+                "namespace": r[1],
+                "flowId": r[2],
+                "state": r[3],
+                "startDate": iso(r[4]),
+                "endDate": iso(r[5]) if r[5] is not None else None,
+            }
+            for r in failures
+        ],
+    }
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+_BOUNDS_MS: tuple[int, ...] = (
+    10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000,
+    250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 25_000_000,
+    50_000_000, 100_000_000,
+)  # fmt: skip
+"""The duration classes of migrations/0012 (projections/executions.py keeps them)."""
+
+
+def _lower_bound(le: float) -> float:
+    """The lower bound (seconds) of the duration class whose upper bound is `le`."""
+    bounds = getattr(executions_model, "DURATION_BOUNDS_MS", _BOUNDS_MS)
+    below = [b / 1000 for b in bounds if b / 1000 < le]
+    return max(below, default=0.0)
+
+
+def _percentiles(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """Count, mean and p50/p90/p99 (seconds) of ended executions from the duration histogram:
+    each percentile is interpolated linearly inside the class it falls in, so it is exact to
+    that class's bounds; in the last, unbounded class it is that class's lower bound."""
+    classes = [(float(le), int(count), float(total or 0.0)) for le, count, total in rows if count]
+    count = sum(c for _, c, _ in classes)
+    out: dict[str, Any] = {"count": count, "sum": None, "avg": None}
+    out.update({name: None for name, _ in PERCENTILES})
+    if not count:
+        return out
+    seconds = sum(s for _, _, s in classes)
+    out["sum"] = round(seconds, 3)
+    out["avg"] = round(seconds / count, 3)
+    for name, q in PERCENTILES:
+        rank = q * count
+        seen = 0
+        for le, n, _ in classes:
+            if seen + n >= rank:
+                lower = _lower_bound(le)
+                if math.isinf(le):
+                    out[name] = lower
+                else:
+                    out[name] = round(lower + (le - lower) * (rank - seen) / n, 3)
+                break
+            seen += n
+    return out
+
+
+def levels_from(level: str) -> list[str]:
+    """A minimum log level as the levels it keeps."""
+    return list(LEVELS[LEVELS.index(level) :])

@@ -1,0 +1,766 @@
+"""Dashboards through a real server: the default dashboard's figures ("All" is the sum of the
+per-state counts whatever the filter and range, Kestra issue #16812), and custom dashboards as
+YAML: saved as events, validated with the line of each problem, and each chart type's rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import trio
+
+from engine import events as ev
+from engine.db import runtime_role
+from engine.server import run_server
+from tests.api.test_auth import _bearer, _token
+from tests.conftest import ADMIN_PASSWORD, _prepare
+
+YAML = {"Content-Type": "application/x-yaml"}
+STATS = "/api/v1/dashboards/default/stats"
+
+
+def _ns() -> str:
+    return f"test.dash.n{uuid.uuid4().hex[:8]}"
+
+
+def _iso(at: dt.datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+# --- the default dashboard over data spread across days -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stats_database_url(database_url: str) -> Iterator[str]:
+    """A database of its own: its rollups and execution rows are written by hand, spread over
+    days (the engine dates what it records now), so no other test or replay sees them."""
+    name = f"dash_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    info["dbname"] = name
+    url = psycopg.conninfo.make_conninfo(**info)
+    _prepare(url)
+    yield url
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        conn.execute(f'DROP ROLE IF EXISTS "{runtime_role(name)}"')
+
+
+BASE = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
+STATES = ["SUCCESS", "FAILED", "RUNNING", "WARNING", "KILLED"]
+ROOT = "test.dash.stats"
+NAMESPACES = [ROOT, f"{ROOT}.a", f"{ROOT}.a.b", f"{ROOT}.b", f"{ROOT}b", "other.team"]
+FLOWS = ["hello", "etl"]
+
+
+def _seed(url: str) -> list[tuple[dt.datetime, str, str, str, int]]:
+    """Rollup rows over 5 days (as the executions projection keeps them) and the failed
+    executions behind some; what was written, to compute what each answer must be."""
+    rng = random.Random(16812)
+    rows: dict[tuple[dt.datetime, str, str, str], int] = {}
+    for _ in range(400):
+        key = (
+            BASE + dt.timedelta(hours=rng.randrange(5 * 24)),
+            rng.choice(NAMESPACES),
+            rng.choice(FLOWS),
+            rng.choice(STATES),
+        )
+        rows[key] = rows.get(key, 0) + rng.randrange(1, 9)
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        conn.execute("DELETE FROM execution_stats")
+        conn.execute("DELETE FROM execution_durations")
+        for (bucket, namespace, flow_id, state), count in rows.items():
+            conn.execute(
+                "INSERT INTO execution_stats (bucket, namespace, flow_id, state, count)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (bucket, namespace, flow_id, state, count),
+            )
+            if state != "RUNNING":
+                # Every ended execution of the row took 1 to 2.5 s (the class le = 2.5).
+                conn.execute(
+                    "INSERT INTO execution_durations (bucket, namespace, flow_id, state, le,"
+                    " count, sum_ms) VALUES (%s, %s, %s, %s, 2.5, %s, %s)",
+                    (bucket, namespace, flow_id, state, count, count * 2000),
+                )
+        for i, ((bucket, namespace, flow_id, state), _) in enumerate(sorted(rows.items())):
+            if state == "FAILED":
+                conn.execute(
+                    "INSERT INTO executions (id, namespace, flow_id, flow_revision, state,"
+                    " histories, start_date, end_date, last_seq)"
+                    " VALUES (%s, %s, %s, 1, 'FAILED', '[]', %s, %s, 0)",
+                    (
+                        f"failed{i:04d}",
+                        namespace,
+                        flow_id,
+                        bucket + dt.timedelta(minutes=i % 60),
+                        bucket + dt.timedelta(minutes=i % 60, seconds=2),
+                    ),
+                )
+    return [(*key, count) for key, count in rows.items()]
+
+
+@pytest.fixture(scope="module")
+def seeded(stats_database_url: str) -> list[tuple[dt.datetime, str, str, str, int]]:
+    return _seed(stats_database_url)
+
+
+@pytest.fixture
+async def stats_client(
+    stats_database_url: str,
+    seeded: list[tuple[dt.datetime, str, str, str, int]],
+    nursery: trio.Nursery,
+    tmp_path: Any,
+) -> AsyncIterator[httpx.AsyncClient]:
+    ctx = await nursery.start(
+        lambda task_status: run_server(
+            stats_database_url,
+            host="127.0.0.1",
+            port=0,
+            data_dir=tmp_path,
+            heartbeat_interval=0.5,
+            admin_password=ADMIN_PASSWORD,
+            task_status=task_status,
+        )
+    )
+    url = ctx.extra["urls"][0]
+    async with httpx.AsyncClient(base_url=url, timeout=60, auth=("admin", ADMIN_PASSWORD)) as http:
+        yield http
+
+
+def _under(namespace: str, prefix: str | None) -> bool:
+    return prefix is None or namespace == prefix or namespace.startswith(prefix + ".")
+
+
+async def test_default_stats_all_is_the_sum_of_the_states_for_every_filter_and_range(
+    stats_client: httpx.AsyncClient, seeded: list[tuple[dt.datetime, str, str, str, int]]
+) -> None:
+    ranges = [
+        (BASE, BASE + dt.timedelta(days=5)),
+        # Cutting through the data, at times that are not whole hours.
+        (BASE + dt.timedelta(hours=30, minutes=20), BASE + dt.timedelta(hours=77, minutes=5)),
+        (BASE + dt.timedelta(days=2), BASE + dt.timedelta(days=2, hours=6)),
+        (BASE - dt.timedelta(days=3), BASE + dt.timedelta(hours=1)),
+    ]
+    filters: list[dict[str, Any]] = [
+        {},
+        {"namespace": ROOT},
+        {"namespace": f"{ROOT}.a"},
+        {"flowId": "etl"},
+        {"namespace": ROOT, "flowId": "hello"},
+    ]
+    for start, end in ranges:
+        for extra in filters:
+            params = {"startDate": _iso(start), "endDate": _iso(end), **extra}
+            answer = await stats_client.get(STATS, params=params)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            # The range is widened to the hours it touches (the rollups count by hour).
+            shown_start = dt.datetime.fromisoformat(body["startDate"].replace("Z", "+00:00"))
+            shown_end = dt.datetime.fromisoformat(body["endDate"].replace("Z", "+00:00"))
+            assert shown_start <= start and end <= shown_end
+            assert shown_end - end < dt.timedelta(hours=1)
+            expected: dict[str, int] = {}
+            for bucket, namespace, flow_id, state, count in seeded:
+                if not shown_start <= bucket < shown_end or not _under(
+                    namespace, extra.get("namespace")
+                ):
+                    continue
+                if extra.get("flowId") not in (None, flow_id):
+                    continue
+                expected[state] = expected.get(state, 0) + count
+            assert body["states"] == expected, (params, body["states"])
+            # "All" equals the sum of the per-state counts: overall, per bucket, per
+            # namespace, per flow.
+            assert body["total"] == sum(body["states"].values()) == sum(expected.values())
+            for bucket in body["buckets"]:
+                assert bucket["total"] == sum(bucket["counts"].values())
+            assert sum(b["total"] for b in body["buckets"]) == body["total"]
+            for row in [*body["namespaces"], *body["flows"]]:
+                assert row["total"] == sum(row["counts"].values())
+            assert sum(r["total"] for r in body["namespaces"]) == body["total"]
+            assert sum(r["total"] for r in body["flows"]) == body["total"]
+            # Each state asked on its own gives its count: the tabs add up to "All".
+            by_tab = 0
+            for state in STATES:
+                one = await stats_client.get(STATS, params={**params, "state": state})
+                assert one.json()["total"] == body["states"].get(state, 0)
+                by_tab += one.json()["total"]
+            assert by_tab == body["total"]
+            several = await stats_client.get(
+                STATS, params=[*params.items(), ("state", "SUCCESS"), ("state", "FAILED")]
+            )
+            assert several.json()["total"] == expected.get("SUCCESS", 0) + expected.get("FAILED", 0)
+            if body["total"]:
+                ratio = expected.get("SUCCESS", 0) / body["total"]
+                assert body["successRatio"] == pytest.approx(ratio)
+            else:
+                assert body["successRatio"] is None
+
+
+async def test_default_stats_give_duration_percentiles_and_the_latest_failures(
+    stats_client: httpx.AsyncClient, seeded: list[tuple[dt.datetime, str, str, str, int]]
+) -> None:
+    params = {"startDate": _iso(BASE), "endDate": _iso(BASE + dt.timedelta(days=5))}
+    body = (await stats_client.get(STATS, params={**params, "failures": 5})).json()
+    ended = sum(c for _, _, _, state, c in seeded if state != "RUNNING")
+    durations = body["durations"]
+    assert durations["count"] == ended
+    assert durations["avg"] == pytest.approx(2.0)
+    # Every duration is in the class (1 s, 2.5 s]: each percentile is inside it.
+    for name in ("p50", "p90", "p99"):
+        assert 1.0 <= durations[name] <= 2.5
+    assert durations["p50"] <= durations["p90"] <= durations["p99"]
+    failures = body["latestFailures"]
+    assert len(failures) == 5
+    assert all(f["state"] == "FAILED" for f in failures)
+    dates = [f["startDate"] for f in failures]
+    assert dates == sorted(dates, reverse=True)
+    # A state filter without FAILED lists no failure; a namespace filter keeps its own.
+    assert (await stats_client.get(STATS, params={**params, "state": "SUCCESS"})).json()[
+        "latestFailures"
+    ] == []
+    scoped = (await stats_client.get(STATS, params={**params, "namespace": f"{ROOT}.a"})).json()
+    assert scoped["latestFailures"]
+    assert all(_under(f["namespace"], f"{ROOT}.a") for f in scoped["latestFailures"])
+
+
+async def test_default_stats_refuse_bad_parameters_with_a_400_naming_them(
+    stats_client: httpx.AsyncClient,
+) -> None:
+    for params, named in [
+        ({"state": "DONE"}, "state"),
+        ({"startDate": "yesterday"}, "startDate"),
+        ({"timeRange": "1 day"}, "timeRange"),
+        ({"startDate": "2020-01-01T00:00:00Z", "endDate": "2024-01-01T00:00:00Z"}, "startDate"),
+        ({"startDate": "2024-01-02T00:00:00Z", "endDate": "2024-01-01T00:00:00Z"}, "endDate"),
+        ({"size": "3"}, "size"),
+        ({"failures": "1000"}, "failures"),
+    ]:
+        answer = await stats_client.get(STATS, params=params)
+        assert answer.status_code == 400, (params, answer.text)
+        assert answer.json()["details"][0]["path"] == named
+
+
+async def test_default_stats_of_a_scoped_token_count_only_its_namespaces(
+    stats_client: httpx.AsyncClient, seeded: list[tuple[dt.datetime, str, str, str, int]]
+) -> None:
+    token = await _token(stats_client, "viewer", [f"{ROOT}.a"])
+    params = {"startDate": _iso(BASE), "endDate": _iso(BASE + dt.timedelta(days=5))}
+    async with httpx.AsyncClient(base_url=stats_client.base_url, timeout=30) as other:
+        body = (await other.get(STATS, params=params, headers=_bearer(token))).json()
+    expected = sum(c for _, ns, _, _, c in seeded if _under(ns, f"{ROOT}.a"))
+    assert body["total"] == expected
+    assert {r["namespace"] for r in body["namespaces"]} <= {f"{ROOT}.a", f"{ROOT}.a.b"}
+
+
+# --- custom dashboards -------------------------------------------------------------------------
+
+
+def _flows(namespace: str) -> list[str]:
+    return [
+        f"id: ok\nnamespace: {namespace}\nlabels:\n  team: blue\ntasks:\n"
+        "  - id: say\n    type: io.kestra.plugin.core.log.Log\n    message: all is well\n",
+        f"id: broken\nnamespace: {namespace}\nlabels:\n  team: red\ntasks:\n"
+        "  - id: warn\n    type: io.kestra.plugin.core.log.Log\n    level: WARN\n"
+        "    message: about to fail\n"
+        "  - id: fail\n    type: io.kestra.plugin.core.execution.Fail\n",
+    ]
+
+
+def _dashboard(dashboard_id: str, namespace: str) -> str:
+    executions = "io.kestra.plugin.core.dashboard.data.Executions"
+    return f"""\
+id: {dashboard_id}
+title: Team {namespace}
+description: Every chart type over one namespace
+timeWindow:
+  default: P1D
+  max: P30D
+charts:
+  - id: over_time
+    type: io.kestra.plugin.core.dashboard.chart.TimeSeries
+    chartOptions:
+      displayName: Executions over time
+      column: date
+      colorByColumn: state
+    data:
+      type: {executions}
+      columns:
+        date: {{field: START_DATE, displayName: Date}}
+        state: {{field: STATE}}
+        total: {{agg: COUNT, displayName: Executions, graphStyle: BARS}}
+        duration: {{field: DURATION, agg: SUM, graphStyle: LINES}}
+      where:
+        - {{field: NAMESPACE, type: EQUAL_TO, value: {namespace}}}
+  - id: per_flow
+    type: io.kestra.plugin.core.dashboard.chart.Bar
+    chartOptions: {{column: flow}}
+    data:
+      type: {executions}
+      columns:
+        flow: {{field: FLOW_ID}}
+        total: {{agg: COUNT}}
+        longest: {{field: DURATION, agg: MAX}}
+      where:
+        - {{field: NAMESPACE, type: STARTS_WITH, value: {namespace}}}
+      orderBy:
+        - {{column: total, order: DESC}}
+  - id: per_team
+    type: io.kestra.plugin.core.dashboard.chart.Pie
+    chartOptions: {{column: team}}
+    data:
+      type: {executions}
+      columns:
+        team: {{field: LABELS, labelKey: team}}
+        total: {{agg: COUNT}}
+      where:
+        - {{field: NAMESPACE, type: EQUAL_TO, value: {namespace}}}
+  - id: failures
+    type: io.kestra.plugin.core.dashboard.chart.Table
+    data:
+      type: {executions}
+      columns:
+        id: {{field: ID}}
+        flow: {{field: FLOW_ID}}
+        state: {{field: STATE}}
+        started: {{field: START_DATE}}
+      where:
+        - {{field: NAMESPACE, type: EQUAL_TO, value: {namespace}}}
+        - {{field: STATE, type: IN, values: [FAILED, KILLED]}}
+  - id: warnings
+    type: io.kestra.plugin.core.dashboard.chart.Table
+    data:
+      type: io.kestra.plugin.core.dashboard.data.Logs
+      columns:
+        task: {{field: TASK_ID}}
+        level: {{field: LEVEL}}
+        lines: {{agg: COUNT}}
+      where:
+        - {{field: NAMESPACE, type: EQUAL_TO, value: {namespace}}}
+        - {{field: LEVEL, type: IN, values: [WARN, ERROR]}}
+  - id: success_ratio
+    type: io.kestra.plugin.core.dashboard.chart.KPI
+    chartOptions: {{displayName: Success ratio, numberType: PERCENTAGE}}
+    data:
+      type: io.kestra.plugin.core.dashboard.data.ExecutionsKPI
+      columns: {{field: ID, agg: COUNT}}
+      numerator:
+        - {{type: IN, field: STATE, values: [SUCCESS]}}
+      where:
+        - {{field: NAMESPACE, type: EQUAL_TO, value: {namespace}}}
+  - id: metric_points
+    type: io.kestra.plugin.core.dashboard.chart.KPI
+    chartOptions: {{numberType: FLAT}}
+    data:
+      type: io.kestra.plugin.core.dashboard.data.MetricsKPI
+      columns: {{agg: COUNT}}
+      where:
+        - {{field: NAMESPACE, type: EQUAL_TO, value: {namespace}}}
+  - id: notes
+    type: io.kestra.plugin.core.dashboard.chart.Markdown
+    content: "Ask **#team-{namespace}** about failures."
+  - id: about
+    type: io.kestra.plugin.core.dashboard.chart.Markdown
+    source:
+      type: FlowDescription
+      namespace: {namespace}
+      flowId: ok
+"""
+
+
+async def _deployed_and_run(client: httpx.AsyncClient, namespace: str) -> dict[str, list[str]]:
+    for source in _flows(namespace):
+        answer = await client.post("/api/v1/flows", content=source, headers=YAML)
+        assert answer.is_success, answer.text
+    runs: dict[str, list[str]] = {"ok": [], "broken": []}
+    for flow_id, times in (("ok", 3), ("broken", 2)):
+        for _ in range(times):
+            answer = await client.post(f"/api/v1/executions/{namespace}/{flow_id}?wait=true")
+            assert answer.is_success, answer.text
+            runs[flow_id].append(answer.json()["id"])
+    return runs
+
+
+async def _chart(
+    client: httpx.AsyncClient, dashboard_id: str, chart_id: str, **body: Any
+) -> dict[str, Any]:
+    answer = await client.post(f"/api/v1/dashboards/{dashboard_id}/charts/{chart_id}", json=body)
+    assert answer.status_code == 200, answer.text
+    found: dict[str, Any] = answer.json()
+    return found
+
+
+async def _until(check: Any, seconds: float = 20) -> Any:
+    """What `check()` answers once it answers something (the read models follow the log)."""
+    with trio.fail_after(seconds):
+        while not (found := await check()):
+            await trio.sleep(0.1)
+    return found
+
+
+async def test_each_chart_type_answers_its_rows_from_the_read_models(
+    client: httpx.AsyncClient,
+) -> None:
+    namespace = _ns()
+    runs = await _deployed_and_run(client, namespace)
+    dashboard_id = f"team-{uuid.uuid4().hex[:8]}"
+    created = await client.post(
+        "/api/v1/dashboards", content=_dashboard(dashboard_id, namespace), headers=YAML
+    )
+    assert created.status_code == 200, created.text
+    assert created.json()["id"] == dashboard_id
+
+    async def all_ended() -> Any:
+        rows = await _chart(client, dashboard_id, "over_time")
+        by_state: dict[str, int] = {}
+        for row in rows["results"]:  # the runs may straddle an hour
+            by_state[row["state"]] = by_state.get(row["state"], 0) + row["total"]
+        return rows if by_state == {"SUCCESS": 3, "FAILED": 2} else None
+
+    over_time = await _until(all_ended)
+    assert over_time["interval"] == "PT1H"  # a day shown by the hour
+    assert all(r["date"].endswith(":00:00.000Z") for r in over_time["results"])
+    assert all(r["duration"] >= 0 for r in over_time["results"])
+
+    per_flow = await _chart(client, dashboard_id, "per_flow")
+    assert [(r["flow"], r["total"]) for r in per_flow["results"]] == [("ok", 3), ("broken", 2)]
+    assert all(r["longest"] >= 0 for r in per_flow["results"])
+
+    per_team = await _chart(client, dashboard_id, "per_team")
+    assert {r["team"]: r["total"] for r in per_team["results"]} == {"blue": 3, "red": 2}
+
+    failures = await _chart(client, dashboard_id, "failures", pageSize=1, page=2)
+    assert failures["total"] == 2 and len(failures["results"]) == 1
+    everything = await _chart(client, dashboard_id, "failures")
+    assert sorted(r["id"] for r in everything["results"]) == sorted(runs["broken"])
+    assert set(everything["results"][0]) == {"id", "flow", "state", "started"}
+
+    async def warnings_logged() -> Any:
+        rows = await _chart(client, dashboard_id, "warnings")
+        counts = {(r["task"], r["level"]): r["lines"] for r in rows["results"]}
+        return counts if counts.get(("warn", "WARN")) == 2 else None
+
+    warnings = await _until(warnings_logged)
+    assert ("say", "INFO") not in warnings
+
+    ratio = await _chart(client, dashboard_id, "success_ratio")
+    assert ratio["results"] == [{"value": 60.0, "numerator": 3, "total": 5}]
+    points = await _chart(client, dashboard_id, "metric_points")
+    assert points["total"] == 1 and points["results"][0]["value"] >= 0
+
+    notes = await _chart(client, dashboard_id, "notes")
+    assert notes["results"] == [{"content": f"Ask **#team-{namespace}** about failures."}]
+    about = await _chart(client, dashboard_id, "about")
+    assert about["results"] == [{"description": ""}]
+
+    # The request narrows the range: before the executions ran, nothing.
+    earlier = await _chart(
+        client,
+        dashboard_id,
+        "per_flow",
+        startDate="2020-01-01T00:00:00Z",
+        endDate="2020-01-02T00:00:00Z",
+    )
+    assert earlier == {**earlier, "results": [], "total": 0}
+
+
+async def test_a_request_filter_narrows_a_chart_where_and_never_replaces_it(
+    client: httpx.AsyncClient,
+) -> None:
+    """Kestra issue #16812: a state asked by a request replaced the chart's own STATE `where`,
+    so the per-state tabs showed what "All" did not. Here a filter is ANDed to the `where`:
+    "All" (no filter) is exactly the sum of the per-state tabs, and no tab escapes it."""
+    namespace = _ns()
+    await _deployed_and_run(client, namespace)
+    dashboard_id = f"tabs-{uuid.uuid4().hex[:8]}"
+    source = f"""\
+id: {dashboard_id}
+title: Finished
+charts:
+  - id: table
+    type: io.kestra.plugin.core.dashboard.chart.Table
+    data:
+      type: io.kestra.plugin.core.dashboard.data.Executions
+      columns:
+        id: {{field: ID}}
+        state: {{field: STATE}}
+      where:
+        - {{field: STATE, type: IN, values: [SUCCESS, FAILED]}}
+"""
+    created = await client.post("/api/v1/dashboards", content=source, headers=YAML)
+    assert created.status_code == 200, created.text
+    ns_filter = {"field": "namespace", "operation": "EQUALS", "value": namespace}
+
+    async def all_there() -> Any:
+        rows = await _chart(client, dashboard_id, "table", filters=[ns_filter])
+        return rows if rows["total"] == 5 else None
+
+    everything = await _until(all_there)
+    tabs = 0
+    for state in ("SUCCESS", "FAILED", "RUNNING", "KILLED"):
+        state_filter = {"field": "state", "operation": "EQUALS", "value": state}
+        tab = await _chart(client, dashboard_id, "table", filters=[ns_filter, state_filter])
+        assert all(r["state"] == state for r in tab["results"])
+        tabs += tab["total"]
+    assert tabs == everything["total"] == 5
+    # A state outside the chart's `where` finds nothing rather than escaping it.
+    outside = await _chart(
+        client,
+        dashboard_id,
+        "table",
+        filters=[ns_filter, {"field": "state", "operation": "IN", "value": ["RUNNING", "KILLED"]}],
+    )
+    assert outside["total"] == 0
+    # Labels and namespace prefixes narrow it too.
+    blue = await _chart(
+        client,
+        dashboard_id,
+        "table",
+        filters=[
+            {"field": "namespace", "operation": "PREFIX", "value": namespace},
+            {"field": "labels", "operation": "EQUALS", "value": {"team": "blue"}},
+        ],
+    )
+    assert blue["total"] == 3
+
+
+async def test_a_dashboard_is_created_updated_listed_and_deleted_as_events_of_its_stream(
+    server: Any, client: httpx.AsyncClient
+) -> None:
+    dashboard_id = f"life-{uuid.uuid4().hex[:8]}"
+    first = f"id: {dashboard_id}\ntitle: First {dashboard_id}\n"
+    created = await client.post("/api/v1/dashboards", content=first, headers=YAML)
+    assert created.status_code == 200, created.text
+    body = created.json()
+    assert (body["title"], body["sourceCode"], body["deleted"]) == (
+        f"First {dashboard_id}",
+        first,
+        False,
+    )
+    again = await client.post("/api/v1/dashboards", content=first, headers=YAML)
+    assert again.status_code == 409
+
+    second = (
+        f"title: Second {dashboard_id}\ncharts:\n  - id: hello\n"
+        "    type: io.kestra.plugin.core.dashboard.chart.Markdown\n    content: hi\n"
+    )
+    updated = await client.put(f"/api/v1/dashboards/{dashboard_id}", content=second, headers=YAML)
+    assert updated.status_code == 200, updated.text
+    shown = (await client.get(f"/api/v1/dashboards/{dashboard_id}")).json()
+    assert shown["title"] == f"Second {dashboard_id}" and shown["sourceCode"] == second
+    assert shown["charts"][0]["id"] == "hello"
+    moved = await client.put(
+        f"/api/v1/dashboards/{dashboard_id}", content=f"id: other\n{second}", headers=YAML
+    )
+    assert moved.status_code == 400
+
+    async def listed() -> Any:
+        page = (await client.get("/api/v1/dashboards", params={"q": dashboard_id})).json()
+        return (
+            page if page["results"] and page["results"][0]["title"].startswith("Second") else None
+        )
+
+    page = await _until(listed)
+    assert page["total"] == 1 and page["results"][0]["id"] == dashboard_id
+
+    deleted = await client.delete(f"/api/v1/dashboards/{dashboard_id}")
+    assert deleted.status_code == 204
+    assert (await client.get(f"/api/v1/dashboards/{dashboard_id}")).status_code == 404
+    assert (await client.delete(f"/api/v1/dashboards/{dashboard_id}")).status_code == 404
+
+    async def unlisted() -> Any:
+        page = (await client.get("/api/v1/dashboards", params={"q": dashboard_id})).json()
+        return page if page["total"] == 0 else None
+
+    await _until(unlisted)
+    history = await server.store.read_stream(ev.dashboard_stream(dashboard_id))
+    assert [e.type for e in history] == ["DashboardCreated", "DashboardUpdated", "DashboardDeleted"]
+    assert all(e.meta["actor"].endswith("admin") for e in history)
+
+    # Without an id, a new dashboard gets one.
+    fresh = await client.post("/api/v1/dashboards", content="title: No id\n", headers=YAML)
+    assert fresh.status_code == 200 and fresh.json()["id"]
+    await client.delete(f"/api/v1/dashboards/{fresh.json()['id']}")
+
+
+BAD = [
+    ("title: x\ncharts: [\n", 3, "Invalid YAML"),
+    ("title: x\ncolour: red\n", 2, "Unknown property 'colour'"),
+    ("description: no title\n", None, "title is required"),
+    (
+        "title: x\ncharts:\n  - id: a\n    type: io.kestra.plugin.core.dashboard.chart.Gauge\n",
+        4,
+        "Unknown chart type",
+    ),
+    (
+        "title: x\ncharts:\n  - id: a\n    type: Table\n    data:\n      type: Executions\n"
+        "      columns:\n        n: {field: NAMESPACE}\n        c: {field: DURATION, agg: MEDIAN}\n",
+        9,
+        "Unknown aggregation 'MEDIAN'",
+    ),
+    (
+        "title: x\ncharts:\n  - id: a\n    type: Table\n    data:\n      type: Executions\n"
+        "      columns:\n        n: {field: NAMESPACES}\n",
+        8,
+        "Unknown field 'NAMESPACES'",
+    ),
+    (
+        "title: x\ncharts:\n  - id: a\n    type: Table\n    data:\n      type: Logs\n"
+        "      columns:\n        n: {field: NAMESPACE}\n      where:\n"
+        "        - {field: LEVEL, type: LIKE, value: WARN}\n",
+        10,
+        "Unknown filter type 'LIKE'",
+    ),
+    (
+        "title: x\ncharts:\n  - id: a\n    type: Bar\n    chartOptions: {column: s}\n"
+        "    data:\n      type: Executions\n      columns:\n        s: {field: STATE}\n"
+        "        t: {field: STATE, agg: SUM}\n",
+        10,
+        "SUM needs a numeric field",
+    ),
+    ("id: DROP TABLE x\ntitle: x\n", 1, "must be letters, digits"),
+]
+
+
+async def test_bad_dashboard_yaml_is_refused_naming_its_line_and_nothing_is_stored(
+    server: Any, client: httpx.AsyncClient
+) -> None:
+    before = await server.store.head()
+    for source, line, message in BAD:
+        answer = await client.post("/api/v1/dashboards", content=source, headers=YAML)
+        assert answer.status_code in (400, 422), (source, answer.text)
+        body = answer.json()
+        assert any(message in d["message"] for d in body["details"]), (source, body)
+        if line is not None:
+            assert any(d.get("line") == line for d in body["details"]), (source, body)
+        checked = await client.post("/api/v1/dashboards/validate", content=source, headers=YAML)
+        assert checked.status_code == 200
+        assert message in checked.json()["constraints"]
+    # Every problem of a document at once.
+    many = await client.post(
+        "/api/v1/dashboards", content=BAD[4][0] + "colour: red\n", headers=YAML
+    )
+    assert len(many.json()["details"]) == 2
+    ok = await client.post("/api/v1/dashboards/validate", content="title: fine\n", headers=YAML)
+    assert ok.json() == {"index": 0}
+    # Nothing was recorded by any refused dashboard.
+    events = await server.db.fetchall(
+        "SELECT type FROM events WHERE seq > %s AND type LIKE 'Dashboard%%'", (before,)
+    )
+    assert events == []
+
+
+async def test_bad_chart_requests_get_a_400_naming_what_is_wrong(
+    client: httpx.AsyncClient,
+) -> None:
+    dashboard_id = f"req-{uuid.uuid4().hex[:8]}"
+    source = (
+        f"id: {dashboard_id}\ntitle: Requests\ntimeWindow: {{default: P1D, max: P7D}}\n"
+        "charts:\n  - id: t\n    type: Table\n    data:\n      type: Executions\n"
+        "      columns:\n        id: {field: ID}\n"
+    )
+    assert (await client.post("/api/v1/dashboards", content=source, headers=YAML)).is_success
+    url = f"/api/v1/dashboards/{dashboard_id}/charts/t"
+    for body, named in [
+        ({"startDate": "2024-01-01T00:00:00Z", "endDate": "2024-03-01T00:00:00Z"}, "startDate"),
+        ({"startDate": "soon"}, "startDate"),
+        ({"pageSize": 0}, "pageSize"),
+        ({"colour": "red"}, "colour"),
+        (
+            {"filters": [{"field": "flavour", "operation": "EQUALS", "value": "x"}]},
+            "filters[0].field",
+        ),
+        (
+            {"filters": [{"field": "state", "operation": "EQUALS", "value": "DONE"}]},
+            "filters[0].value",
+        ),
+        (
+            {"filters": [{"field": "state", "operation": "MATCHES", "value": "x"}]},
+            "filters[0].operation",
+        ),
+    ]:
+        answer = await client.post(url, json=body)
+        assert answer.status_code == 400, (body, answer.text)
+        assert answer.json()["details"][0]["path"] == named, (body, answer.json())
+    missing = await client.post(f"/api/v1/dashboards/{dashboard_id}/charts/nope", json={})
+    assert missing.status_code == 404 and "its charts are t" in missing.json()["message"]
+    assert (await client.post("/api/v1/dashboards/nope/charts/t", json={})).status_code == 404
+
+
+async def test_a_chart_previewed_answers_its_rows_without_being_saved(
+    client: httpx.AsyncClient,
+) -> None:
+    namespace = _ns()
+    await _deployed_and_run(client, namespace)
+    chart = f"""\
+id: preview
+type: io.kestra.plugin.core.dashboard.chart.KPI
+data:
+  type: io.kestra.plugin.core.dashboard.data.ExecutionsKPI
+  columns: {{field: DURATION, agg: AVG}}
+  where:
+    - {{field: NAMESPACE, type: EQUAL_TO, value: {namespace}}}
+"""
+
+    async def answered() -> Any:
+        answer = await client.post("/api/v1/dashboards/charts/preview", json={"chart": chart})
+        assert answer.status_code == 200, answer.text
+        row = answer.json()["results"][0]
+        return row if row["value"] is not None else None
+
+    row = await _until(answered)
+    assert row["value"] >= 0
+    bad = await client.post(
+        "/api/v1/dashboards/charts/preview", json={"chart": chart.replace("AVG", "MEAN")}
+    )
+    assert bad.status_code == 422 and bad.json()["details"][0]["line"] == 5
+
+
+async def test_a_scoped_token_sees_in_charts_only_its_namespaces(
+    client: httpx.AsyncClient,
+) -> None:
+    mine, theirs = _ns(), _ns()
+    await _deployed_and_run(client, mine)
+    await _deployed_and_run(client, theirs)
+    dashboard_id = f"scope-{uuid.uuid4().hex[:8]}"
+    source = f"""\
+id: {dashboard_id}
+title: Both
+charts:
+  - id: per_namespace
+    type: Bar
+    chartOptions: {{column: namespace}}
+    data:
+      type: Executions
+      columns:
+        namespace: {{field: NAMESPACE}}
+        total: {{agg: COUNT}}
+      where:
+        - {{field: NAMESPACE, type: IN, values: [{mine}, {theirs}]}}
+"""
+    assert (await client.post("/api/v1/dashboards", content=source, headers=YAML)).is_success
+
+    async def both() -> Any:
+        rows = await _chart(client, dashboard_id, "per_namespace")
+        return rows if sum(r["total"] for r in rows["results"]) == 10 else None
+
+    await _until(both)
+    token = await _token(client, "viewer", [mine])
+    async with httpx.AsyncClient(base_url=client.base_url, timeout=30) as other:
+        answer = await other.post(
+            f"/api/v1/dashboards/{dashboard_id}/charts/per_namespace",
+            json={},
+            headers=_bearer(token),
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["results"] == [{"namespace": mine, "total": 5}]
+        # A viewer may read dashboards but not change them.
+        refused = await other.delete(f"/api/v1/dashboards/{dashboard_id}", headers=_bearer(token))
+        assert refused.status_code == 403
