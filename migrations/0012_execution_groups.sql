@@ -12,6 +12,14 @@ CREATE INDEX executions_trigger_type
     ON executions (((trigger ->> 'type')), start_date DESC, id DESC)
     WHERE trigger IS NOT NULL;
 
+-- Sorting by end date or duration (GET /api/v1/executions/search?sort=state.endDate:desc): read
+-- in that order, ties newest first, as projections/executions.py `_order` sorts. Both change
+-- only when the state does, an update that already writes every index; the task-run count,
+-- which changes at each task, has no index, so its updates stay in place (HOT).
+CREATE INDEX executions_end ON executions (end_date, start_date DESC, id DESC);
+CREATE INDEX executions_duration
+    ON executions (((end_date - start_date)), start_date DESC, id DESC);
+
 -- Executions by their current state, per hour of their start (UTC), namespace and flow. A row
 -- whose count falls to 0 is deleted, so that the table rebuilt from the events equals it.
 CREATE TABLE execution_stats (
