@@ -488,3 +488,43 @@ tasks:
         "KILLED"
     )
     await _verified(engine, xid)
+
+
+async def test_restart_of_a_failed_subflow_task_starts_a_new_child_execution(
+    engine: ServerContext, ns: str, tmp_path: Path
+) -> None:
+    child = f"""
+id: child
+namespace: {ns}
+tasks:
+  - id: check
+    type: io.kestra.plugin.scripts.shell.Commands
+    commands:
+      - test -f "{tmp_path}/go"
+"""
+    parent = f"""
+id: parent
+namespace: {ns}
+tasks:
+  - id: sub
+    type: io.kestra.plugin.core.flow.Subflow
+    namespace: {ns}
+    flowId: child
+  - id: after
+    type: io.kestra.plugin.core.debug.Return
+    format: after
+"""
+    await deploy_flow(engine.store, child)
+    origin = await run_flow(engine, parent)
+    assert origin.state == "FAILED"
+    [(first_child, _)] = origin.subflows.values()
+
+    (tmp_path / "go").write_text("")
+    await restart_execution(engine.store, origin.id, actor="jo")
+    done = await wait_for_end(engine.store, engine.notifier, origin.id, timeout=60)
+    assert done.state == "SUCCESS"
+    [(second_child, state)] = done.subflows.values()
+    assert second_child != first_child and state == "SUCCESS"
+    assert (await load_execution(engine.store, first_child)).state == "FAILED"
+    assert _run(done, "after").outputs == {"value": "after"}
+    await _verified(engine, origin.id)
