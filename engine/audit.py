@@ -75,6 +75,18 @@ ACTIONS: dict[str, str] = {
     "TokenRevoked": "revoke",
     "LoginSucceeded": "login",
     "LoginRefused": "login_refused",
+    "ExecutionReplayed": "replay",
+    "ExecutionRestarted": "restart",
+    "ExecutionPauseRequested": "pause",
+    "TaskRunStateForced": "change_task_run_state",
+    "DashboardCreated": "create",
+    "DashboardUpdated": "update",
+    "DashboardDeleted": "delete",
+    "BulkJobSubmitted": "submit",
+    "BulkJobPaused": "pause",
+    "BulkJobResumed": "resume",
+    "BulkJobCancelled": "cancel",
+    "BulkJobEnded": "end",
 }
 """The action of the known command events; any other event a person's command records is
 named by its type in snake case (`ExecutionReplayed` -> `execution_replayed`)."""
@@ -110,11 +122,14 @@ NEVER = frozenset(
         "WorkerHeartbeat",
         "WorkerStopped",
         "WorkerLost",
+        "BulkItemsSelected",
+        "BulkItemsDone",
     }
 )
 """Event types that are never a command (the engine's bookkeeping, by far the most events):
 the audit read model does not even read them. A trigger's tick is audited as the execution it
-created (`ExecutionCreated` by `scheduler`)."""
+created (`ExecutionCreated` by `scheduler`); a bulk job's progress as the job's submission and
+end, and each item as the command the job made for it."""
 
 KINDS = {"exec": "execution", "login": "user"}
 """Resource kinds by stream prefix, where the kind is not the prefix itself."""

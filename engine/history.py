@@ -375,6 +375,11 @@ def _summary(
         text = f"{label} starts subflow {event.namespace}.{event.flowId} ({event.childId})"
     elif isinstance(event, ev.SubflowExecutionEnded):
         text = f"subflow execution {event.childId} of {label} ended in {event.state}"
+    elif name in _COMMANDS:
+        text = _COMMANDS[name] + _fields(event, ("newExecutionId", "taskRunId", "state"))
+        reason = getattr(event, "reason", None)
+        if reason:
+            text += f": {_short(str(reason))}"
     else:
         text = _generic(name, event)
         if moved:
@@ -387,6 +392,20 @@ def _summary(
     if moved and not isinstance(event, (ev.ExecutionCreated, ev.ExecutionStateChanged)):
         text += f" (execution {moved['from']} → {moved['to']})"
     return text
+
+
+_COMMANDS = {
+    "ExecutionReplayed": "replayed",
+    "ExecutionRestarted": "restarted",
+    "ExecutionPauseRequested": "pause requested",
+    "TaskRunStateForced": "task run state changed by hand",
+}
+"""Commands on an execution recorded by event types newer than this module's other words."""
+
+
+def _fields(event: ev.Event, names: tuple[str, ...]) -> str:
+    found = [f"{n}={getattr(event, n)}" for n in names if getattr(event, n, None)]
+    return f" ({', '.join(found)})" if found else ""
 
 
 def _short(text: str, limit: int = 200) -> str:
