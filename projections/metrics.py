@@ -33,9 +33,10 @@ of the range and the points of the partial hours at its two ends: exact for any 
 30-day aggregate reads 720 rows per series instead of every point. Ranges of six hours or less
 group by the minute, from the points.
 
-The namespace and flow of an execution come from its `ExecutionCreated` event and a task run's
-task id from its `TaskRunCreated` (as the logs read model does): the executions read model may
-lag behind this one, the events never do. Purges leave the points (aggregates keep history).
+The namespace and flow of an execution come from its `ExecutionCreated` event (as the logs read
+model does), and a task run's task id from its `TaskRunCreated`, which the projection reads too
+(looked up only for task runs created before a restart): the executions read model may lag
+behind this one, the events never do. Purges leave the points (aggregates keep history).
 """
 
 from __future__ import annotations
@@ -142,7 +143,13 @@ class MetricsProjection:
     """Metric points and their hourly rollup (see the module's description)."""
 
     name = "metrics"
-    types = ("AttemptSucceeded", "AttemptFailed", "AttemptKilled", "ExecutionStateChanged")
+    types = (
+        "TaskRunCreated",
+        "AttemptSucceeded",
+        "AttemptFailed",
+        "AttemptKilled",
+        "ExecutionStateChanged",
+    )
     tables = ("metrics", "metric_buckets")
 
     def __init__(self) -> None:
@@ -152,6 +159,14 @@ class MetricsProjection:
         self._tasks: OrderedDict[str, str] = OrderedDict()
 
     def apply(self, batch: list[StoredEvent], conn: psycopg.Connection[Any]) -> None:
+        for e in batch:
+            # Read in order, a task run's task id is known before its attempts end: no lookup
+            # (only after a restart, for the task runs created before it).
+            if isinstance(e.event, ev.TaskRunCreated):
+                self._tasks[e.event.taskRunId] = e.event.taskId
+                self._tasks.move_to_end(e.event.taskRunId)
+        while len(self._tasks) > CACHED:
+            self._tasks.popitem(last=False)
         attempts = [
             e
             for e in batch

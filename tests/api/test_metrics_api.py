@@ -346,6 +346,24 @@ async def test_a_batch_applied_twice_and_a_rebuild_from_zero_give_the_same_rows(
         await server.db.run(apply)
         assert await _rows(server.db, ns) == before
 
+    # A projection started afresh after the task runs were created (a restart) finds their
+    # task ids in the log: the points it writes again are the same.
+    ends = [e for e in events if e.type != "TaskRunCreated"]
+
+    def again(conn: Any) -> None:
+        with conn.transaction():
+            conn.execute("DELETE FROM metrics WHERE execution_id = %s", (xid,))
+            MetricsProjection().apply(ends, conn)
+            found = conn.execute(
+                "SELECT * FROM metrics WHERE namespace = %s ORDER BY seq, idx", (ns,)
+            ).fetchall()
+            raise _RolledBack(found)
+
+    with pytest.raises(_RolledBack) as raised:
+        await server.db.run(again)
+    assert len(raised.value.args[0]) == 7
+    assert [tuple(r.values()) for r in before["metrics"]] == raised.value.args[0]
+
     owner = Database(database_url, max_size=2)
     try:
         with trio.fail_after(120):
