@@ -424,13 +424,13 @@ class BulkRunner:
         *,
         storage: Storage | None = None,
         rate: float | None = None,
-        concurrency: int = CONCURRENCY,
+        concurrency: int | None = None,
         poll: float = POLL_SECONDS,
     ) -> None:
         self.store = store
         self.storage = storage if storage is not None else store.storage
         self.rate = rate
-        self.concurrency = max(1, concurrency)
+        self.concurrency = max(1, concurrency or CONCURRENCY)
         self.poll = poll
         self._lock_conn: psycopg.Connection[Any] | None = None
 
