@@ -552,6 +552,7 @@ async def measure_reads(
                 entry["estimated"] = bool(answer.get("totalIsEstimate", False))
                 entry[f"{label}_rows"] = len(answer["results"])
             results[name] = entry
+            _progress(f"{name}: {json.dumps({k: v for k, v in entry.items() if k != 'params'})}")
         one = ids[len(ids) // 2]
         timed = await _timed(http, f"/api/v1/logs/{one}", {}, repeat)
         lines = timed.pop("answer")
@@ -566,6 +567,7 @@ async def measure_reads(
                 "path": path,
                 "params": params,
             }
+            _progress(f"{name}: {answer['total']} lines, {json.dumps(timed)}")
         made = await http.post(
             "/api/v1/dashboards", content=DASHBOARD, headers={"Content-Type": "application/x-yaml"}
         )
@@ -585,6 +587,7 @@ async def measure_reads(
                 continue
             entry["size"] = _size(timed.pop("answer"))
             results[name] = {**entry, "other": timed}
+            _progress(f"{name}: {entry['size']}, {json.dumps(timed)}")
     return results
 
 
@@ -693,6 +696,7 @@ async def _run(
     owner_url: str, executions: int, lines: int, repeat: int, flows: int
 ) -> dict[str, Any]:
     seeded = await seed(runtime_url(owner_url), executions, lines)
+    _progress(f"seeded: {json.dumps({k: v for k, v in seeded.items() if k != 'ids'})}")
     seeded["flows"] = flows
     seeded["flows_seconds"] = await seed_flows(runtime_url(owner_url), flows)
     ids = seeded.pop("ids")
@@ -717,11 +721,22 @@ async def _serve_and_read(
             )
         )
         projections = await catch_up(owner_url, ctx, began)
+        _progress(f"caught up: {json.dumps(projections)}")
         await trio.to_thread.run_sync(vacuum, owner_url)
+        _progress("vacuumed")
         reads = await measure_reads(ctx.extra["urls"][0], owner_url, ids, repeat)
-        rebuilt = await time_reindex(owner_url, ctx)
+        try:
+            rebuilt = await time_reindex(owner_url, ctx)
+        except Exception as exc:  # the reads are reported all the same
+            rebuilt = {"failed": repr(exc)}
+        _progress(f"reindex: {json.dumps(rebuilt)}")
         nursery.cancel_scope.cancel()
     return {"seed": seeded, "projections": projections, "reads": reads, "reindex": rebuilt}
+
+
+def _progress(text: str) -> None:
+    """A line on stderr as the bench goes (a long run's figures, before its table)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 async def time_reindex(owner_url: str, ctx: Any) -> dict[str, Any]:
@@ -746,6 +761,7 @@ def run(url: str | None, executions: int, lines: int, repeat: int, quick: bool) 
     with _throwaway_database(url) as owner_url:
         migrate(owner_url)
         base = ceiling(owner_url, 200 if quick else 2000, 20 if quick else 200)
+        _progress(f"ceiling: {json.dumps(base)}")
         flows = 30 if quick else GRAPH_FLOWS
         results = trio.run(_run, owner_url, executions, lines, repeat, flows)
         results["ceiling"] = base
@@ -905,7 +921,9 @@ def report(results: dict[str, Any]) -> str:
         "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows[1:]
     ]
     rebuilt = results.get("reindex")
-    if rebuilt:
+    if rebuilt and "failed" in rebuilt:
+        out += ["", f"sys reindex of every projection failed: {rebuilt['failed']}"]
+    elif rebuilt:
         each = ", ".join(f"{n} {sec:.0f} s" for n, sec in rebuilt["projections"].items())
         out += ["", f"sys reindex of every projection: {rebuilt['seconds']:.0f} s ({each})"]
     slow = results["slowest"]
