@@ -402,7 +402,9 @@ async def create_execution(
     command_id: str | None = None,
 ) -> str:
     """Check the inputs and record a new execution of the flow; return its id (`execution_id`
-    when given, e.g. because its input files were stored under it first).
+    when given, e.g. because its input files were stored under it first). The inputs are
+    recorded sealed with a key of the execution, made in the append's own round trip (or by
+    `encrypt_inputs` when SECRET ones need it first): see `engine.secrets`.
 
     With a `command_id`, a retried request creates nothing new and returns the id of the
     execution the first one created. `WrongExpectedVersion` when an execution with the given
@@ -619,6 +621,8 @@ async def restart_execution(
     calls for them. Labelled `system.restarted: true`, as Kestra does."""
 
     def restart(state: Execution) -> list[ev.Event]:
+        if state.restarting:
+            raise Conflict(f"Execution {execution_id} is being restarted already")
         if state.state not in ("FAILED", "KILLED"):
             raise Conflict(
                 f"Execution {execution_id} is {state.state}: only a FAILED or KILLED execution "
@@ -1042,11 +1046,13 @@ async def resume_execution(
     actor: str = "api",
     command_id: str | None = None,
 ) -> Execution:
-    """Resume a paused execution with the values its Pause tasks ask for (`onResume`); a
-    SECRET one is recorded encrypted with the execution's key."""
+    """Resume a paused execution with the values its Pause tasks ask for (`onResume`); they
+    are recorded sealed with the execution's key (a SECRET one encrypted with it, see
+    `engine.secrets`), so a purge erases them."""
     key = None
     if inputs:
         await execution_history(store, execution_id)  # no key is made for an unknown id
+        # Made (or read) here for the SECRET values; the store seals the others with it too.
         key = await execution_key(store.db, execution_id, create=True)
 
     def resume(state: Execution) -> list[ev.Event]:

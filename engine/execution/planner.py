@@ -108,7 +108,9 @@ def _plan(state: Execution, at: dt.datetime) -> list[ev.Event]:
             return waiting
     if state.state in ("CREATED", "QUEUED"):
         return [ev.ExecutionStateChanged(executionId=state.id, state="RUNNING")]
-    if state.state == "RESTARTED":  # run again by hand: it goes on from where it ended
+    if state.restarting:  # an ended execution run again by hand
+        return [ev.ExecutionStateChanged(executionId=state.id, state="RESTARTED")]
+    if state.state == "RESTARTED":  # it goes on from where it ended
         return [ev.ExecutionStateChanged(executionId=state.id, state="RUNNING")]
     resolver = _Resolver(state, at)
     if state.kill_requested:

@@ -107,14 +107,16 @@ class Execution(msgspec.Struct, frozen=True):
     generation: int = 0
     """How many times a person made the ended execution run again (restart, change of a task
     run's state): task runs created since have ids of their own generation."""
+    restarting: bool = False
+    """Ended, and made to run again by hand: the planner records it RESTARTED."""
     hold: str | None = None
     """A pause by hand: `pause` while it holds (no task run starts), `resume` once resumed
     and until the execution runs again."""
 
     @property
     def terminal(self) -> bool:
-        """True once the execution has ended."""
-        return self.state in TERMINAL_STATES
+        """True once the execution has ended (and until it is RESTARTED, when run again)."""
+        return self.state in TERMINAL_STATES and not self.restarting
 
     @property
     def start_date(self) -> str:
@@ -210,7 +212,7 @@ def _run_again(
 ) -> Execution:
     """Task runs made to run again by hand: each of `run_ids` is RESTARTED (or, when `forced`,
     ends in that state), the flowable parents `reopened` run again, the runs `removed` are
-    forgotten; an ended execution is RESTARTED, in a new generation of task run ids."""
+    forgotten; an ended execution is to be RESTARTED, in a new generation of task run ids."""
     runs = dict(state.taskruns)
     subflows = dict(state.subflows)
     subflow_outputs = dict(state.subflow_outputs)
@@ -242,10 +244,10 @@ def _run_again(
     )
     if not state.terminal:
         return changed
+    # The planner records it RESTARTED (then RUNNING), as every change of an execution's state.
     return msgspec.structs.replace(
         changed,
-        state="RESTARTED",
-        histories=(*state.histories, ("RESTARTED", iso(at))),
+        restarting=True,
         message=None,
         outputs=None,
         kill_requested=False,
@@ -311,6 +313,7 @@ def _evolve(state: Execution | None, event: ev.Event, at: dt.datetime) -> Execut
             resume_inputs=None if resumed else state.resume_inputs,
             resume_runs=frozenset() if resumed else state.resume_runs,
             hold=None if resumed and state.hold == "resume" else state.hold,
+            restarting=False,
         )
     if isinstance(event, ev.ExecutionKillRequested):
         return msgspec.structs.replace(state, kill_requested=True)
