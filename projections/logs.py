@@ -4,6 +4,12 @@ flow id.
 A batch is written with one INSERT (the lines of all its events as arrays). The namespace and
 flow id of an execution come from its `ExecutionCreated` event, read once per execution and kept
 in a small cache: the executions read model may lag behind this one, the event never does.
+
+The same statement counts the lines it inserted per minute, namespace, flow and level
+(`log_counts`) and per hour, namespace and level (`log_counts_hourly`), from its `RETURNING`
+rows: a line already there (an event applied again) is not counted twice. A purge deletes lines
+the same way and takes what it deleted off the counts, dropping those that reach zero, so the
+counts equal what a rebuild from the log makes. The histogram reads them (`counted_histogram`).
 """
 
 from __future__ import annotations
