@@ -5,13 +5,14 @@
 --
 -- A line without a known namespace or flow (its execution's ExecutionCreated not found) is
 -- counted under '' (a key column cannot be null); no namespace or flow filter matches ''.
+-- Namespaces and flow ids are byte-wise, as in `logs`: a namespace prefix is an index range.
 
 -- Per minute, namespace, flow and level: ranges of a day or more with a flowId filter, and any
 -- range whose buckets are whole minutes.
 CREATE TABLE log_counts (
     minute     timestamptz NOT NULL,
-    namespace  text NOT NULL,
-    flow_id    text NOT NULL,
+    namespace  text COLLATE "C" NOT NULL,
+    flow_id    text COLLATE "C" NOT NULL,
     level      text NOT NULL,
     count      bigint NOT NULL,
     PRIMARY KEY (minute, namespace, flow_id, level)
@@ -23,7 +24,7 @@ CREATE INDEX log_counts_flow ON log_counts (flow_id, minute) INCLUDE (namespace,
 -- minutes of a month): ranges of five days or more, whose buckets are whole hours.
 CREATE TABLE log_counts_hourly (
     hour       timestamptz NOT NULL,
-    namespace  text NOT NULL,
+    namespace  text COLLATE "C" NOT NULL,
     level      text NOT NULL,
     count      bigint NOT NULL,
     PRIMARY KEY (hour, namespace, level)
