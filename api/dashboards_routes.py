@@ -8,8 +8,8 @@
   hours (the answer's `startDate` and `endDate` say which). Kestra serves the same figures at
   several `POST /api/v1/stats/executions/...` routes; this one answers them in one read.
 - `GET /api/v1/dashboards` (page, size, q, sort), `POST /api/v1/dashboards` (YAML),
-  `GET/PUT/DELETE /api/v1/dashboards/{id}`, `POST /api/v1/dashboards/validate` (YAML; answers
-  what is wrong, as Kestra's validation does, without saving).
+  `GET/PUT/DELETE /api/v1/dashboards/{id}`, `POST /api/v1/dashboards/validate` and
+  `/validate/chart` (YAML; answer what is wrong, as Kestra's validation does, without saving).
 - `POST /api/v1/dashboards/{id}/charts/{chartId}`: a chart's rows. JSON body, every key
   optional: `startDate`, `endDate` (ISO-8601; the dashboard's `timeWindow.default` up to now
   otherwise, at most `timeWindow.max` long), `timeRange` (PT1H: the last hour), `page` (or
@@ -17,6 +17,7 @@
   (fields namespace, flowId, state, labels, level, executionId, taskId, triggerExecutionId,
   startDate, endDate, timeRange). A filter narrows the chart's own `where`, never replaces it;
   one on a field the chart's source does not have (state, for logs) leaves that chart as it is.
+- `POST /api/v1/dashboards/{id}/charts/{chartId}/export/to-csv`: the same rows as CSV.
 - `POST /api/v1/dashboards/charts/preview`: the rows of a chart not saved: `{"chart": YAML,
   "globalFilter": {...the keys above...}}`.
 
@@ -27,7 +28,9 @@ reads only what the caller's namespaces hold.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 from typing import Any
 
 import msgspec
@@ -456,6 +459,19 @@ def blueprint(ctx: ServerContext) -> Blueprint:
             entry["details"] = [d.to_json() for d in exc.details]
         return _answer(entry)
 
+    @routes.post("/api/v1/dashboards/validate/chart")
+    @access("viewer")
+    async def validate_chart() -> Response:
+        """Check one chart's YAML (what an editor shows before saving it)."""
+        source = await bodies.yaml_text()
+        entry: dict[str, Any] = {"index": 0}
+        try:
+            await bodies.off_loop(dashboards.parse_chart, source)
+        except TiercelError as exc:
+            entry["constraints"] = str(exc)
+            entry["details"] = [d.to_json() for d in exc.details]
+        return _answer(entry)
+
     @routes.get("/api/v1/dashboards/<dashboard_id>")
     @access("viewer")
     async def get_dashboard(dashboard_id: str) -> Response:
@@ -490,6 +506,21 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         dashboard = _with_id(dashboard, record.id)
         return _answer(await chart_rows(dashboard.chart(chart_id), dashboard, body))
 
+    @routes.post("/api/v1/dashboards/<dashboard_id>/charts/<chart_id>/export/to-csv")
+    @access("viewer")
+    async def chart_csv(dashboard_id: str, chart_id: str) -> Response:
+        """A chart's rows as CSV (one line per row, the column names first)."""
+        body = await bodies.json_object("the chart request {startDate, endDate, filters, ...}")
+        record = await dashboards.get_dashboard(store, dashboard_id)
+        dashboard = await bodies.off_loop(dashboards.parse_dashboard, record.source)
+        rows = await chart_rows(dashboard.chart(chart_id), _with_id(dashboard, record.id), body)
+        text = await bodies.off_loop(_csv, rows["results"])
+        return Response(
+            text,
+            content_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{chart_id}.csv"'},
+        )
+
     @routes.post("/api/v1/dashboards/charts/preview")
     @access("viewer")
     async def preview_chart() -> Response:
@@ -510,6 +541,16 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         return _answer(await chart_rows(chart, None, global_filter))
 
     return routes
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    names = list(rows[0]) if rows else []
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(names)
+    for row in rows:
+        writer.writerow(["" if row.get(n) is None else row.get(n) for n in names])
+    return out.getvalue()
 
 
 def _with_id(dashboard: Dashboard, dashboard_id: str) -> Dashboard:

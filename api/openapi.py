@@ -293,6 +293,7 @@ YAML_BODIES: set[tuple[str, str]] = {
     ("PUT", "/api/v1/flows/{namespace}/{flow_id}"),
     ("POST", "/api/v1/dashboards"),
     ("POST", "/api/v1/dashboards/validate"),
+    ("POST", "/api/v1/dashboards/validate/chart"),
     ("PUT", "/api/v1/dashboards/{dashboard_id}"),
 }
 """Routes that take a flow's YAML (several, separated by `---`, for a namespace's flows)."""

@@ -12,6 +12,11 @@ CREATE INDEX executions_trigger_type
     ON executions (((trigger ->> 'type')), start_date DESC, id DESC)
     WHERE trigger IS NOT NULL;
 
+-- A row written from the executor's fold of the execution's history (after a restart, a state
+-- set by hand, or for a replay's execution; projections/executions.py `_refold`): its later
+-- changes are folded too.
+ALTER TABLE executions ADD COLUMN folded boolean NOT NULL DEFAULT false;
+
 -- Sorting by end date or duration (GET /api/v1/executions/search?sort=state.endDate:desc): read
 -- in that order, ties newest first, as projections/executions.py `_order` sorts. Both change
 -- only when the state does, an update that already writes every index; the task-run count,

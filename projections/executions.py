@@ -29,9 +29,11 @@ from psycopg.types.json import Jsonb
 from engine import events as ev
 from engine.errors import InvalidRequest, Problem
 from engine.execution import iso
-from engine.executor_shell import recorded
+from engine.execution.replay import replay
+from engine.executor_shell import INPUT_TYPES, recorded
 from engine.plugin import TERMINAL_STATES
-from engine.store import StoredEvent
+from engine.store import _COLUMNS as _STORE_COLUMNS
+from engine.store import StoredEvent, _row_to_event
 
 
 def _dumps(value: Any) -> bytes:
@@ -43,6 +45,12 @@ def _dumps(value: Any) -> bytes:
 
 def _jsonb(value: Any) -> Jsonb:
     return Jsonb(value, dumps=_dumps)
+
+
+_REFOLDING = ("ExecutionRestarted", "TaskRunStateForced")
+"""Events after which a row is the executor's own fold of the history (`_refold`): a restart
+or a state set by hand takes task runs away and runs ended executions again, and a replay's
+execution starts with the task runs it keeps; counting events cannot follow that."""
 
 
 @dataclass
@@ -58,6 +66,8 @@ class _Change:
     labels: list[dict[str, str]] | None = None
     task_runs: int = 0
     last_seq: int = 0
+    current: str = "CREATED"
+    """The state the row shows before this change."""
 
     def add(self, e: StoredEvent, at: dt.datetime) -> None:
         """Apply `e`, which happened at `at` (see `_times`)."""
@@ -66,6 +76,11 @@ class _Change:
             self.created = e
             self.start_date = at
         elif isinstance(event, ev.ExecutionStateChanged):
+            if event.state == (self.state or self.current):
+                # The executor's fold keeps no such repeat (nor its outputs): neither does the
+                # row.
+                self.last_seq = e.seq
+                return
             self.state = event.state
             self.histories.append({"state": event.state, "date": iso(at)})
             if event.outputs is not None:
@@ -118,6 +133,7 @@ class ExecutionsProjection:
         "TaskRunCreated",
         "ExecutionLabelsChanged",
         "ExecutionPurged",
+        *_REFOLDING,
     )
     tables = ("executions", "execution_stats", "execution_durations")
 
@@ -130,11 +146,12 @@ class ExecutionsProjection:
         if not by_execution:
             return
         times = _times(by_execution, conn)
-        before = _rollup_keys(conn, list(by_execution))
+        before, folded = _rows_before(conn, list(by_execution))
         seen = {xid: row[0] for xid, row in before.items()}
         purged: list[str] = []
         created: list[_Change] = []
         changed: list[tuple[str, _Change]] = []
+        refold: list[str] = []
         for xid, events in by_execution.items():
             last = seen.get(xid)
             fresh = [e for e in events if last is None or e.seq > last]
@@ -145,7 +162,10 @@ class ExecutionsProjection:
                 last = None
             if not fresh:
                 continue
-            change = _Change()
+            if (last is not None and xid in folded) or any(_refolds(e) for e in fresh):
+                refold.append(xid)
+                continue
+            change = _Change(current=before[xid][3] if last is not None else "CREATED")
             for e in fresh:
                 change.add(e, times.get(e.seq, e.recorded_at))
             if last is not None:
@@ -159,14 +179,96 @@ class ExecutionsProjection:
             conn.execute(_INSERT, _insert_columns(created))
         if changed:
             conn.execute(_UPDATE, _update_columns(changed))
+        if refold:
+            _refold(conn, refold, batch)
         touched = [
             *purged,
             *(c.created.event.executionId for c in created if c.created),
             *(x for x, _ in changed),
+            *refold,
         ]
         if touched:
             after = _rollup_keys(conn, touched)
             _update_rollups(conn, {x: before[x] for x in touched if x in before}, after)
+
+
+# --- the executor's fold, for histories the summary above does not follow -------------------
+
+
+def _refolds(e: StoredEvent) -> bool:
+    event = e.event
+    if isinstance(event, ev.ExecutionCreated):
+        return bool(event.taskRuns or event.taskRunsUri)
+    return e.type in _REFOLDING
+
+
+_UPSERT = (
+    "INSERT INTO executions (id, namespace, flow_id, flow_revision, state, histories, labels,"
+    " inputs, outputs, trigger, parent_id, original_id, task_run_count, start_date, end_date,"
+    " last_seq, folded)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, true)"
+    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, histories = excluded.histories,"
+    " labels = excluded.labels, outputs = excluded.outputs,"
+    " task_run_count = excluded.task_run_count, end_date = excluded.end_date,"
+    " last_seq = excluded.last_seq, folded = true"
+    " WHERE executions.last_seq < excluded.last_seq"
+)
+
+
+def _refold(conn: psycopg.Connection[Any], ids: list[str], batch: list[StoredEvent]) -> None:
+    """Write the rows of `ids` from the executor's own fold of their histories up to the end
+    of `batch` (`engine.execution.replay`, as `GET /executions/{id}` folds them), so that
+    restarts, states set by hand and replays show as the execution does. Such a row is marked
+    `folded`, and every later change to it is folded the same way."""
+    end = batch[-1].seq
+    in_batch = {e.seq: e for e in batch}
+    for xid in ids:
+        base = ev.execution_stream(xid)
+        rows = conn.execute(
+            f"SELECT {_STORE_COLUMNS} FROM events WHERE stream_id >= %s AND stream_id < %s"
+            " AND seq <= %s ORDER BY seq",
+            (base, base + "0", end),
+        ).fetchall()
+        # The batch's events come with their large values read back; the others are only
+        # needed for what they say of states, task runs and labels.
+        history = [in_batch.get(r[0]) or _row_to_event(r) for r in rows]
+        history = [e for e in history if e.type in INPUT_TYPES]
+        state = replay([recorded(e) for e in history])
+        created = next((e for e in history if isinstance(e.event, ev.ExecutionCreated)), None)
+        if state is None or created is None or state.purged:
+            continue
+        event = created.event
+        assert isinstance(event, ev.ExecutionCreated)
+        times = _times({xid: history}, conn)
+        start = times.get(created.seq, created.recorded_at)
+        end_date = None
+        if state.state in TERMINAL_STATES:
+            last = [e for e in history if isinstance(e.event, ev.ExecutionStateChanged)]
+            end_date = times.get(last[-1].seq, last[-1].recorded_at) if last else None
+        conn.execute(
+            _UPSERT,
+            (
+                xid,
+                event.namespace,
+                event.flowId,
+                event.flowRevision,
+                state.state,
+                _jsonb([{"state": st, "date": at} for st, at in state.histories]),
+                _jsonb([{"key": k, "value": v} for k, v in state.labels]),
+                _jsonb(event.inputs),
+                _jsonb(state.outputs) if state.outputs is not None else None,
+                _jsonb(event.trigger) if event.trigger else None,
+                event.parentId,
+                event.originalId or event.executionId,
+                len(state.taskruns),
+                start,
+                end_date,
+                # The last event of the projection's own types: the position a row
+                # written event by event would show, whatever the batches were.
+                max(e.seq for e in history if e.type in ExecutionsProjection.types),
+            ),
+            prepare=False,
+        )
 
 
 # --- rollups --------------------------------------------------------------------------------
@@ -203,12 +305,20 @@ _RollupRow = tuple[int, str, str, str, dt.datetime, dt.datetime | None]
 
 
 def _rollup_keys(conn: psycopg.Connection[Any], ids: list[str]) -> dict[str, _RollupRow]:
+    return _rows_before(conn, ids)[0]
+
+
+def _rows_before(
+    conn: psycopg.Connection[Any], ids: list[str]
+) -> tuple[dict[str, _RollupRow], set[str]]:
+    """The rows of `ids` as they stand (what the rollups count of them), and which of them
+    are kept by the executor's fold (`_refold`)."""
     rows = conn.execute(
-        "SELECT id, last_seq, namespace, flow_id, state, start_date, end_date FROM executions"
-        " WHERE id = ANY(%b::text[])",
+        "SELECT id, last_seq, namespace, flow_id, state, start_date, end_date, folded"
+        " FROM executions WHERE id = ANY(%b::text[])",
         (ids,),
     ).fetchall()
-    return {r[0]: tuple(r[1:]) for r in rows}  # type: ignore[misc]
+    return {r[0]: tuple(r[1:7]) for r in rows}, {r[0] for r in rows if r[7]}  # type: ignore[misc]
 
 
 def bucket_of(at: dt.datetime) -> dt.datetime:

@@ -154,6 +154,8 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("DELETE", "/api/v1/dashboards/nope", {}, "editor"),
     ("POST", "/api/v1/dashboards/nope/charts/nope", {"json": {}}, "viewer"),
     ("POST", "/api/v1/dashboards/charts/preview", {"json": {}}, "viewer"),
+    ("POST", "/api/v1/dashboards/validate/chart", {"content": "id: [", "headers": YAML}, "viewer"),
+    ("POST", "/api/v1/dashboards/nope/charts/nope/export/to-csv", {"json": {}}, "viewer"),
     # The metrics read model (api/metrics_routes.py).
     ("GET", "/api/v1/metrics/nope", {}, "viewer"),
     ("GET", f"/api/v1/metrics/names/{NS}/nope", {}, "viewer"),
@@ -209,6 +211,9 @@ def _rule_of(path: str) -> str:
         "/api/v1/dashboards/nope": "/api/v1/dashboards/<dashboard_id>",
         "/api/v1/dashboards/nope/charts/nope": (
             "/api/v1/dashboards/<dashboard_id>/charts/<chart_id>"
+        ),
+        "/api/v1/dashboards/nope/charts/nope/export/to-csv": (
+            "/api/v1/dashboards/<dashboard_id>/charts/<chart_id>/export/to-csv"
         ),
         "/api/v1/metrics/nope": "/api/v1/metrics/<execution_id>",
         f"/api/v1/metrics/names/{NS}/nope": "/api/v1/metrics/names/<namespace>/<flow_id>",

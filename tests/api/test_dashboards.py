@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -460,6 +462,13 @@ async def test_each_chart_type_answers_its_rows_from_the_read_models(
     about = await _chart(client, dashboard_id, "about")
     assert about["results"] == [{"description": ""}]
 
+    csv = await client.post(
+        f"/api/v1/dashboards/{dashboard_id}/charts/per_flow/export/to-csv", json={}
+    )
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+    assert csv.text.splitlines()[:2] == ["flow,total,longest", csv.text.splitlines()[1]]
+    assert csv.text.splitlines()[1].startswith("ok,3,")
+
     # The request narrows the range: before the executions ran, nothing.
     earlier = await _chart(
         client,
@@ -650,6 +659,11 @@ async def test_bad_dashboard_yaml_is_refused_naming_its_line_and_nothing_is_stor
     assert len(many.json()["details"]) == 2
     ok = await client.post("/api/v1/dashboards/validate", content="title: fine\n", headers=YAML)
     assert ok.json() == {"index": 0}
+    chart = "id: c\ntype: io.kestra.plugin.core.dashboard.chart.Pie\ndata:\n  type: Metrics\n"
+    one = await client.post("/api/v1/dashboards/validate/chart", content=chart, headers=YAML)
+    assert one.status_code == 200
+    assert "columns must map column names" in one.json()["constraints"]
+    assert one.json()["details"][0]["line"] == 4
     # Nothing was recorded by any refused dashboard.
     events = await server.db.fetchall(
         "SELECT type FROM events WHERE seq > %s AND type LIKE 'Dashboard%%'", (before,)
@@ -764,3 +778,43 @@ charts:
         # A viewer may read dashboards but not change them.
         refused = await other.delete(f"/api/v1/dashboards/{dashboard_id}", headers=_bearer(token))
         assert refused.status_code == 403
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "dashboards.md"
+
+
+async def test_the_dashboard_of_the_documentation_saves_and_answers_every_chart(
+    client: httpx.AsyncClient,
+) -> None:
+    text = DOCS.read_text()
+    example = re.search(r"### An example.*?```yaml\n(.*?)```", text, re.S)
+    assert example is not None
+    source = example.group(1)
+    namespace = f"company.docs{uuid.uuid4().hex[:8]}"
+    runs = await _deployed_and_run(client, namespace)
+    await client.delete("/api/v1/dashboards/ops-overview")  # left by an earlier run
+    checked = await client.post("/api/v1/dashboards/validate", content=source, headers=YAML)
+    assert checked.json() == {"index": 0}, checked.text
+    saved = await client.post("/api/v1/dashboards", content=source, headers=YAML)
+    assert saved.status_code == 200, saved.text
+    charts = [c["id"] for c in saved.json()["charts"]]
+    assert len(charts) == 8
+    mine = [{"field": "namespace", "operation": "EQUALS", "value": namespace}]
+
+    async def failures_listed() -> Any:
+        rows = await _chart(client, "ops-overview", "failures", filters=mine)
+        return rows if rows["total"] == 2 else None
+
+    failures = await _until(failures_listed)
+    assert sorted(r["id"] for r in failures["results"]) == sorted(runs["broken"])
+    assert {r["team"] for r in failures["results"]} == {"red"}
+    for chart_id in charts:
+
+        async def answered(chart_id: str = chart_id) -> Any:
+            rows = await _chart(client, "ops-overview", chart_id, filters=mine)
+            return rows["results"]
+
+        await _until(answered)  # the logs and metrics read models follow their own events
+    ratio = await _chart(client, "ops-overview", "success_ratio", filters=mine)
+    assert ratio["results"][0]["value"] == 60.0
+    await client.delete("/api/v1/dashboards/ops-overview")

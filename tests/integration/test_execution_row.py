@@ -13,7 +13,10 @@ import httpx
 import pytest
 import trio
 
+from engine.db import Database
 from engine.server import ServerContext, run_server
+from projections import reindex as rebuild
+from projections.runner import all_projections
 from tests.conftest import ADMIN_PASSWORD
 
 YAML = {"Content-Type": "application/x-yaml"}
@@ -190,3 +193,76 @@ async def test_every_search_row_shows_what_get_execution_shows(
     assert {lb["key"]: lb["value"] for lb in labelled["labels"]}["stage"] == "tagged"
     [gated] = by_flow["gate"]
     assert [h["state"] for h in gated["state"]["histories"]].count("PAUSED") == 1
+
+
+async def _ended(http: httpx.AsyncClient, xid: str, after: int = 0) -> dict[str, Any]:
+    """The execution once it has ended after more than `after` entries of its history."""
+    with trio.fail_after(60):
+        while True:
+            body = (await http.get(f"/api/v1/executions/{xid}")).json()
+            if "endDate" in body["state"] and len(body["state"]["histories"]) > after:
+                return dict(body)
+            await trio.sleep(0.05)
+
+
+async def test_rows_follow_restarts_replays_states_set_by_hand_and_labels_set_after_the_end(
+    api: tuple[ServerContext, httpx.AsyncClient], ns: str, database_url: str
+) -> None:
+    ctx, http = api
+    source = _flows(ns)["broken"]
+    assert (await http.post("/api/v1/flows", content=source, headers=YAML)).status_code == 200
+    restarted, forced, replayed = [await _start(http, ns, "broken") for _ in range(3)]
+
+    before = await _ended(http, restarted)
+    answer = await http.post(f"/api/v1/executions/{restarted}/restart")
+    assert answer.status_code == 200, answer.text
+    again = await _ended(http, restarted, after=len(before["state"]["histories"]))
+    assert "RESTARTED" in [h["state"] for h in again["state"]["histories"]]
+
+    body = await _ended(http, forced)
+    boom = next(r["id"] for r in body["taskRunList"] if r["taskId"] == "boom")
+    answer = await http.post(
+        f"/api/v1/executions/{forced}/state", json={"taskRunId": boom, "state": "SUCCESS"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert (await _ended(http, forced, after=len(body["state"]["histories"])))["state"][
+        "current"
+    ] == "SUCCESS"
+
+    body = await _ended(http, replayed)
+    boom = next(r["id"] for r in body["taskRunList"] if r["taskId"] == "boom")
+    answer = await http.post(f"/api/v1/executions/{replayed}/replay", params={"taskRunId": boom})
+    assert answer.status_code == 200, answer.text
+    replay = await _ended(http, answer.json()["id"])
+    assert len(replay["taskRunList"]) == 2  # the kept `before`, and `boom` run again
+
+    answer = await http.post(
+        f"/api/v1/executions/{replayed}/labels", json=[{"key": "checked", "value": "yes"}]
+    )
+    assert answer.status_code == 200, answer.text
+
+    executions = await _assert_rows_are_the_executions(
+        ctx, http, ns, [restarted, forced, replayed, replay["id"]]
+    )
+    assert len(executions) == 4
+
+    # Rebuilt from the log in batches other than the live ones, the rows and the rollups are
+    # the same, every column.
+    owner = Database(database_url, max_size=2)
+    try:
+        rows = await _rows(owner, ns)
+        assert sum(r["folded"] for r in rows["executions"]) == 3  # not the one only relabelled
+        [executions_projection] = [p for p in all_projections() if p.name == "executions"]
+        await rebuild.reindex(owner, [executions_projection], storage=ctx.storage, batch_size=7)
+        assert await _rows(owner, ns) == rows
+    finally:
+        await owner.close()
+
+
+async def _rows(db: Database, ns: str) -> dict[str, list[dict[str, Any]]]:
+    return {
+        table: await db.fetchall(
+            f"SELECT * FROM {table} WHERE namespace = %s ORDER BY 1, 2, 3, 4", (ns,)
+        )
+        for table in ("executions", "execution_stats", "execution_durations")
+    }
