@@ -101,6 +101,8 @@ def read_sort(values: list[str]) -> list[tuple[str, bool]]:
     order = []
     for value in values:
         for part in value.split(","):
+            if not part.strip():
+                continue  # `sort=` is no sort
             field, _, direction = part.strip().partition(":")
             if field not in metrics_model.SORTS:
                 raise _bad(

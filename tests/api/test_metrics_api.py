@@ -141,6 +141,7 @@ async def test_execution_metrics_filter_by_task_task_run_and_tags_and_page_and_s
     assert both["total"] == 0
     assert (await _points(client, xid, tags="state:SUCCESS"))["total"] == 3
 
+    assert (await _points(client, xid, sort=""))["total"] == 7
     ordered = await _points(client, xid, sort="value:desc")
     values = [p["value"] for p in ordered["results"]]
     assert values == sorted(values, reverse=True)
