@@ -347,8 +347,8 @@ async def test_audit_rows_a_namespace_scoped_viewer_sees_and_a_too_long_reason(
         elsewhere = await viewer.get("/api/v1/audit", params={"namespace": other})
         assert elsewhere.json()["results"] == []
         # Accounts belong to no namespace: only an admin reaching every namespace sees them.
-        tokens = await _audit(client, 1, kind="token")
-        assert tokens["results"][0]["action"] == "create"
+        tokens = await _audit(client, 1, kind="token", action="create")
+        assert tokens["results"][0]["type"] == "TokenCreated"
         assert (await viewer.get("/api/v1/audit?kind=token")).json()["results"] == []
 
     refused = await client.put(
