@@ -890,7 +890,11 @@ def execution_json(state: Execution) -> dict[str, Any]:
         "replays": list(state.replays),
         "trigger": trigger_json(state.trigger),
         "deleted": False,
-        "metadata": {"attemptNumber": state.attempt, "originalCreatedDate": state.start_date},
+        # Kestra counts a restart (or a task run's state set by hand) as one more attempt.
+        "metadata": {
+            "attemptNumber": state.attempt + state.generation,
+            "originalCreatedDate": state.start_date,
+        },
         **({"message": state.message} if state.message else {}),
     }
 

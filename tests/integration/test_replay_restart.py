@@ -203,6 +203,7 @@ async def test_restart_reruns_only_the_failed_task_as_attempt_two_of_the_same_ex
         s for s, _ in t3.histories
     ][-2:] == ["RUNNING", "SUCCESS"]
     assert ("system.restarted", "true") in state.labels
+    assert execution_json(state)["metadata"]["attemptNumber"] == 2
     history = await execution_history(engine.store, origin.id)
     restarted = next(e for e in history if isinstance(e.event, ev.ExecutionRestarted))
     assert restarted.meta == {**restarted.meta, "actor": "carol", "reason": "fixed upstream"}
