@@ -55,8 +55,6 @@ ACTIONS: dict[str, str] = {
     "ExecutionResumeRequested": "resume",
     "ExecutionLabelsChanged": "labels",
     "ExecutionPurged": "purge",
-    "ExecutionStateChanged": "change_state",
-    "TaskRunStateChanged": "change_task_run_state",
     "TaskRunRestarted": "restart",
     "ExecutionRetried": "retry",
     "LogsPurged": "purge_logs",
@@ -107,6 +105,8 @@ NEVER = frozenset(
         "TimerScheduled",
         "TimerFired",
         "TaskRunCreated",
+        "ExecutionStateChanged",
+        "TaskRunStateChanged",
         "SubflowExecutionRequested",
         "SubflowExecutionEnded",
         "ConcurrencySlotGranted",
@@ -127,7 +127,8 @@ NEVER = frozenset(
     }
 )
 """Event types that are never a command (the engine's bookkeeping, by far the most events):
-the audit read model does not even read them. A trigger's tick is audited as the execution it
+the audit read model does not even read them. State moves are the executor's decisions; a
+person's change of state is recorded as its own event (kill requested, restarted, forced). A trigger's tick is audited as the execution it
 created (`ExecutionCreated` by `scheduler`); a bulk job's progress as the job's submission and
 end, and each item as the command the job made for it."""
 

@@ -99,10 +99,12 @@ def test_only_commands_are_audit_entries_whoever_the_engine_component() -> None:
         "kill",
     )
     assert (entry.client_address, entry.reason) == ("10.0.0.1", "stuck")
-    # The executor's own decisions are no command; a state forced by a person is.
+    # The engine's own reactions are no command.
+    labels = ev.ExecutionLabelsChanged(executionId="x1", labels=[])
+    assert audit.entry(stream, "ExecutionLabelsChanged", labels, {"actor": "executor"}) is None
+    assert audit.entry(stream, "ExecutionLabelsChanged", labels, {"actor": "user:bob"}) is not None
     moved = ev.ExecutionStateChanged(executionId="x1", state="FAILED")
-    assert audit.entry(stream, "ExecutionStateChanged", moved, {"actor": "executor"}) is None
-    assert audit.entry(stream, "ExecutionStateChanged", moved, {"actor": "user:bob"}) is not None
+    assert audit.entry(stream, "ExecutionStateChanged", moved, {"actor": "user:bob"}) is None
     for engine_actor in ("executor:subflow", "worker:abc", "timers", "watchdog"):
         assert audit.is_engine_actor(engine_actor)
     assert not audit.is_engine_actor("executorial") and not audit.is_engine_actor("scheduler")
