@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import orjson
 import trio
+import yaml
 
 from tests.api.test_auth import _bearer, _token
 
@@ -329,6 +330,13 @@ async def test_audit_search_filters_pages_and_exports_json_lines(
     for params in ({"startDate": "soon"}, {"size": "0"}, {"before": "x"}, {"actor": "a" * 600}):
         refused = await client.get("/api/v1/audit", params=params)
         assert refused.status_code == 400, (params, refused.text)
+
+    # The OpenAPI document lists the filters, and asOf on the routes that take it.
+    document = yaml.safe_load((await client.get("/api/v1/openapi.yml")).text)
+    listed = {p["name"] for p in document["paths"]["/api/v1/audit"]["get"]["parameters"]}
+    assert {"kind", "resourceId", "namespace", "actor", "action", "startDate", "endDate"} <= listed
+    for path in ("/api/v1/executions/{execution_id}", "/api/v1/flows/{namespace}/{flow_id}"):
+        assert "asOf" in {p["name"] for p in document["paths"][path]["get"]["parameters"]}
 
 
 async def test_audit_rows_a_namespace_scoped_viewer_sees_and_a_too_long_reason(
