@@ -685,6 +685,12 @@ def sys_verify(
         click.echo(
             f"Verified {report.executions} execution(s), {report.events} event(s): {verdict}"
         )
+        if report.unchecked:
+            click.echo(
+                f"  ({len(report.unchecked)} of them folded without their decisions made again: "
+                "values of their users were erased by a purge, or are sealed with a key this "
+                "process cannot unwrap without the master key)"
+            )
         if chain_report is not None:
             _echo_chain(chain_report)
     sys.exit(0 if report.ok and (chain_report is None or chain_report.ok) else 1)

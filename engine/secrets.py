@@ -12,11 +12,47 @@ an old value written into the append-only log would stay there, readable by anyo
 the master key. Changes are recorded as events all the same (`SecretSet`, `SecretDeleted`, with
 the actor), naming the key and never the value, so the audit trail is complete.
 
-Recorded values. A SECRET input (or resume value) must be recorded with its execution, so it is
-encrypted in the event with a key of that execution kept in `execution_keys`, outside `events`:
-deleting that row makes every copy unreadable. The event holds Kestra's encrypted-string shape
-`{"type": "io.kestra.datatype:aes_encrypted", "value": ...}`; the pure core passes it along as
-data, the worker decrypts it when it renders a task, and the API shows it as `******`.
+Recorded values. What users give an execution is recorded with it, encrypted with a key of that
+execution kept in `execution_keys`, outside `events`: deleting that row (a purge) makes every
+copy unreadable while the events stay (crypto-shredding; invariants 1 and 9). Two shapes:
+
+- A SECRET input (or resume value) holds Kestra's encrypted-string shape
+  `{"type": "io.kestra.datatype:aes_encrypted", "value": ...}`. It stays encrypted everywhere:
+  the pure core passes it along as data, the worker decrypts it when it renders a task (and
+  masks it), the API shows it as `******`.
+- Every other value users give (the inputs of `ExecutionCreated`, of a subflow's request, the
+  values of `ExecutionResumeRequested` and the `onResume` output the executor derives from
+  them: `_PLACES`) is sealed, each value of the map on its own,
+  `{"type": "io.tiercel.datatype:sealed", "value": ...}`, and opened again when read.
+
+Sealing and opening happen in the event store, at its one write path and its read paths (as it
+offloads large values to internal storage and reads them back): `seal_appends` before an
+append, `open_events` after each read. So the events in the database never hold these values
+in clear, while every reader (the executor, the worker, the commands and the API, projections,
+`sys verify`, the history's time travel) sees them as they were given, with no path of its own
+to get right. This was chosen over the alternative of letting the pure core carry sealed values
+as data (as it does SECRET ones): the executor renders expressions itself (`If`, `Switch`,
+`runIf`, ForEach values, flow outputs, a subflow's inputs), and those must see the values, and
+the core must not hold a key. The cost of reading in the shell instead: every read path opens
+the values, which one place in the store makes sure of; the executor needs the master key that
+wrapped the keys (as the worker already did); and what the executor derives from the values
+(an If's branch, a ForEach's values, flow outputs, task outputs and logs) is recorded as it is
+derived. `_PLACES` covers the one derived copy that is the values themselves (`onResume`).
+
+Cost. An append holding nothing to seal, and a read holding nothing sealed, cost a scan of the
+events in Python and no statement. Otherwise: sealing costs one statement in the append's own
+round trip (the keys of every execution of the append, made or read at once, `_keys_for_sealing`;
+none when this process made or used the key recently); opening costs one statement in the
+read's own round trip (the keys of every execution read). The events a process appends reach
+its own consumers through its feed already opened, with the keys it sealed them with.
+
+Erasure. Once the key is gone, sealed and SECRET values read as `<erased>` (`ERASED`): the
+history still folds, the API still answers `?at=` and the timeline, and `sys verify` refolds it
+and checks the state, but cannot make again the decisions that read those values
+(`erased`). A key this process cannot unwrap (no master key) leaves the values sealed:
+`unopened` says so, the executor parks such an execution rather than decide on wrong data,
+`sys verify` folds it without making its decisions again. Events recorded before sealing
+existed (clear values) read as they always did.
 
 Masking. Every secret value a task could see (what `secret()` returned to it, its SECRET inputs)
 is replaced by `******` in its log lines, outputs, metrics and failure message before they are
@@ -33,17 +69,19 @@ import os
 import re
 import threading
 import urllib.parse
-from collections.abc import Callable, Collection, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import psycopg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from engine import events as ev
 from engine.errors import InvalidRequest, NotFound, TemplateError, TiercelError
-from engine.store import Append, EventStore
+from engine.store import Append, EventStore, StoredEvent
 
 if TYPE_CHECKING:
     from engine.db import Database
@@ -453,15 +491,11 @@ def _unwrap(stored: bytes, wrapped: bool, execution_id: str) -> bytes:
 
 async def execution_key(db: Database, execution_id: str, *, create: bool = False) -> bytes:
     """The key that encrypts the recorded secret values of `execution_id` (made first with
-    `create`); `NotFound` once it was destroyed (the execution was purged)."""
+    `create`, in the same round trip as the read); `NotFound` once it was destroyed (the
+    execution was purged)."""
     if create:
-        key, wrapped = _wrap(os.urandom(32))
-        # A retried creation keeps the key the first one stored (its events use that one).
-        await db.execute(
-            "INSERT INTO execution_keys (execution_id, key, wrapped) VALUES (%s, %s, %s)"
-            " ON CONFLICT (execution_id) DO NOTHING",
-            (execution_id, key, wrapped),
-        )
+        found = await db.run(lambda conn: _keys_for_sealing(conn, [execution_id]))
+        return found[execution_id]
     row = await db.fetchone(
         "SELECT key, wrapped FROM execution_keys WHERE execution_id = %s", (execution_id,)
     )
@@ -486,6 +520,8 @@ async def share_key(db: Database, from_execution: str, to_execution: str) -> Non
 
 async def destroy_key(db: Database, execution_id: str) -> None:
     """Delete the key of `execution_id`: its recorded secret values can never be read again."""
+    with _sealing_lock:
+        _sealing_keys.pop(execution_id, None)
     await db.execute("DELETE FROM execution_keys WHERE execution_id = %s", (execution_id,))
 
 
@@ -620,13 +656,252 @@ def has_encrypted(value: Any) -> bool:
 
 def shown(value: Any) -> Any:
     """`value` as the API shows it: each encrypted value replaced by `******`."""
-    if is_encrypted(value) or (isinstance(value, str) and has_encrypted(value)):
+    if is_encrypted(value) or is_sealed(value) or (isinstance(value, str) and has_encrypted(value)):
         return MASK
     if isinstance(value, dict):
         return {k: shown(v) for k, v in value.items()}
     if isinstance(value, list):
         return [shown(v) for v in value]
     return value
+
+
+# --- sealed values: what an execution records of its users' data --------------------------------
+
+SEALED_TYPE = "io.tiercel.datatype:sealed"
+"""The `type` of a value an event records sealed with its execution's key (opened on read)."""
+ERASED = "<erased>"
+"""What a sealed (or SECRET) value of a purged execution reads as: its key is gone."""
+_SEALED_AAD = b"tiercel:sealed"
+_SEALING_CACHE = 4096
+
+_PLACES: dict[type[ev.Event], tuple[tuple[str, str | None], ...]] = {
+    ev.ExecutionCreated: (("inputs", None),),
+    ev.ExecutionResumeRequested: (("inputs", None),),
+    ev.SubflowExecutionRequested: (("inputs", None),),
+    ev.TaskRunStateChanged: (("outputs", "onResume"),),
+}
+"""Where events hold what users gave an execution: each value of these maps is sealed (a
+field name alone: the map is the field; with a key: the map is that entry of the field). A
+Pause task's `onResume` output is the resume's inputs again, as the executor records them."""
+
+_sealing_keys: OrderedDict[str, bytes] = OrderedDict()
+"""Keys this process made or read recently, for sealing only (a seal with a key another
+process destroyed meanwhile is merely unreadable); opening always reads `execution_keys`,
+so a purge is seen by every process at once."""
+_sealing_lock = threading.Lock()  # appends run in the database adapter's threads
+
+
+def is_sealed(value: Any) -> bool:
+    """Whether `value` is a sealed value as events hold it."""
+    return (
+        isinstance(value, dict)
+        and len(value) == 2
+        and value.get("type") == SEALED_TYPE
+        and isinstance(value.get("value"), str)
+    )
+
+
+def seal_value(key: bytes, value: Any) -> dict[str, str]:
+    """`value` (any JSON) sealed with an execution's key, as events record it."""
+    return {"type": SEALED_TYPE, "value": encrypt(key, _json_bytes(value), _SEALED_AAD)}
+
+
+def open_value(key: bytes, sealed: dict[str, Any]) -> Any:
+    """The value `seal_value` sealed; `ValueError` when made with another key or changed."""
+    return json.loads(decrypt(key, sealed["value"], _SEALED_AAD))
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _maps(event: ev.Event) -> Iterator[tuple[str, str | None, dict[str, Any]]]:
+    """The maps of `event` whose values are sealed: (field, key in it or None, the map)."""
+    for name, key in _PLACES.get(type(event), ()):
+        holder = getattr(event, name)
+        if not isinstance(holder, dict):
+            continue
+        values: Any = holder if key is None else holder.get(key)
+        if isinstance(values, dict) and values:
+            yield name, key, values
+
+
+def _changed(event: ev.Event, change: Callable[[Any], Any]) -> ev.Event:
+    """`event` with `change` applied to each value of its sealed maps (itself when none
+    changed)."""
+    changes: dict[str, Any] = {}
+    for name, key, values in list(_maps(event)):
+        new = {k: change(v) for k, v in values.items()}
+        if all(new[k] is values[k] for k in values):
+            continue
+        holder = changes.get(name, getattr(event, name))
+        changes[name] = new if key is None else {**holder, key: new}
+    return msgspec.structs.replace(event, **changes) if changes else event
+
+
+def _to_seal(event: ev.Event) -> bool:
+    return any(
+        not (is_sealed(v) or is_encrypted(v))
+        for _, _, values in _maps(event)
+        for v in values.values()
+    )
+
+
+def _closed(event: ev.Event) -> bool:
+    return any(
+        is_sealed(v) or is_encrypted(v) for _, _, values in _maps(event) for v in values.values()
+    )
+
+
+def _keys_for_sealing(
+    conn: psycopg.Connection[Any], execution_ids: Iterable[str]
+) -> dict[str, bytes]:
+    """The key of each execution, made for those that have none, in one statement: the keys
+    stored before win (a retried creation, a retry sharing its origin's key)."""
+    keys: dict[str, bytes] = {}
+    wanted = sorted(set(execution_ids))
+    for _ in range(3):
+        missing = [x for x in wanted if x not in keys]
+        if not missing:
+            break
+        made = [_wrap(os.urandom(32)) for _ in missing]
+        rows = conn.execute(
+            "WITH made AS (INSERT INTO execution_keys (execution_id, key, wrapped)"
+            " SELECT * FROM unnest(%s::text[], %s::bytea[], %s::bool[])"
+            " ON CONFLICT (execution_id) DO NOTHING RETURNING execution_id, key, wrapped)"
+            " SELECT execution_id, key, wrapped FROM made UNION ALL"
+            " SELECT execution_id, key, wrapped FROM execution_keys WHERE execution_id = ANY(%s)",
+            (missing, [m[0] for m in made], [m[1] for m in made], missing),
+        ).fetchall()
+        # A key another transaction committed after this statement's snapshot shows in
+        # neither half: the next round reads it.
+        for execution_id, key, wrapped in rows:
+            keys[execution_id] = _unwrap(key, bool(wrapped), execution_id)
+    for execution_id, key in keys.items():
+        _remember(execution_id, key)
+    return keys
+
+
+def _remember(execution_id: str, key: bytes) -> None:
+    with _sealing_lock:
+        _sealing_keys[execution_id] = key
+        _sealing_keys.move_to_end(execution_id)
+        while len(_sealing_keys) > _SEALING_CACHE:
+            _sealing_keys.popitem(last=False)
+
+
+def _remembered(execution_ids: Iterable[str]) -> dict[str, bytes]:
+    with _sealing_lock:
+        return {x: k for x in execution_ids if (k := _sealing_keys.get(x)) is not None}
+
+
+def seal_appends(
+    conn: psycopg.Connection[Any], requests: Sequence[Append]
+) -> tuple[Sequence[Append], dict[str, bytes]]:
+    """`requests` with what users gave each execution sealed with its key (see the module's
+    description), and the keys used. The store calls it before an append; a request holding
+    nothing to seal costs nothing, and the keys of the others cost one statement at most."""
+    wanted = {
+        xid
+        for r in requests
+        for e in r.events
+        if type(e) in _PLACES and (xid := getattr(e, "executionId", None)) and _to_seal(e)
+    }
+    if not wanted:
+        return requests, {}
+    keys = _remembered(wanted)
+    if len(keys) < len(wanted):
+        keys.update(_keys_for_sealing(conn, wanted - set(keys)))
+    out = []
+    for r in requests:
+        events = [_seal_event(e, keys) for e in r.events]
+        changed = any(a is not b for a, b in zip(events, r.events, strict=True))
+        out.append(msgspec.structs.replace(r, events=events) if changed else r)
+    return out, keys
+
+
+def _seal_event(event: ev.Event, keys: dict[str, bytes]) -> ev.Event:
+    key = keys.get(getattr(event, "executionId", None) or "")
+    if key is None or type(event) not in _PLACES:
+        return event
+    return _changed(event, lambda v: v if is_sealed(v) or is_encrypted(v) else seal_value(key, v))
+
+
+def open_events(
+    conn: psycopg.Connection[Any],
+    events: list[StoredEvent],
+    known: dict[str, bytes] | None = None,
+) -> list[StoredEvent]:
+    """`events` as readers see them: sealed values opened with their execution's key, read
+    once per execution in one statement (none when nothing is sealed, or `known` has the
+    key). Once the key is destroyed they, and SECRET values, read as `<erased>`; a key this
+    process cannot unwrap leaves them sealed, which `unopened` reports."""
+    wanted = {
+        xid
+        for e in events
+        if type(e.event) in _PLACES and (xid := e.execution_id) and _closed(e.event)
+    }
+    if not wanted:
+        return events
+    keys: dict[str, bytes | None] = {x: k for x, k in (known or {}).items() if x in wanted}
+    missing = sorted(wanted - set(keys))
+    if missing:
+        rows = conn.execute(
+            "SELECT execution_id, key, wrapped FROM execution_keys WHERE execution_id = ANY(%s)",
+            (missing,),
+        ).fetchall()
+        for execution_id, key, wrapped in rows:
+            try:
+                keys[execution_id] = _unwrap(key, bool(wrapped), execution_id)
+            except SecretsUnavailable:
+                keys[execution_id] = None  # left sealed: `unopened` says why where it matters
+    out = []
+    for e in events:
+        xid = e.execution_id
+        if xid not in wanted:
+            out.append(e)
+            continue
+        if xid not in keys:
+            opened = _changed(e.event, lambda v: ERASED if is_sealed(v) or is_encrypted(v) else v)
+        else:
+            opened = _open_event(e.event, keys[xid])
+        out.append(e if opened is e.event else msgspec.structs.replace(e, event=opened))
+    return out
+
+
+def _open_event(event: ev.AnyEvent, key: bytes | None) -> Any:
+    if key is None:
+        return event
+
+    def open_one(value: Any) -> Any:
+        if not is_sealed(value):
+            return value  # SECRET values stay encrypted: the worker decrypts them for a task
+        try:
+            return open_value(key, value)
+        except (ValueError, UnicodeDecodeError):
+            return value  # sealed with another key: left sealed, `unopened` says so
+
+    return _changed(event, open_one)
+
+
+def unopened(event: ev.Event) -> str | None:
+    """Why a sealed value of `event` was not opened (None when none is left sealed)."""
+    for name, _, values in _maps(event):
+        if any(is_sealed(v) for v in values.values()):
+            return (
+                f"The {name} of {type(event).__name__} are sealed with the key of execution "
+                f"{getattr(event, 'executionId', '?')}, which this process cannot read: every "
+                f"server and worker needs the same {KEY_ENV}"
+            )
+    return None
+
+
+def erased(history: Iterable[StoredEvent]) -> bool:
+    """Whether `history` (as read) held values of its users that were erased by a purge:
+    decisions made on them cannot be made again."""
+    return any(
+        v == ERASED for e in history for _, _, values in _maps(e.event) for v in values.values()
+    )
 
 
 # --- masking ---------------------------------------------------------------------------------------

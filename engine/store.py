@@ -150,8 +150,8 @@ def _hydrate(event: ev.AnyEvent, storage: Storage | None) -> ev.AnyEvent:
 
 
 def unresolved(event: ev.Event) -> str | None:
-    """Why a value of `event` kept in internal storage could not be read back (None when
-    every value of the event is in it)."""
+    """Why a value of `event` kept in internal storage could not be read back, or a sealed
+    value could not be opened (None when every value of the event is in it)."""
     for name in ev.LARGE_VALUES.get(type(event), ()):
         uri = getattr(event, f"{name}Uri")
         if uri is not None:
@@ -159,7 +159,24 @@ def unresolved(event: ev.Event) -> str | None:
                 f"The {name} of {type(event).__name__} is kept in internal storage at {uri} and "
                 "cannot be read there: check that every process shares the same storage"
             )
-    return None
+    sealed: str | None = _secrets().unopened(event)
+    return sealed
+
+
+def _secrets() -> Any:
+    from engine import secrets  # not at the top: it imports this module
+
+    return secrets
+
+
+def _opened(
+    conn: psycopg.Connection[Any],
+    events: list[StoredEvent],
+    keys: dict[str, bytes] | None = None,
+) -> list[StoredEvent]:
+    """`events` with the sealed values of their executions opened (engine.secrets)."""
+    opened: list[StoredEvent] = _secrets().open_events(conn, events, keys)
+    return opened
 
 
 class _Encoded(msgspec.Struct, frozen=True):
@@ -196,6 +213,9 @@ def _append_sync(
 ) -> list[AppendResult]:
     """Append `requests` in one transaction; with `echo`, also put there the events written,
     as a reader of the log would read them back."""
+    # What users gave an execution is sealed with its key first (engine.secrets), before the
+    # lock, and before a large value goes to internal storage.
+    requests, keys = _secrets().seal_appends(conn, requests)
     if storage is not None:
         requests = [
             msgspec.structs.replace(r, events=[_offload(e, storage) for e in r.events])
@@ -228,7 +248,8 @@ def _append_sync(
     # Committed: the positions the inserts returned can be read now.
     results, rows = finish()
     if echo is not None:
-        echo.extend(sorted((_row_to_event(r, storage) for r in rows), key=lambda e: e.seq))
+        written = sorted((_row_to_event(r, storage) for r in rows), key=lambda e: e.seq)
+        echo.extend(_opened(conn, written, keys))
     return results
 
 
@@ -448,7 +469,7 @@ class EventStore:
                     " ORDER BY seq LIMIT %s",
                     (after, type_list, limit),
                 )
-            return [_row_to_event(r, self.storage) for r in cur.fetchall()]
+            return _opened(conn, [_row_to_event(r, self.storage) for r in cur.fetchall()])
 
         return await self.db.run(q)
 
@@ -488,6 +509,7 @@ class EventStore:
             ).fetchall()
             head = int(rows[0][0]) if rows else after
             batch = [_row_to_event(r[1:], self.storage) for r in rows if r[1] is not None]
+            batch = _opened(conn, batch)
             if len(batch) >= limit:
                 return batch, batch[-1].seq
             return batch, max(after, head, batch[-1].seq if batch else after)
@@ -516,7 +538,7 @@ def read_stream_sync(
     cur = conn.execute(
         f"SELECT {_COLUMNS} FROM events WHERE stream_id = %s ORDER BY version", (stream_id,)
     )
-    return [_row_to_event(r, storage) for r in cur.fetchall()]
+    return _opened(conn, [_row_to_event(r, storage) for r in cur.fetchall()])
 
 
 def read_execution_sync(
@@ -530,7 +552,7 @@ def read_execution_sync(
         f"SELECT {_COLUMNS} FROM events WHERE stream_id >= %s AND stream_id < %s ORDER BY seq",
         (base, base + "0"),
     )
-    return [_row_to_event(r, storage) for r in cur.fetchall()]
+    return _opened(conn, [_row_to_event(r, storage) for r in cur.fetchall()])
 
 
 def save_checkpoint(conn: psycopg.Connection[Any], name: str, position: int) -> None:

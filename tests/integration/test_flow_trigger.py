@@ -11,7 +11,13 @@ import trio
 
 import plugins.core  # noqa: F401  (registers the Flow trigger and its conditions)
 from engine import events as ev
-from engine.commands import create_execution, deploy_flow, trigger_enabled, wait_for_end
+from engine.commands import (
+    create_execution,
+    deploy_flow,
+    load_execution,
+    trigger_enabled,
+    wait_for_end,
+)
 from engine.errors import FlowValidationError
 from engine.flow import parse_flow
 from engine.scheduler import Scheduler
@@ -131,9 +137,11 @@ async def test_a_successful_execution_starts_the_listening_flow_once_with_its_ou
     assert variables["namespace"] == ns and variables["flowId"] == "a"
     assert variables["state"] == "SUCCESS"
     assert variables["outputs"] == {"result": f"computed by {first}"}
-    assert started[0]["inputs"]["got"] == f"computed by {first}"
+    # The event records the inputs sealed with the execution's key: read them as the engine does.
+    inputs = (await load_execution(engine.store, started[0]["executionId"])).inputs
+    assert inputs["got"] == f"computed by {first}"
     # As in Kestra, `inputs` render in the ended execution's context (its task outputs).
-    assert started[0]["inputs"]["task"] == f"computed by {first} in {first}"
+    assert inputs["task"] == f"computed by {first} in {first}"
     labels = {label["key"]: label["value"] for label in started[0]["labels"]}
     assert labels["chained"] == "yes" and labels["system.correlationId"] == first
     assert await _judge_again(engine, ns, [first, failed, second]) == 0

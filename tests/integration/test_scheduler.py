@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 
@@ -22,7 +23,9 @@ from engine.commands import (
     wait_for_end,
 )
 from engine.scheduler import Scheduler
+from engine.secrets import open_events
 from engine.server import ServerContext, run_server
+from engine.store import StoredEvent
 
 
 def _flow(ns: str, trigger: str, *, flow_id: str = "scheduled", tasks: str | None = None) -> str:
@@ -50,12 +53,20 @@ async def _fired(
 
 
 async def _created(ctx: ServerContext, ns: str, flow_id: str) -> list[dict[str, Any]]:
-    rows = await ctx.store.db.fetchall(
-        "SELECT data FROM events WHERE type = 'ExecutionCreated'"
-        " AND data->>'namespace' = %s AND data->>'flowId' = %s ORDER BY seq",
-        (ns, flow_id),
-    )
-    return [r["data"] for r in rows]
+    def read(conn: Any) -> list[dict[str, Any]]:
+        rows = conn.execute(
+            "SELECT seq, stream_id, data::text FROM events WHERE type = 'ExecutionCreated'"
+            " AND data->>'namespace' = %s AND data->>'flowId' = %s ORDER BY seq",
+            (ns, flow_id),
+        ).fetchall()
+        found = [
+            StoredEvent(seq, stream, 0, "ExecutionCreated", ev.decode(data), {}, dt.datetime.now())
+            for seq, stream, data in rows
+        ]
+        # Inputs are recorded sealed with each execution's key: read them as the engine does.
+        return [msgspec.to_builtins(e.event) for e in open_events(conn, found)]
+
+    return await ctx.store.db.run(read)
 
 
 async def _run_scheduler(nursery: trio.Nursery, ctx: ServerContext, ns: str) -> Scheduler:
