@@ -327,3 +327,65 @@ def test_a_sealed_value_opens_only_with_its_key() -> None:
     assert secrets.open_value(key, sealed) == value
     with pytest.raises(ValueError):
         secrets.open_value(other, sealed)
+
+
+SUBFLOW_CHILD = """
+id: child
+namespace: {ns}
+inputs:
+  - id: given
+    type: STRING
+tasks:
+  - id: check
+    type: io.kestra.plugin.core.flow.If
+    condition: "{{{{ inputs.given | length == 38 }}}}"
+    then:
+      - id: fine
+        type: io.kestra.plugin.core.log.Log
+        message: "a value of the right length"
+    else:
+      - id: wrong
+        type: io.kestra.plugin.core.execution.Fail
+        errorMessage: "the child did not see its input"
+"""
+
+SUBFLOW_PARENT = """
+id: parent
+namespace: {ns}
+inputs:
+  - id: name
+    type: STRING
+tasks:
+  - id: call
+    type: io.kestra.plugin.core.flow.Subflow
+    namespace: {ns}
+    flowId: child
+    wait: true
+    transmitFailed: true
+    inputs:
+      given: "{{{{ inputs.name }}}}"
+"""
+
+
+async def test_an_input_passed_to_a_subflow_is_sealed_in_the_request_and_in_the_child(
+    server: ServerContext, client: httpx.AsyncClient, ns: str
+) -> None:
+    name = f"child-{uuid.uuid4().hex}"
+    await _deploy(client, SUBFLOW_CHILD.format(ns=ns))
+    await _deploy(client, SUBFLOW_PARENT.format(ns=ns))
+
+    started = await client.post(f"/api/v1/executions/{ns}/parent?wait=true", json={"name": name})
+    assert started.status_code == 200, started.text
+    execution = started.json()
+
+    assert execution["state"]["current"] == "SUCCESS", execution
+    child_id = _outputs(execution, "call")["executionId"]
+    child = (await client.get(f"/api/v1/executions/{child_id}")).json()
+    assert child["state"]["current"] == "SUCCESS" and child["inputs"] == {"given": name}
+    for needle in _needles(name):
+        assert await _events_holding(server, needle) == [], needle
+    request = await server.db.fetchone(
+        "SELECT data FROM events WHERE stream_id = %s AND type = 'SubflowExecutionRequested'",
+        (f"exec:{execution['id']}",),
+    )
+    assert request is not None and secrets.is_sealed(request["data"]["inputs"]["given"])
