@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -614,6 +615,8 @@ class Search:
     """Subflow executions of this parent execution (`parentId`)."""
     child: bool | None = None
     """Kestra's childFilter: True, only subflow executions (CHILD); False, only others (MAIN)."""
+    ids: Sequence[str] | None = None
+    """Only executions of these ids (None: any)."""
     any_of: list[Search] = field(default_factory=list)
     """Condition groups joined by OR: an execution matches one of them (and every filter
     above). Each group is a search of its own (its filters AND); groups do not nest."""
@@ -902,6 +905,9 @@ def _terms(search: Search) -> tuple[list[str], list[Any]]:
         params.append(search.parent_id)
     if search.child is not None:
         where.append("parent_id IS NOT NULL" if search.child else "parent_id IS NULL")
+    if search.ids is not None:
+        where.append("id = ANY(%s::text[])")
+        params.append(list(search.ids))
     return where, params
 
 
@@ -937,10 +943,31 @@ def prepare(
     (at most `PROBE_UP_TO` rows) turns such a filter into a list of ids the planner cannot
     misjudge. A filter it expects to be common (above `PROBE_BELOW_ESTIMATE`) is left to it.
     """
+    if search.any_of:
+        # Each group's own labels and words are resolved the same way, group by group.
+        groups = [_probed(conn, g) for g in search.any_of]
+        search = dataclasses.replace(search, any_of=groups)
     where = condition(scope, scope_params, search)
+    found = _probe(conn, search)
+    if found is None:
+        return where
+    return where.narrowed("id = ANY(%s::text[])", [found])
+
+
+def _probed(conn: psycopg.Connection[Any], group: Search) -> Search:
+    """`group` narrowed to the ids its labels and words match, when those are few."""
+    found = _probe(conn, group)
+    if found is None:
+        return group
+    return dataclasses.replace(group, ids=found)
+
+
+def _probe(conn: psycopg.Connection[Any], search: Search) -> list[str] | None:
+    """The ids the label and `q=` filters of `search` match, when the planner does not expect
+    them common and they are at most `PROBE_UP_TO`; else None."""
     rare, rare_params = _indexed_terms(search)
     if not rare or _estimate(conn, rare, rare_params) > PROBE_BELOW_ESTIMATE:
-        return where
+        return None
     with conn.transaction():
         # Through the indexes only: a bitmap of what they match, whatever the planner guesses.
         conn.execute(
@@ -953,8 +980,8 @@ def prepare(
             prepare=False,
         ).fetchall()
     if len(found) > PROBE_UP_TO:
-        return where
-    return where.narrowed("id = ANY(%s::text[])", [[r[0] for r in found]])
+        return None
+    return [r[0] for r in found]
 
 
 def encode_cursor(row: dict[str, Any]) -> str:
