@@ -252,8 +252,9 @@ def _snake(name: str) -> str:
 
 
 def merged(meta: dict[str, Any]) -> dict[str, Any]:
-    """`meta` with what the current request adds (what `meta` says itself wins)."""
+    """`meta` with what the current request adds (what `meta` says itself wins, unless it
+    says None)."""
     extra = current()
     if not extra:
         return meta
-    return {**extra, **meta}
+    return {**extra, **{k: v for k, v in meta.items() if v is not None or k not in extra}}

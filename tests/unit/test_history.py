@@ -128,3 +128,17 @@ def test_only_commands_are_audit_entries_whoever_the_engine_component() -> None:
     assert "value" not in row.details
     # The engine's bookkeeping is not even read.
     assert "WorkerHeartbeat" not in audit.audited_types(["WorkerHeartbeat", "FlowCreated"])
+
+
+def test_a_request_adds_its_address_and_reason_to_the_meta_of_its_commands() -> None:
+    assert audit.merged({"actor": "user:bob"}) == {"actor": "user:bob"}  # outside a request
+    token = audit.request_meta.set({"clientAddress": "10.0.0.1", "reason": "OPS-1"})
+    try:
+        assert audit.merged({"actor": "user:bob", "reason": None}) == {
+            "actor": "user:bob",
+            "clientAddress": "10.0.0.1",
+            "reason": "OPS-1",
+        }
+        assert audit.merged({"actor": "user:bob", "reason": "own"})["reason"] == "own"
+    finally:
+        audit.request_meta.reset(token)
