@@ -196,10 +196,15 @@ class ChartRequest:
         """The range asked, or the dashboard's default window up to now; at most its max."""
         default = dt.timedelta(seconds=dashboard.window) if dashboard else dt.timedelta(days=8)
         longest = dt.timedelta(seconds=dashboard.maxWindow) if dashboard else MAX_STATS_RANGE
+        if self.since is not None and self.since > longest:
+            raise _bad(f"timeRange is longer than the longest range, {longest}", "timeRange")
         end = self.end or self.now
-        start = self.start or (end - (self.since or default))
-        if self.since is not None and self.start is None and self.end is None:
-            start = self.now - self.since
+        try:
+            start = self.start or (end - (self.since or default))
+            if self.since is not None and self.start is None and self.end is None:
+                start = self.now - self.since
+        except OverflowError:
+            raise _bad("endDate is too early for this range", "endDate") from None
         if end < start:
             raise _bad("endDate is before startDate", "endDate")
         if end - start > longest:
@@ -333,15 +338,24 @@ def _stats_filter(now: dt.datetime) -> StatsFilter:
         start = _date(args["startDate"], "startDate")
     else:
         since = args.get("timeRange")
-        start = end - (_duration(since, "timeRange") if since else DEFAULT_STATS_RANGE)
+        span = _duration(since, "timeRange") if since else DEFAULT_STATS_RANGE
+        if span > MAX_STATS_RANGE:
+            raise _bad(f"timeRange is longer than {MAX_STATS_RANGE.days} days", "timeRange")
+        try:
+            start = end - span
+        except OverflowError:
+            raise _bad("endDate is too early for this range", "endDate") from None
     if end < start:
         raise _bad("endDate is before startDate", "endDate")
     # The rollups count by hour: the range is widened to the hours it touches.
-    start = start.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
-    hour_end = end.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
-    end = hour_end if hour_end == end else hour_end + dt.timedelta(hours=1)
-    if end == start:
-        end = start + dt.timedelta(hours=1)
+    try:
+        start = start.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+        hour_end = end.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+        end = hour_end if hour_end == end else hour_end + dt.timedelta(hours=1)
+        if end == start:
+            end = start + dt.timedelta(hours=1)
+    except OverflowError:
+        raise _bad("endDate is beyond the dates that can be counted", "endDate") from None
     if end - start > MAX_STATS_RANGE:
         raise _bad(f"The range is longer than {MAX_STATS_RANGE.days} days", "startDate")
     states: list[str] = []

@@ -255,6 +255,116 @@ class ApiError(msgspec.Struct, kw_only=True):
     details: list[ProblemDetail]
 
 
+class ChartRows(msgspec.Struct, kw_only=True):
+    """A dashboard chart's rows (Kestra's PagedResults), each keyed by the chart's column
+    names; `total` counts every row or group, not only the page; `interval` is the time
+    bucket a date column was grouped by."""
+
+    results: list[dict[str, Any]]
+    total: int
+    interval: str | None = None
+    startDate: str | None = None
+    endDate: str | None = None
+
+
+class StatsBucket(msgspec.Struct, kw_only=True):
+    """Executions started in one time bucket, per state; `total` is their sum ("All")."""
+
+    date: str
+    counts: dict[str, int]
+    total: int
+
+
+class StatsGroup(msgspec.Struct, kw_only=True):
+    """Executions of one namespace (or flow of it), per state, with their sum."""
+
+    namespace: str
+    counts: dict[str, int]
+    total: int
+    successRatio: float | None
+    flowId: str | None = None
+
+
+class DurationStats(msgspec.Struct, kw_only=True):
+    """Durations of the ended executions, in seconds (percentiles from the histogram)."""
+
+    count: int
+    sum: float | None
+    avg: float | None
+    p50: float | None
+    p90: float | None
+    p99: float | None
+
+
+class FailedExecution(msgspec.Struct, kw_only=True):
+    """One of the latest failed executions."""
+
+    id: str
+    namespace: str
+    flowId: str
+    state: str
+    startDate: str
+    endDate: str | None
+
+
+class DefaultDashboard(msgspec.Struct, kw_only=True):
+    """The default dashboard's figures over whole hours (docs/dashboards.md): `total` ("All")
+    is the sum of `states`, each bucket's and group's `total` the sum of its `counts`."""
+
+    startDate: str
+    endDate: str
+    interval: str
+    total: int
+    states: dict[str, int]
+    successRatio: float | None
+    buckets: list[StatsBucket]
+    namespaces: list[StatsGroup]
+    flows: list[StatsGroup]
+    flowsTruncated: bool
+    durations: DurationStats
+    latestFailures: list[FailedExecution]
+
+
+class DashboardWithSource(msgspec.Struct, kw_only=True):
+    """A custom dashboard: its properties as written in its YAML, and the YAML itself."""
+
+    id: str
+    title: str
+    sourceCode: str
+    created: str
+    updated: str
+    deleted: bool
+    description: str | None = None
+    timeWindow: dict[str, Any] | None = None
+    charts: list[dict[str, Any]] = []
+
+
+class DashboardSummary(msgspec.Struct, kw_only=True):
+    """A custom dashboard as the list shows it."""
+
+    id: str
+    title: str
+    sourceCode: str
+    created: str
+    updated: str
+    updatedBy: str | None
+
+
+class DashboardPage(msgspec.Struct, kw_only=True):
+    """A page of the custom dashboards."""
+
+    results: list[DashboardSummary]
+    total: int
+
+
+class Validation(msgspec.Struct, kw_only=True):
+    """What a validation found: nothing (only `index`), or every problem with its line."""
+
+    index: int
+    constraints: str | None = None
+    details: list[ProblemDetail] = []
+
+
 ANSWERS: dict[tuple[str, str], Any] = {
     ("POST", "/api/v1/flows"): FlowWithSource,
     ("GET", "/api/v1/flows/search"): FlowPage,
@@ -281,6 +391,15 @@ ANSWERS: dict[tuple[str, str], Any] = {
         "GET",
         "/api/v1/metrics/aggregates/{namespace}/{flow_id}/{task_id}/{metric}",
     ): MetricAggregations,
+    ("GET", "/api/v1/dashboards/default/stats"): DefaultDashboard,
+    ("GET", "/api/v1/dashboards"): DashboardPage,
+    ("POST", "/api/v1/dashboards"): DashboardWithSource,
+    ("GET", "/api/v1/dashboards/{dashboard_id}"): DashboardWithSource,
+    ("PUT", "/api/v1/dashboards/{dashboard_id}"): DashboardWithSource,
+    ("POST", "/api/v1/dashboards/validate"): Validation,
+    ("POST", "/api/v1/dashboards/validate/chart"): Validation,
+    ("POST", "/api/v1/dashboards/{dashboard_id}/charts/{chart_id}"): ChartRows,
+    ("POST", "/api/v1/dashboards/charts/preview"): ChartRows,
 }
 """The routes whose answer is one of the shapes above, by method and OpenAPI path."""
 

@@ -35,7 +35,7 @@ from engine.dashboards import (
     Data,
     parse_date,
 )
-from engine.errors import TiercelError
+from engine.errors import InvalidRequest, TiercelError
 from engine.execution import iso
 from engine.store import StoredEvent
 from projections import executions as executions_model
@@ -44,6 +44,12 @@ STATEMENT_TIMEOUT = "30s"
 """The longest a chart's query may run (a REGEX over millions of log lines, say)."""
 MAX_ROWS = 10_000
 """Rows one chart answers at most (a page of a table, or every group of a chart)."""
+
+
+class ChartTooSlow(TiercelError):
+    """A chart's query ran past its time limit (and was stopped)."""
+
+    status = 503
 
 
 class SourceUnavailable(TiercelError):
@@ -411,14 +417,27 @@ def run_chart(
     data = chart.data
     assert data is not None
     _ready(conn, data.source)
-    with conn.transaction():
-        conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
-        if data.kpi:
-            return _run_kpi(conn, chart, data, start, end, scope, extra)
-        query = chart_query(
-            data, start=start, end=end, scope=scope, extra=extra, page=page, size=size
-        )
-        rows = conn.execute(query.sql, query.params, prepare=False).fetchall()
+    try:
+        with conn.transaction():
+            conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
+            if data.kpi:
+                return _run_kpi(conn, chart, data, start, end, scope, extra)
+            query = chart_query(
+                data, start=start, end=end, scope=scope, extra=extra, page=page, size=size
+            )
+            rows = conn.execute(query.sql, query.params, prepare=False).fetchall()
+    except psycopg.errors.InvalidRegularExpression as exc:
+        # Python's and PostgreSQL's regular expressions differ a little: what the check let
+        # through, PostgreSQL may still refuse.
+        raise InvalidRequest(
+            f"Chart {chart.id}: a REGEX filter is not a regular expression PostgreSQL "
+            f"reads: {exc.diag.message_primary}"
+        ) from None
+    except psycopg.errors.QueryCanceled:
+        raise ChartTooSlow(
+            f"Chart {chart.id} took longer than {STATEMENT_TIMEOUT} to answer: ask for a "
+            "shorter range or narrower filters"
+        ) from None
     total = int(rows[0][-1]) if rows else 0
     results = [
         {name: _plain(value) for name, value in zip(query.names, row[:-1], strict=True)}
