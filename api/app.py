@@ -26,6 +26,7 @@ from api import (
     execution_filters,
     execution_stats_routes,
     flows_routes,
+    history_routes,
     kv_routes,
     logs_routes,
     metrics,
@@ -207,6 +208,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(execution_stats_routes.blueprint(ctx))
     app.register_blueprint(projections_routes.blueprint(ctx))
     app.register_blueprint(topology_routes.blueprint(ctx))
+    history_routes.register(app, ctx)
     app.register_blueprint(bulk_routes.blueprint(ctx))
     app.register_blueprint(dashboards_routes.blueprint(ctx))
     app.register_blueprint(execution_actions.blueprint(ctx))
@@ -375,6 +377,11 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     @app.get("/api/v1/flows/<namespace>/<flow_id>")
     @access("viewer")
     async def get_flow(namespace: str, flow_id: str) -> Response:
+        if "asOf" in request.args:  # the flow as it stood then (api/history_routes.py)
+            record, headers = await history_routes.flow_as_of(store, namespace, flow_id)
+            response = _json((await _flow_answer([record]))[0])
+            response.headers.update(headers)
+            return response
         revision = _int_arg("revision", None, minimum=1)
         record = await commands.get_flow(store, namespace, flow_id, revision)
         return _json((await _flow_answer([record]))[0])
@@ -521,6 +528,11 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     @app.get("/api/v1/executions/<execution_id>")
     @access("viewer")
     async def get_execution(execution_id: str) -> Response:
+        if "asOf" in request.args:  # a position or a time (api/history_routes.py)
+            state, headers = await history_routes.execution_as_of(store, execution_id)
+            response = _json(commands.execution_json(state))
+            response.headers.update(headers)
+            return response
         at = _int_arg("at", None, minimum=1)
         state = await commands.load_execution(store, execution_id, at_seq=at)
         return _json(commands.execution_json(state))

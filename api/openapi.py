@@ -19,6 +19,7 @@ from quart import Response
 from quart_trio import QuartTrio
 from werkzeug.routing import Rule
 
+from api import history_routes
 from api.auth import PUBLIC, ROLE_ATTR, SESSION_COOKIE, public
 from api.execution_filters import OPERATIONS
 from engine.commands import TENANT
@@ -611,6 +612,7 @@ def _operation(
     ]
     if (method, path) == ("GET", "/api/v1/executions/search"):
         parameters += _search_parameters()
+    parameters += history_routes.QUERY_PARAMETERS.get((method, path), [])
     parameters += QUERY_PARAMETERS.get((method, path), [])
     if parameters:
         operation["parameters"] = parameters

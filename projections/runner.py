@@ -104,6 +104,7 @@ async def _follow_position(store: EventStore, name: str, sub: Subscription, save
 
 def all_projections() -> list[Projection]:
     """Every projection of the platform."""
+    from projections.audit import AuditProjection
     from projections.dashboards import DashboardsProjection
     from projections.executions import ExecutionsProjection
     from projections.flows import FlowsProjection
@@ -114,6 +115,7 @@ def all_projections() -> list[Projection]:
         FlowsProjection(),
         ExecutionsProjection(),
         LogsProjection(),
+        AuditProjection(),
         MetricsProjection(),
         DashboardsProjection(),
     ]

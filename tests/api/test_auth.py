@@ -70,6 +70,11 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("DELETE", "/api/v1/executions/nope", {}, "editor"),
     ("POST", "/api/v1/executions/nope/resume", {"json": {}}, "runner"),
     ("DELETE", "/api/v1/executions/nope/kill", {}, "runner"),
+    # History (api/history_routes.py): a timeline, the audit trail, a flow revision diff.
+    ("GET", "/api/v1/executions/nope/timeline", {}, "viewer"),
+    ("GET", "/api/v1/audit", {}, "viewer"),
+    ("GET", "/api/v1/audit/export", {}, "viewer"),
+    ("GET", f"/api/v1/flows/{NS}/nope/revisions/1/diff/2", {}, "viewer"),
     # Actions on one execution (api/execution_actions.py).
     ("POST", "/api/v1/executions/nope/replay", {}, "runner"),
     ("POST", "/api/v1/executions/nope/restart", {}, "runner"),
@@ -240,6 +245,10 @@ def _rule_of(path: str) -> str:
         "/api/v1/executions/nope/file": "/api/v1/executions/<execution_id>/file",
         "/api/v1/executions/nope/resume": "/api/v1/executions/<execution_id>/resume",
         "/api/v1/executions/nope/kill": "/api/v1/executions/<execution_id>/kill",
+        "/api/v1/executions/nope/timeline": "/api/v1/executions/<execution_id>/timeline",
+        f"/api/v1/flows/{NS}/nope/revisions/1/diff/2": (
+            "/api/v1/flows/<namespace>/<flow_id>/revisions/<a>/diff/<b>"
+        ),
         "/api/v1/executions/nope/replay": "/api/v1/executions/<execution_id>/replay",
         "/api/v1/executions/nope/restart": "/api/v1/executions/<execution_id>/restart",
         "/api/v1/executions/nope/pause": "/api/v1/executions/<execution_id>/pause",
