@@ -121,12 +121,13 @@ def _offload(event: ev.Event, storage: Storage) -> ev.Event:
 
 
 _EMPTY: dict[tuple[type[ev.Event], str], Any] = {
-    (cls, f.name): f.default
+    (cls, f.name): f.default if f.default is not msgspec.NODEFAULT else f.default_factory()
     for cls in ev.LARGE_VALUES
     for f in msgspec.structs.fields(cls)
-    if f.default is not msgspec.NODEFAULT
+    if f.default is not msgspec.NODEFAULT or f.default_factory is not msgspec.NODEFAULT
 }
-"""What an offloaded field holds in the event: its default (a required one holds `{}`)."""
+"""What an offloaded field holds in the event: its default, an empty list for a list (a
+required one holds `{}`)."""
 
 
 def _hydrate(event: ev.AnyEvent, storage: Storage | None) -> ev.AnyEvent:

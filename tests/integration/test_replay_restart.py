@@ -529,3 +529,34 @@ tasks:
     assert (await load_execution(engine.store, first_child)).state == "FAILED"
     assert _run(done, "after").outputs == {"value": "after"}
     await _verified(engine, origin.id)
+
+
+async def test_a_replay_keeping_large_outputs_records_them_in_internal_storage(
+    engine: ServerContext, ns: str
+) -> None:
+    source = f"""
+id: big
+namespace: {ns}
+tasks:
+  - id: t1
+    type: io.kestra.plugin.core.debug.Return
+    format: "{{{{ 'x' * 400000 }}}}"
+  - id: t2
+    type: io.kestra.plugin.core.execution.Fail
+    condition: "{{{{ execution.originalId == execution.id }}}}"
+"""
+    origin = await run_flow(engine, source)
+    assert origin.state == "FAILED"
+    new_id = await replay_execution(
+        engine.store, origin.id, task_run_id=_run(origin, "t2").id, actor="kim"
+    )
+    replay = await wait_for_end(engine.store, engine.notifier, new_id, timeout=60)
+    assert replay.state == "SUCCESS"
+    assert _run(replay, "t1").outputs == {"value": "x" * 400000}
+    row = await engine.db.fetchone(
+        "SELECT data->>'taskRunsUri' AS uri, length(data::text) AS size FROM events"
+        " WHERE stream_id = %s AND type = 'ExecutionCreated'",
+        (ev.execution_stream(new_id),),
+    )
+    assert row is not None and row["uri"] and row["size"] < 100_000
+    await _verified(engine, new_id)
