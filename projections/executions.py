@@ -151,6 +151,7 @@ class ExecutionsProjection:
         seen = {xid: row[0] for xid, row in before.items()}
         purged: list[str] = []
         created: list[_Change] = []
+        created_ids: list[str] = []
         changed: list[tuple[str, _Change]] = []
         refold: list[str] = []
         for xid, events in by_execution.items():
@@ -173,6 +174,7 @@ class ExecutionsProjection:
                 changed.append((xid, change))
             elif change.created is not None:
                 created.append(change)
+                created_ids.append(xid)
             # Else the row is gone (purged): what follows its purge changes nothing.
         if purged:
             conn.execute("DELETE FROM executions WHERE id = ANY(%s::text[])", (purged,))
@@ -184,7 +186,7 @@ class ExecutionsProjection:
             _refold(conn, refold, batch)
         touched = [
             *purged,
-            *(c.created.event.executionId for c in created if c.created),
+            *created_ids,
             *(x for x, _ in changed),
             *refold,
         ]
