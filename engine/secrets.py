@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import decimal
 import json
 import logging
 import os
@@ -708,7 +709,18 @@ def seal_value(key: bytes, value: Any) -> dict[str, str]:
 
 def open_value(key: bytes, sealed: dict[str, Any]) -> Any:
     """The value `seal_value` sealed; `ValueError` when made with another key or changed."""
-    return json.loads(decrypt(key, sealed["value"], _SEALED_AAD))
+    return json.loads(decrypt(key, sealed["value"], _SEALED_AAD), parse_float=_as_jsonb_reads)
+
+
+def _as_jsonb_reads(text: str) -> float | int:
+    """A JSON number as it reads back from a `jsonb` column, where clear values were kept: an
+    exponent form of a whole number (`1e+30`) comes back as that exact integer."""
+    if "e" in text or "E" in text:
+        exact = decimal.Decimal(text)
+        # Bounded as PostgreSQL bounds numerics (and far below): 1e999999 stays a float.
+        if exact.is_finite() and exact.adjusted() < 1000 and exact == exact.to_integral_value():
+            return int(exact)
+    return float(text)
 
 
 def _json_bytes(value: Any) -> bytes:
