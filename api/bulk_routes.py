@@ -193,7 +193,8 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         rate = body.get("ratePerSecond", 0) or 0
         if not isinstance(rate, (int, float)) or isinstance(rate, bool):
             raise InvalidRequest(f"ratePerSecond must be a number, got {rate!r}")
-        request_id = body.get("requestId")
+        # The Idempotency-Key header, which other POSTs of the API take, works as a requestId.
+        request_id = body.get("requestId") or request.headers.get("Idempotency-Key")
         if request_id is not None and (
             not isinstance(request_id, str) or not 0 < len(request_id) <= 255
         ):

@@ -433,6 +433,8 @@ class BulkRunner:
         self.concurrency = max(1, concurrency or CONCURRENCY)
         self.poll = poll
         self._lock_conn: psycopg.Connection[Any] | None = None
+        self.broken: set[str] = set()
+        """Jobs this runner met a bug on, left alone until the process restarts."""
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Work jobs until cancelled; database outages are waited out."""
@@ -460,13 +462,20 @@ class BulkRunner:
         """Work every open job this runner can take; True when one was worked."""
         worked = False
         for job_id in await self.open_jobs():
-            if not await self._lock(job_id):
+            if job_id in self.broken or not await self._lock(job_id):
                 continue
             try:
                 job = await load_job(self.store, job_id)
                 if job.state == RUNNING:
                     await self.work(job)
                     worked = True
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                # A bug met on one job stops that job in this process, not the process nor
+                # the other jobs; another process (or this one, restarted) tries it again.
+                log.exception("Bulk job %s cannot be worked; leaving it", job_id)
+                self.broken.add(job_id)
             finally:
                 await self._unlock(job_id)
         return worked

@@ -189,6 +189,9 @@ async def test_bulk_kill_by_ids_kills_each_once_and_reports_ids_it_skipped(
         ([ev.execution_stream(i) for i in ids],),
     )
     assert kills == 12
+    followed = await client.get(f"/api/v1/bulk/{job['id']}/follow")
+    assert followed.headers["content-type"].startswith("text/event-stream")
+    assert followed.text.startswith("event: end\ndata: ") and '"done":12' in followed.text
     # Kestra's path: a job too, answering its count.
     kestra = await client.request("DELETE", "/api/v1/executions/kill/by-ids", json=ids[:3])
     assert kestra.status_code == 202 and kestra.json()["count"] == 3
@@ -414,3 +417,56 @@ async def test_cli_dry_run_then_labels_with_progress_and_kestra_labels_path(
 
     code, out, err = await _cli(server, "kill", "--query", "state:NOPE")
     assert code == 1 and "NOPE" in err
+
+
+async def test_bulk_by_ids_skips_executions_outside_the_callers_namespaces(
+    server: ServerContext, client: httpx.AsyncClient
+) -> None:
+    mine, other = _ns(), _ns()
+    mine_ids, other_ids = [], []
+    for namespace, ids in ((mine, mine_ids), (other, other_ids)):
+        await deploy_flow(server.store, _quick(namespace))
+        ids += await _start(server, namespace, "quick", 2)
+        await _wait_rows(client, {"namespace": namespace, "state": "SUCCESS"}, 2)
+    made = await client.post(
+        "/api/v1/tokens", json={"name": "bulk-runner", "role": "runner", "namespaces": [mine]}
+    )
+    token = made.json()["token"]
+    async with httpx.AsyncClient(
+        base_url=client.base_url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+    ) as runner:
+        answer = await runner.post(
+            "/api/v1/executions/bulk/labels",
+            json={"ids": [*mine_ids, *other_ids], "labels": {"checked": "yes"}},
+        )
+        assert answer.status_code == 202, answer.text
+        job = answer.json()
+        assert job["total"] == 2 and job["skipped"] == 2 and job["namespaces"] == [mine]
+        ended = await _wait_job(runner, job["id"], lambda j: j["state"] == "SUCCESS")
+        report = {i["id"]: i for i in ended["items"]}
+        assert all(report[i]["outcome"] == "SUCCESS" for i in mine_ids)
+        assert all(
+            report[i] == {"id": i, "outcome": "SKIPPED",
+                          "message": f"namespace {other} is outside your namespaces"}
+            for i in other_ids
+        )  # fmt: skip
+        # A query finds only the caller's namespaces; a delete needs an editor.
+        dry = await runner.post(
+            "/api/v1/executions/bulk/kill", json={"query": f"namespace:{other}", "dryRun": True}
+        )
+        assert dry.json()["count"] == 0
+        refused = await runner.post("/api/v1/executions/bulk/delete", json={"ids": mine_ids})
+        assert refused.status_code == 403 and "editor" in refused.json()["message"]
+        # A job over another namespace is not the scoped caller's to see or steer.
+        theirs = await client.post(
+            "/api/v1/executions/bulk/labels", json={"ids": other_ids, "labels": {"a": "b"}}
+        )
+        for answer in (
+            await runner.get(f"/api/v1/bulk/{theirs.json()['id']}"),
+            await runner.post(f"/api/v1/bulk/{theirs.json()['id']}/cancel"),
+        ):
+            assert answer.status_code == 403 and other in answer.json()["message"]
+        listed = (await runner.get("/api/v1/bulk")).json()["results"]
+        assert theirs.json()["id"] not in [j["id"] for j in listed]
+    labelled = (await client.get(f"/api/v1/executions/{mine_ids[0]}")).json()["labels"]
+    assert {"key": "checked", "value": "yes"} in labelled
