@@ -374,6 +374,11 @@ async def test_daily_stats_count_executions_by_current_state_and_their_durations
     days = answer.json()
     assert len(days) == 7 and days[-1]["startDate"] == day
     assert sum(sum(d["executionCounts"].values()) for d in days) == 3  # two runs and a subflow
+    tenant = await client.post(
+        "/api/v1/main/stats/executions/daily",
+        json={"namespace": ns, "flowId": "hello", "startDate": week_ago},
+    )
+    assert tenant.status_code == 200 and tenant.json() == days
     hours = await _stats(client, namespace=f"{ns}.sub", groupBy="hour")
     assert sum(h["executionCounts"]["SUCCESS"] for h in hours) == 1
 
