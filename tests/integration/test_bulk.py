@@ -470,3 +470,35 @@ async def test_bulk_by_ids_skips_executions_outside_the_callers_namespaces(
         assert theirs.json()["id"] not in [j["id"] for j in listed]
     labelled = (await client.get(f"/api/v1/executions/{mine_ids[0]}")).json()["labels"]
     assert {"key": "checked", "value": "yes"} in labelled
+
+
+async def test_bulk_restart_and_state_by_query_act_on_each_failed_execution(
+    server: ServerContext, client: httpx.AsyncClient
+) -> None:
+    ns = _ns()
+    await deploy_flow(server.store, _failing(ns))
+    ids = await _start(server, ns, "broken", 4)
+    await _wait_rows(client, {"namespace": ns, "state": "FAILED"}, 4)
+    restarted = await client.post(
+        "/api/v1/executions/bulk/restart", json={"ids": ids[:2], "requestId": f"r-{ns}"}
+    )
+    assert restarted.status_code == 202, restarted.text
+    ended = await _wait_job(client, restarted.json()["id"], lambda j: j["state"] == "SUCCESS")
+    assert ended["done"] == 2 and ended["failed"] == 0, ended
+    restarts = await _count_events(
+        server,
+        "SELECT count(*) AS n FROM events WHERE type = 'ExecutionRestarted'"
+        " AND stream_id = ANY(%s)",
+        ([ev.execution_stream(i) for i in ids[:2]],),
+    )
+    assert restarts == 2
+    # Its Fail task fails again: FAILED once more, and the rest is changed by hand to SUCCESS.
+    await _wait_rows(client, {"namespace": ns, "state": "FAILED"}, 4)
+    changed = await client.post(
+        "/api/v1/executions/bulk/state",
+        json={"query": f"state:FAILED namespace:{ns}", "state": "SUCCESS"},
+    )
+    assert changed.status_code == 202 and changed.json()["total"] == 4, changed.text
+    ended = await _wait_job(client, changed.json()["id"], lambda j: j["state"] == "SUCCESS")
+    assert ended["failed"] == 0, ended
+    await _wait_rows(client, {"namespace": ns, "state": "SUCCESS"}, 4)
