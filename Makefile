@@ -5,7 +5,7 @@ PORT ?= 8080
 # setuptools explains editable installs in warnings on every install: nothing to act on.
 QUIET_PIP := PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: run test lint install install-test bench clean
+.PHONY: run test lint install install-test bench clean ui-assets
 
 $(BIN)/python:
 	@$(PY) -m venv $(VENV)
@@ -32,6 +32,11 @@ lint: install-test
 
 test: install-test lint
 	$(BIN)/python -m pytest -q
+
+# The web UI's browser libraries (htmx, CodeMirror, uPlot) from the versions pinned in
+# ui/package-lock.json into api/static/vendor/, which is committed: only this target needs Node.
+ui-assets:
+	cd ui && npm ci --no-audit --no-fund --loglevel=error && node build.mjs
 
 bench: install
 	$(BIN)/python -m bench.core

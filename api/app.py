@@ -41,6 +41,7 @@ from api import (
 from api import execution_actions
 from api import dashboards_routes
 from api import secrets as secrets_routes
+from api import ui as ui_pages
 from api.auth import access, actor, install, namespace_filter, public, require_namespace
 from engine import commands
 from engine.backoff import is_transient
@@ -212,6 +213,7 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(bulk_routes.blueprint(ctx))
     app.register_blueprint(dashboards_routes.blueprint(ctx))
     app.register_blueprint(execution_actions.blueprint(ctx))
+    app.register_blueprint(ui_pages.blueprint(ctx))
     tenant.install(app)
     metrics.register(app, ctx)
     openapi.register(app)

@@ -632,7 +632,7 @@ def document(app: QuartTrio) -> dict[str, Any]:
     refs = dict(zip(shapes, schemas, strict=True))
     paths: dict[str, dict[str, Any]] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.startswith("ui."):  # web UI pages
             continue
         path = openapi_path(rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):

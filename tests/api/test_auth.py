@@ -185,6 +185,21 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("POST", "/api/v1/executions/labels/by-ids", {"json": {}}, "runner"),
     ("POST", "/api/v1/executions/labels/by-query", {"json": {}}, "runner"),
     ("DELETE", "/api/v1/executions/by-query", {"params": {"state": "NOPE"}}, "editor"),
+    # The web UI (api/ui/): pages need a session (a browser without one is sent to the login
+    # page, an API client gets the 401); the login page, `/` and the static files are public.
+    ("GET", "/", {}, "public"),
+    ("GET", "/ui/login", {}, "public"),
+    ("GET", "/ui/static/ui/app.css", {}, "public"),
+    ("GET", "/ui/", {}, "viewer"),
+    ("GET", "/ui/flows", {}, "viewer"),
+    ("GET", "/ui/flows/new", {}, "viewer"),
+    ("GET", f"/ui/flows/{NS}/nope", {}, "viewer"),
+    ("GET", f"/ui/flows/{NS}/nope/edit", {}, "viewer"),
+    ("GET", "/ui/executions", {}, "viewer"),
+    ("GET", "/ui/logs", {}, "viewer"),
+    ("GET", "/ui/dashboards", {}, "viewer"),
+    ("GET", "/ui/audit", {}, "viewer"),
+    ("GET", "/ui/plugins", {}, "viewer"),
 ]
 
 
@@ -276,6 +291,9 @@ def _rule_of(path: str) -> str:
         f"/api/v1/executions/webhook/{NS}/nope/nokey": (
             "/api/v1/executions/webhook/<namespace>/<flow_id>/<key>"
         ),
+        "/ui/static/ui/app.css": "/ui/static/<path:filename>",
+        f"/ui/flows/{NS}/nope": "/ui/flows/<namespace>/<flow_id>",
+        f"/ui/flows/{NS}/nope/edit": "/ui/flows/<namespace>/<flow_id>/edit",
     }
     return replacements.get(path, path)
 

@@ -1,0 +1,104 @@
+// A flow's page: tabs for its topology, source, executions and revisions (diff between any
+// two, restore an old one as a new revision), and the Run button.
+(function () {
+  "use strict";
+  const { api, el, when, toast } = window.Tiercel;
+  const page = document.getElementById("flow-page");
+  const ns = page.dataset.namespace, id = page.dataset.flowId;
+  const base = `/api/v1/flows/${encodeURIComponent(ns)}/${encodeURIComponent(id)}`;
+  let flow = null;
+
+  // Tabs as the WAI-ARIA pattern: arrows move between them, the URL's hash remembers one.
+  const tabs = [...document.querySelectorAll('[role="tab"]')];
+  const loaders = { topology: loadGraph, source: () => {}, executions: loadExecutions, revisions: loadRevisions };
+  function select(tab, focus) {
+    for (const other of tabs) {
+      const on = other === tab;
+      other.setAttribute("aria-selected", String(on));
+      other.tabIndex = on ? 0 : -1;
+      document.getElementById(other.getAttribute("aria-controls")).hidden = !on;
+    }
+    const name = tab.id.replace("tab-", "");
+    history.replaceState(null, "", "#" + name);
+    if (focus) tab.focus();
+    Promise.resolve(loaders[name]()).catch((error) => toast(error.message, true));
+  }
+  tabs.forEach((tab, i) => {
+    tab.addEventListener("click", () => select(tab));
+    tab.addEventListener("keydown", (event) => {
+      const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
+      if (step) select(tabs[(i + step + tabs.length) % tabs.length], true);
+      if (event.key === "Home") select(tabs[0], true);
+      if (event.key === "End") select(tabs[tabs.length - 1], true);
+    });
+  });
+
+  async function loadGraph() {
+    window.TiercelGraph.render(document.getElementById("graph"), await api(base + "/graph"));
+  }
+
+  async function loadExecutions() {
+    const params = new URLSearchParams({ namespace: ns, flowId: id, size: "50", sort: "state.startDate:desc" });
+    const answer = await api("/api/v1/executions/search?" + params);
+    const body = document.getElementById("execution-rows");
+    body.replaceChildren(...answer.results.map((execution) => el("tr", { "data-execution-id": execution.id },
+      el("td", {}, el("code", {}, execution.id)),
+      el("td", {}, el("span", { class: `state state-${execution.state.current}` }, execution.state.current)),
+      el("td", {}, when(execution.state.startDate || execution.state.histories?.[0]?.date)),
+      el("td", { class: "hide-narrow" }, execution.flowRevision))));
+    if (!answer.results.length) body.replaceChildren(el("tr", {}, el("td", { colspan: 4 }, "No execution yet.")));
+  }
+
+  let revisions = [];
+  async function loadRevisions() {
+    revisions = await api(base + "/revisions");
+    const a = document.getElementById("rev-a"), b = document.getElementById("rev-b");
+    const options = () => revisions.map((r) => el("option", { value: r.revision }, `Revision ${r.revision}`));
+    a.replaceChildren(...options());
+    b.replaceChildren(...options());
+    const last = revisions.length ? revisions[revisions.length - 1].revision : 1;
+    a.value = String(Math.max(1, last - 1));
+    b.value = String(last);
+    await showDiff();
+  }
+  async function showDiff() {
+    const a = document.getElementById("rev-a").value, b = document.getElementById("rev-b").value;
+    const out = document.getElementById("diff");
+    if (!a || !b) return;
+    const answer = await api(`${base}/revisions/${a}/diff/${b}`);
+    const lines = (answer.diff || "").split("\n").map((line) => el("span", {
+      class: line.startsWith("@@") ? "hunk" : line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : "",
+    }, line + "\n"));
+    out.replaceChildren(...(lines.length > 1 ? lines : ["The two revisions have the same source."]));
+  }
+  document.getElementById("rev-a").addEventListener("change", () => showDiff().catch((e) => toast(e.message, true)));
+  document.getElementById("rev-b").addEventListener("change", () => showDiff().catch((e) => toast(e.message, true)));
+  document.getElementById("restore-button").addEventListener("click", async () => {
+    const revision = document.getElementById("rev-a").value;
+    const old = revisions.find((r) => String(r.revision) === revision);
+    if (!old || !confirm(`Restore revision ${revision}? It is saved as a new revision.`)) return;
+    try {
+      const saved = await api(base, { method: "PUT", headers: { "Content-Type": "application/x-yaml" }, body: old.source });
+      toast(`Revision ${revision} restored as revision ${saved.revision}`);
+      flow = saved;
+      document.getElementById("source").textContent = saved.source;
+      await loadRevisions();
+    } catch (error) {
+      toast(error.message, true);
+    }
+  });
+
+  document.getElementById("run-button").addEventListener("click", () => {
+    window.TiercelRun.open(ns, id, flow?.inputs || [], (execution) => {
+      toast(`Execution ${execution.id} started`);
+      select(document.getElementById("tab-executions"));
+    });
+  });
+
+  (async () => {
+    flow = await api(base);
+    document.getElementById("source").textContent = flow.source;
+    const wanted = document.getElementById("tab-" + location.hash.slice(1));
+    select(wanted || tabs[0]);
+  })().catch((error) => toast(error.message, true));
+})();
