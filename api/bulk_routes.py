@@ -79,6 +79,21 @@ def _ids(value: Any, what: str) -> list[str]:
     return list(dict.fromkeys(value))
 
 
+def _no_nul(value: Any, where: str = "the body") -> None:
+    """Refuse a NUL character anywhere in a request (PostgreSQL's text and jsonb cannot hold
+    one: it would fail the query, not name what is wrong)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidRequest(f"{where} holds a NUL character")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_nul(k, where)
+            _no_nul(v, f"{where}.{k}" if isinstance(k, str) and "\x00" not in k else where)
+    elif isinstance(value, list):
+        for v in value:
+            _no_nul(v, where)
+
+
 def _filter_pairs(filters: Any) -> list[tuple[str, str]]:
     """The `filters` object of a body as the search's query-string pairs."""
     if not isinstance(filters, dict):
@@ -259,8 +274,8 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         return action
 
     async def job_for_caller(job_id: str) -> bulk.BulkJob:
-        if not job_id or len(job_id) > MAX_ID_LENGTH:
-            raise InvalidRequest("A bulk job id holds 1 to 200 characters")
+        if not job_id or len(job_id) > MAX_ID_LENGTH or "\x00" in job_id:
+            raise InvalidRequest("A bulk job id holds 1 to 200 characters, none of them NUL")
         job = await bulk.load_job(store, job_id)
         who = principal()
         outside = [n for n in job.namespaces if not who.reaches(n)]
@@ -281,6 +296,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         body = await bodies.json_object(
             "{ids|query|filters, requestId, dryRun, ratePerSecond, labels, state, ...}"
         )
+        _no_nul(body)
         unknown = sorted(set(body) - _KNOWN)
         if unknown:
             raise InvalidRequest(
@@ -375,6 +391,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
             )
         data = await request.get_data()
         raw = await bodies.off_loop(bodies.parse_json, data) if data.strip() else None
+        _no_nul(raw)
         body: dict[str, Any] = dict(extra or {})
         if action == "labels":
             # Kestra's body: {executionsId: [...], executionLabels: [{key, value}]}.
@@ -393,7 +410,9 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         check_role(action)
         body: dict[str, Any] = dict(extra or {})
         if action == "labels":
-            raw = await bodies.off_loop(bodies.parse_json, await request.get_data())
+            data = await request.get_data()
+            raw = await bodies.off_loop(bodies.parse_json, data) if data.strip() else None
+            _no_nul(raw)
             body["labels"] = raw
         bulk.check_params(action, body)
         pairs = [
@@ -401,6 +420,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
             for k, v in request.args.items(multi=True)
             if k not in ("deleteLogs", "deleteStorage", "deleteMetrics", "revision")
         ]
+        _no_nul([x for pair in pairs for x in pair], "the query string")
         filters = execution_filters.read_filters(pairs, dt.datetime.now(dt.UTC))
         selection = Selection() if filters.nothing else await select_search(filters.search)
         chosen = {"filters": {k: v for k, v in pairs}}

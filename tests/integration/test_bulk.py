@@ -227,11 +227,23 @@ async def test_bulk_refuses_bad_requests_with_a_message(client: httpx.AsyncClien
         ("state", {"ids": ["a"], "state": "BLUE"}, "state"),
         ("replay", {"ids": "a"}, "list of execution ids"),
         ("replay", {"ids": ["a"], "surprise": 1}, "surprise"),
+        ("replay", {"ids": ["a\x00"]}, "NUL"),
+        ("replay", {"query": "q:a\x00"}, "NUL"),
+        ("kill", {"ids": ["a"], "requestId": "r\x00"}, "NUL"),
+        ("labels", {"ids": ["a"], "labels": {"k": "v\x00"}}, "NUL"),
+        ("replay", {"ids": ["a"], "ratePerSecond": -1}, "ratePerSecond"),
+        ("replay", {"ids": ["a"], "ratePerSecond": 1e9}, "ratePerSecond"),
+        ("replay", {"ids": ["a"], "dryRun": "yes"}, "dryRun"),
+        ("labels", {"ids": ["a"], "labels": [{"key": "system.x", "value": "1"}]}, "system"),
     ):
         answer = await client.post(f"/api/v1/executions/bulk/{action}", json=body)
         assert answer.status_code == 400, (action, body, answer.text)
         assert words in answer.json()["message"], answer.text
     assert (await client.get("/api/v1/bulk/nope")).status_code == 404
+    assert (await client.get("/api/v1/bulk/a%00b")).status_code == 400
+    for path in ("/api/v1/executions/kill/by-query", "/api/v1/executions/by-query"):
+        answer = await client.delete(path, params={"q": "a\x00"})
+        assert answer.status_code == 400 and "NUL" in answer.json()["message"], answer.text
 
 
 async def _replays_per_origin(ctx: ServerContext, origins: list[str]) -> dict[str, int]:
