@@ -23,8 +23,8 @@ from typing import Any
 import trio
 
 from engine.backoff import Backoff, describe, is_transient, retry
-from engine.config import template_variables
 from engine.bulk import BulkRunner
+from engine.config import template_variables
 from engine.db import Database, Notifier, runtime_url
 from engine.executor_shell import ExecutorShell
 from engine.feed import Feed
