@@ -1,0 +1,153 @@
+"""The web UI in a real browser: signing in, writing a flow in the editor (completion,
+validation as you type, save) and running it with inputs."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+from tests.conftest import ADMIN_PASSWORD
+
+
+def _ns() -> str:
+    return f"test.ui.n{uuid.uuid4().hex[:8]}"
+
+
+def _finished(context: Any, execution_id: str) -> dict[str, Any]:
+    """The execution once it ended, read from the API as the browser's session."""
+    deadline = time.monotonic() + 30
+    while True:
+        execution = context.request.get(f"/api/v1/executions/{execution_id}").json()
+        if execution["state"]["current"] in ("SUCCESS", "WARNING", "FAILED", "KILLED"):
+            return dict(execution)
+        assert time.monotonic() < deadline, execution["state"]
+        time.sleep(0.1)
+
+
+def test_login_page_signs_in_and_returns_to_the_page_asked_for(page: Any) -> None:
+    page.goto("/ui/flows?q=nothing")
+    assert "/ui/login" in page.url  # no session: sent to sign in first
+    page.get_by_label("Username").fill("admin")
+    page.get_by_label("Password").fill("wrong password")
+    page.get_by_role("button", name="Sign in").click()
+    assert page.get_by_role("alert").inner_text() == "Invalid username or password"
+
+    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/ui/flows?q=nothing")
+    nav = page.get_by_role("navigation", name="Main")
+    for section in ("Flows", "Executions", "Logs", "Dashboards", "Audit", "Plugins"):
+        assert nav.get_by_role("link", name=section).is_visible()
+    assert nav.get_by_role("link", name="Flows").get_attribute("aria-current") == "page"
+
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url("**/ui/login")
+    page.goto("/ui/")
+    assert "/ui/login" in page.url
+
+
+def test_theme_choice_is_remembered_across_pages(signed_in: Any) -> None:
+    page = signed_in
+    page.goto("/ui/")
+    first = page.evaluate("document.documentElement.dataset.theme")
+    page.get_by_role("button", name=re.compile("Switch to (dark|light) theme")).click()
+    chosen = page.evaluate("document.documentElement.dataset.theme")
+    assert chosen != first
+    page.goto("/ui/logs")
+    assert page.evaluate("document.documentElement.dataset.theme") == chosen
+
+
+def test_flow_written_in_editor_with_completion_and_fixed_error_saves_and_runs_with_inputs(
+    signed_in: Any, context: Any
+) -> None:
+    page, ns = signed_in, _ns()
+    page.goto("/ui/flows/new")
+    editor = page.locator(".cm-content")
+    editor.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text(
+        f"id: greet\nnamespace: {ns}\ninputs:\n  - id: who\n    type: STRING\ntasks:\n"
+        "  - id: hello\n    type: io.kestra.plugin.core.log.Log\n"
+        '    mesage: "Hello {{ inputs.'
+    )
+    # Completion of the flow's inputs inside {{ }}: accept `who`.
+    page.keyboard.type("w")
+    option = page.locator(".cm-tooltip-autocomplete li", has_text="who")
+    option.wait_for()
+    page.keyboard.press("Enter")
+    page.keyboard.insert_text(' }}"')
+
+    # The misspelt property is underlined at its line, with the API's message.
+    problems = page.locator("#problems")
+    problems.get_by_text("Unknown property `mesage`").wait_for()
+    assert "Line 9" in problems.inner_text()
+    assert page.locator(".cm-lintRange-error").count() >= 1
+
+    # Fixed in place ("mes" + "s" + "age"): the problem goes away.
+    page.keyboard.press("Home")
+    for _ in range(3):
+        page.keyboard.press("ArrowRight")
+    page.keyboard.type("s")
+    page.locator("#validation-status", has_text="Valid").wait_for()
+    assert problems.inner_text() == ""
+    page.locator("#graph svg").wait_for()  # the live topology of the valid flow
+
+    page.get_by_role("button", name="Save").click()
+    page.locator("#toast", has_text="revision 1").wait_for()
+    saved = context.request.get(f"/api/v1/flows/{ns}/greet").json()
+    assert 'message: "Hello {{ inputs.who }}"' in saved["source"]
+
+    # Run: a form from the flow's inputs starts an execution with them.
+    page.get_by_role("button", name="Run").click()
+    dialog = page.get_by_role("dialog", name="Run the flow")
+    dialog.get_by_label("who").fill("browser")
+    dialog.get_by_role("button", name="Execute").click()
+    link = page.locator("#execution-link")
+    link.wait_for()
+    execution = _finished(context, link.get_attribute("data-execution-id"))
+    assert execution["state"]["current"] == "SUCCESS"
+    assert execution["inputs"] == {"who": "browser"}
+
+
+def test_run_form_has_a_widget_per_input_type_and_says_what_is_missing(
+    signed_in: Any, context: Any, csrf: str
+) -> None:
+    page, ns = signed_in, _ns()
+    flow = (
+        f"id: typed\nnamespace: {ns}\ninputs:\n"
+        "  - id: name\n    type: STRING\n"
+        "  - id: count\n    type: INT\n"
+        "  - id: loud\n    type: BOOLEAN\n    defaults: false\n"
+        "  - id: colour\n    type: SELECT\n    values: [red, green]\n"
+        "tasks:\n  - id: say\n    type: io.kestra.plugin.core.log.Log\n"
+        "    message: '{{ inputs.name }} {{ inputs.count }} {{ inputs.loud }} {{ inputs.colour }}'\n"
+    )
+    created = context.request.post(
+        "/api/v1/flows",
+        data=flow,
+        headers={"Content-Type": "application/x-yaml", "X-CSRF-Token": csrf},
+    )
+    assert created.ok, created.text()
+    page.goto(f"/ui/flows/{ns}/typed")
+    page.locator("#graph svg").wait_for()  # the topology tab first
+    page.get_by_role("button", name="Run").click()
+    dialog = page.get_by_role("dialog", name="Run the flow")
+    assert dialog.get_by_label("count").get_attribute("type") == "number"
+    assert dialog.get_by_label("loud").get_attribute("type") == "checkbox"
+    assert dialog.get_by_label("colour").evaluate("e => e.tagName") == "SELECT"
+
+    dialog.get_by_role("button", name="Execute").click()
+    assert dialog.locator("#input-name-error").inner_text() == "A value is required"
+    dialog.get_by_label("name").fill("ada")
+    dialog.get_by_label("count").fill("3")
+    dialog.get_by_label("loud").check()
+    dialog.get_by_label("colour").select_option("green")
+    dialog.get_by_role("button", name="Execute").click()
+
+    row = page.locator("#execution-rows tr[data-execution-id]").first
+    row.wait_for()
+    execution = _finished(context, row.get_attribute("data-execution-id"))
+    assert execution["inputs"] == {"name": "ada", "count": 3, "loud": True, "colour": "green"}
+    assert execution["state"]["current"] == "SUCCESS"
