@@ -648,14 +648,56 @@ def parse_query(text: str, *, now: dt.datetime | None = None) -> Search:
     - `parentId:ID`: subflow executions of ID; `childFilter:CHILD` / `childFilter:MAIN`:
       only subflow executions / only the others.
 
+    Condition groups, as the API's `filters[or][N]...`: `( state:FAILED OR labels:env:prod )`
+    holds groups of terms separated by `OR`; an execution matches one group (every term of it)
+    and every term outside the parentheses: `timeRange:P1D namespace:a (state:FAILED OR
+    flowId:etl labels:env:prod)`. One such set of groups, not nested.
+
     Field names are case-insensitive. A term with an unknown field, no value, or a bad value
     raises `InvalidRequest` naming the term. The result is what
     `search`/`prepare` take (the same `Search` as `GET /api/v1/executions/search` builds).
     """
     try:
-        terms = shlex.split(text)
+        lexer = shlex.shlex(text, posix=True, punctuation_chars="()")
+        lexer.whitespace_split = True
+        # Parentheses run together ("((", ")(") come as one token: one each.
+        tokens = [c for t in lexer for c in (t if t and not t.strip("()") else [t])]
     except ValueError as exc:
         raise _bad(f"Query {text!r} cannot be read: {exc}", "query") from None
+    outside: list[str] = []
+    groups: list[list[str]] | None = None
+    inside = False
+    for token in tokens:
+        if token == "(":
+            if inside or groups is not None:
+                raise _bad(f"Query {text!r}: give one set of condition groups, not nested", "query")
+            inside, groups = True, [[]]
+        elif token == ")":
+            if not inside:
+                raise _bad(f"Query {text!r}: ')' closes no '('", "query")
+            inside = False
+        elif token == "OR" and inside:
+            assert groups is not None
+            groups.append([])
+        elif token == "OR":
+            raise _bad(f"Query {text!r}: OR separates groups inside ( ... )", "query")
+        elif inside:
+            assert groups is not None
+            groups[-1].append(token)
+        else:
+            outside.append(token)
+    if inside:
+        raise _bad(f"Query {text!r}: '(' is not closed", "query")
+    out = _parse_terms(outside, now)
+    if groups is not None:
+        if not all(groups):
+            raise _bad(f"Query {text!r}: a condition group holds no term", "query")
+        out.any_of = [_parse_terms(group, now) for group in groups]
+    return out
+
+
+def _parse_terms(terms: list[str], now: dt.datetime | None) -> Search:
+    """The search of plain terms (see `parse_query`)."""
     out = Search()
     states: set[str] = set()
     words: list[str] = []

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from engine.errors import InvalidRequest
-from projections.executions import parse_query
+from projections.executions import parse_query, search
 from tests.api.test_auth import _bearer, _token
 
 YAML = {"Content-Type": "application/x-yaml"}
@@ -293,11 +293,15 @@ async def test_sort_by_each_column_ascending_and_descending_with_stable_pages(
 
 
 async def test_a_cli_query_finds_what_the_same_api_filters_find(
-    client: httpx.AsyncClient, corpus: dict[str, Any]
+    server: Any, client: httpx.AsyncClient, corpus: dict[str, Any]
 ) -> None:
     from api.execution_filters import read_filters
 
     ns = corpus["ns"]
+    # Condition groups in the query: the same executions as the API's filters[or][N].
+    grouped = parse_query(f"namespace:{ns} timeRange:PT1H (state:FAILED OR labels:env:dev)")
+    page = await server.db.run(lambda conn: search(conn, "true", [], grouped, page=1, size=100))
+    assert [r["id"] for r in page.rows] == [corpus["hello2"], corpus["broken"], corpus["two"]]
     query = parse_query(f"state:FAILED state:SUCCESS namespace:{ns} labels:env:prod timeRange:PT1H")
     api = read_filters(
         [
@@ -317,7 +321,15 @@ async def test_a_cli_query_finds_what_the_same_api_filters_find(
     assert parsed.trigger_types == [SUBFLOW] and parsed.parent_id == corpus["parent"]
     assert parsed.namespace == ns and parsed.namespace_exact
     assert parsed.q == "hello world extra"
-    for bad in ("colour:red", "state:DONE", "startDate:yesterday", "labels:novalue", "flowId:"):
+    for bad in (
+        "colour:red",
+        "state:DONE",
+        "startDate:yesterday",
+        "labels:novalue",
+        "flowId:",
+        "(state:FAILED",
+        "state:FAILED OR state:KILLED",
+    ):
         with pytest.raises(InvalidRequest) as refused:
             parse_query(f"namespace:{ns} {bad}")
         assert bad in str(refused.value)
