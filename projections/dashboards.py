@@ -325,6 +325,125 @@ def _where(
     return parts, params
 
 
+ROLLUP_FIELDS = {"NAMESPACE": "namespace", "FLOW_ID": "flow_id", "STATE": "state"}
+"""Executions fields the hourly rollup `execution_stats` keeps (with START_DATE's hour)."""
+
+
+def _ceil_hour(at: dt.datetime) -> dt.datetime:
+    floor = at.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    return floor if floor == at else floor + dt.timedelta(hours=1)
+
+
+def rollup_query(
+    data: Data,
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    scope: tuple[str, list[Any]],
+    extra: list[Condition],
+    page: int,
+    size: int,
+) -> Query | None:
+    """The query of an executions chart that counts by namespace, flow, state and start
+    date (by the hour or more) read from the hourly rollup for the whole hours of the range
+    and from the executions for the partial hours at its ends; None when the chart asks for
+    anything else (a duration, a label, a filter on another field), which only the
+    executions themselves answer. Both give the same rows: the rollup counts each execution
+    by its current state and the hour it started, kept in the transaction that writes it."""
+    if data.source != "executions" or data.kpi:
+        return None
+    unit = bucket_unit(end - start)
+    if unit == "minute":
+        return None
+    kinds = FIELDS["executions"]
+    for c in data.columns:
+        if c.agg is None and c.field not in (*ROLLUP_FIELDS, "START_DATE"):
+            return None
+        if c.agg is not None and (c.agg != "COUNT" or c.field == "LABELS"):
+            return None
+        if c.agg is not None and c.field is not None and c.field not in (*ROLLUP_FIELDS, "ID"):
+            return None  # counts the rows where the field is set: only these always are
+    if not any(c.agg for c in data.columns):
+        return None
+
+    def plain(conditions: list[Condition]) -> bool:
+        return all(
+            plain(c.anyOf) if c.type == "OR" else c.field in ROLLUP_FIELDS for c in conditions
+        )
+
+    if not plain([*data.where, *extra]):
+        return None
+    source = SOURCES["executions"]
+    filters: list[str] = [scope[0]]
+    filter_params: list[Any] = [*scope[1]]
+    for condition in [*data.where, *extra]:
+        sql, p = _condition(source, condition, kinds)
+        filters.append(sql)
+        filter_params += p
+    # The columns named alike in both tables (namespace, flow_id, state) compile alike.
+    first, last = (
+        _ceil_hour(start),
+        end.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0),
+    )
+    if first >= last:
+        first = last = start  # no whole hour inside: every execution is read
+    dims = [c for c in data.columns if c.agg is None]
+
+    def branch(
+        table: str, date: str, count: str, when: str, when_params: list[Any]
+    ) -> tuple[str, list[Any]]:
+        select, params = [], []
+        for i, c in enumerate(dims):
+            if c.field == "START_DATE":
+                select.append(f"date_trunc(%s, {date}, 'UTC') AS d{i}")
+                params.append(unit)
+            else:
+                select.append(f"{ROLLUP_FIELDS[c.field or '']} AS d{i}")
+        select.append(f"{count} AS c")
+        where = " AND ".join([when, *filters])
+        return (
+            f"SELECT {', '.join(select)} FROM {table} WHERE {where}",
+            [*params, *when_params, *filter_params],
+        )
+
+    whole_sql, whole_params = branch(
+        "execution_stats", "bucket", "count", "bucket >= %s AND bucket < %s", [first, last]
+    )
+    edges_sql, edges_params = branch(
+        "executions",
+        "start_date",
+        "1",
+        "((start_date >= %s AND start_date < %s) OR (start_date >= %s AND start_date <= %s))",
+        [start, first, last, end],
+    )
+    outer: list[str] = []
+    index = 0
+    for c in data.columns:
+        if c.agg is None:
+            outer.append(f"d{index}")
+            index += 1
+        else:
+            outer.append("sum(c)::bigint")
+    sql = (
+        f"SELECT {', '.join(outer)}, count(*) OVER () FROM ({whole_sql} UNION ALL {edges_sql}) AS u"
+    )
+    positions = [i for i, c in enumerate(data.columns, 1) if c.agg is None]
+    if positions:
+        sql += " GROUP BY " + ", ".join(str(i) for i in positions)
+    names = [c.name for c in data.columns]
+    order = [f"{names.index(o.column) + 1} {o.order} NULLS LAST" for o in data.orderBy]
+    order = order or [f"{i} ASC NULLS LAST" for i in positions] or ["1"]
+    sql += " ORDER BY " + ", ".join(order) + " LIMIT %s OFFSET %s"
+    dates = {i for i, c in enumerate(data.columns) if c.field == "START_DATE" and c.agg is None}
+    return Query(
+        sql=sql,
+        params=[*whole_params, *edges_params, size, (page - 1) * size],
+        names=names,
+        dates=dates,
+        unit=unit,
+    )
+
+
 def chart_query(
     data: Data,
     *,
@@ -382,6 +501,10 @@ def chart_query(
     return Query(sql=sql, params=params, names=names, dates=dates, unit=unit)
 
 
+def _has_rollup(conn: psycopg.Connection[Any]) -> bool:
+    return conn.execute("SELECT to_regclass('execution_stats')").fetchone() != (None,)
+
+
 def _ready(conn: psycopg.Connection[Any], source: str) -> None:
     table = SOURCES[source].table
     if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,):
@@ -411,9 +534,11 @@ def run_chart(
     extra: list[Condition],
     page: int,
     size: int,
+    rollup: bool = True,
 ) -> dict[str, Any]:
     """A chart's rows as Kestra's PagedResults: `{results: [{column: value}], total}`; a KPI
-    answers one row `{value, numerator, total}`."""
+    answers one row `{value, numerator, total}`. An executions chart counting by namespace,
+    flow, state and hour reads the hourly rollup (`rollup_query`) unless `rollup` is False."""
     data = chart.data
     assert data is not None
     _ready(conn, data.source)
@@ -422,9 +547,15 @@ def run_chart(
             conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
             if data.kpi:
                 return _run_kpi(conn, chart, data, start, end, scope, extra)
-            query = chart_query(
-                data, start=start, end=end, scope=scope, extra=extra, page=page, size=size
-            )
+            query = None
+            if rollup and _has_rollup(conn):
+                query = rollup_query(
+                    data, start=start, end=end, scope=scope, extra=extra, page=page, size=size
+                )
+            if query is None:
+                query = chart_query(
+                    data, start=start, end=end, scope=scope, extra=extra, page=page, size=size
+                )
             rows = conn.execute(query.sql, query.params, prepare=False).fetchall()
     except psycopg.errors.InvalidRegularExpression as exc:
         # Python's and PostgreSQL's regular expressions differ a little: what the check let

@@ -317,6 +317,31 @@ charts:
         duration: {{field: DURATION, agg: SUM, graphStyle: LINES}}
       where:
         - {{field: NAMESPACE, type: EQUAL_TO, value: {namespace}}}
+  - id: counted
+    type: io.kestra.plugin.core.dashboard.chart.TimeSeries
+    chartOptions: {{column: date}}
+    data:
+      type: {executions}
+      columns:
+        date: {{field: START_DATE}}
+        flow: {{field: FLOW_ID}}
+        state: {{field: STATE}}
+        total: {{agg: COUNT}}
+      where:
+        - {{field: NAMESPACE, type: EQUAL_TO, value: {namespace}}}
+  - id: counted_row_by_row
+    type: io.kestra.plugin.core.dashboard.chart.TimeSeries
+    chartOptions: {{column: date}}
+    data:
+      type: {executions}
+      columns:
+        date: {{field: START_DATE}}
+        flow: {{field: FLOW_ID}}
+        state: {{field: STATE}}
+        total: {{agg: COUNT}}
+      where:
+        - {{field: NAMESPACE, type: EQUAL_TO, value: {namespace}}}
+        - {{field: ID, type: IS_NOT_NULL}}
   - id: per_flow
     type: io.kestra.plugin.core.dashboard.chart.Bar
     chartOptions: {{column: flow}}
@@ -446,6 +471,29 @@ async def test_each_chart_type_answers_its_rows_from_the_read_models(
     assert over_time["interval"] == "PT1H"  # a day shown by the hour
     assert all(r["date"].endswith(":00:00.000Z") for r in over_time["results"])
     assert all(r["duration"] >= 0 for r in over_time["results"])
+
+    # Counts by namespace, flow, state and hour are read from the hourly rollup (and the
+    # partial hours at the range's ends from the executions); a filter on another field
+    # reads every execution. Both answer the same rows, for any range.
+    for body in [
+        {},
+        {"startDate": _iso(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=90))},
+        # Ending in the future: the runs are in whole hours of the range, read from the rollup.
+        {
+            "startDate": _iso(dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)),
+            "endDate": _iso(dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)),
+        },
+        {
+            "timeRange": "PT3H",
+            "filters": [{"field": "state", "operation": "IN", "value": ["FAILED"]}],
+        },
+    ]:
+        counted = await _chart(client, dashboard_id, "counted", **body)
+        assert (
+            counted["results"]
+            == (await _chart(client, dashboard_id, "counted_row_by_row", **body))["results"]
+        )
+        assert sum(r["total"] for r in counted["results"]) == (2 if "filters" in body else 5)
 
     per_flow = await _chart(client, dashboard_id, "per_flow")
     _shaped(per_flow, openapi.ChartRows)
