@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from quart import Blueprint
 
-from api.ui import flows, layout, sections
+from api.ui import audit, dashboards, executions, flows, layout, logs, plugins, sections
 from engine.server import ServerContext
 
-PAGES = (flows, sections)
+PAGES = (flows, executions, logs, dashboards, audit, plugins, sections)
 """The modules whose pages the UI serves, each with a `register(bp)` function."""
 
 

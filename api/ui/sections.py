@@ -10,13 +10,7 @@ from quart import Blueprint
 from api.auth import access
 from api.ui.layout import PREFIX, page
 
-SECTIONS: dict[str, tuple[str, str]] = {
-    "executions": ("Executions", "/api/v1/executions/search"),
-    "logs": ("Logs", "/api/v1/logs/search"),
-    "dashboards": ("Dashboards", "/api/v1/dashboards"),
-    "audit": ("Audit", "/api/v1/audit"),
-    "plugins": ("Plugins", "/api/v1/plugins"),
-}
+SECTIONS: dict[str, tuple[str, str]] = {}
 """Endpoint name: (navigation label, the API it will read)."""
 
 
