@@ -146,8 +146,67 @@ def test_run_form_has_a_widget_per_input_type_and_says_what_is_missing(
     dialog.get_by_label("colour").select_option("green")
     dialog.get_by_role("button", name="Execute").click()
 
+    # The executions tab shows it at once, and its end without a reload.
     row = page.locator("#execution-rows tr[data-execution-id]").first
     row.wait_for()
     execution = _finished(context, row.get_attribute("data-execution-id"))
     assert execution["inputs"] == {"name": "ada", "count": 3, "loud": True, "colour": "green"}
     assert execution["state"]["current"] == "SUCCESS"
+    row.locator(".state", has_text="SUCCESS").wait_for()
+
+
+def test_flow_page_draws_clusters_and_restores_an_old_revision(
+    signed_in: Any, context: Any, csrf: str
+) -> None:
+    page, ns = signed_in, _ns()
+    yaml = {"Content-Type": "application/x-yaml", "X-CSRF-Token": csrf}
+
+    def source(word: str) -> str:
+        return (
+            f"id: branches\nnamespace: {ns}\ntasks:\n"
+            "  - id: both\n    type: io.kestra.plugin.core.flow.Parallel\n    tasks:\n"
+            "      - id: left\n        type: io.kestra.plugin.core.log.Log\n        message: l\n"
+            "      - id: right\n        type: io.kestra.plugin.core.log.Log\n"
+            f"        message: {word}\n"
+            "errors:\n  - id: alarm\n    type: io.kestra.plugin.core.log.Log\n    message: x\n"
+        )
+
+    assert context.request.post("/api/v1/flows", data=source("first"), headers=yaml).ok
+    path = f"/api/v1/flows/{ns}/branches"
+    assert context.request.put(path, data=source("second"), headers=yaml).ok
+
+    page.goto(f"/ui/flows/{ns}/branches")
+    graph = page.locator("#graph svg")
+    graph.wait_for()
+    assert "both · Parallel" in graph.locator(".cluster").all_text_contents()
+    assert graph.locator(".cluster.errors").text_content() == "errors"
+    assert graph.locator('[data-task-id="alarm"]').is_visible()
+
+    page.get_by_role("tab", name="Revisions").click()
+    diff = page.locator("#diff")
+    diff.get_by_text("-        message: first").wait_for()
+    assert "+        message: second" in diff.inner_text()
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Restore").click()
+    page.locator("#toast", has_text="Revision 1 restored as revision 3").wait_for()
+    restored = context.request.get(path).json()
+    assert restored["revision"] == 3 and "message: first" in restored["source"]
+
+
+def test_pages_fit_a_phone_width(browser: Any, ui_server: str) -> None:
+    phone = browser.new_context(base_url=ui_server, viewport={"width": 390, "height": 844})
+    try:
+        answer = phone.request.post(
+            "/api/v1/login", data={"username": "admin", "password": ADMIN_PASSWORD}
+        )
+        assert answer.ok
+        page = phone.new_page()
+        for path in ("/ui/flows", "/ui/flows/new"):
+            page.goto(path)
+            page.locator("main h1").wait_for()
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
+            nav = page.get_by_role("navigation", name="Main")
+            assert nav.get_by_role("link", name="Plugins").is_visible()
+    finally:
+        phone.close()

@@ -155,7 +155,11 @@ tasks:
     } else if (head === "vars") {
       options = names.vars.map((label) => ({ label, detail: "variable", type: "property" }));
     } else if (head === "outputs") {
-      options = names.tasks.map((label) => ({ label, detail: "task", type: "property" }));
+      // The tasks above, less the one being written (its outputs do not exist yet).
+      const item = line.text.match(/^\s*(?:-\s+)?/)[0].length;
+      const own = enclosingType(context.state.doc, line.number, item).id;
+      options = names.tasks.filter((task) => task !== own)
+        .map((label) => ({ label, detail: "task", type: "property" }));
     } else if (/^outputs\.[\w-]+$/.test(head)) {
       options = ["value", "uri", "vars", "outputFiles", "exitCode"].map((label) => ({ label, type: "property" }));
     } else if (FIELDS[head]) {
@@ -182,7 +186,7 @@ tasks:
   // width of "  - " when a list item starts on the line), and the keys it already has.
   function enclosingType(doc, lineNumber, indent) {
     const keys = new Set();
-    let type = null;
+    let type = null, id = null;
     // Returns "stop" past the mapping, "start" on the line that opens its list item.
     const look = (n) => {
       const text = doc.line(n).text;
@@ -192,7 +196,11 @@ tasks:
       if (at < indent) return "stop";
       if (at === indent) {
         const key = text.slice(at).match(/^([\w-]+):\s*["']?([^"'#\s]*)/);
-        if (key) { keys.add(key[1]); if (key[1] === "type") type = key[2]; }
+        if (key) {
+          keys.add(key[1]);
+          if (key[1] === "type") type = key[2];
+          if (key[1] === "id") id = key[2];
+        }
       }
       return item && item[0].length === indent ? "start" : "";
     };
@@ -209,7 +217,7 @@ tasks:
       if (item && item[0].length === indent) break;  // the next item of the same list
       if (look(n) === "stop") break;
     }
-    return { type, keys };
+    return { type, keys, id };
   }
 
   async function propertyCompletion(context) {

@@ -37,16 +37,29 @@
     window.TiercelGraph.render(document.getElementById("graph"), await api(base + "/graph"));
   }
 
+  // The list reads the executions read model, which follows the events a moment behind: an
+  // execution started here is shown from the answer that started it until the model has it,
+  // and the list refreshes while one of its executions has not ended.
+  const ENDED = new Set(["SUCCESS", "WARNING", "FAILED", "KILLED", "CANCELLED", "SKIPPED"]);
+  let started = [], refresh = null;
   async function loadExecutions() {
+    clearTimeout(refresh);
     const params = new URLSearchParams({ namespace: ns, flowId: id, size: "50", sort: "state.startDate:desc" });
     const answer = await api("/api/v1/executions/search?" + params);
+    const known = new Set(answer.results.map((e) => e.id));
+    started = started.filter((e) => !known.has(e.id));
+    const shown = [...started, ...answer.results];
     const body = document.getElementById("execution-rows");
-    body.replaceChildren(...answer.results.map((execution) => el("tr", { "data-execution-id": execution.id },
+    body.replaceChildren(...shown.map((execution) => el("tr", { "data-execution-id": execution.id },
       el("td", {}, el("code", {}, execution.id)),
       el("td", {}, el("span", { class: `state state-${execution.state.current}` }, execution.state.current)),
       el("td", {}, when(execution.state.startDate || execution.state.histories?.[0]?.date)),
       el("td", { class: "hide-narrow" }, execution.flowRevision))));
-    if (!answer.results.length) body.replaceChildren(el("tr", {}, el("td", { colspan: 4 }, "No execution yet.")));
+    if (!shown.length) body.replaceChildren(el("tr", {}, el("td", { colspan: 4 }, "No execution yet.")));
+    const panel = document.getElementById("panel-executions");
+    if (shown.some((e) => !ENDED.has(e.state.current))) {
+      refresh = setTimeout(() => { if (!panel.hidden) loadExecutions().catch(() => {}); }, 1500);
+    }
   }
 
   let revisions = [];
@@ -67,7 +80,7 @@
     if (!a || !b) return;
     const answer = await api(`${base}/revisions/${a}/diff/${b}`);
     const lines = (answer.diff || "").split("\n").map((line) => el("span", {
-      class: line.startsWith("@@") ? "hunk" : line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : "",
+      class: /^(@@|\+\+\+|---)/.test(line) ? "hunk" : line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : "",
     }, line + "\n"));
     out.replaceChildren(...(lines.length > 1 ? lines : ["The two revisions have the same source."]));
   }
@@ -91,6 +104,7 @@
   document.getElementById("run-button").addEventListener("click", () => {
     window.TiercelRun.open(ns, id, flow?.inputs || [], (execution) => {
       toast(`Execution ${execution.id} started`);
+      started.unshift(execution);
       select(document.getElementById("tab-executions"));
     });
   });
