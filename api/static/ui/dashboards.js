@@ -1,0 +1,160 @@
+// The dashboards page: the default dashboard (executions per state over time with the "All"
+// total the API counts, success ratio, durations, latest failures), a custom dashboard chart by
+// chart, and the projections panel.
+(function () {
+  "use strict";
+  const { api, el, when, toast } = window.Tiercel;
+  const $ = (id) => document.getElementById(id);
+  const COLOURS = { SUCCESS: "--s-success", FAILED: "--s-failed", RUNNING: "--s-running", WARNING: "--s-warning",
+    KILLED: "--s-killed", PAUSED: "--s-paused", CREATED: "--s-created" };
+  const colour = (state) => getComputedStyle(document.documentElement).getPropertyValue(COLOURS[state] || "--muted").trim() || "#888";
+  let plot = null;
+
+  const pct = (ratio) => (ratio === null || ratio === undefined ? "—" : `${(ratio * 100).toFixed(1)} %`);
+  const secs = (s) => (s === null || s === undefined ? "—" : s < 60 ? `${Number(s).toFixed(2)} s` : `${(s / 60).toFixed(1)} min`);
+
+  function filters() {
+    const params = new URLSearchParams({ timeRange: $("dash-range").value });
+    const ns = $("dash-namespace").value.trim();
+    if (ns) params.set("namespace", ns);
+    return params;
+  }
+
+  async function loadDefault() {
+    const stats = await api("/api/v1/dashboards/default/stats?" + filters());
+    const failed = stats.states.FAILED || 0;
+    $("kpis").replaceChildren(
+      kpi("Executions", stats.total, "kpi-total"),
+      kpi("Success ratio", pct(stats.successRatio), "kpi-success"),
+      kpi("Failed", failed, "kpi-failed"),
+      kpi("Mean duration", secs(stats.durations.avg), "kpi-avg"),
+      kpi("p50 / p90 / p99", `${secs(stats.durations.p50)} / ${secs(stats.durations.p90)} / ${secs(stats.durations.p99)}`, "kpi-percentiles"));
+    const states = Object.keys(stats.states).sort();
+    // The table shows the API's own "All" per bucket beside the states it adds up.
+    $("state-table").replaceChildren(
+      el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "From"), ...states.map((s) => el("th", { scope: "col", "data-state": s }, s)), el("th", { scope: "col" }, "All"))),
+      el("tbody", {}, stats.buckets.map((b) => el("tr", { class: "bucket-row", "data-date": b.date },
+        el("td", {}, when(b.date)),
+        ...states.map((s) => el("td", { class: "count", "data-state": s }, String(b.counts[s] || 0))),
+        el("td", { class: "all" }, String(b.total))))),
+      el("tfoot", {}, el("tr", {}, el("th", { scope: "row" }, "Total"),
+        ...states.map((s) => el("td", { "data-state": s }, String(stats.states[s]))), el("td", { class: "all" }, String(stats.total)))));
+    drawSeries(stats, states);
+    $("failures").replaceChildren(...(stats.latestFailures.length ? stats.latestFailures.map((f) => el("tr", {},
+      el("td", {}, el("a", { href: `/ui/executions/${encodeURIComponent(f.id)}` }, el("code", {}, f.id))),
+      el("td", {}, `${f.namespace}.${f.flowId}`), el("td", {}, when(f.startDate)))) : [el("tr", {}, el("td", {}, "No failure in this range."))]));
+    $("namespaces").replaceChildren(
+      el("thead", {}, el("tr", {}, el("th", {}, "Namespace"), el("th", {}, "Executions"), el("th", {}, "Success ratio"))),
+      el("tbody", {}, stats.namespaces.map((n) => el("tr", {}, el("td", {}, n.namespace), el("td", {}, String(n.total || 0)), el("td", {}, pct(n.successRatio))))));
+  }
+
+  function kpi(label, value, id) {
+    return el("div", { class: "kpi" }, el("div", { class: "hint" }, label), el("div", { class: "value", id }, String(value)));
+  }
+
+  function drawSeries(stats, states) {
+    const box = $("state-chart");
+    if (plot) { plot.destroy(); plot = null; }
+    if (!window.uPlot || !stats.buckets.length) { box.replaceChildren(el("p", { class: "hint" }, "No execution in this range.")); return; }
+    box.replaceChildren();
+    const xs = stats.buckets.map((b) => Date.parse(b.date) / 1000);
+    const data = [xs, ...states.map((s) => stats.buckets.map((b) => b.counts[s] || 0)), stats.buckets.map((b) => b.total)];
+    const series = [{}, ...states.map((s) => ({ label: s, stroke: colour(s), width: 2, points: { show: true } })),
+      { label: "All", stroke: getComputedStyle(document.documentElement).getPropertyValue("--fg").trim(), width: 2, dash: [6, 4], points: { show: true } }];
+    const axis = { stroke: getComputedStyle(document.documentElement).getPropertyValue("--muted").trim(), grid: { stroke: "rgba(128,128,128,.15)" } };
+    plot = new window.uPlot({ width: Math.max(300, box.clientWidth || 560), height: 240, series, axes: [axis, axis], scales: { x: { time: true } } }, data, box);
+  }
+
+  // --- custom dashboards -------------------------------------------------------------------
+
+  async function loadList() {
+    const answer = await api("/api/v1/dashboards?size=200");
+    const select = $("dashboard-choice");
+    const chosen = new URLSearchParams(location.search).get("dashboard") || "";
+    select.replaceChildren(el("option", { value: "" }, "Default: executions overview"),
+      ...answer.results.map((d) => el("option", { value: d.id }, d.title || d.id)));
+    // A dashboard asked for by the URL but not (yet) in the list's page is still offered.
+    if (chosen && !answer.results.some((d) => d.id === chosen)) select.append(el("option", { value: chosen }, chosen));
+    select.value = chosen;
+  }
+
+  async function loadCustom(id) {
+    const dashboard = await api(`/api/v1/dashboards/${encodeURIComponent(id)}`);
+    $("custom-heading").textContent = dashboard.title || dashboard.id;
+    $("custom-description").textContent = dashboard.description || "";
+    const box = $("custom-charts");
+    box.replaceChildren(...(dashboard.charts || []).map((chart) => el("div", { class: "chart", id: `chart-${chart.id}`, "data-chart-type": chart.type },
+      el("h3", {}, chart.chartOptions?.displayName || chart.id), el("div", { class: "chart-body" }, "Loading…"))));
+    await Promise.all((dashboard.charts || []).map(async (chart) => {
+      const body = $(`chart-${chart.id}`).querySelector(".chart-body");
+      try {
+        const rows = await api(`/api/v1/dashboards/${encodeURIComponent(id)}/charts/${encodeURIComponent(chart.id)}`, {
+          method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ timeRange: $("dash-range").value }),
+        });
+        body.replaceChildren(renderChart(chart, rows));
+      } catch (error) {
+        body.replaceChildren(el("p", { class: "error" }, error.message));
+      }
+    }));
+  }
+
+  function renderChart(chart, rows) {
+    const results = rows.results || [];
+    const type = (chart.type || "").split(".").pop();
+    if (type === "Markdown") return el("pre", { class: "markdown" }, results[0]?.content ?? results[0]?.description ?? "");
+    if (type === "KPI") {
+      const r = results[0] || {};
+      return el("div", { class: "kpi" }, el("div", { class: "value" }, typeof r.value === "number" && r.value <= 1 && r.total !== undefined ? pct(r.value) : String(r.value ?? "—")));
+    }
+    if (!results.length) return el("p", { class: "hint" }, "No row in this range.");
+    const columns = Object.keys(results[0]);
+    const numeric = columns.filter((c) => typeof results[0][c] === "number");
+    const top = Math.max(1, ...results.map((r) => Number(r[numeric[numeric.length - 1]]) || 0));
+    return el("div", { class: "scroll" }, el("table", { class: "compact" },
+      el("thead", {}, el("tr", {}, columns.map((c) => el("th", { scope: "col" }, c)))),
+      el("tbody", {}, results.map((r) => el("tr", {}, columns.map((c) => el("td", {},
+        c === numeric[numeric.length - 1] && type !== "Table"
+          ? el("span", {}, el("span", { class: "swatch", style: `width:${Math.round((Number(r[c]) / top) * 120)}px;background:var(--accent)` }), " ", String(r[c]))
+          : String(r[c] ?? ""))))))));
+  }
+
+  // --- projections -------------------------------------------------------------------------
+
+  async function loadProjections() {
+    const rows = await api("/api/v1/projections");
+    $("projections").replaceChildren(...rows.map((p) => el("tr", { "data-projection": p.name },
+      el("td", {}, p.name), el("td", {}, String(p.position)), el("td", {}, String(p.head)),
+      el("td", { class: "lag" }, String(p.lag)),
+      el("td", {}, el("span", { class: p.status === "UP_TO_DATE" ? "ok" : "state-RUNNING" }, p.status),
+        p.rebuild ? el("div", { class: "hint" }, `rebuilding, ${p.rebuild.lag} behind`) : null),
+      el("td", {}, el("button", {
+        type: "button", class: "button-quiet", title: "Copy the command that rebuilds this projection",
+        onclick: () => {
+          const command = `tiercel sys reindex --projection ${p.name}`;
+          $("rebuild-command").textContent = command;
+          navigator.clipboard?.writeText(command).then(() => toast(`Copied: ${command}`), () => toast(command));
+        },
+      }, "Rebuild…")))));
+  }
+
+  async function load() {
+    const id = $("dashboard-choice").value;
+    const params = new URLSearchParams(location.search);
+    if (id) params.set("dashboard", id); else params.delete("dashboard");
+    history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : ""));
+    $("default-dashboard").hidden = Boolean(id);
+    $("custom-dashboard").hidden = !id;
+    const work = [loadProjections(), id ? loadCustom(id) : loadDefault()];
+    for (const result of await Promise.allSettled(work)) if (result.status === "rejected") toast(result.reason.message, true);
+  }
+
+  $("dashboard-choice").addEventListener("change", load);
+  $("dash-range").addEventListener("change", load);
+  $("dash-refresh").addEventListener("click", load);
+  $("dash-namespace").addEventListener("change", load);
+  document.addEventListener("tiercel:theme", () => { if (!$("default-dashboard").hidden) loadDefault().catch(() => {}); });
+  const ns = new URLSearchParams(location.search).get("namespace");
+  if (ns) $("dash-namespace").value = ns;
+  loadList().catch((error) => toast(error.message, true)).finally(load);
+  setInterval(() => loadProjections().catch(() => {}), 5000);
+})();
