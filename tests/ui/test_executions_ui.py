@@ -171,6 +171,25 @@ def test_executions_filtered_by_two_states_and_a_label_then_bulk_labelled_after_
     )
     assert page.locator("#groups .chip").count() == 3
 
+    # A second condition group, joined by OR: the team:b execution of the namespace too.
+    page.get_by_label("Filter", exact=True).select_option("namespace")
+    page.get_by_label("Value", exact=True).fill(ns)
+    page.get_by_role("button", name="Add as OR group").click()
+    page.get_by_label("Filter", exact=True).select_option("labels")
+    page.get_by_label("Value", exact=True).fill("team:b")
+    page.get_by_role("button", name="Add to group").click()
+    page.wait_for_function(
+        "n => document.querySelectorAll('#execution-rows tr[data-execution-id]').length === n",
+        arg=3,
+    )
+    assert page.get_by_role("group", name="Condition group 2").inner_text().count(ns) == 1
+    page.get_by_role("button", name="Remove filter label team:b").click()
+    page.get_by_role("button", name=f"Remove filter namespace {ns}").last.click()
+    page.wait_for_function(
+        "n => document.querySelectorAll('#execution-rows tr[data-execution-id]').length === n",
+        arg=2,
+    )
+
     # A bulk action on every match: the dry run's count is shown before anything changes.
     page.get_by_label("Action", exact=True).select_option("labels")
     page.get_by_label("Labels to set").fill("checked:yes")

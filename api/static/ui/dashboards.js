@@ -57,8 +57,21 @@
     if (plot) { plot.destroy(); plot = null; }
     if (!window.uPlot || !stats.buckets.length) { box.replaceChildren(el("p", { class: "hint" }, "No execution in this range.")); return; }
     box.replaceChildren();
-    const xs = stats.buckets.map((b) => Date.parse(b.date) / 1000);
-    const data = [xs, ...states.map((s) => stats.buckets.map((b) => b.counts[s] || 0)), stats.buckets.map((b) => b.total)];
+    // The API lists the buckets that hold executions; the chart shows the empty ones between
+    // as zeros, over the whole range.
+    const step = { PT1M: 6e4, PT1H: 36e5, P1D: 864e5, P7D: 6048e5 }[stats.interval];
+    const held = new Map(stats.buckets.map((b) => [Date.parse(b.date), b]));
+    let times = [...held.keys()];
+    if (step) {
+      times = [];
+      const first = Math.min(Date.parse(stats.startDate), ...held.keys());
+      for (let t = first; t < Date.parse(stats.endDate) && times.length < 2000; t += step) times.push(t);
+      for (const t of held.keys()) if (!times.includes(t)) times.push(t);
+      times.sort((a, b) => a - b);
+    }
+    const bucket = (t) => held.get(t) || { counts: {}, total: 0 };
+    const xs = times.map((t) => t / 1000);
+    const data = [xs, ...states.map((s) => times.map((t) => bucket(t).counts[s] || 0)), times.map((t) => bucket(t).total)];
     const series = [{}, ...states.map((s) => ({ label: s, stroke: colour(s), width: 2, points: { show: true } })),
       { label: "All", stroke: getComputedStyle(document.documentElement).getPropertyValue("--fg").trim(), width: 2, dash: [6, 4], points: { show: true } }];
     const axis = { stroke: getComputedStyle(document.documentElement).getPropertyValue("--muted").trim(), grid: { stroke: "rgba(128,128,128,.15)" } };

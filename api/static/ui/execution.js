@@ -164,7 +164,7 @@
     const ended = TERMINAL.has(execution.state.current);
     const outputs = Object.entries(run.outputs || {});
     const metrics = el("div", { id: "taskrun-metrics" }, fresh ? "Loading metrics…" : (box.querySelector("#taskrun-metrics")?.textContent || ""));
-    box.replaceChildren(
+    box.replaceChildren(...[
       el("h2", {}, runLabel(run), " ", el("span", { class: `state state-${run.state.current}` }, run.state.current)),
       el("p", { class: "hint" }, el("code", {}, run.id)),
       run.message ? el("p", { class: "error" }, run.message) : null,
@@ -181,7 +181,7 @@
           el("td", {}, a.workerId || ""))))) : el("p", { class: "hint" }, "No attempt (a flowable task runs its children)."),
       el("h3", {}, "Outputs"),
       outputs.length ? el("dl", { class: "facts" }, outputs.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, valueNode(v))])) : el("p", { class: "hint" }, "No output."),
-      el("h3", {}, "Metrics"), metrics);
+      el("h3", {}, "Metrics"), metrics].filter(Boolean));
     if (fresh) {
       try {
         const answer = await api(`/api/v1/metrics/${encodeURIComponent(id)}?taskRunId=${encodeURIComponent(run.id)}&size=100`);

@@ -255,7 +255,7 @@
     const confirmButton = el("button", { type: "button", class: "button-primary", id: "bulk-confirm", disabled: dry.wouldApply === 0 },
       `${action[0].toUpperCase() + action.slice(1)} ${dry.wouldApply} execution${dry.wouldApply === 1 ? "" : "s"}`);
     confirmButton.addEventListener("click", () => run(action, body, panel));
-    panel.replaceChildren(
+    panel.replaceChildren(...[
       el("h2", {}, "Dry run"),
       el("p", { id: "bulk-dry-run" },
         el("strong", { id: "bulk-count", "data-count": dry.count }, String(dry.count)),
@@ -267,7 +267,7 @@
         el("td", {}, el("span", { class: `state state-${s.state}` }, s.state)),
         el("td", {}, s.outcome + (s.message ? ` (${s.message})` : "")))))) : null,
       el("div", { class: "dialog-actions" },
-        el("button", { type: "button", onclick: () => { panel.hidden = true; } }, "Cancel"), confirmButton));
+        el("button", { type: "button", onclick: () => { panel.hidden = true; } }, "Cancel"), confirmButton)].filter(Boolean));
   }
 
   async function run(action, body, panel) {

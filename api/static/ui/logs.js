@@ -133,6 +133,7 @@
       g.append(svg("title", {}, `${when(b.date)}: ${b.total} line${b.total === 1 ? "" : "s"}`));
       root.append(g);
     }
+    root.append(svg("text", { class: "axis", x: 2, y: 11 }, `${top} per bar at most`));
     root.append(svg("text", { class: "axis", x: 2, y: height - 4 }, when(new Date(from).toISOString())));
     root.append(svg("text", { class: "axis", x: width - 2, y: height - 4, "text-anchor": "end" }, when(new Date(to).toISOString())));
     const brush = svg("rect", { class: "brush", x: 0, y: 0, width: 0, height: height - pad, visibility: "hidden" });
