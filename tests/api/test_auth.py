@@ -196,6 +196,7 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("GET", f"/ui/flows/{NS}/nope", {}, "viewer"),
     ("GET", f"/ui/flows/{NS}/nope/edit", {}, "viewer"),
     ("GET", "/ui/executions", {}, "viewer"),
+    ("GET", "/ui/executions/nope", {}, "viewer"),
     ("GET", "/ui/logs", {}, "viewer"),
     ("GET", "/ui/dashboards", {}, "viewer"),
     ("GET", "/ui/audit", {}, "viewer"),
@@ -294,6 +295,7 @@ def _rule_of(path: str) -> str:
         "/ui/static/ui/app.css": "/ui/static/<path:filename>",
         f"/ui/flows/{NS}/nope": "/ui/flows/<namespace>/<flow_id>",
         f"/ui/flows/{NS}/nope/edit": "/ui/flows/<namespace>/<flow_id>/edit",
+        "/ui/executions/nope": "/ui/executions/<execution_id>",
     }
     return replacements.get(path, path)
 
