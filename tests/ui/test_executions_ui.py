@@ -232,3 +232,23 @@ def test_history_of_a_failed_execution_scrubbed_to_before_its_failure(
 
     page.get_by_role("button", name="Back to now").click()
     page.locator("#asof-state[data-state='FAILED']").wait_for()
+
+
+def test_kill_from_the_execution_page_shows_killed_without_reloading(
+    signed_in: Any, context: Any, csrf: str
+) -> None:
+    page, ns = signed_in, _ns()
+    _deploy(context, csrf, FLOW.format(flow="long", ns=ns, sleep="PT30S"))
+    execution_id = _run(context, csrf, ns, "long")
+    page.goto(f"/ui/executions/{execution_id}")
+    page.locator("#gantt .gantt-row[data-task-id='wait'][data-state='RUNNING']").wait_for()
+    page.evaluate("window.pageMarker = 'same page'")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Kill", exact=True).click()
+    page.locator("#execution-state[data-state='KILLED']").wait_for(timeout=20_000)
+    assert page.locator("#gantt .gantt-row[data-task-id='wait']").get_attribute("data-state") in (
+        "KILLED",
+        "FAILED",
+    )
+    assert page.get_by_role("button", name="Kill", exact=True).is_disabled()
+    assert page.evaluate("window.pageMarker") == "same page"

@@ -77,3 +77,40 @@ def test_dragging_across_the_histogram_narrows_the_list_to_that_span(
         "() => [...document.querySelectorAll('#log-rows .log-message')]"
         ".some(m => m.textContent.includes('alpha'))"
     )
+
+
+SLOW = """id: slow
+namespace: {ns}
+tasks:
+  - id: before
+    type: io.kestra.plugin.core.log.Log
+    message: before the pause
+  - id: wait
+    type: io.kestra.plugin.core.flow.Sleep
+    duration: PT1.5S
+  - id: after
+    type: io.kestra.plugin.core.log.Log
+    message: after the pause
+"""
+
+
+def test_follow_mode_shows_lines_as_the_execution_logs_them(
+    signed_in: Any, context: Any, csrf: str
+) -> None:
+    page, ns = signed_in, f"test.ui.l{uuid.uuid4().hex[:8]}"
+    headers = {"X-CSRF-Token": csrf}
+    answer = context.request.post(
+        "/api/v1/flows",
+        data=SLOW.format(ns=ns),
+        headers={**headers, "Content-Type": "application/x-yaml"},
+    )
+    assert answer.ok, answer.text()
+    execution_id = context.request.post(f"/api/v1/executions/{ns}/slow", headers=headers).json()[
+        "id"
+    ]
+    page.goto(f"/ui/logs?executionId={execution_id}&range=")
+    page.get_by_label("Follow the execution").check()
+    page.locator("#log-rows .log-message", has_text="before the pause").wait_for()
+    page.locator("#log-rows .log-message", has_text="after the pause").wait_for(timeout=20_000)
+    page.locator("#log-count", has_text="the execution ended").wait_for()
+    assert not page.get_by_label("Follow the execution").is_checked()
