@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
-from quart import Blueprint, Response, redirect, render_template, request, send_from_directory
+from quart import (
+    Blueprint,
+    Response,
+    g,
+    redirect,
+    render_template,
+    request,
+    send_from_directory,
+)
 
 from api import bodies
 from api.auth import SESSION_COOKIE, principal, public
@@ -122,6 +130,7 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         if isinstance(exc, Unauthorized):
             here = request.full_path if request.query_string else request.path
             return redirect(f"{PREFIX}/login?next={urllib.parse.quote(here, safe='')}")
+        who = getattr(g, "principal", None)
         body = await render_template(
             "ui/error.html",
             title=f"Error {exc.status}",
@@ -129,8 +138,9 @@ def blueprint(ctx: ServerContext) -> Blueprint:
             section="",
             status=exc.status,
             message=str(exc),
-            signed_in=True,
-            csrf_token="",
+            who=who,
+            signed_in=who is not None and who.kind != "anonymous",
+            csrf_token=_session_csrf(),
         )
         return Response(body, exc.status, content_type="text/html; charset=utf-8")
 
