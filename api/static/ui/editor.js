@@ -28,11 +28,13 @@ tasks:
 
   // --- validation ---------------------------------------------------------------------------
 
+  // The problem's line, from its first non-blank character to its end: the API names the
+  // line and the column of the value, and a misspelt key is the more likely culprit.
   function position(doc, detail) {
     if (!detail.line || detail.line > doc.lines) return { from: 0, to: Math.min(doc.length, 1) };
     const line = doc.line(detail.line);
-    const from = Math.min(line.to, line.from + Math.max(0, (detail.column || 1) - 1));
-    return { from: from === line.to && line.from < line.to ? line.from : from, to: Math.max(line.to, from) };
+    const from = line.from + (line.text.length - line.text.trimStart().length);
+    return { from: Math.min(from, line.to), to: line.to };
   }
 
   let lastValid = null;
@@ -64,9 +66,17 @@ tasks:
     }));
   }
 
+  // The list under the editor; a problem with a line is a button that puts the cursor there.
   function showProblems(details) {
+    const text = (d) => [d.line ? `Line ${d.line}: ` : "", d.path ? `${d.path}: ` : "", d.message].join("");
+    const goTo = (d) => () => {
+      if (d.line > view.state.doc.lines) return;
+      const { from } = position(view.state.doc, d);
+      view.dispatch({ selection: { anchor: from }, scrollIntoView: true });
+      view.focus();
+    };
     problemsList.replaceChildren(...details.map((d) => el("li", {},
-      d.line ? `Line ${d.line}: ` : "", d.path ? `${d.path}: ` : "", d.message)));
+      d.line ? el("button", { type: "button", class: "problem", onclick: goTo(d) }, text(d)) : text(d))));
     status.textContent = details.length ? `${details.length} problem${details.length > 1 ? "s" : ""}` : "Valid";
     status.className = details.length ? "error" : "ok";
   }
