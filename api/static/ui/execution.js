@@ -334,7 +334,11 @@
     follow();
     const wanted = document.getElementById("tab-" + location.hash.slice(1));
     if (wanted) select(wanted);
-  })().catch((error) => toast(error.message, true));
+  })().catch((error) => {
+    $("execution-state").textContent = "";
+    $("facts").replaceChildren(el("p", { class: "error", role: "alert" }, error.message));
+    document.querySelectorAll('[role="toolbar"] button, #labels-form button').forEach((b) => { b.disabled = true; });
+  });
   // The Gantt's "now" moves while the execution runs, even between two events.
   setInterval(() => { if (execution && !TERMINAL.has(execution.state.current)) renderGantt($("gantt"), execution, true); }, 1000);
 })();

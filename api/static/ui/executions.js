@@ -293,6 +293,9 @@
     }
   }
 
+  $("refresh").addEventListener("click", load);
+  setInterval(() => { if ($("auto-refresh").checked && !document.hidden) load(); }, 10000);
+
   $("bulk-selected").addEventListener("click", () => preview(false));
   $("bulk-query").addEventListener("click", () => preview(true));
 

@@ -116,9 +116,14 @@
     const { buckets, from, to } = histogram;
     const x = (t) => ((t - from) / (to - from)) * width;
     const top = Math.max(1, ...buckets.map((b) => b.total));
-    const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img", "aria-label": `Log lines over time, ${buckets.length} buckets` });
+    const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "group", "aria-label": `Log lines over time, ${buckets.length} buckets` });
     for (const b of buckets) {
-      const g = svg("g", { class: "bucket", "data-date": b.date, "data-total": b.total });
+      // Each bucket is also a button for the keyboard: Enter narrows the search to it.
+      const g = svg("g", { class: "bucket", "data-date": b.date, "data-total": b.total, tabindex: b.total ? "0" : "-1",
+        role: "button", "aria-label": `${b.total} line${b.total === 1 ? "" : "s"} from ${when(b.date)}: search only these` });
+      g.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); selectSpan(b.at, b.at); }
+      });
       let y = height - pad;
       const left = x(b.at), w = Math.max(1, x(b.at + histogram.step) - left - 1);
       for (const level of LEVELS) {
