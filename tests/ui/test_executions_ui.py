@@ -252,3 +252,32 @@ def test_kill_from_the_execution_page_shows_killed_without_reloading(
     )
     assert page.get_by_role("button", name="Kill", exact=True).is_disabled()
     assert page.evaluate("window.pageMarker") == "same page"
+
+
+def test_failed_task_run_set_to_success_from_its_panel_lets_the_execution_succeed(
+    signed_in: Any, context: Any, csrf: str
+) -> None:
+    page, ns = signed_in, _ns()
+    _deploy(context, csrf, FAILING.format(flow="mend", ns=ns))
+    execution_id = _run(context, csrf, ns, "mend")
+    assert _ended(context, execution_id)["state"]["current"] == "FAILED"
+    page.goto(f"/ui/executions/{execution_id}")
+    page.locator("#execution-state[data-state='FAILED']").wait_for()
+
+    page.locator("#gantt .gantt-row[data-task-id='boom'] .gantt-label").click()
+    page.get_by_role("button", name="Change state…").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("New state").select_option("SUCCESS")
+    dialog.get_by_label("Reason (recorded in the audit trail)").fill("fixed by hand")
+    dialog.get_by_role("button", name="Change state").click()
+
+    page.locator("#execution-state[data-state='SUCCESS']").wait_for(timeout=20_000)
+    boom = page.locator("#gantt .gantt-row[data-task-id='boom']")
+    assert boom.get_attribute("data-state") == "SUCCESS"
+    deadline = time.monotonic() + 10  # the audit read model follows the log
+    while True:
+        audit = context.request.get(f"/api/v1/audit?resourceId={execution_id}").json()
+        if any(entry["reason"] == "fixed by hand" for entry in audit["results"]):
+            break
+        assert time.monotonic() < deadline, audit
+        time.sleep(0.1)

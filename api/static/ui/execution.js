@@ -263,8 +263,14 @@
   let timeline = [];
   let scrubTimer;
   async function loadHistory() {
-    const answer = await api(`${base}/timeline?size=1000`);
-    timeline = answer.results;
+    // Every entry, a page of 1000 at a time (a long history is read in several calls).
+    timeline = [];
+    let after = null;
+    do {
+      const answer = await api(`${base}/timeline?size=1000${after === null ? "" : "&after=" + after}`);
+      timeline.push(...answer.results);
+      after = answer.next;
+    } while (after !== null && timeline.length < 20000);
     const slider = $("history-slider");
     slider.max = String(Math.max(0, timeline.length - 1));
     $("history-events").replaceChildren(...timeline.map((entry, i) => el("li", {
