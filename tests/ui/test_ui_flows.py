@@ -154,6 +154,11 @@ def test_run_form_has_a_widget_per_input_type_and_says_what_is_missing(
     assert execution["state"]["current"] == "SUCCESS"
     row.locator(".state", has_text="SUCCESS").wait_for()
 
+    # The flows list shows it in the flow's sparkline of last executions.
+    page.goto(f"/ui/flows?namespace={ns}")
+    spark = page.get_by_role("img", name="Last 1 executions: SUCCESS")
+    spark.wait_for()
+
 
 def test_flow_page_draws_clusters_and_restores_an_old_revision(
     signed_in: Any, context: Any, csrf: str
