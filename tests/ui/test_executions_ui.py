@@ -76,13 +76,14 @@ def test_gantt_of_a_running_execution_reaches_success_without_reloading(
     signed_in: Any, context: Any, csrf: str
 ) -> None:
     page, ns = signed_in, _ns()
-    _deploy(context, csrf, FLOW.format(flow="live", ns=ns, sleep="PT1.5S"))
+    _deploy(context, csrf, FLOW.format(flow="live", ns=ns, sleep="PT3S"))
     execution_id = _run(context, csrf, ns, "live")
     page.goto(f"/ui/executions/{execution_id}")
     state = page.locator("#execution-state")
     state.wait_for()
     assert state.get_attribute("data-state") not in ENDED  # still running when the page opened
     page.evaluate("window.pageMarker = 'same page'")
+    page.locator("#gantt .gantt-row[data-task-id='wait'][data-state='RUNNING']").wait_for()
 
     page.locator("#execution-state[data-state='SUCCESS']").wait_for(timeout=20_000)
     rows = page.locator("#gantt .gantt-row")
