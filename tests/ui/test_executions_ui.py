@@ -205,6 +205,16 @@ def test_executions_filtered_by_two_states_and_a_label_then_bulk_labelled_after_
         labels = context.request.get(f"/api/v1/executions/{execution_id}").json()["labels"]
         assert {"key": "checked", "value": "yes"} in labels
 
+    # By selection: the one row ticked is the one the dry run counts.
+    one = sorted(wanted)[0]
+    page.get_by_label(f"Select execution {one}").check()
+    assert page.locator("#selected-count").inner_text() == "1 selected"
+    page.get_by_label("Action", exact=True).select_option("kill")
+    page.get_by_role("button", name="On selected…").click()
+    page.locator("#bulk-count[data-count='1']").wait_for()
+    assert "1 would be refused" in page.locator("#bulk-dry-run").inner_text()  # it ended
+    assert page.get_by_role("button", name="Kill 0 executions").is_disabled()
+
 
 def test_history_of_a_failed_execution_scrubbed_to_before_its_failure(
     signed_in: Any, context: Any, csrf: str
