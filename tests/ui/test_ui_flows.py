@@ -255,3 +255,28 @@ def test_user_scoped_to_a_namespace_sees_only_its_flows(
         assert f"may not reach namespace '{other}'" in page.get_by_role("alert").inner_text()
     finally:
         viewer.close()
+
+
+def test_triggers_tab_disables_a_trigger_and_backfills_its_schedule(
+    signed_in: Any, context: Any, csrf: str
+) -> None:
+    page, ns = signed_in, _ns()
+    flow = (
+        f"id: ticks\nnamespace: {ns}\ntasks:\n"
+        "  - id: t\n    type: io.kestra.plugin.core.log.Log\n    message: tick\n"
+        "triggers:\n  - id: hourly\n    type: io.kestra.plugin.core.trigger.Schedule\n"
+        "    cron: '0 * * * *'\n"
+    )
+    headers = {"Content-Type": "application/x-yaml", "X-CSRF-Token": csrf}
+    assert context.request.post("/api/v1/flows", data=flow, headers=headers).ok
+    state = f"/api/v1/triggers/{ns}/ticks/hourly"
+
+    page.goto(f"/ui/flows/{ns}/ticks#triggers")
+    page.get_by_label("Trigger hourly enabled").uncheck()
+    page.locator("#toast", has_text="Trigger hourly disabled").wait_for()
+    assert context.request.get(state).json()["disabled"] is True
+
+    page.get_by_label("Start", exact=True).fill("2024-01-01T00:00")
+    page.get_by_label("End", exact=True).fill("2024-01-01T03:00")
+    page.get_by_role("button", name="Start backfill").click()
+    page.get_by_text("Backfill of hourly: 3 of 3 executions, ended").wait_for()

@@ -10,7 +10,10 @@
 
   // Tabs as the WAI-ARIA pattern: arrows move between them, the URL's hash remembers one.
   const tabs = [...document.querySelectorAll('[role="tab"]')];
-  const loaders = { topology: loadGraph, source: () => {}, executions: loadExecutions, revisions: loadRevisions };
+  const loaders = {
+    topology: loadGraph, source: () => {}, executions: loadExecutions, triggers: loadTriggers,
+    revisions: loadRevisions,
+  };
   function select(tab, focus) {
     for (const other of tabs) {
       const on = other === tab;
@@ -61,6 +64,88 @@
       refresh = setTimeout(() => { if (!panel.hidden) loadExecutions().catch(() => {}); }, 1500);
     }
   }
+
+  // Triggers: each one's next and last tick, a switch to disable or enable it, and for the
+  // Schedule triggers a backfill form whose progress shows until the backfill ends.
+  const triggersBase = `/api/v1/triggers/${encodeURIComponent(ns)}/${encodeURIComponent(id)}`;
+  let watching = null;
+  async function loadTriggers() {
+    const answer = await api(triggersBase);
+    const body = document.getElementById("trigger-rows");
+    body.replaceChildren(...answer.results.map(({ abstractTrigger: trigger, triggerContext: state }) => {
+      const toggle = el("input", {
+        type: "checkbox", id: `trigger-${trigger.id}-enabled`, checked: !state.disabled,
+        "aria-label": `Trigger ${trigger.id} enabled`,
+        onchange: async (event) => {
+          const box = event.currentTarget;
+          try {
+            await api(`${triggersBase}/${encodeURIComponent(trigger.id)}`, {
+              method: "PUT", headers: { "Content-Type": "application/json" },
+              body: JSON.stringify({ disabled: !box.checked }),
+            });
+            toast(`Trigger ${trigger.id} ${box.checked ? "enabled" : "disabled"}`);
+          } catch (error) {
+            box.checked = !box.checked;
+            toast(error.message, true);
+          }
+        },
+      });
+      return el("tr", { "data-trigger-id": trigger.id },
+        el("td", {}, trigger.id),
+        el("td", { class: "hide-narrow" }, (trigger.type || "").split(".").pop()),
+        el("td", {}, when(state.nextExecutionDate) || "—"),
+        el("td", { class: "hide-narrow" }, when(state.date) || "—"),
+        el("td", {}, toggle));
+    }));
+    if (!answer.results.length) body.replaceChildren(el("tr", {}, el("td", { colspan: 5 }, "This flow has no trigger.")));
+    const schedules = answer.results.filter((r) => /Schedule$/.test(r.abstractTrigger.type || ""));
+    const form = document.getElementById("backfill-form");
+    form.hidden = !schedules.length;
+    document.getElementById("backfill-trigger").replaceChildren(
+      ...schedules.map((r) => el("option", { value: r.abstractTrigger.id }, r.abstractTrigger.id)));
+    const running = schedules.find((r) => r.triggerContext.backfill && !r.triggerContext.backfill.ended);
+    if (running) watchBackfill(running.abstractTrigger.id);
+  }
+
+  function showBackfill(triggerId, backfill) {
+    const box = document.getElementById("backfill-progress");
+    if (!backfill) { box.replaceChildren(); return; }
+    const total = backfill.total || 0, fired = backfill.fired || 0;
+    const words = backfill.ended ? "ended" : backfill.paused ? "paused" : "running";
+    box.replaceChildren(
+      el("label", { for: "backfill-bar" }, `Backfill of ${triggerId}: ${fired} of ${total} executions, ${words}`),
+      el("progress", { id: "backfill-bar", max: String(Math.max(total, 1)), value: String(fired) }));
+  }
+
+  async function watchBackfill(triggerId) {
+    clearTimeout(watching);
+    const panel = document.getElementById("panel-triggers");
+    const state = await api(`${triggersBase}/${encodeURIComponent(triggerId)}`);
+    const context = state.triggerContext || state;
+    showBackfill(triggerId, context.backfill);
+    if (context.backfill && !context.backfill.ended && !panel.hidden) {
+      watching = setTimeout(() => watchBackfill(triggerId).catch(() => {}), 1000);
+    }
+  }
+
+  document.getElementById("backfill-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const triggerId = document.getElementById("backfill-trigger").value;
+    const start = document.getElementById("backfill-start").value;
+    const end = document.getElementById("backfill-end").value;
+    const backfill = { start: new Date(start).toISOString() };
+    if (end) backfill.end = new Date(end).toISOString();
+    try {
+      await api("/api/v1/triggers/backfill", {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ namespace: ns, flowId: id, triggerId, backfill }),
+      });
+      toast(`Backfill of ${triggerId} started`);
+      await watchBackfill(triggerId);
+    } catch (error) {
+      toast(error.message, true);
+    }
+  });
 
   let revisions = [];
   async function loadRevisions() {
