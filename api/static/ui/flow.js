@@ -12,7 +12,7 @@
   const tabs = [...document.querySelectorAll('[role="tab"]')];
   const loaders = {
     topology: loadGraph, source: () => {}, executions: loadExecutions, triggers: loadTriggers,
-    revisions: loadRevisions,
+    revisions: loadRevisions, dependencies: loadDependencies, audit: loadAudit,
   };
   function select(tab, focus) {
     for (const other of tabs) {
@@ -146,6 +146,41 @@
       toast(error.message, true);
     }
   });
+
+  // Dependencies: the flows whose Subflow tasks or Flow triggers lead here, and those this
+  // one leads to (GET .../dependencies), each a link to its page.
+  async function loadDependencies() {
+    const graph = await api(base + "/dependencies");
+    const byUid = new Map(graph.nodes.map((n) => [n.uid, n]));
+    const self = graph.nodes.find((n) => n.namespace === ns && n.id === id);
+    const item = (node, relation) => el("li", {},
+      el("a", { href: `/ui/flows/${encodeURIComponent(node.namespace)}/${encodeURIComponent(node.id)}` },
+        `${node.namespace}.${node.id}`),
+      el("span", { class: "hint" }, ` (${relation === "FLOW_TRIGGER" ? "Flow trigger" : "Subflow task"})`));
+    const up = [], down = [];
+    for (const edge of graph.edges) {
+      if (self && edge.target === self.uid && byUid.has(edge.source)) up.push(item(byUid.get(edge.source), edge.relation));
+      if (self && edge.source === self.uid && byUid.has(edge.target)) down.push(item(byUid.get(edge.target), edge.relation));
+    }
+    const none = () => el("li", { class: "hint" }, "None");
+    document.getElementById("upstream").replaceChildren(...(up.length ? up : [none()]));
+    document.getElementById("downstream").replaceChildren(...(down.length ? down : [none()]));
+  }
+
+  // Audit: who changed the flow and when (GET /api/v1/audit for this flow).
+  async function loadAudit() {
+    const params = new URLSearchParams({ kind: "flow", namespace: ns, resourceId: id, size: "100" });
+    const answer = await api("/api/v1/audit?" + params);
+    const body = document.getElementById("audit-rows");
+    body.replaceChildren(...answer.results.map((entry) => el("tr", {},
+      el("td", {}, when(entry.date)),
+      el("td", {}, entry.actor || ""),
+      el("td", {}, entry.action || entry.type),
+      el("td", { class: "hide-narrow" },
+        entry.details && entry.details.revision ? `revision ${entry.details.revision}` : "",
+        entry.reason ? ` — ${entry.reason}` : ""))));
+    if (!answer.results.length) body.replaceChildren(el("tr", {}, el("td", { colspan: 4 }, "Nothing recorded yet.")));
+  }
 
   let revisions = [];
   async function loadRevisions() {
