@@ -23,6 +23,8 @@ from api import (
     accounts_routes,
     bodies,
     bulk_routes,
+    dashboards_routes,
+    execution_actions,
     execution_filters,
     execution_stats_routes,
     flows_routes,
@@ -38,8 +40,6 @@ from api import (
     triggers,
     webhooks,
 )
-from api import execution_actions
-from api import dashboards_routes
 from api import secrets as secrets_routes
 from api import ui as ui_pages
 from api.auth import access, actor, install, namespace_filter, public, require_namespace
@@ -205,8 +205,8 @@ def create_app(ctx: ServerContext) -> QuartTrio:
     app.register_blueprint(webhooks.blueprint(ctx))
     app.register_blueprint(triggers.blueprint(ctx))
     app.register_blueprint(logs_routes.blueprint(ctx))
-    app.register_blueprint(metrics_routes.blueprint(ctx))
     app.register_blueprint(execution_stats_routes.blueprint(ctx))
+    app.register_blueprint(metrics_routes.blueprint(ctx))
     app.register_blueprint(projections_routes.blueprint(ctx))
     app.register_blueprint(topology_routes.blueprint(ctx))
     history_routes.register(app, ctx)
