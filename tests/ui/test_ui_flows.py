@@ -280,3 +280,38 @@ def test_triggers_tab_disables_a_trigger_and_backfills_its_schedule(
     page.get_by_label("End", exact=True).fill("2024-01-01T03:00")
     page.get_by_role("button", name="Start backfill").click()
     page.get_by_text("Backfill of hourly: 3 of 3 executions, ended").wait_for()
+
+
+def test_editor_completes_task_types_by_list_and_the_properties_of_the_task(
+    signed_in: Any,
+) -> None:
+    page = signed_in
+    page.goto("/ui/flows/new")
+    page.locator(".cm-content").click()
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text(
+        "id: typed\nnamespace: test.ui.completion\ntasks:\n  - id: one\n    type: io.kestra.plugin.core.log.L"
+    )
+    page.keyboard.press("Control+Space")
+    options = page.locator(".cm-tooltip-autocomplete li")
+    options.first.wait_for()
+    assert "io.kestra.plugin.core.log.Log" in options.all_inner_texts()[0]
+    page.keyboard.press("Escape")
+
+    # Under `triggers:` only trigger types are offered.
+    page.keyboard.insert_text("og\ntriggers:\n  - id: t\n    type: io.kestra.plugin.core.trigger.")
+    page.keyboard.press("Control+Space")
+    options.first.wait_for()
+    offered = options.all_inner_texts()
+    assert any("trigger.Schedule" in o for o in offered)
+    assert not any(".log.Log" in o or ".flow." in o for o in offered)
+    page.keyboard.press("Escape")
+
+    # A property of the Log task, from its schema.
+    page.keyboard.press("Control+Home")
+    for _ in range(4):
+        page.keyboard.press("ArrowDown")
+    page.keyboard.press("End")
+    page.keyboard.insert_text("\n    mess")
+    page.keyboard.press("Control+Space")
+    page.locator(".cm-tooltip-autocomplete li", has_text="message").first.wait_for()

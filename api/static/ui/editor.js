@@ -179,15 +179,41 @@ tasks:
     return { from, options, validFor: /^[\w-]*$/ };
   }
 
+  // Which plugin kinds a `type:` may name, by the key of the list it is in.
+  const KINDS = {
+    tasks: ["runnable", "flowable"], errors: ["runnable", "flowable"],
+    finally: ["runnable", "flowable"], afterExecution: ["runnable", "flowable"],
+    triggers: ["trigger"], conditions: ["condition"], preconditions: ["condition"],
+  };
+
+  // The key of the list holding the item on `lineNumber` (`tasks`, `triggers`, ...).
+  function listKey(doc, lineNumber) {
+    const text = doc.line(lineNumber).text;
+    let indent = indentOf(text);
+    for (let n = lineNumber - 1; n >= 1; n--) {
+      const above = doc.line(n).text;
+      if (!above.trim()) continue;
+      const at = indentOf(above);
+      if (at >= indent) continue;
+      const key = above.match(/^\s*(?:-\s+)?([\w-]+):\s*$/);
+      if (key && !/^\s*-/.test(above)) return key[1];
+      indent = at;
+    }
+    return "";
+  }
+
   async function typeCompletion(context) {
     const line = context.state.doc.lineAt(context.pos);
     const before = line.text.slice(0, context.pos - line.from);
     const match = before.match(/^\s*(?:-\s+)?type:\s*["']?([\w.]*)$/);
     if (!match) return null;
     const list = await plugins();
+    const wanted = KINDS[listKey(context.state.doc, line.number)] || KINDS.tasks;
+    const fitting = list.filter((p) => wanted.includes(p.kind));
     return {
       from: context.pos - match[1].length,
-      options: list.map((p) => ({ label: p.type, detail: p.kind, info: p.description, type: "class" })),
+      options: (fitting.length ? fitting : list)
+        .map((p) => ({ label: p.type, detail: p.kind, info: p.description, type: "class" })),
       validFor: /^[\w.]*$/,
     };
   }
