@@ -211,8 +211,17 @@
     act("Replay started", `${base}/replay${query}`, { method: "POST" }, (x) => { location.href = `/ui/executions/${encodeURIComponent(x.id)}`; });
   }
 
+  // After a command the executor has yet to act on, the execution may still read as it was
+  // (FAILED, say, before a restart): wait for its state history to move on, then follow it.
   async function refreshAndFollow() {
-    render(await api(base));
+    const before = execution ? execution.state.histories.length : 0;
+    const deadline = Date.now() + 15000;
+    let x = await api(base);
+    while (TERMINAL.has(x.state.current) && x.state.histories.length <= before && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 250));
+      x = await api(base);
+    }
+    render(x);
     follow();
   }
 
