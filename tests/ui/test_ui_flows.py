@@ -117,7 +117,7 @@ def test_run_form_has_a_widget_per_input_type_and_says_what_is_missing(
     page, ns = signed_in, _ns()
     flow = (
         f"id: typed\nnamespace: {ns}\ninputs:\n"
-        "  - id: name\n    type: STRING\n"
+        "  - id: name\n    type: STRING\n    validator: '^[a-z]+$'\n"
         "  - id: count\n    type: INT\n"
         "  - id: loud\n    type: BOOLEAN\n    defaults: false\n"
         "  - id: colour\n    type: SELECT\n    values: [red, green]\n"
@@ -140,10 +140,16 @@ def test_run_form_has_a_widget_per_input_type_and_says_what_is_missing(
 
     dialog.get_by_role("button", name="Execute").click()
     assert dialog.locator("#input-name-error").inner_text() == "A value is required"
-    dialog.get_by_label("name").fill("ada")
+    dialog.get_by_label("name").fill("ADA")
     dialog.get_by_label("count").fill("3")
     dialog.get_by_label("loud").check()
     dialog.get_by_label("colour").select_option("green")
+    dialog.get_by_role("button", name="Execute").click()
+    # The API's own message, at its field; nothing started.
+    error = dialog.locator("#input-name-error", has_text="does not match the pattern")
+    error.wait_for()
+    assert dialog.get_by_label("name").get_attribute("aria-invalid") == "true"
+    dialog.get_by_label("name").fill("ada")
     dialog.get_by_role("button", name="Execute").click()
 
     # The executions tab shows it at once, and its end without a reload.
