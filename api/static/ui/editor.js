@@ -358,8 +358,7 @@ tasks:
       const flow = await api(`/api/v1/flows/${encodeURIComponent(namespace)}/${encodeURIComponent(flowId)}`);
       setSource(flow.source);
     } else {
-      setSource(TEMPLATE);
-      saved = "";
+      setSource(TEMPLATE);  // not a change of the user's: leaving asks nothing
     }
     view.focus();
   })().catch((error) => toast(error.message, true));
