@@ -256,6 +256,13 @@ def test_user_scoped_to_a_namespace_sees_only_its_flows(
         assert mine in listed and other not in listed
         assert other.split(".")[-1] not in page.locator("#namespace-tree").inner_text()
 
+        # A viewer reads; the actions above its role are shown disabled.
+        page.goto(f"/ui/flows/{mine}/scoped")
+        assert page.get_by_role("button", name="Run").is_disabled()
+        page.goto(f"/ui/flows/{mine}/scoped/edit")
+        page.locator(".cm-content", has_text="scoped").wait_for()
+        assert page.get_by_role("button", name="Save").is_disabled()
+
         refused = page.goto(f"/ui/flows/{other}/scoped")
         assert refused is not None and refused.status == 403
         assert f"may not reach namespace '{other}'" in page.get_by_role("alert").inner_text()

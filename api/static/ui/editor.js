@@ -320,7 +320,7 @@ tasks:
     const first = !flowId;
     namespace = answer.namespace;
     flowId = answer.id;
-    document.getElementById("run-button").disabled = false;
+    document.getElementById("run-button").disabled = page.dataset.canRun !== "true";
     if (first) history.replaceState(null, "", `/ui/flows/${encodeURIComponent(namespace)}/${encodeURIComponent(flowId)}/edit`);
     toast(`Saved ${answer.namespace}.${answer.id} as revision ${answer.revision}`);
     return answer;

@@ -75,6 +75,7 @@
     body.replaceChildren(...answer.results.map(({ abstractTrigger: trigger, triggerContext: state }) => {
       const toggle = el("input", {
         type: "checkbox", id: `trigger-${trigger.id}-enabled`, checked: !state.disabled,
+        disabled: page.dataset.canEdit !== "true",
         "aria-label": `Trigger ${trigger.id} enabled`,
         onchange: async (event) => {
           const box = event.currentTarget;
