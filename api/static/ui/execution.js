@@ -148,7 +148,10 @@
 
   // --- a task run's details ----------------------------------------------------------------
 
-  function valueNode(value) {
+  function valueNode(value, key) {
+    if (key === "executionId" && typeof value === "string") {  // a subflow's execution
+      return el("a", { href: `/ui/executions/${encodeURIComponent(value)}` }, el("code", {}, value));
+    }
     if (typeof value === "string" && value.startsWith("kestra://")) {
       const href = `${base}/file?path=${encodeURIComponent(value)}`;
       return el("a", { href, download: "", class: "file-link" }, "Download ", el("code", {}, value.split("/").pop()));
@@ -180,7 +183,7 @@
           el("td", {}, a.state.endDate ? span((ms(a.state.endDate) - ms(a.state.startDate)) / 1000) : "…"),
           el("td", {}, a.workerId || ""))))) : el("p", { class: "hint" }, "No attempt (a flowable task runs its children)."),
       el("h3", {}, "Outputs"),
-      outputs.length ? el("dl", { class: "facts" }, outputs.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, valueNode(v))])) : el("p", { class: "hint" }, "No output."),
+      outputs.length ? el("dl", { class: "facts" }, outputs.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, valueNode(v, k))])) : el("p", { class: "hint" }, "No output."),
       el("h3", {}, "Metrics"), metrics].filter(Boolean));
     if (fresh) {
       try {

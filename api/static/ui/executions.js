@@ -272,17 +272,24 @@
 
   async function run(action, body, panel) {
     const progress = el("p", { id: "bulk-progress", role: "status" }, "Starting…");
-    panel.replaceChildren(el("h2", {}, "Bulk job"), progress);
+    let jobId = null;
+    const cancel = el("button", { type: "button", id: "bulk-cancel", disabled: true, onclick: async () => {
+      try { await api(`/api/v1/bulk/${encodeURIComponent(jobId)}/cancel`, { method: "POST" }); } catch (error) { toast(error.message, true); }
+    } }, "Cancel the job");
+    panel.replaceChildren(el("h2", {}, "Bulk job"), progress, cancel);
     try {
       let job = await api(`/api/v1/executions/bulk/${action}`, {
         method: "POST", headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ ...body, requestId: crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) }),
       });
+      jobId = job.id;
+      cancel.disabled = false;
       while (job.state === "RUNNING") {
         progress.textContent = `${job.done} of ${job.total} done…`;
         await new Promise((r) => setTimeout(r, 500));
         job = await api(`/api/v1/bulk/${encodeURIComponent(job.id)}`);
       }
+      cancel.remove();
       progress.dataset.state = job.state;
       progress.textContent = `${job.state}: ${job.succeeded} succeeded, ${job.failed} failed, ${job.skipped} skipped of ${job.total}.`;
       selected.clear();
