@@ -36,6 +36,13 @@
     });
   });
 
+  // A wide graph fits the page by default; at its own size it scrolls.
+  document.getElementById("fit-graph").addEventListener("click", (event) => {
+    const on = event.currentTarget.getAttribute("aria-pressed") !== "true";
+    event.currentTarget.setAttribute("aria-pressed", String(on));
+    document.getElementById("graph").classList.toggle("fit", on);
+  });
+
   async function loadGraph() {
     window.TiercelGraph.render(document.getElementById("graph"), await api(base + "/graph"));
   }

@@ -4,7 +4,7 @@
 (function () {
   "use strict";
   const NS = "http://www.w3.org/2000/svg";
-  const TASK_W = 180, TASK_H = 46, COL = 230, ROW = 70, MARGIN = 40;
+  const TASK_W = 180, TASK_H = 46, GAP = 50, ROW = 70, MARGIN = 40;
 
   function svg(tag, attrs = {}, text) {
     const node = document.createElementNS(NS, tag);
@@ -55,7 +55,13 @@
       const band = bands[errors.has(node.uid) ? 1 : 0];
       (band[node.rank] ||= []).push(node);
     }
-    let top = MARGIN, width = 0;
+    // A column is as wide as its widest node: columns of start/end markers stay narrow.
+    const ranks = Math.max(0, ...[...nodes.values()].map((n) => n.rank)) + 1;
+    const columnWidth = Array.from({ length: ranks }, () => 12 + GAP);
+    for (const node of nodes.values()) if (!isMarker(node)) columnWidth[node.rank] = TASK_W + GAP;
+    const left = [MARGIN];
+    for (let r = 1; r <= ranks; r++) left.push(left[r - 1] + columnWidth[r - 1]);
+    let top = MARGIN;
     for (const columns of bands) {
       for (const column of columns) {
         if (!column) continue;
@@ -71,17 +77,19 @@
         if (!column) continue;
         const offset = ((tallest - column.length) * ROW) / 2;
         for (const node of column) {
-          node.x = MARGIN + node.rank * COL;
+          node.x = left[node.rank];
           node.y = top + offset + node.row * ROW;
           node.w = isMarker(node) ? 12 : TASK_W;
           node.h = isMarker(node) ? 12 : TASK_H;
-          if (isMarker(node)) { node.x += (TASK_W - 12) / 2; node.y += (TASK_H - 12) / 2; }
+          if (isMarker(node)) {
+            node.x += (columnWidth[node.rank] - GAP - 12) / 2;
+            node.y += (TASK_H - 12) / 2;
+          }
         }
       }
-      width = Math.max(width, columns.length);
       if (tallest) top += tallest * ROW + 40;
     }
-    return { nodes, edges, errors, width: MARGIN * 2 + width * COL, height: top + MARGIN };
+    return { nodes, edges, errors, width: left[ranks] + MARGIN, height: top + MARGIN };
   }
 
   function clusters(graph, nodes, errors) {
