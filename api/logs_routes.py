@@ -388,7 +388,12 @@ def blueprint(ctx: ServerContext) -> Blueprint:
             )
             if len(rows) < size and (rows or offset == 0):
                 return rows, offset + len(rows), False
-            total, estimated = logs_model.count(conn, where, params, reading=reading)
+            seen = offset + len(rows)
+            if reading != logs_model.PLANNED:
+                estimate = logs_model.text_estimate(conn, search, *scope, reading)
+                if estimate is not None:
+                    return rows, max(estimate, seen), True
+            total, estimated = logs_model.count(conn, where, params, reading=reading, at_least=seen)
             return rows, total, estimated
 
         rows, total, estimated = await db.run(read)
