@@ -5,7 +5,7 @@ PORT ?= 8080
 # setuptools explains editable installs in warnings on every install: nothing to act on.
 QUIET_PIP := PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: run test lint install install-test bench clean ui-assets
+.PHONY: run test lint install install-test bench clean ui-assets screenshots
 
 $(BIN)/python:
 	@$(PY) -m venv $(VENV)
@@ -26,8 +26,8 @@ run: install
 	@$(BIN)/tiercel server local --port $(PORT)
 
 lint: install-test
-	$(BIN)/ruff check engine projections api plugins tests bench
-	$(BIN)/ruff format --check engine projections api plugins tests bench
+	$(BIN)/ruff check engine projections api plugins tests bench scripts
+	$(BIN)/ruff format --check engine projections api plugins tests bench scripts
 	$(BIN)/mypy --strict engine
 
 test: install-test lint
@@ -37,6 +37,11 @@ test: install-test lint
 # ui/package-lock.json into api/static/vendor/, which is committed: only this target needs Node.
 ui-assets:
 	cd ui && npm ci --no-audit --no-fund --loglevel=error && node build.mjs
+
+# The README's screenshots (docs/screenshots/*.png) from a throwaway server, through Debian's
+# chromium (/usr/bin/chromium): about a minute.
+screenshots: install-test
+	$(BIN)/python -m scripts.screenshots
 
 bench: install
 	$(BIN)/python -m bench.core
