@@ -503,15 +503,15 @@ async def _serve_async(
 
 
 def _where(ctx: Any, host: str) -> str:
-    """The line that says where the API and its documentation are."""
+    """The line that says where the API, the web UI and the documentation are."""
     bound = (ctx.extra.get("urls") or [f"http://{host}:{ctx.port}"])[0]
     scheme, _, address = bound.partition("://")
     port = address.rpartition(":")[2]
     shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1") else host
     base = f"{scheme}://{shown}:{port}"
     docs = Path(__file__).resolve().parent.parent / "docs"
-    where = f"Tiercel is up: API {base}/api/v1 (OpenAPI {base}/api/v1/openapi.yml)"
-    return where + (f", docs in {docs}" if docs.is_dir() else "")
+    where = f"Tiercel is up: API {base}/api/v1 (OpenAPI {base}/api/v1/openapi.yml), UI {base}/ui/"
+    return where + (f", docs {docs.as_uri()}" if docs.is_dir() else "")
 
 
 async def _deploy_folder(store: Any, folder: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -52,10 +53,11 @@ def configure_master_key(data_dir: Path | None, *, generate: bool) -> None:
     except TiercelError as exc:
         raise click.UsageError(exc.message) from None
     if where is None:
-        click.echo(
+        # Logged, not echoed: with `--log-format json` every line a server writes is JSON.
+        logging.getLogger("tiercel").warning(
             "No master key for secrets is configured: SECRET inputs are still encrypted, but "
-            f"secrets cannot be stored (set {secrets.KEY_ENV}).",
-            err=True,
+            "secrets cannot be stored (set %s).",
+            secrets.KEY_ENV,
         )
 
 
