@@ -87,6 +87,10 @@ tasks:
   - id: notify
     type: io.kestra.plugin.core.log.Log
     message: "Sales of the day loaded"
+triggers:
+  - id: every_morning
+    type: io.kestra.plugin.core.trigger.Schedule
+    cron: "0 6 * * *"
 """
 REPORT = """id: weekly_report
 namespace: shop.marketing
@@ -242,7 +246,6 @@ def pages(page: Any, pipeline_execution: str) -> list[tuple[str, Callable[[], No
     def topology() -> None:
         page.goto("/ui/flows/shop.analytics/daily_sales#topology")
         page.locator("#graph svg g.node").first.wait_for()
-        page.locator("#fit-graph").click()  # the whole pipeline in the picture
 
     def editor() -> None:
         page.goto("/ui/flows/shop.analytics/daily_sales/edit")
@@ -251,7 +254,8 @@ def pages(page: Any, pipeline_execution: str) -> list[tuple[str, Callable[[], No
         # (Through the keyboard: clicking a line scrolls the editor sideways to its middle.)
         page.locator(".cm-content").click()
         page.keyboard.press("Control+End")
-        page.keyboard.press("ArrowUp")
+        for _ in range(5):  # above the trigger, on the `notify` task's message
+            page.keyboard.press("ArrowUp")
         page.keyboard.press("End")
         page.keyboard.press("ArrowLeft")
         page.keyboard.insert_text(": {{ outputs.")

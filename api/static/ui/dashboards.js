@@ -28,7 +28,7 @@
       kpi("Success ratio", pct(stats.successRatio), "kpi-success"),
       kpi("Failed", failed, "kpi-failed"),
       kpi("Mean duration", secs(stats.durations.avg), "kpi-avg"),
-      kpi("p50 / p90 / p99", `${secs(stats.durations.p50)} / ${secs(stats.durations.p90)} / ${secs(stats.durations.p99)}`, "kpi-percentiles"));
+      kpi("p50 / p90 / p99", `${secs(stats.durations.p50)} / ${secs(stats.durations.p90)} / ${secs(stats.durations.p99)}`, "kpi-percentiles", "kpi-wide"));
     const states = Object.keys(stats.states).sort();
     // The table shows the API's own "All" per bucket beside the states it adds up.
     $("state-table").replaceChildren(
@@ -48,8 +48,8 @@
       el("tbody", {}, stats.namespaces.map((n) => el("tr", {}, el("td", {}, n.namespace), el("td", {}, String(n.total || 0)), el("td", {}, pct(n.successRatio))))));
   }
 
-  function kpi(label, value, id) {
-    return el("div", { class: "kpi" }, el("div", { class: "hint" }, label), el("div", { class: "value", id }, String(value)));
+  function kpi(label, value, id, extra = "") {
+    return el("div", { class: `kpi ${extra}`.trim() }, el("div", { class: "hint" }, label), el("div", { class: "value", id }, String(value)));
   }
 
   function drawSeries(stats, states) {
@@ -58,24 +58,41 @@
     if (!window.uPlot || !stats.buckets.length) { box.replaceChildren(el("p", { class: "hint" }, "No execution in this range.")); return; }
     box.replaceChildren();
     // The API lists the buckets that hold executions; the chart shows the empty ones between
-    // as zeros, over the whole range.
+    // as zeros. It starts two buckets before the first that holds any: on a server younger
+    // than the range, the hours (or days) before it would squeeze the data into one spike at
+    // the right edge.
     const step = { PT1M: 6e4, PT1H: 36e5, P1D: 864e5, P7D: 6048e5 }[stats.interval];
     const held = new Map(stats.buckets.map((b) => [Date.parse(b.date), b]));
-    let times = [...held.keys()];
+    let times = [...held.keys()].sort((a, b) => a - b);
     if (step) {
+      const first = Math.max(Math.min(Date.parse(stats.startDate), times[0]), times[0] - 2 * step);
+      const kept = times;
       times = [];
-      const first = Math.min(Date.parse(stats.startDate), ...held.keys());
       for (let t = first; t < Date.parse(stats.endDate) && times.length < 2000; t += step) times.push(t);
-      for (const t of held.keys()) if (!times.includes(t)) times.push(t);
+      for (const t of kept) if (!times.includes(t)) times.push(t);
       times.sort((a, b) => a - b);
     }
     const bucket = (t) => held.get(t) || { counts: {}, total: 0 };
     const xs = times.map((t) => t / 1000);
     const data = [xs, ...states.map((s) => times.map((t) => bucket(t).counts[s] || 0)), times.map((t) => bucket(t).total)];
-    const series = [{}, ...states.map((s) => ({ label: s, stroke: colour(s), width: 2, points: { show: true } })),
+    const series = [{ label: "Time" }, ...states.map((s) => ({ label: s, stroke: colour(s), width: 2, points: { show: true } })),
       { label: "All", stroke: getComputedStyle(document.documentElement).getPropertyValue("--fg").trim(), width: 2, dash: [6, 4], points: { show: true } }];
+    // Not hovering, the legend gives each series' total over the range shown (uPlot's "--").
+    const unit = { PT1M: "minute", PT1H: "hour", P1D: "day", P7D: "week" }[stats.interval] || "bucket";
+    const totals = [`total of ${times.length} ${unit}${times.length === 1 ? "" : "s"}`,
+      ...data.slice(1).map((values) => String(values.reduce((a, b) => a + b, 0)))];
+    const showTotals = (u) => {
+      if (u.cursor.idx !== null && u.cursor.idx !== undefined) return;
+      u.root.querySelectorAll(".u-legend .u-value").forEach((cell, i) => { cell.textContent = totals[i] ?? ""; });
+    };
     const axis = { stroke: getComputedStyle(document.documentElement).getPropertyValue("--muted").trim(), grid: { stroke: "rgba(128,128,128,.15)" } };
-    plot = new window.uPlot({ width: Math.max(300, box.clientWidth || 560), height: 240, series, axes: [axis, axis], scales: { x: { time: true } } }, data, box);
+    plot = new window.uPlot({
+      width: Math.max(300, box.clientWidth || 560), height: 240, series, axes: [axis, axis],
+      scales: { x: { time: true } },
+      hooks: { setLegend: [showTotals], ready: [showTotals] },
+    }, data, box);
+    showTotals(plot);
+    box.dataset.buckets = String(times.length);
   }
 
   // --- custom dashboards -------------------------------------------------------------------

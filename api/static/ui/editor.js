@@ -86,7 +86,8 @@ tasks:
       const graph = await api("/api/v1/flows/graph", {
         method: "POST", headers: { "Content-Type": "application/x-yaml" }, body: text,
       });
-      window.TiercelGraph.render(document.getElementById("graph"), graph);
+      // The preview is a narrow, tall column: the graph reads top to bottom there.
+      window.TiercelGraph.render(document.getElementById("graph"), graph, {}, { direction: "down" });
     } catch (error) { /* the problems list already says why */ }
   }
 

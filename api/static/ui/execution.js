@@ -19,6 +19,14 @@
     if (!isFinite(seconds)) return "";
     return seconds < 60 ? `${seconds.toFixed(seconds < 10 ? 2 : 1)} s` : `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
   }
+  const MIN_BAR = 4;  // px
+  // A duration to the millisecond: "7 ms", "2.041 s", "3 min 12.480 s".
+  function exact(millis) {
+    const whole = Math.max(0, Math.round(millis));
+    if (whole < 1000) return `${whole} ms`;
+    if (whole < 60000) return `${(whole / 1000).toFixed(3)} s`;
+    return `${Math.floor(whole / 60000)} min ${((whole % 60000) / 1000).toFixed(3)} s`;
+  }
   const runLabel = (run) => run.taskId + (run.value !== null && run.value !== undefined && run.value !== "" ? ` [${run.value}]` : "");
 
   // --- the execution and its live updates ----------------------------------------------------
@@ -116,7 +124,7 @@
       const from = ms(run.state.startDate) || start;
       const to = run.state.endDate ? ms(run.state.endDate) : end;
       const left = Math.max(0, Math.min(100, ((from - start) / total) * 100));
-      const width = Math.max(0.6, Math.min(100 - left, ((to - from) / total) * 100));
+      const width = Math.max(0, Math.min(100 - left, ((to - from) / total) * 100));
       const state = run.state.current;
       const label = el(interactive ? "button" : "span", {
         type: interactive ? "button" : null, class: "gantt-label", style: `padding-left:${0.3 + depth}rem`,
@@ -126,7 +134,13 @@
       return el("div", { class: "gantt-row", "data-task-id": run.taskId, "data-task-run-id": run.id, "data-state": state },
         label,
         el("div", { class: "gantt-track" },
-          el("div", { class: `gantt-bar bar-${state}`, style: `left:${left}%;width:${width}%`, title: `${runLabel(run)}: ${state}, ${span((to - from) / 1000)}` })),
+          // A run of a few milliseconds keeps a bar wide enough to see and to point at; its
+          // title gives the exact duration.
+          el("div", {
+            class: `gantt-bar bar-${state}`, "data-duration-ms": String(Math.max(0, to - from)),
+            style: `left:min(${left}%, calc(100% - ${MIN_BAR}px));width:max(${MIN_BAR}px, ${width}%)`,
+            title: `${runLabel(run)}: ${state}, ${exact(to - from)}`,
+          })),
         el("span", { class: `state state-${state}` }, state));
     });
     if (!rows.length) rows.push(el("p", { class: "hint" }, "No task run yet."));

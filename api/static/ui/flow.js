@@ -36,11 +36,12 @@
     });
   });
 
-  // A wide graph fits the page by default; at its own size it scrolls.
+  // A graph fits the page when its labels stay legible, else it scrolls; the switch forces the fit.
   document.getElementById("fit-graph").addEventListener("click", (event) => {
     const on = event.currentTarget.getAttribute("aria-pressed") !== "true";
     event.currentTarget.setAttribute("aria-pressed", String(on));
     document.getElementById("graph").classList.toggle("fit", on);
+    window.TiercelGraph.size(document.getElementById("graph"));
   });
 
   async function loadGraph() {

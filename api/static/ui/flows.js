@@ -27,7 +27,7 @@
         el("td", {}, flow.namespace),
         el("td", { class: "hide-narrow" }, sparkline(recent.get(`${flow.namespace}\u0000${flow.id}`) || [])),
         el("td", { class: "hide-narrow" }, flow.revision),
-        el("td", { class: "hide-narrow" }, when(flow.updated)))));
+        el("td", { class: "hide-narrow nowrap" }, when(flow.updated)))));
       if (!page.results.length) rows.replaceChildren(el("tr", {}, el("td", { colspan: 5 }, "No flow matches.")));
       count.textContent = `${page.total} flow${page.total === 1 ? "" : "s"}`;
     } catch (error) {

@@ -55,6 +55,8 @@
     writeUrl();
     renderSpanChip();
     $("follow").disabled = !$("log-execution").value.trim();
+    // A disabled switch says why: follow mode streams the lines of one execution.
+    $("follow-hint").hidden = !$("follow").disabled;
     await Promise.all([loadLines(), loadHistogram()]).catch((error) => toast(error.message, true));
   }
 
