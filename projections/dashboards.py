@@ -26,11 +26,13 @@ import psycopg
 
 from engine import events as ev
 from engine.dashboards import (
+    COMPARISONS,
     DATE,
     FIELDS,
     LABELS,
     LEVELS,
     Chart,
+    Column,
     Condition,
     Data,
     parse_date,
@@ -325,13 +327,226 @@ def _where(
     return parts, params
 
 
-ROLLUP_FIELDS = {"NAMESPACE": "namespace", "FLOW_ID": "flow_id", "STATE": "state"}
-"""Executions fields the hourly rollup `execution_stats` keeps (with START_DATE's hour)."""
+@dataclass(frozen=True)
+class Rollup:
+    """A rollup that answers charts over `source`: its table, its bucket's column and grain,
+    the SQL (over a rollup row) of each field it keeps, and of the points a row stands for:
+    how many, and their sum, minimum and maximum of `value`."""
+
+    source: str
+    table: str
+    bucket: str
+    grain: str
+    """'minute' or 'hour': buckets start on whole minutes or hours, UTC."""
+    fields: dict[str, str]
+    parts: tuple[str, str, str, str]
+    value: str | None = None
+    """The field whose SUM, AVG, MIN and MAX the parts keep (None: the rollup only counts)."""
+    collated: frozenset[str] = frozenset()
+    """Fields kept byte-wise (COLLATE "C"): they sort otherwise than in the rows."""
 
 
-def _ceil_hour(at: dt.datetime) -> dt.datetime:
-    floor = at.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
-    return floor if floor == at else floor + dt.timedelta(hours=1)
+_COUNT_ONLY = (
+    "count",
+    "NULL::double precision",
+    "NULL::double precision",
+    "NULL::double precision",
+)
+
+ROLLUPS: dict[str, tuple[Rollup, ...]] = {
+    # projections/executions.py keeps it: executions by current state and hour of their start.
+    "executions": (
+        Rollup(
+            source="executions",
+            table="execution_stats",
+            bucket="bucket",
+            grain="hour",
+            fields={"NAMESPACE": "namespace", "FLOW_ID": "flow_id", "STATE": "state"},
+            parts=_COUNT_ONLY,
+            collated=frozenset({"NAMESPACE", "FLOW_ID"}),
+        ),
+    ),
+    # projections/logs.py keeps them (migrations/0015): a line without a known namespace or
+    # flow is counted under '', which nullif gives back as the NULL the line holds.
+    "logs": (
+        Rollup(
+            source="logs",
+            table="log_counts_hourly",
+            bucket="hour",
+            grain="hour",
+            fields={"NAMESPACE": "nullif(namespace, '')", "LEVEL": "level"},
+            parts=_COUNT_ONLY,
+            collated=frozenset({"NAMESPACE"}),
+        ),
+        Rollup(
+            source="logs",
+            table="log_counts",
+            bucket="minute",
+            grain="minute",
+            fields={
+                "NAMESPACE": "nullif(namespace, '')",
+                "FLOW_ID": "nullif(flow_id, '')",
+                "LEVEL": "level",
+            },
+            parts=_COUNT_ONLY,
+            collated=frozenset({"NAMESPACE", "FLOW_ID"}),
+        ),
+    ),
+    # projections/metrics.py keeps it: per hour and series, count, sum, min and max of values.
+    "metrics": (
+        Rollup(
+            source="metrics",
+            table="metric_buckets",
+            bucket="bucket",
+            grain="hour",
+            fields={
+                "NAMESPACE": "namespace",
+                "FLOW_ID": "flow_id",
+                "TASK_ID": "task_id",
+                "NAME": "name",
+                "TYPE": "type",
+            },
+            parts=("count", "sum", "min", "max"),
+            value="VALUE",
+        ),
+    ),
+}
+"""The rollups of each source, the coarsest first: a chart reads the first that answers it."""
+
+ROLLUP_DATES = {"executions": "START_DATE", "logs": "DATE", "metrics": "DATE"}
+"""The date each rollup buckets by."""
+NEVER_NULL = {
+    "executions": frozenset({"ID", "NAMESPACE", "FLOW_ID", "FLOW_REVISION", "STATE", "START_DATE"}),
+    "logs": frozenset({"EXECUTION_ID", "DATE", "LEVEL", "MESSAGE"}),
+    "metrics": frozenset({"EXECUTION_ID", "NAME", "TYPE", "VALUE", "DATE"}),
+}
+"""Fields every row has (NOT NULL columns): counting one counts the rows."""
+_ORDERED = frozenset({*COMPARISONS, "REGEX"})
+"""Filters whose answer depends on a collation (what a byte-wise field cannot answer alike)."""
+_GRAINS = ("minute", "hour", "day", "week", "month")
+_GRAIN = {"minute": dt.timedelta(minutes=1), "hour": dt.timedelta(hours=1)}
+
+
+def _leaves(conditions: list[Condition]) -> list[Condition]:
+    return [leaf for c in conditions for leaf in (_leaves(c.anyOf) if c.type == "OR" else [c])]
+
+
+def rollup_for(data: Data, extra: list[Condition], unit: str) -> Rollup | None:
+    """The rollup that answers `data` (with the request's filters `extra`) exactly, or None:
+    every column groups by a field the rollup keeps or by the date at its grain or coarser,
+    every aggregation is a COUNT (of rows, or of a kept field) or one over the value the rollup
+    sums, and every filter (where, request, numerator) is on a kept field."""
+    date = ROLLUP_DATES.get(data.source)
+    if date is None or not (data.kpi or any(c.agg for c in data.columns)):
+        return None
+    wanted: set[str] = set()
+    dated = False
+    valued: set[str] = set()
+    for c in data.columns:
+        if c.agg is None:
+            if c.field == date:
+                dated = True
+            else:
+                wanted.add(c.field or "")
+        elif c.agg == "COUNT":
+            if c.field is not None and c.field not in NEVER_NULL[data.source]:
+                wanted.add(c.field)
+        else:
+            valued.add(c.field or "")
+    ordered: set[str] = set()
+    for leaf in _leaves([*data.where, *extra, *data.numerator]):
+        wanted.add(leaf.field or "")
+        if leaf.type in _ORDERED:
+            ordered.add(leaf.field or "")
+    for rollup in ROLLUPS[data.source]:
+        if dated and _GRAINS.index(rollup.grain) > _GRAINS.index(unit):
+            continue
+        if not wanted <= rollup.fields.keys() or valued - {rollup.value}:
+            continue
+        if ordered & rollup.collated:
+            continue
+        return rollup
+    return None
+
+
+def _floor(at: dt.datetime, grain: str) -> dt.datetime:
+    at = at.astimezone(dt.UTC).replace(second=0, microsecond=0)
+    return at.replace(minute=0) if grain == "hour" else at
+
+
+def _rollup_rows(
+    data: Data,
+    rollup: Rollup,
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    scope: tuple[str, list[Any]],
+    extra: list[Condition],
+    outputs: list[str],
+) -> tuple[str, list[Any]]:
+    """A UNION ALL of the rollup's rows for the whole buckets of [start, end] and of the rows
+    of the partial buckets at its ends (one point each), filtered alike, as columns `t` (the
+    bucket or the row's date), `o0`.. (the `outputs` fields), `n, s, lo, hi` (points, sum,
+    minimum and maximum of the value)."""
+    first = _floor(start, rollup.grain)
+    if first < start:
+        first += _GRAIN[rollup.grain]
+    last = _floor(end, rollup.grain)
+    if first >= last:
+        first = last = start  # no whole bucket inside: every row is read
+    rows = SOURCES[data.source]
+    kinds = FIELDS[data.source]
+    kept = Source(table=rollup.table, date=rollup.bucket, fields=rollup.fields)
+
+    def branch(source: Source, parts: tuple[str, ...], when: str, when_params: list[Any]) -> str:
+        select = [f"{source.date} AS t"]
+        for i, name in enumerate(outputs):
+            expr = source.fields[name]
+            if source is kept and name in rollup.collated:
+                expr = f'({expr}) COLLATE "default"'  # sorted as the rows' field is
+            select.append(f"{expr} AS o{i}")
+        select += [f"{p} AS {a}" for p, a in zip(parts, ("n", "s", "lo", "hi"), strict=True)]
+        where = [when, scope[0]]
+        params.extend([*when_params, *scope[1]])
+        for c in [*data.where, *extra]:
+            sql, p = _condition(source, c, kinds)
+            where.append(sql)
+            params.extend(p)
+        return f"SELECT {', '.join(select)} FROM {source.table} WHERE {' AND '.join(where)}"
+
+    params: list[Any] = []
+    whole = branch(
+        kept, rollup.parts, f"{rollup.bucket} >= %s AND {rollup.bucket} < %s", [first, last]
+    )
+    value = rows.fields[rollup.value] if rollup.value else "NULL::double precision"
+    edges = branch(
+        rows,
+        ("1", value, value, value),
+        f"(({rows.date} >= %s AND {rows.date} < %s) OR ({rows.date} >= %s AND {rows.date} <= %s))",
+        [start, first, last, end],
+    )
+    return f"{whole} UNION ALL {edges}", params
+
+
+def _rollup_aggregate(source: str, column: Column, outputs: list[str], only: str = "") -> str:
+    """A column's aggregation over `_rollup_rows`, of the rows where `only` holds (if given)."""
+    conditions = [only] if only else []
+    if column.agg == "COUNT":
+        if column.field is not None and column.field not in NEVER_NULL[source]:
+            conditions.append(f"o{outputs.index(column.field)} IS NOT NULL")
+        return f"coalesce(sum(n){_filter(conditions)}, 0)::bigint"
+    where = _filter(conditions)
+    if column.agg == "SUM":
+        return f"sum(s){where}"
+    if column.agg == "MIN":
+        return f"min(lo){where}"
+    if column.agg == "MAX":
+        return f"max(hi){where}"
+    return f"sum(s){where} / sum(n){where}::double precision"  # AVG, as avg(value) computes it
+
+
+def _filter(conditions: list[str]) -> str:
+    return f" FILTER (WHERE {' AND '.join(conditions)})" if conditions else ""
 
 
 def rollup_query(
@@ -344,103 +559,91 @@ def rollup_query(
     page: int,
     size: int,
 ) -> Query | None:
-    """The query of an executions chart that counts by namespace, flow, state and start
-    date (by the hour or more) read from the hourly rollup for the whole hours of the range
-    and from the executions for the partial hours at its ends; None when the chart asks for
-    anything else (a duration, a label, a filter on another field), which only the
-    executions themselves answer. Both give the same rows: the rollup counts each execution
-    by its current state and the hour it started, kept in the transaction that writes it."""
-    if data.source != "executions" or data.kpi:
+    """The query of a (non-KPI) chart read from a rollup (`rollup_for`) for the whole buckets
+    of its range and from the rows for the partial ones at its ends; None when no rollup
+    answers it, and only the rows do. Both give the same rows: each rollup is kept in the
+    transaction that writes the rows it counts, a bucket's date truncated to an hour, day,
+    week or month is the rows' date truncated alike, and the ends are read row by row."""
+    if data.kpi:
         return None
     unit = bucket_unit(end - start)
-    if unit == "minute":
+    rollup = rollup_for(data, extra, unit)
+    if rollup is None:
         return None
-    kinds = FIELDS["executions"]
-    for c in data.columns:
-        if c.agg is None and c.field not in (*ROLLUP_FIELDS, "START_DATE"):
-            return None
-        if c.agg is not None and (c.agg != "COUNT" or c.field == "LABELS"):
-            return None
-        if c.agg is not None and c.field is not None and c.field not in (*ROLLUP_FIELDS, "ID"):
-            return None  # counts the rows where the field is set: only these always are
-    if not any(c.agg for c in data.columns):
-        return None
-
-    def plain(conditions: list[Condition]) -> bool:
-        return all(
-            plain(c.anyOf) if c.type == "OR" else c.field in ROLLUP_FIELDS for c in conditions
-        )
-
-    if not plain([*data.where, *extra]):
-        return None
-    source = SOURCES["executions"]
-    filters: list[str] = [scope[0]]
-    filter_params: list[Any] = [*scope[1]]
-    for condition in [*data.where, *extra]:
-        sql, p = _condition(source, condition, kinds)
-        filters.append(sql)
-        filter_params += p
-    # The columns named alike in both tables (namespace, flow_id, state) compile alike.
-    first, last = (
-        _ceil_hour(start),
-        end.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0),
+    date = ROLLUP_DATES[data.source]
+    outputs = sorted(
+        {c.field for c in data.columns if c.field and c.field != date and c.field in rollup.fields}
     )
-    if first >= last:
-        first = last = start  # no whole hour inside: every execution is read
-    dims = [c for c in data.columns if c.agg is None]
-
-    def branch(
-        table: str, date: str, count: str, when: str, when_params: list[Any]
-    ) -> tuple[str, list[Any]]:
-        select, params = [], []
-        for i, c in enumerate(dims):
-            if c.field == "START_DATE":
-                select.append(f"date_trunc(%s, {date}, 'UTC') AS d{i}")
+    inner, inner_params = _rollup_rows(
+        data, rollup, start=start, end=end, scope=scope, extra=extra, outputs=outputs
+    )
+    select: list[str] = []
+    params: list[Any] = []
+    positions: list[int] = []
+    dates: set[int] = set()
+    for i, c in enumerate(data.columns, 1):
+        if c.agg is None:
+            positions.append(i)
+            if c.field == date:
+                dates.add(i - 1)
+                select.append("date_trunc(%s, t, 'UTC')")
                 params.append(unit)
             else:
-                select.append(f"{ROLLUP_FIELDS[c.field or '']} AS d{i}")
-        select.append(f"{count} AS c")
-        where = " AND ".join([when, *filters])
-        return (
-            f"SELECT {', '.join(select)} FROM {table} WHERE {where}",
-            [*params, *when_params, *filter_params],
-        )
-
-    whole_sql, whole_params = branch(
-        "execution_stats", "bucket", "count", "bucket >= %s AND bucket < %s", [first, last]
-    )
-    edges_sql, edges_params = branch(
-        "executions",
-        "start_date",
-        "1",
-        "((start_date >= %s AND start_date < %s) OR (start_date >= %s AND start_date <= %s))",
-        [start, first, last, end],
-    )
-    outer: list[str] = []
-    index = 0
-    for c in data.columns:
-        if c.agg is None:
-            outer.append(f"d{index}")
-            index += 1
+                select.append(f"o{outputs.index(c.field or '')}")
         else:
-            outer.append("sum(c)::bigint")
-    sql = (
-        f"SELECT {', '.join(outer)}, count(*) OVER () FROM ({whole_sql} UNION ALL {edges_sql}) AS u"
-    )
-    positions = [i for i, c in enumerate(data.columns, 1) if c.agg is None]
+            select.append(_rollup_aggregate(data.source, c, outputs))
+    sql = f"SELECT {', '.join(select)}, count(*) OVER () FROM ({inner}) AS u"
     if positions:
         sql += " GROUP BY " + ", ".join(str(i) for i in positions)
     names = [c.name for c in data.columns]
     order = [f"{names.index(o.column) + 1} {o.order} NULLS LAST" for o in data.orderBy]
-    order = order or [f"{i} ASC NULLS LAST" for i in positions] or ["1"]
-    sql += " ORDER BY " + ", ".join(order) + " LIMIT %s OFFSET %s"
-    dates = {i for i, c in enumerate(data.columns) if c.field == "START_DATE" and c.agg is None}
+    order = order or [f"{i} ASC NULLS LAST" for i in positions]
+    if order:
+        sql += " ORDER BY " + ", ".join(order)
+    sql += " LIMIT %s OFFSET %s"
     return Query(
         sql=sql,
-        params=[*whole_params, *edges_params, size, (page - 1) * size],
+        params=[*params, *inner_params, size, (page - 1) * size],
         names=names,
         dates=dates,
         unit=unit,
+    )
+
+
+def rollup_kpi(
+    data: Data,
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    scope: tuple[str, list[Any]],
+    extra: list[Condition],
+) -> tuple[str, list[Any]] | None:
+    """A KPI's `SELECT numerator, total` read from a rollup as `rollup_query` reads a chart's
+    rows (the numerator's filters on the rollup's fields too); None when no rollup answers it."""
+    rollup = rollup_for(data, extra, bucket_unit(end - start))
+    if rollup is None or not data.kpi:
+        return None
+    column = data.columns[0]
+    leaves = _leaves(data.numerator)
+    outputs = sorted(
+        {leaf.field or "" for leaf in leaves}
+        | ({column.field} & rollup.fields.keys() if column.field else set())
+    )
+    inner, params = _rollup_rows(
+        data, rollup, start=start, end=end, scope=scope, extra=extra, outputs=outputs
+    )
+    numerator, numerator_params = "true", list[Any]()
+    if data.numerator:
+        named = Source(table="u", date="t", fields={f: f"o{i}" for i, f in enumerate(outputs)})
+        parts = [_condition(named, c, FIELDS[data.source]) for c in data.numerator]
+        numerator = " AND ".join(p[0] for p in parts)
+        numerator_params = [x for p in parts for x in p[1]]
+    part = _rollup_aggregate(data.source, column, outputs, f"({numerator})")
+    whole = _rollup_aggregate(data.source, column, outputs)
+    uses = part.count(" FILTER (WHERE ")  # AVG filters twice: the numerator's parameters too
+    return (
+        f"SELECT {part}, {whole} FROM ({inner}) AS u",
+        [*(numerator_params * uses), *params],
     )
 
 
@@ -501,8 +704,8 @@ def chart_query(
     return Query(sql=sql, params=params, names=names, dates=dates, unit=unit)
 
 
-def _has_rollup(conn: psycopg.Connection[Any]) -> bool:
-    return conn.execute("SELECT to_regclass('execution_stats')").fetchone() != (None,)
+def _has_table(conn: psycopg.Connection[Any], table: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() != (None,)
 
 
 def _ready(conn: psycopg.Connection[Any], source: str) -> None:
@@ -537,8 +740,8 @@ def run_chart(
     rollup: bool = True,
 ) -> dict[str, Any]:
     """A chart's rows as Kestra's PagedResults: `{results: [{column: value}], total}`; a KPI
-    answers one row `{value, numerator, total}`. An executions chart counting by namespace,
-    flow, state and hour reads the hourly rollup (`rollup_query`) unless `rollup` is False."""
+    answers one row `{value, numerator, total}`. A chart a rollup answers (`rollup_for`) reads
+    it (`rollup_query`, `rollup_kpi`) unless `rollup` is False: the same rows either way."""
     data = chart.data
     assert data is not None
     _ready(conn, data.source)
@@ -546,12 +749,15 @@ def run_chart(
         with conn.transaction():
             conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
             if data.kpi:
-                return _run_kpi(conn, chart, data, start, end, scope, extra)
+                return _run_kpi(conn, chart, data, start, end, scope, extra, rollup)
             query = None
-            if rollup and _has_rollup(conn):
+            if rollup:
                 query = rollup_query(
                     data, start=start, end=end, scope=scope, extra=extra, page=page, size=size
                 )
+                kept = rollup_for(data, extra, bucket_unit(end - start))
+                if query is not None and kept is not None and not _has_table(conn, kept.table):
+                    query = None
             if query is None:
                 query = chart_query(
                     data, start=start, end=end, scope=scope, extra=extra, page=page, size=size
@@ -585,7 +791,38 @@ def _run_kpi(
     end: dt.datetime,
     scope: tuple[str, list[Any]],
     extra: list[Condition],
+    rollup: bool = True,
 ) -> dict[str, Any]:
+    kept = rollup_for(data, extra, bucket_unit(end - start)) if rollup else None
+    counted = None
+    if kept is not None and _has_table(conn, kept.table):
+        counted = rollup_kpi(data, start=start, end=end, scope=scope, extra=extra)
+    if counted is not None:
+        sql, all_params = counted
+    else:
+        sql, all_params = _kpi_sql(data, start, end, scope, extra)
+    row = conn.execute(sql, all_params, prepare=False).fetchone()
+    numerator, total = (_plain(row[0]), _plain(row[1])) if row else (None, None)
+    percentage = str(chart.options.get("numberType", "")).upper() == "PERCENTAGE"
+    value: Any = total
+    if data.numerator:
+        value = numerator
+        if percentage:
+            value = 100.0 * numerator / total if numerator is not None and total else None
+    return {
+        "results": [{"value": value, "numerator": numerator, "total": total}],
+        "total": 1,
+    }
+
+
+def _kpi_sql(
+    data: Data,
+    start: dt.datetime,
+    end: dt.datetime,
+    scope: tuple[str, list[Any]],
+    extra: list[Condition],
+) -> tuple[str, list[Any]]:
+    """A KPI's `SELECT numerator, total` over the rows themselves."""
     source = SOURCES[data.source]
     column = data.columns[0]
     if column.field is None:
@@ -603,20 +840,7 @@ def _run_kpi(
         f"SELECT {expr} FILTER (WHERE {numerator_sql}), {expr} FROM {source.table}"
         " WHERE " + " AND ".join(where)
     )
-    row = conn.execute(
-        sql, [*params, *numerator_params, *params, *where_params], prepare=False
-    ).fetchone()
-    numerator, total = (_plain(row[0]), _plain(row[1])) if row else (None, None)
-    percentage = str(chart.options.get("numberType", "")).upper() == "PERCENTAGE"
-    value: Any = total
-    if data.numerator:
-        value = numerator
-        if percentage:
-            value = 100.0 * numerator / total if numerator is not None and total else None
-    return {
-        "results": [{"value": value, "numerator": numerator, "total": total}],
-        "total": 1,
-    }
+    return sql, [*params, *numerator_params, *params, *where_params]
 
 
 def flow_description(conn: psycopg.Connection[Any], namespace: str, flow_id: str) -> str | None:

@@ -20,8 +20,10 @@ import trio
 
 from api import openapi
 from engine import events as ev
+from engine.dashboards import parse_chart
 from engine.db import runtime_role
 from engine.server import run_server
+from projections import dashboards as model
 from tests.api.test_auth import _bearer, _token
 from tests.conftest import ADMIN_PASSWORD, _prepare
 
@@ -895,3 +897,250 @@ async def test_the_dashboard_of_the_documentation_saves_and_answers_every_chart(
     ratio = await _chart(client, "ops-overview", "success_ratio", filters=mine)
     assert ratio["results"][0]["value"] == 60.0
     await client.delete("/api/v1/dashboards/ops-overview")
+
+
+# --- charts read from the rollups answer what the rows answer ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def rollup_database_url(database_url: str) -> Iterator[str]:
+    """A database of its own, with executions, log lines and metric points written by hand
+    over three days (at any second, some on whole hours) and the rollups counted from them."""
+    name = f"dash_rollup_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    info["dbname"] = name
+    url = psycopg.conninfo.make_conninfo(**info)
+    _prepare(url)
+    _seed_rows(url)
+    yield url
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        conn.execute(f'DROP ROLE IF EXISTS "{runtime_role(name)}"')
+
+
+ROLLUP_BASE = dt.datetime(2026, 5, 4, tzinfo=dt.UTC)
+ROLLUP_NAMESPACES = ["team.a", "team.a.b", "team.b", "teamb"]
+
+
+def _seed_rows(url: str) -> None:
+    rng = random.Random(2026)
+
+    def at() -> dt.datetime:
+        if rng.random() < 0.1:  # on a whole hour: the first instant of a bucket
+            return ROLLUP_BASE + dt.timedelta(hours=rng.randrange(72))
+        return ROLLUP_BASE + dt.timedelta(seconds=rng.randrange(72 * 3600))
+
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        for i in range(800):
+            conn.execute(
+                "INSERT INTO executions (id, namespace, flow_id, flow_revision, state,"
+                " histories, start_date, last_seq) VALUES (%s, %s, %s, 1, %s, '[]', %s, 0)",
+                (
+                    f"x{i:04d}",
+                    rng.choice(ROLLUP_NAMESPACES),
+                    rng.choice(["etl", "hello", "Zeta"]),
+                    rng.choice(["SUCCESS", "FAILED", "RUNNING", "KILLED"]),
+                    at(),
+                ),
+            )
+        for i in range(3000):
+            unknown = rng.random() < 0.05  # a line whose execution was not found
+            conn.execute(
+                "INSERT INTO logs (seq, line, execution_id, namespace, flow_id, task_id,"
+                " timestamp, level, message) VALUES (%s, 0, %s, %s, %s, %s, %s, %s, 'm')",
+                (
+                    i,
+                    f"x{i % 800:04d}",
+                    None if unknown else rng.choice(ROLLUP_NAMESPACES),
+                    None if unknown else rng.choice(["etl", "hello", "Zeta"]),
+                    rng.choice(["t1", "t2"]),
+                    at(),
+                    rng.choice(["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]),
+                ),
+            )
+        for i in range(2500):
+            conn.execute(
+                "INSERT INTO metrics (seq, idx, execution_id, namespace, flow_id, task_id, name,"
+                " type, value, tags, timestamp) VALUES (%s, 0, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    i,
+                    f"x{i % 800:04d}",
+                    rng.choice(ROLLUP_NAMESPACES),
+                    rng.choice(["etl", "hello"]),
+                    rng.choice(["t1", "t2", None]),  # an execution's duration has no task
+                    rng.choice(["rows", "load", "duration"]),
+                    rng.choice(["counter", "timer"]),
+                    # Quarters: their sums are exact in any order, as counters and ms are.
+                    rng.randrange(-400, 4000) / 4,
+                    psycopg.types.json.Jsonb({"env": rng.choice(["dev", "prod"])}),
+                    at(),
+                ),
+            )
+        # The rollups as the projections keep them (migrations 0012 and 0015 count them so).
+        conn.execute("DELETE FROM execution_stats")
+        conn.execute(
+            "INSERT INTO execution_stats (bucket, namespace, flow_id, state, count)"
+            " SELECT date_trunc('hour', start_date, 'UTC'), namespace, flow_id, state, count(*)"
+            " FROM executions GROUP BY 1, 2, 3, 4"
+        )
+        conn.execute("DELETE FROM log_counts")
+        conn.execute("DELETE FROM log_counts_hourly")
+        conn.execute(
+            "INSERT INTO log_counts (minute, namespace, flow_id, level, count)"
+            " SELECT date_bin('1 minute', timestamp, '2001-01-01T00:00:00Z'),"
+            " coalesce(namespace, ''), coalesce(flow_id, ''), level, count(*)"
+            " FROM logs GROUP BY 1, 2, 3, 4"
+        )
+        conn.execute(
+            "INSERT INTO log_counts_hourly (hour, namespace, level, count)"
+            " SELECT date_bin('1 hour', timestamp, '2001-01-01T00:00:00Z'),"
+            " coalesce(namespace, ''), level, count(*) FROM logs GROUP BY 1, 2, 3"
+        )
+        conn.execute("DELETE FROM metric_buckets")
+        conn.execute(
+            "INSERT INTO metric_buckets (bucket, namespace, flow_id, task_id, name, type, tags,"
+            " count, sum, min, max) SELECT date_trunc('hour', timestamp, 'UTC'), namespace,"
+            " flow_id, task_id, name, type, tags, count(*), sum(value), min(value), max(value)"
+            " FROM metrics GROUP BY 1, 2, 3, 4, 5, 6, 7"
+        )
+
+
+def _rollup_chart(source: str, columns: Any, **data: Any) -> Any:
+    """A chart as a user writes it (JSON is YAML), checked as a saved one is."""
+    kpi = "agg" in columns
+    kind = source.capitalize() + ("KPI" if kpi else "")
+    body = {
+        "id": "c",
+        "type": "io.kestra.plugin.core.dashboard.chart." + ("KPI" if kpi else "Table"),
+        "chartOptions": {"numberType": "PERCENTAGE"} if kpi else {},
+        "data": {
+            "type": f"io.kestra.plugin.core.dashboard.data.{kind}",
+            "columns": columns,
+            **data,
+        },
+    }
+    return parse_chart(msgspec.json.encode(body).decode())
+
+
+def _eq(field: str, value: Any) -> dict[str, Any]:
+    return {"type": "EQUAL_TO", "field": field, "value": value}
+
+
+ROLLUP_CHARTS = [
+    _rollup_chart("executions", {"d": {"field": "START_DATE"}, "s": {"field": "STATE"},
+                                 "n": {"agg": "COUNT"}}),
+    _rollup_chart(
+        "executions",
+        {"ns": {"field": "NAMESPACE"}, "f": {"field": "FLOW_ID"},
+         "n": {"field": "ID", "agg": "COUNT"}},
+        where=[{"type": "IN", "field": "STATE", "values": ["SUCCESS", "FAILED"]}],
+        orderBy=[{"column": "ns", "order": "DESC"}, {"column": "f", "order": "ASC"}],
+    ),
+    _rollup_chart("executions", {"n": {"agg": "COUNT"}},
+                  where=[{"type": "STARTS_WITH", "field": "NAMESPACE", "value": "team.a"}]),
+    _rollup_chart("executions", {"field": "ID", "agg": "COUNT"},
+                  numerator=[{"type": "IN", "field": "STATE", "values": ["SUCCESS"]}]),
+    _rollup_chart("logs", {"level": {"field": "LEVEL"}, "n": {"agg": "COUNT"}}),
+    _rollup_chart("logs", {"d": {"field": "DATE"}, "ns": {"field": "NAMESPACE"},
+                           "level": {"field": "LEVEL"}, "n": {"agg": "COUNT"}}),
+    _rollup_chart(
+        "logs", {"f": {"field": "FLOW_ID"}, "n": {"agg": "COUNT"}},
+        where=[{"type": "IN", "field": "LEVEL", "values": ["WARN", "ERROR"]}],
+    ),
+    _rollup_chart(
+        "logs", {"level": {"field": "LEVEL"}, "n": {"field": "NAMESPACE", "agg": "COUNT"}},
+        where=[{"type": "NOT_EQUAL_TO", "field": "NAMESPACE", "value": "team.b"}],
+    ),
+    _rollup_chart("logs", {"field": "LEVEL", "agg": "COUNT"},
+                  numerator=[{"type": "OR", "values": [_eq("LEVEL", "ERROR"),
+                                                       {"type": "IS_NULL", "field": "FLOW_ID"}]}]),
+    _rollup_chart("metrics", {"f": {"field": "FLOW_ID"}, "rows": {"field": "VALUE", "agg": "SUM"}},
+                  where=[_eq("NAME", "rows")]),
+    _rollup_chart(
+        "metrics",
+        {"d": {"field": "DATE"}, "name": {"field": "NAME"}, "task": {"field": "TASK_ID"},
+         "n": {"agg": "COUNT"}, "sum": {"field": "VALUE", "agg": "SUM"},
+         "min": {"field": "VALUE", "agg": "MIN"}, "max": {"field": "VALUE", "agg": "MAX"},
+         "avg": {"field": "VALUE", "agg": "AVG"}, "tasks": {"field": "TASK_ID", "agg": "COUNT"}},
+    ),
+    _rollup_chart(
+        "metrics", {"type": {"field": "TYPE"}, "avg": {"field": "VALUE", "agg": "AVG"}},
+        where=[{"type": "OR", "values": [_eq("NAME", "load"), {"type": "IS_NULL", "field": "TASK_ID"}]}],
+    ),
+    _rollup_chart("metrics", {"field": "VALUE", "agg": "AVG"}, numerator=[_eq("TYPE", "timer")]),
+    _rollup_chart("metrics", {"field": "VALUE", "agg": "MAX"}),
+]  # fmt: skip
+"""Charts of every shape a rollup answers: counts by state, namespace, flow, level, name, task
+and date; sums, minimums, maximums and averages of metric values; KPIs with numerators."""
+
+ROW_CHARTS = [
+    _rollup_chart("executions", {"s": {"field": "STATE"}, "n": {"agg": "COUNT"}},
+                  where=[{"type": "GREATER_THAN", "field": "DURATION", "value": 1}]),
+    _rollup_chart("logs", {"level": {"field": "LEVEL"}, "n": {"agg": "COUNT"}},
+                  where=[{"type": "CONTAINS", "field": "MESSAGE", "value": "m"}]),
+    _rollup_chart("metrics", {"n": {"field": "VALUE", "agg": "SUM"}},
+                  where=[{"type": "GREATER_THAN", "field": "VALUE", "value": 3}]),
+    _rollup_chart("logs", {"ns": {"field": "NAMESPACE"}, "n": {"agg": "COUNT"}},
+                  where=[{"type": "REGEX", "field": "NAMESPACE", "value": "^team[.]a"}]),
+]  # fmt: skip
+"""Charts only the rows answer: a filter on a field no rollup keeps, or a regular expression
+over one the rollup keeps byte-wise (its classes may depend on the collation)."""
+
+
+def _at(hours: float) -> dt.datetime:
+    return ROLLUP_BASE + dt.timedelta(hours=hours)
+
+
+ROLLUP_RANGES = [
+    (_at(0.37), _at(30.81)),  # by the hour, cut mid-hour at both ends
+    (_at(-5), _at(80)),  # by the day, every row
+    (_at(7), _at(50)),  # whole hours, a row on each end's instant
+    (_at(12.1), _at(12.9)),  # inside one hour: by the minute, no whole hour
+    (_at(2.5), _at(3.5)),  # by the minute, across an hour
+    (_at(-24 * 120), _at(20.5)),  # by the week
+    (_at(-24 * 500), _at(70.25)),  # by the month
+]
+
+
+async def test_charts_read_from_the_rollups_answer_the_rows_the_rows_answer(
+    rollup_database_url: str,
+) -> None:
+    scopes = [("true", []), ("((namespace = %s OR namespace LIKE %s))", ["team.a", "team.a.%"])]
+    requests: list[list[Any]] = [[], [model.Condition(type="NOT_EQUAL_TO", field="NAMESPACE",
+                                                       value="teamb")]]  # fmt: skip
+    with psycopg.connect(rollup_database_url, autocommit=True) as conn:
+        for chart in [*ROLLUP_CHARTS, *ROW_CHARTS]:
+            for start, end in ROLLUP_RANGES:
+                for scope in scopes:
+                    for extra in requests:
+                        unit = model.bucket_unit(end - start)
+                        kept = model.rollup_for(chart.data, extra, unit)
+                        dated = any(
+                            c.agg is None and c.field in ("DATE", "START_DATE")
+                            for c in chart.data.columns
+                        )
+                        if chart in ROW_CHARTS:
+                            assert kept is None
+                        elif not (dated and unit == "minute" and chart.data.source != "logs"):
+                            assert kept is not None, chart
+                        asked = {
+                            "start": start,
+                            "end": end,
+                            "scope": scope,
+                            "extra": extra,
+                            "page": 1,
+                            "size": 10_000,
+                        }
+                        read = model.run_chart(conn, chart, **asked)
+                        counted = model.run_chart(conn, chart, **asked, rollup=False)
+                        assert read == counted, (chart, start, end, scope, extra)
+                        assert read["results"] or chart in ROW_CHARTS, (chart, start, end)
+        # Pages of a chart read from a rollup are the pages of its rows.
+        chart = ROLLUP_CHARTS[5]
+        paged = {"start": _at(1.5), "end": _at(40.2), "scope": scopes[0], "extra": []}
+        for page in (1, 2, 7):
+            assert model.run_chart(conn, chart, **paged, page=page, size=9) == model.run_chart(
+                conn, chart, **paged, page=page, size=9, rollup=False
+            )
