@@ -1,5 +1,5 @@
-"""Browser tests: a real server (`tiercel server local` on the test database, in its own
-process) driven through Debian's chromium by Playwright.
+"""Browser tests: a real server (`tiercel server local` in its own process, on a database of its
+own in the test cluster) driven through Debian's chromium by Playwright.
 
 Playwright never downloads a browser here: it launches `/usr/bin/chromium` (installed by
 `.ci/run` with apt when missing). Without it, or without the playwright package, every test of
@@ -14,13 +14,16 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
+from engine.db import runtime_role
 from tests.conftest import ADMIN_PASSWORD
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -64,7 +67,23 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ui_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def ui_database(database_url: str) -> Iterator[str]:
+    """A database of the UI server's own: the server lives for the whole session in another
+    process (with a master key of its own), and its executor and worker must not take the
+    executions of the tests that run after these."""
+    name = f"ui_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    info["dbname"] = name
+    yield psycopg.conninfo.make_conninfo(**info)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        conn.execute(f'DROP ROLE IF EXISTS "{runtime_role(name)}"')
+
+
+@pytest.fixture(scope="session")
+def ui_server(ui_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of a server with accounts on (admin / the test admin password)."""
     folder = tmp_path_factory.mktemp("ui-server")
     port = _free_port()
@@ -72,7 +91,7 @@ def ui_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     env = {**os.environ, "TIERCEL_ADMIN_PASSWORD": ADMIN_PASSWORD}
     env.pop("TIERCEL_DATABASE_URL", None)
     command = [*TIERCEL, "server", "local", "--port", str(port), "--host", "127.0.0.1"]
-    command += ["--database-url", database_url, "--data-dir", str(folder / "data")]
+    command += ["--database-url", ui_database, "--data-dir", str(folder / "data")]
     with output.open("w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
