@@ -31,7 +31,7 @@ lint: install-test
 	$(BIN)/mypy --strict engine
 
 test: install-test lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The web UI's browser libraries (htmx, CodeMirror, uPlot) from the versions pinned in
 # ui/package-lock.json into api/static/vendor/, which is committed: only this target needs Node.

@@ -11,6 +11,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -128,6 +129,24 @@ async def notifier(database_url: str, nursery: trio.Nursery) -> Notifier:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "last: run after every other test")
+
+
+# `make test` runs two pytest-xdist workers (`-n 2 --dist loadfile`: each file in one worker,
+# each worker with a database of its own). The fuzzers' case counts come back from the workers
+# (tests/fuzz/conftest.py) and are printed here, in the controller.
+_FUZZ_CASES: list[str] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    _FUZZ_CASES.extend(getattr(node, "workeroutput", {}).get("fuzz_cases", []))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _FUZZ_CASES:
+        terminalreporter.section("fuzz cases")
+        for line in _FUZZ_CASES:
+            terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -21,11 +21,21 @@ from tests.fuzz.harness import ROOT, Http, reported
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    # A run without pytest-xdist's workers; with them tests/conftest.py prints what each
+    # worker sent back.
+    if hasattr(terminalreporter.config, "workerinput"):
+        return
     lines = reported()
     if lines:
         terminalreporter.section("fuzz cases")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: its controller prints the counts
+        workeroutput["fuzz_cases"] = reported()
 
 
 @pytest.fixture
