@@ -465,7 +465,9 @@ def text_estimate(
     query, times the share of lines the other filters keep."""
     size = conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'logs'::regclass").fetchone()
     lines = float(size[0]) if size else -1.0
-    if lines <= COUNT_TEXT_UP_TO or search.q is None:
+    if lines < 0:  # never analyzed: the planner's guess from the table's size
+        lines = _plan_rows(conn, "true", [])
+    if lines <= max(COUNT_TEXT_UP_TO, 0) or search.q is None:
         return None
     text = _plan_rows(
         conn,

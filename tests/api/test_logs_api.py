@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import trio
 
 from tests.api.test_auth import _bearer, _token
@@ -462,3 +463,32 @@ async def test_follow_streams_the_backlog_then_new_lines_and_ends_with_the_execu
     )
     assert only.text.splitlines() == [line for line in lines if " ERROR " in line]
     assert (await client.get(f"/api/v1/logs/{xid}", params={"attempt": 1})).json()
+
+
+async def test_a_text_search_matching_many_lines_gives_an_estimated_total_without_counting(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As at ten million lines: a word matches "many" lines and the table is too large to
+    # count them in.
+    from projections import logs as logs_model
+
+    ns = _ns()
+    word = f"plenty{uuid.uuid4().hex[:6]}"
+    await _deploy(
+        client, _script_flow(ns, [f"echo {word} one", f"echo {word} two", f"echo {word} 3"])
+    )
+    await _run(client, ns, "script")
+    with trio.fail_after(15):
+        while (await _search(client, namespace=ns))["total"] < 3:
+            await trio.sleep(0.05)
+    monkeypatch.setattr(logs_model, "PROBE_UP_TO", 1)
+    monkeypatch.setattr(logs_model, "COUNT_TEXT_UP_TO", 0)
+    page = await _search(client, q=word, size=2)
+    assert [r["message"].split()[0] for r in page["results"]] == [word, word]
+    assert page["totalIsEstimate"] and page["total"] >= 2
+    # A page that ends before its size knows its total: exact, as before.
+    assert await _search(client, q=word, size=10) == {
+        **(await _search(client, q=word, size=10)),
+        "total": 3,
+        "totalIsEstimate": False,
+    }
