@@ -340,18 +340,16 @@ class Rollup:
     """'minute' or 'hour': buckets start on whole minutes or hours, UTC."""
     fields: dict[str, str]
     parts: tuple[str, str, str, str]
+    """Aggregates of the rollup's rows: how many points, their sum, minimum and maximum."""
     value: str | None = None
     """The field whose SUM, AVG, MIN and MAX the parts keep (None: the rollup only counts)."""
     collated: frozenset[str] = frozenset()
     """Fields kept byte-wise (COLLATE "C"): they sort otherwise than in the rows."""
 
 
-_COUNT_ONLY = (
-    "count",
-    "NULL::double precision",
-    "NULL::double precision",
-    "NULL::double precision",
-)
+_NO_VALUE = ("NULL::double precision",) * 3
+_COUNT_ONLY = ("sum(count)", *_NO_VALUE)
+
 
 ROLLUPS: dict[str, tuple[Rollup, ...]] = {
     # projections/executions.py keeps it: executions by current state and hour of their start.
@@ -406,7 +404,7 @@ ROLLUPS: dict[str, tuple[Rollup, ...]] = {
                 "NAME": "name",
                 "TYPE": "type",
             },
-            parts=("count", "sum", "min", "max"),
+            parts=("sum(count)", "sum(sum)", "min(min)", "max(max)"),
             value="VALUE",
         ),
     ),
@@ -474,6 +472,23 @@ def _floor(at: dt.datetime, grain: str) -> dt.datetime:
     return at.replace(minute=0) if grain == "hour" else at
 
 
+_ORIGIN = dt.datetime(2001, 1, 1, tzinfo=dt.UTC)
+"""A Monday, midnight UTC: minutes, hours, days and weeks binned from it are date_trunc's."""
+_BINS = {
+    "minute": dt.timedelta(minutes=1),
+    "hour": dt.timedelta(hours=1),
+    "day": dt.timedelta(days=1),
+    "week": dt.timedelta(days=7),
+}
+
+
+def _bucketed(date: str, unit: str) -> tuple[str, list[Any]]:
+    """`date_trunc(unit, date, 'UTC')`, as arithmetic where it is (no time zone per row)."""
+    if unit in _BINS:
+        return f"date_bin(%s, {date}, %s)", [_BINS[unit], _ORIGIN]
+    return f"date_trunc(%s, {date}, 'UTC')", [unit]
+
+
 def _rollup_rows(
     data: Data,
     rollup: Rollup,
@@ -483,11 +498,12 @@ def _rollup_rows(
     scope: tuple[str, list[Any]],
     extra: list[Condition],
     outputs: list[str],
+    unit: str | None,
 ) -> tuple[str, list[Any]]:
     """A UNION ALL of the rollup's rows for the whole buckets of [start, end] and of the rows
-    of the partial buckets at its ends (one point each), filtered alike, as columns `t` (the
-    bucket or the row's date), `o0`.. (the `outputs` fields), `n, s, lo, hi` (points, sum,
-    minimum and maximum of the value)."""
+    of the partial buckets at its ends, filtered alike and each summed per group, as columns
+    `t` (the date truncated to `unit`; none without a unit), `o0`.. (the `outputs` fields),
+    `n, s, lo, hi` (how many points, their sum, minimum and maximum of the value)."""
     first = _floor(start, rollup.grain)
     if first < start:
         first += _GRAIN[rollup.grain]
@@ -497,14 +513,20 @@ def _rollup_rows(
     rows = SOURCES[data.source]
     kinds = FIELDS[data.source]
     kept = Source(table=rollup.table, date=rollup.bucket, fields=rollup.fields)
+    params: list[Any] = []
 
     def branch(source: Source, parts: tuple[str, ...], when: str, when_params: list[Any]) -> str:
-        select = [f"{source.date} AS t"]
+        select = []
+        if unit is not None:
+            expr, p = _bucketed(source.date, unit)
+            select.append(f"{expr} AS t")
+            params.extend(p)
         for i, name in enumerate(outputs):
             expr = source.fields[name]
             if source is kept and name in rollup.collated:
                 expr = f'({expr}) COLLATE "default"'  # sorted as the rows' field is
             select.append(f"{expr} AS o{i}")
+        groups = len(select)
         select += [f"{p} AS {a}" for p, a in zip(parts, ("n", "s", "lo", "hi"), strict=True)]
         where = [when, scope[0]]
         params.extend([*when_params, *scope[1]])
@@ -512,20 +534,28 @@ def _rollup_rows(
             sql, p = _condition(source, c, kinds)
             where.append(sql)
             params.extend(p)
-        return f"SELECT {', '.join(select)} FROM {source.table} WHERE {' AND '.join(where)}"
+        sql = f"SELECT {', '.join(select)} FROM {source.table} WHERE {' AND '.join(where)}"
+        if groups:
+            # Summed here, not after the union: the rollup's rows are many, the groups few.
+            sql += " GROUP BY " + ", ".join(str(i) for i in range(1, groups + 1))
+        return sql
 
-    params: list[Any] = []
     whole = branch(
         kept, rollup.parts, f"{rollup.bucket} >= %s AND {rollup.bucket} < %s", [first, last]
     )
-    value = rows.fields[rollup.value] if rollup.value else "NULL::double precision"
+    value = rows.fields[rollup.value] if rollup.value else None
+    parts = (
+        ("count(*)", f"sum({value})", f"min({value})", f"max({value})")
+        if value
+        else ("count(*)", *_NO_VALUE)
+    )
     edges = branch(
         rows,
-        ("1", value, value, value),
+        parts,
         f"(({rows.date} >= %s AND {rows.date} < %s) OR ({rows.date} >= %s AND {rows.date} <= %s))",
         [start, first, last, end],
     )
-    return f"{whole} UNION ALL {edges}", params
+    return f"({whole}) UNION ALL ({edges})", params
 
 
 def _rollup_aggregate(source: str, column: Column, outputs: list[str], only: str = "") -> str:
@@ -574,11 +604,18 @@ def rollup_query(
     outputs = sorted(
         {c.field for c in data.columns if c.field and c.field != date and c.field in rollup.fields}
     )
+    dated = any(c.agg is None and c.field == date for c in data.columns)
     inner, inner_params = _rollup_rows(
-        data, rollup, start=start, end=end, scope=scope, extra=extra, outputs=outputs
+        data,
+        rollup,
+        start=start,
+        end=end,
+        scope=scope,
+        extra=extra,
+        outputs=outputs,
+        unit=unit if dated else None,
     )
     select: list[str] = []
-    params: list[Any] = []
     positions: list[int] = []
     dates: set[int] = set()
     for i, c in enumerate(data.columns, 1):
@@ -586,8 +623,7 @@ def rollup_query(
             positions.append(i)
             if c.field == date:
                 dates.add(i - 1)
-                select.append("date_trunc(%s, t, 'UTC')")
-                params.append(unit)
+                select.append("t")
             else:
                 select.append(f"o{outputs.index(c.field or '')}")
         else:
@@ -603,7 +639,7 @@ def rollup_query(
     sql += " LIMIT %s OFFSET %s"
     return Query(
         sql=sql,
-        params=[*params, *inner_params, size, (page - 1) * size],
+        params=[*inner_params, size, (page - 1) * size],
         names=names,
         dates=dates,
         unit=unit,
@@ -630,7 +666,7 @@ def rollup_kpi(
         | ({column.field} & rollup.fields.keys() if column.field else set())
     )
     inner, params = _rollup_rows(
-        data, rollup, start=start, end=end, scope=scope, extra=extra, outputs=outputs
+        data, rollup, start=start, end=end, scope=scope, extra=extra, outputs=outputs, unit=None
     )
     numerator, numerator_params = "true", list[Any]()
     if data.numerator:
