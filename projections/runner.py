@@ -27,6 +27,12 @@ from engine.subscription import Subscription
 POSITION_EVERY = 1.0
 """Seconds between two records of the position a projection reached through other events."""
 
+PACE = 0.05
+"""Least seconds between two batches of a projection: under a stream of small commits (an
+execution's every step is one) each read model then writes fewer, larger batches, one
+transaction each, instead of one per commit, and leaves the executor's process the time. The
+read models trail the log by at most about this much more."""
+
 
 class Projection(Protocol):
     """A read model: the event types it reads and how it applies them."""
@@ -80,7 +86,9 @@ async def run_projection(
 
         await store.db.run(work)
 
-    sub = Subscription(store, notifier, position=position, types=projection.types, name=name)
+    sub = Subscription(
+        store, notifier, position=position, types=projection.types, name=name, pace=PACE
+    )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_follow_position, store, name, sub, position)
         await sub.run(handle, task_status=task_status)
