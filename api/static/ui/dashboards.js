@@ -112,40 +112,45 @@
     const dashboard = await api(`/api/v1/dashboards/${encodeURIComponent(id)}`);
     $("custom-heading").textContent = dashboard.title || dashboard.id;
     $("custom-description").textContent = dashboard.description || "";
+    const edit = $("dashboard-edit");
+    if (edit) { edit.href = `/ui/dashboards/${encodeURIComponent(id)}/edit`; edit.hidden = false; }
     const box = $("custom-charts");
-    box.replaceChildren(...(dashboard.charts || []).map((chart) => el("div", { class: "chart", id: `chart-${chart.id}`, "data-chart-type": chart.type },
-      el("h3", {}, chart.chartOptions?.displayName || chart.id), el("div", { class: "chart-body" }, "Loading…"))));
-    await Promise.all((dashboard.charts || []).map(async (chart) => {
-      const body = $(`chart-${chart.id}`).querySelector(".chart-body");
-      try {
-        const rows = await api(`/api/v1/dashboards/${encodeURIComponent(id)}/charts/${encodeURIComponent(chart.id)}`, {
-          method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ timeRange: $("dash-range").value }),
-        });
-        body.replaceChildren(renderChart(chart, rows));
-      } catch (error) {
-        body.replaceChildren(el("p", { class: "error" }, error.message));
-      }
-    }));
+    const charts = dashboard.charts || [];
+    box.replaceChildren(...charts.map((chart) => el("div", {
+      class: `chart chart-${(chart.type || "").split(".").pop()}`, id: `chart-${chart.id}`, "data-chart-type": (chart.type || "").split(".").pop(),
+    }, el("h3", {}, chart.chartOptions?.displayName || chart.id),
+    chart.chartOptions?.description ? el("p", { class: "hint" }, chart.chartOptions.description) : null,
+    el("div", { class: "chart-body", "aria-live": "polite" }, "Loading…"))));
+    // Each chart is asked and drawn on its own: one that fails shows its error in its box.
+    await Promise.all(charts.map((chart) => loadChart(id, chart, 1)));
   }
 
-  function renderChart(chart, rows) {
-    const results = rows.results || [];
-    const type = (chart.type || "").split(".").pop();
-    if (type === "Markdown") return el("pre", { class: "markdown" }, results[0]?.content ?? results[0]?.description ?? "");
-    if (type === "KPI") {
-      const r = results[0] || {};
-      return el("div", { class: "kpi" }, el("div", { class: "value" }, typeof r.value === "number" && r.value <= 1 && r.total !== undefined ? pct(r.value) : String(r.value ?? "—")));
+  // The request every chart of the page shares: the range picked, and the namespace typed
+  // (a filter narrows a chart, never widens it).
+  function chartRequest() {
+    const body = { timeRange: $("dash-range").value };
+    const ns = $("dash-namespace").value.trim();
+    if (ns) body.filters = [{ field: "namespace", operation: "PREFIX", value: ns }];
+    return body;
+  }
+
+  // A Table chart shows 25 rows a page, or its chartOptions.pageSize.
+  async function loadChart(id, chart, page) {
+    const body = $(`chart-${chart.id}`)?.querySelector(".chart-body");
+    if (!body) return;
+    const isTable = (chart.type || "").endsWith("Table");
+    const size = Number(chart.chartOptions?.pageSize) > 0 ? Number(chart.chartOptions.pageSize) : 25;
+    const request = { ...chartRequest(), ...(isTable ? { page, pageSize: size } : {}) };
+    try {
+      const rows = await api(`/api/v1/dashboards/${encodeURIComponent(id)}/charts/${encodeURIComponent(chart.id)}`, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(request),
+      });
+      body.replaceChildren(window.TiercelCharts.draw(chart, rows, { page, size, go: (p) => loadChart(id, chart, p) }));
+      body.closest(".chart").dataset.state = "drawn";
+    } catch (error) {
+      body.replaceChildren(el("p", { class: "error chart-error", role: "alert" }, error.message));
+      body.closest(".chart").dataset.state = "error";
     }
-    if (!results.length) return el("p", { class: "hint" }, "No row in this range.");
-    const columns = Object.keys(results[0]);
-    const numeric = columns.filter((c) => typeof results[0][c] === "number");
-    const top = Math.max(1, ...results.map((r) => Number(r[numeric[numeric.length - 1]]) || 0));
-    return el("div", { class: "scroll" }, el("table", { class: "compact" },
-      el("thead", {}, el("tr", {}, columns.map((c) => el("th", { scope: "col" }, c)))),
-      el("tbody", {}, results.map((r) => el("tr", {}, columns.map((c) => el("td", {},
-        c === numeric[numeric.length - 1] && type !== "Table"
-          ? el("span", {}, el("span", { class: "swatch", style: `width:${Math.round((Number(r[c]) / top) * 120)}px;background:var(--accent)` }), " ", String(r[c]))
-          : String(r[c] ?? ""))))))));
   }
 
   // --- projections -------------------------------------------------------------------------
