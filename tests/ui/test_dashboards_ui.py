@@ -97,13 +97,11 @@ def test_default_dashboard_all_series_equals_the_sum_of_the_states(
     assert len(failures.all_inner_texts()) == 2
     assert set(failures.all_inner_texts()) <= set(ids)
 
-    # The projections panel: every read model's lag, and the command that rebuilds one.
+    # The projections panel: every read model's lag (its Rebuild button: test_projections_ui.py).
     projection = page.locator("#projections tr[data-projection='executions']")
     projection.wait_for()
     assert projection.locator("td.lag").inner_text().isdigit()
-    projection.get_by_role("button", name="Rebuild…").click()
-    command = page.locator("#rebuild-command")
-    assert command.inner_text() == "tiercel sys reindex --projection executions"
+    assert projection.get_by_role("button", name="Rebuild").is_enabled()
 
 
 def test_custom_dashboard_is_drawn_chart_by_chart(signed_in: Any, context: Any, csrf: str) -> None:
@@ -238,6 +236,13 @@ def test_every_chart_type_is_drawn_and_a_failing_chart_keeps_its_error_to_itself
     legend = timeline.locator(".u-legend .u-series").all_inner_texts()
     assert len(legend) == 3  # the time, then the two states
     assert any("FAILED" in s for s in legend) and any("SUCCESS" in s for s in legend)
+    # Hovering the plot shows each series' value at the cursor in the legend.
+    timeline.locator(".u-over").hover(position={"x": 5, "y": 5})
+    timeline.locator(".u-over").hover()
+    page.wait_for_function(
+        "[...document.querySelectorAll('#chart-timeline .u-legend .u-value')]"
+        ".slice(1).some((cell) => /^[0-9]+$/.test(cell.textContent.trim()))"
+    )
 
     # Bar: one bar per flow, longest first.
     assert page.locator("#chart-per_flow rect.bar").count() == 2
@@ -288,6 +293,13 @@ def test_every_chart_type_is_drawn_and_a_failing_chart_keeps_its_error_to_itself
     # Every chart but Markdown and Table has its figures as a table too.
     page.locator("#chart-per_state").get_by_text("Show data").click()
     assert page.locator("#chart-per_state .show-data tbody tr").count() == 2
+
+    # The namespace typed narrows every chart: another namespace leaves them without a row.
+    page.get_by_label("Namespace").fill(f"{ns}.elsewhere")
+    page.get_by_label("Namespace").press("Enter")
+    page.locator("#chart-per_flow", has_text="No row in this range.").wait_for()
+    page.locator("#chart-ratio .value", has_text="—").wait_for()
+    assert page.locator("#chart-note strong").inner_text() == "Bold"
 
 
 def test_dashboard_editor_shows_a_problem_at_its_line_then_saves(

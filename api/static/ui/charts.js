@@ -92,6 +92,12 @@
     requestAnimationFrame(() => {
       options.width = Math.max(280, box.clientWidth || 480);
       box.plot = new window.uPlot(options, data, box);
+      // The plot follows its box's width (a narrower window, a phone turned).
+      let width = options.width;
+      new ResizeObserver(() => {
+        const now = Math.max(280, box.clientWidth || width);
+        if (Math.abs(now - width) > 4) { width = now; box.plot.setSize({ width, height: options.height }); }
+      }).observe(box);
     });
     return box;
   }

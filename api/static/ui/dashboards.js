@@ -134,6 +134,12 @@
     return body;
   }
 
+  // The charts take the theme's colours when they are drawn: a new theme draws them again.
+  document.addEventListener("tiercel:theme", () => {
+    const id = $("dashboard-choice").value;
+    if (id && !$("custom-dashboard").hidden) loadCustom(id).catch((error) => toast(error.message, true));
+  });
+
   // A Table chart shows 25 rows a page, or its chartOptions.pageSize.
   async function loadChart(id, chart, page) {
     const body = $(`chart-${chart.id}`)?.querySelector(".chart-body");
