@@ -366,7 +366,49 @@ class Validation(msgspec.Struct, kw_only=True):
     details: list[ProblemDetail] = []
 
 
+class RebuildProgress(msgspec.Struct, kw_only=True):
+    """A rebuild under way: the position its new tables reached and the events still to read."""
+
+    position: int
+    lag: int
+
+
+class LastRebuild(msgspec.Struct, kw_only=True):
+    """The last rebuild of a projection asked for through the API (`outcome` RUNNING, SUCCESS,
+    FAILED, CANCELLED when the server stopped, or INTERRUPTED when its process was killed)."""
+
+    startedAt: str
+    endedAt: str | None
+    outcome: str
+    message: str | None
+    actor: str | None
+    position: int | None = None
+
+
+class ProjectionStatus(msgspec.Struct, kw_only=True):
+    """A read model's position in the log, the head, the events between them (`lag`), its
+    status (UP_TO_DATE or CATCHING_UP), a rebuild under way and the last one asked for."""
+
+    name: str
+    position: int
+    head: int
+    lag: int
+    status: str
+    rebuild: RebuildProgress | None = None
+    lastRebuild: LastRebuild | None = None
+
+
+class RebuildStarted(msgspec.Struct, kw_only=True):
+    """A rebuild started in the background (202): follow it at `follow`."""
+
+    projection: str
+    status: str
+    follow: str
+    message: str
+
+
 ANSWERS: dict[tuple[str, str], Any] = {
+    ("GET", "/api/v1/projections"): list[ProjectionStatus],
     ("POST", "/api/v1/flows"): FlowWithSource,
     ("GET", "/api/v1/flows/search"): FlowPage,
     ("GET", "/api/v1/flows/{namespace}"): list[FlowWithSource],
@@ -403,6 +445,12 @@ ANSWERS: dict[tuple[str, str], Any] = {
     ("POST", "/api/v1/dashboards/charts/preview"): ChartRows,
 }
 """The routes whose answer is one of the shapes above, by method and OpenAPI path."""
+
+ACCEPTED: dict[tuple[str, str], Any] = {
+    ("POST", "/api/v1/projections/{name}/rebuild"): RebuildStarted,
+}
+"""The routes that answer 202 (work started in the background) with one of the shapes above;
+409 while the same work runs."""
 
 YAML_BODY = {"application/x-yaml": {"schema": {"type": "string", "description": "Flow YAML"}}}
 YAML_BODIES: set[tuple[str, str]] = {
@@ -602,6 +650,15 @@ def _operation(
             "description": "OK",
             "content": {"application/json": {"schema": refs[answer]}},
         }
+    elif (method, path) in ACCEPTED:
+        operation["responses"]["202"] = {
+            "description": "Started; follow it where the answer says",
+            "content": {"application/json": {"schema": refs[ACCEPTED[(method, path)]]}},
+        }
+        operation["responses"]["409"] = {
+            "description": "The same work runs already",
+            "content": {"application/json": {"schema": refs[ApiError]}},
+        }
     else:
         operation["responses"]["2XX"] = {"description": "OK"}
     if role == PUBLIC:
@@ -625,7 +682,7 @@ def _operation(
 
 def document(app: QuartTrio) -> dict[str, Any]:
     """The OpenAPI 3 document of every route `app` serves."""
-    shapes = list(dict.fromkeys([*ANSWERS.values(), ApiError]))
+    shapes = list(dict.fromkeys([*ANSWERS.values(), *ACCEPTED.values(), ApiError]))
     schemas, components = msgspec.json.schema_components(
         shapes, ref_template="#/components/schemas/{name}"
     )

@@ -15,6 +15,7 @@ Streams:
 - ``trigger:<namespace>/<flowId>/<triggerId>``: a trigger's state (toggles, fired ticks).
 - ``bulk:<jobId>``: a bulk operation on executions (its selection, progress and outcomes).
 - ``dashboard:<dashboardId>``: a custom dashboard's YAML source, each save and its deletion.
+- ``projection:<name>``: rebuilds of a read model asked for through the API, and their ends.
 """
 
 from __future__ import annotations
@@ -782,6 +783,37 @@ def dashboard_stream(dashboard_id: str) -> str:
     return f"dashboard:{dashboard_id}"
 
 
+# --- projections -----------------------------------------------------------------------------
+
+
+class ProjectionRebuildRequested(Event, frozen=True):
+    """Someone asked the API to rebuild a read model from position 0 (`tiercel sys reindex`)."""
+
+    projection: str
+
+
+class ProjectionRebuilt(Event, frozen=True):
+    """A rebuild asked for through the API swapped its new tables in at `position`."""
+
+    projection: str
+    position: int
+    seconds: float
+
+
+class ProjectionRebuildFailed(Event, frozen=True):
+    """A rebuild asked for through the API ended before its swap; the live tables still serve."""
+
+    projection: str
+    message: str
+    cancelled: bool = False
+    """True when the server stopped while it ran."""
+
+
+def projection_stream(projection: str) -> str:
+    """The stream of the rebuilds of one projection."""
+    return f"projection:{projection}"
+
+
 # --- actions on one execution: replay, restart, pause, a task run's state --------------------
 # Commands of users (and bulk jobs), recorded in the execution's stream as inputs of the
 # executor, which decides what follows from them.
@@ -926,6 +958,9 @@ AnyEvent = (
     | DashboardCreated
     | DashboardUpdated
     | DashboardDeleted
+    | ProjectionRebuildRequested
+    | ProjectionRebuilt
+    | ProjectionRebuildFailed
     | ExecutionReplayed
     | ExecutionRestarted
     | TaskRunStateForced

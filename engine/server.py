@@ -77,6 +77,9 @@ class ServerContext:
     """Where workers make the working directories of attempts (default `<data_dir>/work`)."""
     worker: Worker | None = None
     """The worker of this process, when it runs one (its slots are shown in the metrics)."""
+    owner_url: str | None = None
+    """The database owner's URL (migrations run as it); only for what needs the owner's rights,
+    such as a projection rebuild started from the API, on a connection opened for it."""
 
 
 Service = Callable[..., Awaitable[None]]
@@ -167,6 +170,7 @@ async def run_server(
         component="migrations",
     )
     # Migrations ran as the owner; everything else runs as the runtime role (docs/audit-log.md).
+    owner_url = url
     url = await retry(
         lambda: trio.to_thread.run_sync(runtime_url, url),
         what="connecting as the runtime role",
@@ -180,7 +184,14 @@ async def run_server(
     if not options.get("template_variables"):
         options["template_variables"] = template_variables({}, os.environ)
     ctx = ServerContext(
-        url=url, db=db, store=store, notifier=notifier, health=health, storage=storage, **options
+        url=url,
+        owner_url=owner_url,
+        db=db,
+        store=store,
+        notifier=notifier,
+        health=health,
+        storage=storage,
+        **options,
     )
     registered = services(roles)
     try:

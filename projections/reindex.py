@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -40,6 +40,7 @@ from psycopg import sql
 
 from engine.db import Database
 from engine.errors import Forbidden
+from engine.execution import iso
 from engine.health import PROJECTION_PREFIX
 from engine.storage import Storage
 from engine.store import _COLUMNS, EventStore, StoredEvent, _row_to_event, save_checkpoint
@@ -381,6 +382,30 @@ def _drop_schema_if_empty(conn: psycopg.Connection[Any]) -> None:
         pass  # another projection's rebuild is under way
 
 
+async def rebuild_as_owner(
+    owner_url: str,
+    projection: Projection,
+    *,
+    storage: Storage | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> Rebuilt:
+    """Rebuild `projection` on a connection of the database's owner opened for it and closed
+    after (the API's rebuild: the server's own connections act as the runtime role, which may
+    not create or swap tables). Cancelled, it leaves the live tables serving."""
+    db = Database(owner_url, max_size=2)
+    try:
+        (done,) = await reindex(db, [projection], storage=storage, on_progress=on_progress)
+        return done
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise Forbidden(
+            f"The server's database login may not create or replace the read-model tables "
+            f"({exc}); rebuild with `tiercel sys reindex` as their owner"
+        ) from exc
+    finally:
+        with trio.CancelScope(shield=True):
+            await db.close()
+
+
 def command(url: str, storage: Storage | None, projection: str | None) -> list[Rebuilt]:
     """`tiercel sys reindex`: rebuild `projection` (all when None) on the database at `url`
     (the owner's), with a progress bar on stderr."""
@@ -450,12 +475,18 @@ def _clock(seconds: float) -> str:
 # --- status ----------------------------------------------------------------------------------
 
 
-def statuses(conn: psycopg.Connection[Any], positions: dict[str, int]) -> list[dict[str, Any]]:
+def statuses(
+    conn: psycopg.Connection[Any],
+    positions: dict[str, int],
+    running: Collection[str] = (),
+) -> list[dict[str, Any]]:
     """Each projection's name, position, the head of the log, its lag (events between them)
-    and status (`UP_TO_DATE` or `CATCHING_UP`), and the position of a rebuild in progress.
+    and status (`UP_TO_DATE` or `CATCHING_UP`), the position of a rebuild in progress, and
+    the last rebuild asked for through the API (`lastRebuild`).
 
     `positions` are those known in this process (projections it runs), more recent than their
-    checkpoints, which move only when they write.
+    checkpoints, which move only when they write; `running` the projections this process
+    rebuilds now.
     """
     head_row = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
     head = int(head_row[0]) if head_row else 0
@@ -465,6 +496,7 @@ def statuses(conn: psycopg.Connection[Any], positions: dict[str, int]) -> list[d
             (PROJECTION_PREFIX + "%", REBUILD_PREFIX + "%"),
         ).fetchall()
     )
+    lasts = _last_rebuilds(conn, [p.name for p in all_projections()])
     answer = []
     for projection in all_projections():
         name = PROJECTION_PREFIX + projection.name
@@ -480,5 +512,59 @@ def statuses(conn: psycopg.Connection[Any], positions: dict[str, int]) -> list[d
         rebuild = checkpoints.get(REBUILD_PREFIX + projection.name)
         if rebuild is not None:
             entry["rebuild"] = {"position": int(rebuild), "lag": max(0, head - int(rebuild))}
+        last = lasts.get(projection.name)
+        if last is not None:
+            if last["outcome"] == "RUNNING" and projection.name not in running and rebuild is None:
+                # Asked for, no end recorded, and no rebuild under way: its process stopped
+                # without recording one (killed); the live tables were left as they were.
+                last["outcome"] = "INTERRUPTED"
+            entry["lastRebuild"] = last
         answer.append(entry)
+    return answer
+
+
+_OUTCOMES = {"ProjectionRebuilt": "SUCCESS", "ProjectionRebuildFailed": "FAILED"}
+
+
+def _last_rebuilds(conn: psycopg.Connection[Any], names: Sequence[str]) -> dict[str, Any]:
+    """The last rebuild of each projection asked for through the API, from its stream: when
+    it started and ended, who asked, its outcome (RUNNING, SUCCESS, FAILED, CANCELLED) and
+    what its end said."""
+    rows = conn.execute(
+        "SELECT s.name, e.type, e.data, e.meta, e.recorded_at FROM unnest(%s::text[]) AS s(name)"
+        " CROSS JOIN LATERAL (SELECT type, data, meta, recorded_at FROM events"
+        " WHERE stream_id = 'projection:' || s.name ORDER BY version DESC LIMIT 2) AS e",
+        (list(names),),
+    ).fetchall()
+    found: dict[str, list[tuple[str, dict[str, Any], dict[str, Any], Any]]] = {}
+    for name, type_, data, meta, recorded_at in rows:
+        found.setdefault(name, []).insert(0, (type_, data, meta, recorded_at))
+    answer: dict[str, Any] = {}
+    for name, events in found.items():
+        ending = events[-1] if events[-1][0] in _OUTCOMES else None
+        requested = [e for e in events if e[0] == "ProjectionRebuildRequested"]
+        if not requested:
+            continue
+        _, _, meta, started = requested[-1]
+        last: dict[str, Any] = {
+            "startedAt": iso(started),
+            "endedAt": None,
+            "outcome": "RUNNING",
+            "message": None,
+            "actor": meta.get("actor"),
+        }
+        if ending is not None and ending[3] >= started:
+            _, data, _, ended = ending
+            last["endedAt"] = iso(ended)
+            if ending[0] == "ProjectionRebuilt":
+                last["outcome"] = "SUCCESS"
+                last["position"] = data.get("position")
+                last["message"] = (
+                    f"Swapped in at position {data.get('position')} in"
+                    f" {float(data.get('seconds') or 0):.1f}s"
+                )
+            else:
+                last["outcome"] = "CANCELLED" if data.get("cancelled") else "FAILED"
+                last["message"] = data.get("message")
+        answer[name] = last
     return answer

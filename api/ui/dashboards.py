@@ -1,6 +1,6 @@
 """The dashboards page: the default dashboard (executions per state over time with their
 "All" total, success ratio, durations, latest failures), custom dashboards chart by chart, and
-the projections panel (each read model's lag, and how to rebuild one); and the editor of a
+the projections panel (each read model's lag, and a Rebuild button for admins); and the editor of a
 custom dashboard's YAML."""
 
 from __future__ import annotations

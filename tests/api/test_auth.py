@@ -144,6 +144,8 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("POST", f"/api/v1/triggers/{NS}/nope/nope/unlock", {}, "editor"),
     # Where each read model stands in the log (api/projections_routes.py).
     ("GET", "/api/v1/projections", {}, "viewer"),
+    # Rebuilding one needs an admin; an unknown name starts nothing (404).
+    ("POST", "/api/v1/projections/nope/rebuild", {}, "admin"),
     # Task graphs and dependencies between flows (api/topology_routes.py).
     ("GET", f"/api/v1/flows/{NS}/nope/graph", {}, "viewer"),
     ("POST", "/api/v1/flows/graph", {"content": "id: [", "headers": YAML}, "viewer"),
@@ -279,6 +281,7 @@ def _rule_of(path: str) -> str:
         f"/api/v1/namespaces/{NS}/secrets": "/api/v1/namespaces/<namespace>/secrets",
         "/api/v1/users/nobody-here": "/api/v1/users/<username>",
         "/api/v1/tokens/nope": "/api/v1/tokens/<token_id>",
+        "/api/v1/projections/nope/rebuild": "/api/v1/projections/<name>/rebuild",
         f"/api/v1/flows/{NS}": "/api/v1/flows/<namespace>",
         f"/api/v1/flows/{NS}/nope/tasks/nope": "/api/v1/flows/<namespace>/<flow_id>/tasks/<task_id>",
         "/api/v1/executions/nope/follow": "/api/v1/executions/<execution_id>/follow",

@@ -161,21 +161,59 @@
 
   // --- projections -------------------------------------------------------------------------
 
+  // Admins rebuild a projection from here (POST /api/v1/projections/{name}/rebuild); the
+  // others see the button disabled with the role it needs. While a rebuild runs, the panel
+  // refreshes every second with how far behind the head it still is.
+  const canRebuild = $("projections-panel").dataset.canRebuild === "true";
+  const OUTCOME_CLASS = { SUCCESS: "ok", RUNNING: "state-RUNNING", FAILED: "state-FAILED", CANCELLED: "state-KILLED", INTERRUPTED: "state-KILLED" };
+  let projectionsTimer = null;
+
+  const rebuilding = (p) => p.lastRebuild?.outcome === "RUNNING";
+
+  function rebuildState(p) {
+    const last = p.lastRebuild;
+    if (rebuilding(p) || p.rebuild) {
+      const text = p.rebuild ? `Rebuilding: ${p.rebuild.lag} events behind (at ${p.rebuild.position} of ${p.head})` : "Rebuild starting…";
+      return el("div", { class: "hint rebuild-state", "data-outcome": "RUNNING", role: "status" },
+        el("progress", { max: String(Math.max(p.head, 1)), value: String(p.rebuild ? p.rebuild.position : 0), "aria-label": `Rebuild of ${p.name}` }), " ", text);
+    }
+    if (!last) return null;
+    const who = last.actor ? ` by ${last.actor}` : "";
+    return el("div", { class: "hint rebuild-state", "data-outcome": last.outcome, title: last.message || "" },
+      el("span", { class: OUTCOME_CLASS[last.outcome] || "" }, `Last rebuild ${last.outcome.toLowerCase()}`),
+      ` ${when(last.endedAt || last.startedAt)}${who}`, last.outcome === "SUCCESS" ? "" : el("div", {}, last.message || ""));
+  }
+
+  async function rebuildProjection(name) {
+    if (!confirm(`Rebuild the ${name} projection from position 0?\n\nIt is built into new tables while the system runs and swapped in once caught up; searches keep answering meanwhile.`)) return;
+    try {
+      await api(`/api/v1/projections/${encodeURIComponent(name)}/rebuild`, { method: "POST" });
+      toast(`Rebuilding ${name}: its progress shows below`);
+    } catch (error) {
+      toast(error.message, true);
+    }
+    await loadProjections().catch((error) => toast(error.message, true));
+  }
+
   async function loadProjections() {
-    const rows = await api("/api/v1/projections");
+    clearTimeout(projectionsTimer);
+    let rows = [];
+    try {
+      rows = await api("/api/v1/projections");
+    } finally {
+      const busy = rows.some((p) => rebuilding(p) || p.rebuild);
+      projectionsTimer = setTimeout(() => loadProjections().catch(() => {}), busy ? 1000 : 5000);
+    }
     $("projections").replaceChildren(...rows.map((p) => el("tr", { "data-projection": p.name },
       el("td", {}, p.name), el("td", {}, String(p.position)), el("td", {}, String(p.head)),
       el("td", { class: "lag" }, String(p.lag)),
-      el("td", {}, el("span", { class: p.status === "UP_TO_DATE" ? "ok" : "state-RUNNING" }, p.status),
-        p.rebuild ? el("div", { class: "hint" }, `rebuilding, ${p.rebuild.lag} behind`) : null),
+      el("td", {}, el("span", { class: p.status === "UP_TO_DATE" ? "ok" : "state-RUNNING" }, p.status)),
       el("td", {}, el("button", {
-        type: "button", class: "button-quiet", title: "Copy the command that rebuilds this projection",
-        onclick: () => {
-          const command = `tiercel sys reindex --projection ${p.name}`;
-          $("rebuild-command").textContent = command;
-          navigator.clipboard?.writeText(command).then(() => toast(`Copied: ${command}`), () => toast(command));
-        },
-      }, "Rebuild…")))));
+        type: "button", class: "button-quiet rebuild-button", "data-projection": p.name,
+        disabled: !canRebuild || rebuilding(p),
+        title: !canRebuild ? "Rebuilding a projection needs the admin role" : rebuilding(p) ? "A rebuild of this projection runs" : `Rebuild ${p.name} from position 0`,
+        onclick: () => rebuildProjection(p.name),
+      }, "Rebuild"), rebuildState(p)))));
   }
 
   async function load() {
@@ -197,5 +235,4 @@
   const ns = new URLSearchParams(location.search).get("namespace");
   if (ns) $("dash-namespace").value = ns;
   loadList().catch((error) => toast(error.message, true)).finally(load);
-  setInterval(() => loadProjections().catch(() => {}), 5000);
 })();
