@@ -22,6 +22,8 @@
 
   const number = (v) => (typeof v === "number" ? (Number.isInteger(v) ? v.toLocaleString() : v.toLocaleString(undefined, { maximumFractionDigits: 3 })) : String(v ?? "—"));
   const text = (v) => (v === null || v === undefined ? "" : typeof v === "object" ? JSON.stringify(v) : String(v));
+  // A category or cell as a reader wants it: the route's ISO-8601 dates in local time.
+  const shown = (v) => (typeof v === "string" && /^\d{4}-\d\d-\d\dT\d\d:\d\d/.test(v) ? window.Tiercel.when(v) : text(v));
 
   // The chart's columns split into dimensions (grouped by) and aggregations (the figures).
   function columnsOf(chart, rows) {
@@ -116,14 +118,15 @@
       "aria-label": `${chart.chartOptions?.displayName || chart.id}: ${categories.length} categories` });
     categories.forEach((cat, ci) => {
       const y0 = ci * rowH;
+      const name = shown(cat);
       node.append(svg("text", { x: labelW - 6, y: y0 + (series.length * barH) / 2 + 4, "text-anchor": "end", class: "bar-label" },
-        cat.length > 22 ? cat.slice(0, 21) + "…" : cat, svg("title", {}, cat)));
+        name.length > 22 ? name.slice(0, 21) + "…" : name, svg("title", {}, name)));
       series.forEach((s, si) => {
         const v = value(cat, s);
         const w = Math.max(v > 0 ? 1 : 0, (v / top) * plotW);
         const y = y0 + si * barH;
         node.append(svg("rect", { class: "bar", x: labelW, y: y + 1, width: w, height: barH - 2, fill: colourOf(s.group ?? s.name, si),
-          "data-category": cat, "data-series": s.name, "data-value": String(v) }, svg("title", {}, `${cat}, ${s.name}: ${number(v)}`)));
+          "data-category": cat, "data-series": s.name, "data-value": String(v) }, svg("title", {}, `${name}, ${s.name}: ${number(v)}`)));
         node.append(svg("text", { x: labelW + w + 4, y: y + barH - 4, class: "bar-value" }, number(v)));
       });
     });
@@ -144,11 +147,11 @@
     const share = (v) => `${((100 * v) / (sum || 1)).toFixed(1)} %`;
     const title = chart.chartOptions?.displayName || chart.id;
     const node = svg("svg", { class: "pie-chart", viewBox: "-1.05 -1.05 2.1 2.1", role: "img",
-      "aria-label": `${title}: ${slices.map(([k, v]) => `${k} ${number(v)} (${share(v)})`).join(", ")}` });
+      "aria-label": `${title}: ${slices.map(([k, v]) => `${shown(k)} ${number(v)} (${share(v)})`).join(", ")}` });
     let angle = -Math.PI / 2;
     slices.forEach(([name, v], i) => {
       const colour = colourOf(name, i);
-      const label = svg("title", {}, `${name}: ${number(v)} (${share(v)})`);
+      const label = svg("title", {}, `${shown(name)}: ${number(v)} (${share(v)})`);
       if (slices.length === 1) {
         node.append(svg("circle", { class: "slice", r: 1, fill: colour, "data-name": name }, label));
         return;
@@ -161,7 +164,7 @@
         d: `M0 0 L${x1} ${y1} A1 1 0 ${sweep > Math.PI ? 1 : 0} 1 ${x2} ${y2} Z` }, label));
     });
     return el("div", { class: "pie-box", "data-slices": String(slices.length) }, node,
-      legend(slices.map(([name, v], i) => ({ colour: colourOf(name, i), text: `${name}: ${number(v)} (${share(v)})` }))));
+      legend(slices.map(([name, v], i) => ({ colour: colourOf(name, i), text: `${shown(name)}: ${number(v)} (${share(v)})` }))));
   }
 
   // --- KPI -------------------------------------------------------------------------------------
@@ -254,7 +257,7 @@
       caption ? el("caption", { class: "visually-hidden" }, caption) : null,
       el("thead", {}, el("tr", {}, names.map((c) => el("th", { scope: "col" }, cols.label(c))))),
       el("tbody", {}, rows.map((r) => el("tr", {}, names.map((c) => el("td", { class: cols.aggs.includes(c) ? "num" : null },
-        cols.aggs.includes(c) ? number(r[c]) : text(r[c]))))))));
+        cols.aggs.includes(c) ? number(r[c]) : shown(r[c]))))))));
   }
 
   // A Table chart: headers sort the page shown (the route has no order of its own but the
@@ -280,7 +283,7 @@
       box.replaceChildren(...[
         el("div", { class: "scroll" }, el("table", { class: "compact chart-data" },
           el("thead", {}, el("tr", {}, names.map(header))),
-          el("tbody", {}, sorted.map((r) => el("tr", {}, names.map((c) => el("td", {}, typeof r[c] === "number" ? number(r[c]) : text(r[c])))))))),
+          el("tbody", {}, sorted.map((r) => el("tr", {}, names.map((c) => el("td", {}, typeof r[c] === "number" ? number(r[c]) : shown(r[c])))))))),
         rows.length ? null : el("p", { class: "hint" }, "No row in this range."),
         el("div", { class: "pager" },
           el("button", { type: "button", disabled: pager.page <= 1, onclick: () => pager.go(pager.page - 1) }, "Previous"),
