@@ -13,8 +13,9 @@ import trio
 
 from engine.commands import create_execution, deploy_flow, wait_for_end
 from engine.db import Database
-from engine.server import ServerContext
+from engine.server import ServerContext, run_server
 from tests.api.test_auth import _bearer, _token
+from tests.conftest import ADMIN_PASSWORD
 
 FLOW = (
     "id: hello\nnamespace: {ns}\nlabels:\n  team: rebuild\ntasks:\n"
@@ -177,3 +178,52 @@ async def test_non_admin_token_cannot_rebuild_a_projection(
         listed = await client.get("/api/v1/projections", headers=_bearer(token), auth=None)
         assert listed.status_code == 200
     assert len(await server.store.read_stream("projection:flows")) == before
+
+
+async def test_server_stopping_during_a_rebuild_leaves_the_live_tables_serving(
+    database_url: str, tmp_path: Any, ns: str
+) -> None:
+    async def serve(task_status: Any) -> None:
+        await run_server(
+            database_url,
+            host="127.0.0.1",
+            port=0,
+            data_dir=tmp_path,
+            heartbeat_interval=0.5,
+            admin_password=ADMIN_PASSWORD,
+            task_status=task_status,
+        )
+
+    async with trio.open_nursery() as nursery:
+        ctx: ServerContext = await nursery.start(serve)
+        url = ctx.extra["urls"][0]
+        async with httpx.AsyncClient(base_url=url, auth=("admin", ADMIN_PASSWORD)) as http:
+            await _history(ctx, ns, 2)
+            await _caught_up(http, ns, 2)
+            before = len(await ctx.store.read_stream("projection:executions"))
+            started = await http.post("/api/v1/projections/executions/rebuild")
+            assert started.status_code == 202, started.text
+        # The server stops at once, in the midst of the rebuild (or just after it).
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        ctx = await nursery.start(serve)
+        url = ctx.extra["urls"][0]
+        async with httpx.AsyncClient(base_url=url, auth=("admin", ADMIN_PASSWORD)) as http:
+            ended = (await ctx.store.read_stream("projection:executions"))[before:]
+            assert [e.type for e in ended][0] == "ProjectionRebuildRequested"
+            assert ended[-1].type in ("ProjectionRebuildFailed", "ProjectionRebuilt")
+            entry = await _entry(http, "executions")
+            if ended[-1].type == "ProjectionRebuildFailed":
+                assert entry["lastRebuild"]["outcome"] == "CANCELLED", entry
+                assert "live tables still serve" in entry["lastRebuild"]["message"]
+            # Nothing of the rebuild is left, and searches answer from the live tables.
+            assert "rebuild" not in entry
+            left = await ctx.db.fetchone(
+                "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'tiercel_rebuild'"
+            )
+            assert left is not None and left["n"] == 0
+            assert await _search(http, ns) == 2
+            await _history(ctx, ns, 1)
+            await _caught_up(http, ns, 3)
+        nursery.cancel_scope.cancel()
