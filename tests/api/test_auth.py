@@ -201,6 +201,8 @@ ROUTES: list[tuple[str, str, dict[str, Any], str]] = [
     ("GET", "/ui/executions/nope", {}, "viewer"),
     ("GET", "/ui/logs", {}, "viewer"),
     ("GET", "/ui/dashboards", {}, "viewer"),
+    ("GET", "/ui/dashboards/new", {}, "viewer"),
+    ("GET", "/ui/dashboards/nope/edit", {}, "viewer"),
     ("GET", "/ui/audit", {}, "viewer"),
     ("GET", "/ui/plugins", {}, "viewer"),
 ]
@@ -299,6 +301,7 @@ def _rule_of(path: str) -> str:
         f"/ui/flows/{NS}/nope": "/ui/flows/<namespace>/<flow_id>",
         f"/ui/flows/{NS}/nope/edit": "/ui/flows/<namespace>/<flow_id>/edit",
         "/ui/executions/nope": "/ui/executions/<execution_id>",
+        "/ui/dashboards/nope/edit": "/ui/dashboards/<dashboard_id>/edit",
     }
     return replacements.get(path, path)
 
@@ -366,12 +369,14 @@ async def test_runner_token_runs_but_cannot_deploy_and_scoped_token_cannot_cross
         assert (await client.get(f"/api/v1/flows/{other}/x")).status_code == 404
         found = (await editor.get("/api/v1/flows/search?size=1000")).json()
         assert {f["namespace"] for f in found["results"]} == {mine}
-        # The executions projection follows the events closely: wait for the other one.
+        # The executions projection trails the events: wait until both executions are in it
+        # (the token's own was recorded last).
         with trio.fail_after(10):
-            while (await client.get(f"/api/v1/executions/search?namespace={other}")).json()[
-                "total"
-            ] == 0:
-                await trio.sleep(0.05)
+            for namespace in (other, mine):
+                while (await client.get(f"/api/v1/executions/search?namespace={namespace}")).json()[
+                    "total"
+                ] == 0:
+                    await trio.sleep(0.05)
         listed = (await editor.get("/api/v1/executions/search?size=1000")).json()
         assert listed["results"] and {e["namespace"] for e in listed["results"]} == {mine}
 
