@@ -149,6 +149,7 @@ class MetricsProjection:
         "AttemptFailed",
         "AttemptKilled",
         "ExecutionStateChanged",
+        "ExecutionPurged",
     )
     tables = ("metrics", "metric_buckets")
 
@@ -177,7 +178,12 @@ class MetricsProjection:
             for e in batch
             if isinstance(e.event, ev.ExecutionStateChanged) and e.event.state in TERMINAL_STATES
         ]
+        # A purged execution's points go with its other read-model rows; the hourly rollup,
+        # which names no execution, keeps what they added (a rebuild adds it again too).
+        purged = [e.event.executionId for e in batch if isinstance(e.event, ev.ExecutionPurged)]
         if not attempts and not ends:
+            if purged:
+                conn.execute("DELETE FROM metrics WHERE execution_id = ANY(%s)", (purged,))
             return
         self._learn_owners({str(e.execution_id) for e in [*attempts, *ends]}, conn)
         self._learn_tasks(attempts, conn)
@@ -224,6 +230,8 @@ class MetricsProjection:
                 )
         if rows.columns[0]:
             conn.execute(_INSERT, rows.columns)
+        if purged:
+            conn.execute("DELETE FROM metrics WHERE execution_id = ANY(%s)", (purged,))
 
     def _execution_end(
         self,

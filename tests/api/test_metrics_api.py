@@ -494,3 +494,18 @@ async def test_a_metric_that_is_not_one_is_skipped_and_the_rest_are_kept(
         (5, "kept", "timer", 2.0, {}),
         (6, "tagged", "counter", 2.0, {"n": "1"}),
     ]
+
+
+async def test_purging_an_execution_deletes_its_points_and_keeps_the_hourly_rollup(
+    client: httpx.AsyncClient, db: Database, ran: tuple[str, str, dict[str, Any]]
+) -> None:
+    ns, xid, _ = ran
+    before = await _rows(db, ns)
+    assert before["metrics"] and before["metric_buckets"]
+    assert (await client.delete(f"/api/v1/executions/{xid}")).status_code == 204
+    with trio.fail_after(10):
+        while await db.fetchall("SELECT 1 FROM metrics WHERE execution_id = %s", (xid,)):
+            await trio.sleep(0.05)
+    after = await _rows(db, ns)
+    assert after["metrics"] == []
+    assert after["metric_buckets"] == before["metric_buckets"]
