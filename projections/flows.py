@@ -17,6 +17,8 @@ class FlowsProjection:
     name = "flows"
     types = ("FlowCreated", "FlowUpdated", "FlowDeleted")
     tables = ("flows",)
+    pace = 0.0
+    """Applied at once: deploys are rare, and a client lists the flows right after one."""
 
     def apply(self, batch: list[StoredEvent], conn: psycopg.Connection[Any]) -> None:
         for e in batch:

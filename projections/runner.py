@@ -86,8 +86,11 @@ async def run_projection(
 
         await store.db.run(work)
 
+    # A projection may set its own pace (the flows read model: a deploy is rare, and a client
+    # lists flows right after deploying one).
+    pace = float(getattr(projection, "pace", PACE))
     sub = Subscription(
-        store, notifier, position=position, types=projection.types, name=name, pace=PACE
+        store, notifier, position=position, types=projection.types, name=name, pace=pace
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_follow_position, store, name, sub, position)
