@@ -150,11 +150,4 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The fuzzers first: the longest files, so that two pytest-xdist workers each start on one
-    # of them rather than one worker ending the run alone with all of them.
-    items.sort(
-        key=lambda item: (
-            item.get_closest_marker("last") is not None,
-            "tests/fuzz/" not in item.nodeid,
-        )
-    )
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
