@@ -34,12 +34,17 @@ async def _run(client: httpx.AsyncClient, namespace: str, flow_id: str, labels: 
     return str(response.json()["id"])
 
 
+ENDED = {"SUCCESS", "WARNING", "FAILED", "KILLED", "CANCELLED"}
+
+
 async def _found(client: httpx.AsyncClient, want: int, **params: Any) -> dict[str, Any]:
-    """The search answer once the read model holds `want` executions for `params`."""
+    """The search answer once the read model holds `want` executions for `params`, each in
+    the state it ended in (the read model trails the log)."""
     with trio.fail_after(15):
         while True:
             answer = (await client.get("/api/v1/executions/search", params=params)).json()
-            if answer["total"] >= want:
+            ended = all(e["state"]["current"] in ENDED for e in answer["results"])
+            if answer["total"] >= want and ended:
                 return dict(answer)
             await trio.sleep(0.05)
 
