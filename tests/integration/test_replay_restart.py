@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import psycopg
 import pytest
 import trio
 
@@ -31,6 +32,7 @@ from engine.execution import Execution
 from engine.server import ServerContext
 from engine.verify import verify_execution
 from tests.integration.conftest import run_flow
+from tests.integration.test_verify import _verify as verify_process
 
 FIVE_TASKS = """
 id: five
@@ -560,3 +562,22 @@ tasks:
     )
     assert row is not None and row["uri"] and row["size"] < 100_000
     await _verified(engine, new_id)
+
+
+# `make test` runs the suite in two pytest-xdist workers, each with a database of its own, and
+# the session-wide check (tests/integration/test_verify.py) sees only its worker's: this file's
+# histories are refolded here, by `tiercel sys verify` in a process of its own, after its tests.
+_SINCE: list[int] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _log_position_at_start(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+    _SINCE.append(int(row[0]) if row else 0)
+
+
+def test_sys_verify_refolds_every_history_this_file_recorded(database_url: str) -> None:
+    result = verify_process(database_url, "--since", str(_SINCE[0]))
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+    assert "every history refolds" in result.stdout
