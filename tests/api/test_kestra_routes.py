@@ -335,7 +335,14 @@ async def test_follow_streams_the_execution_as_it_changes_until_it_ends(
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    assert (await client.post("/api/v1/flows", content=_paused_flow(ns), headers=YAML)).is_success
+    # Resumed, it sleeps a moment before its last task: the changes in between are not all
+    # recorded at once, so the stream has progress to show before the end.
+    source = _paused_flow(ns).replace(
+        "  - id: after\n",
+        "  - id: nap\n    type: io.kestra.plugin.core.flow.Sleep\n    duration: PT0.5S\n"
+        "  - id: after\n",
+    )
+    assert (await client.post("/api/v1/flows", content=source, headers=YAML)).is_success
     execution_id = (await client.post(f"/api/v1/executions/{ns}/waits?wait=true")).json()["id"]
     seen: list[tuple[str, str]] = []
     with trio.fail_after(30):
