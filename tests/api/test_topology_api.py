@@ -3,10 +3,35 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psycopg
+import pytest
 import trio
+
+from engine.db import runtime_role
+from tests.conftest import _prepare
+
+
+@pytest.fixture(scope="module")
+def database_url(database_url: str) -> Iterator[str]:
+    """A database of this file's own: a dependency graph reads every flow the caller sees, and
+    flows other files deploy (a Flow trigger without conditions listens to every flow) would
+    add edges to the exact graphs these tests expect."""
+    name = f"topology_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    info["dbname"] = name
+    url = psycopg.conninfo.make_conninfo(**info)
+    _prepare(url)
+    yield url
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        conn.execute(f'DROP ROLE IF EXISTS "{runtime_role(name)}"')
+
 
 YAML = {"Content-Type": "application/x-yaml"}
 LOG = "io.kestra.plugin.core.log.Log"
