@@ -20,7 +20,7 @@ import datetime as dt
 import math
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -489,6 +489,65 @@ def _bucketed(date: str, unit: str) -> tuple[str, list[Any]]:
     return f"date_trunc(%s, {date}, 'UTC')", [unit]
 
 
+def _subtracts(data: Data) -> bool:
+    """Whether a bucket's rollup row may stand for part of it, less the rows outside: its
+    counts and sums subtract; its minimum and maximum do not."""
+    return all(c.agg not in ("MIN", "MAX") for c in data.columns)
+
+
+class _Span(NamedTuple):
+    """Dates from `low` to `high`, each end in or out as said."""
+
+    low: dt.datetime
+    high: dt.datetime
+    low_in: bool = True
+    high_in: bool = False
+
+
+def _spans(
+    start: dt.datetime, end: dt.datetime, grain: str, subtract: bool, now: dt.datetime
+) -> tuple[dt.datetime, dt.datetime, list[_Span], list[_Span]]:
+    """How [start, end] is read from a rollup of `grain`: its buckets in [first, last) whole,
+    plus the rows of the spans `added`, less the rows of the spans `taken`, so
+    `(first, last, added, taken)`.
+
+    A partial bucket at an end is read row by row; or, when `subtract` allows, as its rollup
+    row less the rows of the bucket outside the range, whichever part is the shorter. A range
+    ending now has no rows after it yet: its last bucket is then read from its rollup row
+    whole, however far into the hour it is (a dashboard's range usually ends now, and the
+    current hour holds the newest, busiest rows)."""
+    step = _GRAIN[grain]
+    lead = _floor(start, grain)
+    first = lead if lead == start else lead + step
+    last = _floor(end, grain)
+    if first >= last:
+        return start, start, [_Span(start, end, high_in=True)], []  # no whole bucket: every row
+    added: list[_Span] = []
+    taken: list[_Span] = []
+    if first > start:
+        if subtract and start - lead < step / 2:
+            taken.append(_Span(lead, start))
+            first = lead
+        else:
+            added.append(_Span(start, first))
+    if subtract and (end - last >= step / 2 or end >= now):
+        taken.append(_Span(end, last + step, low_in=False))
+        last = last + step
+    else:
+        added.append(_Span(last, end, high_in=True))
+    return first, last, added, taken
+
+
+def _within(date: str, spans: list[_Span], params: list[Any]) -> str:
+    """SQL of `date` in any of `spans`."""
+    parts = []
+    for span in spans:
+        low, high = (">=" if span.low_in else ">"), ("<=" if span.high_in else "<")
+        parts.append(f"({date} {low} %s AND {date} {high} %s)")
+        params.extend([span.low, span.high])
+    return "(" + " OR ".join(parts) + ")"
+
+
 def _rollup_rows(
     data: Data,
     rollup: Rollup,
@@ -499,23 +558,22 @@ def _rollup_rows(
     extra: list[Condition],
     outputs: list[str],
     unit: str | None,
+    now: dt.datetime | None = None,
 ) -> tuple[str, list[Any]]:
     """A UNION ALL of the rollup's rows for the whole buckets of [start, end] and of the rows
-    of the partial buckets at its ends, filtered alike and each summed per group, as columns
-    `t` (the date truncated to `unit`; none without a unit), `o0`.. (the `outputs` fields),
-    `n, s, lo, hi` (how many points, their sum, minimum and maximum of the value)."""
-    first = _floor(start, rollup.grain)
-    if first < start:
-        first += _GRAIN[rollup.grain]
-    last = _floor(end, rollup.grain)
-    if first >= last:
-        first = last = start  # no whole bucket inside: every row is read
+    of the partial buckets at its ends (added, or taken off a bucket's rollup row: `_spans`),
+    filtered alike and each summed per group, as columns `t` (the date truncated to `unit`;
+    none without a unit), `o0`.. (the `outputs` fields), `n, s, lo, hi` (how many points,
+    their sum, minimum and maximum of the value)."""
+    first, last, added, taken = _spans(
+        start, end, rollup.grain, _subtracts(data), now or dt.datetime.now(dt.UTC)
+    )
     rows = SOURCES[data.source]
     kinds = FIELDS[data.source]
     kept = Source(table=rollup.table, date=rollup.bucket, fields=rollup.fields)
     params: list[Any] = []
 
-    def branch(source: Source, parts: tuple[str, ...], when: str, when_params: list[Any]) -> str:
+    def branch(source: Source, parts: tuple[str, ...], spans: list[_Span] | None) -> str:
         select = []
         if unit is not None:
             expr, p = _bucketed(source.date, unit)
@@ -528,8 +586,13 @@ def _rollup_rows(
             select.append(f"{expr} AS o{i}")
         groups = len(select)
         select += [f"{p} AS {a}" for p, a in zip(parts, ("n", "s", "lo", "hi"), strict=True)]
+        if spans is None:
+            when = f"{rollup.bucket} >= %s AND {rollup.bucket} < %s"
+            params.extend([first, last])
+        else:
+            when = _within(source.date, spans, params)
         where = [when, scope[0]]
-        params.extend([*when_params, *scope[1]])
+        params.extend(scope[1])
         for c in [*data.where, *extra]:
             sql, p = _condition(source, c, kinds)
             where.append(sql)
@@ -540,22 +603,21 @@ def _rollup_rows(
             sql += " GROUP BY " + ", ".join(str(i) for i in range(1, groups + 1))
         return sql
 
-    whole = branch(
-        kept, rollup.parts, f"{rollup.bucket} >= %s AND {rollup.bucket} < %s", [first, last]
-    )
     value = rows.fields[rollup.value] if rollup.value else None
     parts = (
         ("count(*)", f"sum({value})", f"min({value})", f"max({value})")
         if value
         else ("count(*)", *_NO_VALUE)
     )
-    edges = branch(
-        rows,
-        parts,
-        f"(({rows.date} >= %s AND {rows.date} < %s) OR ({rows.date} >= %s AND {rows.date} <= %s))",
-        [start, first, last, end],
-    )
-    return f"({whole}) UNION ALL ({edges})", params
+    branches = []
+    if first < last:
+        branches.append(branch(kept, rollup.parts, None))
+    if added:
+        branches.append(branch(rows, parts, added))
+    if taken:
+        less = ("-count(*)", f"-sum({value})" if value else _NO_VALUE[0], *_NO_VALUE[1:])
+        branches.append(branch(rows, less, taken))
+    return " UNION ALL ".join(f"({b})" for b in branches), params
 
 
 def _rollup_aggregate(source: str, column: Column, outputs: list[str], only: str = "") -> str:
@@ -566,13 +628,15 @@ def _rollup_aggregate(source: str, column: Column, outputs: list[str], only: str
             conditions.append(f"o{outputs.index(column.field)} IS NOT NULL")
         return f"coalesce(sum(n){_filter(conditions)}, 0)::bigint"
     where = _filter(conditions)
-    if column.agg == "SUM":
-        return f"sum(s){where}"
     if column.agg == "MIN":
         return f"min(lo){where}"
     if column.agg == "MAX":
         return f"max(hi){where}"
-    return f"sum(s){where} / sum(n){where}::double precision"  # AVG, as avg(value) computes it
+    # No point left once the rows outside the range are taken off a bucket's row: NULL, as
+    # sum() and avg() of no row are.
+    if column.agg == "SUM":
+        return f"CASE WHEN sum(n){where} > 0 THEN sum(s){where} END"
+    return f"sum(s){where} / nullif(sum(n){where}, 0)::double precision"  # AVG, as avg() is
 
 
 def _filter(conditions: list[str]) -> str:
@@ -593,7 +657,8 @@ def rollup_query(
     of its range and from the rows for the partial ones at its ends; None when no rollup
     answers it, and only the rows do. Both give the same rows: each rollup is kept in the
     transaction that writes the rows it counts, a bucket's date truncated to an hour, day,
-    week or month is the rows' date truncated alike, and the ends are read row by row."""
+    week or month is the rows' date truncated alike, and the partial buckets at the ends are
+    read row by row or as their rollup rows less the rows outside the range (`_spans`)."""
     if data.kpi:
         return None
     unit = bucket_unit(end - start)
@@ -630,7 +695,9 @@ def rollup_query(
             select.append(_rollup_aggregate(data.source, c, outputs))
     sql = f"SELECT {', '.join(select)}, count(*) OVER () FROM ({inner}) AS u"
     if positions:
-        sql += " GROUP BY " + ", ".join(str(i) for i in positions)
+        # A group the rows have holds a row; one whose points are all taken off (outside the
+        # range) is none of theirs.
+        sql += " GROUP BY " + ", ".join(str(i) for i in positions) + " HAVING sum(n) > 0"
     names = [c.name for c in data.columns]
     order = [f"{names.index(o.column) + 1} {o.order} NULLS LAST" for o in data.orderBy]
     order = order or [f"{i} ASC NULLS LAST" for i in positions]

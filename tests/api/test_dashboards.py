@@ -1101,6 +1101,12 @@ ROLLUP_RANGES = [
     (_at(2.5), _at(3.5)),  # by the minute, across an hour
     (_at(-24 * 120), _at(20.5)),  # by the week
     (_at(-24 * 500), _at(70.25)),  # by the month
+    # A partial bucket nearer its start than its end is read as its rollup row less the rows
+    # before the range; one nearer its end, as that row less the rows after the range.
+    (_at(0.2), _at(30.3)),  # taken off the first hour, the last hour's rows added
+    (_at(0.8), _at(30.7)),  # the first hour's rows added, taken off the last hour
+    (_at(9.05), _at(9.95)),  # one hour, by the minute, nothing whole inside
+    (_at(47.4), dt.datetime.now(dt.UTC) + dt.timedelta(minutes=3)),  # ending now
 ]
 
 
