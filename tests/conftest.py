@@ -6,17 +6,20 @@ answers; otherwise the embedded PostgreSQL. Tests make their own ids, so they sh
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import trio
 
-from engine.db import Database, Notifier
+from engine.db import Database, Notifier, runtime_role
 from engine.migrate import migrate
 from engine.store import CHANNEL, EventStore
 
@@ -79,6 +82,28 @@ def _prepare(url: str) -> None:
             await db.close()
 
     trio.run(admin)
+
+
+@contextlib.contextmanager
+def own_database(database_url: str, prefix: str, *, prepare: bool = False) -> Iterator[str]:
+    """The URL of a new, empty database in the cluster of `database_url` (named `prefix_` and
+    a random suffix), for tests whose flows, executions or processes must not meet the others';
+    with `prepare`, migrated and with the admin account (`_prepare`). It is dropped at the end,
+    with the runtime role the server makes for it."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    info["dbname"] = name
+    url = psycopg.conninfo.make_conninfo(**info)
+    try:
+        if prepare:
+            _prepare(url)
+        yield url
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            conn.execute(f'DROP ROLE IF EXISTS "{runtime_role(name)}"')
 
 
 @pytest.fixture(scope="session")

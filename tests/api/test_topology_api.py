@@ -7,12 +7,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import trio
 
-from engine.db import runtime_role
-from tests.conftest import _prepare
+from tests.conftest import own_database
 
 
 @pytest.fixture(scope="module")
@@ -20,17 +18,8 @@ def database_url(database_url: str) -> Iterator[str]:
     """A database of this file's own: a dependency graph reads every flow the caller sees, and
     flows other files deploy (a Flow trigger without conditions listens to every flow) would
     add edges to the exact graphs these tests expect."""
-    name = f"topology_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    info = psycopg.conninfo.conninfo_to_dict(database_url)
-    info["dbname"] = name
-    url = psycopg.conninfo.make_conninfo(**info)
-    _prepare(url)
-    yield url
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        conn.execute(f'DROP ROLE IF EXISTS "{runtime_role(name)}"')
+    with own_database(database_url, "topology", prepare=True) as url:
+        yield url
 
 
 YAML = {"Content-Type": "application/x-yaml"}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,9 +16,8 @@ import httpx
 import psycopg
 import pytest
 
-from engine.db import runtime_role
 from tests.api.conftest import client, server  # noqa: F401 - the real server, over HTTP
-from tests.conftest import _prepare
+from tests.conftest import own_database
 from tests.fuzz.harness import ROOT, Http, reported
 
 
@@ -28,17 +26,8 @@ def database_url(database_url: str) -> Iterator[str]:
     """A database of the fuzzers' own in the test cluster: they deploy thousands of flows,
     which the tests sharing the session's database (dependency graphs read every flow) must
     not find there."""
-    name = f"fuzz_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    info = psycopg.conninfo.conninfo_to_dict(database_url)
-    info["dbname"] = name
-    url = psycopg.conninfo.make_conninfo(**info)
-    _prepare(url)
-    yield url
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        conn.execute(f'DROP ROLE IF EXISTS "{runtime_role(name)}"')
+    with own_database(database_url, "fuzz", prepare=True) as url:
+        yield url
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -17,12 +17,13 @@ import psycopg
 import pytest
 
 from engine import events as ev
-from engine.db import Database, runtime_role
+from engine.db import Database
 from engine.migrate import migrate
 from engine.store import Append, EventStore, StoredEvent
 from projections import executions as model
 from projections.executions import ExecutionsProjection, Search
 from projections.logs import LogsProjection, execution_lines
+from tests.conftest import own_database
 
 LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]
 
@@ -32,17 +33,9 @@ def search_database_url(database_url: str) -> Iterator[str]:
     """A database of its own: the histories below are written by hand to shape the read models
     (a KILLED or WARNING end with no task behind it), not decided by the engine, so they must
     not reach the executors of other tests nor the replay check of the whole session."""
-    name = f"search_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    info = psycopg.conninfo.conninfo_to_dict(database_url)
-    info["dbname"] = name
-    url = psycopg.conninfo.make_conninfo(**info)
-    migrate(url)
-    yield url
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        conn.execute(f'DROP ROLE IF EXISTS "{runtime_role(name)}"')
+    with own_database(database_url, "search") as url:
+        migrate(url)
+        yield url
 
 
 @pytest.fixture

@@ -14,17 +14,14 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
-from engine.db import runtime_role
-from tests.conftest import ADMIN_PASSWORD
+from tests.conftest import ADMIN_PASSWORD, own_database
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -71,15 +68,8 @@ def ui_database(database_url: str) -> Iterator[str]:
     """A database of the UI server's own: the server lives for the whole session in another
     process (with a master key of its own), and its executor and worker must not take the
     executions of the tests that run after these."""
-    name = f"ui_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    info = psycopg.conninfo.conninfo_to_dict(database_url)
-    info["dbname"] = name
-    yield psycopg.conninfo.make_conninfo(**info)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        conn.execute(f'DROP ROLE IF EXISTS "{runtime_role(name)}"')
+    with own_database(database_url, "ui") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
