@@ -355,7 +355,8 @@ def text_matches(conn: psycopg.Connection[Any], q: str) -> list[tuple[int, int]]
     The planner cannot tell them apart: it estimates any word prefix at 2% of the lines (and two
     at the product of their shares), so it would sort every line holding a common word, and walk
     every line looking for a rare one. So: the words as whole words, which the statistics of the
-    expression index know, say whether `q` is common; if not, the GIN index is asked first,
+    expression index know, and the most common words they begin (`prefix_share`) say whether
+    `q` is common; if not, the GIN index is asked first,
     alone, and the page is made of the lines it names, or read in date order when they are many
     after all."""
     plan = conn.execute(
@@ -368,7 +369,7 @@ def text_matches(conn: psycopg.Connection[Any], q: str) -> list[tuple[int, int]]
     expected = float(plan[0][0]["Plan"]["Plan Rows"]) if plan else 0.0
     size = conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'logs'::regclass").fetchone()
     lines = float(size[0]) if size else -1.0
-    if lines > 0 and expected > COMMON_SHARE * lines:
+    if lines > 0 and max(expected / lines, prefix_share(conn, q)) > COMMON_SHARE:
         return COMMON
     with conn.transaction():
         # The bitmap of the GIN index, never a scan of the table checking every line.
@@ -382,6 +383,38 @@ def text_matches(conn: psycopg.Connection[Any], q: str) -> list[tuple[int, int]]
     if len(rows) > PROBE_UP_TO:
         return MANY
     return [(int(r[0]), int(r[1])) for r in rows]
+
+
+def prefix_share(conn: psycopg.Connection[Any], q: str) -> float:
+    """The share of lines holding, for every word of `q`, a word it begins, as far as the
+    statistics of the text index tell (its most common words and their shares; 0 when they
+    know none of them, or the table was never analyzed).
+
+    The planner knows the words of `q` taken whole only: `lin` is in no line, while `line`,
+    which it begins, may be in every one; asked for `lin`, the GIN index would build the
+    bitmap of all of them before answering "more than a few?"."""
+    row = conn.execute(
+        "SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs FROM pg_stats s"
+        " JOIN pg_namespace n ON n.nspname = s.schemaname"
+        " JOIN pg_class c ON c.relname = s.tablename AND c.relnamespace = n.oid"
+        " JOIN pg_index i ON i.indexrelid = c.oid"
+        " WHERE i.indrelid = 'logs'::regclass AND s.most_common_elems IS NOT NULL LIMIT 1",
+        prepare=False,
+    ).fetchone()
+    words = conn.execute(
+        "SELECT array_remove(regexp_split_to_array(lower(log_search_text(%s)), ' '), '')",
+        [q],
+        prepare=False,
+    ).fetchone()
+    if row is None or words is None or not words[0]:
+        return 0.0
+    known = list(zip(row[0], row[1], strict=False))  # the shares end with three summaries
+    share = 1.0
+    for word in words[0]:
+        # Lines holding two words it begins are counted once: the most common of them is
+        # a lower bound of the lines it finds.
+        share *= max((f for w, f in known if w.startswith(word)), default=0.0)
+    return share
 
 
 _LINE_COLUMNS = (
@@ -461,7 +494,8 @@ def text_estimate(
     The GIN index answers even "more than ten thousand?" only by building the bitmap of every
     match: 0.9 s for a word of every line, 2.3 s for two words, at ten million lines. The
     estimate is the planner's for the words taken whole (which the expression index's
-    statistics know; a prefix matches at least those), at least `PROBE_UP_TO` for a `MANY`
+    statistics know; a prefix matches at least those) or the share of the most common words
+    they begin (`prefix_share`), the larger, at least `PROBE_UP_TO` for a `MANY`
     query, times the share of lines the other filters keep."""
     size = conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'logs'::regclass").fetchone()
     lines = float(size[0]) if size else -1.0
@@ -475,6 +509,7 @@ def text_estimate(
         " @@ replace(log_search_query(%s)::text, ':*', '')::tsquery",
         [search.q],
     )
+    text = max(text, prefix_share(conn, search.q) * lines)
     if reading == MANY:
         text = max(text, PROBE_UP_TO + 1)
     where, params = search.where(scope, scope_params, text=False)
