@@ -1,7 +1,8 @@
 """Reads at scale: the executions search and the logs of an execution over 1,000,000 executions
 and 10,000,000 log lines, and how fast the projections build them.
 
-    python -m bench.search [--executions N] [--quick] [--json [FILE]] [--database-url URL]
+    python -m bench.search [--executions N] [--quick] [--no-reindex] [--json [FILE]]
+                           [--database-url URL]
 
 Without a URL it starts a throwaway embedded PostgreSQL; with one it creates a throwaway
 database in that cluster (the URL's role needs CREATEDB) and drops it at the end.
@@ -379,6 +380,7 @@ def log_reads(ids: Sequence[str]) -> list[tuple[str, str, dict[str, Any]]]:
         ("logs: q=<execution id> (10 lines)", LOG_SEARCH, {"q": some}),
         ("logs: q=line (every line)", LOG_SEARCH, {"q": "line"}),
         ("logs: q=line 7 (10%)", LOG_SEARCH, {"q": "line 7"}),
+        ("logs: q=lin (a prefix of every line)", LOG_SEARCH, {"q": "lin"}),
         ("logs: minLevel ERROR (1%)", LOG_SEARCH, {"minLevel": "ERROR"}),
         ("logs: namespace leaf + ERROR", LOG_SEARCH, {"namespace": "company.team3.proj4", "minLevel": "ERROR"}),
         ("logs: namespace + flowId, 1 day", LOG_SEARCH, {"namespace": "company.team3", "flowId": "ingest-1", "timeRange": "P1D"}),
@@ -693,7 +695,7 @@ def _throwaway_database(url: str | None) -> Iterator[str]:
 
 
 async def _run(
-    owner_url: str, executions: int, lines: int, repeat: int, flows: int
+    owner_url: str, executions: int, lines: int, repeat: int, flows: int, reindex: bool
 ) -> dict[str, Any]:
     seeded = await seed(runtime_url(owner_url), executions, lines)
     _progress(f"seeded: {json.dumps({k: v for k, v in seeded.items() if k != 'ids'})}")
@@ -701,11 +703,16 @@ async def _run(
     seeded["flows_seconds"] = await seed_flows(runtime_url(owner_url), flows)
     ids = seeded.pop("ids")
     with tempfile.TemporaryDirectory(prefix="tiercel-bench-search-data-") as data_dir:
-        return await _serve_and_read(owner_url, Path(data_dir), seeded, ids, repeat)
+        return await _serve_and_read(owner_url, Path(data_dir), seeded, ids, repeat, reindex)
 
 
 async def _serve_and_read(
-    owner_url: str, data_dir: Path, seeded: dict[str, Any], ids: Sequence[str], repeat: int
+    owner_url: str,
+    data_dir: Path,
+    seeded: dict[str, Any],
+    ids: Sequence[str],
+    repeat: int,
+    reindex: bool,
 ) -> dict[str, Any]:
     async with trio.open_nursery() as nursery:
         began = time.perf_counter()
@@ -725,11 +732,13 @@ async def _serve_and_read(
         await trio.to_thread.run_sync(vacuum, owner_url)
         _progress("vacuumed")
         reads = await measure_reads(ctx.extra["urls"][0], owner_url, ids, repeat)
-        try:
-            rebuilt = await time_reindex(owner_url, ctx)
-        except Exception as exc:  # the reads are reported all the same
-            rebuilt = {"failed": repr(exc)}
-        _progress(f"reindex: {json.dumps(rebuilt)}")
+        rebuilt: dict[str, Any] | None = None
+        if reindex:
+            try:
+                rebuilt = await time_reindex(owner_url, ctx)
+            except Exception as exc:  # the reads are reported all the same
+                rebuilt = {"failed": repr(exc)}
+            _progress(f"reindex: {json.dumps(rebuilt)}")
         nursery.cancel_scope.cancel()
     return {"seed": seeded, "projections": projections, "reads": reads, "reindex": rebuilt}
 
@@ -756,14 +765,21 @@ async def time_reindex(owner_url: str, ctx: Any) -> dict[str, Any]:
     }
 
 
-def run(url: str | None, executions: int, lines: int, repeat: int, quick: bool) -> dict[str, Any]:
+def run(
+    url: str | None,
+    executions: int,
+    lines: int,
+    repeat: int,
+    quick: bool,
+    reindex: bool = True,
+) -> dict[str, Any]:
     """Every figure of the bench, as a dict (see `report`)."""
     with _throwaway_database(url) as owner_url:
         migrate(owner_url)
         base = ceiling(owner_url, 200 if quick else 2000, 20 if quick else 200)
         _progress(f"ceiling: {json.dumps(base)}")
         flows = 30 if quick else GRAPH_FLOWS
-        results = trio.run(_run, owner_url, executions, lines, repeat, flows)
+        results = trio.run(_run, owner_url, executions, lines, repeat, flows, reindex)
         results["ceiling"] = base
         logged = {k: v for k, v in results["reads"].items() if "logs" in v and "path" in v}
         slowest_log = max(logged, key=lambda name: logged[name]["logs"]["p95_ms"])
@@ -926,6 +942,8 @@ def report(results: dict[str, Any]) -> str:
     elif rebuilt:
         each = ", ".join(f"{n} {sec:.0f} s" for n, sec in rebuilt["projections"].items())
         out += ["", f"sys reindex of every projection: {rebuilt['seconds']:.0f} s ({each})"]
+    else:
+        out += ["", "sys reindex of every projection: not timed in this run (--no-reindex)"]
     slow = results["slowest"]
     out += [
         "",
@@ -973,6 +991,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--repeat", type=int, default=None, help="requests per read (20)")
     parser.add_argument(
+        "--no-reindex", action="store_true",
+        help="skip timing `sys reindex` of every projection (the longest part of a full run)",
+    )  # fmt: skip
+    parser.add_argument(
         "--json", nargs="?", const="bench-search.json", metavar="FILE",
         help="also write the results as JSON (default file: bench-search.json)",
     )  # fmt: skip
@@ -980,7 +1002,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     executions = args.executions or (1_000 if args.quick else 1_000_000)
     repeat = args.repeat or (2 if args.quick else 20)
     per_execution = max(1, round((args.log_lines or 10 * executions) / executions))
-    results = run(args.database_url, executions, per_execution, repeat, args.quick)
+    results = run(
+        args.database_url, executions, per_execution, repeat, args.quick, not args.no_reindex
+    )
     results["meta"] = {
         "quick": args.quick,
         "executions": executions,

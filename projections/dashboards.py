@@ -512,10 +512,10 @@ def _spans(
     `(first, last, added, taken)`.
 
     A partial bucket at an end is read row by row; or, when `subtract` allows, as its rollup
-    row less the rows of the bucket outside the range, whichever part is the shorter. A range
-    ending now has no rows after it yet: its last bucket is then read from its rollup row
-    whole, however far into the hour it is (a dashboard's range usually ends now, and the
-    current hour holds the newest, busiest rows)."""
+    row less the rows of the bucket outside the range, whichever part spans the shorter time.
+    No row is dated after `now`: a range ending now is read from its last bucket's rollup row
+    less nothing, however far into the hour it is (a dashboard's range usually ends now, and
+    the current hour holds the newest, busiest rows)."""
     step = _GRAIN[grain]
     lead = _floor(start, grain)
     first = lead if lead == start else lead + step
@@ -525,12 +525,12 @@ def _spans(
     added: list[_Span] = []
     taken: list[_Span] = []
     if first > start:
-        if subtract and start - lead < step / 2:
+        if subtract and start - lead < min(first, now) - start:
             taken.append(_Span(lead, start))
             first = lead
         else:
             added.append(_Span(start, first))
-    if subtract and (end - last >= step / 2 or end >= now):
+    if subtract and min(last + step, now) - end < end - last:
         taken.append(_Span(end, last + step, low_in=False))
         last = last + step
     else:
