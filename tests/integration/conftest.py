@@ -1,18 +1,26 @@
-"""An engine (executor and worker) on the test database, and a way to run one flow on it."""
+"""An engine (executor and worker) on the test database, and a way to run one flow on it; a
+whole server with a master key, reached over HTTP."""
 
 from __future__ import annotations
 
+import base64
 import functools
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
+from engine import secrets
 from engine.commands import create_execution, deploy_flow, wait_for_end
 from engine.execution import Execution
 from engine.server import ServerContext, run_server
+from tests.conftest import ADMIN_PASSWORD
+
+MASTER_KEY = base64.b64encode(b"k" * 32).decode()
+"""The master key of `server` (a `tiercel` command a test runs on its database needs it too)."""
 
 
 @pytest.fixture
@@ -42,3 +50,47 @@ async def run_flow(ctx: ServerContext, source: str, inputs: dict | None = None) 
     record = await deploy_flow(ctx.store, source)
     xid = await create_execution(ctx.store, record.namespace, record.id, inputs or {})
     return await wait_for_end(ctx.store, ctx.notifier, xid, timeout=60)
+
+
+@pytest.fixture
+def master_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """`MASTER_KEY`, set in this test's environment (where the server reads it)."""
+    monkeypatch.setenv(secrets.KEY_ENV, MASTER_KEY)
+    return MASTER_KEY
+
+
+@pytest.fixture
+async def server(
+    database_url: str, nursery: trio.Nursery, tmp_path: Path, master_key: str
+) -> ServerContext:
+    """A whole server (API, executor, worker, projections) on the test database, sealing what
+    users give executions with `master_key`."""
+    ctx: ServerContext = await nursery.start(
+        lambda task_status: run_server(
+            database_url,
+            host="127.0.0.1",
+            port=0,
+            data_dir=tmp_path,
+            heartbeat_interval=0.5,
+            admin_password=ADMIN_PASSWORD,
+            task_status=task_status,
+        )
+    )
+    return ctx
+
+
+@pytest.fixture
+async def client(server: ServerContext) -> AsyncIterator[httpx.AsyncClient]:
+    """`server`'s API, signed in as the admin."""
+    url = server.extra["urls"][0]
+    async with httpx.AsyncClient(base_url=url, timeout=60, auth=("admin", ADMIN_PASSWORD)) as http:
+        yield http
+
+
+async def events_holding(server: ServerContext, needle: str) -> list[str]:
+    """The types of the events whose raw data or metadata hold `needle` anywhere."""
+    rows = await server.db.fetchall(
+        "SELECT type FROM events WHERE strpos(data::text, %s) > 0 OR strpos(meta::text, %s) > 0",
+        (needle, needle),
+    )
+    return [r["type"] for r in rows]

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,47 +22,17 @@ import trio
 
 from engine import events as ev
 from engine import secrets
-from engine.server import ServerContext, run_server
+from engine.server import ServerContext
 from engine.storage import LocalStorage, execution_prefix
 from engine.store import StoredEvent
-from tests.conftest import ADMIN_PASSWORD
+from tests.integration.conftest import MASTER_KEY, events_holding
 
-MASTER_KEY = base64.b64encode(b"e" * 32).decode()
 TIERCEL = [sys.executable, "-m", "engine.cli"]
 
 
 @pytest.fixture
 def ns() -> str:
     return f"test.e{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-async def server(
-    database_url: str,
-    nursery: trio.Nursery,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> ServerContext:
-    monkeypatch.setenv(secrets.KEY_ENV, MASTER_KEY)
-    ctx: ServerContext = await nursery.start(
-        lambda task_status: run_server(
-            database_url,
-            host="127.0.0.1",
-            port=0,
-            data_dir=tmp_path,
-            heartbeat_interval=0.5,
-            admin_password=ADMIN_PASSWORD,
-            task_status=task_status,
-        )
-    )
-    return ctx
-
-
-@pytest.fixture
-async def client(server: ServerContext) -> AsyncIterator[httpx.AsyncClient]:
-    url = server.extra["urls"][0]
-    async with httpx.AsyncClient(base_url=url, timeout=60, auth=("admin", ADMIN_PASSWORD)) as http:
-        yield http
 
 
 def _needles(*values: str) -> list[str]:
@@ -73,14 +42,6 @@ def _needles(*values: str) -> list[str]:
         data = value.encode()
         found += [value, base64.b64encode(data).decode().rstrip("="), data.hex()]
     return found
-
-
-async def _events_holding(server: ServerContext, needle: str) -> list[str]:
-    rows = await server.db.fetchall(
-        "SELECT type FROM events WHERE strpos(data::text, %s) > 0 OR strpos(meta::text, %s) > 0",
-        (needle, needle),
-    )
-    return [r["type"] for r in rows]
 
 
 async def _deploy(client: httpx.AsyncClient, source: str) -> None:
@@ -181,7 +142,7 @@ async def test_an_executions_inputs_are_sealed_in_its_events_and_erased_by_a_pur
     assert shown["inputs"] == {"name": name, "pw": "******"}
     # The raw log never holds either of them, in any event.
     for needle in _needles(name, pw):
-        assert await _events_holding(server, needle) == [], needle
+        assert await events_holding(server, needle) == [], needle
     created = await server.db.fetchone(
         "SELECT data FROM events WHERE stream_id = %s AND type = 'ExecutionCreated'",
         (f"exec:{xid}",),
@@ -281,7 +242,7 @@ async def test_resume_values_are_sealed_used_by_the_next_tasks_and_erased_by_a_p
     assert _outputs(execution, "use")["vars"] == {"answer": _sha(answer), "code": _sha(code)}
     assert _outputs(execution, "gate")["onResume"] == {"answer": answer, "code": "******"}
     for needle in _needles(answer, code):
-        assert await _events_holding(server, needle) == [], needle
+        assert await events_holding(server, needle) == [], needle
 
     assert (await client.delete(f"/api/v1/executions/{xid}")).status_code == 204
 
@@ -383,7 +344,7 @@ async def test_an_input_passed_to_a_subflow_is_sealed_in_the_request_and_in_the_
     child = (await client.get(f"/api/v1/executions/{child_id}")).json()
     assert child["state"]["current"] == "SUCCESS" and child["inputs"] == {"given": name}
     for needle in _needles(name):
-        assert await _events_holding(server, needle) == [], needle
+        assert await events_holding(server, needle) == [], needle
     request = await server.db.fetchone(
         "SELECT data FROM events WHERE stream_id = %s AND type = 'SubflowExecutionRequested'",
         (f"exec:{execution['id']}",),

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,47 +20,16 @@ import pytest
 import trio
 
 from engine import secrets
-from engine.server import ServerContext, run_server
+from engine.server import ServerContext
 from tests.conftest import ADMIN_PASSWORD
+from tests.integration.conftest import events_holding
 
-MASTER_KEY = base64.b64encode(b"k" * 32).decode()
 TIERCEL = [sys.executable, "-m", "engine.cli"]
 
 
 @pytest.fixture
 def ns() -> str:
     return f"test.s{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def master_key(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv(secrets.KEY_ENV, MASTER_KEY)
-    return MASTER_KEY
-
-
-@pytest.fixture
-async def server(
-    database_url: str, nursery: trio.Nursery, tmp_path: Path, master_key: str
-) -> ServerContext:
-    ctx: ServerContext = await nursery.start(
-        lambda task_status: run_server(
-            database_url,
-            host="127.0.0.1",
-            port=0,
-            data_dir=tmp_path,
-            heartbeat_interval=0.5,
-            admin_password=ADMIN_PASSWORD,
-            task_status=task_status,
-        )
-    )
-    return ctx
-
-
-@pytest.fixture
-async def client(server: ServerContext) -> AsyncIterator[httpx.AsyncClient]:
-    url = server.extra["urls"][0]
-    async with httpx.AsyncClient(base_url=url, timeout=60, auth=("admin", ADMIN_PASSWORD)) as http:
-        yield http
 
 
 def _value(label: str) -> str:
@@ -80,14 +48,6 @@ def _needles(*values: str) -> list[str]:
             data.hex(),
         ]
     return found
-
-
-async def _events_holding(server: ServerContext, needle: str) -> list[str]:
-    rows = await server.db.fetchall(
-        "SELECT type FROM events WHERE strpos(data::text, %s) > 0 OR strpos(meta::text, %s) > 0",
-        (needle, needle),
-    )
-    return [r["type"] for r in rows]
 
 
 async def _deploy(client: httpx.AsyncClient, source: str) -> None:
@@ -222,7 +182,7 @@ async def test_secrets_reach_scripts_but_never_events_logs_or_api_answers(
         for needle in needles:
             assert needle not in row["message"]
     for needle in needles:
-        assert await _events_holding(server, needle) == [], needle
+        assert await events_holding(server, needle) == [], needle
     # What the events hold instead: the input encrypted with the execution's own key.
     created = await server.db.fetchone(
         "SELECT data FROM events WHERE stream_id = %s AND type = 'ExecutionCreated'",
@@ -304,7 +264,7 @@ async def test_a_secret_input_passed_to_a_subflow_is_encrypted_with_the_childs_o
     logs = (await client.get(f"/api/v1/logs/{child_id}")).json()
     assert "child got ******" in [line["message"] for line in logs]
     for needle in _needles(pw):
-        assert await _events_holding(server, needle) == []
+        assert await events_holding(server, needle) == []
     keys = await server.db.fetchall(
         "SELECT execution_id FROM execution_keys WHERE execution_id = ANY(%s)",
         ([execution["id"], child_id],),
@@ -465,7 +425,7 @@ tasks:
     logs = (await client.get(f"/api/v1/logs/{execution_id}")).json()
     assert "code ******" in [line["message"] for line in logs]
     for needle in _needles(code):
-        assert await _events_holding(server, needle) == []
+        assert await events_holding(server, needle) == []
 
 
 async def test_a_script_cannot_keep_a_link_to_the_workers_environment_as_an_output_file(
