@@ -30,6 +30,7 @@ from engine import events as ev
 from engine import safe_yaml
 from engine.duration import parse_duration
 from engine.errors import Conflict, InvalidRequest, NotFound, Problem, TiercelError
+from engine.plugin import EXECUTION_STATES
 from engine.store import NO_STREAM, EventStore, StoredEvent
 
 CHART_PREFIX = "io.kestra.plugin.core.dashboard.chart."
@@ -100,27 +101,7 @@ TEXT_MATCHES = frozenset({"STARTS_WITH", "ENDS_WITH", "CONTAINS", "REGEX"})
 LISTS = frozenset({"IN", "NOT_IN"})
 NO_VALUE = frozenset({"IS_NULL", "IS_NOT_NULL"})
 
-STATES = frozenset(
-    {
-        "CREATED",
-        "QUEUED",
-        "RUNNING",
-        "PAUSED",
-        "RESTARTED",
-        "KILLING",
-        "SUCCESS",
-        "WARNING",
-        "FAILED",
-        "KILLED",
-        "CANCELLED",
-        "SKIPPED",
-        "RETRYING",
-        "RETRIED",
-        "BREAKPOINT",
-        "SUBMITTED",
-        "RESUBMITTED",
-    }
-)
+STATES = EXECUTION_STATES
 """Kestra's execution states (a STATE filter naming another is a mistake)."""
 LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")
 

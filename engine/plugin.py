@@ -30,6 +30,28 @@ log = logging.getLogger(__name__)
 
 # --- states ---------------------------------------------------------------------------------
 
+EXECUTION_STATES = frozenset(
+    {
+        "CREATED",
+        "QUEUED",
+        "RUNNING",
+        "PAUSED",
+        "RESTARTED",
+        "KILLING",
+        "SUCCESS",
+        "WARNING",
+        "FAILED",
+        "KILLED",
+        "CANCELLED",
+        "SKIPPED",
+        "RETRYING",
+        "RETRIED",
+        "BREAKPOINT",
+        "SUBMITTED",
+        "RESUBMITTED",
+    }
+)
+"""Kestra's execution states: a filter or search naming any other is a mistake."""
 TERMINAL_STATES = frozenset({"SUCCESS", "WARNING", "FAILED", "KILLED", "CANCELLED", "SKIPPED"})
 FAILED_STATES = frozenset({"FAILED", "KILLED"})
 

@@ -32,7 +32,7 @@ from engine.errors import InvalidRequest, Problem
 from engine.execution import iso
 from engine.execution.replay import replay
 from engine.executor_shell import INPUT_TYPES, recorded
-from engine.plugin import TERMINAL_STATES
+from engine.plugin import EXECUTION_STATES, TERMINAL_STATES
 from engine.store import _COLUMNS as _STORE_COLUMNS
 from engine.store import StoredEvent, _row_to_event
 
@@ -513,27 +513,7 @@ _WORD_PREFIX = 32
 """The longest word prefix `search_words` holds (migrations/0009_search_indexes.sql)."""
 
 
-STATES = frozenset(
-    {
-        "CREATED",
-        "QUEUED",
-        "RUNNING",
-        "PAUSED",
-        "RESTARTED",
-        "KILLING",
-        "SUCCESS",
-        "WARNING",
-        "FAILED",
-        "KILLED",
-        "CANCELLED",
-        "SKIPPED",
-        "RETRYING",
-        "RETRIED",
-        "BREAKPOINT",
-        "SUBMITTED",
-        "RESUBMITTED",
-    }
-)
+STATES = EXECUTION_STATES
 """Kestra's execution states: a search for any other is a mistake."""
 
 _DURATION = re.compile(
