@@ -11,39 +11,33 @@ dependencies between flows (engine/graph.py builds both).
 - `GET /api/v1/namespaces/{namespace}/dependencies`: every flow of the namespace and the
   dependencies between them.
 
-A dependency graph is computed from one query of the flows read model (the latest revision of
-every flow the caller may see, at most `MAX_FLOWS`); what each revision names is parsed once
-and kept, since a revision never changes.
+A dependency graph is read from the flows read model (projections/flows.py), which keeps what
+each flow names of other flows as it applies its revisions: the flows a flow calls and those
+calling it are two indexed queries, the flows a Flow trigger listens to one query of its
+conditions; the listeners are few and read whole. Nothing is parsed per request and no number
+of flows is left out; `expandAll` walks the graph breadth first, one round of queries per step.
+Only flows that exist, are not deleted and are in the caller's namespaces are linked.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
+import psycopg
 from quart import Blueprint, Response, request
 
 from api import bodies
 from api.auth import access, namespace_filter
-from engine import commands, graph, safe_yaml
-from engine.errors import InvalidRequest, TiercelError
-from engine.flow import flow_from_dict, parse_flow
-from engine.graph import FlowKey, FlowLinks
+from engine import commands, graph
+from engine.errors import InvalidRequest
+from engine.flow import parse_flow
+from engine.graph import Dependency, FlowKey, Listens
 from engine.server import ServerContext
 from projections import flows as flows_model
 
-MAX_FLOWS = 20_000
-"""Flows one dependency graph reads at most; beyond it the answer says it is partial
-(`X-Tiercel-Partial: true`)."""
-KEPT_LINKS = 50_000
-"""Revisions whose links are kept in memory (least recently used first out)."""
-PARTIAL_HEADER = "X-Tiercel-Partial"
 
-
-def _answer(body: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        bodies.json_bytes(body), status=200, content_type="application/json", headers=headers
-    )
+def _answer(body: Any) -> Response:
+    return Response(bodies.json_bytes(body), status=200, content_type="application/json")
 
 
 def _bool_arg(name: str) -> bool:
@@ -62,54 +56,99 @@ def _revision_arg() -> int | None:
     return int(raw)
 
 
-def _links_of(source: str) -> FlowLinks:
-    """What a recorded revision names; nothing when it can no longer be read."""
-    try:
-        document = safe_yaml.load(source)
-        if not isinstance(document, dict):
-            return graph.NO_LINKS
-        return graph.flow_links(flow_from_dict(document), document)
-    except (TiercelError, ValueError, TypeError):
-        return graph.NO_LINKS
+def _edges(found: dict[tuple[FlowKey, FlowKey], str]) -> list[Dependency]:
+    return sorted(Dependency(s, d, r) for (s, d), r in found.items())
+
+
+def _link(
+    found: dict[tuple[FlowKey, FlowKey], str], source: FlowKey, destination: FlowKey, relation: str
+) -> None:
+    # One dependency per pair: a subflow call says more than a Flow trigger listening.
+    if found.get((source, destination)) != "FLOW_TASK":
+        found[(source, destination)] = relation
+
+
+def _touching(
+    conn: psycopg.Connection[Any],
+    frontier: list[FlowKey],
+    scope: flows_model.Scope,
+    listening: dict[FlowKey, Listens],
+    *,
+    outgoing: bool,
+) -> dict[tuple[FlowKey, FlowKey], str]:
+    """Every dependency leading to a flow of `frontier` (and, with `outgoing`, from one), among
+    the flows of `scope`; `listening` is every listener of the scope."""
+    found: dict[tuple[FlowKey, FlowKey], str] = {}
+    for caller, target in flows_model.callers(conn, frontier, scope):
+        _link(found, caller, target, "FLOW_TASK")
+    for flow in frontier:
+        listens = listening.get(flow)
+        if listens:
+            for source in flows_model.listened_to(conn, listens, scope):
+                if source != flow:
+                    _link(found, source, flow, "FLOW_TRIGGER")
+    if outgoing:
+        for source, callee in flows_model.callees(conn, frontier, scope):
+            _link(found, source, callee, "FLOW_TASK")
+        for listener, listens in listening.items():
+            for flow in frontier:
+                if flow != listener and graph.listens_to(listens, flow):
+                    _link(found, flow, listener, "FLOW_TRIGGER")
+    return found
+
+
+def _snapshot(conn: psycopg.Connection[Any]) -> None:
+    """For the current transaction: every query of one graph sees the same flows."""
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+
+def _walk(
+    conn: psycopg.Connection[Any],
+    focus: FlowKey,
+    scope: flows_model.Scope,
+    *,
+    destination_only: bool,
+    expand_all: bool,
+) -> list[Dependency] | None:
+    """The dependencies touching `focus` (leading to it only, with `destination_only`), and
+    with `expand_all` those of the flows they reach, breadth first; None when the read model
+    has no `focus` the caller may see."""
+    if not flows_model.visible(conn, focus, scope):
+        return None
+    listening = flows_model.listeners(conn, scope)
+    found: dict[tuple[FlowKey, FlowKey], str] = {}
+    seen, frontier = {focus}, [focus]
+    while frontier:
+        step = _touching(conn, frontier, scope, listening, outgoing=not destination_only)
+        for (source, destination), relation in step.items():
+            _link(found, source, destination, relation)
+        if not expand_all:
+            break
+        reached = {f for pair in step for f in pair} - seen
+        seen |= reached
+        frontier = sorted(reached)
+    return _edges(found)
+
+
+def _namespace_graph(
+    conn: psycopg.Connection[Any], namespace: str, scope: flows_model.Scope
+) -> tuple[list[FlowKey], list[Dependency]]:
+    """Every flow of `namespace` the caller may see, and the dependencies between them."""
+    flows = flows_model.namespace_flows(conn, namespace, scope)
+    found: dict[tuple[FlowKey, FlowKey], str] = {}
+    for caller, callee in flows_model.namespace_calls(conn, namespace, scope):
+        _link(found, caller, callee, "FLOW_TASK")
+    for listener, listens in flows_model.listeners(conn, scope, namespace).items():
+        for flow in flows:
+            if flow != listener and graph.listens_to(listens, flow):
+                _link(found, flow, listener, "FLOW_TRIGGER")
+    return flows, _edges(found)
 
 
 def blueprint(ctx: ServerContext) -> Blueprint:
     """The routes, on `ctx`'s store and database."""
     routes = Blueprint("topology", __name__)
     store, db = ctx.store, ctx.db
-    kept: OrderedDict[tuple[str, str, int], FlowLinks] = OrderedDict()
-
-    async def dependencies(
-        namespace: str | None = None,
-    ) -> tuple[list[FlowKey], list[graph.Dependency], bool]:
-        """Every flow the caller may see (of `namespace` only, when given), the dependencies
-        between them, and whether there were more flows than one graph reads."""
-        allowed, params = namespace_filter()
-        if namespace is not None:
-            allowed, params = f"{allowed} AND namespace = %s", [*params, namespace]
-        rows = await db.run(
-            lambda conn: flows_model.latest_for_links(conn, allowed, params, MAX_FLOWS + 1)
-        )
-        partial = len(rows) > MAX_FLOWS
-        rows = rows[:MAX_FLOWS]
-        unread = [r for r in rows if r[3] is not None and (r[0], r[1], r[2]) not in kept]
-
-        def parse() -> list[FlowLinks]:
-            return [_links_of(str(r[3])) for r in unread]
-
-        for r, read in zip(unread, await bodies.off_loop(parse), strict=True):
-            kept[(r[0], r[1], r[2])] = read
-        links: dict[FlowKey, FlowLinks] = {}
-        for namespace, flow_id, revision, source in rows:
-            key = (namespace, flow_id, revision)
-            found = kept.get(key) if source is not None else None
-            if found is not None:
-                kept.move_to_end(key)
-            links[FlowKey(namespace, flow_id)] = found or graph.NO_LINKS
-        while len(kept) > KEPT_LINKS:
-            kept.popitem(last=False)
-        edges = await bodies.off_loop(graph.dependency_edges, links)
-        return list(links), edges, partial
 
     @routes.get("/api/v1/flows/<namespace>/<flow_id>/graph")
     @access("viewer")
@@ -134,12 +173,22 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         The flows leading to it and, unless `destinationOnly`, those it leads to; `expandAll`
         follows them recursively."""
         destination_only, expand_all = _bool_arg("destinationOnly"), _bool_arg("expandAll")
-        flows, edges, partial = await dependencies()
         focus = FlowKey(namespace, flow_id)
-        if focus not in flows and not partial:
+        scope = namespace_filter("f.namespace")
+
+        def read(conn: psycopg.Connection[Any]) -> list[Dependency] | None:
+            with conn.transaction():
+                _snapshot(conn)
+                return _walk(
+                    conn, focus, scope, destination_only=destination_only, expand_all=expand_all
+                )
+
+        edges = await db.run(read)
+        if edges is None:
             # The read model may not hold a flow deployed a moment ago: its stream says
             # whether it exists (NotFound when it does not, or was deleted).
             await commands.get_flow(store, namespace, flow_id)
+            edges = []
         body = graph.flow_dependencies(
             edges,
             focus,
@@ -147,14 +196,21 @@ def blueprint(ctx: ServerContext) -> Blueprint:
             expand_all=expand_all,
             tenant=commands.TENANT,
         )
-        return _answer(body, {PARTIAL_HEADER: "true"} if partial else None)
+        return _answer(body)
 
     @routes.get("/api/v1/namespaces/<namespace>/dependencies")
     @access("viewer")
     async def namespace_dependencies(namespace: str) -> Response:
         """Every flow of a namespace and the dependencies between them."""
-        flows, edges, partial = await dependencies(namespace)
+        scope = namespace_filter("f.namespace")
+
+        def read(conn: psycopg.Connection[Any]) -> tuple[list[FlowKey], list[Dependency]]:
+            with conn.transaction():
+                _snapshot(conn)
+                return _namespace_graph(conn, namespace, scope)
+
+        flows, edges = await db.run(read)
         body = graph.namespace_dependencies(edges, flows, namespace, commands.TENANT)
-        return _answer(body, {PARTIAL_HEADER: "true"} if partial else None)
+        return _answer(body)
 
     return routes

@@ -9,10 +9,11 @@ clients read them unchanged:
   triggers. Every node is reached from the graph's one start node and reaches its one end node.
   Uids are derived from task ids, so the same revision always gives the same graph.
 - `flow_links(flow, document)` says which flows one flow names: the flows its Subflow and
-  ForEachItem tasks run, and the flows its Flow triggers listen to. `dependency_edges` resolves
-  those against the flows that exist, and `flow_dependencies` / `namespace_dependencies` shape
-  them as Kestra's FlowTopologyGraph (`nodes` of flows, `edges` with a FLOW_TASK or FLOW_TRIGGER
-  `relation`).
+  ForEachItem tasks run, and the flows its Flow triggers listen to (`source_links` reads them
+  from a recorded YAML source; the flows read model keeps them, as `listens_json` encodes a
+  flow's Flow triggers). `dependency_edges` resolves those against the flows that exist, and
+  `flow_dependencies` / `namespace_dependencies` shape them as Kestra's FlowTopologyGraph
+  (`nodes` of flows, `edges` with a FLOW_TASK or FLOW_TRIGGER `relation`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Any, NamedTuple, TypeGuard
 
 import msgspec
 
-from engine.flow import Flow, walk
+from engine import safe_yaml
+from engine.flow import Flow, flow_from_dict, walk
 from engine.plugin import FlowableTask, Task, canonical_name
 
 HIERARCHIES = "io.kestra.core.models.hierarchies."
@@ -465,6 +467,64 @@ def flow_links(flow: Flow, document: Mapping[str, Any] | None = None) -> FlowLin
     return FlowLinks(frozenset(calls), listens)
 
 
+LINK_HINTS = ("flowId", ".Flow")
+"""What the source of a flow naming other flows holds: a Subflow or ForEachItem task needs a
+`flowId`, a Flow trigger's type ends in `.Flow`. Other sources are not parsed."""
+
+
+def source_links(source: str) -> FlowLinks:
+    """What the recorded YAML `source` of a flow revision names (see `FlowLinks`); NO_LINKS
+    when it names no other flow, or can no longer be read as a flow (a revision recorded
+    under older rules, or naming a plugin since removed)."""
+    if not any(hint in source for hint in LINK_HINTS):
+        return NO_LINKS
+    try:
+        document = safe_yaml.load(source)
+        if not isinstance(document, dict):
+            return NO_LINKS
+        return flow_links(flow_from_dict(document), document)
+    except Exception:
+        # Any failure at all: the flows read model calls this for every deploy, and one
+        # unreadable revision must not stop it.
+        return NO_LINKS
+
+
+Listens = tuple[tuple[tuple[FlowMatch, ...], ...], ...]
+"""`FlowLinks.listens`: per Flow trigger, its requirements, each a choice of flows."""
+
+
+def listens_json(listens: Listens) -> list[list[list[dict[str, str | None]]]]:
+    """`listens` as JSON (what the flows read model stores): a list per trigger of its
+    requirements, each a list of `{namespace, comparison, flowId}`."""
+    return [
+        [
+            [{"namespace": m.namespace, "comparison": m.comparison, "flowId": m.flow_id} for m in r]
+            for r in requirements
+        ]
+        for requirements in listens
+    ]
+
+
+def listens_from_json(data: Any) -> Listens:
+    """What `listens_json` wrote, read back."""
+    return tuple(
+        tuple(
+            tuple(FlowMatch(m["namespace"], m["comparison"], m.get("flowId")) for m in r)
+            for r in requirements
+        )
+        for requirements in data
+    )
+
+
+def listens_to(listens: Listens, flow: FlowKey) -> bool:
+    """Whether a flow with Flow triggers `listens` listens to `flow`: one of its triggers has
+    every requirement met by it (a trigger naming no flow listens to every flow)."""
+    return any(
+        all(any(m.matches(flow) for m in choice) for choice in requirements)
+        for requirements in listens
+    )
+
+
 class Dependency(NamedTuple):
     """`source` leads to executions of `destination`: it runs it as a subflow (FLOW_TASK), or
     `destination` has a Flow trigger listening to it (FLOW_TRIGGER)."""
@@ -483,12 +543,13 @@ def dependency_edges(links: Mapping[FlowKey, FlowLinks]) -> list[Dependency]:
             if target != source and target in links:
                 found[(source, target)] = "FLOW_TASK"
     for destination, own in links.items():
-        for requirements in own.listens:
-            for source in links:
-                if source == destination or (source, destination) in found:
-                    continue
-                if all(any(m.matches(source) for m in choice) for choice in requirements):
-                    found[(source, destination)] = "FLOW_TRIGGER"
+        if not own.listens:
+            continue
+        for source in links:
+            if source == destination or (source, destination) in found:
+                continue
+            if listens_to(own.listens, source):
+                found[(source, destination)] = "FLOW_TRIGGER"
     return sorted(Dependency(s, d, r) for (s, d), r in found.items())
 
 
