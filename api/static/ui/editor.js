@@ -5,12 +5,9 @@
 (function () {
   "use strict";
   const CM = window.TiercelCodeMirror;
-  const { api, el, toast } = window.Tiercel;
+  const { api, el, toast, yamlEditor } = window.Tiercel;
   const page = document.getElementById("editor-page");
-  const problemsList = document.getElementById("problems");
-  const status = document.getElementById("validation-status");
   let namespace = page.dataset.namespace, flowId = page.dataset.flowId;
-  let saved = "";
 
   const TEMPLATE = `id: hello
 namespace: company.team
@@ -28,57 +25,16 @@ tasks:
 
   // --- validation ---------------------------------------------------------------------------
 
-  // The problem's line, from its first non-blank character to its end: the API names the
-  // line and the column of the value, and a misspelt key is the more likely culprit.
-  function position(doc, detail) {
-    if (!detail.line || detail.line > doc.lines) return { from: 0, to: Math.min(doc.length, 1) };
-    const line = doc.line(detail.line);
-    const from = line.from + (line.text.length - line.text.trimStart().length);
-    return { from: Math.min(from, line.to), to: line.to };
+  // `flows/validate` answers an entry per document, each with its problems.
+  function problemsOf(answer) {
+    return answer.flatMap((entry) => (!entry.constraints ? []
+      : entry.details?.length ? entry.details : [{ message: entry.constraints }]));
   }
 
+  // A valid text is drawn, once for each new one.
   let lastValid = null;
-  async function validate(view) {
-    const text = view.state.doc.toString();
-    if (!text.trim()) { showProblems([]); return []; }
-    let answer;
-    try {
-      answer = await api("/api/v1/flows/validate", {
-        method: "POST", headers: { "Content-Type": "application/x-yaml" }, body: text,
-      });
-    } catch (error) {
-      showProblems([{ message: error.message }]);
-      return [];
-    }
-    if (view.state.doc.toString() !== text) return [];  // typed since: a newer check follows
-    const details = [];
-    for (const entry of answer) {
-      if (entry.constraints) {
-        details.push(...(entry.details && entry.details.length ? entry.details : [{ message: entry.constraints }]));
-      }
-    }
-    showProblems(details);
-    if (!details.length && text !== lastValid) { lastValid = text; preview(text); }
-    return details.map((detail) => ({
-      ...position(view.state.doc, detail),
-      severity: "error",
-      message: detail.path ? `${detail.path}: ${detail.message}` : detail.message,
-    }));
-  }
-
-  // The list under the editor; a problem with a line is a button that puts the cursor there.
-  function showProblems(details) {
-    const text = (d) => [d.line ? `Line ${d.line}: ` : "", d.path ? `${d.path}: ` : "", d.message].join("");
-    const goTo = (d) => () => {
-      if (d.line > view.state.doc.lines) return;
-      const { from } = position(view.state.doc, d);
-      view.dispatch({ selection: { anchor: from }, scrollIntoView: true });
-      view.focus();
-    };
-    problemsList.replaceChildren(...details.map((d) => el("li", {},
-      d.line ? el("button", { type: "button", class: "problem", onclick: goTo(d) }, text(d)) : text(d))));
-    status.textContent = details.length ? `${details.length} problem${details.length > 1 ? "s" : ""}` : "Valid";
-    status.className = details.length ? "error" : "ok";
+  function onValid(text) {
+    if (text !== lastValid) { lastValid = text; preview(text); }
   }
 
   async function preview(text) {
@@ -283,41 +239,27 @@ tasks:
 
   // --- the editor ---------------------------------------------------------------------------
 
-  const theme = new CM.Compartment();
-  const themeFor = (name) => (name === "dark" ? CM.oneDark : []);
-  const view = new CM.EditorView({
+  const editor = yamlEditor({
     parent: document.getElementById("editor"),
-    state: CM.EditorState.create({
-      doc: "",
-      extensions: [
-        CM.basicSetup,
-        CM.yaml(),
-        CM.EditorState.tabSize.of(2),
-        theme.of(themeFor(document.documentElement.dataset.theme)),
-        CM.lintGutter(),
-        CM.linter(validate, { delay: 300 }),
-        CM.autocompletion({ override: [complete], activateOnTyping: true }),
-        CM.EditorView.contentAttributes.of({ "aria-label": "Flow source (YAML)" }),
-      ],
-    }),
+    label: "Flow source (YAML)",
+    list: document.getElementById("problems"),
+    status: document.getElementById("validation-status"),
+    validate: "/api/v1/flows/validate",
+    problemsOf,
+    onValid,
+    extensions: [CM.autocompletion({ override: [complete], activateOnTyping: true })],
+    save,
+    saveButton: document.getElementById("save-button"),
   });
-  document.addEventListener("tiercel:theme", (event) => {
-    view.dispatch({ effects: theme.reconfigure(themeFor(event.detail)) });
-  });
-
-  const source = () => view.state.doc.toString();
-  function setSource(text) {
-    view.dispatch({ changes: { from: 0, to: view.state.doc.length, insert: text } });
-    saved = text;
-  }
+  const { view } = editor;
 
   async function save() {
-    const text = source();
+    const text = editor.source();
     const headers = { "Content-Type": "application/x-yaml" };
     const answer = flowId
       ? await api(`/api/v1/flows/${encodeURIComponent(namespace)}/${encodeURIComponent(flowId)}`, { method: "PUT", headers, body: text })
       : await api("/api/v1/flows", { method: "POST", headers, body: text });
-    saved = text;
+    editor.markSaved(text);
     const first = !flowId;
     namespace = answer.namespace;
     flowId = answer.id;
@@ -327,18 +269,9 @@ tasks:
     return answer;
   }
 
-  document.getElementById("save-button").addEventListener("click", () => {
-    save().catch((error) => toast(error.message, true));
-  });
-  document.addEventListener("keydown", (event) => {
-    if ((event.ctrlKey || event.metaKey) && event.key === "s") {
-      event.preventDefault();
-      save().catch((error) => toast(error.message, true));
-    }
-  });
   document.getElementById("run-button").addEventListener("click", async () => {
     try {
-      const flow = source() !== saved || !flowId ? await save()
+      const flow = editor.unsaved() || !flowId ? await save()
         : await api(`/api/v1/flows/${encodeURIComponent(namespace)}/${encodeURIComponent(flowId)}`);
       window.TiercelRun.open(namespace, flowId, flow.inputs || [], (execution) => {
         const link = `/ui/flows/${encodeURIComponent(namespace)}/${encodeURIComponent(flowId)}#executions`;
@@ -350,16 +283,13 @@ tasks:
       toast(error.message, true);
     }
   });
-  window.addEventListener("beforeunload", (event) => {
-    if (source() !== saved) event.preventDefault();
-  });
 
   (async () => {
     if (flowId) {
       const flow = await api(`/api/v1/flows/${encodeURIComponent(namespace)}/${encodeURIComponent(flowId)}`);
-      setSource(flow.source);
+      editor.setSource(flow.source);
     } else {
-      setSource(TEMPLATE);  // not a change of the user's: leaving asks nothing
+      editor.setSource(TEMPLATE);
     }
     view.focus();
   })().catch((error) => toast(error.message, true));
