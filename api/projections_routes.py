@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 
 import trio
 from quart import Blueprint, Response, current_app
@@ -29,6 +30,7 @@ from quart import Blueprint, Response, current_app
 from api import bodies
 from api.auth import access, actor
 from engine import events as ev
+from engine.backoff import Backoff, describe, is_transient
 from engine.errors import Conflict, NotFound, TiercelError
 from engine.server import ServerContext
 from projections import reindex
@@ -37,7 +39,8 @@ from projections.runner import Projection
 log = logging.getLogger(__name__)
 
 RECORD_TIMEOUT = 10.0
-"""Seconds a rebuild's end may take to be recorded once the server is stopping."""
+"""Seconds a rebuild's end may take to be recorded: once the server is stopping, or while the
+database that cut the rebuild short comes back."""
 
 
 def blueprint(ctx: ServerContext) -> Blueprint:
@@ -124,16 +127,40 @@ def blueprint(ctx: ServerContext) -> Blueprint:
         except Exception as exc:
             log.warning("The rebuild of projection %s failed: %s", name, exc)
             message = f"{exc}; the live tables still serve"
+            if is_transient(exc):
+                message = (
+                    f"The database went away during the rebuild ({describe(exc)}); the live "
+                    "tables still serve: start the rebuild again"
+                )
             await _record(name, ev.ProjectionRebuildFailed(projection=name, message=message), who)
         finally:
             # Only once its end is recorded: until then the listing says RUNNING.
             running.pop(name, None)
 
     async def _record(name: str, outcome: ev.Event, who: str) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
-            try:
-                await ctx.store.append(ev.projection_stream(name), [outcome], meta={"actor": who})
-            except Exception as exc:  # the rebuild's own outcome stands; only its record is lost
-                log.warning("Could not record the end of the rebuild of %s: %s", name, exc)
+        # A rebuild cut short by a database restart ends while the database is still away: its
+        # end is tried again until it is back, or the listing would say RUNNING forever. The
+        # command id makes a retry whose first try did commit a no-op.
+        command_id = f"projection-rebuild-end:{name}:{uuid.uuid4().hex}"
+        backoff = Backoff(maximum=2.0)
+        with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT) as waited:
+            while True:
+                try:
+                    await ctx.store.append(
+                        ev.projection_stream(name),
+                        [outcome],
+                        command_id=command_id,
+                        meta={"actor": who},
+                    )
+                    return
+                except Exception as exc:  # the rebuild's outcome stands; only its record is lost
+                    if not is_transient(exc):
+                        log.warning("Could not record the end of the rebuild of %s: %s", name, exc)
+                        return
+                    await trio.sleep(backoff.failed())
+        if waited.cancelled_caught:
+            log.warning(
+                "Could not record the end of the rebuild of %s: the database stayed away", name
+            )
 
     return routes

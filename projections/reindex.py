@@ -19,7 +19,10 @@ projection writes the new tables and still reads `events` from the live schema.
    covers (projections/runner.py).
 
 Cancelled or failed before the swap, the rebuild leaves the live tables as they were; its own
-tables are dropped (or, if the process was killed, by the next reindex).
+tables are dropped (or, if the process was killed, by the next reindex). When the failure is
+the database going away (a PostgreSQL restart), dropping them waits for it to come back, for up
+to `CLEANUP_TIMEOUT` seconds: left behind, the rebuild's checkpoint would show a rebuild under
+way until the next one.
 
 DDL needs the tables' owner: `sys reindex` connects as the owner (as `migrate` does), not as
 the engine's runtime role.
@@ -27,6 +30,7 @@ the engine's runtime role.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import time
@@ -38,6 +42,7 @@ import psycopg
 import trio
 from psycopg import sql
 
+from engine.backoff import Backoff, describe, is_transient
 from engine.db import Database
 from engine.errors import Forbidden
 from engine.execution import iso
@@ -54,6 +59,10 @@ BATCH_SIZE = 5000
 """Events read and applied per transaction by a rebuild."""
 SWAP_LOCK_TIMEOUT = "60s"
 """How long the swap waits for the live tables (a long search holds them)."""
+CLEANUP_TIMEOUT = 15.0
+"""Seconds an unfinished rebuild waits for the database to drop its tables and checkpoint."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -135,8 +144,35 @@ async def _rebuild(
     finally:
         if not swapped:
             with trio.CancelScope(shield=True):
-                await db.run(lambda conn: _drop_rebuild(conn, projection))
+                await _clean_up(db, projection)
     return Rebuilt(projection.name, position, time.monotonic() - started)
+
+
+async def _clean_up(db: Database, projection: Projection) -> None:
+    """Drop what an unfinished rebuild made, waiting out a database outage (what often cut the
+    rebuild short) for up to `CLEANUP_TIMEOUT` seconds; after that, the next rebuild drops
+    it. A failure here is logged, not raised: the rebuild's own error is the one to report."""
+    backoff = Backoff(maximum=2.0)
+    with trio.move_on_after(CLEANUP_TIMEOUT):
+        while True:
+            try:
+                await db.run(lambda conn: _drop_rebuild(conn, projection))
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.warning(
+                        "Could not drop the unfinished rebuild of %s: %s",
+                        projection.name,
+                        describe(exc),
+                    )
+                    return
+                await trio.sleep(backoff.failed())
+    log.warning(
+        "The database stayed away %.0fs: the unfinished rebuild of %s is left for the next one"
+        " to drop",
+        CLEANUP_TIMEOUT,
+        projection.name,
+    )
 
 
 def _live_schema(conn: psycopg.Connection[Any]) -> str:
