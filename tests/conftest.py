@@ -84,6 +84,25 @@ def _prepare(url: str) -> None:
     trio.run(admin)
 
 
+async def start_server(database_url: str, nursery: trio.Nursery, data_dir: Path) -> Any:
+    """Start a whole server (API, executor, worker, projections) on `database_url` in `nursery`,
+    its API on a free port of 127.0.0.1 taking the admin with `ADMIN_PASSWORD`; answers its
+    `ServerContext` once it serves."""
+    from engine.server import run_server
+
+    return await nursery.start(
+        lambda task_status: run_server(
+            database_url,
+            host="127.0.0.1",
+            port=0,
+            data_dir=data_dir,
+            heartbeat_interval=0.5,
+            admin_password=ADMIN_PASSWORD,
+            task_status=task_status,
+        )
+    )
+
+
 @contextlib.contextmanager
 def own_database(database_url: str, prefix: str, *, prepare: bool = False) -> Iterator[str]:
     """The URL of a new, empty database in the cluster of `database_url` (named `prefix_` and

@@ -9,24 +9,12 @@ import httpx
 import pytest
 import trio
 
-from engine.server import run_server
-from tests.conftest import ADMIN_PASSWORD
+from tests.conftest import ADMIN_PASSWORD, start_server
 
 
 @pytest.fixture
 async def server(database_url: str, nursery: trio.Nursery, tmp_path: Any) -> Any:
-    ctx = await nursery.start(
-        lambda task_status: run_server(
-            database_url,
-            host="127.0.0.1",
-            port=0,
-            data_dir=tmp_path,
-            heartbeat_interval=0.5,
-            admin_password=ADMIN_PASSWORD,
-            task_status=task_status,
-        )
-    )
-    return ctx
+    return await start_server(database_url, nursery, tmp_path)
 
 
 @pytest.fixture

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,7 +19,8 @@ from engine import secrets
 from engine.commands import create_execution, deploy_flow, wait_for_end
 from engine.execution import Execution
 from engine.server import ServerContext, run_server
-from tests.conftest import ADMIN_PASSWORD
+from tests.api.conftest import client  # noqa: F401 - the API of `server`, signed in as the admin
+from tests.conftest import start_server
 
 MASTER_KEY = base64.b64encode(b"k" * 32).decode()
 """The master key of `server` (a `tiercel` command a test runs on its database needs it too)."""
@@ -64,27 +67,9 @@ async def server(
     database_url: str, nursery: trio.Nursery, tmp_path: Path, master_key: str
 ) -> ServerContext:
     """A whole server (API, executor, worker, projections) on the test database, sealing what
-    users give executions with `master_key`."""
-    ctx: ServerContext = await nursery.start(
-        lambda task_status: run_server(
-            database_url,
-            host="127.0.0.1",
-            port=0,
-            data_dir=tmp_path,
-            heartbeat_interval=0.5,
-            admin_password=ADMIN_PASSWORD,
-            task_status=task_status,
-        )
-    )
+    users give executions with `master_key` (`client`, from tests/api, reaches its API)."""
+    ctx: ServerContext = await start_server(database_url, nursery, tmp_path)
     return ctx
-
-
-@pytest.fixture
-async def client(server: ServerContext) -> AsyncIterator[httpx.AsyncClient]:
-    """`server`'s API, signed in as the admin."""
-    url = server.extra["urls"][0]
-    async with httpx.AsyncClient(base_url=url, timeout=60, auth=("admin", ADMIN_PASSWORD)) as http:
-        yield http
 
 
 async def events_holding(server: ServerContext, needle: str) -> list[str]:
@@ -94,3 +79,23 @@ async def events_holding(server: ServerContext, needle: str) -> list[str]:
         (needle, needle),
     )
     return [r["type"] for r in rows]
+
+
+async def deploy(http: httpx.AsyncClient, source: str) -> None:
+    """Deploy the flow `source` through the API."""
+    answer = await http.post(
+        "/api/v1/flows", content=source, headers={"Content-Type": "application/x-yaml"}
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def task_outputs(execution: dict[str, Any], task_id: str) -> dict[str, Any]:
+    """The outputs of the task run of `task_id` in an execution as the API shows it."""
+    run = next(r for r in execution["taskRunList"] if r["taskId"] == task_id)
+    outputs: dict[str, Any] = run["outputs"]
+    return outputs
+
+
+def sha256(value: str) -> str:
+    """The hex SHA-256 of `value`, as the scripts of these tests print what they received."""
+    return hashlib.sha256(value.encode()).hexdigest()

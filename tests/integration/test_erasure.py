@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from engine import secrets
 from engine.server import ServerContext
 from engine.storage import LocalStorage, execution_prefix
 from engine.store import StoredEvent
-from tests.integration.conftest import MASTER_KEY, events_holding
+from tests.integration.conftest import MASTER_KEY, deploy, events_holding, sha256, task_outputs
 
 TIERCEL = [sys.executable, "-m", "engine.cli"]
 
@@ -42,13 +41,6 @@ def _needles(*values: str) -> list[str]:
         data = value.encode()
         found += [value, base64.b64encode(data).decode().rstrip("="), data.hex()]
     return found
-
-
-async def _deploy(client: httpx.AsyncClient, source: str) -> None:
-    answer = await client.post(
-        "/api/v1/flows", content=source, headers={"Content-Type": "application/x-yaml"}
-    )
-    assert answer.status_code == 200, answer.text
 
 
 async def _until(client: httpx.AsyncClient, execution_id: str, states: set[str]) -> Any:
@@ -68,16 +60,6 @@ async def _settled(server: ServerContext, sql: str, args: tuple[Any, ...], want:
             await trio.sleep(0.1)
         return True
     return False
-
-
-def _outputs(execution: dict[str, Any], task_id: str) -> dict[str, Any]:
-    run = next(r for r in execution["taskRunList"] if r["taskId"] == task_id)
-    outputs: dict[str, Any] = run["outputs"]
-    return outputs
-
-
-def _sha(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def _verify(server: ServerContext, execution_id: str) -> subprocess.CompletedProcess[str]:
@@ -125,7 +107,7 @@ async def test_an_executions_inputs_are_sealed_in_its_events_and_erased_by_a_pur
 ) -> None:
     name = f"erase-{uuid.uuid4().hex}"
     pw = f"pw-{uuid.uuid4().hex}"
-    await _deploy(client, ERASABLE.format(ns=ns))
+    await deploy(client, ERASABLE.format(ns=ns))
 
     started = await client.post(
         f"/api/v1/executions/{ns}/erasable?wait=true", json={"name": name, "pw": pw}
@@ -136,7 +118,7 @@ async def test_an_executions_inputs_are_sealed_in_its_events_and_erased_by_a_pur
 
     # The If condition and the script saw the inputs' values.
     assert execution["state"]["current"] == "SUCCESS", execution
-    assert _outputs(execution, "script")["vars"] == {"name": _sha(name), "pw": _sha(pw)}
+    assert task_outputs(execution, "script")["vars"] == {"name": sha256(name), "pw": sha256(pw)}
     # The API shows the STRING input, and masks the SECRET one.
     shown = (await client.get(f"/api/v1/executions/{xid}")).json()
     assert shown["inputs"] == {"name": name, "pw": "******"}
@@ -153,9 +135,9 @@ async def test_an_executions_inputs_are_sealed_in_its_events_and_erased_by_a_pur
     # Its read-model row, logs and file exist before the purge.
     assert await _settled(server, "SELECT 1 FROM executions WHERE id = %s", (xid,), True)
     assert await _settled(server, "SELECT 1 FROM logs WHERE execution_id = %s", (xid,), True)
-    file_uri = _outputs(execution, "script")["outputFiles"]["kept.txt"]
+    file_uri = task_outputs(execution, "script")["outputFiles"]["kept.txt"]
     before = await client.get(f"/api/v1/executions/{xid}/file", params={"path": file_uri})
-    assert before.status_code == 200 and before.text.strip() == _sha(name)
+    assert before.status_code == 200 and before.text.strip() == sha256(name)
     assert isinstance(server.storage, LocalStorage)
     root = server.storage.root
 
@@ -226,7 +208,7 @@ async def test_resume_values_are_sealed_used_by_the_next_tasks_and_erased_by_a_p
 ) -> None:
     answer = f"answer-{uuid.uuid4().hex}"
     code = f"code-{uuid.uuid4().hex}"
-    await _deploy(client, PAUSED.format(ns=ns))
+    await deploy(client, PAUSED.format(ns=ns))
     started = await client.post(f"/api/v1/executions/{ns}/paused", json={})
     assert started.status_code == 200, started.text
     xid = started.json()["id"]
@@ -239,8 +221,11 @@ async def test_resume_values_are_sealed_used_by_the_next_tasks_and_erased_by_a_p
     execution = await _until(client, xid, {"SUCCESS", "FAILED", "WARNING", "KILLED"})
 
     assert execution["state"]["current"] == "SUCCESS", execution
-    assert _outputs(execution, "use")["vars"] == {"answer": _sha(answer), "code": _sha(code)}
-    assert _outputs(execution, "gate")["onResume"] == {"answer": answer, "code": "******"}
+    assert task_outputs(execution, "use")["vars"] == {
+        "answer": sha256(answer),
+        "code": sha256(code),
+    }
+    assert task_outputs(execution, "gate")["onResume"] == {"answer": answer, "code": "******"}
     for needle in _needles(answer, code):
         assert await events_holding(server, needle) == [], needle
 
@@ -332,15 +317,15 @@ async def test_an_input_passed_to_a_subflow_is_sealed_in_the_request_and_in_the_
     server: ServerContext, client: httpx.AsyncClient, ns: str
 ) -> None:
     name = f"child-{uuid.uuid4().hex}"
-    await _deploy(client, SUBFLOW_CHILD.format(ns=ns))
-    await _deploy(client, SUBFLOW_PARENT.format(ns=ns))
+    await deploy(client, SUBFLOW_CHILD.format(ns=ns))
+    await deploy(client, SUBFLOW_PARENT.format(ns=ns))
 
     started = await client.post(f"/api/v1/executions/{ns}/parent?wait=true", json={"name": name})
     assert started.status_code == 200, started.text
     execution = started.json()
 
     assert execution["state"]["current"] == "SUCCESS", execution
-    child_id = _outputs(execution, "call")["executionId"]
+    child_id = task_outputs(execution, "call")["executionId"]
     child = (await client.get(f"/api/v1/executions/{child_id}")).json()
     assert child["state"]["current"] == "SUCCESS" and child["inputs"] == {"given": name}
     for needle in _needles(name):

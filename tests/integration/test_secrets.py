@@ -6,7 +6,6 @@ while the scripts provably received them."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import subprocess
@@ -22,7 +21,7 @@ import trio
 from engine import secrets
 from engine.server import ServerContext
 from tests.conftest import ADMIN_PASSWORD
-from tests.integration.conftest import events_holding
+from tests.integration.conftest import deploy, events_holding, sha256, task_outputs
 
 TIERCEL = [sys.executable, "-m", "engine.cli"]
 
@@ -50,27 +49,10 @@ def _needles(*values: str) -> list[str]:
     return found
 
 
-async def _deploy(client: httpx.AsyncClient, source: str) -> None:
-    answer = await client.post(
-        "/api/v1/flows", content=source, headers={"Content-Type": "application/x-yaml"}
-    )
-    assert answer.status_code == 200, answer.text
-
-
 async def _run(client: httpx.AsyncClient, ns: str, flow_id: str, inputs: dict[str, Any]) -> Any:
     answer = await client.post(f"/api/v1/executions/{ns}/{flow_id}?wait=true", json=inputs)
     assert answer.status_code == 200, answer.text
     return answer.json()
-
-
-def _outputs(execution: dict[str, Any], task_id: str) -> dict[str, Any]:
-    run = next(r for r in execution["taskRunList"] if r["taskId"] == task_id)
-    outputs: dict[str, Any] = run["outputs"]
-    return outputs
-
-
-def _sha(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 LEAKY_FLOW = """
@@ -135,25 +117,28 @@ async def test_secrets_reach_scripts_but_never_events_logs_or_api_answers(
     parent, child = ns, f"{ns}.team"
     put = await client.put(f"/api/v1/namespaces/{parent}/secrets/STORED", json={"value": stored})
     assert put.status_code == 200, put.text
-    await _deploy(client, LEAKY_FLOW.format(ns=child))
+    await deploy(client, LEAKY_FLOW.format(ns=child))
 
     execution = await _run(client, child, "leaky", {"pw": pw})
 
     assert execution["state"]["current"] == "WARNING", execution  # only `fail` failed
     # The scripts really received the values...
-    shell = _outputs(execution, "shell")["vars"]
-    assert shell["sha"] == _sha(env_token)
-    assert shell["stored"] == _sha(stored)
-    assert shell["pw"] == _sha(pw)
+    shell = task_outputs(execution, "shell")["vars"]
+    assert shell["sha"] == sha256(env_token)
+    assert shell["stored"] == sha256(stored)
+    assert shell["pw"] == sha256(pw)
     assert shell["raw"] == "******"
     # ...in an environment holding nothing of the server's.
     assert shell["leaked"].strip() == ""
-    python = _outputs(execution, "python")["vars"]
-    assert python["sha"] == _sha(env_token)
+    python = task_outputs(execution, "python")["vars"]
+    assert python["sha"] == sha256(env_token)
     assert not [n for n in python["names"] if n.startswith(("SECRET_", "TIERCEL_", "PG"))]
     assert {"PATH", "HOME", "TMPDIR", "WORKING_DIR", "OUTPUT_DIR", "TOKEN"} <= set(python["names"])
     # Outputs, failure messages and the SECRET input are masked where the API shows them.
-    assert _outputs(execution, "output")["values"] == {"token": "******", "nested": ["x", "******"]}
+    assert task_outputs(execution, "output")["values"] == {
+        "token": "******",
+        "nested": ["x", "******"],
+    }
     kv = await server.db.fetchone(
         "SELECT data FROM events WHERE stream_id = %s", (f"kv:{child}/token",)
     )
@@ -251,16 +236,16 @@ async def test_a_secret_input_passed_to_a_subflow_is_encrypted_with_the_childs_o
     server: ServerContext, client: httpx.AsyncClient, ns: str
 ) -> None:
     pw = _value("subpw")
-    await _deploy(client, SUBFLOW_CHILD.format(ns=ns))
-    await _deploy(client, SUBFLOW_PARENT.format(ns=ns))
+    await deploy(client, SUBFLOW_CHILD.format(ns=ns))
+    await deploy(client, SUBFLOW_PARENT.format(ns=ns))
 
     execution = await _run(client, ns, "parent", {"pw": pw})
 
     assert execution["state"]["current"] == "SUCCESS", execution
-    child_id = _outputs(execution, "call")["executionId"]
+    child_id = task_outputs(execution, "call")["executionId"]
     child = (await client.get(f"/api/v1/executions/{child_id}")).json()
     assert child["inputs"] == {"pw": "******"}
-    assert _outputs(child, "shell")["vars"]["sha"] == _sha(pw)
+    assert task_outputs(child, "shell")["vars"]["sha"] == sha256(pw)
     logs = (await client.get(f"/api/v1/logs/{child_id}")).json()
     assert "child got ******" in [line["message"] for line in logs]
     for needle in _needles(pw):
@@ -286,7 +271,7 @@ tasks:
     type: io.kestra.plugin.core.log.Log
     message: "{{{{ inputs.pw }}}}"
 """
-    await _deploy(client, source)
+    await deploy(client, source)
     execution = await _run(client, ns, "purged", {"pw": _value("gone")})
     created = await server.db.fetchone(
         "SELECT data FROM events WHERE stream_id = %s AND type = 'ExecutionCreated'",
@@ -345,9 +330,9 @@ tasks:
 """
     url = server.extra["urls"][0]
     async with httpx.AsyncClient(base_url=url, timeout=60, auth=("admin", ADMIN_PASSWORD)) as http:
-        await _deploy(http, source)
+        await deploy(http, source)
         execution = await _run(http, ns, "fromcli", {})
-    assert _outputs(execution, "shell")["vars"]["sha"] == _sha(value), (
+    assert task_outputs(execution, "shell")["vars"]["sha"] == sha256(value), (
         "the final newline is dropped"
     )
 
@@ -401,7 +386,7 @@ tasks:
       - |
         echo "::{{\\"outputs\\": {{\\"sha\\": \\"$(printf %s "$C" | sha256sum | cut -c1-64)\\"}}}}::"
 """
-    await _deploy(client, source)
+    await deploy(client, source)
     started = await client.post(f"/api/v1/executions/{ns}/paused", json={})
     execution_id = started.json()["id"]
     with trio.fail_after(30):
@@ -420,8 +405,8 @@ tasks:
             await trio.sleep(0.1)
 
     assert execution["state"]["current"] == "SUCCESS", execution
-    assert _outputs(execution, "use")["vars"]["sha"] == _sha(code)
-    assert _outputs(execution, "pause")["onResume"] == {"code": "******"}
+    assert task_outputs(execution, "use")["vars"]["sha"] == sha256(code)
+    assert task_outputs(execution, "pause")["onResume"] == {"code": "******"}
     logs = (await client.get(f"/api/v1/logs/{execution_id}")).json()
     assert "code ******" in [line["message"] for line in logs]
     for needle in _needles(code):
@@ -441,14 +426,14 @@ tasks:
     commands:
       - ln -s /proc/self/environ leak.txt
 """
-    await _deploy(client, source)
+    await deploy(client, source)
 
     execution = await _run(client, ns, "linked", {})
 
     assert execution["state"]["current"] == "FAILED"
     run = next(r for r in execution["taskRunList"] if r["taskId"] == "shell")
     assert "leads outside the working directory" in run.get("message", ""), run
-    assert _outputs(execution, "shell").get("outputFiles") is None
+    assert task_outputs(execution, "shell").get("outputFiles") is None
 
 
 def test_masking_covers_the_value_its_lines_and_the_encodings_a_script_prints() -> None:
