@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,9 +22,8 @@ from engine import secrets
 from engine.server import ServerContext
 from engine.storage import LocalStorage, execution_prefix
 from engine.store import StoredEvent
-from tests.integration.conftest import MASTER_KEY, deploy, events_holding, sha256, task_outputs
-
-TIERCEL = [sys.executable, "-m", "engine.cli"]
+from tests.integration.conftest import deploy, events_holding, sha256, task_outputs
+from tests.integration.test_verify import _verify as verify_process
 
 
 @pytest.fixture
@@ -60,16 +57,6 @@ async def _settled(server: ServerContext, sql: str, args: tuple[Any, ...], want:
             await trio.sleep(0.1)
         return True
     return False
-
-
-def _verify(server: ServerContext, execution_id: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*TIERCEL, "sys", "verify", "--execution", execution_id],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TIERCEL_DATABASE_URL": server.url, secrets.KEY_ENV: MASTER_KEY},
-        timeout=120,
-    )
 
 
 ERASABLE = """
@@ -170,7 +157,7 @@ async def test_an_executions_inputs_are_sealed_in_its_events_and_erased_by_a_pur
     assert await _settled(server, "SELECT 1 FROM logs WHERE execution_id = %s", (xid,), False)
     assert not files_of(xid).exists()
     # And the history still replays.
-    verified = await trio.to_thread.run_sync(lambda: _verify(server, xid))
+    verified = await trio.to_thread.run_sync(lambda: verify_process(server.url, "--execution", xid))
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
@@ -234,7 +221,7 @@ async def test_resume_values_are_sealed_used_by_the_next_tasks_and_erased_by_a_p
     recorded = (await client.get(f"/api/v1/executions/{xid}/events")).json()
     resume = next(e for e in recorded if e["type"] == "ExecutionResumeRequested")
     assert resume["data"]["inputs"] == {"answer": secrets.ERASED, "code": secrets.ERASED}
-    verified = await trio.to_thread.run_sync(lambda: _verify(server, xid))
+    verified = await trio.to_thread.run_sync(lambda: verify_process(server.url, "--execution", xid))
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 

@@ -22,6 +22,7 @@ from engine import secrets
 from engine.server import ServerContext
 from tests.conftest import ADMIN_PASSWORD
 from tests.integration.conftest import deploy, events_holding, sha256, task_outputs
+from tests.integration.test_verify import _verify as verify_process
 
 TIERCEL = [sys.executable, "-m", "engine.cli"]
 
@@ -187,13 +188,7 @@ async def test_secrets_reach_scripts_but_never_events_logs_or_api_answers(
     assert row is not None and stored not in row["ciphertext"]
     # Replay agrees with what was recorded: the core folds the encrypted value as plain data.
     verify = await trio.to_thread.run_sync(
-        lambda: subprocess.run(
-            [*TIERCEL, "sys", "verify", "--execution", execution["id"]],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "TIERCEL_DATABASE_URL": server.url},
-            timeout=120,
-        )
+        lambda: verify_process(server.url, "--execution", execution["id"])
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
