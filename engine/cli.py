@@ -731,7 +731,10 @@ sys_group.add_command(sys_submit_queued, "submit-queued-execution")
     "--projection",
     default=None,
     metavar="NAME",
-    help="Rebuild this projection only (flows, executions, logs); default: all of them.",
+    help=(
+        "Rebuild this projection only (flows, executions, logs, metrics, dashboards, audit);"
+        " default: all of them."
+    ),
 )
 def sys_reindex(database_url: str | None, data_dir: str | None, projection: str | None) -> None:
     """Rebuild read models from position 0 into new tables while the system runs, and swap
