@@ -66,6 +66,13 @@ def _flows(ns: str) -> list[str]:
         "  - id: a\n    type: io.kestra.plugin.core.debug.Return\n    format: a\n"
         "  - id: wait\n    type: io.kestra.plugin.core.flow.Pause\n"
         "  - id: b\n    type: io.kestra.plugin.core.log.Log\n    message: resumed\n",
+        # Deployed, never run: what it calls and listens to is the topology read model's.
+        f"id: caller\nnamespace: {ns}\ntasks:\n"
+        f"  - id: run\n    type: io.kestra.plugin.core.flow.Subflow\n    namespace: {ns}\n"
+        "    flowId: hello\n"
+        "triggers:\n  - id: after\n    type: io.kestra.plugin.core.trigger.Flow\n"
+        "    conditions:\n      - type: io.kestra.plugin.core.condition.ExecutionNamespace\n"
+        f"        namespace: nowhere.{ns}\n",
     ]
 
 
@@ -126,6 +133,13 @@ async def _snapshot(db: Database, ns: str, ids: list[str]) -> dict[str, list[dic
         "log_counts_hourly": await db.fetchall(
             "SELECT * FROM log_counts_hourly WHERE namespace = %s ORDER BY 1, 2, 3", (ns,)
         ),
+        # The topology read model: what each flow calls and what its Flow triggers listen to.
+        "flow_calls": await db.fetchall(
+            "SELECT * FROM flow_calls WHERE namespace = %s ORDER BY 1, 2, 3, 4", (ns,)
+        ),
+        "flow_listeners": await db.fetchall(
+            "SELECT * FROM flow_listeners WHERE namespace = %s ORDER BY 1, 2", (ns,)
+        ),
         # The audit trail's commands (projections/audit.py).
         "audit": await db.fetchall("SELECT * FROM audit WHERE namespace = %s ORDER BY seq", (ns,)),
     }
@@ -169,7 +183,8 @@ async def test_reindex_rebuilds_every_read_model_with_the_same_rows_while_the_se
         assert e["head"] >= head and e["lag"] == e["head"] - e["position"] >= 0
         assert e["status"] in ("UP_TO_DATE", "CATCHING_UP")
     before = await _snapshot(owner, ns, ids)
-    assert len(before["executions"]) == 5 and len(before["flows"]) == 3
+    assert len(before["executions"]) == 5 and len(before["flows"]) == 4
+    assert len(before["flow_calls"]) == 1 and len(before["flow_listeners"]) == 1
     assert {r["kind"] for r in before["audit"]} >= {"flow", "execution"}
     assert sum(r["count"] for r in before["execution_stats"]) == 5
     assert sum(r["count"] for r in before["execution_durations"]) == 5
