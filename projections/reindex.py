@@ -44,7 +44,7 @@ from psycopg import sql
 
 from engine.backoff import Backoff, describe, is_transient
 from engine.db import Database
-from engine.errors import Forbidden
+from engine.errors import DatabaseUnavailable, Forbidden
 from engine.execution import iso
 from engine.health import PROJECTION_PREFIX
 from engine.storage import Storage
@@ -461,6 +461,12 @@ def command(url: str, storage: Storage | None, projection: str | None) -> list[R
         raise Forbidden(
             f"This role may not create or replace the read-model tables ({exc}); connect as "
             "their owner, the role `tiercel migrate` runs as"
+        ) from exc
+    except (psycopg.OperationalError, psycopg.InterfaceError, ConnectionError) as exc:
+        # A restart of PostgreSQL midway: said in one line, not a traceback.
+        raise DatabaseUnavailable(
+            f"The database went away during the rebuild ({describe(exc)}); the live tables "
+            "still serve: run `tiercel sys reindex` again (it drops whatever this one left)"
         ) from exc
 
 
