@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import os
 import tempfile
 import uuid
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import trio
@@ -84,23 +86,43 @@ def _prepare(url: str) -> None:
     trio.run(admin)
 
 
-async def start_server(database_url: str, nursery: trio.Nursery, data_dir: Path) -> Any:
+async def start_server(
+    database_url: str, nursery: trio.Nursery, data_dir: Path, **options: Any
+) -> Any:
     """Start a whole server (API, executor, worker, projections) on `database_url` in `nursery`,
     its API on a free port of 127.0.0.1 taking the admin with `ADMIN_PASSWORD`; answers its
-    `ServerContext` once it serves."""
+    `ServerContext` once it serves. `options` go to `run_server` as they are, over these
+    (`roles`, `extra`, ...), for a test that needs a server set apart."""
     from engine.server import run_server
 
-    return await nursery.start(
-        lambda task_status: run_server(
-            database_url,
-            host="127.0.0.1",
-            port=0,
-            data_dir=data_dir,
-            heartbeat_interval=0.5,
-            admin_password=ADMIN_PASSWORD,
-            task_status=task_status,
-        )
+    settings: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "data_dir": data_dir,
+        "heartbeat_interval": 0.5,
+        "admin_password": ADMIN_PASSWORD,
+        **options,
+    }
+    return await nursery.start(functools.partial(run_server, database_url, **settings))
+
+
+def admin_client(ctx: Any, timeout: float = 60) -> httpx.AsyncClient:
+    """A client of the API of the server `ctx` (from `start_server`), signed in as the admin;
+    open it with `async with`."""
+    return httpx.AsyncClient(
+        base_url=ctx.extra["urls"][0], timeout=timeout, auth=("admin", ADMIN_PASSWORD)
     )
+
+
+async def deploy(http: httpx.AsyncClient, source: str) -> dict[str, Any]:
+    """Deploy the flow `source` through the API, asserting it was taken; answers the flow as
+    the API shows it."""
+    answer = await http.post(
+        "/api/v1/flows", content=source, headers={"Content-Type": "application/x-yaml"}
+    )
+    assert answer.status_code == 200, answer.text
+    flow: dict[str, Any] = answer.json()
+    return flow
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import ADMIN_PASSWORD, start_server
+from tests.conftest import admin_client, start_server
 
 
 @pytest.fixture
@@ -19,6 +19,5 @@ async def server(database_url: str, nursery: trio.Nursery, tmp_path: Any) -> Any
 
 @pytest.fixture
 async def client(server: Any) -> AsyncIterator[httpx.AsyncClient]:
-    url = server.extra["urls"][0]
-    async with httpx.AsyncClient(base_url=url, timeout=60, auth=("admin", ADMIN_PASSWORD)) as http:
+    async with admin_client(server) as http:
         yield http

@@ -21,11 +21,9 @@ import trio
 from api import openapi
 from engine import events as ev
 from engine.dashboards import parse_chart
-from engine.db import runtime_role
-from engine.server import run_server
 from projections import dashboards as model
 from tests.api.test_auth import _bearer, _token
-from tests.conftest import ADMIN_PASSWORD, _prepare
+from tests.conftest import admin_client, deploy, own_database, start_server
 
 YAML = {"Content-Type": "application/x-yaml"}
 STATS = "/api/v1/dashboards/default/stats"
@@ -46,17 +44,8 @@ def _iso(at: dt.datetime) -> str:
 def stats_database_url(database_url: str) -> Iterator[str]:
     """A database of its own: its rollups and execution rows are written by hand, spread over
     days (the engine dates what it records now), so no other test or replay sees them."""
-    name = f"dash_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    info = psycopg.conninfo.conninfo_to_dict(database_url)
-    info["dbname"] = name
-    url = psycopg.conninfo.make_conninfo(**info)
-    _prepare(url)
-    yield url
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        conn.execute(f'DROP ROLE IF EXISTS "{runtime_role(name)}"')
+    with own_database(database_url, "dash", prepare=True) as url:
+        yield url
 
 
 BASE = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
@@ -124,19 +113,8 @@ async def stats_client(
     nursery: trio.Nursery,
     tmp_path: Any,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    ctx = await nursery.start(
-        lambda task_status: run_server(
-            stats_database_url,
-            host="127.0.0.1",
-            port=0,
-            data_dir=tmp_path,
-            heartbeat_interval=0.5,
-            admin_password=ADMIN_PASSWORD,
-            task_status=task_status,
-        )
-    )
-    url = ctx.extra["urls"][0]
-    async with httpx.AsyncClient(base_url=url, timeout=60, auth=("admin", ADMIN_PASSWORD)) as http:
+    ctx = await start_server(stats_database_url, nursery, tmp_path)
+    async with admin_client(ctx) as http:
         yield http
 
 
@@ -422,8 +400,7 @@ charts:
 
 async def _deployed_and_run(client: httpx.AsyncClient, namespace: str) -> dict[str, list[str]]:
     for source in _flows(namespace):
-        answer = await client.post("/api/v1/flows", content=source, headers=YAML)
-        assert answer.is_success, answer.text
+        await deploy(client, source)
     runs: dict[str, list[str]] = {"ok": [], "broken": []}
     for flow_id, times in (("ok", 3), ("broken", 2)):
         for _ in range(times):
@@ -906,18 +883,9 @@ async def test_the_dashboard_of_the_documentation_saves_and_answers_every_chart(
 def rollup_database_url(database_url: str) -> Iterator[str]:
     """A database of its own, with executions, log lines and metric points written by hand
     over three days (at any second, some on whole hours) and the rollups counted from them."""
-    name = f"dash_rollup_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    info = psycopg.conninfo.conninfo_to_dict(database_url)
-    info["dbname"] = name
-    url = psycopg.conninfo.make_conninfo(**info)
-    _prepare(url)
-    _seed_rows(url)
-    yield url
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        conn.execute(f'DROP ROLE IF EXISTS "{runtime_role(name)}"')
+    with own_database(database_url, "dash_rollup", prepare=True) as url:
+        _seed_rows(url)
+        yield url
 
 
 ROLLUP_BASE = dt.datetime(2026, 5, 4, tzinfo=dt.UTC)

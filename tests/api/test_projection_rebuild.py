@@ -13,9 +13,9 @@ import trio
 
 from engine.commands import create_execution, deploy_flow, wait_for_end
 from engine.db import Database
-from engine.server import ServerContext, run_server
+from engine.server import ServerContext
 from tests.api.test_auth import _bearer, _token
-from tests.conftest import ADMIN_PASSWORD
+from tests.conftest import admin_client, start_server
 
 FLOW = (
     "id: hello\nnamespace: {ns}\nlabels:\n  team: rebuild\ntasks:\n"
@@ -183,21 +183,9 @@ async def test_non_admin_token_cannot_rebuild_a_projection(
 async def test_server_stopping_during_a_rebuild_leaves_the_live_tables_serving(
     database_url: str, tmp_path: Any, ns: str
 ) -> None:
-    async def serve(task_status: Any) -> None:
-        await run_server(
-            database_url,
-            host="127.0.0.1",
-            port=0,
-            data_dir=tmp_path,
-            heartbeat_interval=0.5,
-            admin_password=ADMIN_PASSWORD,
-            task_status=task_status,
-        )
-
     async with trio.open_nursery() as nursery:
-        ctx: ServerContext = await nursery.start(serve)
-        url = ctx.extra["urls"][0]
-        async with httpx.AsyncClient(base_url=url, auth=("admin", ADMIN_PASSWORD)) as http:
+        ctx: ServerContext = await start_server(database_url, nursery, tmp_path)
+        async with admin_client(ctx) as http:
             await _history(ctx, ns, 2)
             await _caught_up(http, ns, 2)
             before = len(await ctx.store.read_stream("projection:executions"))
@@ -207,9 +195,8 @@ async def test_server_stopping_during_a_rebuild_leaves_the_live_tables_serving(
         nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
-        ctx = await nursery.start(serve)
-        url = ctx.extra["urls"][0]
-        async with httpx.AsyncClient(base_url=url, auth=("admin", ADMIN_PASSWORD)) as http:
+        ctx = await start_server(database_url, nursery, tmp_path)
+        async with admin_client(ctx) as http:
             ended = (await ctx.store.read_stream("projection:executions"))[before:]
             assert [e.type for e in ended][0] == "ProjectionRebuildRequested"
             assert ended[-1].type in ("ProjectionRebuildFailed", "ProjectionRebuilt")

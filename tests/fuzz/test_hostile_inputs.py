@@ -17,9 +17,8 @@ from api import bodies
 from engine import commands
 from engine import events as ev
 from engine.errors import TiercelError
-from engine.server import run_server
 from engine.store import NO_STREAM, EventStore
-from tests.conftest import ADMIN_PASSWORD
+from tests.conftest import admin_client, deploy, start_server
 
 YAML = {"Content-Type": "application/x-yaml"}
 JSON = {"Content-Type": "application/json"}
@@ -160,9 +159,8 @@ async def test_a_switch_case_named_by_a_number_is_stored_as_text_and_listed(
         "    cases:\n      1:\n        - id: c\n          type: io.kestra.plugin.core.log.Log\n"
         "          message: one\n",
     )
-    response = await client.post("/api/v1/flows", content=source, headers=YAML)
-    assert response.status_code == 200, response.text
-    assert list(response.json()["tasks"][1]["cases"]) == ["1"]
+    deployed = await deploy(client, source)
+    assert list(deployed["tasks"][1]["cases"]) == ["1"]
     with trio.fail_after(10):
         while True:
             listed = await client.get("/api/v1/flows/search", params={"namespace": namespace})
@@ -204,7 +202,7 @@ async def test_ids_over_kestra_lengths_are_refused_and_a_long_file_name_is_cut(
     assert "at most 100 are allowed" in too_long.json()["details"][0]["message"]
     flow_id = "f" * 100
     source = _flow(namespace, flow_id, "inputs:\n  - id: file\n    type: FILE\n")
-    assert (await client.post("/api/v1/flows", content=source, headers=YAML)).status_code == 200
+    await deploy(client, source)
     name = "n" * 300 + ".txt"
     response = await client.post(
         f"/api/v1/executions/{namespace}/{flow_id}", files={"file": (name, b"hello")}
@@ -216,7 +214,7 @@ async def test_ids_over_kestra_lengths_are_refused_and_a_long_file_name_is_cut(
 
 async def test_a_file_name_no_file_system_holds_is_not_found(client: httpx.AsyncClient) -> None:
     namespace = _ns()
-    assert (await client.post("/api/v1/flows", content=_flow(namespace), headers=YAML)).is_success
+    await deploy(client, _flow(namespace))
     created = await client.post(f"/api/v1/executions/{namespace}/f", json={})
     execution = created.json()["id"]
     path = f"kestra:///{namespace.replace('.', '/')}/f/executions/{execution}/{'x' * 300}"
@@ -243,7 +241,7 @@ async def test_execution_inputs_that_cannot_be_stored_are_refused(
         extra="inputs:\n  - {id: j, type: JSON, required: false}\n"
         "  - {id: i, type: INT, required: false}\n  - {id: s, type: STRING, required: false}\n",
     )
-    assert (await client.post("/api/v1/flows", content=source, headers=YAML)).status_code == 200
+    await deploy(client, source)
     url = f"/api/v1/executions/{namespace}/f"
     cases = [
         (b'{"j": ' + b"[" * 200 + b"]" * 200 + b"}", "nested more than 100 levels"),
@@ -290,24 +288,16 @@ def test_body_limits_come_from_the_environment_or_the_configuration(
 async def test_uploads_have_their_own_limit(
     database_url: str, nursery: trio.Nursery, tmp_path: Any
 ) -> None:
-    ctx = await nursery.start(
-        lambda task_status: run_server(
-            database_url,
-            host="127.0.0.1",
-            port=0,
-            data_dir=tmp_path,
-            heartbeat_interval=0.5,
-            admin_password=ADMIN_PASSWORD,
-            extra={"max_body_bytes": 100_000, "max_upload_bytes": 300_000},
-            task_status=task_status,
-        )
+    # A server of its own: the limits are its configuration.
+    ctx = await start_server(
+        database_url,
+        nursery,
+        tmp_path,
+        extra={"max_body_bytes": 100_000, "max_upload_bytes": 300_000},
     )
     namespace = _ns()
-    async with httpx.AsyncClient(
-        base_url=ctx.extra["urls"][0], timeout=60, auth=("admin", ADMIN_PASSWORD)
-    ) as http:
-        source = _flow(namespace, extra="inputs:\n  - id: file\n    type: FILE\n")
-        assert (await http.post("/api/v1/flows", content=source, headers=YAML)).status_code == 200
+    async with admin_client(ctx) as http:
+        await deploy(http, _flow(namespace, extra="inputs:\n  - id: file\n    type: FILE\n"))
         url = f"/api/v1/executions/{namespace}/f"
         fits = await http.post(url, files={"file": ("a.bin", b"x" * 200_000)})
         assert fits.status_code == 200, fits.text
@@ -329,7 +319,7 @@ async def test_a_large_number_in_a_json_input_is_answered_wherever_it_shows(
     # must still be written.
     namespace = _ns()
     source = _flow(namespace, extra="inputs:\n  - {id: j, type: JSON}\n")
-    assert (await client.post("/api/v1/flows", content=source, headers=YAML)).status_code == 200
+    await deploy(client, source)
     created = await client.post(
         f"/api/v1/executions/{namespace}/f?wait=true", content=b'{"j": {"v": 1e30}}', headers=JSON
     )

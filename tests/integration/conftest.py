@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 
@@ -20,7 +19,10 @@ from engine.commands import create_execution, deploy_flow, wait_for_end
 from engine.execution import Execution
 from engine.server import ServerContext, run_server
 from tests.api.conftest import client  # noqa: F401 - the API of `server`, signed in as the admin
-from tests.conftest import start_server
+from tests.conftest import (
+    deploy,  # noqa: F401 - the tests here import it from this file
+    start_server,
+)
 
 MASTER_KEY = base64.b64encode(b"k" * 32).decode()
 """The master key of `server` (a `tiercel` command a test runs on its database needs it too)."""
@@ -79,14 +81,6 @@ async def events_holding(server: ServerContext, needle: str) -> list[str]:
         (needle, needle),
     )
     return [r["type"] for r in rows]
-
-
-async def deploy(http: httpx.AsyncClient, source: str) -> None:
-    """Deploy the flow `source` through the API."""
-    answer = await http.post(
-        "/api/v1/flows", content=source, headers={"Content-Type": "application/x-yaml"}
-    )
-    assert answer.status_code == 200, answer.text
 
 
 def task_outputs(execution: dict[str, Any], task_id: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ when the process working them is killed -9."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -15,8 +14,8 @@ import trio
 
 from engine import events as ev
 from engine.commands import create_execution, deploy_flow
-from engine.server import ServerContext, run_server
-from tests.conftest import ADMIN_PASSWORD
+from engine.server import ServerContext
+from tests.conftest import ADMIN_PASSWORD, start_server
 from tests.integration.test_verify import _verify as verify_process
 
 
@@ -46,28 +45,11 @@ def _quick(namespace: str) -> str:
 
 
 @pytest.fixture
-async def server(database_url: str, tmp_path: Any) -> AsyncIterator[ServerContext]:
-    async with trio.open_nursery() as nursery:
-        ctx = await nursery.start(
-            lambda task_status: run_server(
-                database_url,
-                host="127.0.0.1",
-                port=0,
-                data_dir=tmp_path,
-                heartbeat_interval=0.5,
-                admin_password=ADMIN_PASSWORD,
-                task_status=task_status,
-            )
-        )
-        yield ctx
-        nursery.cancel_scope.cancel()
-
-
-@pytest.fixture
-async def client(server: ServerContext) -> AsyncIterator[httpx.AsyncClient]:
-    url = server.extra["urls"][0]
-    async with httpx.AsyncClient(base_url=url, timeout=60, auth=("admin", ADMIN_PASSWORD)) as http:
-        yield http
+async def server(database_url: str, nursery: trio.Nursery, tmp_path: Any) -> ServerContext:
+    """A whole server with no master key (this folder's `server` has one; nothing here is
+    secret)."""
+    ctx: ServerContext = await start_server(database_url, nursery, tmp_path)
+    return ctx
 
 
 async def _start(ctx: ServerContext, namespace: str, flow_id: str, n: int) -> list[str]:

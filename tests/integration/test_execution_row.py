@@ -14,12 +14,11 @@ import pytest
 import trio
 
 from engine.db import Database
-from engine.server import ServerContext, run_server
+from engine.server import ServerContext
 from projections import reindex as rebuild
 from projections.runner import all_projections
-from tests.conftest import ADMIN_PASSWORD
+from tests.conftest import admin_client, deploy, start_server
 
-YAML = {"Content-Type": "application/x-yaml"}
 SHARED = (
     "id",
     "namespace",
@@ -41,19 +40,8 @@ execution's `taskRunList`)."""
 async def api(
     database_url: str, nursery: trio.Nursery, tmp_path: Path
 ) -> AsyncIterator[tuple[ServerContext, httpx.AsyncClient]]:
-    ctx = await nursery.start(
-        lambda task_status: run_server(
-            database_url,
-            host="127.0.0.1",
-            port=0,
-            data_dir=tmp_path,
-            heartbeat_interval=0.5,
-            admin_password=ADMIN_PASSWORD,
-            task_status=task_status,
-        )
-    )
-    url = ctx.extra["urls"][0]
-    async with httpx.AsyncClient(base_url=url, timeout=60, auth=("admin", ADMIN_PASSWORD)) as http:
+    ctx = await start_server(database_url, nursery, tmp_path)
+    async with admin_client(ctx) as http:
         yield ctx, http
 
 
@@ -143,8 +131,7 @@ async def test_every_search_row_shows_what_get_execution_shows(
 ) -> None:
     ctx, http = api
     for source in _flows(ns).values():
-        deployed = await http.post("/api/v1/flows", content=source, headers=YAML)
-        assert deployed.status_code == 200, deployed.text
+        await deploy(http, source)
     ids = [await _start(http, ns, f) for f in ("ok", "broken", "retried", "parent", "labelled")]
 
     # Paused, compared while paused, then resumed and compared at its end.
@@ -210,7 +197,7 @@ async def test_rows_follow_restarts_replays_states_set_by_hand_and_labels_set_af
 ) -> None:
     ctx, http = api
     source = _flows(ns)["broken"]
-    assert (await http.post("/api/v1/flows", content=source, headers=YAML)).status_code == 200
+    await deploy(http, source)
     restarted, forced, replayed = [await _start(http, ns, "broken") for _ in range(3)]
 
     before = await _ended(http, restarted)

@@ -14,11 +14,11 @@ import trio
 
 from engine.commands import create_execution, deploy_flow, resume_execution, wait_for_end
 from engine.db import Database, runtime_url
-from engine.server import ServerContext, run_server
+from engine.server import ServerContext
 from engine.store import load_checkpoint
 from projections import reindex as rebuild
 from projections.runner import all_projections, run_projection
-from tests.conftest import ADMIN_PASSWORD
+from tests.conftest import admin_client, start_server
 
 T = TypeVar("T")
 
@@ -28,19 +28,8 @@ async def cluster(
     database_url: str, nursery: trio.Nursery, tmp_path: Path
 ) -> AsyncIterator[tuple[ServerContext, httpx.AsyncClient]]:
     """A server running everything (the projections too), and a client of its API."""
-    ctx = await nursery.start(
-        lambda task_status: run_server(
-            database_url,
-            host="127.0.0.1",
-            port=0,
-            data_dir=tmp_path,
-            heartbeat_interval=0.5,
-            admin_password=ADMIN_PASSWORD,
-            task_status=task_status,
-        )
-    )
-    url = ctx.extra["urls"][0]
-    async with httpx.AsyncClient(base_url=url, timeout=60, auth=("admin", ADMIN_PASSWORD)) as http:
+    ctx = await start_server(database_url, nursery, tmp_path)
+    async with admin_client(ctx) as http:
         yield ctx, http
 
 
