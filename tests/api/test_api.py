@@ -7,6 +7,8 @@ import uuid
 import httpx
 import trio
 
+from tests.conftest import deploy
+
 YAML = {"content-type": "application/x-yaml"}
 
 
@@ -43,12 +45,6 @@ tasks:
 """
 
 
-async def _deploy(client: httpx.AsyncClient, source: str) -> dict:
-    response = await client.post("/api/v1/flows", content=source, headers=YAML)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 async def test_health_liveness_and_readiness_answer_up(client: httpx.AsyncClient) -> None:
     for path in ("/health", "/health/liveness", "/health/readiness"):
         response = await client.get(path)
@@ -60,7 +56,7 @@ async def test_parallel_logs_execution_succeeds_with_logs_and_audit_trail(
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    await _deploy(client, _parallel_flow(ns))
+    await deploy(client, _parallel_flow(ns))
     response = await client.post(
         f"/api/v1/executions/{ns}/hello?wait=true", json={"who": "tiercel"}
     )
@@ -97,7 +93,7 @@ async def test_multipart_inputs_and_label_query_reach_the_execution(
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    await _deploy(client, _parallel_flow(ns))
+    await deploy(client, _parallel_flow(ns))
     response = await client.post(
         f"/api/v1/executions/{ns}/hello?wait=true&labels=env:prod",
         files={"who": (None, "multipart"), "times": (None, "3")},
@@ -112,7 +108,7 @@ async def test_bad_inputs_are_refused_with_422_and_start_nothing(
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    await _deploy(client, _parallel_flow(ns))
+    await deploy(client, _parallel_flow(ns))
     response = await client.post(f"/api/v1/executions/{ns}/hello", json={"times": "many"})
     assert response.status_code == 422
     body = response.json()
@@ -125,7 +121,7 @@ async def test_bad_inputs_are_refused_with_422_and_start_nothing(
 
 async def test_flow_revisions_update_and_delete(client: httpx.AsyncClient) -> None:
     ns = _ns()
-    first = await _deploy(client, _parallel_flow(ns))
+    first = await deploy(client, _parallel_flow(ns))
     assert first["revision"] == 1
     again = await client.post("/api/v1/flows", content=_parallel_flow(ns), headers=YAML)
     assert again.status_code == 409
@@ -164,7 +160,7 @@ tasks:
     type: io.kestra.plugin.core.debug.Return
     format: first
 """
-    await _deploy(client, source)
+    await deploy(client, source)
     started = (await client.post(f"/api/v1/executions/{ns}/slow")).json()
     await client.put(
         f"/api/v1/flows/{ns}/slow", content=source.replace("first", "second"), headers=YAML
@@ -211,7 +207,7 @@ async def test_validate_reports_each_document(client: httpx.AsyncClient) -> None
 async def test_flow_and_execution_search_filter_and_page(client: httpx.AsyncClient) -> None:
     ns = _ns()
     for name in ("alpha", "beta", "gamma"):
-        await _deploy(client, _parallel_flow(ns, name))
+        await deploy(client, _parallel_flow(ns, name))
     for _ in range(3):
         response = await client.post(f"/api/v1/executions/{ns}/alpha?wait=true")
         assert response.json()["state"]["current"] == "SUCCESS"
@@ -238,7 +234,7 @@ async def test_flow_and_execution_search_filter_and_page(client: httpx.AsyncClie
 
 async def test_kill_stops_a_sleeping_execution(client: httpx.AsyncClient) -> None:
     ns = _ns()
-    await _deploy(
+    await deploy(
         client,
         f"id: nap\nnamespace: {ns}\ntasks:\n  - id: z\n"
         "    type: io.kestra.plugin.core.flow.Sleep\n    duration: PT1H\n",

@@ -14,6 +14,7 @@ import trio
 from engine.errors import InvalidRequest
 from projections.executions import parse_query, search
 from tests.api.test_auth import _bearer, _token
+from tests.conftest import deploy
 
 YAML = {"Content-Type": "application/x-yaml"}
 SEARCH = "/api/v1/executions/search"
@@ -44,11 +45,6 @@ def _flows(ns: str) -> list[str]:
         f"id: gate\nnamespace: {ns}\ntasks:\n"
         "  - id: wait\n    type: io.kestra.plugin.core.flow.Pause\n",
     ]
-
-
-async def _deploy(client: httpx.AsyncClient, source: str) -> None:
-    answer = await client.post("/api/v1/flows", content=source, headers=YAML)
-    assert answer.status_code == 200, answer.text
 
 
 async def _run(client: httpx.AsyncClient, ns: str, flow_id: str, labels: str = "") -> str:
@@ -85,7 +81,7 @@ async def corpus(client: httpx.AsyncClient) -> dict[str, Any]:
     subflow and its parent, a webhook's, a paused one, and one of a second flow revision."""
     ns = _ns()
     for source in _flows(ns):
-        await _deploy(client, source)
+        await deploy(client, source)
     x: dict[str, Any] = {"ns": ns}
     x["hello"] = await _run(client, ns, "hello", "env:prod")
     x["two"] = await _run(client, f"{ns}.sub", "two", "env:dev")

@@ -14,6 +14,7 @@ import trio
 import yaml
 
 from tests.api.test_auth import _bearer, _token
+from tests.conftest import deploy
 
 YAML = {"Content-Type": "application/x-yaml"}
 
@@ -35,11 +36,6 @@ def _flow(namespace: str, flow_id: str = "hello", message: str = "one") -> str:
         f"id: {flow_id}\nnamespace: {namespace}\ntasks:\n"
         f"  - id: say\n    type: io.kestra.plugin.core.log.Log\n    message: {message}\n"
     )
-
-
-async def _deploy(client: httpx.AsyncClient, source: str) -> None:
-    response = await client.post("/api/v1/flows", content=source, headers=YAML)
-    assert response.status_code == 200, response.text
 
 
 async def _run(client: httpx.AsyncClient, namespace: str, flow_id: str) -> dict[str, Any]:
@@ -68,7 +64,7 @@ async def test_as_of_a_position_or_a_time_shows_the_execution_before_it_failed(
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    await _deploy(client, _failing_flow(ns))
+    await deploy(client, _failing_flow(ns))
     failed = await _run(client, ns, "etl")
     assert failed["state"]["current"] == "FAILED"
     xid = failed["id"]
@@ -124,7 +120,7 @@ async def test_timeline_entries_match_the_events_and_each_position_works_as_as_o
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    await _deploy(client, _failing_flow(ns))
+    await deploy(client, _failing_flow(ns))
     xid = (await _run(client, ns, "etl"))["id"]
     events = (await client.get(f"/api/v1/executions/{xid}/events")).json()
     timeline = (await client.get(f"/api/v1/executions/{xid}/timeline?size=1000")).json()
@@ -174,7 +170,7 @@ async def test_flow_as_of_shows_the_revision_of_then_deleted_or_not(
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    await _deploy(client, _flow(ns, message="one"))
+    await deploy(client, _flow(ns, message="one"))
     updated = await client.put(
         f"/api/v1/flows/{ns}/hello", content=_flow(ns, message="two"), headers=YAML
     )
@@ -217,7 +213,7 @@ async def test_audit_search_finds_a_flow_update_by_its_actor_with_the_diff(
         json={"username": alice, "password": "correct horse battery", "role": "editor"},
     )
     assert created.status_code == 201, created.text
-    await _deploy(client, _flow(ns, message="one"))
+    await deploy(client, _flow(ns, message="one"))
     async with httpx.AsyncClient(
         base_url=client.base_url, timeout=60, auth=(alice, "correct horse battery")
     ) as as_alice:
@@ -259,8 +255,8 @@ async def test_audit_search_filters_pages_and_exports_json_lines(
 ) -> None:
     ns = _ns()
     start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-    await _deploy(client, _flow(ns, message="one"))
-    await _deploy(client, _flow(ns, "other"))
+    await deploy(client, _flow(ns, message="one"))
+    await deploy(client, _flow(ns, "other"))
     put = await client.put(
         f"/api/v1/flows/{ns}/hello", content=_flow(ns, message="two"), headers=YAML
     )
@@ -343,8 +339,8 @@ async def test_audit_rows_a_namespace_scoped_viewer_sees_and_a_too_long_reason(
     client: httpx.AsyncClient,
 ) -> None:
     ns, other = _ns(), _ns()
-    await _deploy(client, _flow(ns))
-    await _deploy(client, _flow(other))
+    await deploy(client, _flow(ns))
+    await deploy(client, _flow(other))
     await _audit(client, 1, namespace=other)
     token = await _token(client, "viewer", [ns])
     async with httpx.AsyncClient(
@@ -387,7 +383,7 @@ async def test_commands_without_authentication_are_recorded_as_anonymous(
     )
     ns = _ns()
     async with httpx.AsyncClient(base_url=ctx.extra["urls"][0], timeout=30) as http:
-        await _deploy(http, _flow(ns))
+        await deploy(http, _flow(ns))
         started = await http.post(f"/api/v1/executions/{ns}/hello?reason=smoke")
         assert started.status_code == 200, started.text
         events = (await http.get(f"/api/v1/executions/{started.json()['id']}/events")).json()

@@ -15,8 +15,8 @@ import pytest
 import trio
 
 from tests.api.test_auth import _bearer, _token
+from tests.conftest import deploy
 
-YAML = {"Content-Type": "application/x-yaml"}
 SEARCH = "/api/v1/logs/search"
 
 
@@ -46,11 +46,6 @@ def _script_flow(namespace: str, commands: list[str], flow_id: str = "script") -
     )
 
 
-async def _deploy(client: httpx.AsyncClient, source: str) -> None:
-    response = await client.post("/api/v1/flows", content=source, headers=YAML)
-    assert response.is_success, response.text
-
-
 async def _run(client: httpx.AsyncClient, namespace: str, flow_id: str, wait: bool = True) -> str:
     response = await client.post(f"/api/v1/executions/{namespace}/{flow_id}?wait={wait}")
     assert response.is_success, response.text
@@ -74,8 +69,8 @@ async def test_log_search_filters_by_level_namespace_flow_execution_task_time_an
 ) -> None:
     ns = _ns()
     word = f"quartz{uuid.uuid4().hex[:6]}"
-    await _deploy(client, _levels_flow(ns, word))
-    await _deploy(client, _script_flow(f"{ns}.etl", ["echo line one", "echo line two"]))
+    await deploy(client, _levels_flow(ns, word))
+    await deploy(client, _script_flow(f"{ns}.etl", ["echo line one", "echo line two"]))
     levels = await _run(client, ns, "levels")
     script = await _run(client, f"{ns}.etl", "script")
     with trio.fail_after(15):
@@ -193,7 +188,7 @@ async def test_bad_log_search_parameters_get_a_400_naming_them(
             assert named in answer.json()["message"], (params, answer.text)
     for params, named in (({"minLevel": "LOUD"}, "minLevel"), ({"attempt": "x"}, "attempt")):
         ns = _ns()
-        await _deploy(client, _script_flow(ns, ["echo hi"]))
+        await deploy(client, _script_flow(ns, ["echo hi"]))
         xid = await _run(client, ns, "script")
         for tail in ("", "/download"):
             answer = await client.get(f"/api/v1/logs/{xid}{tail}", params=params)
@@ -207,8 +202,8 @@ async def test_histogram_counts_each_level_per_bucket_and_adds_up_to_the_search(
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    await _deploy(client, _levels_flow(ns, "histo"))
-    await _deploy(client, _script_flow(f"{ns}.sub", ["echo a", "echo b", "echo c >&2"]))
+    await deploy(client, _levels_flow(ns, "histo"))
+    await deploy(client, _script_flow(f"{ns}.sub", ["echo a", "echo b", "echo c >&2"]))
     for _ in range(2):
         await _run(client, ns, "levels")
     await _run(client, f"{ns}.sub", "script")
@@ -282,8 +277,8 @@ async def test_histogram_over_days_counts_every_line_and_follows_purges(
     # 3-hour buckets) holding this test's lines are inside the range, where the histogram
     # reads the counts kept per minute and per hour rather than the lines.
     ns = _ns()
-    await _deploy(client, _levels_flow(ns, "purged"))
-    await _deploy(client, _script_flow(f"{ns}.etl", ["echo kept one", "echo kept two"]))
+    await deploy(client, _levels_flow(ns, "purged"))
+    await deploy(client, _script_flow(f"{ns}.etl", ["echo kept one", "echo kept two"]))
     first = await _run(client, ns, "levels")
     await _run(client, ns, "levels")
     await _run(client, f"{ns}.etl", "script")
@@ -322,7 +317,7 @@ async def test_histogram_over_days_counts_every_line_and_follows_purges(
         f"    type: io.kestra.plugin.core.log.PurgeLogs\n    namespace: {ns}\n"
         "    endDate: \"{{ now() | dateAdd(1, 'HOURS') }}\"\n    logLevels: [WARN, ERROR]\n"
     )
-    await _deploy(client, purger)
+    await deploy(client, purger)
     await _run(client, f"{ns}ops", "purger")
     with trio.fail_after(15):
         while (await _search(client, namespace=ns))["total"] != 4:
@@ -359,8 +354,8 @@ async def test_scoped_token_searches_and_follows_only_its_namespaces(
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    await _deploy(client, _script_flow(f"{ns}.team", ["echo ours"]))
-    await _deploy(client, _script_flow(f"{ns}.other", ["echo theirs"]))
+    await deploy(client, _script_flow(f"{ns}.team", ["echo ours"]))
+    await deploy(client, _script_flow(f"{ns}.other", ["echo theirs"]))
     ours = await _run(client, f"{ns}.team", "script")
     theirs = await _run(client, f"{ns}.other", "script")
     with trio.fail_after(15):
@@ -406,7 +401,7 @@ async def test_follow_streams_the_backlog_then_new_lines_and_ends_with_the_execu
     # The script waits for a file the test creates, so the second line is logged once the
     # stream is open.
     gate = f"/tmp/tiercel-logs-gate-{uuid.uuid4().hex}"
-    await _deploy(
+    await deploy(
         client,
         _script_flow(
             ns,
@@ -474,7 +469,7 @@ async def test_a_text_search_matching_many_lines_gives_an_estimated_total_withou
 
     ns = _ns()
     word = f"plenty{uuid.uuid4().hex[:6]}"
-    await _deploy(
+    await deploy(
         client, _script_flow(ns, [f"echo {word} one", f"echo {word} two", f"echo {word} 3"])
     )
     await _run(client, ns, "script")

@@ -8,16 +8,11 @@ from typing import Any
 import httpx
 import trio
 
-YAML = {"content-type": "application/x-yaml"}
+from tests.conftest import deploy
 
 
 def _ns() -> str:
     return f"test.files.n{uuid.uuid4().hex[:8]}"
-
-
-async def _deploy(client: httpx.AsyncClient, source: str) -> None:
-    response = await client.post("/api/v1/flows", content=source, headers=YAML)
-    assert response.status_code == 200, response.text
 
 
 def _stored(server: Any, ns: str) -> list[str]:
@@ -56,7 +51,7 @@ tasks:
     type: io.kestra.plugin.core.debug.Return
     format: "{{{{ read(inputs.data) | trim }}}}"
 """
-    assert (await client.post("/api/v1/flows", content=flow, headers=YAML)).status_code == 200
+    await deploy(client, flow)
     response = await client.post(
         f"/api/v1/executions/{ns}/upload?wait=true",
         files={"data": ("rows.csv", b"a,1\nb,2\n", "text/csv")},
@@ -109,7 +104,7 @@ tasks:
     type: io.kestra.plugin.core.log.Log
     message: hi
 """
-    await client.post("/api/v1/flows", content=flow, headers=YAML)
+    await deploy(client, flow)
     response = await client.post(
         f"/api/v1/executions/{ns}/needs-two",
         files={"data": ("x.txt", b"x"), "n": (None, "not a number")},
@@ -158,7 +153,7 @@ async def test_a_plugin_schema_is_found_by_alias_and_documents_nested_structs(
 
 async def test_a_file_input_given_as_text_is_stored_as_a_file(client: httpx.AsyncClient) -> None:
     ns = _ns()
-    await _deploy(
+    await deploy(
         client,
         f"""
 id: text
@@ -187,7 +182,7 @@ async def test_multipart_repeated_fields_and_typed_inputs_reach_the_execution(
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    await _deploy(
+    await deploy(
         client,
         f"""
 id: typed
@@ -240,7 +235,7 @@ async def test_every_bad_input_is_refused_at_once_and_no_upload_is_stored(
     client: httpx.AsyncClient, server: Any
 ) -> None:
     ns = _ns()
-    await _deploy(
+    await deploy(
         client,
         f"""
 id: strict
@@ -276,7 +271,7 @@ async def test_file_download_errors_are_json_with_the_right_status(
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    await _deploy(
+    await deploy(
         client,
         f"""
 id: files

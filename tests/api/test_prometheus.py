@@ -12,7 +12,7 @@ import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-YAML = {"Content-Type": "application/x-yaml"}
+from tests.conftest import deploy
 
 Samples = dict[str, list[Any]]
 
@@ -55,16 +55,11 @@ async def _scrape_until(
     raise AssertionError(f"{path} never showed what was expected: {samples}")
 
 
-async def _deploy(client: httpx.AsyncClient, source: str) -> None:
-    response = await client.post("/api/v1/flows", content=source, headers=YAML)
-    assert response.status_code == 200, response.text
-
-
 async def test_a_running_task_holds_a_worker_slot_until_it_ends(
     server: Any, client: httpx.AsyncClient
 ) -> None:
     ns, worker = _ns(), server.worker.id
-    await _deploy(
+    await deploy(
         client,
         f"id: nap\nnamespace: {ns}\ntasks:\n"
         "  - id: nap\n    type: io.kestra.plugin.scripts.shell.Commands\n"
@@ -93,7 +88,7 @@ async def test_a_running_task_holds_a_worker_slot_until_it_ends(
 
 async def test_events_appended_grows_with_each_execution(client: httpx.AsyncClient) -> None:
     ns = _ns()
-    await _deploy(
+    await deploy(
         client,
         f"id: hello\nnamespace: {ns}\ntasks:\n"
         "  - id: say\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n",
@@ -110,7 +105,7 @@ async def test_each_projection_shows_its_lag_and_catches_up_to_zero(
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    await _deploy(
+    await deploy(
         client,
         f"id: hello\nnamespace: {ns}\ntasks:\n"
         "  - id: say\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n",

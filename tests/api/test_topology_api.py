@@ -10,7 +10,7 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import own_database
+from tests.conftest import deploy, own_database
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +54,6 @@ def _listens_to(namespace: str, flow_id: str) -> str:
     )
 
 
-async def _deploy(client: httpx.AsyncClient, source: str) -> None:
-    response = await client.post("/api/v1/flows", content=source, headers=YAML)
-    assert response.status_code == 200, response.text
-
-
 def _uids(graph: dict[str, Any]) -> set[str]:
     return {n["uid"] for n in graph["nodes"]}
 
@@ -87,7 +82,7 @@ async def test_graph_of_a_flow_shows_its_tasks_clusters_and_each_revision(
         + _log("left", 6)
         + _log("right", 6)
     )
-    await _deploy(client, _flow(ns, "shape", _log("first") + parallel, "errors:\n" + _log("oops")))
+    await deploy(client, _flow(ns, "shape", _log("first") + parallel, "errors:\n" + _log("oops")))
     graph = (await client.get(f"/api/v1/flows/{ns}/shape/graph")).json()
     assert {"root.first", "root.par", "root.par.left", "root.par.right", "root.oops"} <= _uids(
         graph
@@ -120,7 +115,7 @@ async def test_graph_of_an_unknown_flow_or_revision_is_a_clear_error(
     ns = _ns()
     missing = await client.get(f"/api/v1/flows/{ns}/nope/graph")
     assert missing.status_code == 404 and "does not exist" in missing.json()["message"]
-    await _deploy(client, _flow(ns, "one", _log("a")))
+    await deploy(client, _flow(ns, "one", _log("a")))
     gone = await client.get(f"/api/v1/flows/{ns}/one/graph", params={"revision": "7"})
     assert gone.status_code == 404 and "no revision 7" in gone.json()["message"]
     wrong = await client.get(f"/api/v1/flows/{ns}/one/graph", params={"revision": "latest"})
@@ -142,11 +137,11 @@ async def test_graph_of_a_flow_source_before_it_is_saved(client: httpx.AsyncClie
 
 async def test_dependencies_follow_subflows_and_flow_triggers(client: httpx.AsyncClient) -> None:
     ns = _ns()
-    await _deploy(client, _flow(ns, "child", _log("work")))
-    await _deploy(client, _flow(ns, "parent", _subflow("call", ns, "child")))
-    await _deploy(client, _flow(ns, "listener", _log("x"), _listens_to(ns, "child")))
-    await _deploy(client, _flow(ns, "grandparent", _subflow("call", ns, "parent")))
-    await _deploy(client, _flow(ns, "lonely", _log("x")))
+    await deploy(client, _flow(ns, "child", _log("work")))
+    await deploy(client, _flow(ns, "parent", _subflow("call", ns, "child")))
+    await deploy(client, _flow(ns, "listener", _log("x"), _listens_to(ns, "child")))
+    await deploy(client, _flow(ns, "grandparent", _subflow("call", ns, "parent")))
+    await deploy(client, _flow(ns, "lonely", _log("x")))
 
     def uid(flow_id: str) -> str:
         return f"main_{ns}_{flow_id}"
@@ -197,7 +192,7 @@ async def test_dependencies_of_an_unknown_flow_or_with_a_bad_flag_are_refused(
     ns = _ns()
     missing = await client.get(f"/api/v1/flows/{ns}/nope/dependencies")
     assert missing.status_code == 404 and f"{ns}.nope" in missing.json()["message"]
-    await _deploy(client, _flow(ns, "one", _log("a")))
+    await deploy(client, _flow(ns, "one", _log("a")))
     # Right after its deploy (whether or not the read model holds it yet): a flow with none.
     fresh = await client.get(f"/api/v1/flows/{ns}/one/dependencies")
     assert fresh.status_code == 200 and fresh.json() == {"nodes": [], "edges": []}
@@ -209,9 +204,9 @@ async def test_scoped_viewer_sees_no_dependency_from_namespaces_it_cannot_reach(
     client: httpx.AsyncClient,
 ) -> None:
     mine, other = _ns(), _ns()
-    await _deploy(client, _flow(mine, "child", _log("work")))
-    await _deploy(client, _flow(mine, "caller", _subflow("call", mine, "child")))
-    await _deploy(client, _flow(other, "outsider", _subflow("call", mine, "child")))
+    await deploy(client, _flow(mine, "child", _log("work")))
+    await deploy(client, _flow(mine, "caller", _subflow("call", mine, "child")))
+    await deploy(client, _flow(other, "outsider", _subflow("call", mine, "child")))
     path = f"/api/v1/flows/{mine}/child/dependencies"
     await _until(client, path, lambda b: len(b["edges"]) == 2)  # the admin sees both
     made = await client.post(

@@ -7,7 +7,7 @@ import uuid
 
 import httpx
 
-YAML = {"Content-Type": "application/x-yaml"}
+from tests.conftest import deploy
 
 
 def _flow(ns: str) -> str:
@@ -25,17 +25,17 @@ triggers:
 """
 
 
-async def _deploy(client: httpx.AsyncClient) -> str:
+async def _deploy_nightly(client: httpx.AsyncClient) -> str:
+    """Deploy the scheduled flow `nightly` in a namespace of its own, and answer the namespace."""
     ns = f"test.trig{uuid.uuid4().hex[:10]}"
-    answer = await client.post("/api/v1/flows", content=_flow(ns), headers=YAML)
-    assert answer.status_code == 200, answer.text
+    await deploy(client, _flow(ns))
     return ns
 
 
 async def test_a_backfill_is_started_paused_and_resumed_with_its_progress_shown(
     client: httpx.AsyncClient,
 ) -> None:
-    ns = await _deploy(client)
+    ns = await _deploy_nightly(client)
     target = {"namespace": ns, "flowId": "nightly", "triggerId": "schedule"}
     body = {**target, "backfill": {"start": "2024-03-01T00:00:00Z", "end": "2024-04-01T00:00:00Z",
                                    "labels": {"why": "replay"}}}  # fmt: skip
@@ -60,7 +60,7 @@ async def test_a_backfill_is_started_paused_and_resumed_with_its_progress_shown(
 async def test_backfill_requests_that_cannot_be_carried_out_get_a_clear_4xx(
     client: httpx.AsyncClient,
 ) -> None:
-    ns = await _deploy(client)
+    ns = await _deploy_nightly(client)
     target = {"namespace": ns, "flowId": "nightly", "triggerId": "schedule"}
     cases = [
         ({**target, "backfill": {}}, 400, "start"),

@@ -12,8 +12,7 @@ import trio
 
 import plugins.core  # noqa: F401  (registers the trigger types)
 from engine.scheduler import Scheduler
-
-YAML = {"Content-Type": "application/x-yaml"}
+from tests.conftest import deploy
 
 
 def _ns() -> str:
@@ -53,11 +52,6 @@ EVERY_SECOND = (
 )
 
 
-async def _deploy(client: httpx.AsyncClient, source: str) -> None:
-    answer = await client.post("/api/v1/flows", content=source, headers=YAML)
-    assert answer.status_code == 200, answer.text
-
-
 async def _search(client: httpx.AsyncClient, **params: Any) -> dict[str, Any]:
     answer = await client.get("/api/v1/triggers/search", params=params)
     assert answer.status_code == 200, answer.text
@@ -69,15 +63,12 @@ async def test_search_lists_each_trigger_with_its_state_filtered_sorted_and_page
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    await _deploy(client, _flow(ns, "reports", NIGHTLY + HOOK))
-    watch = await client.post(
-        "/api/v1/flows", content=_flow(f"{ns}.sub", "watch", POLL), headers=YAML
-    )
-    assert watch.status_code == 200, watch.text
-    assert not watch.json().get("warnings")  # the HTTP trigger runs: nothing to warn about
-    await _deploy(client, _flow(_ns(), "elsewhere", NIGHTLY))  # another namespace
+    await deploy(client, _flow(ns, "reports", NIGHTLY + HOOK))
+    watch = await deploy(client, _flow(f"{ns}.sub", "watch", POLL))
+    assert not watch.get("warnings")  # the HTTP trigger runs: nothing to warn about
+    await deploy(client, _flow(_ns(), "elsewhere", NIGHTLY))  # another namespace
     deleted = _flow(ns, "gone", NIGHTLY)
-    await _deploy(client, deleted)
+    await deploy(client, deleted)
     assert (await client.delete(f"/api/v1/flows/{ns}/gone")).status_code == 204
 
     found = await _search(client, namespace=ns)
@@ -129,8 +120,8 @@ async def test_a_viewer_of_one_namespace_searches_only_its_triggers(
     client: httpx.AsyncClient,
 ) -> None:
     mine, other = _ns(), _ns()
-    await _deploy(client, _flow(mine, "reports", NIGHTLY))
-    await _deploy(client, _flow(other, "reports", NIGHTLY))
+    await deploy(client, _flow(mine, "reports", NIGHTLY))
+    await deploy(client, _flow(other, "reports", NIGHTLY))
     created = await client.post(
         "/api/v1/tokens", json={"name": f"v{uuid.uuid4().hex[:6]}", "role": "viewer",
                                 "namespaces": [mine]},
@@ -161,7 +152,7 @@ async def test_disabling_a_trigger_through_put_stops_its_schedule_and_enabling_r
     client: httpx.AsyncClient, server: Any
 ) -> None:
     ns = _ns()
-    await _deploy(client, _flow(ns, "ticking", EVERY_SECOND))
+    await deploy(client, _flow(ns, "ticking", EVERY_SECOND))
     async with trio.open_nursery() as nursery:
         # The API server of these tests runs no scheduler: one for this namespace.
         await nursery.start(Scheduler(server.store, server.notifier, namespace=ns).run)
@@ -214,7 +205,7 @@ async def _toggle_and_watch(client: httpx.AsyncClient, ns: str) -> None:
 
     bad = await client.put(f"/api/v1/triggers/{ns}/nightly/nope", json={"disabled": True})
     assert bad.status_code == 404
-    await _deploy(client, _flow(ns, "reports", NIGHTLY))
+    await deploy(client, _flow(ns, "reports", NIGHTLY))
     bad = await client.put(f"/api/v1/triggers/{ns}/reports/nope", json={"disabled": True})
     assert bad.status_code == 404 and "nightly" in bad.json()["message"]
     bad = await client.put(f"/api/v1/triggers/{ns}/reports/nightly", json={"disabled": "yes"})
@@ -225,7 +216,7 @@ async def test_unlock_ends_a_backfill_left_paused_so_that_another_can_start(
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    await _deploy(client, _flow(ns, "reports", NIGHTLY))
+    await deploy(client, _flow(ns, "reports", NIGHTLY))
     target = {"namespace": ns, "flowId": "reports", "triggerId": "nightly"}
     unlock = f"/api/v1/triggers/{ns}/reports/nightly/unlock"
     not_locked = await client.post(unlock)

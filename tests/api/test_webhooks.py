@@ -14,6 +14,7 @@ import trio
 
 from api.webhooks import METHODS
 from engine import commands
+from tests.conftest import deploy
 
 YAML = {"Content-Type": "application/x-yaml"}
 KEY = "a-long-random-key-4wjtkzwVGBM9yKnjm3yv8r"
@@ -36,11 +37,6 @@ def _return(expression: str, task_id: str = "r") -> str:
         f"  - id: {task_id}\n    type: io.kestra.plugin.core.debug.Return\n"
         f'    format: "{expression}"\n'
     )
-
-
-async def _deploy(client: httpx.AsyncClient, source: str) -> None:
-    answer = await client.post("/api/v1/flows", content=source, headers=YAML)
-    assert answer.status_code == 200, answer.text
 
 
 async def _ended(client: httpx.AsyncClient, execution_id: str) -> dict[str, Any]:
@@ -82,7 +78,7 @@ async def test_post_with_a_json_body_starts_the_flow_whose_tasks_see_trigger_bod
     server: Any, client: httpx.AsyncClient, anonymous: httpx.AsyncClient
 ) -> None:
     ns = _ns()
-    await _deploy(client, _flow(ns, "hooked", _return("{{ trigger.body.x }}")))
+    await deploy(client, _flow(ns, "hooked", _return("{{ trigger.body.x }}")))
     answer = await anonymous.post(
         f"/api/v1/executions/webhook/{ns}/hooked/{KEY}",
         json={"x": "hello", "n": [1, 2]},
@@ -122,7 +118,7 @@ async def test_get_and_put_pass_query_parameters_and_a_text_body(
 ) -> None:
     ns = _ns()
     tasks = _return("{{ trigger.parameters.b[0] }}-{{ trigger.parameters.a | length }}")
-    await _deploy(client, _flow(ns, "params", tasks))
+    await deploy(client, _flow(ns, "params", tasks))
     got = await anonymous.get(
         f"/api/v1/executions/webhook/{ns}/params/{KEY}", params=[("a", "1"), ("a", "2"), ("b", "x")]
     )
@@ -153,11 +149,11 @@ async def test_a_wrong_key_or_a_disabled_webhook_answers_404_and_starts_nothing(
     server: Any, client: httpx.AsyncClient, anonymous: httpx.AsyncClient
 ) -> None:
     ns = _ns()
-    await _deploy(client, _flow(ns, "keyed", _return("hi")))
-    await _deploy(client, _flow(ns, "offhook", _return("hi"), "    disabled: true\n"))
-    await _deploy(client, _flow(ns, "offflow", _return("hi"), extra="disabled: true\n"))
-    await _deploy(client, _flow(ns, "toggled", _return("hi")))
-    await _deploy(
+    await deploy(client, _flow(ns, "keyed", _return("hi")))
+    await deploy(client, _flow(ns, "offhook", _return("hi"), "    disabled: true\n"))
+    await deploy(client, _flow(ns, "offflow", _return("hi"), extra="disabled: true\n"))
+    await deploy(client, _flow(ns, "toggled", _return("hi")))
+    await deploy(
         client,
         f"id: plain\nnamespace: {ns}\ntasks:\n{_return('hi')}",
     )
@@ -193,14 +189,14 @@ async def test_wait_answers_once_ended_with_the_execution_or_the_flow_outputs(
     ns = _ns()
     outputs = 'outputs:\n  - id: greeting\n    type: STRING\n    value: "{{ outputs.r.value }}"\n'
     tasks = _return("hi {{ trigger.body.name }}")
-    await _deploy(
+    await deploy(
         client,
         _flow(ns, "outs", tasks, "    wait: true\n    returnOutputs: true\n", extra=outputs),
     )
-    await _deploy(client, _flow(ns, "whole", tasks, "    wait: true\n", extra=outputs))
+    await deploy(client, _flow(ns, "whole", tasks, "    wait: true\n", extra=outputs))
     failing = "  - id: boom\n    type: io.kestra.plugin.core.execution.Fail\n"
-    await _deploy(client, _flow(ns, "fails", failing, "    wait: true\n"))
-    await _deploy(
+    await deploy(client, _flow(ns, "fails", failing, "    wait: true\n"))
+    await deploy(
         client,
         _flow(
             ns,
@@ -238,7 +234,7 @@ async def test_a_body_over_the_webhook_limit_is_refused_with_413_naming_the_limi
     server: Any, client: httpx.AsyncClient, anonymous: httpx.AsyncClient
 ) -> None:
     ns = _ns()
-    await _deploy(client, _flow(ns, "big", _return("hi")))
+    await deploy(client, _flow(ns, "big", _return("hi")))
     before = await _executions_created(server, ns)
     url = f"/api/v1/executions/webhook/{ns}/big/{KEY}"
     over = b"x" * (1024 * 1024 + 1)
@@ -265,7 +261,7 @@ async def test_webhooks_need_no_credentials_but_open_no_other_route(
     client: httpx.AsyncClient, anonymous: httpx.AsyncClient
 ) -> None:
     ns = _ns()
-    await _deploy(client, _flow(ns, "open", _return("hi")))
+    await deploy(client, _flow(ns, "open", _return("hi")))
     # A server calling a webhook sends no Origin; a page posting cross-site may start the flow
     # too (as Kestra lets it): it can only do what the key allows.
     for headers in ({}, {"Origin": "https://elsewhere.example", "Sec-Fetch-Site": "cross-site"}):
@@ -298,7 +294,7 @@ async def test_conditions_decide_and_an_unmet_one_answers_204(
         "    conditions:\n      - type: io.kestra.plugin.core.condition.ExpressionCondition\n"
         "        expression: \"{{ trigger.body.hello == 'world' }}\"\n"
     )
-    await _deploy(client, _flow(ns, "cond", _return("{{ trigger.body.hello }}"), trigger))
+    await deploy(client, _flow(ns, "cond", _return("{{ trigger.body.hello }}"), trigger))
     url = f"/api/v1/executions/webhook/{ns}/cond/{KEY}"
     assert (await anonymous.post(url, json={"hello": "moon"})).status_code == 204
     assert (await anonymous.post(url, content=b"not json")).status_code == 204
@@ -325,7 +321,7 @@ async def test_rendered_keys_inputs_and_labels_of_the_webhook(
         "    key: \"{{ secret('WEBHOOK_KEY') }}\"\n"
         '    inputs:\n      who: "{{ trigger.parameters.user[0] }}"\n'
     )
-    await _deploy(client, dynamic)
+    await deploy(client, dynamic)
     base = f"/api/v1/executions/webhook/{ns}/dynamic"
     by_flow = await anonymous.post(f"{base}/dynamic-0123456789abcdef", json={"user": "ada"})
     assert by_flow.status_code == 200, by_flow.text
@@ -378,7 +374,7 @@ async def test_the_webhook_limit_is_a_server_setting(
     small_webhook_limit: None, client: httpx.AsyncClient, anonymous: httpx.AsyncClient
 ) -> None:
     ns = _ns()
-    await _deploy(client, _flow(ns, "small", _return("hi")))
+    await deploy(client, _flow(ns, "small", _return("hi")))
     url = f"/api/v1/executions/webhook/{ns}/small/{KEY}"
     assert (await anonymous.post(url, json={"pad": "p" * 900})).status_code == 200
     refused = await anonymous.post(url, json={"pad": "p" * 1100})
@@ -414,7 +410,7 @@ async def test_hostile_webhook_requests_are_answered_without_a_server_error(
     )
     extra = "inputs:\n  - id: raw\n    type: STRING\n    required: false\n"
     tasks = _return("{{ trigger.body | json }} {{ trigger.headers | json }} {{ inputs.raw }}")
-    await _deploy(client, _flow(ns, "hostile", tasks, trigger, extra=extra))
+    await deploy(client, _flow(ns, "hostile", tasks, trigger, extra=extra))
     answers: dict[int, int] = {}
     started: list[str] = []
     bodies = st.one_of(
@@ -471,7 +467,7 @@ async def test_a_retried_delivery_with_the_same_idempotency_key_starts_one_execu
     server: Any, client: httpx.AsyncClient, anonymous: httpx.AsyncClient
 ) -> None:
     ns = _ns()
-    await _deploy(client, _flow(ns, "retried", _return("{{ trigger.body.n }}")))
+    await deploy(client, _flow(ns, "retried", _return("{{ trigger.body.n }}")))
     url = f"/api/v1/executions/webhook/{ns}/retried/{KEY}"
     delivery = {"Idempotency-Key": f"delivery-{uuid.uuid4().hex}"}
     first = await anonymous.post(url, json={"n": 1}, headers=delivery)
@@ -501,14 +497,14 @@ async def test_the_webhook_type_is_listed_with_its_documented_schema(
 async def test_tasks_see_the_trigger_variables_of_a_subflow_too(client: httpx.AsyncClient) -> None:
     """`{{ trigger.* }}` is what the trigger recorded (as in Kestra), for every trigger."""
     ns = _ns()
-    await _deploy(
+    await deploy(
         client, f"id: child\nnamespace: {ns}\ntasks:\n{_return('{{ trigger.executionId }}')}"
     )
     parent = (
         f"id: parent\nnamespace: {ns}\ntasks:\n  - id: sub\n"
         f"    type: io.kestra.plugin.core.flow.Subflow\n    namespace: {ns}\n    flowId: child\n"
     )
-    await _deploy(client, parent)
+    await deploy(client, parent)
     started = await client.post(f"/api/v1/executions/{ns}/parent?wait=true", json={})
     assert started.json()["state"]["current"] == "SUCCESS", started.text
     found = (await client.get(f"/api/v1/executions/search?namespace={ns}&flowId=child")).json()

@@ -23,11 +23,11 @@ from engine import graph
 from engine.db import Database
 from engine.graph import FlowKey
 from engine.migrate import migrate, migrations_dir
-from engine.server import ServerContext, run_server
+from engine.server import ServerContext
 from engine.store import NO_STREAM, Append, EventStore
 from projections import reindex as rebuild
 from projections.flows import FlowsProjection
-from tests.conftest import ADMIN_PASSWORD, own_database
+from tests.conftest import admin_client, deploy, own_database, start_server
 
 YAML = {"Content-Type": "application/x-yaml"}
 LOG = "  - id: work\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n"
@@ -45,21 +45,8 @@ def links_url(database_url: str) -> Iterator[str]:
 async def _serve(
     url: str, nursery: trio.Nursery, data_dir: Path
 ) -> tuple[ServerContext, httpx.AsyncClient]:
-    ctx: ServerContext = await nursery.start(
-        lambda task_status: run_server(
-            url,
-            host="127.0.0.1",
-            port=0,
-            data_dir=data_dir,
-            heartbeat_interval=0.5,
-            admin_password=ADMIN_PASSWORD,
-            task_status=task_status,
-        )
-    )
-    http = httpx.AsyncClient(
-        base_url=ctx.extra["urls"][0], timeout=120, auth=("admin", ADMIN_PASSWORD)
-    )
-    return ctx, http
+    ctx: ServerContext = await start_server(url, nursery, data_dir)
+    return ctx, admin_client(ctx, timeout=120)
 
 
 @contextlib.asynccontextmanager
@@ -125,11 +112,6 @@ def _in_namespace(namespace: str, comparison: str) -> str:
 SUCCEEDED = "type: io.kestra.plugin.core.condition.ExecutionStatus\n        in: [SUCCESS]"
 
 
-async def _deploy(http: httpx.AsyncClient, source: str) -> None:
-    answer = await http.post("/api/v1/flows", content=source, headers=YAML)
-    assert answer.status_code == 200, answer.text
-
-
 async def _update(http: httpx.AsyncClient, namespace: str, flow_id: str, source: str) -> None:
     answer = await http.put(f"/api/v1/flows/{namespace}/{flow_id}", content=source, headers=YAML)
     assert answer.status_code == 200, answer.text
@@ -174,10 +156,10 @@ async def test_links_are_kept_at_deploy_replaced_on_update_and_removed_on_delete
         "  - id: dynamic\n    type: io.kestra.plugin.core.flow.Subflow\n"
         f'    namespace: {ns}\n    flowId: "{{{{ inputs.f }}}}"\n'
     )
-    await _deploy(http, _flow(ns, "child"))
+    await deploy(http, _flow(ns, "child"))
     calls = _subflow("one", ns, "child") + _subflow("two", "elsewhere", "missing") + expression
-    await _deploy(http, _flow(ns, "parent", calls))
-    await _deploy(http, _flow(ns, "listener", LOG, _trigger(SUCCEEDED, _after_flow(ns, "child"))))
+    await deploy(http, _flow(ns, "parent", calls))
+    await deploy(http, _flow(ns, "listener", LOG, _trigger(SUCCEEDED, _after_flow(ns, "child"))))
     await _caught_up(owner)
     # What the flows name as written, whether the named flows exist or not; a flow named
     # through an expression is not known before it runs.
@@ -200,7 +182,7 @@ async def test_links_are_kept_at_deploy_replaced_on_update_and_removed_on_delete
     assert (await http.delete(f"/api/v1/flows/{ns}/parent")).status_code == 204
     await _caught_up(owner)
     assert await _links(owner, ns) == (set(), {})
-    await _deploy(http, _flow(ns, "parent", _subflow("again", ns, "child")))
+    await deploy(http, _flow(ns, "parent", _subflow("again", ns, "child")))
     await _caught_up(owner)
     assert await _links(owner, ns) == ({("parent", ns, "child")}, {})
 
@@ -281,7 +263,7 @@ async def test_dependencies_are_those_computed_from_every_flow_source(
     base = f"links.same.n{uuid.uuid4().hex[:8]}"
     sources = _random_flows(base, random.Random(12))
     for source in sources:
-        await _deploy(http, source)
+        await deploy(http, source)
     for gone in ("f5", "f11"):  # deleted flows link nothing, and nothing links to them
         namespace = next(s for s in sources if s.startswith(f"id: {gone}\n")).split("\n")[1][11:]
         assert (await http.delete(f"/api/v1/flows/{namespace}/{gone}")).status_code == 204
@@ -339,11 +321,11 @@ async def test_reindex_of_the_flows_projection_rebuilds_the_same_links(
 ) -> None:
     _, http = cluster
     ns = f"links.rebuild.n{uuid.uuid4().hex[:8]}"
-    await _deploy(http, _flow(ns, "child"))
-    await _deploy(http, _flow(ns, "parent", _subflow("call", ns, "child")))
+    await deploy(http, _flow(ns, "child"))
+    await deploy(http, _flow(ns, "parent", _subflow("call", ns, "child")))
     await _update(http, ns, "parent", _flow(ns, "parent", _subflow("call", ns, "other")))
-    await _deploy(http, _flow(ns, "listener", LOG, _trigger(_after_flow(ns, "parent"))))
-    await _deploy(http, _flow(ns, "gone", _subflow("call", ns, "child")))
+    await deploy(http, _flow(ns, "listener", LOG, _trigger(_after_flow(ns, "parent"))))
+    await deploy(http, _flow(ns, "gone", _subflow("call", ns, "child")))
     assert (await http.delete(f"/api/v1/flows/{ns}/gone")).status_code == 204
     await _caught_up(owner)
 
