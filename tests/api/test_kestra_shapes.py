@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
 
 import httpx
 import trio
 
-YAML = {"Content-Type": "application/x-yaml"}
+from tests.conftest import deploy
+
 SEARCH = "/api/v1/executions/search"
 
 
@@ -26,12 +26,6 @@ def _flow(namespace: str, flow_id: str = "hello", fail: bool = False) -> str:
         else "  - id: say\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n"
     )
     return f"id: {flow_id}\nnamespace: {namespace}\ntasks:\n{task}"
-
-
-async def _deploy(client: httpx.AsyncClient, source: str) -> dict[str, Any]:
-    response = await client.post("/api/v1/flows", content=source, headers=YAML)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
 
 
 async def _run(client: httpx.AsyncClient, namespace: str, flow_id: str, *labels: str) -> str:
@@ -60,10 +54,10 @@ async def test_search_answers_kestra_filters_form_like_the_plain_parameters(
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    await _deploy(client, _flow(ns))
-    await _deploy(client, _flow(f"{ns}.etl", "load"))
-    await _deploy(client, _flow(ns, "broken", fail=True))
-    await _deploy(client, _flow(f"{ns}x", "hello"))
+    await deploy(client, _flow(ns))
+    await deploy(client, _flow(f"{ns}.etl", "load"))
+    await deploy(client, _flow(ns, "broken", fail=True))
+    await deploy(client, _flow(f"{ns}x", "hello"))
     hello = await _run(client, ns, "hello", "env:prod", "team:a")
     load = await _run(client, f"{ns}.etl", "load", "env:dev")
     broken = await _run(client, ns, "broken", "env:prod")
@@ -150,7 +144,7 @@ async def test_an_execution_and_its_search_row_show_the_same_dates_to_the_millis
     source = (
         _flow(ns) + "  - id: again\n    type: io.kestra.plugin.core.log.Log\n    message: bye\n"
     )
-    await _deploy(client, source)
+    await deploy(client, source)
     execution_id = await _run(client, ns, "hello")
     await _until_indexed(client, ns, 1)
     execution = (await client.get(f"/api/v1/executions/{execution_id}")).json()
@@ -168,7 +162,7 @@ async def test_flows_carry_kestra_labels_list_disabled_updated_and_tenant(
     source = f"id: labelled\nnamespace: {ns}\nlabels:\n  team: data\n  env: prod\n" + (
         "tasks:\n  - id: say\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n"
     )
-    created = await _deploy(client, source)
+    created = await deploy(client, source)
     assert created["labels"] == [
         {"key": "team", "value": "data"},
         {"key": "env", "value": "prod"},
@@ -179,7 +173,13 @@ async def test_flows_carry_kestra_labels_list_disabled_updated_and_tenant(
     # The POST answer's `updated` is the revision's recorded date, as a read shows it.
     assert created["updated"] == fetched["updated"]
     assert dt.datetime.fromisoformat(created["updated"]).tzinfo is not None
-    listed = (await client.get("/api/v1/flows/search", params={"namespace": ns})).json()
+    # The search reads the flows read model, which follows the deploy closely, not at once.
+    with trio.fail_after(15):
+        while True:
+            listed = (await client.get("/api/v1/flows/search", params={"namespace": ns})).json()
+            if listed["results"]:
+                break
+            await trio.sleep(0.05)
     assert listed["results"][0]["labels"] == created["labels"]
     assert listed["results"][0]["disabled"] is False
 
@@ -188,7 +188,7 @@ async def test_execution_task_runs_attempts_and_logs_have_kestra_shapes(
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    await _deploy(client, _flow(ns))
+    await deploy(client, _flow(ns))
     execution = (await client.get(f"/api/v1/executions/{await _run(client, ns, 'hello')}")).json()
     assert execution["tenantId"] == "main"
     assert execution["deleted"] is False
@@ -221,13 +221,13 @@ async def test_a_subflow_execution_names_the_task_that_started_it_in_its_trigger
     client: httpx.AsyncClient,
 ) -> None:
     ns = _ns()
-    await _deploy(client, _flow(ns, "child"))
+    await deploy(client, _flow(ns, "child"))
     parent = (
         f"id: parent\nnamespace: {ns}\ntasks:\n"
         f"  - id: start_child\n    type: io.kestra.plugin.core.flow.Subflow\n"
         f"    namespace: {ns}\n    flowId: child\n"
     )
-    await _deploy(client, parent)
+    await deploy(client, parent)
     parent_id = await _run(client, ns, "parent")
     await _until_indexed(client, ns, 2)
     [row] = (await client.get(SEARCH, params={"namespace": ns, "flowId": "child"})).json()[
