@@ -148,6 +148,17 @@ def csrf(context: Any) -> str:
     return str(answer.json()["csrfToken"])
 
 
+def deploy_in_browser(context: Any, csrf: str, source: str) -> None:
+    """Deploy the flow `source` through the API in the browser's signed-in session (`csrf`),
+    asserting it was taken."""
+    answer = context.request.post(
+        "/api/v1/flows",
+        data=source,
+        headers={"Content-Type": "application/x-yaml", "X-CSRF-Token": csrf},
+    )
+    assert answer.ok, answer.text()
+
+
 @pytest.fixture
 def signed_in(csrf: str, page: Any) -> Any:
     """The page of a browser signed in as the admin."""

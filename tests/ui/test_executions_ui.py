@@ -7,6 +7,8 @@ import time
 import uuid
 from typing import Any
 
+from tests.ui.conftest import deploy_in_browser
+
 FLOW = """id: {flow}
 namespace: {ns}
 tasks:
@@ -44,15 +46,6 @@ def _ns() -> str:
     return f"test.ui.x{uuid.uuid4().hex[:8]}"
 
 
-def _deploy(context: Any, csrf: str, source: str) -> None:
-    answer = context.request.post(
-        "/api/v1/flows",
-        data=source,
-        headers={"Content-Type": "application/x-yaml", "X-CSRF-Token": csrf},
-    )
-    assert answer.ok, answer.text()
-
-
 def _run(context: Any, csrf: str, ns: str, flow: str, labels: tuple[str, ...] = ()) -> str:
     query = "&".join(f"labels={label}" for label in labels)
     answer = context.request.post(
@@ -76,7 +69,7 @@ def test_gantt_of_a_running_execution_reaches_success_without_reloading(
     signed_in: Any, context: Any, csrf: str
 ) -> None:
     page, ns = signed_in, _ns()
-    _deploy(context, csrf, FLOW.format(flow="live", ns=ns, sleep="PT3S"))
+    deploy_in_browser(context, csrf, FLOW.format(flow="live", ns=ns, sleep="PT3S"))
     execution_id = _run(context, csrf, ns, "live")
     page.goto(f"/ui/executions/{execution_id}")
     state = page.locator("#execution-state")
@@ -105,7 +98,7 @@ def test_replay_from_a_task_opens_the_new_execution_which_keeps_earlier_runs(
     signed_in: Any, context: Any, csrf: str
 ) -> None:
     page, ns = signed_in, _ns()
-    _deploy(context, csrf, FLOW.format(flow="again", ns=ns, sleep="PT0.1S"))
+    deploy_in_browser(context, csrf, FLOW.format(flow="again", ns=ns, sleep="PT0.1S"))
     original = _run(context, csrf, ns, "again")
     _ended(context, original)
     page.goto(f"/ui/executions/{original}")
@@ -132,7 +125,7 @@ def test_executions_filtered_by_two_states_and_a_label_then_bulk_labelled_after_
 ) -> None:
     page, ns = signed_in, _ns()
     for source, flow in ((FLOW, "ok"), (FAILING, "bad"), (WARNING, "meh")):
-        _deploy(context, csrf, source.format(flow=flow, ns=ns, sleep="PT0S"))
+        deploy_in_browser(context, csrf, source.format(flow=flow, ns=ns, sleep="PT0S"))
     wanted = {
         _run(context, csrf, ns, "ok", ("team:a",)),
         _run(context, csrf, ns, "bad", ("team:a",)),
@@ -220,7 +213,7 @@ def test_history_of_a_failed_execution_scrubbed_to_before_its_failure(
     signed_in: Any, context: Any, csrf: str
 ) -> None:
     page, ns = signed_in, _ns()
-    _deploy(context, csrf, FAILING.format(flow="fails", ns=ns))
+    deploy_in_browser(context, csrf, FAILING.format(flow="fails", ns=ns))
     execution_id = _run(context, csrf, ns, "fails")
     assert _ended(context, execution_id)["state"]["current"] == "FAILED"
 
@@ -249,7 +242,7 @@ def test_kill_from_the_execution_page_shows_killed_without_reloading(
     signed_in: Any, context: Any, csrf: str
 ) -> None:
     page, ns = signed_in, _ns()
-    _deploy(context, csrf, FLOW.format(flow="long", ns=ns, sleep="PT30S"))
+    deploy_in_browser(context, csrf, FLOW.format(flow="long", ns=ns, sleep="PT30S"))
     execution_id = _run(context, csrf, ns, "long")
     page.goto(f"/ui/executions/{execution_id}")
     page.locator("#gantt .gantt-row[data-task-id='wait'][data-state='RUNNING']").wait_for()
@@ -269,7 +262,7 @@ def test_failed_task_run_set_to_success_from_its_panel_lets_the_execution_succee
     signed_in: Any, context: Any, csrf: str
 ) -> None:
     page, ns = signed_in, _ns()
-    _deploy(context, csrf, FAILING.format(flow="mend", ns=ns))
+    deploy_in_browser(context, csrf, FAILING.format(flow="mend", ns=ns))
     execution_id = _run(context, csrf, ns, "mend")
     assert _ended(context, execution_id)["state"]["current"] == "FAILED"
     page.goto(f"/ui/executions/{execution_id}")

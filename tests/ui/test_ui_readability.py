@@ -7,6 +7,8 @@ import time
 import uuid
 from typing import Any
 
+from tests.ui.conftest import deploy_in_browser
+
 WIDE = """id: wide
 namespace: {ns}
 tasks:
@@ -66,20 +68,11 @@ def _ns() -> str:
     return f"test.ui.r{uuid.uuid4().hex[:8]}"
 
 
-def _deploy(context: Any, csrf: str, source: str) -> None:
-    answer = context.request.post(
-        "/api/v1/flows",
-        data=source,
-        headers={"Content-Type": "application/x-yaml", "X-CSRF-Token": csrf},
-    )
-    assert answer.ok, answer.text()
-
-
 def test_topology_names_each_trigger_and_labels_their_group_triggers(
     signed_in: Any, context: Any, csrf: str
 ) -> None:
     page, ns = signed_in, _ns()
-    _deploy(context, csrf, WIDE.format(ns=ns))
+    deploy_in_browser(context, csrf, WIDE.format(ns=ns))
     page.goto(f"/ui/flows/{ns}/wide")
     graph = page.locator("#graph svg")
     graph.locator("g.node").first.wait_for()
@@ -96,7 +89,7 @@ def test_wide_topology_keeps_legible_labels_and_scrolls_sideways_with_a_hint(
     signed_in: Any, context: Any, csrf: str
 ) -> None:
     page, ns = signed_in, _ns()
-    _deploy(context, csrf, WIDE.format(ns=ns))
+    deploy_in_browser(context, csrf, WIDE.format(ns=ns))
     page.goto(f"/ui/flows/{ns}/wide")
     container = page.locator("#graph")
     container.locator("svg g.node").first.wait_for()
@@ -123,7 +116,7 @@ def test_small_topology_is_drawn_at_its_own_size_without_a_scrollbar(
     signed_in: Any, context: Any, csrf: str
 ) -> None:
     page, ns = signed_in, _ns()
-    _deploy(context, csrf, QUICK.format(ns=ns))
+    deploy_in_browser(context, csrf, QUICK.format(ns=ns))
     page.goto(f"/ui/flows/{ns}/quick")
     container = page.locator("#graph")
     container.locator("svg g.node").first.wait_for()
@@ -136,7 +129,7 @@ def test_editor_preview_takes_the_height_of_the_editor(
     signed_in: Any, context: Any, csrf: str
 ) -> None:
     page, ns = signed_in, _ns()
-    _deploy(context, csrf, WIDE.format(ns=ns))
+    deploy_in_browser(context, csrf, WIDE.format(ns=ns))
     page.goto(f"/ui/flows/{ns}/wide/edit")
     preview = page.locator("#graph")
     preview.locator("svg g.node").first.wait_for()
@@ -152,7 +145,7 @@ def test_gantt_shows_a_task_run_of_milliseconds_as_a_visible_bar_with_its_exact_
     signed_in: Any, context: Any, csrf: str
 ) -> None:
     page, ns = signed_in, _ns()
-    _deploy(context, csrf, QUICK.format(ns=ns))
+    deploy_in_browser(context, csrf, QUICK.format(ns=ns))
     answer = context.request.post(f"/api/v1/executions/{ns}/quick", headers={"X-CSRF-Token": csrf})
     assert answer.ok, answer.text()
     execution_id = answer.json()["id"]
@@ -195,7 +188,7 @@ def test_dashboard_of_recent_executions_shows_their_hours_and_totals_in_the_lege
     signed_in: Any, context: Any, csrf: str
 ) -> None:
     page, ns = signed_in, _ns()
-    _deploy(context, csrf, QUICK.format(ns=ns).replace("PT2S", "PT0.1S"))
+    deploy_in_browser(context, csrf, QUICK.format(ns=ns).replace("PT2S", "PT0.1S"))
     for _ in range(3):
         answer = context.request.post(
             f"/api/v1/executions/{ns}/quick", headers={"X-CSRF-Token": csrf}
