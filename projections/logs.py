@@ -393,22 +393,15 @@ def prefix_share(conn: psycopg.Connection[Any], q: str) -> float:
     The planner knows the words of `q` taken whole only: `lin` is in no line, while `line`,
     which it begins, may be in every one; asked for `lin`, the GIN index would build the
     bitmap of all of them before answering "more than a few?"."""
-    row = conn.execute(
-        "SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs FROM pg_stats s"
-        " JOIN pg_namespace n ON n.nspname = s.schemaname"
-        " JOIN pg_class c ON c.relname = s.tablename AND c.relnamespace = n.oid"
-        " JOIN pg_index i ON i.indexrelid = c.oid"
-        " WHERE i.indrelid = 'logs'::regclass AND s.most_common_elems IS NOT NULL LIMIT 1",
-        prepare=False,
-    ).fetchone()
     words = conn.execute(
         "SELECT array_remove(regexp_split_to_array(lower(log_search_text(%s)), ' '), '')",
         [q],
         prepare=False,
     ).fetchone()
-    if row is None or words is None or not words[0]:
+    if words is None or not words[0]:
         return 0.0
-    known = list(zip(row[0], row[1], strict=False))  # the shares end with three summaries
+    # Read as the owner (migrations/0020): the runtime role may not read an index's statistics.
+    known = conn.execute("SELECT word, share FROM log_search_common_words()").fetchall()
     share = 1.0
     for word in words[0]:
         # Lines holding two words it begins are counted once: the most common of them is

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from engine.db import runtime_url
 from engine.migrate import migrate
 from projections import logs as logs_model
 from tests.conftest import own_database
@@ -35,13 +36,21 @@ def logs_url(database_url: str) -> Iterator[str]:
                          base + dt.timedelta(seconds=i), "INFO", message)
                     )  # fmt: skip
             conn.execute("ANALYZE logs")
-        yield url
+        # Read as the server reads: its runtime role owns neither the table nor its indexes.
+        yield runtime_url(url)
 
 
 def test_a_prefix_of_a_word_most_lines_hold_is_read_as_a_common_word(
     logs_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with psycopg.connect(logs_url, autocommit=True) as conn:
+        # The server's role: pg_stats hides the text index's statistics from it.
+        assert conn.execute(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        ).fetchone() == (False,)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_stats WHERE tablename = 'logs_text'"
+        ).fetchone() == (0,)
         # No line holds the word "lin"; every line holds "line", which it begins.
         assert logs_model.prefix_share(conn, "lin") > 0.9
         assert logs_model.text_matches(conn, "lin") == logs_model.COMMON
