@@ -7,7 +7,7 @@ import uuid
 
 import httpx
 
-from tests.api.conftest import ADMIN_PASSWORD
+from tests.conftest import ADMIN_PASSWORD
 
 YAML = {"content-type": "application/x-yaml"}
 
