@@ -81,12 +81,11 @@ def _touching(
     found: dict[tuple[FlowKey, FlowKey], str] = {}
     for caller, target in flows_model.callers(conn, frontier, scope):
         _link(found, caller, target, "FLOW_TASK")
-    for flow in frontier:
-        listens = listening.get(flow)
-        if listens:
-            for source in flows_model.listened_to(conn, listens, scope):
-                if source != flow:
-                    _link(found, source, flow, "FLOW_TRIGGER")
+    heard = {flow: listening[flow] for flow in frontier if listening.get(flow)}
+    for flow, sources in flows_model.listened_to_each(conn, heard, scope).items():
+        for source in sources:
+            if source != flow:
+                _link(found, source, flow, "FLOW_TRIGGER")
     if outgoing:
         for source, callee in flows_model.callees(conn, frontier, scope):
             _link(found, source, callee, "FLOW_TASK")

@@ -15,7 +15,7 @@ event's values when its revision is not older than the row's (revisions only gro
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -237,17 +237,29 @@ def _match_sql(listens: Listens) -> tuple[str, list[Any]]:
     return "(" + (" OR ".join(triggers) or "false") + ")", params
 
 
-def listened_to(conn: psycopg.Connection[Any], listens: Listens, scope: Scope) -> Iterable[FlowKey]:
-    """The flows in `scope` that Flow triggers `listens` listen to (every one, when a trigger
-    names no flow)."""
+def listened_to_each(
+    conn: psycopg.Connection[Any], listeners: Mapping[FlowKey, Listens], scope: Scope
+) -> dict[FlowKey, list[FlowKey]]:
+    """For each of `listeners`, the flows in `scope` its Flow triggers listen to (every one,
+    when a trigger names no flow), in one query: a walk of a graph asks for a whole frontier's
+    listeners at once, not one by one."""
     where, params = scope
-    match, match_params = _match_sql(listens)
-    rows = conn.execute(
-        f"SELECT f.namespace, f.flow_id FROM flows f WHERE NOT f.deleted AND {where} AND {match}",
-        [*params, *match_params],
-        prepare=False,
-    ).fetchall()
-    return [FlowKey(r[0], r[1]) for r in rows]
+    parts: list[str] = []
+    values: list[Any] = []
+    order = list(listeners)
+    for i, listener in enumerate(order):
+        match, match_params = _match_sql(listeners[listener])
+        parts.append(
+            f"SELECT {i} AS k, f.namespace, f.flow_id FROM flows f"
+            f" WHERE NOT f.deleted AND {where} AND {match}"
+        )
+        values += [*params, *match_params]
+    found: dict[FlowKey, list[FlowKey]] = {listener: [] for listener in order}
+    if parts:
+        rows = conn.execute(" UNION ALL ".join(parts), values, prepare=False).fetchall()
+        for k, namespace, flow_id in rows:
+            found[order[int(k)]].append(FlowKey(namespace, flow_id))
+    return found
 
 
 def namespace_flows(conn: psycopg.Connection[Any], namespace: str, scope: Scope) -> list[FlowKey]:
