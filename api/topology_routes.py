@@ -110,22 +110,34 @@ def _walk(
     expand_all: bool,
 ) -> list[Dependency] | None:
     """The dependencies touching `focus` (leading to it only, with `destination_only`), and
-    with `expand_all` those of the flows they reach, breadth first; None when the read model
+    with `expand_all` those of every flow they reach; None when the read model
     has no `focus` the caller may see."""
     if not flows_model.visible(conn, focus, scope):
         return None
     listening = flows_model.listeners(conn, scope)
-    found: dict[tuple[FlowKey, FlowKey], str] = {}
-    seen, frontier = {focus}, [focus]
-    while frontier:
-        step = _touching(conn, frontier, scope, listening, outgoing=not destination_only)
-        for (source, destination), relation in step.items():
-            _link(found, source, destination, relation)
-        if not expand_all:
-            break
-        reached = {f for pair in step for f in pair} - seen
-        seen |= reached
-        frontier = sorted(reached)
+    outgoing = not destination_only
+    seen = {focus}
+    if expand_all:
+        # The flows reached: through subflow calls in one recursive query, then through Flow
+        # triggers (the sources of the listeners reached, and unless `destination_only` the
+        # listeners of the flows reached), again until nothing new is reached. A chain of
+        # calls costs one query, not one per flow along it.
+        frontier = [focus]
+        while frontier:
+            new = flows_model.call_component(conn, frontier, scope, outgoing=outgoing) - seen
+            new |= set(frontier)
+            seen |= new
+            heard = {f: listening[f] for f in new if listening.get(f)}
+            reached = {s for sources in flows_model.listened_to_each(conn, heard, scope).values()
+                       for s in sources}  # fmt: skip
+            if outgoing:
+                reached |= {
+                    listener
+                    for listener, listens in listening.items()
+                    if any(graph.listens_to(listens, f) for f in new)
+                }
+            frontier = sorted(reached - seen)
+    found = _touching(conn, sorted(seen), scope, listening, outgoing=outgoing)
     return _edges(found)
 
 

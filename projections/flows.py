@@ -191,6 +191,33 @@ def callees(
     return [(FlowKey(r[0], r[1]), FlowKey(r[2], r[3])) for r in rows]
 
 
+def call_component(
+    conn: psycopg.Connection[Any], seeds: Sequence[FlowKey], scope: Scope, *, outgoing: bool
+) -> set[FlowKey]:
+    """The flows in `scope` that reach one of `seeds` through subflow calls, however many
+    calls away (and, with `outgoing`, those the seeds reach), the seeds with them: one
+    recursive query, where a walk of the graph step by step would make one per step."""
+    where, params = scope
+    edges = "SELECT target_namespace, target_flow_id, namespace, flow_id FROM flow_calls"
+    if outgoing:
+        edges += (
+            " UNION ALL SELECT namespace, flow_id, target_namespace, target_flow_id FROM flow_calls"
+        )
+    rows = conn.execute(
+        "WITH RECURSIVE reached(namespace, flow_id) AS ("
+        " SELECT * FROM unnest(%s::text[], %s::text[])"
+        " UNION SELECT e.to_ns, e.to_id FROM reached r"
+        f" JOIN ({edges}) AS e(from_ns, from_id, to_ns, to_id)"
+        " ON e.from_ns = r.namespace AND e.from_id = r.flow_id"
+        " JOIN flows f ON f.namespace = e.to_ns AND f.flow_id = e.to_id"
+        f" WHERE NOT f.deleted AND {where})"
+        " SELECT namespace, flow_id FROM reached",
+        [*_spread(seeds), *params],
+        prepare=False,
+    ).fetchall()
+    return {FlowKey(r[0], r[1]) for r in rows}
+
+
 def listeners(
     conn: psycopg.Connection[Any], scope: Scope, namespace: str | None = None
 ) -> dict[FlowKey, Listens]:

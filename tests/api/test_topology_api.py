@@ -220,3 +220,41 @@ async def test_scoped_viewer_sees_no_dependency_from_namespaces_it_cannot_reach(
         refused = await viewer.get(f"/api/v1/namespaces/{other}/dependencies")
         assert refused.status_code == 403
         assert (await viewer.get(f"/api/v1/flows/{other}/outsider/graph")).status_code == 403
+
+
+async def test_expand_all_follows_calls_and_flow_triggers_by_turns_from_the_flow_asked(
+    client: httpx.AsyncClient,
+) -> None:
+    # start -(trigger)-> relay -(call)-> middle -(trigger)-> last -(call)-> end, and a caller
+    # of start upstream: every flow is reached only through the one before it.
+    ns = _ns()
+    await deploy(client, _flow(ns, "start", _log("x")))
+    await deploy(client, _flow(ns, "upstream", _subflow("call", ns, "start")))
+    await deploy(
+        client, _flow(ns, "relay", _subflow("call", ns, "middle"), _listens_to(ns, "start"))
+    )
+    await deploy(client, _flow(ns, "middle", _log("x")))
+    await deploy(client, _flow(ns, "last", _subflow("call", ns, "end"), _listens_to(ns, "middle")))
+    await deploy(client, _flow(ns, "end", _log("x")))
+    await deploy(client, _flow(ns, "aside", _log("x")))
+    every = await _until(
+        client,
+        f"/api/v1/flows/{ns}/start/dependencies",
+        lambda b: len(b["edges"]) == 5,
+        {"expandAll": "true"},
+    )
+    assert {n["id"] for n in every["nodes"]} == {
+        "upstream", "start", "relay", "middle", "last", "end"
+    }  # fmt: skip
+    # Upstream only: what leads to `end`, however far back, and nothing it does not lead to.
+    back = await client.get(
+        f"/api/v1/flows/{ns}/end/dependencies",
+        params={"expandAll": "true", "destinationOnly": "true"},
+    )
+    assert {n["id"] for n in back.json()["nodes"]} == {
+        "upstream", "start", "relay", "middle", "last", "end"
+    }  # fmt: skip
+    near = await client.get(
+        f"/api/v1/flows/{ns}/middle/dependencies", params={"destinationOnly": "true"}
+    )
+    assert {n["id"] for n in near.json()["nodes"]} == {"relay", "middle"}
