@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import trio
 
@@ -93,3 +94,26 @@ def task_outputs(execution: dict[str, Any], task_id: str) -> dict[str, Any]:
 def sha256(value: str) -> str:
     """The hex SHA-256 of `value`, as the scripts of these tests print what they received."""
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+# `make test` runs the suite in two pytest-xdist workers, each with a database of its own, and
+# the session-wide check (tests/integration/test_verify.py) sees only its worker's: a file whose
+# histories must refold checks them itself, after its tests (`pytestmark =
+# pytest.mark.usefixtures("history_start")`, then a last test calling `assert_refolds_since`).
+
+
+@pytest.fixture(scope="module")
+def history_start(database_url: str) -> int:
+    """The log's position before the first test of the file that uses it."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+    return int(row[0]) if row else 0
+
+
+def assert_refolds_since(database_url: str, position: int) -> None:
+    """`tiercel sys verify --since position`, in a process of its own, refolds every history."""
+    from tests.integration.test_verify import _verify
+
+    result = _verify(database_url, "--since", str(position))
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+    assert "every history refolds" in result.stdout

@@ -8,7 +8,6 @@ import uuid
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import trio
 
@@ -16,7 +15,10 @@ from engine import events as ev
 from engine.commands import create_execution, deploy_flow
 from engine.server import ServerContext
 from tests.conftest import ADMIN_PASSWORD, start_server
-from tests.integration.test_verify import _verify as verify_process
+from tests.integration.conftest import assert_refolds_since
+
+# Every history of this file refolds: its last test checks (tests/integration/conftest.py).
+pytestmark = pytest.mark.usefixtures("history_start")
 
 
 def _ns() -> str:
@@ -500,20 +502,7 @@ async def test_bulk_restart_and_state_by_query_act_on_each_failed_execution(
     await _wait_rows(client, {"namespace": ns, "state": "SUCCESS"}, 4)
 
 
-# `make test` runs the suite in two pytest-xdist workers, each with a database of its own, and
-# the session-wide check (tests/integration/test_verify.py) sees only its worker's: this file's
-# histories are refolded here, by `tiercel sys verify` in a process of its own, after its tests.
-_SINCE: list[int] = []
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _log_position_at_start(database_url: str) -> None:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-    _SINCE.append(int(row[0]) if row else 0)
-
-
-def test_sys_verify_refolds_every_history_this_file_recorded(database_url: str) -> None:
-    result = verify_process(database_url, "--since", str(_SINCE[0]))
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
-    assert "every history refolds" in result.stdout
+def test_sys_verify_refolds_every_history_this_file_recorded(
+    database_url: str, history_start: int
+) -> None:
+    assert_refolds_since(database_url, history_start)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import psycopg
 import pytest
 import trio
 
@@ -31,8 +30,10 @@ from engine.errors import Conflict, InvalidRequest, NotFound
 from engine.execution import Execution
 from engine.server import ServerContext
 from engine.verify import verify_execution
-from tests.integration.conftest import run_flow
-from tests.integration.test_verify import _verify as verify_process
+from tests.integration.conftest import assert_refolds_since, run_flow
+
+# Every history of this file refolds: its last test checks (tests/integration/conftest.py).
+pytestmark = pytest.mark.usefixtures("history_start")
 
 FIVE_TASKS = """
 id: five
@@ -564,20 +565,7 @@ tasks:
     await _verified(engine, new_id)
 
 
-# `make test` runs the suite in two pytest-xdist workers, each with a database of its own, and
-# the session-wide check (tests/integration/test_verify.py) sees only its worker's: this file's
-# histories are refolded here, by `tiercel sys verify` in a process of its own, after its tests.
-_SINCE: list[int] = []
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _log_position_at_start(database_url: str) -> None:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-    _SINCE.append(int(row[0]) if row else 0)
-
-
-def test_sys_verify_refolds_every_history_this_file_recorded(database_url: str) -> None:
-    result = verify_process(database_url, "--since", str(_SINCE[0]))
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
-    assert "every history refolds" in result.stdout
+def test_sys_verify_refolds_every_history_this_file_recorded(
+    database_url: str, history_start: int
+) -> None:
+    assert_refolds_since(database_url, history_start)
